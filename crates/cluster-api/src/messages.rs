@@ -1,0 +1,189 @@
+//! Requests and replies of the client API and the envelope of peer RPCs.
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a connection to `clusterd` can carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// An operator or program request. `forwarded` is set by a follower that passed it to the
+    /// leader; a forwarded request is never forwarded again.
+    Client {
+        request: ClientRequest,
+        forwarded: bool,
+    },
+    /// A node-to-node RPC (Raft and our election helpers), opaque to this crate.
+    Peer(PeerRequest),
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Client(Result<ClientReply, ApiError>),
+    Peer(Result<Vec<u8>, String>),
+}
+
+/// Kinds of peer RPC; the payload encoding belongs to the Raft adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    /// Would you vote for me? Asked before a real election so that a node cut off from the
+    /// cluster cannot inflate its term and depose a healthy leader when it returns.
+    PreVote,
+    /// Do not start elections for a while (leadership transfer).
+    HoldElections,
+    /// Start an election now (leadership transfer).
+    Campaign,
+}
+
+/// A peer RPC: its kind and its encoded body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRequest {
+    pub rpc: PeerRpc,
+    pub payload: Vec<u8>,
+}
+
+/// Operations offered by `clusterctl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    ClusterInit,
+    NodeAdd {
+        name: String,
+        address: String,
+        learner: bool,
+    },
+    NodeRemove {
+        name: String,
+    },
+    NodePromote {
+        name: String,
+    },
+    TransferLeader {
+        name: String,
+    },
+    Status,
+    SettingsSet {
+        name: String,
+        value: String,
+    },
+    SettingsGet,
+    KvSet {
+        key: String,
+        value: String,
+    },
+    KvGet {
+        key: String,
+    },
+    KvCas {
+        key: String,
+        expected: Option<String>,
+        new: String,
+    },
+    KvDel {
+        key: String,
+    },
+    KvList {
+        prefix: String,
+    },
+}
+
+impl ClientRequest {
+    /// Whether only the leader can serve this request (writes, membership, linearizable reads).
+    pub fn needs_leader(&self) -> bool {
+        !matches!(self, ClientRequest::ClusterInit | ClientRequest::Status)
+    }
+}
+
+/// Successful replies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReply {
+    Done { message: String },
+    Value { key: String, value: String },
+    List { entries: Vec<(String, String)> },
+    Deleted { key: String, existed: bool },
+    Settings { entries: Vec<(String, String)> },
+    Status(StatusReport),
+}
+
+/// Categories of failure, each with its own `clusterctl` exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// Any other failure (exit 1).
+    Failed,
+    /// Bad input: a name, key, value or setting of the wrong shape (exit 1).
+    Invalid,
+    /// The key does not exist (exit 3).
+    NotFound,
+    /// Compare-and-set found another value (exit 4).
+    CasMismatch,
+    /// No leader or no quorum within the timeout (exit 5).
+    NoLeader,
+    /// The node asked is not the leader; the request was not executed (exit 5).
+    NotLeader,
+}
+
+/// A failed request: what went wrong, naming the object. For [`ErrorKind::CasMismatch`],
+/// `current` holds the value found (`None`: the key is absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub current: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+            current: None,
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// Voter or learner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Voter,
+    Learner,
+}
+
+/// One member as seen by the node that answered `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub address: String,
+    pub role: NodeRole,
+    /// Highest log index known to be replicated on this node (known by the leader only).
+    pub matched_index: Option<u64>,
+    /// Milliseconds since the answering node last heard from this node (itself: 0).
+    pub last_contact_ms: Option<u64>,
+}
+
+/// The cluster as seen by one node (the leader when there is one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The node that produced this report.
+    pub reporter: String,
+    /// Its Raft state: leader, follower, candidate or learner.
+    pub reporter_state: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    /// The leader heard from a quorum within the election timeout.
+    pub quorum: bool,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub nodes: Vec<NodeStatus>,
+}

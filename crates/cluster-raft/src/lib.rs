@@ -1,0 +1,26 @@
+//! Consensus for clusterd: openraft 0.9 with our durable storage and mutual-TLS transport, behind a
+//! small interface ([`ConsensusNode`]) so that the rest of the daemon never sees openraft types.
+//!
+//! ```text
+//!            ┌──────────── ConsensusNode (node.rs) ─────────────┐
+//!  propose ─>│ client_write / ensure_linearizable / membership   │
+//!  read    ─>│ transfer_leader, status, election driver (prevote)│
+//!  peer RPC─>│ handle_peer                                       │
+//!            └──┬───────────────┬────────────────────┬───────────┘
+//!        LogStore (log_store.rs)  StateMachineStore   PeerNetwork (network.rs)
+//!        segments + CRC + fsync   ClusterState +      TLS connections to peers
+//!                                 snapshot files
+//! ```
+
+mod election;
+mod files;
+mod log_store;
+mod network;
+mod node;
+mod state_machine;
+mod types;
+
+pub use log_store::{LogOpenError, LogStore, RecoveryReport};
+pub use node::{ConsensusError, ConsensusNode, ForwardError, NodeOptions, Timing};
+pub use state_machine::{Applied, SnapshotOpenError, StateMachineStore, StateView};
+pub use types::TypeConfig;

@@ -1,0 +1,544 @@
+//! The Raft log: segment files of checksummed records, group-committed by a flusher thread.
+//!
+//! ```text
+//!  data_dir/raft/log/00000000000000000001.seg   records of entries 1..=k
+//!  data_dir/raft/log/0000000000000000000k+1.seg records of entries k+1..   (the active segment)
+//!  data_dir/raft/vote, data_dir/raft/purged     small checksummed files, replaced atomically
+//!
+//!  record = len: u32 LE | crc32(payload): u32 LE | payload = version byte + postcard(Entry)
+//! ```
+//!
+//! `append` writes the records to the active segment and hands the flush callback to the flusher
+//! thread, which collects every callback queued meanwhile, issues one `fdatasync` for all of them
+//! and only then tells openraft the entries are durable (group commit). All entries that are not
+//! purged are also kept in memory, so reads never touch the disk.
+//!
+//! On open, every segment is scanned. A record whose checksum or length is wrong at the very end of
+//! the last segment is a torn write (it was never acknowledged): the tail is cut off and reported.
+//! A bad record followed by good ones, or in an older segment, is corruption: opening fails with an
+//! error naming the file and offset, and nothing is applied.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogId, RaftLogReader};
+
+use crate::files::{read_checked, sync_dir, write_atomic};
+use crate::types::{io_error, Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// A new segment is started once the active one exceeds this size.
+const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+const RECORD_VERSION: u8 = 1;
+const HEADER_BYTES: usize = 8;
+/// Upper bound of one record; anything larger in a header is garbage.
+const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+
+/// What opening the log found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Entries loaded.
+    pub entries: usize,
+    /// A torn tail that was cut off: file, offset and number of bytes removed.
+    pub truncated_tail: Option<(PathBuf, u64, u64)>,
+}
+
+/// Opening the log failed; the node must not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LogOpenError {
+    #[error("raft log {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("raft log {path} is corrupt at offset {offset}: {what}; valid records follow, so this is not a torn write. Refusing to start: restore the data directory from a backup, or remove it and re-add this node to the cluster")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
+    #[error("raft log {path}: expected entry {expected} at offset {offset}, found entry {found}")]
+    Gap {
+        path: PathBuf,
+        offset: u64,
+        expected: u64,
+        found: u64,
+    },
+}
+
+struct Segment {
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+}
+
+struct LogInner {
+    dir: PathBuf,
+    vote: Option<Vote>,
+    purged: Option<LogId>,
+    entries: BTreeMap<u64, Entry>,
+    /// index -> (segment start, byte offset of its record)
+    locations: BTreeMap<u64, (u64, u64)>,
+    /// segment start -> segment; the last one is the active segment
+    segments: BTreeMap<u64, Segment>,
+}
+
+struct FlushJob {
+    file: Arc<File>,
+    callback: LogFlushed<TypeConfig>,
+}
+
+/// The durable Raft log (openraft `RaftLogStorage`).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<LogInner>>,
+    flusher: mpsc::Sender<FlushJob>,
+}
+
+/// A reader sharing the in-memory entries of a [`LogStore`].
+#[derive(Clone)]
+pub struct LogReader {
+    inner: Arc<Mutex<LogInner>>,
+}
+
+fn segment_path(dir: &Path, start: u64) -> PathBuf {
+    dir.join(format!("{start:020}.seg"))
+}
+
+fn encode_record(entry: &Entry) -> Vec<u8> {
+    let payload =
+        postcard::to_extend(entry, vec![RECORD_VERSION]).expect("log entries always serialize");
+    let mut record = Vec::with_capacity(HEADER_BYTES + payload.len());
+    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    record.extend_from_slice(&payload);
+    record
+}
+
+enum Parsed {
+    Record { entry: Box<Entry>, next: usize },
+    Bad { what: String },
+}
+
+fn parse_record(bytes: &[u8], at: usize) -> Parsed {
+    let rest = &bytes[at..];
+    if rest.len() < HEADER_BYTES {
+        return Parsed::Bad {
+            what: format!("incomplete record header ({} bytes)", rest.len()),
+        };
+    }
+    let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    if len == 0 || len > MAX_RECORD_BYTES {
+        return Parsed::Bad {
+            what: format!("impossible record length {len}"),
+        };
+    }
+    if rest.len() < HEADER_BYTES + len {
+        return Parsed::Bad {
+            what: format!(
+                "record of {len} bytes cut short at {} bytes",
+                rest.len() - HEADER_BYTES
+            ),
+        };
+    }
+    let payload = &rest[HEADER_BYTES..HEADER_BYTES + len];
+    if crc32fast::hash(payload) != crc {
+        return Parsed::Bad {
+            what: "checksum mismatch".into(),
+        };
+    }
+    if payload[0] != RECORD_VERSION {
+        return Parsed::Bad {
+            what: format!("unknown record version {}", payload[0]),
+        };
+    }
+    match postcard::from_bytes::<Entry>(&payload[1..]) {
+        Ok(entry) => Parsed::Record {
+            entry: Box::new(entry),
+            next: at + HEADER_BYTES + len,
+        },
+        Err(err) => Parsed::Bad {
+            what: format!("undecodable entry: {err}"),
+        },
+    }
+}
+
+/// Whether any valid record starts after `from` (then a bad record is corruption, not a torn tail).
+fn valid_record_after(bytes: &[u8], from: usize) -> bool {
+    (from + 1..bytes.len().saturating_sub(HEADER_BYTES))
+        .any(|at| matches!(parse_record(bytes, at), Parsed::Record { .. }))
+}
+
+impl LogStore {
+    /// Opens (or creates) the log under `dir`, recovering a torn tail and refusing corruption.
+    pub fn open(dir: &Path) -> Result<(LogStore, RecoveryReport), LogOpenError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LogOpenError::Io { path, source }
+        };
+        let log_dir = dir.join("log");
+        fs::create_dir_all(&log_dir).map_err(io(&log_dir))?;
+        let vote = read_checked(&dir.join("vote"))
+            .map_err(io(&dir.join("vote")))?
+            .map(|bytes| postcard::from_bytes::<Vote>(&bytes))
+            .transpose()
+            .map_err(|err| LogOpenError::Io {
+                path: dir.join("vote"),
+                source: std::io::Error::other(err.to_string()),
+            })?;
+        let purged = read_checked(&dir.join("purged"))
+            .map_err(io(&dir.join("purged")))?
+            .map(|bytes| postcard::from_bytes::<LogId>(&bytes))
+            .transpose()
+            .map_err(|err| LogOpenError::Io {
+                path: dir.join("purged"),
+                source: std::io::Error::other(err.to_string()),
+            })?;
+
+        let mut starts: Vec<u64> = Vec::new();
+        for item in fs::read_dir(&log_dir).map_err(io(&log_dir))? {
+            let name = item.map_err(io(&log_dir))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(start) = name
+                .strip_suffix(".seg")
+                .and_then(|stem| stem.parse::<u64>().ok())
+            {
+                starts.push(start);
+            }
+        }
+        starts.sort_unstable();
+
+        let mut report = RecoveryReport::default();
+        let mut inner = LogInner {
+            dir: log_dir.clone(),
+            vote,
+            purged,
+            entries: BTreeMap::new(),
+            locations: BTreeMap::new(),
+            segments: BTreeMap::new(),
+        };
+        let mut expected: Option<u64> = None;
+        for (position, start) in starts.iter().enumerate() {
+            let path = segment_path(&log_dir, *start);
+            let bytes = fs::read(&path).map_err(io(&path))?;
+            let is_last = position + 1 == starts.len();
+            let mut at = 0usize;
+            while at < bytes.len() {
+                match parse_record(&bytes, at) {
+                    Parsed::Record { entry, next } => {
+                        let index = entry.log_id.index;
+                        let want = expected.unwrap_or(*start);
+                        if index != want {
+                            return Err(LogOpenError::Gap {
+                                path,
+                                offset: at as u64,
+                                expected: want,
+                                found: index,
+                            });
+                        }
+                        expected = Some(index + 1);
+                        inner.locations.insert(index, (*start, at as u64));
+                        if purged.is_none_or(|p| index > p.index) {
+                            inner.entries.insert(index, *entry);
+                        }
+                        at = next;
+                    }
+                    Parsed::Bad { what } => {
+                        if !is_last || valid_record_after(&bytes, at) {
+                            return Err(LogOpenError::Corrupt {
+                                path,
+                                offset: at as u64,
+                                what,
+                            });
+                        }
+                        let removed = (bytes.len() - at) as u64;
+                        let file = OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(io(&path))?;
+                        file.set_len(at as u64).map_err(io(&path))?;
+                        file.sync_all().map_err(io(&path))?;
+                        tracing::warn!(path = %path.display(), offset = at, removed, reason = %what, "cut off a torn tail of the raft log");
+                        report.truncated_tail = Some((path.clone(), at as u64, removed));
+                        break;
+                    }
+                }
+            }
+            let len = report
+                .truncated_tail
+                .as_ref()
+                .filter(|(p, _, _)| *p == path)
+                .map_or(bytes.len() as u64, |t| t.1);
+            let file = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            inner.segments.insert(
+                *start,
+                Segment {
+                    path,
+                    file: Arc::new(file),
+                    len,
+                },
+            );
+        }
+        report.entries = inner.entries.len();
+
+        let (flusher, jobs) = mpsc::channel::<FlushJob>();
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flush_loop(jobs))
+            .map_err(io(&log_dir))?;
+        Ok((
+            LogStore {
+                inner: Arc::new(Mutex::new(inner)),
+                flusher,
+            },
+            report,
+        ))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
+        self.inner.lock().expect("raft log mutex poisoned")
+    }
+}
+
+/// Group commit: one `fdatasync` per batch of queued appends, then every callback in order.
+fn flush_loop(jobs: mpsc::Receiver<FlushJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while let Ok(job) = jobs.try_recv() {
+            batch.push(job);
+        }
+        let mut synced: Vec<*const File> = Vec::new();
+        let mut result: Result<(), std::io::Error> = Ok(());
+        for job in &batch {
+            let key = Arc::as_ptr(&job.file);
+            if !synced.contains(&key) {
+                synced.push(key);
+                if let Err(err) = job.file.sync_data() {
+                    result = Err(err);
+                }
+            }
+        }
+        for job in batch {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(err) => Err(std::io::Error::new(err.kind(), err.to_string())),
+            };
+            job.callback.log_io_completed(outcome);
+        }
+    }
+}
+
+impl LogInner {
+    fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> Vec<Entry> {
+        self.entries
+            .range(range)
+            .map(|(_, entry)| entry.clone())
+            .collect()
+    }
+
+    fn last_log_id(&self) -> Option<LogId> {
+        self.entries
+            .values()
+            .next_back()
+            .map(|entry| entry.log_id)
+            .or(self.purged)
+    }
+
+    /// The segment to append to, starting a new one when there is none or it is full.
+    fn active_segment(&mut self, next_index: u64) -> std::io::Result<(u64, Arc<File>, u64)> {
+        let full = self
+            .segments
+            .values()
+            .next_back()
+            .is_none_or(|segment| segment.len >= SEGMENT_BYTES);
+        if full {
+            if let Some(segment) = self.segments.values().next_back() {
+                segment.file.sync_data()?;
+            }
+            let path = segment_path(&self.dir, next_index);
+            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            sync_dir(&self.dir)?;
+            self.segments.insert(
+                next_index,
+                Segment {
+                    path,
+                    file: Arc::new(file),
+                    len: 0,
+                },
+            );
+        }
+        let (start, segment) = self
+            .segments
+            .iter()
+            .next_back()
+            .expect("an active segment exists");
+        Ok((*start, segment.file.clone(), segment.len))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        Ok(self
+            .inner
+            .lock()
+            .expect("raft log mutex poisoned")
+            .read_range(range))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        Ok(self.lock().read_range(range))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let inner = self.lock();
+        Ok(LogState {
+            last_purged_log_id: inner.purged,
+            last_log_id: inner.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogReader {
+            inner: self.inner.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let bytes = postcard::to_allocvec(vote).expect("votes always serialize");
+        write_atomic(&inner.dir.with_file_name("vote"), &bytes)
+            .map_err(|err| io_error(ErrorSubject::Vote, ErrorVerb::Write, err))?;
+        inner.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.lock().vote)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut inner = self.lock();
+        let mut entries = entries.into_iter().peekable();
+        let Some(first) = entries.peek() else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let first_index = first.log_id.index;
+        let write_error = |err| io_error(ErrorSubject::Logs, ErrorVerb::Write, err);
+        let (start, file, mut offset) = inner.active_segment(first_index).map_err(write_error)?;
+        let mut buffer = Vec::new();
+        let mut placed = Vec::new();
+        for entry in entries {
+            let record = encode_record(&entry);
+            placed.push((entry.log_id.index, offset + buffer.len() as u64));
+            buffer.extend_from_slice(&record);
+            inner.entries.insert(entry.log_id.index, entry);
+        }
+        (&*file).write_all(&buffer).map_err(write_error)?;
+        offset += buffer.len() as u64;
+        inner.segments.get_mut(&start).expect("active segment").len = offset;
+        for (index, at) in placed {
+            inner.locations.insert(index, (start, at));
+        }
+        drop(inner);
+        if let Err(mpsc::SendError(job)) = self.flusher.send(FlushJob { file, callback }) {
+            job.callback
+                .log_io_completed(Err(std::io::Error::other("raft log flusher stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let error = |err| io_error(ErrorSubject::Logs, ErrorVerb::Delete, err);
+        let Some(&(segment_start, offset)) = inner.locations.get(&log_id.index) else {
+            return Ok(());
+        };
+        let later: Vec<u64> = inner
+            .segments
+            .range(segment_start + 1..)
+            .map(|(start, _)| *start)
+            .collect();
+        for start in later {
+            let segment = inner.segments.remove(&start).expect("listed segment");
+            fs::remove_file(&segment.path).map_err(error)?;
+        }
+        let segment = inner
+            .segments
+            .get_mut(&segment_start)
+            .expect("segment of a located entry");
+        segment.file.set_len(offset).map_err(error)?;
+        segment.file.sync_all().map_err(error)?;
+        segment.len = offset;
+        sync_dir(&inner.dir).map_err(error)?;
+        inner.entries.split_off(&log_id.index);
+        inner.locations.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let error = |err| io_error(ErrorSubject::Logs, ErrorVerb::Delete, err);
+        let bytes = postcard::to_allocvec(&log_id).expect("log ids always serialize");
+        write_atomic(&inner.dir.with_file_name("purged"), &bytes).map_err(error)?;
+        inner.purged = Some(log_id);
+        let kept = inner.entries.split_off(&(log_id.index + 1));
+        inner.entries = kept;
+        // A segment can go once the next segment starts at or below the first kept index.
+        let starts: Vec<u64> = inner.segments.keys().copied().collect();
+        for pair in starts.windows(2) {
+            if pair[1] <= log_id.index + 1 {
+                let segment = inner.segments.remove(&pair[0]).expect("listed segment");
+                fs::remove_file(&segment.path).map_err(error)?;
+            }
+        }
+        let kept_locations = inner.locations.split_off(&(log_id.index + 1));
+        inner.locations = kept_locations;
+        sync_dir(&inner.dir).map_err(error)?;
+        Ok(())
+    }
+}
+
+impl LogStore {
+    /// The id of the last entry in the log (or the last purged one).
+    pub(crate) fn last_log_id(&self) -> Option<LogId> {
+        self.lock().last_log_id()
+    }
+
+    /// The log id of an entry if it is still in the log (for diagnostics and tests).
+    pub fn entry_log_id(&self, index: u64) -> Option<LogId> {
+        self.lock()
+            .entries
+            .get(&index)
+            .map(|entry| *entry.get_log_id())
+    }
+}

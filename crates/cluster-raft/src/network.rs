@@ -1,0 +1,251 @@
+//! Peer transport: Raft RPCs and our own election RPCs over TCP with mutual TLS.
+//!
+//! Each replication stream keeps one connection to its target and reconnects after a failure.
+//! Short calls (pre-vote, hold, campaign, forwarded client requests) borrow a connection from a
+//! small per-address pool. Every successful exchange records the time of last contact, which
+//! `status` shows.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cluster_api::{decode, encode, Client, ClientError, PeerRequest, PeerRpc, Request, Response};
+use cluster_model::NodeInfo;
+use cluster_tls::rustls::ClientConfig;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::types::TypeConfig;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const POOL_PER_ADDRESS: usize = 8;
+
+/// Connections to peers and when each peer last answered.
+pub(crate) struct Peers {
+    tls: Arc<ClientConfig>,
+    idle: Mutex<HashMap<String, Vec<Client>>>,
+    contact: Mutex<HashMap<u64, Instant>>,
+}
+
+/// Why a peer call failed: the peer could not be reached, or it answered with an error.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// Nothing was sent: the request certainly had no effect.
+    Unreachable(String),
+    /// The request may have been received; its outcome is unknown.
+    Lost(String),
+    Remote(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Unreachable(detail) => write!(f, "unreachable: {detail}"),
+            CallError::Lost(detail) => write!(f, "no answer: {detail}"),
+            CallError::Remote(detail) => write!(f, "{detail}"),
+        }
+    }
+}
+
+impl Peers {
+    pub(crate) fn new(tls: Arc<ClientConfig>) -> Arc<Peers> {
+        Arc::new(Peers {
+            tls,
+            idle: Mutex::new(HashMap::new()),
+            contact: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn record_contact(&self, node: u64) {
+        self.contact
+            .lock()
+            .expect("contact lock")
+            .insert(node, Instant::now());
+    }
+
+    pub(crate) fn last_contact(&self, node: u64) -> Option<Duration> {
+        self.contact
+            .lock()
+            .expect("contact lock")
+            .get(&node)
+            .map(Instant::elapsed)
+    }
+
+    async fn connect(&self, address: &str) -> Result<Client, ClientError> {
+        let pooled = self
+            .idle
+            .lock()
+            .expect("pool lock")
+            .get_mut(address)
+            .and_then(Vec::pop);
+        match pooled {
+            Some(client) => Ok(client),
+            None => Client::connect_with(address, self.tls.clone(), CONNECT_TIMEOUT).await,
+        }
+    }
+
+    fn give_back(&self, address: &str, client: Client) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let slot = idle.entry(address.to_owned()).or_default();
+        if slot.len() < POOL_PER_ADDRESS {
+            slot.push(client);
+        }
+    }
+
+    /// Sends any request to `address` within `timeout`. With `pooled`, an idle connection may be
+    /// reused; a reused connection that the peer closed meanwhile fails as [`CallError::Lost`], so
+    /// requests whose outcome matters (forwarded writes) use a fresh connection.
+    pub(crate) async fn request(
+        &self,
+        address: &str,
+        request: &Request,
+        timeout: Duration,
+        pooled: bool,
+    ) -> Result<Response, CallError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let connect = async {
+            if pooled {
+                self.connect(address).await
+            } else {
+                Client::connect_with(address, self.tls.clone(), CONNECT_TIMEOUT).await
+            }
+        };
+        let mut client = tokio::time::timeout_at(deadline, connect)
+            .await
+            .map_err(|_| {
+                CallError::Unreachable(format!("cannot connect to {address} within {timeout:?}"))
+            })?
+            .map_err(|err| CallError::Unreachable(err.to_string()))?;
+        let response = tokio::time::timeout_at(deadline, client.round_trip(request))
+            .await
+            .map_err(|_| CallError::Lost(format!("{address} did not answer within {timeout:?}")))?
+            .map_err(|err| CallError::Lost(err.to_string()))?;
+        self.give_back(address, client);
+        Ok(response)
+    }
+
+    /// A typed peer RPC: encodes the body, sends it, decodes the answer.
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: u64,
+        address: &str,
+        rpc: PeerRpc,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let payload = encode(body)
+            .map_err(|err| CallError::Remote(err.to_string()))?
+            .to_vec();
+        match self
+            .request(
+                address,
+                &Request::Peer(PeerRequest { rpc, payload }),
+                timeout,
+                true,
+            )
+            .await?
+        {
+            Response::Peer(Ok(bytes)) => {
+                self.record_contact(target);
+                decode(&bytes)
+                    .map_err(|err| CallError::Remote(format!("bad answer from {address}: {err}")))
+            }
+            Response::Peer(Err(message)) => Err(CallError::Remote(message)),
+            Response::Client(_) => Err(CallError::Remote(format!(
+                "{address} answered a peer rpc as a client request"
+            ))),
+        }
+    }
+}
+
+/// openraft's network factory: one [`PeerConnection`] per replication target.
+#[derive(Clone)]
+pub(crate) struct PeerNetwork {
+    pub(crate) peers: Arc<Peers>,
+}
+
+/// A replication stream's connection to one peer.
+pub(crate) struct PeerConnection {
+    peers: Arc<Peers>,
+    target: u64,
+    address: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: u64, node: &NodeInfo) -> PeerConnection {
+        PeerConnection {
+            peers: self.peers.clone(),
+            target,
+            address: node.address.clone(),
+        }
+    }
+}
+
+impl PeerConnection {
+    async fn raft_call<Req, Resp, E>(
+        &mut self,
+        rpc: PeerRpc,
+        body: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, NodeInfo, RaftError<u64, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Result<Resp, RaftError<u64, E>>, CallError> = self
+            .peers
+            .call(self.target, &self.address, rpc, body, option.hard_ttl())
+            .await;
+        match answer {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(CallError::Unreachable(detail)) => Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(detail),
+            ))),
+            Err(CallError::Lost(detail) | CallError::Remote(detail)) => Err(RPCError::Network(
+                NetworkError::new(&std::io::Error::other(detail)),
+            )),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeInfo, RaftError<u64>>> {
+        self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, NodeInfo, RaftError<u64, InstallSnapshotError>>,
+    > {
+        self.raft_call(PeerRpc::InstallSnapshot, &rpc, &option)
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, NodeInfo, RaftError<u64>>> {
+        self.raft_call(PeerRpc::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,870 @@
+//! [`ConsensusNode`]: the only consensus interface the daemon sees (propose, read barrier,
+//! membership, leadership transfer, status, peer RPCs).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster_api::{
+    decode, encode, NodeRole, NodeStatus, PeerRequest, PeerRpc, Request, Response, StatusReport,
+};
+use cluster_model::{node_id, validate_node_name, ClusterState, Command, CommandOutcome, NodeInfo};
+use cluster_tls::rustls::ClientConfig;
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use rand::Rng;
+
+use crate::election::{decide_pre_vote, ElectionClock, PreVoteRequest, PreVoteResponse, VoterView};
+use crate::log_store::{LogStore, RecoveryReport};
+use crate::network::{CallError, PeerNetwork, Peers};
+use crate::state_machine::{StateMachineStore, StateView};
+use crate::types::{Raft, TypeConfig};
+
+/// Raft timing of this binary; every node of a cluster runs the same values.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// How long a client request may wait for a leader or a quorum.
+    pub request_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything needed to start a node.
+pub struct NodeOptions {
+    pub name: String,
+    pub address: String,
+    pub data_dir: PathBuf,
+    pub tls: Arc<ClientConfig>,
+    pub timing: Timing,
+}
+
+/// Failures of consensus operations, classified so callers can map them to exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsensusError {
+    /// This node is not the leader; `leader` is where to send the request, if known.
+    #[error("node {me} is not the leader{}", leader.as_ref().map(|l| format!(" (the leader is {})", l.name)).unwrap_or_default())]
+    NotLeader {
+        me: String,
+        leader: Option<NodeInfo>,
+    },
+    /// No leader or no quorum answered in time.
+    #[error("{0}")]
+    NoQuorum(String),
+    /// The request itself is wrong (unknown node, last voter …).
+    #[error("{0}")]
+    Invalid(String),
+    /// Anything else; the message names the operation.
+    #[error("{0}")]
+    Failed(String),
+    /// Storage could not be opened or consensus stopped: the node cannot go on.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// A forwarded request failed: either it was never sent, or its outcome is unknown.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{0}")]
+    NotSent(String),
+    #[error("{0}")]
+    Unknown(String),
+}
+
+type Result<T, E = ConsensusError> = std::result::Result<T, E>;
+
+/// A running Raft member: storage, transport, election driver and snapshot trigger.
+pub struct ConsensusNode {
+    raft: Raft,
+    me: NodeInfo,
+    id: u64,
+    view: StateView,
+    log: LogStore,
+    peers: Arc<Peers>,
+    election: Arc<ElectionClock>,
+    timing: Timing,
+    recovery: RecoveryReport,
+}
+
+impl ConsensusNode {
+    /// Opens storage under `data_dir/raft` and starts Raft with its background tasks.
+    pub async fn start(options: NodeOptions) -> Result<Arc<ConsensusNode>> {
+        validate_node_name(&options.name).map_err(ConsensusError::Invalid)?;
+        let raft_dir = options.data_dir.join("raft");
+        let (log, recovery) =
+            LogStore::open(&raft_dir).map_err(|err| ConsensusError::Fatal(err.to_string()))?;
+        let state_machine = StateMachineStore::open(&raft_dir)
+            .map_err(|err| ConsensusError::Fatal(err.to_string()))?;
+        let view = state_machine.view();
+        let timing = options.timing;
+        let config = Config {
+            cluster_name: "clusterd".into(),
+            heartbeat_interval: timing.heartbeat.as_millis() as u64,
+            election_timeout_min: timing.election_timeout_min.as_millis() as u64,
+            election_timeout_max: timing.election_timeout_max.as_millis() as u64,
+            // Elections are driven by election.rs (pre-vote, fresh random timeouts).
+            enable_elect: false,
+            // Snapshots are triggered by the snapshot_period setting of the replicated state.
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: 100,
+            install_snapshot_timeout: 2_000,
+            ..Config::default()
+        };
+        let config = Arc::new(
+            config
+                .validate()
+                .map_err(|err| ConsensusError::Fatal(format!("raft config: {err}")))?,
+        );
+        let peers = Peers::new(options.tls);
+        let id = node_id(&options.name);
+        let raft = Raft::new(
+            id,
+            config,
+            PeerNetwork {
+                peers: peers.clone(),
+            },
+            log.clone(),
+            state_machine,
+        )
+        .await
+        .map_err(|err| ConsensusError::Fatal(format!("failed to start raft: {err}")))?;
+        let node = Arc::new(ConsensusNode {
+            raft,
+            me: NodeInfo {
+                name: options.name,
+                address: options.address,
+            },
+            id,
+            view,
+            log,
+            peers,
+            election: Arc::new(ElectionClock::new()),
+            timing,
+            recovery,
+        });
+        tokio::spawn(driver(Arc::downgrade(&node)));
+        Ok(node)
+    }
+
+    /// What opening the log found (a torn tail that was cut off, entries loaded).
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// This node's name and address.
+    pub fn me(&self) -> &NodeInfo {
+        &self.me
+    }
+
+    /// Timing this node runs with.
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// Whether Raft's core is still running (for the systemd watchdog).
+    pub fn healthy(&self) -> bool {
+        self.raft.metrics().borrow().running_state.is_ok()
+    }
+
+    /// The leader this node currently follows, if any.
+    pub fn leader(&self) -> Option<NodeInfo> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+    }
+
+    fn not_leader(&self) -> ConsensusError {
+        ConsensusError::NotLeader {
+            me: self.me.name.clone(),
+            leader: self.leader(),
+        }
+    }
+
+    async fn within<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(limit, work).await.map_err(|_| {
+            ConsensusError::NoQuorum(format!("{what}: no leader or quorum within {limit:?}"))
+        })?
+    }
+
+    /// Bootstraps a one-node cluster made of this node.
+    pub async fn initialize(&self) -> Result<()> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|err| ConsensusError::Fatal(err.to_string()))?
+        {
+            return Err(ConsensusError::Invalid(format!(
+                "node {} is already part of a cluster: `cluster init` runs once, on the first node",
+                self.me.name
+            )));
+        }
+        let members = std::collections::BTreeMap::from([(self.id, self.me.clone())]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|err| ConsensusError::Failed(format!("cluster init: {err}")))?;
+        self.election.leader_contact();
+        Ok(())
+    }
+
+    /// Proposes a command and waits until it is committed and applied.
+    pub async fn write(&self, command: Command) -> Result<CommandOutcome> {
+        self.within("write", self.timing.request_timeout, async {
+            match self.raft.client_write(command).await {
+                Ok(response) => Ok(response.data),
+                Err(err) => Err(self.map_write_error("write", err)),
+            }
+        })
+        .await
+    }
+
+    /// A linearizable read: confirms leadership with a quorum, waits until that point is applied,
+    /// then reads the state.
+    pub async fn read<T>(&self, read: impl FnOnce(&ClusterState) -> T) -> Result<T> {
+        self.within("read", self.timing.request_timeout, async {
+            self.raft
+                .ensure_linearizable()
+                .await
+                .map_err(|err| match err {
+                    RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)) => {
+                        self.not_leader()
+                    }
+                    RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err)) => {
+                        ConsensusError::NoQuorum(format!("read: {err}"))
+                    }
+                    RaftError::Fatal(err) => ConsensusError::Fatal(err.to_string()),
+                })?;
+            Ok(())
+        })
+        .await?;
+        Ok(read(&self.view.read().expect("state lock poisoned").state))
+    }
+
+    /// Reads the local applied state without a quorum round (may be stale on a follower).
+    pub fn read_local<T>(&self, read: impl FnOnce(&ClusterState) -> T) -> T {
+        read(&self.view.read().expect("state lock poisoned").state)
+    }
+
+    fn map_write_error(
+        &self,
+        what: &str,
+        err: RaftError<u64, ClientWriteError<u64, NodeInfo>>,
+    ) -> ConsensusError {
+        match err {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                ConsensusError::NotLeader {
+                    me: self.me.name.clone(),
+                    leader: forward.leader_node,
+                }
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(change)) => match change {
+                ChangeMembershipError::InProgress(_) => ConsensusError::Failed(format!(
+                    "{what}: another membership change is in progress, retry"
+                )),
+                other => ConsensusError::Invalid(format!("{what}: {other}")),
+            },
+            RaftError::Fatal(err) => ConsensusError::Fatal(format!("{what}: {err}")),
+        }
+    }
+
+    fn membership(&self) -> openraft::Membership<u64, NodeInfo> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone()
+    }
+
+    fn lookup(&self, name: &str) -> Result<(u64, bool)> {
+        let membership = self.membership();
+        let id = node_id(name);
+        match membership.get_node(&id) {
+            Some(node) if node.name == name => Ok((id, membership.voter_ids().any(|v| v == id))),
+            _ => Err(ConsensusError::Invalid(format!(
+                "node `{name}` is not a member of the cluster"
+            ))),
+        }
+    }
+
+    fn require_leader(&self) -> Result<()> {
+        if self.raft.metrics().borrow().state == ServerState::Leader {
+            Ok(())
+        } else {
+            Err(self.not_leader())
+        }
+    }
+
+    /// Adds a node as a learner, waits until it has caught up, then makes it a voter unless
+    /// `learner` is set.
+    pub async fn add_node(&self, name: &str, address: &str, learner: bool) -> Result<()> {
+        validate_node_name(name).map_err(ConsensusError::Invalid)?;
+        validate_address(address)?;
+        self.require_leader()?;
+        let membership = self.membership();
+        let id = node_id(name);
+        if let Some(existing) = membership.get_node(&id) {
+            return Err(ConsensusError::Invalid(if existing.name == name {
+                format!(
+                    "node `{name}` already exists (address {})",
+                    existing.address
+                )
+            } else {
+                format!(
+                    "node name `{name}` collides with the id of node `{}`: choose another name",
+                    existing.name
+                )
+            }));
+        }
+        if let Some((_, other)) = membership.nodes().find(|(_, node)| node.address == address) {
+            return Err(ConsensusError::Invalid(format!(
+                "address {address} is already used by node `{}`",
+                other.name
+            )));
+        }
+        let info = NodeInfo {
+            name: name.to_owned(),
+            address: address.to_owned(),
+        };
+        self.within("node add", Duration::from_secs(60), async {
+            self.raft
+                .add_learner(id, info, true)
+                .await
+                .map_err(|err| self.map_write_error(&format!("add node `{name}`"), err))?;
+            if !learner {
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(|err| self.map_write_error(&format!("promote node `{name}`"), err))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote(&self, name: &str) -> Result<()> {
+        self.require_leader()?;
+        let (id, voter) = self.lookup(name)?;
+        if voter {
+            return Err(ConsensusError::Invalid(format!(
+                "node `{name}` is already a voter"
+            )));
+        }
+        self.within("node promote", Duration::from_secs(30), async {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(|err| self.map_write_error(&format!("promote node `{name}`"), err))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a node. Removing the leader first hands leadership to another voter and returns
+    /// [`ConsensusError::NotLeader`] naming it, so the caller forwards the removal there.
+    pub async fn remove_node(&self, name: &str) -> Result<()> {
+        self.require_leader()?;
+        let (id, voter) = self.lookup(name)?;
+        let voters: Vec<u64> = self.membership().voter_ids().collect();
+        if voter && voters.len() == 1 {
+            return Err(ConsensusError::Invalid(format!(
+                "refusing to remove node `{name}`: it is the last voter and the cluster would lose its state"
+            )));
+        }
+        if id == self.id {
+            let successor = self.best_successor()?;
+            self.transfer_leader(&successor.name).await?;
+            return Err(ConsensusError::NotLeader {
+                me: self.me.name.clone(),
+                leader: Some(successor),
+            });
+        }
+        let change = if voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.within("node remove", Duration::from_secs(30), async {
+            self.raft
+                .change_membership(change, false)
+                .await
+                .map_err(|err| self.map_write_error(&format!("remove node `{name}`"), err))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The most caught-up other voter.
+    fn best_successor(&self) -> Result<NodeInfo> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let matched = |id: &u64| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map(|log_id| log_id.index)
+        };
+        membership
+            .voter_ids()
+            .filter(|id| *id != self.id)
+            .max_by_key(matched)
+            .and_then(|id| membership.get_node(&id).cloned())
+            .ok_or_else(|| ConsensusError::Invalid("no other voter to hand leadership to".into()))
+    }
+
+    /// Hands leadership to `name` (see ARCHITECTURE.md, "Leadership transfer").
+    ///
+    /// openraft 0.9 has no transfer API. The leader waits until the target holds its whole log,
+    /// asks every other voter to hold its elections, stops its own heartbeats for one maximum
+    /// election timeout so the followers' leader leases lapse, then tells the target to campaign.
+    /// The target wins because its log is complete and nobody else is allowed to run. Heartbeats
+    /// and elections are re-enabled whatever happens; the whole sequence is retried up to 3 times.
+    pub async fn transfer_leader(&self, name: &str) -> Result<()> {
+        self.require_leader()?;
+        let (target, voter) = self.lookup(name)?;
+        if !voter {
+            return Err(ConsensusError::Invalid(format!(
+                "node `{name}` is a learner: only a voter can lead"
+            )));
+        }
+        if target == self.id {
+            return Ok(());
+        }
+        let membership = self.membership();
+        let address_of = |id: u64| {
+            membership
+                .get_node(&id)
+                .map(|node| node.address.clone())
+                .unwrap_or_default()
+        };
+        let others: Vec<u64> = membership
+            .voter_ids()
+            .filter(|id| *id != self.id && *id != target)
+            .collect();
+        let hold = self.timing.election_timeout_max * 6;
+        let rpc_timeout = self.timing.election_timeout_max;
+        let mut last_failure = String::new();
+        for attempt in 1..=3 {
+            if let Err(err) = self.wait_caught_up(target, Duration::from_secs(5)).await {
+                last_failure = err.to_string();
+                continue;
+            }
+            self.election.hold(hold);
+            for other in &others {
+                let _: Result<(), CallError> = self
+                    .peers
+                    .call(
+                        *other,
+                        &address_of(*other),
+                        PeerRpc::HoldElections,
+                        &(hold.as_millis() as u64),
+                        rpc_timeout,
+                    )
+                    .await;
+            }
+            self.raft.runtime_config().heartbeat(false);
+            tokio::time::sleep(self.timing.election_timeout_max + self.timing.heartbeat).await;
+            let campaign: Result<(), CallError> = self
+                .peers
+                .call(
+                    target,
+                    &address_of(target),
+                    PeerRpc::Campaign,
+                    &(),
+                    rpc_timeout,
+                )
+                .await;
+            let won = match campaign {
+                Ok(()) => {
+                    self.wait_for_leader(target, self.timing.election_timeout_max * 4)
+                        .await
+                }
+                Err(err) => {
+                    last_failure = format!("node `{name}` did not start its campaign: {err}");
+                    false
+                }
+            };
+            self.raft.runtime_config().heartbeat(true);
+            self.election.hold(Duration::ZERO);
+            for other in &others {
+                let _: Result<(), CallError> = self
+                    .peers
+                    .call(
+                        *other,
+                        &address_of(*other),
+                        PeerRpc::HoldElections,
+                        &0u64,
+                        rpc_timeout,
+                    )
+                    .await;
+            }
+            if won {
+                tracing::info!(target = name, attempt, "leadership transferred");
+                return Ok(());
+            }
+            if last_failure.is_empty() {
+                last_failure = format!("node `{name}` did not win its election");
+            }
+            if self.raft.metrics().borrow().state != ServerState::Leader {
+                break;
+            }
+        }
+        Err(ConsensusError::Failed(format!(
+            "leadership transfer to `{name}` failed: {last_failure}"
+        )))
+    }
+
+    async fn wait_caught_up(&self, target: u64, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let metrics = self.raft.metrics().borrow().clone();
+            let matched = metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target).cloned().flatten())
+                .map(|id| id.index);
+            if matched.is_some() && matched >= metrics.last_log_index {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ConsensusError::Failed(format!(
+                    "target has log index {matched:?}, leader has {:?}: not caught up within {limit:?}",
+                    metrics.last_log_index
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn wait_for_leader(&self, target: u64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.raft.metrics().borrow().current_leader == Some(target) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// The cluster as this node sees it.
+    pub async fn status(&self) -> StatusReport {
+        let metrics = self.raft.metrics().borrow().clone();
+        let committed = self
+            .raft
+            .with_raft_state(|state| state.committed.map(|id| id.index))
+            .await
+            .ok()
+            .flatten();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let is_leader = metrics.state == ServerState::Leader;
+        let since_quorum = metrics.millis_since_quorum_ack;
+        let quorum = if is_leader {
+            since_quorum.is_some_and(|ms| ms <= self.timing.election_timeout_max.as_millis() as u64)
+        } else {
+            metrics.current_leader.is_some()
+                && self.election.since_leader_contact() <= self.timing.election_timeout_max
+        };
+        let nodes = membership
+            .nodes()
+            .map(|(id, info)| {
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index);
+                let last_contact = if *id == self.id {
+                    Some(0)
+                } else if Some(*id) == metrics.current_leader && !is_leader {
+                    Some(self.election.since_leader_contact().as_millis() as u64)
+                } else {
+                    self.peers.last_contact(*id).map(|d| d.as_millis() as u64)
+                };
+                NodeStatus {
+                    name: info.name.clone(),
+                    address: info.address.clone(),
+                    role: if voters.contains(id) {
+                        NodeRole::Voter
+                    } else {
+                        NodeRole::Learner
+                    },
+                    matched_index: if *id == self.id {
+                        metrics.last_log_index
+                    } else {
+                        matched
+                    },
+                    last_contact_ms: last_contact,
+                }
+            })
+            .collect();
+        let leader = metrics
+            .current_leader
+            .and_then(|id| membership.get_node(&id))
+            .map(|node| node.name.clone());
+        StatusReport {
+            reporter: self.me.name.clone(),
+            reporter_state: format!("{:?}", metrics.state).to_lowercase(),
+            leader,
+            term: metrics.current_term,
+            quorum,
+            commit_index: committed,
+            applied_index: metrics.last_applied.map(|id| id.index),
+            last_log_index: metrics.last_log_index,
+            snapshot_index: metrics.snapshot.map(|id| id.index),
+            nodes,
+        }
+    }
+
+    /// Sends a request to another node (forwarding to the leader).
+    pub async fn forward(
+        &self,
+        address: &str,
+        request: &Request,
+    ) -> Result<Response, ForwardError> {
+        let limit = self.timing.request_timeout + Duration::from_secs(1);
+        self.peers
+            .request(address, request, limit, false)
+            .await
+            .map_err(|err| match err {
+                CallError::Unreachable(detail) => ForwardError::NotSent(detail),
+                CallError::Lost(detail) | CallError::Remote(detail) => {
+                    ForwardError::Unknown(detail)
+                }
+            })
+    }
+
+    /// Serves a peer RPC; the answer is the encoded result, or a message naming what failed.
+    pub async fn handle_peer(&self, request: PeerRequest) -> Result<Vec<u8>, String> {
+        let bad = |err: cluster_api::FrameError| format!("malformed {:?} rpc: {err}", request.rpc);
+        match request.rpc {
+            PeerRpc::AppendEntries => {
+                let rpc: AppendEntriesRequest<TypeConfig> =
+                    decode(&request.payload).map_err(bad)?;
+                let result = self.raft.append_entries(rpc).await;
+                if matches!(
+                    result,
+                    Ok(AppendEntriesResponse::Success
+                        | AppendEntriesResponse::PartialSuccess(_)
+                        | AppendEntriesResponse::Conflict)
+                ) {
+                    self.election.leader_contact();
+                }
+                encoded(&result)
+            }
+            PeerRpc::Vote => {
+                let rpc: VoteRequest<u64> = decode(&request.payload).map_err(bad)?;
+                let result = self.raft.vote(rpc).await;
+                if matches!(&result, Ok(response) if response.vote_granted) {
+                    // Granting a vote restarts our own wait, so we do not compete with the candidate.
+                    self.election.leader_contact();
+                }
+                encoded(&result)
+            }
+            PeerRpc::InstallSnapshot => {
+                let rpc: InstallSnapshotRequest<TypeConfig> =
+                    decode(&request.payload).map_err(bad)?;
+                let result = self.raft.install_snapshot(rpc).await;
+                if result.is_ok() {
+                    self.election.leader_contact();
+                }
+                encoded(&result)
+            }
+            PeerRpc::PreVote => {
+                let rpc: PreVoteRequest = decode(&request.payload).map_err(bad)?;
+                encoded(&self.answer_pre_vote(&rpc))
+            }
+            PeerRpc::HoldElections => {
+                let millis: u64 = decode(&request.payload).map_err(bad)?;
+                self.election
+                    .hold(Duration::from_millis(millis.min(10_000)));
+                encoded(&())
+            }
+            PeerRpc::Campaign => {
+                decode::<()>(&request.payload).map_err(bad)?;
+                self.election.hold(Duration::ZERO);
+                self.raft
+                    .trigger()
+                    .elect()
+                    .await
+                    .map_err(|err| err.to_string())?;
+                encoded(&())
+            }
+        }
+    }
+
+    fn answer_pre_vote(&self, request: &PreVoteRequest) -> PreVoteResponse {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader_with_quorum = metrics.state == ServerState::Leader
+            && metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms < self.timing.election_timeout_min.as_millis() as u64);
+        let view = VoterView {
+            last_log_id: self.log.last_log_id(),
+            since_leader_contact: self.election.since_leader_contact(),
+            leader_with_quorum,
+        };
+        let answer = decide_pre_vote(view, request, self.timing.election_timeout_min);
+        tracing::debug!(candidate = request.candidate, granted = answer.granted, reason = %answer.reason, "pre-vote");
+        answer
+    }
+
+    /// One round of the election driver: pre-vote, then a real election if a majority agrees.
+    async fn campaign_if_allowed(&self) {
+        let membership = self.membership();
+        let voters: Vec<(u64, String)> = membership
+            .voter_ids()
+            .filter_map(|id| {
+                membership
+                    .get_node(&id)
+                    .map(|node| (id, node.address.clone()))
+            })
+            .collect();
+        if !voters.iter().any(|(id, _)| *id == self.id) {
+            return;
+        }
+        let request = PreVoteRequest {
+            candidate: self.id,
+            last_log_id: self.log.last_log_id(),
+        };
+        let asks = voters
+            .iter()
+            .filter(|(id, _)| *id != self.id)
+            .map(|(id, address)| {
+                let request = request.clone();
+                async move {
+                    let answer: Result<PreVoteResponse, CallError> = self
+                        .peers
+                        .call(
+                            *id,
+                            address,
+                            PeerRpc::PreVote,
+                            &request,
+                            self.timing.election_timeout_min,
+                        )
+                        .await;
+                    answer.map(|a| a.granted).unwrap_or(false)
+                }
+            });
+        let granted = 1 + futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter(|g| *g)
+            .count();
+        if granted * 2 > voters.len() {
+            tracing::info!(
+                granted,
+                voters = voters.len(),
+                "pre-vote won, starting an election"
+            );
+            if let Err(err) = self.raft.trigger().elect().await {
+                tracing::error!(error = %err, "failed to start an election");
+            }
+        } else {
+            tracing::debug!(granted, voters = voters.len(), "pre-vote lost");
+        }
+    }
+
+    /// Builds a snapshot once `snapshot_period` entries were applied since the last one.
+    async fn snapshot_if_due(&self, last_triggered: &mut Option<u64>) {
+        let metrics = self.raft.metrics().borrow().clone();
+        let applied = metrics.last_applied.map_or(0, |id| id.index);
+        let snapshot = metrics
+            .snapshot
+            .map_or(0, |id| id.index)
+            .max(last_triggered.unwrap_or(0));
+        let period = self.read_local(|state| state.settings.snapshot_period);
+        if applied >= snapshot + period {
+            *last_triggered = Some(applied);
+            if let Err(err) = self.raft.trigger().snapshot().await {
+                tracing::error!(error = %err, "failed to trigger a snapshot");
+            }
+        }
+    }
+
+    /// Stops Raft.
+    pub async fn shutdown(&self) {
+        if let Err(err) = self.raft.shutdown().await {
+            tracing::warn!(error = %err, "raft shutdown");
+        }
+    }
+}
+
+/// Encodes a peer RPC answer.
+fn encoded<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    encode(value)
+        .map(|bytes| bytes.to_vec())
+        .map_err(|err| err.to_string())
+}
+
+fn validate_address(address: &str) -> Result<()> {
+    let valid = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if valid {
+        Ok(())
+    } else {
+        Err(ConsensusError::Invalid(format!(
+            "invalid node address `{address}`: expected HOST:PORT"
+        )))
+    }
+}
+
+/// Background work of every node: the election driver and the snapshot trigger.
+async fn driver(node: std::sync::Weak<ConsensusNode>) {
+    let mut deadline: Option<Duration> = None;
+    let mut last_triggered = None;
+    let mut last_attempt = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let Some(node) = node.upgrade() else { return };
+        if node.raft.metrics().borrow().running_state.is_err() {
+            return;
+        }
+        node.snapshot_if_due(&mut last_triggered).await;
+        let state = node.raft.metrics().borrow().state;
+        if state == ServerState::Leader || node.election.held() {
+            deadline = None;
+            continue;
+        }
+        let timing = node.timing;
+        let timeout = *deadline.get_or_insert_with(|| {
+            let min = timing.election_timeout_min.as_millis() as u64;
+            let max = timing.election_timeout_max.as_millis() as u64;
+            Duration::from_millis(rand::rng().random_range(min..=max))
+        });
+        if node.election.since_leader_contact() < timeout || last_attempt.elapsed() < timeout {
+            continue;
+        }
+        last_attempt = Instant::now();
+        deadline = None;
+        node.campaign_if_allowed().await;
+    }
+}

@@ -1,0 +1,233 @@
+//! The state machine: [`ClusterState`] in memory, made durable by checksummed snapshot files.
+//!
+//! Between snapshots the state lives in memory only; after a restart openraft re-applies the log
+//! entries that follow the last snapshot. A snapshot file is
+//! `crc32 | postcard(SnapshotFile { meta, data })`, where `data` (what peers receive in
+//! `install_snapshot`) is `b"CLSN" | version | crc32 | postcard(ClusterState)`.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use cluster_model::{ClusterState, CommandOutcome};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::files::{read_checked, write_atomic};
+use crate::types::{io_error, Entry, LogId, StorageError, TypeConfig};
+
+const SNAPSHOT_MAGIC: &[u8; 4] = b"CLSN";
+const SNAPSHOT_VERSION: u8 = 1;
+
+type Meta = SnapshotMeta<u64, cluster_model::NodeInfo>;
+type Membership = StoredMembership<u64, cluster_model::NodeInfo>;
+
+/// What a node knows after applying the committed log.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub state: ClusterState,
+    pub last_applied: Option<LogId>,
+    pub membership: Membership,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: Meta,
+    data: Vec<u8>,
+}
+
+/// Shared handle on the applied state; readers take the read lock briefly.
+pub type StateView = Arc<RwLock<Applied>>;
+
+/// openraft `RaftStateMachine` over [`ClusterState`].
+#[derive(Clone)]
+pub struct StateMachineStore {
+    applied: StateView,
+    snapshot_path: PathBuf,
+    current: Arc<RwLock<Option<(Meta, Vec<u8>)>>>,
+    snapshot_counter: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Opening the snapshot failed; the node must not start.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot {path}: {what}. Refusing to start: restore the data directory from a backup, or remove it and re-add this node to the cluster")]
+pub struct SnapshotOpenError {
+    pub path: PathBuf,
+    pub what: String,
+}
+
+fn encode_data(state: &ClusterState) -> Vec<u8> {
+    let body = postcard::to_allocvec(state).expect("cluster state always serializes");
+    let mut data = Vec::with_capacity(body.len() + 9);
+    data.extend_from_slice(SNAPSHOT_MAGIC);
+    data.push(SNAPSHOT_VERSION);
+    data.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    data.extend_from_slice(&body);
+    data
+}
+
+/// Decodes snapshot data, checking magic, version and checksum.
+pub(crate) fn decode_data(data: &[u8]) -> Result<ClusterState, String> {
+    if data.len() < 9 || &data[0..4] != SNAPSHOT_MAGIC {
+        return Err("not a clusterd snapshot".into());
+    }
+    if data[4] != SNAPSHOT_VERSION {
+        return Err(format!(
+            "snapshot version {} is not supported: expected {SNAPSHOT_VERSION}",
+            data[4]
+        ));
+    }
+    let crc = u32::from_le_bytes(data[5..9].try_into().expect("4 bytes"));
+    if crc32fast::hash(&data[9..]) != crc {
+        return Err("snapshot checksum mismatch".into());
+    }
+    postcard::from_bytes(&data[9..]).map_err(|err| format!("undecodable snapshot: {err}"))
+}
+
+impl StateMachineStore {
+    /// Opens the state machine under `dir`, loading the last snapshot if there is one.
+    pub fn open(dir: &Path) -> Result<StateMachineStore, SnapshotOpenError> {
+        let snapshot_path = dir.join("snapshot");
+        let fail = |what: String| SnapshotOpenError {
+            path: snapshot_path.clone(),
+            what,
+        };
+        let mut applied = Applied::default();
+        let mut current = None;
+        if let Some(bytes) = read_checked(&snapshot_path).map_err(|err| fail(err.to_string()))? {
+            let file: SnapshotFile =
+                postcard::from_bytes(&bytes).map_err(|err| fail(format!("undecodable: {err}")))?;
+            applied.state = decode_data(&file.data).map_err(fail)?;
+            applied.last_applied = file.meta.last_log_id;
+            applied.membership = file.meta.last_membership.clone();
+            current = Some((file.meta, file.data));
+        }
+        Ok(StateMachineStore {
+            applied: Arc::new(RwLock::new(applied)),
+            snapshot_path,
+            current: Arc::new(RwLock::new(current)),
+            snapshot_counter: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        })
+    }
+
+    /// The shared applied state, for reads.
+    pub fn view(&self) -> StateView {
+        self.applied.clone()
+    }
+
+    fn persist(&self, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: data.to_vec(),
+        };
+        let bytes = postcard::to_allocvec(&file).expect("snapshots always serialize");
+        write_atomic(&self.snapshot_path, &bytes).map_err(|err| {
+            io_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                err,
+            )
+        })?;
+        *self.current.write().expect("snapshot lock poisoned") =
+            Some((meta.clone(), data.to_vec()));
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, data) = {
+            let applied = self.applied.read().expect("state lock poisoned");
+            let counter = self
+                .snapshot_counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let snapshot_id = match applied.last_applied {
+                Some(log_id) => format!("{}-{}-{counter}", log_id.leader_id.term, log_id.index),
+                None => format!("0-0-{counter}"),
+            };
+            let meta = Meta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+                snapshot_id,
+            };
+            (meta, encode_data(&applied.state))
+        };
+        self.persist(&meta, &data)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+        let applied = self.applied.read().expect("state lock poisoned");
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandOutcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut applied = self.applied.write().expect("state lock poisoned");
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            applied.last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => CommandOutcome::Applied,
+                EntryPayload::Normal(command) => applied.state.apply(&command),
+                EntryPayload::Membership(membership) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    CommandOutcome::Applied
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state = decode_data(&data).map_err(|err| {
+            io_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                err,
+            )
+        })?;
+        self.persist(meta, &data)?;
+        let mut applied = self.applied.write().expect("state lock poisoned");
+        applied.state = state;
+        applied.last_applied = meta.last_log_id;
+        applied.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let current = self.current.read().expect("snapshot lock poisoned");
+        Ok(current.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(data.clone())),
+        }))
+    }
+}

@@ -1,0 +1,152 @@
+//! The node configuration file (`clusterd --config FILE`); every key is in docs/configuration.md.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// Default path of the local, root-only control socket.
+pub(crate) const DEFAULT_SOCKET: &str = "/run/clusterd/clusterd.sock";
+
+/// One node's configuration. Cluster-wide settings are not here: they live in the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeConfig {
+    /// This node's name, unique in the cluster.
+    pub(crate) node: String,
+    /// Address for peer RPC and remote clients (mutual TLS), `IP:PORT`.
+    pub(crate) listen: SocketAddr,
+    /// Address other nodes dial to reach this one; defaults to `listen`.
+    #[serde(default)]
+    pub(crate) advertise: Option<String>,
+    /// Directory for the Raft log, vote and snapshots.
+    pub(crate) data_dir: PathBuf,
+    /// Local control socket (root only, mode 0600).
+    #[serde(default = "default_socket")]
+    pub(crate) socket: PathBuf,
+    pub(crate) tls: TlsSection,
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    pub(crate) ca: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+
+impl NodeConfig {
+    /// Parses a configuration file's text; `path` names it in errors.
+    pub(crate) fn parse(path: &Path, text: &str) -> anyhow::Result<NodeConfig> {
+        let config: NodeConfig = toml::from_str(text)
+            .with_context(|| format!("invalid configuration file {}", path.display()))?;
+        if let Err(err) = cluster_model::validate_node_name(&config.node) {
+            bail!(
+                "invalid configuration file {}: key `node`: {err}",
+                path.display()
+            );
+        }
+        if config.listen.port() == 0 {
+            bail!(
+                "invalid configuration file {}: key `listen`: expected a fixed port, not 0",
+                path.display()
+            );
+        }
+        if !config.data_dir.is_absolute() {
+            bail!(
+                "invalid configuration file {}: key `data_dir`: expected an absolute path, got `{}`",
+                path.display(),
+                config.data_dir.display()
+            );
+        }
+        Ok(config)
+    }
+
+    /// Reads and parses `path`.
+    pub(crate) fn load(path: &Path) -> anyhow::Result<NodeConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+        NodeConfig::parse(path, &text)
+    }
+
+    /// The address peers dial.
+    pub(crate) fn advertised_address(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node = "n1"
+listen = "127.0.0.1:7400"
+data_dir = "/var/lib/clusterd"
+[tls]
+ca = "/etc/clusterd/ca.crt"
+cert = "/etc/clusterd/n1.crt"
+key = "/etc/clusterd/n1.key"
+"#;
+
+    fn parse(text: &str) -> anyhow::Result<NodeConfig> {
+        NodeConfig::parse(Path::new("/etc/clusterd/clusterd.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_the_default_socket() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(config.advertised_address(), "127.0.0.1:7400");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = format!(
+            "{:#}",
+            parse(&format!("lisen = \"x\"\n{GOOD}")).unwrap_err()
+        );
+        assert!(err.contains("clusterd.toml"), "{err}");
+        assert!(err.contains("unknown field `lisen`"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_address_is_named() {
+        let err = format!(
+            "{:#}",
+            parse(&GOOD.replace("127.0.0.1:7400", "localhost")).unwrap_err()
+        );
+        assert!(err.contains("listen"), "{err}");
+        assert!(err.contains("invalid socket address"), "{err}");
+    }
+
+    #[test]
+    fn relative_data_dir_and_bad_name_are_refused() {
+        let err = parse(&GOOD.replace("/var/lib/clusterd", "data"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key `data_dir`: expected an absolute path"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("\"n1\"", "\"bad name\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `node`"), "{err}");
+    }
+
+    #[test]
+    fn missing_tls_table_is_named() {
+        let text = GOOD.split("[tls]").next().unwrap();
+        let err = format!("{:#}", parse(text).unwrap_err());
+        assert!(err.contains("missing field `tls`"), "{err}");
+    }
+}

@@ -1,0 +1,139 @@
+//! `clusterd`: the node daemon. Composition root: reads the configuration, opens storage, starts
+//! Raft, the listeners and the systemd integration.
+
+mod config;
+mod dispatch;
+mod notify;
+mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use cluster_raft::{ConsensusNode, NodeOptions, Timing};
+use cluster_tls::TlsFiles;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::prelude::*;
+
+use crate::config::NodeConfig;
+use crate::dispatch::Dispatcher;
+
+/// The clusterd node daemon.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Node configuration file.
+    #[arg(long, default_value = "/etc/clusterd/clusterd.toml")]
+    config: PathBuf,
+    /// Check the configuration and certificates, then exit.
+    #[arg(long)]
+    check: bool,
+    /// Log level: error, warn, info, debug or trace (also CLUSTERD_LOG).
+    #[arg(long, env = "CLUSTERD_LOG", default_value = "info")]
+    log_level: LevelFilter,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = Targets::new()
+        .with_default(args.log_level)
+        .with_target("openraft", LevelFilter::WARN);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
+        .with(filter)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("clusterd: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("clusterd: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = NodeConfig::load(&args.config)?;
+    let files = TlsFiles {
+        ca: config.tls.ca.clone(),
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+    };
+    let server_tls = cluster_tls::server_config(&files).context("invalid [tls] section")?;
+    let client_tls = cluster_tls::client_config(&files).context("invalid [tls] section")?;
+    if args.check {
+        println!("configuration {} is valid", args.config.display());
+        return Ok(());
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+
+    let tcp = server::bind_tcp(config.listen).await?;
+    let unix = server::bind_unix(&config.socket)?;
+    let node = ConsensusNode::start(NodeOptions {
+        name: config.node.clone(),
+        address: config.advertised_address(),
+        data_dir: config.data_dir.clone(),
+        tls: client_tls,
+        timing: Timing::default(),
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "cannot start node {} with data_dir {}",
+            config.node,
+            config.data_dir.display()
+        )
+    })?;
+    if let Some((path, offset, removed)) = &node.recovery().truncated_tail {
+        tracing::warn!(
+            "recovered the raft log: cut {removed} torn bytes at offset {offset} of {}",
+            path.display()
+        );
+    }
+
+    let dispatcher = Arc::new(Dispatcher { node: node.clone() });
+    tokio::spawn(server::serve_tcp(tcp, server_tls, dispatcher.clone()));
+    tokio::spawn(server::serve_unix(unix, config.socket.clone(), dispatcher));
+    tokio::spawn(notify::watchdog_loop(node.clone()));
+    tracing::info!(node = %config.node, listen = %config.listen, socket = %config.socket.display(), "clusterd serving");
+    notify::ready(&format!("serving as node {}", config.node));
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let mut health = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = health.tick() => {
+                if !node.healthy() {
+                    notify::stopping();
+                    let _ = std::fs::remove_file(&config.socket);
+                    anyhow::bail!("raft core of node {} stopped; exiting so that systemd restarts the daemon", config.node);
+                }
+            }
+        }
+    }
+    tracing::info!("stopping");
+    notify::stopping();
+    node.shutdown().await;
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
