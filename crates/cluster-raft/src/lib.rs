@@ -12,6 +12,10 @@
 //!                                 snapshot files
 //! ```
 
+// openraft's StorageError is large and is what its storage traits return; boxing it here would
+// only add conversions at every call.
+#![allow(clippy::result_large_err)]
+
 mod election;
 mod files;
 mod log_store;

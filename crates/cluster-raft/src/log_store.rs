@@ -542,3 +542,147 @@ impl LogStore {
             .map(|entry| *entry.get_log_id())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster_model::Command;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(Command::KvSet {
+                key: format!("k{index}"),
+                value: "v".repeat(20),
+            }),
+        }
+    }
+
+    async fn write_entries(dir: &Path, count: u64) {
+        let (mut log, _) = LogStore::open(dir).unwrap();
+        log.blocking_append((1..=count).map(entry)).await.unwrap();
+    }
+
+    fn only_segment(dir: &Path) -> PathBuf {
+        let mut segments: Vec<PathBuf> = fs::read_dir(dir.join("log"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(segments.len(), 1);
+        segments.pop().unwrap()
+    }
+
+    #[tokio::test]
+    async fn entries_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        write_entries(dir.path(), 10).await;
+        let (mut log, report) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(
+            report,
+            RecoveryReport {
+                entries: 10,
+                truncated_tail: None
+            }
+        );
+        assert_eq!(
+            log.try_get_log_entries(3..5).await.unwrap(),
+            vec![entry(3), entry(4)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_cut_short_at_the_tail_is_removed_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        write_entries(dir.path(), 10).await;
+        let segment = only_segment(dir.path());
+        let len = fs::metadata(&segment).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let (mut log, report) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(report.entries, 9);
+        let (path, _, removed) = report.truncated_tail.unwrap();
+        assert_eq!(path, segment);
+        assert!(removed > 0);
+        assert_eq!(
+            log.get_log_state()
+                .await
+                .unwrap()
+                .last_log_id
+                .unwrap()
+                .index,
+            9
+        );
+        // New appends continue cleanly after the cut.
+        log.blocking_append([entry(10), entry(11)]).await.unwrap();
+        drop(log);
+        let (_, report) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(
+            report,
+            RecoveryReport {
+                entries: 11,
+                truncated_tail: None
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_after_the_last_record_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        write_entries(dir.path(), 4).await;
+        let segment = only_segment(dir.path());
+        OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .unwrap()
+            .write_all(&[0xff, 0x00, 0x13])
+            .unwrap();
+        let (_, report) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(report.entries, 4);
+        assert_eq!(report.truncated_tail.unwrap().2, 3);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_followed_by_good_ones_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        write_entries(dir.path(), 10).await;
+        let segment = only_segment(dir.path());
+        let mut bytes = fs::read(&segment).unwrap();
+        let record_len = bytes.len() / 10;
+        bytes[3 * record_len + 12] ^= 0x40;
+        fs::write(&segment, &bytes).unwrap();
+        let err = LogStore::open(dir.path())
+            .err()
+            .expect("corruption must be refused")
+            .to_string();
+        assert!(err.contains("is corrupt at offset"), "{err}");
+        assert!(err.contains("checksum mismatch"), "{err}");
+        assert!(err.contains(&segment.display().to_string()), "{err}");
+        // Nothing was modified.
+        assert_eq!(fs::read(&segment).unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn truncate_and_purge_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        write_entries(dir.path(), 10).await;
+        let (mut log, _) = LogStore::open(dir.path()).unwrap();
+        log.truncate(entry(8).log_id).await.unwrap();
+        log.purge(entry(3).log_id).await.unwrap();
+        drop(log);
+        let (mut log, report) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(report.entries, 4);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.unwrap().index, 3);
+        assert_eq!(state.last_log_id.unwrap().index, 7);
+        assert_eq!(
+            log.try_get_log_entries(0..100).await.unwrap(),
+            (4..=7).map(entry).collect::<Vec<_>>()
+        );
+    }
+}

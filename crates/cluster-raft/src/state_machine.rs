@@ -40,6 +40,9 @@ struct SnapshotFile {
     data: Vec<u8>,
 }
 
+/// The last snapshot: its metadata and its data.
+type CurrentSnapshot = Arc<RwLock<Option<(Meta, Vec<u8>)>>>;
+
 /// Shared handle on the applied state; readers take the read lock briefly.
 pub type StateView = Arc<RwLock<Applied>>;
 
@@ -48,7 +51,7 @@ pub type StateView = Arc<RwLock<Applied>>;
 pub struct StateMachineStore {
     applied: StateView,
     snapshot_path: PathBuf,
-    current: Arc<RwLock<Option<(Meta, Vec<u8>)>>>,
+    current: CurrentSnapshot,
     snapshot_counter: Arc<std::sync::atomic::AtomicU64>,
 }
 
