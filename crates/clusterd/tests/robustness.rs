@@ -174,7 +174,7 @@ async fn a_corrupt_log_is_refused_with_a_clear_error() {
     cluster.stop(0);
     let segment = segment_of(&cluster.nodes[0].data_dir);
     let mut bytes = std::fs::read(&segment).unwrap();
-    let middle = bytes.len() / 2;
+    let middle = bytes.iter().rposition(|b| *b != 0).unwrap() / 2;
     bytes[middle] ^= 0x55;
     std::fs::write(&segment, &bytes).unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_clusterd"))
