@@ -77,6 +77,18 @@ enum Command {
     /// The replicated key-value store.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Packages.
+    #[command(subcommand)]
+    Pkg(PkgCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PkgCommand {
+    /// Check package files (or directories of *.toml) without a cluster; exit 1 on any error.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +198,7 @@ async fn run(cli: Cli, out: Output) -> ExitCode {
                 Err(err) => out.failure(exit::ERROR, &format!("{err:#}"), None),
             }
         }
+        Command::Pkg(PkgCommand::Validate { paths }) => return validate_packages(&paths, &out),
         Command::Cluster(ClusterCommand::Init) => ClientRequest::ClusterInit,
         Command::Cluster(ClusterCommand::TransferLeader { name }) => {
             ClientRequest::TransferLeader { name }
@@ -273,6 +286,39 @@ async fn run(cli: Cli, out: Output) -> ExitCode {
             out.api_failure(code, &err)
         }
         Err(err) => out.failure(exit::ERROR, &err.to_string(), None),
+    }
+}
+
+/// `pkg validate`: every file's result, all errors of every file, exit 0 only if all are valid.
+fn validate_packages(paths: &[PathBuf], out: &Output) -> ExitCode {
+    let reports = cluster_package::validate_paths(paths);
+    let valid = cluster_package::all_valid(&reports);
+    if out.is_json() {
+        let files: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|report| match &report.result {
+                cluster_package::FileResult::Valid(package) => serde_json::json!({
+                    "path": report.path, "valid": true, "package": package.name
+                }),
+                _ => serde_json::json!({ "path": report.path, "valid": false, "errors": report.lines() }),
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "valid": valid, "files": files }));
+    } else {
+        for report in &reports {
+            for line in report.lines() {
+                if matches!(report.result, cluster_package::FileResult::Valid(_)) {
+                    println!("{line}");
+                } else {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+    if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::ERROR)
     }
 }
 

@@ -15,6 +15,10 @@ impl Output {
         Output { json }
     }
 
+    pub(crate) fn is_json(&self) -> bool {
+        self.json
+    }
+
     pub(crate) fn done(&self, message: &str) -> ExitCode {
         if self.json {
             println!("{}", json!({ "ok": true, "message": message }));

@@ -225,3 +225,38 @@ async fn remote_endpoint_with_the_admin_certificate_and_no_quorum_exit_code() {
         .unwrap();
     assert_eq!(no_quorum.status.code(), Some(5), "{}", stderr(&no_quorum));
 }
+
+#[test]
+fn pkg_validate_accepts_the_shipped_examples_and_reports_every_error() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packages.d");
+    let ok = Command::new(clusterctl())
+        .args(["pkg", "validate"])
+        .arg(&examples)
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert!(stdout(&ok).contains("ok"), "{}", stdout(&ok));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"web\"\nnodes = []\n[[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"300.1.2.3/24\"\ninterface = \"eth0\"\ncolour = \"red\"\n",
+    )
+    .unwrap();
+    let failed = Command::new(clusterctl())
+        .args(["pkg", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    let errors = stderr(&failed);
+    assert!(errors.contains("bad.toml:"), "{errors}");
+    assert!(
+        errors.lines().count() >= 3,
+        "every error is reported: {errors}"
+    );
+    assert!(errors.contains("colour"), "{errors}");
+    assert!(errors.contains("address"), "{errors}");
+    assert!(errors.contains("nodes"), "{errors}");
+}

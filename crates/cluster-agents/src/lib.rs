@@ -1,0 +1,89 @@
+//! Resource agents and the ordered package runner.
+//!
+//! - [`Agent`]: the OCF contract (start, stop, monitor, validate, meta-data); outcomes are [`AgentError`]s
+//!   carrying an [`OcfStatus`], mapped from host errors in one place (`status.rs`).
+//! - One backend per file: `ip.rs`, `filesystem.rs`, `process.rs`, `ocf.rs`, chosen in [`build_agent`].
+//! - [`PackageRunner`]: start in file order, stop in reverse, roll back a failed start, collect every error.
+//! - [`conformance`]: the checks every agent passes.
+//!
+//! Construct against the real host with `cluster_host::Host::linux(..)` or the fakes with
+//! `cluster_host::fake::FakeHost::new().host()`:
+//!
+//! ```no_run
+//! # async fn example(package: cluster_package::PackageDef) {
+//! let host = cluster_host::Host::linux(cluster_host::ProcessConfig::default());
+//! let runner = cluster_agents::PackageRunner::new(&package, &host, &cluster_agents::AgentOptions::default());
+//! let epoch = 7;
+//! match runner.start(epoch).await {
+//!     Ok(outcomes) => println!("started {} resources", outcomes.len()),
+//!     Err(error) => eprintln!("{error}"),
+//! }
+//! # }
+//! ```
+
+mod agent;
+pub mod conformance;
+mod filesystem;
+mod ip;
+mod ocf;
+mod process;
+mod runner;
+mod status;
+
+use std::path::PathBuf;
+
+use cluster_host::Host;
+use cluster_package::{ResourceDef, ResourceKind};
+
+pub use agent::{timed, Action, ActionContext, Agent, MonitorState};
+pub use ocf::DEFAULT_OCF_ROOT;
+pub use runner::{PackageRunner, ProbeResult, ResourceFailure, ResourceOutcome, RunError};
+pub use status::{AgentError, OcfStatus};
+
+/// Settings shared by every agent of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentOptions {
+    /// `OCF_ROOT` for `provider:type` agents.
+    pub ocf_root: PathBuf,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            ocf_root: PathBuf::from(DEFAULT_OCF_ROOT),
+        }
+    }
+}
+
+/// The agent for a resource, with default options.
+pub fn build_agent(resource: &ResourceDef, host: &Host) -> Box<dyn Agent> {
+    build_agent_with(resource, host, &AgentOptions::default())
+}
+
+/// The agent for a resource: the one factory that picks a backend.
+pub fn build_agent_with(
+    resource: &ResourceDef,
+    host: &Host,
+    options: &AgentOptions,
+) -> Box<dyn Agent> {
+    match &resource.kind {
+        ResourceKind::Ip(params) => Box::new(ip::IpAgent::new(&resource.name, params, host)),
+        ResourceKind::Filesystem(params) => Box::new(filesystem::FilesystemAgent::new(
+            &resource.name,
+            params,
+            host,
+        )),
+        ResourceKind::Process(params) => {
+            Box::new(process::ProcessAgent::new(&resource.name, params, host))
+        }
+        ResourceKind::Ocf(params) => Box::new(ocf::OcfAgent::new(
+            &resource.name,
+            params,
+            host,
+            &options.ocf_root,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

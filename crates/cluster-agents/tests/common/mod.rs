@@ -1,0 +1,208 @@
+//! Shared helpers of the root tests: the root guard, unique names, and drop guards that remove every
+//! namespace, loop device, mount and process a test made, also on failure.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// True when the test may run. Not root: skip with a message, except in CI (`CI=true`), where it fails.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root and CI=true: refusing to skip");
+    }
+    eprintln!("skipping {test}: needs root (run as root, or with CI=true to make this a failure)");
+    false
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call: `PREFIX-PID-N`.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Run a command, returning its output (never panics on a non-zero exit).
+pub fn run(argv: &[&str]) -> Output {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|error| panic!("failed to run {argv:?}: {error}"))
+}
+
+/// Run a command that must succeed; returns its stdout.
+pub fn must(argv: &[&str]) -> String {
+    let output = run(argv);
+    assert!(
+        output.status.success(),
+        "{argv:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        let name = unique(prefix);
+        must(&["ip", "netns", "add", &name]);
+        let netns = Netns { name };
+        netns.exec(&["ip", "link", "set", "lo", "up"]);
+        netns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Run a command inside the namespace; must succeed.
+    pub fn exec(&self, argv: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", self.name.as_str()];
+        full.extend_from_slice(argv);
+        must(&full)
+    }
+
+    /// Run a command inside the namespace; returns whether it succeeded.
+    pub fn try_exec(&self, argv: &[&str]) -> bool {
+        let mut full = vec!["ip", "netns", "exec", self.name.as_str()];
+        full.extend_from_slice(argv);
+        run(&full).status.success()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Two namespaces joined by a veth pair (`eth0` in each), with 192.0.2.1/24 and 192.0.2.2/24 and
+/// 2001:db8::1/64, 2001:db8::2/64 (no DAD). Nothing is created in the root namespace.
+pub struct Segment {
+    pub node: Netns,
+    pub neighbour: Netns,
+}
+
+impl Segment {
+    pub fn new() -> Segment {
+        let node = Netns::new("clagent-node");
+        let neighbour = Netns::new("clagent-nbr");
+        must(&[
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &neighbour.name,
+        ]);
+        for (netns, v4, v6) in [
+            (&node, "192.0.2.1/24", "2001:db8::1/64"),
+            (&neighbour, "192.0.2.2/24", "2001:db8::2/64"),
+        ] {
+            netns.exec(&["ip", "addr", "add", v4, "dev", "eth0"]);
+            netns.exec(&["ip", "addr", "add", v6, "dev", "eth0", "nodad"]);
+            netns.exec(&["ip", "link", "set", "eth0", "up"]);
+        }
+        Segment { node, neighbour }
+    }
+
+    pub fn mac_of_node(&self) -> String {
+        let text = self.node.exec(&["cat", "/sys/class/net/eth0/address"]);
+        text.trim().to_string()
+    }
+}
+
+/// A loop device over a sparse file, detached on drop.
+pub struct LoopDevice {
+    pub device: String,
+    image: tempfile::NamedTempFile,
+}
+
+impl LoopDevice {
+    pub fn new(size_mb: u64) -> LoopDevice {
+        let image = tempfile::NamedTempFile::new().expect("image file");
+        image
+            .as_file()
+            .set_len(size_mb * 1024 * 1024)
+            .expect("size image");
+        let device = must(&[
+            "losetup",
+            "--find",
+            "--show",
+            image.path().to_str().expect("utf-8 path"),
+        ])
+        .trim()
+        .to_string();
+        LoopDevice { device, image }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.device]).output();
+    }
+}
+
+/// Unmounts (lazily, as a last resort) whatever is still mounted at a path on drop.
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+        }
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let wanted = path.to_str().expect("utf-8 path");
+    mountinfo
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(wanted))
+}
+
+/// Kills (SIGKILL, by pid) and reaps a child on drop.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether a pid is alive (exists and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|index| stat[index + 2..].chars().next());
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,505 @@
+//! Linux processes: one cgroup v2 per unit (found through `/proc/self/mountinfo`), else a process group.
+
+use std::ffi::CString;
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, killpg};
+use nix::unistd::Pid;
+
+use crate::process::{
+    CommandOutput, CommandSpec, KillMode, ProcessError, Processes, ServiceOutput, ServiceSpec,
+    Signal,
+};
+
+/// Where units live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessConfig {
+    /// Parent cgroup of the units; `None` detects `<cgroup2 mount><own cgroup>/clusterd-units`.
+    pub cgroup_parent: Option<PathBuf>,
+    /// Use process groups even when cgroup v2 is available.
+    pub force_process_groups: bool,
+    /// Directory for pid files (process-group mode).
+    pub state_directory: PathBuf,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            cgroup_parent: None,
+            force_process_groups: false,
+            state_directory: PathBuf::from("/run/clusterd/units"),
+        }
+    }
+}
+
+/// Processes on the real host.
+#[derive(Debug, Clone)]
+pub struct LinuxProcesses {
+    cgroup_parent: Option<PathBuf>,
+    state_directory: PathBuf,
+}
+
+/// The cgroup2 mount point from a mountinfo text.
+pub(crate) fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    crate::linux_mounts::parse_mountinfo(mountinfo)
+        .into_iter()
+        .find(|entry| entry.fstype == "cgroup2")
+        .map(|entry| entry.target)
+}
+
+/// This process's cgroup v2 path from a `/proc/self/cgroup` text.
+pub(crate) fn own_cgroup(proc_cgroup: &str) -> Option<String> {
+    proc_cgroup
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+fn detect_cgroup_parent() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = cgroup2_mount(&mountinfo)?;
+    let own = own_cgroup(&std::fs::read_to_string("/proc/self/cgroup").ok()?)?;
+    let parent = mount
+        .join(own.trim_start_matches('/'))
+        .join("clusterd-units");
+    std::fs::create_dir_all(&parent).ok()?;
+    parent.join("cgroup.procs").exists().then_some(parent)
+}
+
+fn unit_file_name(unit: &str) -> String {
+    unit.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn errno_failure(action: String, errno: nix::errno::Errno) -> ProcessError {
+    match errno {
+        nix::errno::Errno::EPERM | nix::errno::Errno::EACCES => {
+            ProcessError::PermissionDenied { action }
+        }
+        other => ProcessError::Failed {
+            action,
+            message: other.desc().to_lowercase(),
+        },
+    }
+}
+
+fn io_failure(action: String, error: std::io::Error) -> ProcessError {
+    if error.kind() == std::io::ErrorKind::PermissionDenied {
+        ProcessError::PermissionDenied { action }
+    } else {
+        ProcessError::Failed {
+            action,
+            message: error.to_string().to_lowercase(),
+        }
+    }
+}
+
+/// Fields of `/proc/PID/stat` after the command name: (state, pgrp).
+fn stat_state_and_group(pid: u32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let mut fields = after.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let _parent = fields.next()?;
+    let group = fields.next()?.parse().ok()?;
+    Some((state, group))
+}
+
+fn environment_has(pid: u32, needle: &[u8]) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|environ| {
+            environ
+                .split(|byte| *byte == 0)
+                .any(|entry| entry == needle)
+        })
+        .unwrap_or(false)
+}
+
+fn resolve_user(name: &str) -> Result<nix::unistd::User, ProcessError> {
+    let unknown = || ProcessError::UnknownIdentity {
+        kind: "user".to_string(),
+        name: name.to_string(),
+    };
+    let found = match name.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(name),
+    };
+    found.ok().flatten().ok_or_else(unknown)
+}
+
+fn resolve_group(name: &str) -> Result<u32, ProcessError> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|group| group.gid.as_raw())
+        .ok_or_else(|| ProcessError::UnknownIdentity {
+            kind: "group".to_string(),
+            name: name.to_string(),
+        })
+}
+
+impl LinuxProcesses {
+    /// Detect cgroup v2 (unless disabled) and fall back to process groups.
+    pub fn new(config: ProcessConfig) -> Self {
+        let cgroup_parent = if config.force_process_groups {
+            None
+        } else {
+            match config.cgroup_parent {
+                Some(parent) => std::fs::create_dir_all(&parent).ok().map(|_| parent),
+                None => detect_cgroup_parent(),
+            }
+        };
+        if cgroup_parent.is_none() {
+            tracing::info!("cgroup v2 not usable, supervising units by process group");
+        }
+        LinuxProcesses {
+            cgroup_parent,
+            state_directory: config.state_directory,
+        }
+    }
+
+    fn cgroup(&self, unit: &str) -> Option<PathBuf> {
+        self.cgroup_parent
+            .as_ref()
+            .map(|parent| parent.join(unit_file_name(unit)))
+    }
+
+    fn pid_file(&self, unit: &str) -> PathBuf {
+        self.state_directory
+            .join(format!("{}.pgid", unit_file_name(unit)))
+    }
+
+    fn unit_pids_blocking(
+        cgroup: Option<&Path>,
+        pid_file: &Path,
+        unit: &str,
+    ) -> Result<Vec<u32>, ProcessError> {
+        if let Some(cgroup) = cgroup {
+            return match std::fs::read_to_string(cgroup.join("cgroup.procs")) {
+                Ok(text) => Ok(text
+                    .lines()
+                    .filter_map(|line| line.trim().parse().ok())
+                    .collect()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(error) => Err(io_failure(format!("read {}", cgroup.display()), error)),
+            };
+        }
+        let group: Option<i32> = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        let needle = format!("CLUSTERD_UNIT={unit}").into_bytes();
+        let own = std::process::id();
+        let mut pids = Vec::new();
+        let entries = std::fs::read_dir("/proc")
+            .map_err(|error| io_failure("read /proc".to_string(), error))?;
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == own {
+                continue;
+            }
+            let Some((state, process_group)) = stat_state_and_group(pid) else {
+                continue;
+            };
+            if state == 'Z' || state == 'X' {
+                continue;
+            }
+            if Some(process_group) == group || environment_has(pid, &needle) {
+                pids.push(pid);
+            }
+        }
+        Ok(pids)
+    }
+}
+
+#[async_trait::async_trait]
+impl Processes for LinuxProcesses {
+    fn kill_mode(&self) -> KillMode {
+        if self.cgroup_parent.is_some() {
+            KillMode::Cgroup
+        } else {
+            KillMode::ProcessGroup
+        }
+    }
+
+    async fn spawn(&self, spec: &ServiceSpec) -> Result<u32, ProcessError> {
+        let program = spec.argv.first().cloned().unwrap_or_default();
+        let action = format!("start {} for unit {}", program, spec.unit);
+        let mut command = tokio::process::Command::new(&program);
+        command
+            .args(&spec.argv[1..])
+            .envs(&spec.environment)
+            .env("CLUSTERD_UNIT", &spec.unit)
+            .stdin(Stdio::null());
+        if let Some(directory) = &spec.working_directory {
+            command.current_dir(directory);
+        }
+        match &spec.output {
+            ServiceOutput::Inherit => {
+                let stderr = std::io::stderr();
+                let out = std::os::fd::AsFd::as_fd(&stderr)
+                    .try_clone_to_owned()
+                    .map_err(|error| io_failure(action.clone(), error))?;
+                let err = out
+                    .try_clone()
+                    .map_err(|error| io_failure(action.clone(), error))?;
+                command.stdout(Stdio::from(out)).stderr(Stdio::from(err));
+            }
+            ServiceOutput::File(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|error| {
+                        io_failure(format!("open output file {}", path.display()), error)
+                    })?;
+                let copy = file
+                    .try_clone()
+                    .map_err(|error| io_failure(action.clone(), error))?;
+                command.stdout(Stdio::from(file)).stderr(Stdio::from(copy));
+            }
+        }
+        if let Some(group) = &spec.group {
+            command.gid(resolve_group(group)?);
+        }
+        if let Some(user) = &spec.user {
+            let user = resolve_user(user)?;
+            command.uid(user.uid.as_raw());
+            if spec.group.is_none() {
+                command.gid(user.gid.as_raw());
+            }
+        }
+        let cgroup_procs = match self.cgroup(&spec.unit) {
+            Some(cgroup) => {
+                std::fs::create_dir_all(&cgroup).map_err(|error| {
+                    io_failure(format!("create cgroup {}", cgroup.display()), error)
+                })?;
+                Some(
+                    CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).map_err(
+                        |_| ProcessError::Failed {
+                            action: action.clone(),
+                            message: "cgroup path contains a nul byte".to_string(),
+                        },
+                    )?,
+                )
+            }
+            None => None,
+        };
+        // SAFETY: the closure runs in the child between fork and exec and only calls async-signal-safe
+        // functions (setsid, open, write, close) on memory prepared before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(path) = &cgroup_procs {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) && error.raw_os_error() != Some(libc::EPERM) =>
+            {
+                return Err(ProcessError::NotFound { program })
+            }
+            Err(error) => return Err(io_failure(action, error)),
+        };
+        let pid = child.id().ok_or_else(|| ProcessError::Failed {
+            action: action.clone(),
+            message: "exited at once".to_string(),
+        })?;
+        if self.cgroup_parent.is_none() {
+            std::fs::create_dir_all(&self.state_directory)
+                .and_then(|_| std::fs::write(self.pid_file(&spec.unit), format!("{pid}\n")))
+                .map_err(|error| {
+                    io_failure(format!("write pid file of unit {}", spec.unit), error)
+                })?;
+        }
+        // Reap the child whenever it exits; the unit is tracked through its cgroup or group, not this handle.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(pid)
+    }
+
+    async fn pids(&self, unit: &str) -> Result<Vec<u32>, ProcessError> {
+        let cgroup = self.cgroup(unit);
+        let pid_file = self.pid_file(unit);
+        let unit = unit.to_string();
+        tokio::task::spawn_blocking(move || {
+            Self::unit_pids_blocking(cgroup.as_deref(), &pid_file, &unit)
+        })
+        .await
+        .map_err(|error| ProcessError::Failed {
+            action: "list unit processes".to_string(),
+            message: error.to_string(),
+        })?
+    }
+
+    async fn signal(&self, unit: &str, signal: Signal) -> Result<(), ProcessError> {
+        let signal_number = nix::sys::signal::Signal::try_from(signal.number())
+            .map_err(|errno| errno_failure(format!("send {signal} to unit {unit}"), errno))?;
+        if self.cgroup_parent.is_none() {
+            if let Some(group) = std::fs::read_to_string(self.pid_file(unit))
+                .ok()
+                .and_then(|text| text.trim().parse::<i32>().ok())
+            {
+                match killpg(Pid::from_raw(group), signal_number) {
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                    Err(errno) => {
+                        return Err(errno_failure(
+                            format!("send {signal} to unit {unit}"),
+                            errno,
+                        ))
+                    }
+                }
+            }
+        }
+        for pid in self.pids(unit).await? {
+            match kill(Pid::from_raw(pid as i32), signal_number) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(errno) => {
+                    return Err(errno_failure(
+                        format!("send {signal} to process {pid} of unit {unit}"),
+                        errno,
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn kill(&self, unit: &str) -> Result<(), ProcessError> {
+        if let Some(cgroup) = self.cgroup(unit) {
+            let kill_file = cgroup.join("cgroup.kill");
+            if kill_file.exists() {
+                return std::fs::write(&kill_file, "1")
+                    .map_err(|error| io_failure(format!("kill unit {unit}"), error));
+            }
+        }
+        self.signal(unit, Signal::Kill).await
+    }
+
+    async fn release(&self, unit: &str) -> Result<(), ProcessError> {
+        match self.cgroup(unit) {
+            Some(cgroup) => match std::fs::remove_dir(&cgroup) {
+                Ok(()) => Ok(()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(error) => Err(io_failure(
+                    format!("remove cgroup {}", cgroup.display()),
+                    error,
+                )),
+            },
+            None => match std::fs::remove_file(self.pid_file(unit)) {
+                Ok(()) => Ok(()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(error) => Err(io_failure(format!("remove pid file of unit {unit}"), error)),
+            },
+        }
+    }
+
+    async fn tcp_accepts(&self, address: SocketAddr, timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    async fn run(&self, spec: &CommandSpec) -> Result<CommandOutput, ProcessError> {
+        let program = spec.argv.first().cloned().unwrap_or_default();
+        let mut command = tokio::process::Command::new(&program);
+        command
+            .args(&spec.argv[1..])
+            .envs(&spec.environment)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                return Err(ProcessError::NotFound { program })
+            }
+            Err(error) => return Err(io_failure(format!("run {program}"), error)),
+        };
+        let group = child.id().map(|pid| Pid::from_raw(pid as i32));
+        match tokio::time::timeout(spec.timeout, child.wait_with_output()).await {
+            Ok(Ok(output)) => Ok(CommandOutput {
+                exit_code: output.status.code(),
+                timed_out: false,
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            }),
+            Ok(Err(error)) => Err(io_failure(format!("run {program}"), error)),
+            Err(_) => {
+                // The child itself is killed on drop; kill the rest of its group too.
+                if let Some(group) = group {
+                    let _ = killpg(group, nix::sys::signal::Signal::SIGKILL);
+                }
+                Ok(CommandOutput {
+                    exit_code: None,
+                    timed_out: true,
+                    ..CommandOutput::default()
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup2_mount_and_own_cgroup_are_found() {
+        let mountinfo = "25 1 0:23 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount(mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            own_cgroup("4:memory:/x\n0::/system.slice/clusterd.service\n").as_deref(),
+            Some("/system.slice/clusterd.service")
+        );
+        assert_eq!(unit_file_name("web/server x"), "web_server_x");
+    }
+}
