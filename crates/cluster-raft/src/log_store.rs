@@ -195,9 +195,12 @@ fn last_nonzero(bytes: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Whether any valid record starts after `from` (then a bad record is corruption, not a torn tail).
+/// Only the non-zero region can hold one, so the scan stops at the last non-zero byte.
 fn valid_record_after(bytes: &[u8], from: usize) -> bool {
-    (from + 1..bytes.len().saturating_sub(HEADER_BYTES))
-        .any(|at| matches!(parse_record(bytes, at), Parsed::Record { .. }))
+    let Some(last) = last_nonzero(bytes, from + 1) else {
+        return false;
+    };
+    (from + 1..=last).any(|at| matches!(parse_record(bytes, at), Parsed::Record { .. }))
 }
 
 impl LogStore {

@@ -328,43 +328,83 @@ impl ConsensusNode {
         self.require_leader()?;
         let membership = self.membership();
         let id = node_id(name);
-        if let Some(existing) = membership.get_node(&id) {
-            return Err(ConsensusError::Invalid(if existing.name == name {
-                format!(
-                    "node `{name}` already exists (address {})",
-                    existing.address
-                )
-            } else {
-                format!(
+        let is_voter = membership.voter_ids().any(|voter| voter == id);
+        // A node left as a learner by an interrupted `node add` (lost answer, timeout) is
+        // promoted by repeating the same command; anything else that exists is refused.
+        let resume_promotion = match membership.get_node(&id) {
+            Some(existing)
+                if existing.name == name
+                    && existing.address == address
+                    && !learner
+                    && !is_voter =>
+            {
+                true
+            }
+            Some(existing) if existing.name == name => {
+                return Err(ConsensusError::Invalid(format!(
+                    "node `{name}` already exists (address {}, {})",
+                    existing.address,
+                    if is_voter { "voter" } else { "learner" }
+                )))
+            }
+            Some(existing) => {
+                return Err(ConsensusError::Invalid(format!(
                     "node name `{name}` collides with the id of node `{}`: choose another name",
                     existing.name
-                )
-            }));
-        }
-        if let Some((_, other)) = membership.nodes().find(|(_, node)| node.address == address) {
-            return Err(ConsensusError::Invalid(format!(
-                "address {address} is already used by node `{}`",
-                other.name
-            )));
+                )))
+            }
+            None => false,
+        };
+        if !resume_promotion {
+            if let Some((_, other)) = membership.nodes().find(|(_, node)| node.address == address) {
+                return Err(ConsensusError::Invalid(format!(
+                    "address {address} is already used by node `{}`",
+                    other.name
+                )));
+            }
         }
         let info = NodeInfo {
             name: name.to_owned(),
             address: address.to_owned(),
         };
         self.within("node add", Duration::from_secs(60), async {
-            self.raft
-                .add_learner(id, info, true)
-                .await
-                .map_err(|err| self.map_write_error(&format!("add node `{name}`"), err))?;
-            if !learner {
+            if !resume_promotion {
                 self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .add_learner(id, info, true)
                     .await
-                    .map_err(|err| self.map_write_error(&format!("promote node `{name}`"), err))?;
+                    .map_err(|err| self.map_write_error(&format!("add node `{name}`"), err))?;
+            }
+            if !learner {
+                self.change_membership(
+                    ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+                    &format!("promote node `{name}`"),
+                )
+                .await?;
             }
             Ok(())
         })
         .await
+    }
+
+    /// Proposes a membership change, retrying while the previous change is still in flight.
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<u64, NodeInfo>,
+        what: &str,
+    ) -> Result<()> {
+        let mut attempts = 0;
+        loop {
+            match self.raft.change_membership(change.clone(), false).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => return Err(self.map_write_error(what, err)),
+            }
+        }
     }
 
     /// Makes a learner a voter.
@@ -376,13 +416,12 @@ impl ConsensusNode {
                 "node `{name}` is already a voter"
             )));
         }
-        self.within("node promote", Duration::from_secs(30), async {
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                .await
-                .map_err(|err| self.map_write_error(&format!("promote node `{name}`"), err))?;
-            Ok(())
-        })
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        self.within(
+            "node promote",
+            Duration::from_secs(30),
+            self.change_membership(change, &format!("promote node `{name}`")),
+        )
         .await
     }
 
@@ -410,13 +449,11 @@ impl ConsensusNode {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        self.within("node remove", Duration::from_secs(30), async {
-            self.raft
-                .change_membership(change, false)
-                .await
-                .map_err(|err| self.map_write_error(&format!("remove node `{name}`"), err))?;
-            Ok(())
-        })
+        self.within(
+            "node remove",
+            Duration::from_secs(30),
+            self.change_membership(change, &format!("remove node `{name}`")),
+        )
         .await
     }
 

@@ -84,8 +84,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
 
-    let tcp = server::bind_tcp(config.listen).await?;
-    let unix = server::bind_unix(&config.socket)?;
     let node = ConsensusNode::start(NodeOptions {
         name: config.node.clone(),
         address: config.advertised_address(),
@@ -108,6 +106,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
+    // Listen only once storage is open and Raft runs: a connection that succeeds is served.
+    let tcp = server::bind_tcp(config.listen).await?;
+    let unix = server::bind_unix(&config.socket)?;
     let dispatcher = Arc::new(Dispatcher { node: node.clone() });
     tokio::spawn(server::serve_tcp(tcp, server_tls, dispatcher.clone()));
     tokio::spawn(server::serve_unix(unix, config.socket.clone(), dispatcher));

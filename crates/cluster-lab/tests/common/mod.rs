@@ -1,0 +1,93 @@
+//! Helpers shared by the lab's root tests: the root guard, unique lab names, namespace threads, leftovers.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+
+use cluster_lab::lab::{self, LabPaths};
+
+/// True when the test may run; false (after a message) when it must skip. Fails when `CI=true` and not root.
+pub fn require_root(test: &str) -> bool {
+    if cluster_lab::sys::is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root, and CI=true forbids skipping it");
+    }
+    eprintln!("skipping {test}: needs root (run as root, or CI=true to make this a failure)");
+    false
+}
+
+/// A lab name unique to this process and test (tests run in parallel).
+pub fn lab_name(tag: &str) -> String {
+    format!("t{tag}{}", std::process::id() % 100_000)
+}
+
+/// Runs `work` on a fresh OS thread that entered the network namespace of `member` of lab `name`.
+pub fn in_netns<T: Send + 'static>(
+    name: &str,
+    member: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = Path::new("/run/netns").join(LabPaths::new(name).unwrap().netns(member));
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        work()
+    })
+}
+
+/// Everything of lab `name` still on the host; empty when it is fully gone.
+pub fn leftovers(name: &str, pids: &[i32]) -> Vec<String> {
+    let paths = LabPaths::new(name).unwrap();
+    let mut found = Vec::new();
+    for netns in lab::netns_with_prefix(&paths.netns_prefix()) {
+        found.push(format!("netns {netns}"));
+    }
+    if paths.cgroup().exists() {
+        found.push(format!("cgroup {}", paths.cgroup().display()));
+    }
+    for device in lab::loop_devices_under(&paths.var_dir()) {
+        found.push(format!("loop device {device}"));
+    }
+    for dir in [paths.run_dir(), paths.var_dir()] {
+        for mount in lab::mounts_under(&dir) {
+            found.push(format!("mount {}", mount.display()));
+        }
+        if dir.exists() {
+            found.push(format!("folder {}", dir.display()));
+        }
+    }
+    for pid in pids {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| !stat.contains(") Z"))
+            .unwrap_or(false);
+        if alive {
+            found.push(format!("process {pid}"));
+        }
+    }
+    found
+}
+
+/// Every pid in the lab's cgroup now.
+pub fn lab_pids(name: &str) -> Vec<i32> {
+    let cgroup = LabPaths::new(name).unwrap().cgroup();
+    let mut pids = Vec::new();
+    let mut stack = vec![cgroup];
+    while let Some(dir) = stack.pop() {
+        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|line| line.parse::<i32>().ok()));
+        }
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    pids
+}
+
+/// The `clusterlab` binary built with this test.
+pub fn clusterlab() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_clusterlab"))
+}

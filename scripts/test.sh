@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command of the README: installs what the tests need, checks formatting and lints, runs
+# the short versions of the benchmarks and the nemesis, then every test. Run as root: the
+# namespace, loop-device and lab tests need it (with CI=true they fail rather than skip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build"
+cargo build --workspace --all-targets --locked
+bin=target/debug
+
+echo "== short benchmarks (the full ones: docs/benchmarks.md)"
+"$bin/clusterbench" --clusterd "$bin/clusterd" --clusterctl "$bin/clusterctl" --quick
+"$bin/clusterlab" --name cibench down >/dev/null 2>&1 || true
+CLUSTERD_BIN="$bin/clusterd" CLUSTERCTL_BIN="$bin/clusterctl" \
+  "$bin/clusterlab" --name cibench bench-keepalived --trials 2 --advert-int 1 --split-hold 2
+
+echo "== tests"
+export CLUSTERD_BIN="$PWD/$bin/clusterd" CLUSTERCTL_BIN="$PWD/$bin/clusterctl"
+cargo nextest run --workspace --locked --no-fail-fast
