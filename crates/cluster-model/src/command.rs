@@ -1,8 +1,14 @@
 //! Commands carried by the Raft log, and what applying one produced.
 
+use cluster_package::PackageDef;
 use serde::{Deserialize, Serialize};
 
-/// A state change, proposed by the leader and applied by every node in log order.
+use crate::package::{Phase, ResourceStatus};
+use crate::settings::FenceConfig;
+
+/// A state change, proposed by the leader and applied by every node in log order. Commands that
+/// need a time carry the proposer's wall clock (`at_ms`, ms since the Unix epoch), used only for
+/// events and failure windows, so that every node applies them identically.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Store `value` under `key`, replacing any previous value.
@@ -17,6 +23,83 @@ pub enum Command {
     KvDel { key: String },
     /// Change one cluster setting.
     SetSetting { name: String, value: String },
+    /// Set or remove the fence device of a node.
+    SetFence {
+        node: String,
+        fence: Option<FenceConfig>,
+    },
+
+    /// Load or replace a package definition.
+    PkgApply { def: Box<PackageDef>, at_ms: u64 },
+    /// Forget a stopped package.
+    PkgRemove { name: String, at_ms: u64 },
+    /// Desired running, optionally on a given node (a one-shot intent).
+    PkgRun {
+        name: String,
+        node: Option<String>,
+        at_ms: u64,
+    },
+    /// Desired stopped everywhere.
+    PkgStop { name: String, at_ms: u64 },
+    /// Planned switchover to `to` (a one-shot intent).
+    PkgMove {
+        name: String,
+        to: String,
+        at_ms: u64,
+    },
+    /// Maintenance mode on or off.
+    PkgFreeze {
+        name: String,
+        frozen: bool,
+        at_ms: u64,
+    },
+    /// Forget failures, bans and a blocked state (the operator vouches the old owner is stopped).
+    PkgCleanup { name: String, at_ms: u64 },
+    /// Drain a node (or bring it back).
+    NodeStandby {
+        name: String,
+        standby: bool,
+        at_ms: u64,
+    },
+    /// A node announces itself at start, with its armed watchdog device if any.
+    NodeHello {
+        name: String,
+        watchdog: Option<String>,
+        at_ms: u64,
+    },
+
+    /// Controller decision: owner and phase of a package, valid only at `expected_epoch`.
+    Assign {
+        package: String,
+        expected_epoch: u64,
+        owner: Option<String>,
+        phase: Phase,
+        reason: String,
+        at_ms: u64,
+    },
+    /// What an owner did with its package, valid only from the owner at the current epoch.
+    Report {
+        package: String,
+        node: String,
+        epoch: u64,
+        report: Report,
+        at_ms: u64,
+    },
+    /// A fence agent confirmed that `node` is off: whatever it owned is stopped.
+    NodeFenced { node: String, at_ms: u64 },
+}
+
+/// An owner's report about its package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Report {
+    /// Every resource started (or was found running and adopted).
+    Running { resources: Vec<ResourceStatus> },
+    /// Every resource stopped.
+    Stopped,
+    /// A stop failed: resources may still be active.
+    StopFailed { reason: String },
+    /// A resource failed to start or its monitor failed.
+    ResourceFailed { resource: String, reason: String },
 }
 
 /// The result of applying one [`Command`]; identical on every node.

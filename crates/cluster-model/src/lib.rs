@@ -6,13 +6,16 @@
 //! node agrees on them without a registry.
 
 mod command;
+pub mod controller;
 mod limits;
 mod node;
+mod package;
 mod settings;
 mod state;
 
-pub use command::{Command, CommandOutcome};
+pub use command::{Command, CommandOutcome, Report};
 pub use limits::{validate_key, validate_value, InvalidInput, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use node::{node_id, validate_node_name, NodeInfo};
-pub use settings::{SettingError, Settings};
-pub use state::ClusterState;
+pub use package::{Desired, Event, Failure, NodeRecord, PackageState, Phase, ResourceStatus};
+pub use settings::{FenceConfig, SettingError, Settings};
+pub use state::{ClusterState, EVENT_HISTORY};

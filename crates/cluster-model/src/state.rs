@@ -1,16 +1,35 @@
 //! The replicated state machine: what every node holds after applying the committed log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::command::Report;
+use crate::package::{Desired, Event, Failure, NodeRecord, PackageState, Phase};
 use crate::{Command, CommandOutcome, Settings};
+
+/// How many events the state keeps (older ones are dropped).
+pub const EVENT_HISTORY: usize = 1_000;
 
 /// Everything the committed log describes, apart from Raft membership (which the Raft layer keeps).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub settings: Settings,
     pub kv: BTreeMap<String, String>,
+    pub packages: BTreeMap<String, PackageState>,
+    pub nodes: BTreeMap<String, NodeRecord>,
+    pub events: VecDeque<Event>,
+    pub next_event: u64,
+}
+
+fn rejected(reason: impl Into<String>) -> CommandOutcome {
+    CommandOutcome::Rejected {
+        reason: reason.into(),
+    }
+}
+
+fn unknown_package(name: &str) -> CommandOutcome {
+    rejected(format!("package `{name}` does not exist"))
 }
 
 impl ClusterState {
@@ -37,10 +56,399 @@ impl ClusterState {
             },
             Command::SetSetting { name, value } => match self.settings.set(name, value) {
                 Ok(()) => CommandOutcome::Applied,
-                Err(err) => CommandOutcome::Rejected {
-                    reason: err.to_string(),
-                },
+                Err(err) => rejected(err.to_string()),
             },
+            Command::SetFence { node, fence } => {
+                match fence {
+                    Some(fence) => self.settings.fencing.insert(node.clone(), fence.clone()),
+                    None => self.settings.fencing.remove(node),
+                };
+                CommandOutcome::Applied
+            }
+            Command::PkgApply { def, at_ms } => {
+                let name = def.name.clone();
+                let what = match self.packages.get_mut(&name) {
+                    Some(package) => {
+                        package.def = (**def).clone();
+                        "definition replaced"
+                    }
+                    None => {
+                        self.packages
+                            .insert(name.clone(), PackageState::new((**def).clone(), *at_ms));
+                        "applied"
+                    }
+                };
+                self.event(*at_ms, Some(&name), None, 0, what, "pkg apply", None);
+                CommandOutcome::Applied
+            }
+            Command::PkgRemove { name, at_ms } => {
+                let Some(package) = self.packages.get(name) else {
+                    return unknown_package(name);
+                };
+                if package.owner.is_some() || package.phase.may_be_active() {
+                    return rejected(format!(
+                        "package `{name}` is {} on {}: stop it first (`clusterctl pkg stop {name}`)",
+                        package.phase.as_str(),
+                        package.owner.as_deref().unwrap_or("no node")
+                    ));
+                }
+                let epoch = package.epoch;
+                self.packages.remove(name);
+                self.event(
+                    *at_ms,
+                    Some(name),
+                    None,
+                    epoch,
+                    "removed",
+                    "pkg remove",
+                    None,
+                );
+                CommandOutcome::Applied
+            }
+            Command::PkgRun { name, node, at_ms } => {
+                if let Some(node) = node {
+                    if let Some(reason) = self.unusable_node(name, node) {
+                        return rejected(reason);
+                    }
+                }
+                self.operator(name, *at_ms, "run", |package| {
+                    package.desired = Desired::Running;
+                    package.target = node.clone();
+                })
+            }
+            Command::PkgStop { name, at_ms } => self.operator(name, *at_ms, "stop", |package| {
+                package.desired = Desired::Stopped;
+                package.target = None;
+            }),
+            Command::PkgMove { name, to, at_ms } => {
+                if let Some(reason) = self.unusable_node(name, to) {
+                    return rejected(reason);
+                }
+                self.operator(name, *at_ms, "move", |package| {
+                    package.desired = Desired::Running;
+                    package.target = Some(to.clone());
+                })
+            }
+            Command::PkgFreeze {
+                name,
+                frozen,
+                at_ms,
+            } => self.operator(
+                name,
+                *at_ms,
+                if *frozen { "freeze" } else { "unfreeze" },
+                |package| package.frozen = *frozen,
+            ),
+            Command::PkgCleanup { name, at_ms } => {
+                self.operator(name, *at_ms, "cleanup", |package| {
+                    package.failures.clear();
+                    package.banned.clear();
+                    package.restarts = 0;
+                    package.stopping_after_failure = false;
+                    if matches!(package.phase, Phase::Blocked | Phase::Failed) {
+                        package.owner = None;
+                        package.phase = Phase::Stopped;
+                        package.blocked_reason = None;
+                        package.resources.clear();
+                    }
+                })
+            }
+            Command::NodeStandby {
+                name,
+                standby,
+                at_ms,
+            } => {
+                self.nodes.entry(name.clone()).or_default().standby = *standby;
+                let what = if *standby { "standby" } else { "online" };
+                self.event(*at_ms, None, Some(name), 0, what, "operator", None);
+                CommandOutcome::Applied
+            }
+            Command::NodeHello {
+                name,
+                watchdog,
+                at_ms,
+            } => {
+                let record = self.nodes.entry(name.clone()).or_default();
+                record.watchdog = watchdog.is_some();
+                record.watchdog_device = watchdog.clone();
+                let reason = match watchdog {
+                    Some(device) => format!("watchdog {device}"),
+                    None => "no watchdog".to_owned(),
+                };
+                self.event(*at_ms, None, Some(name), 0, "node started", &reason, None);
+                CommandOutcome::Applied
+            }
+            Command::Assign {
+                package,
+                expected_epoch,
+                owner,
+                phase,
+                reason,
+                at_ms,
+            } => self.assign(
+                package,
+                *expected_epoch,
+                owner.as_deref(),
+                *phase,
+                reason,
+                *at_ms,
+            ),
+            Command::Report {
+                package,
+                node,
+                epoch,
+                report,
+                at_ms,
+            } => self.report(package, node, *epoch, report, *at_ms),
+            Command::NodeFenced { node, at_ms } => {
+                let owned: Vec<String> = self
+                    .packages
+                    .iter()
+                    .filter(|(_, p)| p.owner.as_deref() == Some(node.as_str()))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in owned {
+                    let package = self.packages.get_mut(&name).expect("listed package");
+                    let from = package.phase;
+                    let phase_ms = at_ms.saturating_sub(package.since_ms);
+                    package.phase = if package.stopping_after_failure {
+                        Phase::Failed
+                    } else {
+                        Phase::Stopped
+                    };
+                    package.owner = None;
+                    package.blocked_reason = None;
+                    package.stopping_after_failure = false;
+                    package.resources.clear();
+                    package.since_ms = *at_ms;
+                    let (epoch, to) = (package.epoch, package.phase);
+                    let what = format!("{} -> {}", from.as_str(), to.as_str());
+                    self.event(
+                        *at_ms,
+                        Some(&name),
+                        Some(node),
+                        epoch,
+                        &what,
+                        "node fenced",
+                        Some(phase_ms),
+                    );
+                }
+                self.event(
+                    *at_ms,
+                    None,
+                    Some(node),
+                    0,
+                    "fenced",
+                    "fence agent confirmed the node is off",
+                    None,
+                );
+                CommandOutcome::Applied
+            }
+        }
+    }
+
+    /// Why `node` cannot take package `name`, if it cannot.
+    fn unusable_node(&self, name: &str, node: &str) -> Option<String> {
+        let package = self.packages.get(name)?;
+        if !package.def.nodes.is_empty() && !package.def.nodes.iter().any(|n| n == node) {
+            return Some(format!(
+                "node `{node}` is not in the nodes list of package `{name}`"
+            ));
+        }
+        if package.banned.contains(node) {
+            return Some(format!(
+                "package `{name}` failed beyond its restart budget on node `{node}`: run `clusterctl pkg cleanup {name}` first"
+            ));
+        }
+        if self.nodes.get(node).is_some_and(|record| record.standby) {
+            return Some(format!("node `{node}` is in standby"));
+        }
+        None
+    }
+
+    fn operator(
+        &mut self,
+        name: &str,
+        at_ms: u64,
+        what: &str,
+        change: impl FnOnce(&mut PackageState),
+    ) -> CommandOutcome {
+        let Some(package) = self.packages.get_mut(name) else {
+            return unknown_package(name);
+        };
+        change(package);
+        let epoch = package.epoch;
+        self.event(at_ms, Some(name), None, epoch, what, "operator", None);
+        CommandOutcome::Applied
+    }
+
+    fn assign(
+        &mut self,
+        name: &str,
+        expected_epoch: u64,
+        owner: Option<&str>,
+        phase: Phase,
+        reason: &str,
+        at_ms: u64,
+    ) -> CommandOutcome {
+        let Some(package) = self.packages.get_mut(name) else {
+            return unknown_package(name);
+        };
+        if package.epoch != expected_epoch {
+            return rejected(format!(
+                "stale assignment of package `{name}`: epoch {expected_epoch}, current {}",
+                package.epoch
+            ));
+        }
+        let from = package.phase;
+        let phase_ms = at_ms.saturating_sub(package.since_ms);
+        if owner.is_some_and(|new_owner| package.owner.as_deref() != Some(new_owner)) {
+            package.epoch += 1;
+            package.restarts = 0;
+            package.resources.clear();
+            // A placement intent is one-shot: used now, or dropped because the package went elsewhere.
+            package.target = None;
+        }
+        if owner.is_none() {
+            package.resources.clear();
+        }
+        package.owner = owner.map(str::to_owned);
+        package.phase = phase;
+        package.since_ms = at_ms;
+        let epoch = package.epoch;
+        let what = format!("{} -> {}", from.as_str(), phase.as_str());
+        self.event(
+            at_ms,
+            Some(name),
+            owner,
+            epoch,
+            &what,
+            reason,
+            Some(phase_ms),
+        );
+        CommandOutcome::Applied
+    }
+
+    fn report(
+        &mut self,
+        name: &str,
+        node: &str,
+        epoch: u64,
+        report: &Report,
+        at_ms: u64,
+    ) -> CommandOutcome {
+        let Some(package) = self.packages.get_mut(name) else {
+            return unknown_package(name);
+        };
+        if package.epoch != epoch || package.owner.as_deref() != Some(node) {
+            return rejected(format!(
+                "stale report for package `{name}` from node `{node}` at epoch {epoch} (owner {}, epoch {})",
+                package.owner.as_deref().unwrap_or("none"),
+                package.epoch
+            ));
+        }
+        let from = package.phase;
+        let phase_ms = at_ms.saturating_sub(package.since_ms);
+        let reason = match report {
+            Report::Running { resources } => {
+                package.resources = resources.clone();
+                if from == Phase::Starting {
+                    package.phase = Phase::Running;
+                }
+                "all resources started".to_owned()
+            }
+            Report::Stopped => {
+                package.phase = if package.stopping_after_failure {
+                    Phase::Failed
+                } else {
+                    Phase::Stopped
+                };
+                package.owner = None;
+                package.stopping_after_failure = false;
+                package.resources.clear();
+                "all resources stopped".to_owned()
+            }
+            Report::StopFailed { reason } => {
+                package.phase = Phase::Blocked;
+                package.blocked_reason = Some(format!(
+                    "stop failed on node {node}: {reason}. The package will not start elsewhere: fence {node} \
+                     (configure `clusterctl cluster fence set {node} …`) or stop its resources by hand, then run \
+                     `clusterctl pkg cleanup {name}`"
+                ));
+                package.last_failure = Some(Failure {
+                    node: node.to_owned(),
+                    resource: None,
+                    reason: reason.clone(),
+                    at_ms,
+                });
+                format!("stop failed: {reason}")
+            }
+            Report::ResourceFailed { resource, reason } => {
+                let window = package.def.restart.within.as_millis() as u64;
+                let times = package.failures.entry(node.to_owned()).or_default();
+                times.retain(|t| at_ms.saturating_sub(*t) <= window);
+                times.push(at_ms);
+                package.last_failure = Some(Failure {
+                    node: node.to_owned(),
+                    resource: Some(resource.clone()),
+                    reason: reason.clone(),
+                    at_ms,
+                });
+                if package.recent_failures(node, at_ms) > package.def.restart.max as usize {
+                    package.banned.insert(node.to_owned());
+                    package.stopping_after_failure = true;
+                    package.phase = Phase::Stopping;
+                    format!("resource {resource} failed ({reason}); restart budget exhausted on {node}: relocating")
+                } else {
+                    package.restarts += 1;
+                    package.phase = Phase::Starting;
+                    format!(
+                        "resource {resource} failed ({reason}); local restart {}",
+                        package.restarts
+                    )
+                }
+            }
+        };
+        if package.phase != from {
+            package.since_ms = at_ms;
+            let what = format!("{} -> {}", from.as_str(), package.phase.as_str());
+            self.event(
+                at_ms,
+                Some(name),
+                Some(node),
+                epoch,
+                &what,
+                &reason,
+                Some(phase_ms),
+            );
+        }
+        CommandOutcome::Applied
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &mut self,
+        at_ms: u64,
+        package: Option<&str>,
+        node: Option<&str>,
+        epoch: u64,
+        what: &str,
+        reason: &str,
+        phase_ms: Option<u64>,
+    ) {
+        self.events.push_back(Event {
+            seq: self.next_event,
+            at_ms,
+            package: package.map(str::to_owned),
+            node: node.map(str::to_owned),
+            epoch,
+            what: what.to_owned(),
+            reason: reason.to_owned(),
+            phase_ms,
+        });
+        self.next_event += 1;
+        while self.events.len() > EVENT_HISTORY {
+            self.events.pop_front();
         }
     }
 
@@ -62,6 +470,7 @@ impl ClusterState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::package::ResourceStatus;
 
     fn set(key: &str, value: &str) -> Command {
         Command::KvSet {
@@ -135,5 +544,248 @@ mod tests {
         });
         assert!(matches!(outcome, CommandOutcome::Rejected { .. }));
         assert_eq!(state, before);
+    }
+
+    fn package(max_restarts: u32) -> cluster_package::PackageDef {
+        let text = format!(
+            "name = \"web\"\nnodes = [\"n1\", \"n2\"]\nrestart = {{ max = {max_restarts}, within = \"10m\" }}\n\
+             [[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"192.0.2.100/24\"\ninterface = \"eth0\"\n"
+        );
+        cluster_package::parse_package("web.toml", &text).expect("valid package")
+    }
+
+    fn assign(state: &mut ClusterState, owner: Option<&str>, phase: Phase) -> CommandOutcome {
+        let epoch = state.packages["web"].epoch;
+        state.apply(&Command::Assign {
+            package: "web".into(),
+            expected_epoch: epoch,
+            owner: owner.map(str::to_owned),
+            phase,
+            reason: "test".into(),
+            at_ms: 1_000,
+        })
+    }
+
+    fn report(state: &mut ClusterState, node: &str, report: Report, at_ms: u64) -> CommandOutcome {
+        let epoch = state.packages["web"].epoch;
+        state.apply(&Command::Report {
+            package: "web".into(),
+            node: node.into(),
+            epoch,
+            report,
+            at_ms,
+        })
+    }
+
+    #[test]
+    fn every_change_of_owner_increments_the_epoch_and_stale_commands_are_refused() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::PkgApply {
+            def: Box::new(package(1)),
+            at_ms: 0,
+        });
+        assert_eq!(
+            assign(&mut state, Some("n1"), Phase::Starting),
+            CommandOutcome::Applied
+        );
+        assert_eq!(state.packages["web"].epoch, 1);
+        report(
+            &mut state,
+            "n1",
+            Report::Running { resources: vec![] },
+            1_100,
+        );
+        assert_eq!(state.packages["web"].phase, Phase::Running);
+        // Stopping on the same owner keeps the epoch; the next owner gets a new one.
+        assign(&mut state, Some("n1"), Phase::Stopping);
+        assert_eq!(state.packages["web"].epoch, 1);
+        report(&mut state, "n1", Report::Stopped, 1_200);
+        assert_eq!(
+            (
+                state.packages["web"].owner.clone(),
+                state.packages["web"].phase
+            ),
+            (None, Phase::Stopped)
+        );
+        assign(&mut state, Some("n2"), Phase::Starting);
+        assert_eq!(state.packages["web"].epoch, 2);
+        // A report of the old owner, or at an old epoch, changes nothing.
+        let before = state.clone();
+        let stale = Command::Report {
+            package: "web".into(),
+            node: "n1".into(),
+            epoch: 1,
+            report: Report::Running { resources: vec![] },
+            at_ms: 1_300,
+        };
+        assert!(matches!(
+            state.apply(&stale),
+            CommandOutcome::Rejected { .. }
+        ));
+        let stale_assign = Command::Assign {
+            package: "web".into(),
+            expected_epoch: 1,
+            owner: Some("n1".into()),
+            phase: Phase::Starting,
+            reason: "late".into(),
+            at_ms: 1_300,
+        };
+        assert!(matches!(
+            state.apply(&stale_assign),
+            CommandOutcome::Rejected { .. }
+        ));
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn failures_restart_locally_until_the_budget_is_spent_then_relocate() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::PkgApply {
+            def: Box::new(package(2)),
+            at_ms: 0,
+        });
+        assign(&mut state, Some("n1"), Phase::Starting);
+        let failed = || Report::ResourceFailed {
+            resource: "vip".into(),
+            reason: "gone".into(),
+        };
+        for (i, at) in [10_000, 20_000].into_iter().enumerate() {
+            report(
+                &mut state,
+                "n1",
+                Report::Running { resources: vec![] },
+                at - 1,
+            );
+            report(&mut state, "n1", failed(), at);
+            assert_eq!(state.packages["web"].phase, Phase::Starting, "restart {i}");
+            assert_eq!(state.packages["web"].restarts, i as u32 + 1);
+        }
+        report(&mut state, "n1", failed(), 30_000);
+        let package = &state.packages["web"];
+        assert_eq!(package.phase, Phase::Stopping);
+        assert!(package.banned.contains("n1"));
+        report(&mut state, "n1", Report::Stopped, 30_100);
+        assert_eq!(state.packages["web"].phase, Phase::Failed);
+        assert_eq!(state.packages["web"].owner, None);
+        // Cleanup forgets the ban.
+        state.apply(&Command::PkgCleanup {
+            name: "web".into(),
+            at_ms: 40_000,
+        });
+        assert!(state.packages["web"].banned.is_empty());
+        assert_eq!(state.packages["web"].phase, Phase::Stopped);
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_count() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::PkgApply {
+            def: Box::new(package(1)),
+            at_ms: 0,
+        });
+        assign(&mut state, Some("n1"), Phase::Starting);
+        let failed = Report::ResourceFailed {
+            resource: "vip".into(),
+            reason: "gone".into(),
+        };
+        report(&mut state, "n1", failed.clone(), 1_000);
+        // Eleven minutes later the first failure is outside the 10-minute window.
+        report(&mut state, "n1", failed, 1_000 + 11 * 60_000);
+        assert_eq!(state.packages["web"].phase, Phase::Starting);
+        assert!(state.packages["web"].banned.is_empty());
+    }
+
+    #[test]
+    fn a_failed_stop_blocks_until_fenced_and_says_how_to_resolve_it() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::PkgApply {
+            def: Box::new(package(1)),
+            at_ms: 0,
+        });
+        assign(&mut state, Some("n1"), Phase::Starting);
+        report(
+            &mut state,
+            "n1",
+            Report::StopFailed {
+                reason: "umount: target is busy".into(),
+            },
+            2_000,
+        );
+        let package = &state.packages["web"];
+        assert_eq!(package.phase, Phase::Blocked);
+        assert!(package
+            .blocked_reason
+            .as_ref()
+            .unwrap()
+            .contains("clusterctl pkg cleanup web"));
+        state.apply(&Command::NodeFenced {
+            node: "n1".into(),
+            at_ms: 3_000,
+        });
+        assert_eq!(
+            (
+                state.packages["web"].owner.clone(),
+                state.packages["web"].phase
+            ),
+            (None, Phase::Stopped)
+        );
+    }
+
+    #[test]
+    fn operator_commands_check_names_and_nodes() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::PkgApply {
+            def: Box::new(package(1)),
+            at_ms: 0,
+        });
+        let err = state.apply(&Command::PkgMove {
+            name: "web".into(),
+            to: "n9".into(),
+            at_ms: 1,
+        });
+        assert_eq!(
+            err,
+            rejected("node `n9` is not in the nodes list of package `web`")
+        );
+        let err = state.apply(&Command::PkgRun {
+            name: "db".into(),
+            node: None,
+            at_ms: 1,
+        });
+        assert_eq!(err, rejected("package `db` does not exist"));
+        assign(&mut state, Some("n1"), Phase::Starting);
+        let err = state.apply(&Command::PkgRemove {
+            name: "web".into(),
+            at_ms: 2,
+        });
+        assert!(
+            matches!(err, CommandOutcome::Rejected { reason } if reason.contains("stop it first"))
+        );
+        report(
+            &mut state,
+            "n1",
+            Report::Running {
+                resources: vec![ResourceStatus {
+                    name: "vip".into(),
+                    state: "running".into(),
+                }],
+            },
+            3,
+        );
+        assert_eq!(state.packages["web"].resources.len(), 1);
+    }
+
+    #[test]
+    fn the_event_history_is_bounded() {
+        let mut state = ClusterState::default();
+        for i in 0..(EVENT_HISTORY as u64 + 10) {
+            state.apply(&Command::NodeStandby {
+                name: "n1".into(),
+                standby: i % 2 == 0,
+                at_ms: i,
+            });
+        }
+        assert_eq!(state.events.len(), EVENT_HISTORY);
+        assert_eq!(state.events.front().unwrap().seq, 10);
     }
 }

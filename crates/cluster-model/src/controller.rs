@@ -1,0 +1,379 @@
+//! The controller's placement logic: a pure function of the replicated state and the leader's view
+//! of node leases. It runs on the leader; `clusterctl pkg plan` runs the same code to explain it.
+//!
+//! ```text
+//!  ClusterState + View (lease of every node: alive / unknown / expired) ──plan──> [Action]
+//!     Action::Propose(Assign …)   an ownership or phase change, conditional on the epoch seen
+//!     Action::Fence { node }      power a node off before its packages may move
+//! ```
+//!
+//! Safety rules (docs/safety.md): a package moves away from a node that is still alive only through
+//! `Stopping` and the owner's own `Stopped` report; it moves away from a node whose lease has not
+//! certainly expired never; from an expired node only when the node is covered by a watchdog or
+//! declared lease-only, or after a fence confirmed it is off.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cluster_package::{Failback, Failover};
+
+use crate::package::{Desired, PackageState, Phase};
+use crate::{ClusterState, Command};
+
+/// The leader's knowledge of one node's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The node renewed its lease recently: it can take packages.
+    Alive,
+    /// Not heard yet by this leader, and its lease may still be running: wait.
+    Unknown,
+    /// Its lease has certainly ended (drift bound and margin included).
+    Expired,
+}
+
+/// What the controller knows beyond the replicated state (leader-local, soft).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// Every member node and its lease.
+    pub nodes: BTreeMap<String, Liveness>,
+    /// Nodes a fence is running against.
+    pub fencing: BTreeSet<String>,
+}
+
+/// What the controller wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Propose(Command),
+    Fence { node: String, reason: String },
+}
+
+/// How a node protects the cluster against its own pauses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    Watchdog,
+    Fencing,
+    /// Neither: safe against crashes and partitions, not against pauses.
+    LeaseOnly,
+}
+
+impl Protection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protection::Watchdog => "watchdog",
+            Protection::Fencing => "fencing",
+            Protection::LeaseOnly => "lease-only",
+        }
+    }
+}
+
+/// The protection of `node`: a watchdog wins, then a fence device, else lease-only.
+pub fn protection(state: &ClusterState, node: &str) -> Protection {
+    if state.nodes.get(node).is_some_and(|record| record.watchdog) {
+        Protection::Watchdog
+    } else if state.settings.fencing.contains_key(node) {
+        Protection::Fencing
+    } else {
+        Protection::LeaseOnly
+    }
+}
+
+struct Planner<'a> {
+    state: &'a ClusterState,
+    view: &'a View,
+    now_ms: u64,
+    /// Packages each node holds or is about to hold (least-loaded placement).
+    load: BTreeMap<String, usize>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(state: &'a ClusterState, view: &'a View, now_ms: u64) -> Planner<'a> {
+        let mut load = BTreeMap::new();
+        for package in state.packages.values() {
+            if let (Some(owner), true) = (&package.owner, package.phase.may_be_active()) {
+                *load.entry(owner.clone()).or_insert(0) += 1;
+            }
+        }
+        Planner {
+            state,
+            view,
+            now_ms,
+            load,
+        }
+    }
+
+    fn liveness(&self, node: &str) -> Liveness {
+        self.view
+            .nodes
+            .get(node)
+            .copied()
+            .unwrap_or(Liveness::Unknown)
+    }
+
+    /// Nodes the package may run on, in preference order.
+    fn preference(&self, package: &PackageState) -> Vec<String> {
+        if package.def.nodes.is_empty() {
+            self.view.nodes.keys().cloned().collect()
+        } else {
+            package.def.nodes.clone()
+        }
+    }
+
+    /// Why `node` cannot take `package` now, or `None` if it can.
+    fn exclusion(&self, package: &PackageState, node: &str) -> Option<String> {
+        if !package.def.nodes.is_empty() && !package.def.nodes.iter().any(|n| n == node) {
+            return Some("not in the package's nodes list".into());
+        }
+        if !self.view.nodes.contains_key(node) {
+            return Some("not a member of the cluster".into());
+        }
+        if package.banned.contains(node) {
+            return Some("failed beyond its restart budget here (pkg cleanup clears it)".into());
+        }
+        if self
+            .state
+            .nodes
+            .get(node)
+            .is_some_and(|record| record.standby)
+        {
+            return Some("in standby".into());
+        }
+        match self.liveness(node) {
+            Liveness::Alive => None,
+            Liveness::Unknown => Some("lease not confirmed by this leader yet".into()),
+            Liveness::Expired => Some("lease expired (node unreachable)".into()),
+        }
+    }
+
+    /// The node the package should go to, excluding `avoid`.
+    fn choose(&self, package: &PackageState, avoid: Option<&str>) -> Option<String> {
+        if let Some(target) = &package.target {
+            if Some(target.as_str()) != avoid && self.exclusion(package, target).is_none() {
+                return Some(target.clone());
+            }
+        }
+        let candidates: Vec<String> = self
+            .preference(package)
+            .into_iter()
+            .filter(|node| Some(node.as_str()) != avoid && self.exclusion(package, node).is_none())
+            .collect();
+        match package.def.failover {
+            Failover::Ordered => candidates.into_iter().next(),
+            Failover::LeastLoaded => candidates
+                .into_iter()
+                .enumerate()
+                .min_by_key(|(rank, node)| (self.load.get(node).copied().unwrap_or(0), *rank))
+                .map(|(_, node)| node),
+        }
+    }
+
+    fn assign(
+        &mut self,
+        name: &str,
+        package: &PackageState,
+        owner: Option<String>,
+        phase: Phase,
+        reason: String,
+    ) -> Action {
+        if let (Some(node), true) = (&owner, phase == Phase::Starting) {
+            if package.owner.as_ref() != Some(node) {
+                *self.load.entry(node.clone()).or_insert(0) += 1;
+            }
+        }
+        Action::Propose(Command::Assign {
+            package: name.to_owned(),
+            expected_epoch: package.epoch,
+            owner,
+            phase,
+            reason,
+            at_ms: self.now_ms,
+        })
+    }
+
+    /// Why a running package should leave its live owner, if it should.
+    fn reason_to_leave(&self, package: &PackageState, owner: &str) -> Option<String> {
+        if package.desired == Desired::Stopped {
+            return Some("stop requested".into());
+        }
+        if let Some(why) = self.exclusion(package, owner) {
+            return Some(format!("node {owner} {why}"));
+        }
+        if let Some(target) = package.target.as_deref().filter(|t| *t != owner) {
+            if self.exclusion(package, target).is_none() {
+                return Some(format!("move to {target} requested"));
+            }
+        }
+        if package.def.failback == Failback::Auto && package.phase == Phase::Running {
+            let preference = self.preference(package);
+            let owner_rank = preference.iter().position(|n| n == owner);
+            if let Some(better) = preference
+                .iter()
+                .take(owner_rank.unwrap_or(preference.len()))
+                .find(|node| self.exclusion(package, node).is_none())
+            {
+                return Some(format!("failback to {better}, which is preferred"));
+            }
+        }
+        None
+    }
+
+    fn plan_package(&mut self, name: &str, package: &PackageState, actions: &mut Vec<Action>) {
+        if package.frozen {
+            return;
+        }
+        if let Some(owner) = package.owner.clone() {
+            let liveness = self.liveness(&owner);
+            if package.phase == Phase::Blocked || liveness == Liveness::Expired {
+                // The owner can no longer be trusted to stop: its lease must have ended under a
+                // watchdog or in declared lease-only mode, or a fence must confirm it is off.
+                let protection = protection(self.state, &owner);
+                let fence_first =
+                    package.phase == Phase::Blocked || protection == Protection::Fencing;
+                if fence_first {
+                    if self.state.settings.fencing.contains_key(&owner)
+                        && !self.view.fencing.contains(&owner)
+                    {
+                        let reason = if package.phase == Phase::Blocked {
+                            format!("stop of package {name} failed on {owner}")
+                        } else {
+                            format!("node {owner} lost its lease and has no watchdog")
+                        };
+                        actions.push(Action::Fence {
+                            node: owner,
+                            reason,
+                        });
+                    }
+                    return;
+                }
+                let next = if package.desired == Desired::Running {
+                    self.choose(package, Some(&owner))
+                } else {
+                    None
+                };
+                let phase = if next.is_some() {
+                    Phase::Starting
+                } else {
+                    Phase::Stopped
+                };
+                let reason = format!("node {owner} lost its lease ({})", protection.as_str());
+                actions.push(self.assign(name, package, next, phase, reason));
+                return;
+            }
+            if liveness == Liveness::Unknown {
+                return;
+            }
+            if matches!(package.phase, Phase::Starting | Phase::Running) {
+                if let Some(reason) = self.reason_to_leave(package, &owner) {
+                    actions.push(self.assign(name, package, Some(owner), Phase::Stopping, reason));
+                }
+            }
+            return;
+        }
+        if package.desired == Desired::Running && package.phase != Phase::Blocked {
+            if let Some(node) = self.choose(package, None) {
+                let reason = match &package.target {
+                    Some(target) if *target == node => format!("placed on {node} as requested"),
+                    _ => format!("placed on {node} ({})", failover_word(package)),
+                };
+                actions.push(self.assign(name, package, Some(node), Phase::Starting, reason));
+            }
+        }
+    }
+}
+
+fn failover_word(package: &PackageState) -> &'static str {
+    match package.def.failover {
+        Failover::Ordered => "first eligible node in preference order",
+        Failover::LeastLoaded => "least loaded eligible node",
+    }
+}
+
+/// The controller's decisions for every package, in package name order.
+pub fn plan(state: &ClusterState, view: &View, now_ms: u64) -> Vec<Action> {
+    let mut planner = Planner::new(state, view, now_ms);
+    let mut actions = Vec::new();
+    for (name, package) in &state.packages {
+        planner.plan_package(name, package, &mut actions);
+    }
+    actions
+}
+
+/// `clusterctl pkg plan NAME`: where the package would go and why, in words.
+pub fn explain(state: &ClusterState, view: &View, name: &str, now_ms: u64) -> Option<Vec<String>> {
+    let package = state.packages.get(name)?;
+    let planner = Planner::new(state, view, now_ms);
+    let mut lines = vec![format!(
+        "package {name}: desired {}, phase {}, owner {}, epoch {}{}",
+        match package.desired {
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+        },
+        package.phase.as_str(),
+        package.owner.as_deref().unwrap_or("none"),
+        package.epoch,
+        if package.frozen {
+            ", frozen (nothing is started, stopped or monitored)"
+        } else {
+            ""
+        }
+    )];
+    lines.push(format!(
+        "policy: failover {}, failback {}",
+        match package.def.failover {
+            Failover::Ordered => "ordered",
+            Failover::LeastLoaded => "least-loaded",
+        },
+        match package.def.failback {
+            Failback::Manual => "manual",
+            Failback::Auto => "auto",
+        }
+    ));
+    for (rank, node) in planner.preference(package).iter().enumerate() {
+        let verdict = match planner.exclusion(package, node) {
+            None => format!(
+                "eligible, load {}",
+                planner.load.get(node).copied().unwrap_or(0)
+            ),
+            Some(why) => format!("excluded: {why}"),
+        };
+        lines.push(format!(
+            "  {}. {node} ({}): {verdict}",
+            rank + 1,
+            protection(state, node).as_str()
+        ));
+    }
+    let actions: Vec<Action> = plan(state, view, now_ms)
+        .into_iter()
+        .filter(|action| match action {
+            Action::Propose(Command::Assign { package, .. }) => package == name,
+            Action::Fence { node, .. } => package.owner.as_deref() == Some(node.as_str()),
+            Action::Propose(_) => false,
+        })
+        .collect();
+    if actions.is_empty() {
+        lines.push(match (&package.owner, package.desired, package.phase) {
+            (_, _, Phase::Blocked) => format!(
+                "decision: none — blocked: {}",
+                package.blocked_reason.as_deref().unwrap_or("a stop failed")
+            ),
+            (Some(owner), _, _) => format!("decision: none — stays on {owner}"),
+            (None, Desired::Running, _) => "decision: none — no eligible node".to_owned(),
+            (None, Desired::Stopped, _) => "decision: none — stays stopped".to_owned(),
+        });
+    }
+    for action in actions {
+        lines.push(match action {
+            Action::Propose(Command::Assign {
+                owner,
+                phase,
+                reason,
+                ..
+            }) => format!(
+                "decision: {} on {} — {reason}",
+                phase.as_str(),
+                owner.as_deref().unwrap_or("no node")
+            ),
+            Action::Fence { node, reason } => format!("decision: fence {node} — {reason}"),
+            Action::Propose(other) => format!("decision: {other:?}"),
+        });
+    }
+    Some(lines)
+}

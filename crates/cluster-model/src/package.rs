@@ -1,0 +1,179 @@
+//! Replicated package state: definition, desired state, owner, epoch, phase, failures, events.
+//!
+//! Ownership changes only through [`crate::Command::Assign`] (proposed by the controller on the
+//! leader, conditional on the epoch it saw) and through reports of the owner itself
+//! ([`crate::Command::Report`], ignored unless they carry the current epoch and come from the owner).
+//!
+//! ```text
+//!             Assign(owner=N)          Report Running
+//!  Stopped ───────────────> Starting ───────────────> Running
+//!     ^                        │  ^ resource failed,        │
+//!     │ Report Stopped         │  └─ budget left ───────────┤
+//!     │                        v                            v
+//!  Stopping <──────────── (move, stop, standby, failback, budget exhausted)
+//!     │ Report StopFailed
+//!     v
+//!  Blocked ── fence confirmed / pkg cleanup ──> Stopped
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cluster_package::PackageDef;
+use serde::{Deserialize, Serialize};
+
+/// What the operator wants for a package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+/// Where a package is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Not active anywhere.
+    Stopped,
+    /// Assigned to its owner, which is starting it.
+    Starting,
+    /// Active on its owner.
+    Running,
+    /// Its owner is stopping it.
+    Stopping,
+    /// Stopped after failures beyond its restart budget (or no node could take it).
+    Failed,
+    /// A stop failed and the node could not be fenced: never started elsewhere until resolved.
+    Blocked,
+}
+
+impl Phase {
+    /// Whether resources may be active on the owner in this phase.
+    pub fn may_be_active(self) -> bool {
+        matches!(
+            self,
+            Phase::Starting | Phase::Running | Phase::Stopping | Phase::Blocked
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Stopped => "stopped",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::Failed => "failed",
+            Phase::Blocked => "blocked",
+        }
+    }
+}
+
+/// The last failure of a package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub node: String,
+    pub resource: Option<String>,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+/// State of one resource as last reported by the owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    pub name: String,
+    pub state: String,
+}
+
+/// Everything the cluster knows about one package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageState {
+    pub def: PackageDef,
+    pub desired: Desired,
+    /// Maintenance: nothing is started, stopped or monitored.
+    pub frozen: bool,
+    pub owner: Option<String>,
+    /// Fencing token: increases with every change of owner.
+    pub epoch: u64,
+    pub phase: Phase,
+    /// When the current phase began (proposer's clock, ms since the Unix epoch).
+    pub since_ms: u64,
+    /// One-shot placement intent (`pkg run --node`, `pkg move --to`), cleared once used.
+    pub target: Option<String>,
+    /// The owner is stopping because the restart budget is exhausted there.
+    pub stopping_after_failure: bool,
+    /// Failure times per node, within the restart window.
+    pub failures: BTreeMap<String, Vec<u64>>,
+    /// Nodes where the package failed beyond its budget: excluded until `pkg cleanup`.
+    pub banned: BTreeSet<String>,
+    /// Local restarts at the current owner.
+    pub restarts: u32,
+    pub last_failure: Option<Failure>,
+    pub resources: Vec<ResourceStatus>,
+    /// Why the package is blocked, and how to resolve it.
+    pub blocked_reason: Option<String>,
+}
+
+impl PackageState {
+    pub fn new(def: PackageDef, at_ms: u64) -> PackageState {
+        let desired = if def.auto_run {
+            Desired::Running
+        } else {
+            Desired::Stopped
+        };
+        PackageState {
+            def,
+            desired,
+            frozen: false,
+            owner: None,
+            epoch: 0,
+            phase: Phase::Stopped,
+            since_ms: at_ms,
+            target: None,
+            stopping_after_failure: false,
+            failures: BTreeMap::new(),
+            banned: BTreeSet::new(),
+            restarts: 0,
+            last_failure: None,
+            resources: Vec::new(),
+            blocked_reason: None,
+        }
+    }
+
+    /// Failures on `node` within the restart window ending at `now_ms`.
+    pub fn recent_failures(&self, node: &str, now_ms: u64) -> usize {
+        let window = self.def.restart.within.as_millis() as u64;
+        self.failures.get(node).map_or(0, |times| {
+            times
+                .iter()
+                .filter(|t| now_ms.saturating_sub(**t) <= window)
+                .count()
+        })
+    }
+}
+
+/// One recorded transition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Sequence number, increasing (for `events --follow`).
+    pub seq: u64,
+    pub at_ms: u64,
+    pub package: Option<String>,
+    pub node: Option<String>,
+    pub epoch: u64,
+    /// `phase_from -> phase_to`, or an operator action (`apply`, `standby` …).
+    pub what: String,
+    pub reason: String,
+    /// Time spent in the phase that ended, when this is a transition.
+    pub phase_ms: Option<u64>,
+}
+
+/// What the cluster records about a node besides Raft membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Drained: no package runs here.
+    pub standby: bool,
+    /// The node armed a watchdog (reported by the node itself at start).
+    pub watchdog: bool,
+    /// The watchdog device, for `status`.
+    pub watchdog_device: Option<String>,
+}
