@@ -61,13 +61,7 @@ pub struct ActionContext {
 impl ActionContext {
     /// A context with the given package, epoch and timeout (interval and depth zero).
     pub fn new(package: impl Into<String>, epoch: u64, timeout: Duration) -> Self {
-        ActionContext {
-            package: package.into(),
-            epoch,
-            timeout,
-            interval: Duration::ZERO,
-            depth: 0,
-        }
+        ActionContext { package: package.into(), epoch, timeout, interval: Duration::ZERO, depth: 0 }
     }
 }
 
@@ -110,26 +104,16 @@ pub async fn timed<T>(
         Ok(result) => result,
         Err(_) => Err(AgentError::new(
             OcfStatus::ErrGeneric,
-            format!(
-                "{} of resource {resource} timed out after {:?}",
-                action.name(),
-                timeout
-            ),
+            format!("{} of resource {resource} timed out after {:?}", action.name(), timeout),
         )),
     }
 }
 
 /// An OCF meta-data document from a description and `(name, required, default, description)` parameters.
-pub(crate) fn meta_data_xml(
-    agent: &str,
-    description: &str,
-    parameters: &[(&str, bool, &str, &str)],
-) -> String {
+pub(crate) fn meta_data_xml(agent: &str, description: &str, parameters: &[(&str, bool, &str, &str)]) -> String {
     let mut xml = String::new();
     xml.push_str("<?xml version=\"1.0\"?>\n<!DOCTYPE resource-agent SYSTEM \"ra-api-1.dtd\">\n");
-    xml.push_str(&format!(
-        "<resource-agent name=\"{agent}\" version=\"1.0\">\n<version>1.1</version>\n"
-    ));
+    xml.push_str(&format!("<resource-agent name=\"{agent}\" version=\"1.0\">\n<version>1.1</version>\n"));
     xml.push_str(&format!("<longdesc lang=\"en\">{description}</longdesc>\n<shortdesc lang=\"en\">{description}</shortdesc>\n<parameters>\n"));
     for (name, required, default, text) in parameters {
         xml.push_str(&format!(

@@ -22,11 +22,7 @@ pub(crate) struct FilesystemAgent {
 
 impl FilesystemAgent {
     pub(crate) fn new(name: &str, params: &FilesystemResource, host: &Host) -> Self {
-        FilesystemAgent {
-            name: name.to_string(),
-            params: params.clone(),
-            host: host.clone(),
-        }
+        FilesystemAgent { name: name.to_string(), params: params.clone(), host: host.clone() }
     }
 
     fn device_name(&self) -> DeviceName {
@@ -40,11 +36,7 @@ impl FilesystemAgent {
     /// The source mounted at our mountpoint, if any.
     async fn mounted_source(&self) -> Result<Option<String>, AgentError> {
         let mounts = self.host.mounts.mounts().await?;
-        Ok(mounts
-            .into_iter()
-            .rev()
-            .find(|entry| entry.target == self.params.mountpoint)
-            .map(|entry| entry.source))
+        Ok(mounts.into_iter().rev().find(|entry| entry.target == self.params.mountpoint).map(|entry| entry.source))
     }
 
     async fn wait_for_device(&self) -> Result<PathBuf, AgentError> {
@@ -115,10 +107,7 @@ impl Agent for FilesystemAgent {
             )));
         }
         if self.params.fstype.is_empty() {
-            return Err(AgentError::configured(format!(
-                "resource {}: fstype is empty",
-                self.name
-            )));
+            return Err(AgentError::configured(format!("resource {}: fstype is empty", self.name)));
         }
         match &self.params.device {
             DeviceSpec::Path(path) if !path.is_absolute() => Err(AgentError::configured(format!(
@@ -127,10 +116,7 @@ impl Agent for FilesystemAgent {
                 path.display()
             ))),
             DeviceSpec::Uuid(value) | DeviceSpec::Label(value) if value.is_empty() => {
-                Err(AgentError::configured(format!(
-                    "resource {}: empty device {}",
-                    self.name, self.params.device
-                )))
+                Err(AgentError::configured(format!("resource {}: empty device {}", self.name, self.params.device)))
             }
             _ => Ok(()),
         }
@@ -153,21 +139,10 @@ impl Agent for FilesystemAgent {
         }
         tracing::info!(resource = %self.name, epoch = context.epoch, device = %device.display(), mountpoint = %mountpoint.display(), "mounting");
         if self.params.fsck {
-            self.host
-                .block_devices
-                .fsck(&device, &self.params.fstype, context.timeout)
-                .await?;
+            self.host.block_devices.fsck(&device, &self.params.fstype, context.timeout).await?;
         }
         self.host.mounts.create_directory(mountpoint).await?;
-        self.host
-            .mounts
-            .mount(
-                &device,
-                mountpoint,
-                &self.params.fstype,
-                &self.params.options,
-            )
-            .await?;
+        self.host.mounts.mount(&device, mountpoint, &self.params.fstype, &self.params.options).await?;
         Ok(())
     }
 
@@ -202,14 +177,7 @@ impl Agent for FilesystemAgent {
         let holders = if last_holders.is_empty() {
             String::new()
         } else {
-            format!(
-                " (held by pids {})",
-                last_holders
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!(" (held by pids {})", last_holders.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
         };
         Err(AgentError::generic(format!(
             "failed to unmount {} after {} attempts: target is busy{holders}",
@@ -223,10 +191,7 @@ impl Agent for FilesystemAgent {
             return Ok(MonitorState::NotRunning);
         }
         if context.depth >= 10 {
-            self.host
-                .mounts
-                .check_read_write(&self.params.mountpoint)
-                .await?;
+            self.host.mounts.check_read_write(&self.params.mountpoint).await?;
         }
         Ok(MonitorState::Running)
     }
@@ -237,27 +202,12 @@ impl Agent for FilesystemAgent {
             "block device mounted at a mountpoint",
             &[
                 ("device", true, "", "device path, UUID=... or LABEL=..."),
-                (
-                    "mountpoint",
-                    true,
-                    "",
-                    "absolute mountpoint, created if missing",
-                ),
+                ("mountpoint", true, "", "absolute mountpoint, created if missing"),
                 ("fstype", true, "", "filesystem type"),
                 ("options", false, "", "mount options"),
                 ("fsck", false, "false", "run fsck -a before mounting"),
-                (
-                    "device_timeout",
-                    false,
-                    "10s",
-                    "how long to wait for the device to appear",
-                ),
-                (
-                    "kill_holders",
-                    false,
-                    "true",
-                    "on stop, TERM then KILL processes holding the mount",
-                ),
+                ("device_timeout", false, "10s", "how long to wait for the device to appear"),
+                ("kill_holders", false, "true", "on stop, TERM then KILL processes holding the mount"),
                 ("unmount_retries", false, "3", "unmount attempts"),
             ],
         ))

@@ -23,12 +23,7 @@ pub(crate) struct IpAgent {
 
 impl IpAgent {
     pub(crate) fn new(name: &str, params: &IpResource, host: &Host) -> Self {
-        IpAgent {
-            name: name.to_string(),
-            params: params.clone(),
-            host: host.clone(),
-            announcer: Mutex::new(None),
-        }
+        IpAgent { name: name.to_string(), params: params.clone(), host: host.clone(), announcer: Mutex::new(None) }
     }
 
     fn cidr(&self) -> String {
@@ -36,10 +31,7 @@ impl IpAgent {
     }
 
     fn stop_announcer(&self) {
-        let mut announcer = self
-            .announcer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut announcer = self.announcer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(task) = announcer.take() {
             task.abort();
         }
@@ -55,11 +47,7 @@ impl IpAgent {
             if info.prefix_len != self.params.prefix_len {
                 return Err(AgentError::configured(format!(
                     "{} is already on {} with prefix /{} (resource {} wants /{})",
-                    self.params.address,
-                    self.params.interface,
-                    info.prefix_len,
-                    self.name,
-                    self.params.prefix_len
+                    self.params.address, self.params.interface, info.prefix_len, self.name, self.params.prefix_len
                 )));
             }
             return Ok(Some((info.tentative, info.dad_failed)));
@@ -75,11 +63,7 @@ impl IpAgent {
                     let _ = self
                         .host
                         .network
-                        .remove_address(
-                            &self.params.interface,
-                            self.params.address,
-                            self.params.prefix_len,
-                        )
+                        .remove_address(&self.params.interface, self.params.address, self.params.prefix_len)
                         .await;
                     return Err(AgentError::generic(format!(
                         "duplicate address {} on {}: duplicate address detection failed, another host holds it",
@@ -121,11 +105,7 @@ impl Agent for IpAgent {
     }
 
     async fn validate(&self) -> Result<(), AgentError> {
-        let max = if self.params.address.is_ipv4() {
-            32
-        } else {
-            128
-        };
+        let max = if self.params.address.is_ipv4() { 32 } else { 128 };
         if self.params.prefix_len > max {
             return Err(AgentError::configured(format!(
                 "resource {}: prefix /{} is longer than {max}",
@@ -155,10 +135,7 @@ impl Agent for IpAgent {
         let interface = &self.params.interface;
         let link = self.host.network.link(interface).await?;
         if !link.up {
-            return Err(AgentError::generic(format!(
-                "cannot add {} to {interface}: link is down",
-                self.cidr()
-            )));
+            return Err(AgentError::generic(format!("cannot add {} to {interface}: link is down", self.cidr())));
         }
         tracing::info!(resource = %self.name, epoch = context.epoch, address = %self.cidr(), %interface, "starting ip");
         match self.present().await? {
@@ -171,20 +148,12 @@ impl Agent for IpAgent {
             Some((_, true)) | None => {
                 if self.present().await?.is_some() {
                     // a stale address that failed DAD: remove before trying again
-                    self.host
-                        .network
-                        .remove_address(interface, self.params.address, self.params.prefix_len)
-                        .await?;
+                    self.host.network.remove_address(interface, self.params.address, self.params.prefix_len).await?;
                 }
                 let skip_dad = !self.params.check_duplicate;
-                if let (IpAddr::V4(address), true) =
-                    (self.params.address, self.params.check_duplicate)
-                {
-                    if let Some(mac) = self
-                        .host
-                        .network
-                        .probe_ipv4_duplicate(interface, address, self.params.probe_timeout)
-                        .await?
+                if let (IpAddr::V4(address), true) = (self.params.address, self.params.check_duplicate) {
+                    if let Some(mac) =
+                        self.host.network.probe_ipv4_duplicate(interface, address, self.params.probe_timeout).await?
                     {
                         return Err(AgentError::generic(format!(
                             "duplicate address {address} on {interface}: answered by {}",
@@ -195,12 +164,7 @@ impl Agent for IpAgent {
                 match self
                     .host
                     .network
-                    .add_address(
-                        interface,
-                        self.params.address,
-                        self.params.prefix_len,
-                        skip_dad,
-                    )
+                    .add_address(interface, self.params.address, self.params.prefix_len, skip_dad)
                     .await
                 {
                     Ok(()) | Err(NetError::AddressExists { .. }) => {}
@@ -213,10 +177,7 @@ impl Agent for IpAgent {
         }
         // First announcement now (so neighbours switch before start returns), the rest in the background.
         if self.params.announce_count > 0 {
-            self.host
-                .network
-                .announce(interface, self.params.address)
-                .await?;
+            self.host.network.announce(interface, self.params.address).await?;
         }
         self.stop_announcer();
         if self.params.announce_count > 1 {
@@ -232,10 +193,7 @@ impl Agent for IpAgent {
                     }
                 }
             });
-            *self
-                .announcer
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
+            *self.announcer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
         }
         Ok(())
     }
@@ -244,14 +202,7 @@ impl Agent for IpAgent {
         tracing::info!(resource = %self.name, epoch = context.epoch, address = %self.cidr(), "stopping ip");
         self.stop_announcer();
         // Removes exactly this address/prefix; a missing address or interface is already stopped.
-        self.host
-            .network
-            .remove_address(
-                &self.params.interface,
-                self.params.address,
-                self.params.prefix_len,
-            )
-            .await?;
+        self.host.network.remove_address(&self.params.interface, self.params.address, self.params.prefix_len).await?;
         Ok(())
     }
 
@@ -282,37 +233,12 @@ impl Agent for IpAgent {
             "ip",
             "virtual IP address managed over rtnetlink",
             &[
-                (
-                    "address",
-                    true,
-                    "",
-                    "address with prefix, e.g. 192.0.2.10/24",
-                ),
+                ("address", true, "", "address with prefix, e.g. 192.0.2.10/24"),
                 ("interface", true, "", "interface name"),
-                (
-                    "check_duplicate",
-                    false,
-                    "true",
-                    "probe the segment for a duplicate before adding",
-                ),
-                (
-                    "probe_timeout",
-                    false,
-                    "500ms",
-                    "how long to wait for an answer to the ARP probe",
-                ),
-                (
-                    "announce_count",
-                    false,
-                    "5",
-                    "gratuitous ARPs or unsolicited neighbour advertisements sent",
-                ),
-                (
-                    "announce_interval",
-                    false,
-                    "200ms",
-                    "interval between announcements",
-                ),
+                ("check_duplicate", false, "true", "probe the segment for a duplicate before adding"),
+                ("probe_timeout", false, "500ms", "how long to wait for an answer to the ARP probe"),
+                ("announce_count", false, "5", "gratuitous ARPs or unsolicited neighbour advertisements sent"),
+                ("announce_interval", false, "200ms", "interval between announcements"),
             ],
         ))
     }

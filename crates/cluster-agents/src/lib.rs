@@ -49,9 +49,7 @@ pub struct AgentOptions {
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        AgentOptions {
-            ocf_root: PathBuf::from(DEFAULT_OCF_ROOT),
-        }
+        AgentOptions { ocf_root: PathBuf::from(DEFAULT_OCF_ROOT) }
     }
 }
 
@@ -61,27 +59,12 @@ pub fn build_agent(resource: &ResourceDef, host: &Host) -> Box<dyn Agent> {
 }
 
 /// The agent for a resource: the one factory that picks a backend.
-pub fn build_agent_with(
-    resource: &ResourceDef,
-    host: &Host,
-    options: &AgentOptions,
-) -> Box<dyn Agent> {
+pub fn build_agent_with(resource: &ResourceDef, host: &Host, options: &AgentOptions) -> Box<dyn Agent> {
     match &resource.kind {
         ResourceKind::Ip(params) => Box::new(ip::IpAgent::new(&resource.name, params, host)),
-        ResourceKind::Filesystem(params) => Box::new(filesystem::FilesystemAgent::new(
-            &resource.name,
-            params,
-            host,
-        )),
-        ResourceKind::Process(params) => {
-            Box::new(process::ProcessAgent::new(&resource.name, params, host))
-        }
-        ResourceKind::Ocf(params) => Box::new(ocf::OcfAgent::new(
-            &resource.name,
-            params,
-            host,
-            &options.ocf_root,
-        )),
+        ResourceKind::Filesystem(params) => Box::new(filesystem::FilesystemAgent::new(&resource.name, params, host)),
+        ResourceKind::Process(params) => Box::new(process::ProcessAgent::new(&resource.name, params, host)),
+        ResourceKind::Ocf(params) => Box::new(ocf::OcfAgent::new(&resource.name, params, host, &options.ocf_root)),
     }
 }
 

@@ -36,42 +36,25 @@ impl OcfAgent {
 
     fn script(&self) -> PathBuf {
         match &self.params.agent {
-            OcfAgentRef::Provider {
-                provider,
-                agent_type,
-            } => self
-                .ocf_root
-                .join("resource.d")
-                .join(provider)
-                .join(agent_type),
+            OcfAgentRef::Provider { provider, agent_type } => {
+                self.ocf_root.join("resource.d").join(provider).join(agent_type)
+            }
             OcfAgentRef::Path(path) => path.clone(),
         }
     }
 
-    fn environment(
-        &self,
-        action: Action,
-        context: Option<&ActionContext>,
-    ) -> BTreeMap<String, String> {
+    fn environment(&self, action: Action, context: Option<&ActionContext>) -> BTreeMap<String, String> {
         let mut environment = BTreeMap::new();
         environment.insert("OCF_ROOT".to_string(), self.ocf_root.display().to_string());
-        environment.insert(
-            "OCF_FUNCTIONS_DIR".to_string(),
-            self.ocf_root.join("lib/heartbeat").display().to_string(),
-        );
+        environment.insert("OCF_FUNCTIONS_DIR".to_string(), self.ocf_root.join("lib/heartbeat").display().to_string());
         environment.insert("OCF_RA_VERSION_MAJOR".to_string(), "1".to_string());
         environment.insert("OCF_RA_VERSION_MINOR".to_string(), "1".to_string());
         environment.insert("OCF_RESOURCE_INSTANCE".to_string(), self.name.clone());
         let (provider, agent_type) = match &self.params.agent {
-            OcfAgentRef::Provider {
-                provider,
-                agent_type,
-            } => (provider.clone(), agent_type.clone()),
+            OcfAgentRef::Provider { provider, agent_type } => (provider.clone(), agent_type.clone()),
             OcfAgentRef::Path(path) => (
                 "local".to_string(),
-                path.file_name()
-                    .map(|name| name.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default(),
             ),
         };
         environment.insert("OCF_RESOURCE_PROVIDER".to_string(), provider);
@@ -81,18 +64,9 @@ impl OcfAgent {
             environment.insert(format!("OCF_RESKEY_{key}"), value.clone());
         }
         if let Some(context) = context {
-            environment.insert(
-                "OCF_RESKEY_CRM_meta_timeout".to_string(),
-                context.timeout.as_millis().to_string(),
-            );
-            environment.insert(
-                "OCF_RESKEY_CRM_meta_interval".to_string(),
-                context.interval.as_millis().to_string(),
-            );
-            environment.insert(
-                "OCF_RESKEY_CRM_meta_epoch".to_string(),
-                context.epoch.to_string(),
-            );
+            environment.insert("OCF_RESKEY_CRM_meta_timeout".to_string(), context.timeout.as_millis().to_string());
+            environment.insert("OCF_RESKEY_CRM_meta_interval".to_string(), context.interval.as_millis().to_string());
+            environment.insert("OCF_RESKEY_CRM_meta_epoch".to_string(), context.epoch.to_string());
             environment.insert("CLUSTER_EPOCH".to_string(), context.epoch.to_string());
             environment.insert("CLUSTER_PACKAGE".to_string(), context.package.clone());
             environment.insert("OCF_CHECK_LEVEL".to_string(), context.depth.to_string());
@@ -101,11 +75,7 @@ impl OcfAgent {
     }
 
     /// Run one action; returns the OCF status and the captured output.
-    async fn run(
-        &self,
-        action: Action,
-        context: Option<&ActionContext>,
-    ) -> Result<(OcfStatus, String), AgentError> {
+    async fn run(&self, action: Action, context: Option<&ActionContext>) -> Result<(OcfStatus, String), AgentError> {
         let script = self.script();
         let metadata = std::fs::metadata(&script);
         if metadata.is_err() {
@@ -116,9 +86,7 @@ impl OcfAgent {
                 script.display()
             )));
         }
-        let timeout = context
-            .map(|context| context.timeout)
-            .unwrap_or(self.short_timeout);
+        let timeout = context.map(|context| context.timeout).unwrap_or(self.short_timeout);
         let command = CommandSpec {
             argv: vec![script.display().to_string(), action.name().to_string()],
             environment: self.environment(action, context),
@@ -137,36 +105,16 @@ impl OcfAgent {
             Some(code) => OcfStatus::from_code(code),
             None => OcfStatus::ErrGeneric,
         };
-        let detail = if output.stderr.trim().is_empty() {
-            output.stdout.clone()
-        } else {
-            output.stderr.clone()
-        };
-        Ok((
-            status,
-            if status == OcfStatus::Success && action == Action::MetaData {
-                output.stdout
-            } else {
-                detail
-            },
-        ))
+        let detail = if output.stderr.trim().is_empty() { output.stdout.clone() } else { output.stderr.clone() };
+        Ok((status, if status == OcfStatus::Success && action == Action::MetaData { output.stdout } else { detail }))
     }
 
     fn failure(&self, action: Action, status: OcfStatus, detail: &str) -> AgentError {
         let detail = detail.trim().lines().last().unwrap_or("").trim();
-        let suffix = if detail.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", detail.to_lowercase())
-        };
+        let suffix = if detail.is_empty() { String::new() } else { format!(": {}", detail.to_lowercase()) };
         AgentError::new(
             status,
-            format!(
-                "{} of resource {} ({}) failed{suffix}",
-                action.name(),
-                self.name,
-                self.params.agent
-            ),
+            format!("{} of resource {} ({}) failed{suffix}", action.name(), self.name, self.params.agent),
         )
     }
 }
@@ -184,10 +132,7 @@ impl Agent for OcfAgent {
     async fn validate(&self) -> Result<(), AgentError> {
         for key in self.params.params.keys() {
             if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(AgentError::configured(format!(
-                    "resource {}: bad parameter name {key:?}",
-                    self.name
-                )));
+                return Err(AgentError::configured(format!("resource {}: bad parameter name {key:?}", self.name)));
             }
         }
         match self.run(Action::Validate, None).await? {

@@ -18,11 +18,7 @@ pub(crate) struct ProcessAgent {
 
 impl ProcessAgent {
     pub(crate) fn new(name: &str, params: &ProcessResource, host: &Host) -> Self {
-        ProcessAgent {
-            name: name.to_string(),
-            params: params.clone(),
-            host: host.clone(),
-        }
+        ProcessAgent { name: name.to_string(), params: params.clone(), host: host.clone() }
     }
 
     fn unit(&self, context: &ActionContext) -> String {
@@ -46,12 +42,7 @@ impl ProcessAgent {
                 Ok(())
             }
             Readiness::TcpPort(address) => loop {
-                if self
-                    .host
-                    .processes
-                    .tcp_accepts(*address, Duration::from_millis(500))
-                    .await
-                {
+                if self.host.processes.tcp_accepts(*address, Duration::from_millis(500)).await {
                     return Ok(());
                 }
                 if !self.running(unit).await? {
@@ -108,16 +99,8 @@ impl Agent for ProcessAgent {
     }
 
     async fn validate(&self) -> Result<(), AgentError> {
-        if self
-            .params
-            .command
-            .first()
-            .is_none_or(|program| program.is_empty())
-        {
-            return Err(AgentError::configured(format!(
-                "resource {}: command is empty",
-                self.name
-            )));
+        if self.params.command.first().is_none_or(|program| program.is_empty()) {
+            return Err(AgentError::configured(format!("resource {}: command is empty", self.name)));
         }
         if Signal::from_name(&self.params.stop_signal).is_none() {
             return Err(AgentError::configured(format!(
@@ -127,10 +110,7 @@ impl Agent for ProcessAgent {
         }
         if let Readiness::Command(argv) = &self.params.ready {
             if argv.is_empty() {
-                return Err(AgentError::configured(format!(
-                    "resource {}: readiness command is empty",
-                    self.name
-                )));
+                return Err(AgentError::configured(format!("resource {}: readiness command is empty", self.name)));
             }
         }
         Ok(())
@@ -172,10 +152,7 @@ impl Agent for ProcessAgent {
             if !self.wait_gone(&unit, self.params.kill_after).await? {
                 tracing::warn!(resource = %self.name, %unit, "still running after {:?}, killing the whole unit", self.params.kill_after);
                 self.host.processes.kill(&unit).await?;
-                let remaining = context
-                    .timeout
-                    .saturating_sub(self.params.kill_after)
-                    .max(Duration::from_secs(1));
+                let remaining = context.timeout.saturating_sub(self.params.kill_after).max(Duration::from_secs(1));
                 if !self.wait_gone(&unit, remaining).await? {
                     let pids = self.host.processes.pids(&unit).await?;
                     return Err(AgentError::generic(format!(
@@ -207,25 +184,10 @@ impl Agent for ProcessAgent {
                 ("user", false, "", "user to run as"),
                 ("group", false, "", "group to run as"),
                 ("working_directory", false, "", "working directory"),
-                (
-                    "output",
-                    false,
-                    "journal",
-                    "journal or an absolute file path",
-                ),
-                (
-                    "ready",
-                    false,
-                    "alive_for=500ms",
-                    "readiness: alive_for, tcp or command",
-                ),
+                ("output", false, "journal", "journal or an absolute file path"),
+                ("ready", false, "alive_for=500ms", "readiness: alive_for, tcp or command"),
                 ("stop_signal", false, "SIGTERM", "first signal on stop"),
-                (
-                    "kill_after",
-                    false,
-                    "10s",
-                    "SIGKILL the whole tree after this long",
-                ),
+                ("kill_after", false, "10s", "SIGKILL the whole tree after this long"),
             ],
         ))
     }

@@ -31,22 +31,12 @@ pub struct ResourceFailure {
 
 impl std::fmt::Display for ResourceFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} of resource {}: {}",
-            self.action.name(),
-            self.resource,
-            self.error
-        )
+        write!(f, "{} of resource {}: {}", self.action.name(), self.resource, self.error)
     }
 }
 
 fn list(failures: &[ResourceFailure]) -> String {
-    failures
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+    failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// Why a package action failed.
@@ -95,9 +85,7 @@ impl RunError {
     /// The engine must then not start it elsewhere without fencing (DESIGN §5).
     pub fn leaves_resources_active(&self) -> bool {
         match self {
-            RunError::StartFailed {
-                rollback_failures, ..
-            } => !rollback_failures.is_empty(),
+            RunError::StartFailed { rollback_failures, .. } => !rollback_failures.is_empty(),
             RunError::StopFailed { .. } => true,
             RunError::StaleEpoch { .. } | RunError::UnknownResource { .. } => false,
         }
@@ -156,27 +144,13 @@ impl PackageRunner {
                 agent: crate::build_agent_with(definition, host, options),
             })
             .collect();
-        PackageRunner {
-            package: package.name.clone(),
-            resources,
-            highest_epoch: AtomicU64::new(0),
-        }
+        PackageRunner { package: package.name.clone(), resources, highest_epoch: AtomicU64::new(0) }
     }
 
     /// A runner over ready-made agents (default 20 s timeouts), for tests and custom agents.
     pub fn from_agents(package: impl Into<String>, agents: Vec<Box<dyn Agent>>) -> Self {
-        let resources = agents
-            .into_iter()
-            .map(|agent| Entry {
-                definition: None,
-                agent,
-            })
-            .collect();
-        PackageRunner {
-            package: package.into(),
-            resources,
-            highest_epoch: AtomicU64::new(0),
-        }
+        let resources = agents.into_iter().map(|agent| Entry { definition: None, agent }).collect();
+        PackageRunner { package: package.into(), resources, highest_epoch: AtomicU64::new(0) }
     }
 
     /// The package name.
@@ -186,52 +160,30 @@ impl PackageRunner {
 
     /// Resource names in start order.
     pub fn resource_names(&self) -> Vec<&str> {
-        self.resources
-            .iter()
-            .map(|entry| entry.agent.name())
-            .collect()
+        self.resources.iter().map(|entry| entry.agent.name()).collect()
     }
 
     fn context(&self, entry: &Entry, action: Action, epoch: u64) -> ActionContext {
         let (timeout, interval, depth) = match (&entry.definition, action) {
             (Some(definition), Action::Start) => (definition.start_timeout, Duration::ZERO, 0),
             (Some(definition), Action::Stop) => (definition.stop_timeout, Duration::ZERO, 0),
-            (Some(definition), Action::Monitor) => (
-                definition.monitor.timeout,
-                definition.monitor.interval,
-                definition.monitor.depth,
-            ),
+            (Some(definition), Action::Monitor) => {
+                (definition.monitor.timeout, definition.monitor.interval, definition.monitor.depth)
+            }
             _ => (DEFAULT_TIMEOUT, Duration::ZERO, 0),
         };
-        ActionContext {
-            package: self.package.clone(),
-            epoch,
-            timeout,
-            interval,
-            depth,
-        }
+        ActionContext { package: self.package.clone(), epoch, timeout, interval, depth }
     }
 
     fn see_epoch(&self, epoch: u64) -> u64 {
-        self.highest_epoch
-            .fetch_max(epoch, Ordering::SeqCst)
-            .max(epoch)
+        self.highest_epoch.fetch_max(epoch, Ordering::SeqCst).max(epoch)
     }
 
     async fn stop_entry(&self, entry: &Entry, epoch: u64) -> Result<(), ResourceFailure> {
         let context = self.context(entry, Action::Stop, epoch);
-        timed(
-            entry.agent.name(),
-            Action::Stop,
-            context.timeout,
-            entry.agent.stop(&context),
-        )
-        .await
-        .map_err(|error| ResourceFailure {
-            resource: entry.agent.name().to_string(),
-            action: Action::Stop,
-            error,
-        })
+        timed(entry.agent.name(), Action::Stop, context.timeout, entry.agent.stop(&context))
+            .await
+            .map_err(|error| ResourceFailure { resource: entry.agent.name().to_string(), action: Action::Stop, error })
     }
 
     /// Start every resource in order. On a failure, stop the failed resource and every one already
@@ -239,35 +191,20 @@ impl PackageRunner {
     pub async fn start(&self, epoch: u64) -> Result<Vec<ResourceOutcome>, RunError> {
         let seen = self.see_epoch(epoch);
         if epoch < seen {
-            return Err(RunError::StaleEpoch {
-                package: self.package.clone(),
-                given: epoch,
-                seen,
-            });
+            return Err(RunError::StaleEpoch { package: self.package.clone(), given: epoch, seen });
         }
         let mut outcomes = Vec::new();
         for (index, entry) in self.resources.iter().enumerate() {
             let context = self.context(entry, Action::Start, epoch);
             let began = Instant::now();
-            let result = timed(
-                entry.agent.name(),
-                Action::Start,
-                context.timeout,
-                entry.agent.start(&context),
-            )
-            .await;
+            let result = timed(entry.agent.name(), Action::Start, context.timeout, entry.agent.start(&context)).await;
             match result {
-                Ok(()) => outcomes.push(ResourceOutcome {
-                    resource: entry.agent.name().to_string(),
-                    elapsed: began.elapsed(),
-                }),
+                Ok(()) => outcomes
+                    .push(ResourceOutcome { resource: entry.agent.name().to_string(), elapsed: began.elapsed() }),
                 Err(error) => {
                     tracing::warn!(package = %self.package, resource = entry.agent.name(), %error, "start failed, rolling back");
-                    let failure = ResourceFailure {
-                        resource: entry.agent.name().to_string(),
-                        action: Action::Start,
-                        error,
-                    };
+                    let failure =
+                        ResourceFailure { resource: entry.agent.name().to_string(), action: Action::Start, error };
                     let mut rollback_failures = Vec::new();
                     // The failed resource may be half up: stop it too, then the others in reverse.
                     for entry in self.resources[..=index].iter().rev() {
@@ -275,11 +212,7 @@ impl PackageRunner {
                             rollback_failures.push(failure);
                         }
                     }
-                    return Err(RunError::StartFailed {
-                        package: self.package.clone(),
-                        failure,
-                        rollback_failures,
-                    });
+                    return Err(RunError::StartFailed { package: self.package.clone(), failure, rollback_failures });
                 }
             }
         }
@@ -295,20 +228,15 @@ impl PackageRunner {
         for entry in self.resources.iter().rev() {
             let began = Instant::now();
             match self.stop_entry(entry, epoch).await {
-                Ok(()) => outcomes.push(ResourceOutcome {
-                    resource: entry.agent.name().to_string(),
-                    elapsed: began.elapsed(),
-                }),
+                Ok(()) => outcomes
+                    .push(ResourceOutcome { resource: entry.agent.name().to_string(), elapsed: began.elapsed() }),
                 Err(failure) => failures.push(failure),
             }
         }
         if failures.is_empty() {
             Ok(outcomes)
         } else {
-            Err(RunError::StopFailed {
-                package: self.package.clone(),
-                failures,
-            })
+            Err(RunError::StopFailed { package: self.package.clone(), failures })
         }
     }
 
@@ -317,47 +245,26 @@ impl PackageRunner {
         let mut results = Vec::new();
         for entry in &self.resources {
             let context = self.context(entry, Action::Monitor, epoch);
-            let state = timed(
-                entry.agent.name(),
-                Action::Monitor,
-                context.timeout,
-                entry.agent.monitor(&context),
-            )
-            .await;
-            results.push(ProbeResult {
-                resource: entry.agent.name().to_string(),
-                state,
-            });
+            let state =
+                timed(entry.agent.name(), Action::Monitor, context.timeout, entry.agent.monitor(&context)).await;
+            results.push(ProbeResult { resource: entry.agent.name().to_string(), state });
         }
         results
     }
 
     /// Monitor one resource with its monitor timeout and depth. An unknown resource is OCF_ERR_ARGS.
     pub async fn monitor(&self, resource: &str, epoch: u64) -> Result<MonitorState, AgentError> {
-        let entry = self
-            .entry(resource)
-            .map_err(|error| AgentError::new(OcfStatus::ErrArgs, error.to_string()))?;
+        let entry = self.entry(resource).map_err(|error| AgentError::new(OcfStatus::ErrArgs, error.to_string()))?;
         let context = self.context(entry, Action::Monitor, epoch);
-        timed(
-            resource,
-            Action::Monitor,
-            context.timeout,
-            entry.agent.monitor(&context),
-        )
-        .await
+        timed(resource, Action::Monitor, context.timeout, entry.agent.monitor(&context)).await
     }
 
     /// Validate every resource; every failure is returned.
     pub async fn validate(&self) -> Result<(), Vec<ResourceFailure>> {
         let mut failures = Vec::new();
         for entry in &self.resources {
-            if let Err(error) = timed(
-                entry.agent.name(),
-                Action::Validate,
-                DEFAULT_TIMEOUT,
-                entry.agent.validate(),
-            )
-            .await
+            if let Err(error) =
+                timed(entry.agent.name(), Action::Validate, DEFAULT_TIMEOUT, entry.agent.validate()).await
             {
                 failures.push(ResourceFailure {
                     resource: entry.agent.name().to_string(),
@@ -377,9 +284,6 @@ impl PackageRunner {
         self.resources
             .iter()
             .find(|entry| entry.agent.name() == resource)
-            .ok_or_else(|| RunError::UnknownResource {
-                package: self.package.clone(),
-                resource: resource.to_string(),
-            })
+            .ok_or_else(|| RunError::UnknownResource { package: self.package.clone(), resource: resource.to_string() })
     }
 }

@@ -79,13 +79,7 @@ impl OcfStatus {
     /// Hard errors mean "do not retry on this node" (ERR_PERM, ERR_INSTALLED, ERR_ARGS) or "anywhere"
     /// (ERR_CONFIGURED); the engine uses this to decide between a local restart and relocation.
     pub fn is_hard(self) -> bool {
-        matches!(
-            self,
-            OcfStatus::ErrArgs
-                | OcfStatus::ErrPerm
-                | OcfStatus::ErrInstalled
-                | OcfStatus::ErrConfigured
-        )
+        matches!(self, OcfStatus::ErrArgs | OcfStatus::ErrPerm | OcfStatus::ErrInstalled | OcfStatus::ErrConfigured)
     }
 }
 
@@ -108,10 +102,7 @@ pub struct AgentError {
 impl AgentError {
     /// An error of class `status`.
     pub fn new(status: OcfStatus, message: impl Into<String>) -> Self {
-        AgentError {
-            status,
-            message: message.into(),
-        }
+        AgentError { status, message: message.into() }
     }
 
     /// OCF_ERR_GENERIC.
@@ -164,9 +155,7 @@ impl From<BlockError> for AgentError {
 impl From<ProcessError> for AgentError {
     fn from(error: ProcessError) -> Self {
         let status = match &error {
-            ProcessError::NotFound { .. } | ProcessError::UnknownIdentity { .. } => {
-                OcfStatus::ErrInstalled
-            }
+            ProcessError::NotFound { .. } | ProcessError::UnknownIdentity { .. } => OcfStatus::ErrInstalled,
             ProcessError::PermissionDenied { .. } => OcfStatus::ErrPerm,
             ProcessError::Failed { .. } => OcfStatus::ErrGeneric,
         };
@@ -185,32 +174,17 @@ mod tests {
         }
         assert_eq!(OcfStatus::from_code(42), OcfStatus::ErrGeneric);
         assert_eq!(OcfStatus::from_code(-1), OcfStatus::ErrGeneric);
-        assert_eq!(
-            OcfStatus::ErrConfigured.to_string(),
-            "OCF_ERR_CONFIGURED (6)"
-        );
+        assert_eq!(OcfStatus::ErrConfigured.to_string(), "OCF_ERR_CONFIGURED (6)");
     }
 
     #[test]
     fn host_errors_map_to_their_class() {
-        let missing: AgentError = NetError::NoSuchInterface {
-            interface: "eth9".to_string(),
-        }
-        .into();
+        let missing: AgentError = NetError::NoSuchInterface { interface: "eth9".to_string() }.into();
         assert_eq!(missing.status, OcfStatus::ErrInstalled);
-        assert_eq!(
-            missing.to_string(),
-            "interface eth9 not found [OCF_ERR_INSTALLED (5)]"
-        );
-        let denied: AgentError = MountError::PermissionDenied {
-            action: "mount /dev/sdb at /srv".to_string(),
-        }
-        .into();
+        assert_eq!(missing.to_string(), "interface eth9 not found [OCF_ERR_INSTALLED (5)]");
+        let denied: AgentError = MountError::PermissionDenied { action: "mount /dev/sdb at /srv".to_string() }.into();
         assert_eq!(denied.status, OcfStatus::ErrPerm);
-        let not_found: AgentError = ProcessError::NotFound {
-            program: "/usr/bin/nope".to_string(),
-        }
-        .into();
+        let not_found: AgentError = ProcessError::NotFound { program: "/usr/bin/nope".to_string() }.into();
         assert_eq!(not_found.status, OcfStatus::ErrInstalled);
         assert!(OcfStatus::ErrConfigured.is_hard() && !OcfStatus::ErrGeneric.is_hard());
     }

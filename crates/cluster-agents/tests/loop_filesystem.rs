@@ -20,11 +20,7 @@ fn resource(device: DeviceSpec, mountpoint: PathBuf, kill_holders: bool) -> Reso
         name: "data".to_string(),
         start_timeout: Duration::from_secs(30),
         stop_timeout: Duration::from_secs(30),
-        monitor: Monitor {
-            interval: Duration::from_secs(10),
-            timeout: Duration::from_secs(20),
-            depth: 10,
-        },
+        monitor: Monitor { interval: Duration::from_secs(10), timeout: Duration::from_secs(20), depth: 10 },
         kind: ResourceKind::Filesystem(FilesystemResource {
             device,
             mountpoint,
@@ -75,31 +71,16 @@ async fn ext4_by_label_is_mounted_checked_and_unmounted() {
     let mountpoint = directory.path().join("mnt/data");
     let _mount_guard = MountGuard(mountpoint.clone());
     let host = host();
-    let agent = build_agent(
-        &resource(DeviceSpec::Label(label.clone()), mountpoint.clone(), true),
-        &host,
-    );
+    let agent = build_agent(&resource(DeviceSpec::Label(label.clone()), mountpoint.clone(), true), &host);
 
-    check_lifecycle(agent.as_ref(), &context())
-        .await
-        .unwrap_or_else(|failures| panic!("{failures:#?}"));
+    check_lifecycle(agent.as_ref(), &context()).await.unwrap_or_else(|failures| panic!("{failures:#?}"));
 
     agent.start(&context()).await.expect("start");
     assert!(is_mounted(&mountpoint), "not mounted after start");
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let line = mountinfo
-        .lines()
-        .find(|line| line.split(' ').nth(4) == mountpoint.to_str())
-        .expect("mount line");
-    assert!(
-        line.contains(&device.device) && line.contains(" ext4 ") && line.contains("noatime"),
-        "{line}"
-    );
-    assert_eq!(
-        agent.monitor(&deep()).await,
-        Ok(MonitorState::Running),
-        "read/write check"
-    );
+    let line = mountinfo.lines().find(|line| line.split(' ').nth(4) == mountpoint.to_str()).expect("mount line");
+    assert!(line.contains(&device.device) && line.contains(" ext4 ") && line.contains("noatime"), "{line}");
+    assert_eq!(agent.monitor(&deep()).await, Ok(MonitorState::Running), "read/write check");
     agent.stop(&context()).await.expect("stop");
     assert!(!is_mounted(&mountpoint), "still mounted after stop");
 }
@@ -114,28 +95,13 @@ async fn unmount_kills_a_process_holding_a_file_open() {
     let mountpoint = directory.path().join("data");
     let _mount_guard = MountGuard(mountpoint.clone());
     let host = host();
-    let agent = build_agent(
-        &resource(
-            DeviceSpec::Path(PathBuf::from(&device.device)),
-            mountpoint.clone(),
-            true,
-        ),
-        &host,
-    );
+    let agent =
+        build_agent(&resource(DeviceSpec::Path(PathBuf::from(&device.device)), mountpoint.clone(), true), &host);
     agent.start(&context()).await.expect("start");
 
     // A holder that ignores SIGTERM: it must be killed with SIGKILL after the grace period.
-    let script = format!(
-        "trap '' TERM; exec 3>>'{}/held.log'; while :; do sleep 0.2; done",
-        mountpoint.display()
-    );
-    let holder = ChildGuard(
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .spawn()
-            .expect("spawn holder"),
-    );
+    let script = format!("trap '' TERM; exec 3>>'{}/held.log'; while :; do sleep 0.2; done", mountpoint.display());
+    let holder = ChildGuard(std::process::Command::new("sh").arg("-c").arg(&script).spawn().expect("spawn holder"));
     let pid = holder.0.id();
     // Wait until it has the file open.
     for _ in 0..50 {
@@ -148,22 +114,12 @@ async fn unmount_kills_a_process_holding_a_file_open() {
     assert!(alive(pid));
 
     let began = std::time::Instant::now();
-    agent
-        .stop(&context())
-        .await
-        .expect("stop despite the holder");
+    agent.stop(&context()).await.expect("stop despite the holder");
     assert!(!is_mounted(&mountpoint), "still mounted");
-    assert!(
-        began.elapsed() >= Duration::from_secs(2),
-        "holder was given its grace period before SIGKILL"
-    );
+    assert!(began.elapsed() >= Duration::from_secs(2), "holder was given its grace period before SIGKILL");
     let mut holder = holder;
     let status = holder.0.wait().expect("reap holder");
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGKILL),
-        "holder killed by SIGKILL"
-    );
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "holder killed by SIGKILL");
 }
 
 #[tokio::test]
@@ -176,21 +132,11 @@ async fn unmount_without_killing_holders_fails_clearly() {
     let mountpoint = directory.path().join("data");
     let _mount_guard = MountGuard(mountpoint.clone());
     let host = host();
-    let agent = build_agent(
-        &resource(
-            DeviceSpec::Path(PathBuf::from(&device.device)),
-            mountpoint.clone(),
-            false,
-        ),
-        &host,
-    );
+    let agent =
+        build_agent(&resource(DeviceSpec::Path(PathBuf::from(&device.device)), mountpoint.clone(), false), &host);
     agent.start(&context()).await.expect("start");
     let holder = ChildGuard(
-        std::process::Command::new("sleep")
-            .arg("300")
-            .current_dir(&mountpoint)
-            .spawn()
-            .expect("spawn holder"),
+        std::process::Command::new("sleep").arg("300").current_dir(&mountpoint).spawn().expect("spawn holder"),
     );
     let error = agent.stop(&context()).await.expect_err("busy");
     assert_eq!(error.status, OcfStatus::ErrGeneric);
@@ -204,9 +150,6 @@ async fn unmount_without_killing_holders_fails_clearly() {
     );
     assert!(is_mounted(&mountpoint));
     drop(holder);
-    agent
-        .stop(&context())
-        .await
-        .expect("stop once the holder is gone");
+    agent.stop(&context()).await.expect("stop once the holder is gone");
     assert!(!is_mounted(&mountpoint));
 }

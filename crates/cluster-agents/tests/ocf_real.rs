@@ -23,26 +23,16 @@ fn ocf_resource(name: &str, agent: OcfAgentRef, params: &[(&str, &str)]) -> Reso
         name: name.to_string(),
         start_timeout: Duration::from_secs(20),
         stop_timeout: Duration::from_secs(20),
-        monitor: Monitor {
-            interval: Duration::from_secs(10),
-            timeout: Duration::from_secs(20),
-            depth: 0,
-        },
+        monitor: Monitor { interval: Duration::from_secs(10), timeout: Duration::from_secs(20), depth: 0 },
         kind: ResourceKind::Ocf(OcfResource {
             agent,
-            params: params
-                .iter()
-                .map(|(key, value)| (key.to_string(), value.to_string()))
-                .collect::<BTreeMap<_, _>>(),
+            params: params.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect::<BTreeMap<_, _>>(),
         }),
     }
 }
 
 fn heartbeat(agent_type: &str) -> OcfAgentRef {
-    OcfAgentRef::Provider {
-        provider: "heartbeat".to_string(),
-        agent_type: agent_type.to_string(),
-    }
+    OcfAgentRef::Provider { provider: "heartbeat".to_string(), agent_type: agent_type.to_string() }
 }
 
 /// Real command execution (process groups: no cgroup is created for one-shot commands), fakes for the rest.
@@ -76,43 +66,22 @@ async fn heartbeat_dummy_through_the_ocf_agent() {
     let directory = tempfile::tempdir().expect("tempdir");
     let state = directory.path().join("dummy.state");
     let host = host(directory.path());
-    let agent = build_agent(
-        &ocf_resource(
-            "dummy",
-            heartbeat("Dummy"),
-            &[("state", state.to_str().expect("utf-8"))],
-        ),
-        &host,
-    );
-    check_lifecycle(agent.as_ref(), &context(2))
-        .await
-        .unwrap_or_else(|failures| panic!("{failures:#?}"));
+    let agent =
+        build_agent(&ocf_resource("dummy", heartbeat("Dummy"), &[("state", state.to_str().expect("utf-8"))]), &host);
+    check_lifecycle(agent.as_ref(), &context(2)).await.unwrap_or_else(|failures| panic!("{failures:#?}"));
 
     agent.start(&context(2)).await.expect("start");
     assert!(state.exists(), "Dummy keeps its state file while running");
     assert_eq!(agent.monitor(&context(2)).await, Ok(MonitorState::Running));
     // Someone removes the state behind the agent's back: monitor reports OCF_NOT_RUNNING (7).
     std::fs::remove_file(&state).expect("remove state");
-    assert_eq!(
-        agent.monitor(&context(2)).await,
-        Ok(MonitorState::NotRunning)
-    );
+    assert_eq!(agent.monitor(&context(2)).await, Ok(MonitorState::NotRunning));
     agent.stop(&context(2)).await.expect("stop");
     let xml = agent.meta_data().await.expect("meta-data");
     assert!(xml.contains("<resource-agent name=\"Dummy\""), "{xml}");
 
-    let missing = build_agent(
-        &ocf_resource("nothing", heartbeat("NoSuchAgent"), &[]),
-        &host,
-    );
-    assert_eq!(
-        missing
-            .start(&context(2))
-            .await
-            .expect_err("missing")
-            .status,
-        OcfStatus::ErrInstalled
-    );
+    let missing = build_agent(&ocf_resource("nothing", heartbeat("NoSuchAgent"), &[]), &host);
+    assert_eq!(missing.start(&context(2)).await.expect_err("missing").status, OcfStatus::ErrInstalled);
 }
 
 #[test]
@@ -127,11 +96,7 @@ fn heartbeat_ipaddr2_inside_a_network_namespace() {
         let segment = inside;
         let directory = tempfile::tempdir().expect("tempdir");
         let host = host(directory.path());
-        let params = [
-            ("ip", "192.0.2.60"),
-            ("cidr_netmask", "24"),
-            ("nic", "eth0"),
-        ];
+        let params = [("ip", "192.0.2.60"), ("cidr_netmask", "24"), ("nic", "eth0")];
         let agent = build_agent(&ocf_resource("vip", heartbeat("IPaddr2"), &params), &host);
         assert_eq!(
             agent.monitor(&context(1)).await,
@@ -140,24 +105,15 @@ fn heartbeat_ipaddr2_inside_a_network_namespace() {
         );
         agent.start(&context(1)).await.expect("IPaddr2 start");
         assert_eq!(agent.monitor(&context(1)).await, Ok(MonitorState::Running));
-        let addresses = segment
-            .node
-            .exec(&["ip", "-4", "addr", "show", "dev", "eth0"]);
+        let addresses = segment.node.exec(&["ip", "-4", "addr", "show", "dev", "eth0"]);
         assert!(addresses.contains("192.0.2.60/24"), "{addresses}");
         assert!(
-            segment
-                .neighbour
-                .try_exec(&["ping", "-c", "1", "-W", "2", "192.0.2.60"]),
+            segment.neighbour.try_exec(&["ping", "-c", "1", "-W", "2", "192.0.2.60"]),
             "vip from IPaddr2 does not answer"
         );
         agent.stop(&context(1)).await.expect("IPaddr2 stop");
-        assert_eq!(
-            agent.monitor(&context(1)).await,
-            Ok(MonitorState::NotRunning)
-        );
-        let addresses = segment
-            .node
-            .exec(&["ip", "-4", "addr", "show", "dev", "eth0"]);
+        assert_eq!(agent.monitor(&context(1)).await, Ok(MonitorState::NotRunning));
+        let addresses = segment.node.exec(&["ip", "-4", "addr", "show", "dev", "eth0"]);
         assert!(!addresses.contains("192.0.2.60"), "{addresses}");
 
         // A missing interface: IPaddr2 refuses to start (OCF_ERR_CONFIGURED / OCF_ERR_GENERIC class errors).
@@ -165,19 +121,12 @@ fn heartbeat_ipaddr2_inside_a_network_namespace() {
             &ocf_resource(
                 "bad",
                 heartbeat("IPaddr2"),
-                &[
-                    ("ip", "192.0.2.61"),
-                    ("cidr_netmask", "24"),
-                    ("nic", "nosuchnic0"),
-                ],
+                &[("ip", "192.0.2.61"), ("cidr_netmask", "24"), ("nic", "nosuchnic0")],
             ),
             &host,
         );
         let error = wrong.start(&context(1)).await.expect_err("missing nic");
-        assert!(
-            error.status != OcfStatus::Success && error.status != OcfStatus::NotRunning,
-            "{error}"
-        );
+        assert!(error.status != OcfStatus::Success && error.status != OcfStatus::NotRunning, "{error}");
     })
     .expect("run in namespace");
 }
@@ -226,61 +175,35 @@ fn ocf_tester_passes_on_every_shipped_agent() {
     let agents = shipped_agents();
     assert!(!agents.is_empty(), "no agent in resource-agents/");
     for agent in agents {
-        let name = agent
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .to_string();
+        let name = agent.file_name().expect("name").to_string_lossy().to_string();
         // Each shipped agent needs a fixture giving it something real to manage.
         let (_fixture, params): (Box<dyn std::any::Any>, Vec<String>) = match name.as_str() {
             "lvm-vg" => {
                 let group = VolumeGroup::new();
-                let params = vec![
-                    format!("volgrpname={}", group.name),
-                    "CRM_meta_epoch=3".to_string(),
-                ];
+                let params = vec![format!("volgrpname={}", group.name), "CRM_meta_epoch=3".to_string()];
                 (Box::new(group), params)
             }
             other => {
                 panic!("no ocf-tester fixture for resource-agents/{other}: add one to this test")
             }
         };
-        let mut argv = vec![
-            "ocf-tester".to_string(),
-            "-n".to_string(),
-            format!("test-{name}"),
-        ];
+        let mut argv = vec!["ocf-tester".to_string(), "-n".to_string(), format!("test-{name}")];
         for param in &params {
             argv.push("-o".to_string());
             argv.push(param.clone());
         }
         // ocf-tester runs meta-data as `nobody`: test a copy in a world-traversable directory, so the
         // result does not depend on where the repository was cloned.
-        let copy_directory = tempfile::Builder::new()
-            .prefix("clusterd-ocf-tester")
-            .tempdir()
-            .expect("tempdir");
-        std::fs::set_permissions(
-            copy_directory.path(),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .expect("chmod dir");
+        let copy_directory = tempfile::Builder::new().prefix("clusterd-ocf-tester").tempdir().expect("tempdir");
+        std::fs::set_permissions(copy_directory.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
         let copy = copy_directory.path().join(&name);
         std::fs::copy(&agent, &copy).expect("copy agent");
-        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod agent");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod agent");
         argv.push(copy.display().to_string());
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let output = run(&argv);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(
-            output.status.success() && text.contains("passed all tests"),
-            "ocf-tester failed on {name}:\n{text}"
-        );
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success() && text.contains("passed all tests"), "ocf-tester failed on {name}:\n{text}");
     }
 }
 
@@ -293,41 +216,23 @@ async fn lvm_vg_through_the_ocf_agent_refuses_a_stale_epoch() {
     let group = VolumeGroup::new();
     let directory = tempfile::tempdir().expect("tempdir");
     let host = host(directory.path());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../resource-agents/lvm-vg")
-        .canonicalize()
-        .expect("agent");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../resource-agents/lvm-vg").canonicalize().expect("agent");
     let on = |owner: &str| {
         build_agent(
-            &ocf_resource(
-                "vg",
-                OcfAgentRef::Path(script.clone()),
-                &[("volgrpname", &group.name), ("owner", owner)],
-            ),
+            &ocf_resource("vg", OcfAgentRef::Path(script.clone()), &[("volgrpname", &group.name), ("owner", owner)]),
             &host,
         )
     };
     let node1 = on("n1");
     let node2 = on("n2");
-    check_lifecycle(node1.as_ref(), &context(5))
-        .await
-        .unwrap_or_else(|failures| panic!("{failures:#?}"));
+    check_lifecycle(node1.as_ref(), &context(5)).await.unwrap_or_else(|failures| panic!("{failures:#?}"));
 
-    node1
-        .start(&context(5))
-        .await
-        .expect("n1 starts at epoch 5");
+    node1.start(&context(5)).await.expect("n1 starts at epoch 5");
     // Failover to n2 with a newer epoch takes the tags over.
-    node2
-        .start(&context(6))
-        .await
-        .expect("n2 starts at epoch 6");
+    node2.start(&context(6)).await.expect("n2 starts at epoch 6");
     assert_eq!(node2.monitor(&context(6)).await, Ok(MonitorState::Running));
-    assert_eq!(
-        node1.monitor(&context(5)).await,
-        Ok(MonitorState::NotRunning),
-        "n1 lost ownership"
-    );
+    assert_eq!(node1.monitor(&context(5)).await, Ok(MonitorState::NotRunning), "n1 lost ownership");
     // n1 acting on its old assignment is refused.
     let error = node1.start(&context(5)).await.expect_err("stale epoch");
     assert_eq!(error.status, OcfStatus::ErrGeneric);

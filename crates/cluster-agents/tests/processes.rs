@@ -12,9 +12,7 @@ use cluster_agents::conformance::check_lifecycle;
 use cluster_agents::{build_agent, ActionContext, Agent, MonitorState};
 use cluster_host::fake::FakeHost;
 use cluster_host::{Host, KillMode, LinuxProcesses, ProcessConfig, Processes};
-use cluster_package::{
-    Monitor, ProcessOutput, ProcessResource, Readiness, ResourceDef, ResourceKind,
-};
+use cluster_package::{Monitor, ProcessOutput, ProcessResource, Readiness, ResourceDef, ResourceKind};
 use common::{alive, require_root, unique};
 
 /// A private cgroup parent (or a private pid-file directory) removed on drop, with everything in it.
@@ -27,21 +25,14 @@ struct Units {
 impl Units {
     fn new(force_process_groups: bool) -> Units {
         let state = tempfile::tempdir().expect("state dir");
-        let cgroup_parent = if force_process_groups {
-            None
-        } else {
-            cgroup_mount().map(|mount| mount.join(unique("clusterd-test")))
-        };
+        let cgroup_parent =
+            if force_process_groups { None } else { cgroup_mount().map(|mount| mount.join(unique("clusterd-test"))) };
         let processes = Arc::new(LinuxProcesses::new(ProcessConfig {
             cgroup_parent: cgroup_parent.clone(),
             force_process_groups,
             state_directory: state.path().to_path_buf(),
         }));
-        Units {
-            processes,
-            cgroup_parent,
-            _state: state,
-        }
+        Units { processes, cgroup_parent, _state: state }
     }
 
     fn host(&self) -> Host {
@@ -77,8 +68,7 @@ fn cgroup_mount() -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     mountinfo.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
-        (right.split(' ').next() == Some("cgroup2"))
-            .then(|| PathBuf::from(left.split(' ').nth(4).unwrap_or("")))
+        (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(left.split(' ').nth(4).unwrap_or("")))
     })
 }
 
@@ -87,11 +77,7 @@ fn service(name: &str, script: &str, ready: Readiness, kill_after: Duration) -> 
         name: name.to_string(),
         start_timeout: Duration::from_secs(20),
         stop_timeout: Duration::from_secs(20),
-        monitor: Monitor {
-            interval: Duration::from_secs(10),
-            timeout: Duration::from_secs(20),
-            depth: 0,
-        },
+        monitor: Monitor { interval: Duration::from_secs(10), timeout: Duration::from_secs(20), depth: 0 },
         kind: ResourceKind::Process(ProcessResource {
             command: vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()],
             environment: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
@@ -127,56 +113,31 @@ const DAEMONIZING: &str = "setsid sh -c 'sleep 300' </dev/null >/dev/null 2>&1 &
 
 async fn daemonized_grandchild_is_stopped(force_process_groups: bool) {
     let units = Units::new(force_process_groups);
-    let expected_mode = if force_process_groups {
-        KillMode::ProcessGroup
-    } else {
-        KillMode::Cgroup
-    };
-    assert_eq!(
-        units.processes.kill_mode(),
-        expected_mode,
-        "cgroup v2 must be usable here"
-    );
+    let expected_mode = if force_process_groups { KillMode::ProcessGroup } else { KillMode::Cgroup };
+    assert_eq!(units.processes.kill_mode(), expected_mode, "cgroup v2 must be usable here");
     let package = unique("pkg");
     let agent = build_agent(
-        &service(
-            "daemon",
-            DAEMONIZING,
-            Readiness::AliveFor(Duration::from_millis(300)),
-            Duration::from_secs(5),
-        ),
+        &service("daemon", DAEMONIZING, Readiness::AliveFor(Duration::from_millis(300)), Duration::from_secs(5)),
         &units.host(),
     );
     agent.start(&context(&package)).await.expect("start");
     let unit = format!("{package}.daemon");
     let pids = pids_after_daemonizing(&units.processes, &unit).await;
-    assert!(
-        pids.len() >= 2,
-        "expected the service and its daemonized grandchild, found {pids:?}"
-    );
+    assert!(pids.len() >= 2, "expected the service and its daemonized grandchild, found {pids:?}");
     // The grandchild is in another session: a process-group kill alone would miss it.
     let sessions: std::collections::HashSet<i32> = pids
         .iter()
         .filter_map(|pid| nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(*pid as i32))).ok())
         .map(|pid| pid.as_raw())
         .collect();
-    assert!(
-        sessions.len() >= 2,
-        "grandchild did not leave the session: {pids:?}"
-    );
-    assert_eq!(
-        agent.monitor(&context(&package)).await,
-        Ok(MonitorState::Running)
-    );
+    assert!(sessions.len() >= 2, "grandchild did not leave the session: {pids:?}");
+    assert_eq!(agent.monitor(&context(&package)).await, Ok(MonitorState::Running));
 
     agent.stop(&context(&package)).await.expect("stop");
     for pid in &pids {
         assert!(!alive(*pid), "process {pid} survived stop");
     }
-    assert_eq!(
-        agent.monitor(&context(&package)).await,
-        Ok(MonitorState::NotRunning)
-    );
+    assert_eq!(agent.monitor(&context(&package)).await, Ok(MonitorState::NotRunning));
 }
 
 #[tokio::test]
@@ -204,32 +165,17 @@ async fn a_service_ignoring_sigterm_is_killed_after_the_timeout() {
     let package = unique("pkg");
     let script = "trap '' TERM; while :; do sleep 0.1; done";
     let agent = build_agent(
-        &service(
-            "stubborn",
-            script,
-            Readiness::AliveFor(Duration::from_millis(200)),
-            Duration::from_secs(1),
-        ),
+        &service("stubborn", script, Readiness::AliveFor(Duration::from_millis(200)), Duration::from_secs(1)),
         &units.host(),
     );
     agent.start(&context(&package)).await.expect("start");
-    let pids = units
-        .processes
-        .pids(&format!("{package}.stubborn"))
-        .await
-        .expect("pids");
+    let pids = units.processes.pids(&format!("{package}.stubborn")).await.expect("pids");
     assert!(!pids.is_empty());
     let began = Instant::now();
     agent.stop(&context(&package)).await.expect("stop");
     let elapsed = began.elapsed();
-    assert!(
-        elapsed >= Duration::from_secs(1),
-        "killed before kill_after: {elapsed:?}"
-    );
-    assert!(
-        elapsed < Duration::from_secs(5),
-        "kill took too long: {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_secs(1), "killed before kill_after: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "kill took too long: {elapsed:?}");
     for pid in pids {
         assert!(!alive(pid), "process {pid} survived");
     }
@@ -242,39 +188,19 @@ async fn readiness_by_tcp_port_waits_until_the_port_accepts() {
     }
     let units = Units::new(false);
     let package = unique("pkg");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port();
     let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
     let script = format!(
         "sleep 1; exec perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(LocalAddr => \"127.0.0.1\", LocalPort => {port}, Listen => 5, ReuseAddr => 1) or die \"listen: $!\"; while (1) {{ $c = $s->accept; close $c if $c }}'"
     );
-    let agent = build_agent(
-        &service(
-            "listener",
-            &script,
-            Readiness::TcpPort(address),
-            Duration::from_secs(2),
-        ),
-        &units.host(),
-    );
+    let agent =
+        build_agent(&service("listener", &script, Readiness::TcpPort(address), Duration::from_secs(2)), &units.host());
     let began = Instant::now();
     agent.start(&context(&package)).await.expect("start");
-    assert!(
-        began.elapsed() >= Duration::from_secs(1),
-        "start returned before the port was open"
-    );
-    assert!(
-        std::net::TcpStream::connect(address).is_ok(),
-        "port not accepting after start"
-    );
+    assert!(began.elapsed() >= Duration::from_secs(1), "start returned before the port was open");
+    assert!(std::net::TcpStream::connect(address).is_ok(), "port not accepting after start");
     agent.stop(&context(&package)).await.expect("stop");
-    assert!(
-        std::net::TcpStream::connect(address).is_err(),
-        "port still accepting after stop"
-    );
+    assert!(std::net::TcpStream::connect(address).is_err(), "port still accepting after stop");
 }
 
 #[tokio::test]
@@ -285,15 +211,8 @@ async fn process_agent_passes_the_conformance_suite_on_the_real_host() {
     let units = Units::new(false);
     let package = unique("pkg");
     let agent: Box<dyn Agent> = build_agent(
-        &service(
-            "sleeper",
-            "exec sleep 300",
-            Readiness::AliveFor(Duration::from_millis(100)),
-            Duration::from_secs(2),
-        ),
+        &service("sleeper", "exec sleep 300", Readiness::AliveFor(Duration::from_millis(100)), Duration::from_secs(2)),
         &units.host(),
     );
-    check_lifecycle(agent.as_ref(), &context(&package))
-        .await
-        .unwrap_or_else(|failures| panic!("{failures:#?}"));
+    check_lifecycle(agent.as_ref(), &context(&package)).await.unwrap_or_else(|failures| panic!("{failures:#?}"));
 }

@@ -17,10 +17,7 @@ pub enum Endpoint {
     /// The local Unix socket (root only, no certificate).
     Unix(PathBuf),
     /// A remote node over TCP with mutual TLS.
-    Tls {
-        address: String,
-        files: cluster_tls::TlsFiles,
-    },
+    Tls { address: String, files: cluster_tls::TlsFiles },
 }
 
 impl std::fmt::Display for Endpoint {
@@ -36,15 +33,9 @@ impl std::fmt::Display for Endpoint {
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error("cannot connect to clusterd at {endpoint}: {source}")]
-    Connect {
-        endpoint: String,
-        source: std::io::Error,
-    },
+    Connect { endpoint: String, source: std::io::Error },
     #[error("tls setup for {endpoint}: {source}")]
-    Tls {
-        endpoint: String,
-        source: cluster_tls::TlsError,
-    },
+    Tls { endpoint: String, source: cluster_tls::TlsError },
     #[error("connection to {endpoint} failed: {detail}")]
     Transport { endpoint: String, detail: String },
     #[error("{0}")]
@@ -66,37 +57,23 @@ impl Client {
         let name = endpoint.to_string();
         let connect = async {
             let stream: Box<dyn Stream> = match endpoint {
-                Endpoint::Unix(path) => {
-                    Box::new(UnixStream::connect(path).await.map_err(|source| {
-                        ClientError::Connect {
-                            endpoint: name.clone(),
-                            source,
-                        }
-                    })?)
-                }
+                Endpoint::Unix(path) => Box::new(
+                    UnixStream::connect(path)
+                        .await
+                        .map_err(|source| ClientError::Connect { endpoint: name.clone(), source })?,
+                ),
                 Endpoint::Tls { address, files } => {
-                    let config =
-                        cluster_tls::client_config(files).map_err(|source| ClientError::Tls {
-                            endpoint: name.clone(),
-                            source,
-                        })?;
+                    let config = cluster_tls::client_config(files)
+                        .map_err(|source| ClientError::Tls { endpoint: name.clone(), source })?;
                     return Client::connect_with(address, config, timeout).await;
                 }
             };
-            Ok::<_, ClientError>(Client {
-                endpoint: name.clone(),
-                stream: framed(stream),
-            })
+            Ok::<_, ClientError>(Client { endpoint: name.clone(), stream: framed(stream) })
         };
-        tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| ClientError::Connect {
-                endpoint: name.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {timeout:?}"),
-                ),
-            })?
+        tokio::time::timeout(timeout, connect).await.map_err(|_| ClientError::Connect {
+            endpoint: name.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}")),
+        })?
     }
 
     /// Connects to a peer with an already built TLS configuration (node-to-node traffic).
@@ -106,52 +83,28 @@ impl Client {
         timeout: Duration,
     ) -> Result<Client, ClientError> {
         let connect = async {
-            let server_name =
-                cluster_tls::server_name_for(address).map_err(|source| ClientError::Tls {
-                    endpoint: address.to_owned(),
-                    source,
-                })?;
+            let server_name = cluster_tls::server_name_for(address)
+                .map_err(|source| ClientError::Tls { endpoint: address.to_owned(), source })?;
             let tcp = TcpStream::connect(address)
                 .await
-                .map_err(|source| ClientError::Connect {
-                    endpoint: address.to_owned(),
-                    source,
-                })?;
+                .map_err(|source| ClientError::Connect { endpoint: address.to_owned(), source })?;
             tcp.set_nodelay(true).ok();
             let stream = cluster_tls::TlsConnector::from(config)
                 .connect(server_name, tcp)
                 .await
-                .map_err(|source| ClientError::Connect {
-                    endpoint: address.to_owned(),
-                    source,
-                })?;
+                .map_err(|source| ClientError::Connect { endpoint: address.to_owned(), source })?;
             Ok::<_, ClientError>(stream)
         };
-        let stream =
-            tokio::time::timeout(timeout, connect)
-                .await
-                .map_err(|_| ClientError::Connect {
-                    endpoint: address.to_owned(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no answer within {timeout:?}"),
-                    ),
-                })??;
-        Ok(Client {
+        let stream = tokio::time::timeout(timeout, connect).await.map_err(|_| ClientError::Connect {
             endpoint: address.to_owned(),
-            stream: framed(Box::new(stream)),
-        })
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}")),
+        })??;
+        Ok(Client { endpoint: address.to_owned(), stream: framed(Box::new(stream)) })
     }
 
     /// Sends one request and waits for its reply.
     pub async fn call(&mut self, request: ClientRequest) -> Result<ClientReply, ClientError> {
-        match self
-            .round_trip(&Request::Client {
-                request,
-                forwarded: false,
-            })
-            .await?
-        {
+        match self.round_trip(&Request::Client { request, forwarded: false }).await? {
             Response::Client(Ok(reply)) => Ok(reply),
             Response::Client(Err(err)) => Err(ClientError::Api(err)),
             Response::Peer(_) => Err(self.transport("peer reply to a client request")),
@@ -161,10 +114,7 @@ impl Client {
     /// Sends any request and returns the raw response (used for forwarding between nodes).
     pub async fn round_trip(&mut self, request: &Request) -> Result<Response, ClientError> {
         let frame = encode(request).map_err(|err| self.transport(err))?;
-        self.stream
-            .send(frame)
-            .await
-            .map_err(|err| self.transport(err))?;
+        self.stream.send(frame).await.map_err(|err| self.transport(err))?;
         let reply = match self.stream.next().await {
             Some(Ok(frame)) => frame,
             Some(Err(err)) => return Err(self.transport(err)),
@@ -174,9 +124,6 @@ impl Client {
     }
 
     fn transport(&self, detail: impl std::fmt::Display) -> ClientError {
-        ClientError::Transport {
-            endpoint: self.endpoint.clone(),
-            detail: detail.to_string(),
-        }
+        ClientError::Transport { endpoint: self.endpoint.clone(), detail: detail.to_string() }
     }
 }

@@ -28,8 +28,8 @@ pub enum FrameError {
 
 /// Encodes `message` as a versioned frame body.
 pub fn encode<T: Serialize>(message: &T) -> Result<Bytes, FrameError> {
-    let body = postcard::to_extend(message, vec![PROTOCOL_VERSION])
-        .map_err(|err| FrameError::Malformed(err.to_string()))?;
+    let body =
+        postcard::to_extend(message, vec![PROTOCOL_VERSION]).map_err(|err| FrameError::Malformed(err.to_string()))?;
     if body.len() > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(body.len()));
     }
@@ -42,13 +42,9 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError> {
     if version != PROTOCOL_VERSION {
         return Err(FrameError::Version { got: version });
     }
-    let (message, trailing) =
-        postcard::take_from_bytes(rest).map_err(|err| FrameError::Malformed(err.to_string()))?;
+    let (message, trailing) = postcard::take_from_bytes(rest).map_err(|err| FrameError::Malformed(err.to_string()))?;
     if !trailing.is_empty() {
-        return Err(FrameError::Malformed(format!(
-            "{} unexpected trailing bytes",
-            trailing.len()
-        )));
+        return Err(FrameError::Malformed(format!("{} unexpected trailing bytes", trailing.len())));
     }
     Ok(message)
 }
@@ -58,9 +54,7 @@ pub type FramedStream<S> = Framed<S, LengthDelimitedCodec>;
 
 /// Wraps a stream in the framing, with the frame size limit enforced on reads and writes.
 pub fn framed<S: AsyncRead + AsyncWrite>(stream: S) -> FramedStream<S> {
-    let codec = LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME_BYTES)
-        .new_codec();
+    let codec = LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_codec();
     Framed::new(stream, codec)
 }
 
@@ -72,13 +66,8 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let request = Request::Client {
-            request: ClientRequest::KvSet {
-                key: "a".into(),
-                value: "b".into(),
-            },
-            forwarded: false,
-        };
+        let request =
+            Request::Client { request: ClientRequest::KvSet { key: "a".into(), value: "b".into() }, forwarded: false };
         let frame = encode(&request).unwrap();
         assert_eq!(frame[0], PROTOCOL_VERSION);
         assert_eq!(decode::<Request>(&frame).unwrap(), request);
@@ -86,22 +75,11 @@ mod tests {
 
     #[test]
     fn wrong_version_and_trailing_bytes_are_refused() {
-        let mut frame = encode(&Request::Client {
-            request: ClientRequest::Status,
-            forwarded: false,
-        })
-        .unwrap()
-        .to_vec();
+        let mut frame = encode(&Request::Client { request: ClientRequest::Status, forwarded: false }).unwrap().to_vec();
         frame.push(0);
-        assert!(matches!(
-            decode::<Request>(&frame),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(matches!(decode::<Request>(&frame), Err(FrameError::Malformed(_))));
         frame[0] = 9;
-        assert_eq!(
-            decode::<Request>(&frame),
-            Err(FrameError::Version { got: 9 })
-        );
+        assert_eq!(decode::<Request>(&frame), Err(FrameError::Version { got: 9 }));
         assert_eq!(decode::<Request>(&[]), Err(FrameError::Empty));
     }
 

@@ -1,5 +1,7 @@
 //! Requests and replies of the client API and the envelope of peer RPCs.
 
+use cluster_model::{Event, PackageState};
+use cluster_package::PackageDef;
 use serde::{Deserialize, Serialize};
 
 /// Everything a connection to `clusterd` can carry.
@@ -7,10 +9,7 @@ use serde::{Deserialize, Serialize};
 pub enum Request {
     /// An operator or program request. `forwarded` is set by a follower that passed it to the
     /// leader; a forwarded request is never forwarded again.
-    Client {
-        request: ClientRequest,
-        forwarded: bool,
-    },
+    Client { request: ClientRequest, forwarded: bool },
     /// A node-to-node RPC (Raft and our election helpers), opaque to this crate.
     Peer(PeerRequest),
 }
@@ -35,6 +34,10 @@ pub enum PeerRpc {
     HoldElections,
     /// Start an election now (leadership transfer).
     Campaign,
+    /// Renew this node's lease with the leader.
+    Lease,
+    /// Propose a command to the leader (executor reports).
+    Propose,
 }
 
 /// A peer RPC: its kind and its encoded body.
@@ -86,12 +89,58 @@ pub enum ClientRequest {
     KvList {
         prefix: String,
     },
+    FenceSet {
+        node: String,
+        agent: String,
+        params: Vec<(String, String)>,
+    },
+    FenceRemove {
+        node: String,
+    },
+    PkgApply {
+        packages: Vec<PackageDef>,
+    },
+    PkgRun {
+        name: String,
+        node: Option<String>,
+    },
+    PkgStop {
+        name: String,
+    },
+    PkgMove {
+        name: String,
+        to: String,
+    },
+    PkgFreeze {
+        name: String,
+        frozen: bool,
+    },
+    PkgCleanup {
+        name: String,
+    },
+    PkgRemove {
+        name: String,
+    },
+    PkgStatus {
+        name: Option<String>,
+    },
+    PkgPlan {
+        name: String,
+    },
+    NodeStandby {
+        name: String,
+        standby: bool,
+    },
+    /// Events with a sequence number above `after` (all retained ones when `None`).
+    Events {
+        after: Option<u64>,
+    },
 }
 
 impl ClientRequest {
     /// Whether only the leader can serve this request (writes, membership, linearizable reads).
     pub fn needs_leader(&self) -> bool {
-        !matches!(self, ClientRequest::ClusterInit | ClientRequest::Status)
+        !matches!(self, ClientRequest::ClusterInit | ClientRequest::Status | ClientRequest::PkgPlan { .. })
     }
 }
 
@@ -104,6 +153,9 @@ pub enum ClientReply {
     Deleted { key: String, existed: bool },
     Settings { entries: Vec<(String, String)> },
     Status(StatusReport),
+    Packages { packages: Vec<PackageState> },
+    Plan { lines: Vec<String> },
+    Events { events: Vec<Event> },
 }
 
 /// Categories of failure, each with its own `clusterctl` exit code.
@@ -134,11 +186,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ApiError {
-            kind,
-            message: message.into(),
-            current: None,
-        }
+        ApiError { kind, message: message.into(), current: None }
     }
 }
 
@@ -168,6 +216,12 @@ pub struct NodeStatus {
     pub matched_index: Option<u64>,
     /// Milliseconds since the answering node last heard from this node (itself: 0).
     pub last_contact_ms: Option<u64>,
+    /// Drained by `node standby`.
+    pub standby: bool,
+    /// watchdog, fencing or lease-only.
+    pub protection: String,
+    /// The leader's view of its lease: alive, unknown or expired (leader reports only).
+    pub lease: Option<String>,
 }
 
 /// The cluster as seen by one node (the leader when there is one).
@@ -186,4 +240,7 @@ pub struct StatusReport {
     pub last_log_index: Option<u64>,
     pub snapshot_index: Option<u64>,
     pub nodes: Vec<NodeStatus>,
+    pub packages: Vec<PackageState>,
+    /// Things the operator must know: lease-only nodes, blocked packages, failures.
+    pub warnings: Vec<String>,
 }

@@ -11,15 +11,11 @@ use std::time::Duration;
 
 use crate::mounts::{BlockDevices, BlockError, DeviceName, MountEntry, MountError, Mounts};
 use crate::net::{AddressInfo, LinkInfo, NetError, Network};
-use crate::process::{
-    CommandOutput, CommandSpec, KillMode, ProcessError, Processes, ServiceSpec, Signal,
-};
+use crate::process::{CommandOutput, CommandSpec, KillMode, ProcessError, Processes, ServiceSpec, Signal};
 use crate::{Host, TokioClock};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A call log shared by the fakes of one [`FakeHost`], so ordering across kinds is visible.
@@ -38,10 +34,7 @@ impl CallLog {
 
     /// Calls whose line starts with `prefix`.
     pub fn calls_starting_with(&self, prefix: &str) -> Vec<String> {
-        self.calls()
-            .into_iter()
-            .filter(|line| line.starts_with(prefix))
-            .collect()
+        self.calls().into_iter().filter(|line| line.starts_with(prefix)).collect()
     }
 
     /// Forget the calls so far.
@@ -71,10 +64,7 @@ pub struct FakeNetwork {
 impl FakeNetwork {
     /// Empty network recording into `log`.
     pub fn new(log: CallLog) -> Self {
-        FakeNetwork {
-            state: Arc::default(),
-            log,
-        }
+        FakeNetwork { state: Arc::default(), log }
     }
 
     /// Add a link (up, carrier, a MAC derived from its index).
@@ -82,15 +72,7 @@ impl FakeNetwork {
         let mut state = lock(&self.state);
         let index = state.links.len() as u32 + 2;
         let mac = [0x02, 0, 0, 0, 0, index as u8];
-        state.links.insert(
-            name.to_string(),
-            LinkInfo {
-                index,
-                up: true,
-                lower_up: true,
-                mac: Some(mac),
-            },
-        );
+        state.links.insert(name.to_string(), LinkInfo { index, up: true, lower_up: true, mac: Some(mac) });
         state.addresses.entry(name.to_string()).or_default();
     }
 
@@ -114,16 +96,12 @@ impl FakeNetwork {
 
     /// Put an address on a link directly (as an operator would), without recording a call.
     pub fn preset_address(&self, interface: &str, address: IpAddr, prefix_len: u8) {
-        lock(&self.state)
-            .addresses
-            .entry(interface.to_string())
-            .or_default()
-            .push(AddressInfo {
-                address,
-                prefix_len,
-                tentative: false,
-                dad_failed: false,
-            });
+        lock(&self.state).addresses.entry(interface.to_string()).or_default().push(AddressInfo {
+            address,
+            prefix_len,
+            tentative: false,
+            dad_failed: false,
+        });
     }
 
     /// Addresses now on `interface`.
@@ -131,29 +109,19 @@ impl FakeNetwork {
         lock(&self.state)
             .addresses
             .get(interface)
-            .map(|list| {
-                list.iter()
-                    .map(|info| (info.address, info.prefix_len))
-                    .collect()
-            })
+            .map(|list| list.iter().map(|info| (info.address, info.prefix_len)).collect())
             .unwrap_or_default()
     }
 
     fn no_link(interface: &str) -> NetError {
-        NetError::NoSuchInterface {
-            interface: interface.to_string(),
-        }
+        NetError::NoSuchInterface { interface: interface.to_string() }
     }
 }
 
 #[async_trait::async_trait]
 impl Network for FakeNetwork {
     async fn link(&self, interface: &str) -> Result<LinkInfo, NetError> {
-        lock(&self.state)
-            .links
-            .get(interface)
-            .cloned()
-            .ok_or_else(|| Self::no_link(interface))
+        lock(&self.state).links.get(interface).cloned().ok_or_else(|| Self::no_link(interface))
     }
 
     async fn addresses(&self, interface: &str) -> Result<Vec<AddressInfo>, NetError> {
@@ -171,9 +139,7 @@ impl Network for FakeNetwork {
         prefix_len: u8,
         skip_dad: bool,
     ) -> Result<(), NetError> {
-        self.log.push(format!(
-            "net add {address}/{prefix_len} {interface} skip_dad={skip_dad}"
-        ));
+        self.log.push(format!("net add {address}/{prefix_len} {interface} skip_dad={skip_dad}"));
         let mut state = lock(&self.state);
         if let Some(error) = state.fail_next_add.take() {
             return Err(error);
@@ -183,33 +149,15 @@ impl Network for FakeNetwork {
         }
         let duplicate_v6 = address.is_ipv6() && !skip_dad && state.others.contains_key(&address);
         let list = state.addresses.entry(interface.to_string()).or_default();
-        if list
-            .iter()
-            .any(|info| info.address == address && info.prefix_len == prefix_len)
-        {
-            return Err(NetError::AddressExists {
-                address,
-                prefix_len,
-                interface: interface.to_string(),
-            });
+        if list.iter().any(|info| info.address == address && info.prefix_len == prefix_len) {
+            return Err(NetError::AddressExists { address, prefix_len, interface: interface.to_string() });
         }
-        list.push(AddressInfo {
-            address,
-            prefix_len,
-            tentative: false,
-            dad_failed: duplicate_v6,
-        });
+        list.push(AddressInfo { address, prefix_len, tentative: false, dad_failed: duplicate_v6 });
         Ok(())
     }
 
-    async fn remove_address(
-        &self,
-        interface: &str,
-        address: IpAddr,
-        prefix_len: u8,
-    ) -> Result<(), NetError> {
-        self.log
-            .push(format!("net remove {address}/{prefix_len} {interface}"));
+    async fn remove_address(&self, interface: &str, address: IpAddr, prefix_len: u8) -> Result<(), NetError> {
+        self.log.push(format!("net remove {address}/{prefix_len} {interface}"));
         if let Some(list) = lock(&self.state).addresses.get_mut(interface) {
             list.retain(|info| !(info.address == address && info.prefix_len == prefix_len));
         }
@@ -261,10 +209,7 @@ pub struct FakeMounts {
 impl FakeMounts {
     /// Empty mount table recording into `log`.
     pub fn new(log: CallLog) -> Self {
-        FakeMounts {
-            state: Arc::default(),
-            log,
-        }
+        FakeMounts { state: Arc::default(), log }
     }
 
     /// Make a device exist, findable by path, and by `UUID=`/`LABEL=` when given.
@@ -272,22 +217,16 @@ impl FakeMounts {
         let mut state = lock(&self.state);
         state.devices.insert(path.to_string(), PathBuf::from(path));
         if let Some(uuid) = uuid {
-            state
-                .devices
-                .insert(format!("UUID={uuid}"), PathBuf::from(path));
+            state.devices.insert(format!("UUID={uuid}"), PathBuf::from(path));
         }
         if let Some(label) = label {
-            state
-                .devices
-                .insert(format!("LABEL={label}"), PathBuf::from(path));
+            state.devices.insert(format!("LABEL={label}"), PathBuf::from(path));
         }
     }
 
     /// A process `pid` holds a file under `mountpoint`; it exits on SIGTERM unless `ignores_term`.
     pub fn add_holder(&self, pid: u32, mountpoint: &str, ignores_term: bool) {
-        lock(&self.state)
-            .holders
-            .insert(pid, (PathBuf::from(mountpoint), ignores_term));
+        lock(&self.state).holders.insert(pid, (PathBuf::from(mountpoint), ignores_term));
     }
 
     /// The next `count` unmounts fail as busy.
@@ -317,11 +256,7 @@ impl FakeMounts {
 
     /// Mountpoints now mounted.
     pub fn mounted_targets(&self) -> Vec<PathBuf> {
-        lock(&self.state)
-            .mounted
-            .iter()
-            .map(|entry| entry.target.clone())
-            .collect()
+        lock(&self.state).mounted.iter().map(|entry| entry.target.clone()).collect()
     }
 }
 
@@ -337,19 +272,8 @@ impl Mounts for FakeMounts {
         Ok(())
     }
 
-    async fn mount(
-        &self,
-        device: &Path,
-        target: &Path,
-        fstype: &str,
-        options: &[String],
-    ) -> Result<(), MountError> {
-        self.log.push(format!(
-            "mount {} {} {fstype} [{}]",
-            device.display(),
-            target.display(),
-            options.join(",")
-        ));
+    async fn mount(&self, device: &Path, target: &Path, fstype: &str, options: &[String]) -> Result<(), MountError> {
+        self.log.push(format!("mount {} {} {fstype} [{}]", device.display(), target.display(), options.join(",")));
         let mut state = lock(&self.state);
         if !state.directories.contains(target) {
             return Err(MountError::Failed {
@@ -371,18 +295,10 @@ impl Mounts for FakeMounts {
         let mut state = lock(&self.state);
         if state.busy_unmounts > 0 {
             state.busy_unmounts -= 1;
-            return Err(MountError::Busy {
-                target: target.to_path_buf(),
-            });
+            return Err(MountError::Busy { target: target.to_path_buf() });
         }
-        if state
-            .holders
-            .values()
-            .any(|(path, _)| path.starts_with(target))
-        {
-            return Err(MountError::Busy {
-                target: target.to_path_buf(),
-            });
+        if state.holders.values().any(|(path, _)| path.starts_with(target)) {
+            return Err(MountError::Busy { target: target.to_path_buf() });
         }
         let before = state.mounted.len();
         state.mounted.retain(|entry| entry.target != target);
@@ -407,11 +323,7 @@ impl Mounts for FakeMounts {
     async fn signal_holder(&self, pid: u32, signal: i32) -> Result<(), MountError> {
         self.log.push(format!("mount signal {pid} {signal}"));
         let mut state = lock(&self.state);
-        let ignores = state
-            .holders
-            .get(&pid)
-            .map(|(_, ignores)| *ignores)
-            .unwrap_or(false);
+        let ignores = state.holders.get(&pid).map(|(_, ignores)| *ignores).unwrap_or(false);
         if signal == libc::SIGKILL || !ignores {
             state.holders.remove(&pid);
         }
@@ -436,14 +348,8 @@ impl BlockDevices for FakeMounts {
         Ok(lock(&self.state).devices.get(&name.to_string()).cloned())
     }
 
-    async fn fsck(
-        &self,
-        device: &Path,
-        fstype: &str,
-        _timeout: Duration,
-    ) -> Result<(), BlockError> {
-        self.log
-            .push(format!("block fsck {} {fstype}", device.display()));
+    async fn fsck(&self, device: &Path, fstype: &str, _timeout: Duration) -> Result<(), BlockError> {
+        self.log.push(format!("block fsck {} {fstype}", device.display()));
         if lock(&self.state).fsck_fails {
             return Err(BlockError::Fsck {
                 device: device.to_path_buf(),
@@ -456,8 +362,7 @@ impl BlockDevices for FakeMounts {
 
 // ---------------------------------------------------------------- processes
 
-type CommandHandler =
-    Arc<dyn Fn(&CommandSpec) -> Result<CommandOutput, ProcessError> + Send + Sync>;
+type CommandHandler = Arc<dyn Fn(&CommandSpec) -> Result<CommandOutput, ProcessError> + Send + Sync>;
 
 #[derive(Default)]
 struct ProcessState {
@@ -491,14 +396,8 @@ impl std::fmt::Debug for FakeProcesses {
 impl FakeProcesses {
     /// No units, recording into `log`.
     pub fn new(log: CallLog) -> Self {
-        let state = ProcessState {
-            next_pid: 1000,
-            ..ProcessState::default()
-        };
-        FakeProcesses {
-            state: Arc::new(Mutex::new(state)),
-            log,
-        }
+        let state = ProcessState { next_pid: 1000, ..ProcessState::default() };
+        FakeProcesses { state: Arc::new(Mutex::new(state)), log }
     }
 
     /// Processes of `unit` ignore every signal but SIGKILL.
@@ -508,9 +407,7 @@ impl FakeProcesses {
 
     /// Spawning `program` fails as not found.
     pub fn missing_program(&self, program: &str) {
-        lock(&self.state)
-            .missing_programs
-            .insert(program.to_string());
+        lock(&self.state).missing_programs.insert(program.to_string());
     }
 
     /// Processes of `unit` exit right after starting.
@@ -543,10 +440,7 @@ impl FakeProcesses {
 
     /// Whether a unit has live processes.
     pub fn is_running(&self, unit: &str) -> bool {
-        lock(&self.state)
-            .units
-            .get(unit)
-            .is_some_and(|pids| !pids.is_empty())
+        lock(&self.state).units.get(unit).is_some_and(|pids| !pids.is_empty())
     }
 }
 
@@ -557,11 +451,7 @@ impl Processes for FakeProcesses {
     }
 
     async fn spawn(&self, spec: &ServiceSpec) -> Result<u32, ProcessError> {
-        self.log.push(format!(
-            "process spawn {} {}",
-            spec.unit,
-            spec.argv.join(" ")
-        ));
+        self.log.push(format!("process spawn {} {}", spec.unit, spec.argv.join(" ")));
         let mut state = lock(&self.state);
         let program = spec.argv.first().cloned().unwrap_or_default();
         if state.missing_programs.contains(&program) {
@@ -577,11 +467,7 @@ impl Processes for FakeProcesses {
     }
 
     async fn pids(&self, unit: &str) -> Result<Vec<u32>, ProcessError> {
-        Ok(lock(&self.state)
-            .units
-            .get(unit)
-            .cloned()
-            .unwrap_or_default())
+        Ok(lock(&self.state).units.get(unit).cloned().unwrap_or_default())
     }
 
     async fn signal(&self, unit: &str, signal: Signal) -> Result<(), ProcessError> {
@@ -609,15 +495,11 @@ impl Processes for FakeProcesses {
     }
 
     async fn run(&self, command: &CommandSpec) -> Result<CommandOutput, ProcessError> {
-        self.log
-            .push(format!("process run {}", command.argv.join(" ")));
+        self.log.push(format!("process run {}", command.argv.join(" ")));
         let handler = lock(&self.state).handler.clone();
         match handler {
             Some(handler) => handler(command),
-            None => Ok(CommandOutput {
-                exit_code: Some(0),
-                ..CommandOutput::default()
-            }),
+            None => Ok(CommandOutput { exit_code: Some(0), ..CommandOutput::default() }),
         }
     }
 }

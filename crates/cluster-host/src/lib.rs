@@ -13,6 +13,7 @@
 
 mod clock;
 pub mod fake;
+mod fence;
 mod linux_mounts;
 mod linux_net;
 mod linux_process;
@@ -21,19 +22,21 @@ mod net;
 pub mod netns;
 mod process;
 mod raw_packets;
+mod watchdog;
 
 use std::sync::Arc;
 
 pub use clock::{Clock, TokioClock};
+pub use fence::{
+    AgentExit, AgentFencer, FakeFenceOutcome, FakeFencer, FenceAction, FenceCall, FenceDevice, FenceError, Fencer,
+};
 pub use linux_mounts::{LinuxBlockDevices, LinuxMounts};
 pub use linux_net::LinuxNetwork;
 pub use linux_process::{LinuxProcesses, ProcessConfig};
 pub use mounts::{BlockDevices, BlockError, DeviceName, MountEntry, MountError, Mounts};
 pub use net::{format_mac, AddressInfo, LinkInfo, NetError, Network};
-pub use process::{
-    CommandOutput, CommandSpec, KillMode, ProcessError, Processes, ServiceOutput, ServiceSpec,
-    Signal,
-};
+pub use process::{CommandOutput, CommandSpec, KillMode, ProcessError, Processes, ServiceOutput, ServiceSpec, Signal};
+pub use watchdog::{open_watchdog, FakeWatchdog, Watchdog, WatchdogError};
 
 /// One handle to each kind of host operation. Cheap to clone.
 #[derive(Clone)]

@@ -23,21 +23,13 @@ impl LinuxMounts {
 
 fn errno_failure(action: String, errno: nix::errno::Errno) -> MountError {
     match errno {
-        nix::errno::Errno::EPERM | nix::errno::Errno::EACCES => {
-            MountError::PermissionDenied { action }
-        }
-        other => MountError::Failed {
-            action,
-            message: other.desc().to_lowercase(),
-        },
+        nix::errno::Errno::EPERM | nix::errno::Errno::EACCES => MountError::PermissionDenied { action },
+        other => MountError::Failed { action, message: other.desc().to_lowercase() },
     }
 }
 
 fn io_failure(action: String, error: std::io::Error) -> MountError {
-    MountError::Failed {
-        action,
-        message: error.to_string().to_lowercase(),
-    }
+    MountError::Failed { action, message: error.to_string().to_lowercase() }
 }
 
 /// Decode the octal escapes (`\040` for a space) of mountinfo fields.
@@ -48,13 +40,9 @@ fn unescape(field: &str) -> String {
     while index < bytes.len() {
         if bytes[index] == b'\\'
             && index + 3 < bytes.len()
-            && bytes[index + 1..index + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
+            && bytes[index + 1..index + 4].iter().all(|b| (b'0'..=b'7').contains(b))
         {
-            let value = (bytes[index + 1] - b'0') * 64
-                + (bytes[index + 2] - b'0') * 8
-                + (bytes[index + 3] - b'0');
+            let value = (bytes[index + 1] - b'0') * 64 + (bytes[index + 2] - b'0') * 8 + (bytes[index + 3] - b'0');
             out.push(value);
             index += 4;
         } else {
@@ -89,11 +77,7 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 pub(crate) fn mount_flags(options: &[String]) -> (MsFlags, String) {
     let mut flags = MsFlags::empty();
     let mut data = Vec::new();
-    for option in options
-        .iter()
-        .flat_map(|option| option.split(','))
-        .filter(|option| !option.is_empty())
-    {
+    for option in options.iter().flat_map(|option| option.split(',')).filter(|option| !option.is_empty()) {
         match option {
             "ro" => flags |= MsFlags::MS_RDONLY,
             "rw" => flags &= !MsFlags::MS_RDONLY,
@@ -154,61 +138,31 @@ impl Mounts for LinuxMounts {
             .map_err(|error| io_failure(format!("create directory {}", path.display()), error))
     }
 
-    async fn mount(
-        &self,
-        device: &Path,
-        target: &Path,
-        fstype: &str,
-        options: &[String],
-    ) -> Result<(), MountError> {
+    async fn mount(&self, device: &Path, target: &Path, fstype: &str, options: &[String]) -> Result<(), MountError> {
         let (flags, data) = mount_flags(options);
-        let action = format!(
-            "mount {} at {} ({fstype})",
-            device.display(),
-            target.display()
-        );
-        let (device, target, fstype) = (
-            device.to_path_buf(),
-            target.to_path_buf(),
-            fstype.to_string(),
-        );
+        let action = format!("mount {} at {} ({fstype})", device.display(), target.display());
+        let (device, target, fstype) = (device.to_path_buf(), target.to_path_buf(), fstype.to_string());
         let result = tokio::task::spawn_blocking(move || {
             let data = (!data.is_empty()).then_some(data.as_str());
-            nix::mount::mount(
-                Some(device.as_path()),
-                target.as_path(),
-                Some(fstype.as_str()),
-                flags,
-                data,
-            )
+            nix::mount::mount(Some(device.as_path()), target.as_path(), Some(fstype.as_str()), flags, data)
         })
         .await
-        .map_err(|error| MountError::Failed {
-            action: action.clone(),
-            message: error.to_string(),
-        })?;
+        .map_err(|error| MountError::Failed { action: action.clone(), message: error.to_string() })?;
         result.map_err(|errno| errno_failure(action, errno))
     }
 
     async fn unmount(&self, target: &Path) -> Result<(), MountError> {
         let owned = target.to_path_buf();
-        let result = tokio::task::spawn_blocking(move || {
-            nix::mount::umount2(owned.as_path(), MntFlags::empty())
-        })
-        .await
-        .map_err(|error| MountError::Failed {
-            action: format!("unmount {}", target.display()),
-            message: error.to_string(),
-        })?;
+        let result = tokio::task::spawn_blocking(move || nix::mount::umount2(owned.as_path(), MntFlags::empty()))
+            .await
+            .map_err(|error| MountError::Failed {
+                action: format!("unmount {}", target.display()),
+                message: error.to_string(),
+            })?;
         match result {
             Ok(()) => Ok(()),
-            Err(nix::errno::Errno::EBUSY) => Err(MountError::Busy {
-                target: target.to_path_buf(),
-            }),
-            Err(errno) => Err(errno_failure(
-                format!("unmount {}", target.display()),
-                errno,
-            )),
+            Err(nix::errno::Errno::EBUSY) => Err(MountError::Busy { target: target.to_path_buf() }),
+            Err(errno) => Err(errno_failure(format!("unmount {}", target.display()), errno)),
         }
     }
 
@@ -217,8 +171,7 @@ impl Mounts for LinuxMounts {
         tokio::task::spawn_blocking(move || {
             let own = std::process::id();
             let mut pids = Vec::new();
-            let entries = std::fs::read_dir("/proc")
-                .map_err(|error| io_failure("read /proc".to_string(), error))?;
+            let entries = std::fs::read_dir("/proc").map_err(|error| io_failure("read /proc".to_string(), error))?;
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let Some(pid) = name.to_str().and_then(|name| name.parse::<u32>().ok()) else {
@@ -231,10 +184,7 @@ impl Mounts for LinuxMounts {
             Ok(pids)
         })
         .await
-        .map_err(|error| MountError::Failed {
-            action: "scan /proc".to_string(),
-            message: error.to_string(),
-        })?
+        .map_err(|error| MountError::Failed { action: "scan /proc".to_string(), message: error.to_string() })?
     }
 
     async fn signal_holder(&self, pid: u32, signal: i32) -> Result<(), MountError> {
@@ -242,10 +192,7 @@ impl Mounts for LinuxMounts {
             .map_err(|errno| errno_failure(format!("signal process {pid}"), errno))?;
         match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(errno) => Err(errno_failure(
-                format!("send {signal} to process {pid}"),
-                errno,
-            )),
+            Err(errno) => Err(errno_failure(format!("send {signal} to process {pid}"), errno)),
         }
     }
 
@@ -254,30 +201,21 @@ impl Mounts for LinuxMounts {
         tokio::task::spawn_blocking(move || {
             let action = format!("read/write check of {}", path.display());
             let content = format!("clusterd check {}\n", std::process::id());
-            let mut file =
-                std::fs::File::create(&path).map_err(|error| io_failure(action.clone(), error))?;
-            file.write_all(content.as_bytes())
-                .map_err(|error| io_failure(action.clone(), error))?;
-            file.sync_all()
-                .map_err(|error| io_failure(action.clone(), error))?;
+            let mut file = std::fs::File::create(&path).map_err(|error| io_failure(action.clone(), error))?;
+            file.write_all(content.as_bytes()).map_err(|error| io_failure(action.clone(), error))?;
+            file.sync_all().map_err(|error| io_failure(action.clone(), error))?;
             let mut back = String::new();
             std::fs::File::open(&path)
                 .and_then(|mut file| file.read_to_string(&mut back))
                 .map_err(|error| io_failure(action.clone(), error))?;
             std::fs::remove_file(&path).map_err(|error| io_failure(action.clone(), error))?;
             if back != content {
-                return Err(MountError::Failed {
-                    action,
-                    message: "read back different content".to_string(),
-                });
+                return Err(MountError::Failed { action, message: "read back different content".to_string() });
             }
             Ok(())
         })
         .await
-        .map_err(|error| MountError::Failed {
-            action: "read/write check".to_string(),
-            message: error.to_string(),
-        })?
+        .map_err(|error| MountError::Failed { action: "read/write check".to_string(), message: error.to_string() })?
     }
 }
 
@@ -323,25 +261,17 @@ impl BlockDevices for LinuxBlockDevices {
             // blkid exits 2 when nothing matches.
             Ok(_) => Ok(None),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                Err(BlockError::NotInstalled {
-                    tool: "blkid".to_string(),
-                })
+                Err(BlockError::NotInstalled { tool: "blkid".to_string() })
             }
-            Err(error) => Err(BlockError::Failed {
-                action: format!("run blkid for {name}"),
-                message: error.to_string(),
-            }),
+            Err(error) => {
+                Err(BlockError::Failed { action: format!("run blkid for {name}"), message: error.to_string() })
+            }
         }
     }
 
     async fn fsck(&self, device: &Path, fstype: &str, timeout: Duration) -> Result<(), BlockError> {
         let mut command = tokio::process::Command::new("fsck");
-        command
-            .arg("-a")
-            .arg("-t")
-            .arg(fstype)
-            .arg(device)
-            .kill_on_drop(true);
+        command.arg("-a").arg("-t").arg(fstype).arg(device).kill_on_drop(true);
         let output = match tokio::time::timeout(timeout, command.output()).await {
             Err(_) => {
                 return Err(BlockError::Fsck {
@@ -350,15 +280,10 @@ impl BlockDevices for LinuxBlockDevices {
                 })
             }
             Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(BlockError::NotInstalled {
-                    tool: "fsck".to_string(),
-                })
+                return Err(BlockError::NotInstalled { tool: "fsck".to_string() })
             }
             Ok(Err(error)) => {
-                return Err(BlockError::Fsck {
-                    device: device.to_path_buf(),
-                    message: error.to_string(),
-                })
+                return Err(BlockError::Fsck { device: device.to_path_buf(), message: error.to_string() })
             }
             Ok(Ok(output)) => output,
         };
@@ -369,8 +294,7 @@ impl BlockDevices for LinuxBlockDevices {
                 device: device.to_path_buf(),
                 message: format!(
                     "exit code {}: {}",
-                    code.map(|code| code.to_string())
-                        .unwrap_or_else(|| "none (killed)".to_string()),
+                    code.map(|code| code.to_string()).unwrap_or_else(|| "none (killed)".to_string()),
                     String::from_utf8_lossy(&output.stderr).trim()
                 ),
             }),
@@ -396,11 +320,8 @@ mod tests {
 
     #[test]
     fn mount_options_split_into_flags_and_data() {
-        let (flags, data) = mount_flags(&[
-            "noatime,ro".to_string(),
-            "errors=remount-ro".to_string(),
-            "nodev".to_string(),
-        ]);
+        let (flags, data) =
+            mount_flags(&["noatime,ro".to_string(), "errors=remount-ro".to_string(), "nodev".to_string()]);
         assert!(flags.contains(MsFlags::MS_NOATIME | MsFlags::MS_RDONLY | MsFlags::MS_NODEV));
         assert_eq!(data, "errors=remount-ro");
     }

@@ -4,9 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::{
-    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
-};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 
 use crate::net::{AddressInfo, LinkInfo, NetError, Network};
@@ -34,15 +32,9 @@ fn netlink_error(action: String, error: rtnetlink::Error) -> NetError {
         if io.raw_os_error() == Some(libc::EPERM) || io.raw_os_error() == Some(libc::EACCES) {
             return NetError::PermissionDenied { action };
         }
-        return NetError::Failed {
-            action,
-            message: io.to_string().to_lowercase(),
-        };
+        return NetError::Failed { action, message: io.to_string().to_lowercase() };
     }
-    NetError::Failed {
-        action,
-        message: error.to_string().to_lowercase(),
-    }
+    NetError::Failed { action, message: error.to_string().to_lowercase() }
 }
 
 fn errno_of(error: &rtnetlink::Error) -> Option<i32> {
@@ -64,46 +56,33 @@ impl Drop for Connection {
 }
 
 fn connect(action: &str) -> Result<Connection, NetError> {
-    let (connection, handle, _) =
-        rtnetlink::new_connection().map_err(|error| NetError::Failed {
-            action: action.to_string(),
-            message: error.to_string().to_lowercase(),
-        })?;
+    let (connection, handle, _) = rtnetlink::new_connection()
+        .map_err(|error| NetError::Failed { action: action.to_string(), message: error.to_string().to_lowercase() })?;
     let task = tokio::spawn(connection);
     Ok(Connection { handle, task })
 }
 
 async fn link_message(connection: &Connection, interface: &str) -> Result<LinkMessage, NetError> {
-    let mut links = connection
-        .handle
-        .link()
-        .get()
-        .match_name(interface.to_string())
-        .execute();
+    let mut links = connection.handle.link().get().match_name(interface.to_string()).execute();
     match links.try_next().await {
         Ok(Some(message)) => Ok(message),
-        Ok(None) => Err(NetError::NoSuchInterface {
-            interface: interface.to_string(),
-        }),
-        Err(error) if errno_of(&error) == Some(libc::ENODEV) => Err(NetError::NoSuchInterface {
-            interface: interface.to_string(),
-        }),
+        Ok(None) => Err(NetError::NoSuchInterface { interface: interface.to_string() }),
+        Err(error) if errno_of(&error) == Some(libc::ENODEV) => {
+            Err(NetError::NoSuchInterface { interface: interface.to_string() })
+        }
         Err(error) => Err(netlink_error(format!("read link {interface}"), error)),
     }
 }
 
 fn link_info(message: &LinkMessage) -> LinkInfo {
-    let mac = message
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            LinkAttribute::Address(bytes) if bytes.len() == 6 => {
-                let mut mac = [0u8; 6];
-                mac.copy_from_slice(bytes);
-                Some(mac)
-            }
-            _ => None,
-        });
+    let mac = message.attributes.iter().find_map(|attribute| match attribute {
+        LinkAttribute::Address(bytes) if bytes.len() == 6 => {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(bytes);
+            Some(mac)
+        }
+        _ => None,
+    });
     LinkInfo {
         index: message.header.index,
         up: message.header.flags.contains(LinkFlags::Up),
@@ -114,45 +93,28 @@ fn link_info(message: &LinkMessage) -> LinkInfo {
 
 fn address_info(message: &AddressMessage) -> Option<AddressInfo> {
     // IFA_LOCAL is the interface's own address for IPv4 (IFA_ADDRESS may be the peer); IPv6 has only IFA_ADDRESS.
-    let local = message
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            AddressAttribute::Local(address) => Some(*address),
-            _ => None,
-        });
+    let local = message.attributes.iter().find_map(|attribute| match attribute {
+        AddressAttribute::Local(address) => Some(*address),
+        _ => None,
+    });
     let address = local.or_else(|| {
-        message
-            .attributes
-            .iter()
-            .find_map(|attribute| match attribute {
-                AddressAttribute::Address(address) => Some(*address),
-                _ => None,
-            })
-    })?;
-    let flags = message
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            AddressAttribute::Flags(flags) => Some(*flags),
+        message.attributes.iter().find_map(|attribute| match attribute {
+            AddressAttribute::Address(address) => Some(*address),
             _ => None,
-        });
+        })
+    })?;
+    let flags = message.attributes.iter().find_map(|attribute| match attribute {
+        AddressAttribute::Flags(flags) => Some(*flags),
+        _ => None,
+    });
     let (tentative, dad_failed) = match flags {
-        Some(flags) => (
-            flags.contains(AddressFlags::Tentative),
-            flags.contains(AddressFlags::Dadfailed),
-        ),
+        Some(flags) => (flags.contains(AddressFlags::Tentative), flags.contains(AddressFlags::Dadfailed)),
         None => (
             message.header.flags.contains(AddressHeaderFlags::Tentative),
             message.header.flags.contains(AddressHeaderFlags::Dadfailed),
         ),
     };
-    Some(AddressInfo {
-        address,
-        prefix_len: message.header.prefix_len,
-        tentative,
-        dad_failed,
-    })
+    Some(AddressInfo { address, prefix_len: message.header.prefix_len, tentative, dad_failed })
 }
 
 #[async_trait::async_trait]
@@ -174,11 +136,7 @@ impl Network for LinuxNetwork {
             .try_collect()
             .await
             .map_err(|error| netlink_error(format!("list addresses of {interface}"), error))?;
-        Ok(messages
-            .iter()
-            .filter(|message| message.header.index == index)
-            .filter_map(address_info)
-            .collect())
+        Ok(messages.iter().filter(|message| message.header.index == index).filter_map(address_info).collect())
     }
 
     async fn add_address(
@@ -195,27 +153,18 @@ impl Network for LinuxNetwork {
         if skip_dad && address.is_ipv6() {
             let message = request.message_mut();
             message.header.flags |= AddressHeaderFlags::Nodad;
-            message
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            message.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         match request.execute().await {
             Ok(()) => Ok(()),
-            Err(error) if errno_of(&error) == Some(libc::EEXIST) => Err(NetError::AddressExists {
-                address,
-                prefix_len,
-                interface: interface.to_string(),
-            }),
+            Err(error) if errno_of(&error) == Some(libc::EEXIST) => {
+                Err(NetError::AddressExists { address, prefix_len, interface: interface.to_string() })
+            }
             Err(error) => Err(netlink_error(action, error)),
         }
     }
 
-    async fn remove_address(
-        &self,
-        interface: &str,
-        address: IpAddr,
-        prefix_len: u8,
-    ) -> Result<(), NetError> {
+    async fn remove_address(&self, interface: &str, address: IpAddr, prefix_len: u8) -> Result<(), NetError> {
         let action = format!("remove {address}/{prefix_len} from {interface}");
         let connection = connect(&action)?;
         let index = match link_message(&connection, interface).await {
@@ -237,10 +186,7 @@ impl Network for LinuxNetwork {
             let Some(info) = address_info(&message) else {
                 continue;
             };
-            if message.header.index != index
-                || info.address != address
-                || info.prefix_len != prefix_len
-            {
+            if message.header.index != index || info.address != address || info.prefix_len != prefix_len {
                 continue;
             }
             match connection.handle.address().del(message).execute().await {
@@ -274,9 +220,9 @@ impl Network for LinuxNetwork {
         })?;
         match address {
             IpAddr::V4(address) => raw_packets::gratuitous_arp(interface, link.index, mac, address),
-            IpAddr::V6(address) => raw_packets::unsolicited_neighbour_advertisement(
-                interface, link.index, mac, address,
-            ),
+            IpAddr::V6(address) => {
+                raw_packets::unsolicited_neighbour_advertisement(interface, link.index, mac, address)
+            }
         }
     }
 }

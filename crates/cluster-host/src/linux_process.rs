@@ -11,8 +11,7 @@ use nix::sys::signal::{kill, killpg};
 use nix::unistd::Pid;
 
 use crate::process::{
-    CommandOutput, CommandSpec, KillMode, ProcessError, Processes, ServiceOutput, ServiceSpec,
-    Signal,
+    CommandOutput, CommandSpec, KillMode, ProcessError, Processes, ServiceOutput, ServiceSpec, Signal,
 };
 
 /// Where units live.
@@ -53,44 +52,26 @@ pub(crate) fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 
 /// This process's cgroup v2 path from a `/proc/self/cgroup` text.
 pub(crate) fn own_cgroup(proc_cgroup: &str) -> Option<String> {
-    proc_cgroup
-        .lines()
-        .find_map(|line| line.strip_prefix("0::"))
-        .map(str::to_string)
+    proc_cgroup.lines().find_map(|line| line.strip_prefix("0::")).map(str::to_string)
 }
 
 fn detect_cgroup_parent() -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mount = cgroup2_mount(&mountinfo)?;
     let own = own_cgroup(&std::fs::read_to_string("/proc/self/cgroup").ok()?)?;
-    let parent = mount
-        .join(own.trim_start_matches('/'))
-        .join("clusterd-units");
+    let parent = mount.join(own.trim_start_matches('/')).join("clusterd-units");
     std::fs::create_dir_all(&parent).ok()?;
     parent.join("cgroup.procs").exists().then_some(parent)
 }
 
 fn unit_file_name(unit: &str) -> String {
-    unit.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    unit.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
 }
 
 fn errno_failure(action: String, errno: nix::errno::Errno) -> ProcessError {
     match errno {
-        nix::errno::Errno::EPERM | nix::errno::Errno::EACCES => {
-            ProcessError::PermissionDenied { action }
-        }
-        other => ProcessError::Failed {
-            action,
-            message: other.desc().to_lowercase(),
-        },
+        nix::errno::Errno::EPERM | nix::errno::Errno::EACCES => ProcessError::PermissionDenied { action },
+        other => ProcessError::Failed { action, message: other.desc().to_lowercase() },
     }
 }
 
@@ -98,10 +79,7 @@ fn io_failure(action: String, error: std::io::Error) -> ProcessError {
     if error.kind() == std::io::ErrorKind::PermissionDenied {
         ProcessError::PermissionDenied { action }
     } else {
-        ProcessError::Failed {
-            action,
-            message: error.to_string().to_lowercase(),
-        }
+        ProcessError::Failed { action, message: error.to_string().to_lowercase() }
     }
 }
 
@@ -118,19 +96,12 @@ fn stat_state_and_group(pid: u32) -> Option<(char, i32)> {
 
 fn environment_has(pid: u32, needle: &[u8]) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
-        .map(|environ| {
-            environ
-                .split(|byte| *byte == 0)
-                .any(|entry| entry == needle)
-        })
+        .map(|environ| environ.split(|byte| *byte == 0).any(|entry| entry == needle))
         .unwrap_or(false)
 }
 
 fn resolve_user(name: &str) -> Result<nix::unistd::User, ProcessError> {
-    let unknown = || ProcessError::UnknownIdentity {
-        kind: "user".to_string(),
-        name: name.to_string(),
-    };
+    let unknown = || ProcessError::UnknownIdentity { kind: "user".to_string(), name: name.to_string() };
     let found = match name.parse::<u32>() {
         Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
         Err(_) => nix::unistd::User::from_name(name),
@@ -146,10 +117,7 @@ fn resolve_group(name: &str) -> Result<u32, ProcessError> {
         .ok()
         .flatten()
         .map(|group| group.gid.as_raw())
-        .ok_or_else(|| ProcessError::UnknownIdentity {
-            kind: "group".to_string(),
-            name: name.to_string(),
-        })
+        .ok_or_else(|| ProcessError::UnknownIdentity { kind: "group".to_string(), name: name.to_string() })
 }
 
 impl LinuxProcesses {
@@ -166,52 +134,32 @@ impl LinuxProcesses {
         if cgroup_parent.is_none() {
             tracing::info!("cgroup v2 not usable, supervising units by process group");
         }
-        LinuxProcesses {
-            cgroup_parent,
-            state_directory: config.state_directory,
-        }
+        LinuxProcesses { cgroup_parent, state_directory: config.state_directory }
     }
 
     fn cgroup(&self, unit: &str) -> Option<PathBuf> {
-        self.cgroup_parent
-            .as_ref()
-            .map(|parent| parent.join(unit_file_name(unit)))
+        self.cgroup_parent.as_ref().map(|parent| parent.join(unit_file_name(unit)))
     }
 
     fn pid_file(&self, unit: &str) -> PathBuf {
-        self.state_directory
-            .join(format!("{}.pgid", unit_file_name(unit)))
+        self.state_directory.join(format!("{}.pgid", unit_file_name(unit)))
     }
 
-    fn unit_pids_blocking(
-        cgroup: Option<&Path>,
-        pid_file: &Path,
-        unit: &str,
-    ) -> Result<Vec<u32>, ProcessError> {
+    fn unit_pids_blocking(cgroup: Option<&Path>, pid_file: &Path, unit: &str) -> Result<Vec<u32>, ProcessError> {
         if let Some(cgroup) = cgroup {
             return match std::fs::read_to_string(cgroup.join("cgroup.procs")) {
-                Ok(text) => Ok(text
-                    .lines()
-                    .filter_map(|line| line.trim().parse().ok())
-                    .collect()),
+                Ok(text) => Ok(text.lines().filter_map(|line| line.trim().parse().ok()).collect()),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
                 Err(error) => Err(io_failure(format!("read {}", cgroup.display()), error)),
             };
         }
-        let group: Option<i32> = std::fs::read_to_string(pid_file)
-            .ok()
-            .and_then(|text| text.trim().parse().ok());
+        let group: Option<i32> = std::fs::read_to_string(pid_file).ok().and_then(|text| text.trim().parse().ok());
         let needle = format!("CLUSTERD_UNIT={unit}").into_bytes();
         let own = std::process::id();
         let mut pids = Vec::new();
-        let entries = std::fs::read_dir("/proc")
-            .map_err(|error| io_failure("read /proc".to_string(), error))?;
+        let entries = std::fs::read_dir("/proc").map_err(|error| io_failure("read /proc".to_string(), error))?;
         for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse::<u32>().ok())
-            else {
+            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
                 continue;
             };
             if pid == own {
@@ -245,11 +193,7 @@ impl Processes for LinuxProcesses {
         let program = spec.argv.first().cloned().unwrap_or_default();
         let action = format!("start {} for unit {}", program, spec.unit);
         let mut command = tokio::process::Command::new(&program);
-        command
-            .args(&spec.argv[1..])
-            .envs(&spec.environment)
-            .env("CLUSTERD_UNIT", &spec.unit)
-            .stdin(Stdio::null());
+        command.args(&spec.argv[1..]).envs(&spec.environment).env("CLUSTERD_UNIT", &spec.unit).stdin(Stdio::null());
         if let Some(directory) = &spec.working_directory {
             command.current_dir(directory);
         }
@@ -259,9 +203,7 @@ impl Processes for LinuxProcesses {
                 let out = std::os::fd::AsFd::as_fd(&stderr)
                     .try_clone_to_owned()
                     .map_err(|error| io_failure(action.clone(), error))?;
-                let err = out
-                    .try_clone()
-                    .map_err(|error| io_failure(action.clone(), error))?;
+                let err = out.try_clone().map_err(|error| io_failure(action.clone(), error))?;
                 command.stdout(Stdio::from(out)).stderr(Stdio::from(err));
             }
             ServiceOutput::File(path) => {
@@ -269,12 +211,8 @@ impl Processes for LinuxProcesses {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|error| {
-                        io_failure(format!("open output file {}", path.display()), error)
-                    })?;
-                let copy = file
-                    .try_clone()
-                    .map_err(|error| io_failure(action.clone(), error))?;
+                    .map_err(|error| io_failure(format!("open output file {}", path.display()), error))?;
+                let copy = file.try_clone().map_err(|error| io_failure(action.clone(), error))?;
                 command.stdout(Stdio::from(file)).stderr(Stdio::from(copy));
             }
         }
@@ -290,17 +228,14 @@ impl Processes for LinuxProcesses {
         }
         let cgroup_procs = match self.cgroup(&spec.unit) {
             Some(cgroup) => {
-                std::fs::create_dir_all(&cgroup).map_err(|error| {
-                    io_failure(format!("create cgroup {}", cgroup.display()), error)
-                })?;
-                Some(
-                    CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).map_err(
-                        |_| ProcessError::Failed {
-                            action: action.clone(),
-                            message: "cgroup path contains a nul byte".to_string(),
-                        },
-                    )?,
-                )
+                std::fs::create_dir_all(&cgroup)
+                    .map_err(|error| io_failure(format!("create cgroup {}", cgroup.display()), error))?;
+                Some(CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).map_err(|_| {
+                    ProcessError::Failed {
+                        action: action.clone(),
+                        message: "cgroup path contains a nul byte".to_string(),
+                    }
+                })?)
             }
             None => None,
         };
@@ -328,25 +263,20 @@ impl Processes for LinuxProcesses {
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-                ) && error.raw_os_error() != Some(libc::EPERM) =>
+                if matches!(error.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied)
+                    && error.raw_os_error() != Some(libc::EPERM) =>
             {
                 return Err(ProcessError::NotFound { program })
             }
             Err(error) => return Err(io_failure(action, error)),
         };
-        let pid = child.id().ok_or_else(|| ProcessError::Failed {
-            action: action.clone(),
-            message: "exited at once".to_string(),
-        })?;
+        let pid = child
+            .id()
+            .ok_or_else(|| ProcessError::Failed { action: action.clone(), message: "exited at once".to_string() })?;
         if self.cgroup_parent.is_none() {
             std::fs::create_dir_all(&self.state_directory)
                 .and_then(|_| std::fs::write(self.pid_file(&spec.unit), format!("{pid}\n")))
-                .map_err(|error| {
-                    io_failure(format!("write pid file of unit {}", spec.unit), error)
-                })?;
+                .map_err(|error| io_failure(format!("write pid file of unit {}", spec.unit), error))?;
         }
         // Reap the child whenever it exits; the unit is tracked through its cgroup or group, not this handle.
         tokio::spawn(async move {
@@ -359,32 +289,24 @@ impl Processes for LinuxProcesses {
         let cgroup = self.cgroup(unit);
         let pid_file = self.pid_file(unit);
         let unit = unit.to_string();
-        tokio::task::spawn_blocking(move || {
-            Self::unit_pids_blocking(cgroup.as_deref(), &pid_file, &unit)
-        })
-        .await
-        .map_err(|error| ProcessError::Failed {
-            action: "list unit processes".to_string(),
-            message: error.to_string(),
-        })?
+        tokio::task::spawn_blocking(move || Self::unit_pids_blocking(cgroup.as_deref(), &pid_file, &unit))
+            .await
+            .map_err(|error| ProcessError::Failed {
+                action: "list unit processes".to_string(),
+                message: error.to_string(),
+            })?
     }
 
     async fn signal(&self, unit: &str, signal: Signal) -> Result<(), ProcessError> {
         let signal_number = nix::sys::signal::Signal::try_from(signal.number())
             .map_err(|errno| errno_failure(format!("send {signal} to unit {unit}"), errno))?;
         if self.cgroup_parent.is_none() {
-            if let Some(group) = std::fs::read_to_string(self.pid_file(unit))
-                .ok()
-                .and_then(|text| text.trim().parse::<i32>().ok())
+            if let Some(group) =
+                std::fs::read_to_string(self.pid_file(unit)).ok().and_then(|text| text.trim().parse::<i32>().ok())
             {
                 match killpg(Pid::from_raw(group), signal_number) {
                     Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-                    Err(errno) => {
-                        return Err(errno_failure(
-                            format!("send {signal} to unit {unit}"),
-                            errno,
-                        ))
-                    }
+                    Err(errno) => return Err(errno_failure(format!("send {signal} to unit {unit}"), errno)),
                 }
             }
         }
@@ -392,10 +314,7 @@ impl Processes for LinuxProcesses {
             match kill(Pid::from_raw(pid as i32), signal_number) {
                 Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
                 Err(errno) => {
-                    return Err(errno_failure(
-                        format!("send {signal} to process {pid} of unit {unit}"),
-                        errno,
-                    ))
+                    return Err(errno_failure(format!("send {signal} to process {pid} of unit {unit}"), errno))
                 }
             }
         }
@@ -406,8 +325,7 @@ impl Processes for LinuxProcesses {
         if let Some(cgroup) = self.cgroup(unit) {
             let kill_file = cgroup.join("cgroup.kill");
             if kill_file.exists() {
-                return std::fs::write(&kill_file, "1")
-                    .map_err(|error| io_failure(format!("kill unit {unit}"), error));
+                return std::fs::write(&kill_file, "1").map_err(|error| io_failure(format!("kill unit {unit}"), error));
             }
         }
         self.signal(unit, Signal::Kill).await
@@ -418,10 +336,7 @@ impl Processes for LinuxProcesses {
             Some(cgroup) => match std::fs::remove_dir(&cgroup) {
                 Ok(()) => Ok(()),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(error) => Err(io_failure(
-                    format!("remove cgroup {}", cgroup.display()),
-                    error,
-                )),
+                Err(error) => Err(io_failure(format!("remove cgroup {}", cgroup.display()), error)),
             },
             None => match std::fs::remove_file(self.pid_file(unit)) {
                 Ok(()) => Ok(()),
@@ -432,10 +347,7 @@ impl Processes for LinuxProcesses {
     }
 
     async fn tcp_accepts(&self, address: SocketAddr, timeout: Duration) -> bool {
-        matches!(
-            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await,
-            Ok(Ok(_))
-        )
+        matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
     }
 
     async fn run(&self, spec: &CommandSpec) -> Result<CommandOutput, ProcessError> {
@@ -452,10 +364,7 @@ impl Processes for LinuxProcesses {
         let child = match command.spawn() {
             Ok(child) => child,
             Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-                ) =>
+                if matches!(error.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied) =>
             {
                 return Err(ProcessError::NotFound { program })
             }
@@ -475,11 +384,7 @@ impl Processes for LinuxProcesses {
                 if let Some(group) = group {
                     let _ = killpg(group, nix::sys::signal::Signal::SIGKILL);
                 }
-                Ok(CommandOutput {
-                    exit_code: None,
-                    timed_out: true,
-                    ..CommandOutput::default()
-                })
+                Ok(CommandOutput { exit_code: None, timed_out: true, ..CommandOutput::default() })
             }
         }
     }
@@ -492,10 +397,7 @@ mod tests {
     #[test]
     fn cgroup2_mount_and_own_cgroup_are_found() {
         let mountinfo = "25 1 0:23 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            cgroup2_mount(mountinfo),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(cgroup2_mount(mountinfo), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(
             own_cgroup("4:memory:/x\n0::/system.slice/clusterd.service\n").as_deref(),
             Some("/system.slice/clusterd.service")

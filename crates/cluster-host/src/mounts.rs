@@ -97,13 +97,7 @@ pub trait Mounts: Send + Sync {
     /// Create `path` and its parents if missing.
     async fn create_directory(&self, path: &Path) -> Result<(), MountError>;
     /// Mount `device` at `target` with `fstype` and mount(8)-style `options`.
-    async fn mount(
-        &self,
-        device: &Path,
-        target: &Path,
-        fstype: &str,
-        options: &[String],
-    ) -> Result<(), MountError>;
+    async fn mount(&self, device: &Path, target: &Path, fstype: &str, options: &[String]) -> Result<(), MountError>;
     /// Unmount `target` (not lazily). A busy filesystem is [`MountError::Busy`].
     async fn unmount(&self, target: &Path) -> Result<(), MountError>;
     /// Processes with a file, working directory, root or executable under `target`.

@@ -81,12 +81,7 @@ pub trait Network: Send + Sync {
         skip_dad: bool,
     ) -> Result<(), NetError>;
     /// Remove an address; an address that is not there is not an error.
-    async fn remove_address(
-        &self,
-        interface: &str,
-        address: IpAddr,
-        prefix_len: u8,
-    ) -> Result<(), NetError>;
+    async fn remove_address(&self, interface: &str, address: IpAddr, prefix_len: u8) -> Result<(), NetError>;
     /// ARP-probe the segment for `address` (RFC 5227 probe, sender 0.0.0.0) and wait up to `timeout` for
     /// an answer. Returns the hardware address of another holder, if any.
     async fn probe_ipv4_duplicate(
@@ -101,8 +96,5 @@ pub trait Network: Send + Sync {
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":")
 }

@@ -13,17 +13,10 @@ where
     T: Send + 'static,
 {
     let namespace = std::fs::File::open(netns_path)?;
-    let thread = std::thread::Builder::new()
-        .name("netns".to_string())
-        .spawn(move || -> std::io::Result<T> {
-            nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            Ok(runtime.block_on(make()))
-        })?;
-    thread
-        .join()
-        .map_err(|_| std::io::Error::other("thread inside the network namespace panicked"))?
+    let thread = std::thread::Builder::new().name("netns".to_string()).spawn(move || -> std::io::Result<T> {
+        nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(runtime.block_on(make()))
+    })?;
+    thread.join().map_err(|_| std::io::Error::other("thread inside the network namespace panicked"))?
 }

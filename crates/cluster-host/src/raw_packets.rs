@@ -18,10 +18,7 @@ fn io_failure(action: String, error: std::io::Error) -> NetError {
     if error.kind() == std::io::ErrorKind::PermissionDenied {
         NetError::PermissionDenied { action }
     } else {
-        NetError::Failed {
-            action,
-            message: error.to_string().to_lowercase(),
-        }
+        NetError::Failed { action, message: error.to_string().to_lowercase() }
     }
 }
 
@@ -118,8 +115,7 @@ pub(crate) async fn arp_probe(
     let socket = arp_socket(interface_index).map_err(|error| io_failure(action.clone(), error))?;
     // SAFETY: `socket` is an OwnedFd: its descriptor is valid, stays open and is the same for the whole
     // lifetime of the AsyncFd, which owns it.
-    let socket = unsafe { AsyncFd::register(socket) }
-        .map_err(|error| io_failure(action.clone(), error.into()))?;
+    let socket = unsafe { AsyncFd::register(socket) }.map_err(|error| io_failure(action.clone(), error.into()))?;
     let probe = arp_packet(ARP_REQUEST, own_mac, Ipv4Addr::UNSPECIFIED, [0; 6], address);
     let deadline = tokio::time::Instant::now() + timeout;
     let probes = 2u32;
@@ -132,11 +128,7 @@ pub(crate) async fn arp_probe(
             sent += 1;
             next_probe = tokio::time::Instant::now() + timeout / (probes + 1);
         }
-        let wake = if sent < probes {
-            next_probe.min(deadline)
-        } else {
-            deadline
-        };
+        let wake = if sent < probes { next_probe.min(deadline) } else { deadline };
         if tokio::time::Instant::now() >= deadline {
             return Ok(None);
         }
@@ -145,14 +137,7 @@ pub(crate) async fn arp_probe(
         let mut guard = guard.map_err(|error| io_failure(action.clone(), error))?;
         let mut buffer = [0u8; 64];
         // SAFETY: `buffer` is valid for writes of its length.
-        let received = unsafe {
-            libc::recv(
-                socket.get_ref().as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                0,
-            )
-        };
+        let received = unsafe { libc::recv(socket.get_ref().as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
         if received < 0 {
             let error = std::io::Error::last_os_error();
             if error.kind() == std::io::ErrorKind::WouldBlock {
@@ -188,8 +173,7 @@ pub(crate) fn gratuitous_arp(
     let action = format!("send gratuitous arp for {address} on {interface}");
     let socket = arp_socket(interface_index).map_err(|error| io_failure(action.clone(), error))?;
     let request = arp_packet(ARP_REQUEST, own_mac, address, [0xff; 6], address);
-    send_broadcast(&socket, interface_index, &request)
-        .map_err(|error| io_failure(action.clone(), error))?;
+    send_broadcast(&socket, interface_index, &request).map_err(|error| io_failure(action.clone(), error))?;
     // A reply-form announcement too, as send_arp does: some stacks only update on replies.
     let reply = arp_packet(ARP_REPLY, own_mac, address, own_mac, address);
     send_broadcast(&socket, interface_index, &reply).map_err(|error| io_failure(action, error))
@@ -210,16 +194,7 @@ pub(crate) fn unsolicited_neighbour_advertisement(
     socket.set_unicast_hops_v6(255).map_err(fail)?;
     socket.set_multicast_if_v6(interface_index).map_err(fail)?;
     socket.set_multicast_loop_v6(false).map_err(fail)?;
-    let source = SocketAddrV6::new(
-        address,
-        0,
-        0,
-        if is_link_local(address) {
-            interface_index
-        } else {
-            0
-        },
-    );
+    let source = SocketAddrV6::new(address, 0, 0, if is_link_local(address) { interface_index } else { 0 });
     socket.bind(&source.into()).map_err(fail)?;
     let mut packet = [0u8; 32];
     packet[0] = 136; // neighbour advertisement
@@ -230,12 +205,7 @@ pub(crate) fn unsolicited_neighbour_advertisement(
     packet[24] = 2; // target link-layer address option
     packet[25] = 1; // length in units of 8 bytes
     packet[26..32].copy_from_slice(&own_mac);
-    let all_nodes = SocketAddrV6::new(
-        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
-        0,
-        0,
-        interface_index,
-    );
+    let all_nodes = SocketAddrV6::new(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 0, 0, interface_index);
     socket.send_to(&packet, &all_nodes.into()).map_err(fail)?;
     Ok(())
 }

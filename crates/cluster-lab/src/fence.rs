@@ -50,20 +50,14 @@ pub fn metadata() -> String {
 }
 
 fn verify_off(lab: &Lab, node: &str) -> bool {
-    lab.node(node)
-        .map(|record| !record.powered)
-        .unwrap_or(false)
+    lab.node(node).map(|record| !record.powered).unwrap_or(false)
         && cgroup_pids(&lab.paths().cgroup().join(node)).is_empty()
 }
 
 /// Runs the agent; returns the exit code and what to print on stdout. `default_lab` is used when the
 /// arguments carry no `lab=`.
 pub fn run(arguments: &BTreeMap<String, String>, default_lab: Option<&str>) -> (i32, String) {
-    let action = arguments
-        .get("action")
-        .or_else(|| arguments.get("option"))
-        .map(String::as_str)
-        .unwrap_or("reboot");
+    let action = arguments.get("action").or_else(|| arguments.get("option")).map(String::as_str).unwrap_or("reboot");
     if action == "metadata" {
         return (EXIT_SUCCESS, metadata());
     }
@@ -78,17 +72,10 @@ pub fn run(arguments: &BTreeMap<String, String>, default_lab: Option<&str>) -> (
         return (EXIT_SUCCESS, String::new());
     }
     if action == "list" {
-        let list: String = lab
-            .node_names()
-            .iter()
-            .map(|node| format!("{node},\n"))
-            .collect();
+        let list: String = lab.node_names().iter().map(|node| format!("{node},\n")).collect();
         return (EXIT_SUCCESS, list);
     }
-    let plug = arguments
-        .get("plug")
-        .or_else(|| arguments.get("port"))
-        .or_else(|| arguments.get("nodename"));
+    let plug = arguments.get("plug").or_else(|| arguments.get("port")).or_else(|| arguments.get("nodename"));
     let Some(node) = plug.cloned() else {
         return (EXIT_ERROR, "no plug given\n".into());
     };
@@ -96,11 +83,7 @@ pub fn run(arguments: &BTreeMap<String, String>, default_lab: Option<&str>) -> (
         return (EXIT_ERROR, format!("{error}\n"));
     }
     let off = |lab: &mut Lab| -> Result<(), String> {
-        if lab
-            .node(&node)
-            .map(|record| record.powered)
-            .unwrap_or(false)
-        {
+        if lab.node(&node).map(|record| record.powered).unwrap_or(false) {
             crate::lab::record_fault(lab.paths(), "fence-off", &node);
             lab.kill(&node).map_err(|error| error.to_string())?;
         }
@@ -112,11 +95,7 @@ pub fn run(arguments: &BTreeMap<String, String>, default_lab: Option<&str>) -> (
     };
     let on = |lab: &mut Lab| -> Result<(), String> {
         lab.start(&node).map_err(|error| error.to_string())?;
-        if lab
-            .node(&node)
-            .map(|record| record.powered)
-            .unwrap_or(false)
-        {
+        if lab.node(&node).map(|record| record.powered).unwrap_or(false) {
             Ok(())
         } else {
             Err(format!("node {node} is not verified on"))
@@ -127,23 +106,13 @@ pub fn run(arguments: &BTreeMap<String, String>, default_lab: Option<&str>) -> (
         "on" => on(&mut lab),
         "reboot" => off(&mut lab).and_then(|()| on(&mut lab)),
         "status" => {
-            let powered = lab
-                .node(&node)
-                .map(|record| record.powered)
-                .unwrap_or(false);
-            return if powered {
-                (EXIT_SUCCESS, "Status: ON\n".into())
-            } else {
-                (EXIT_OFF, "Status: OFF\n".into())
-            };
+            let powered = lab.node(&node).map(|record| record.powered).unwrap_or(false);
+            return if powered { (EXIT_SUCCESS, "Status: ON\n".into()) } else { (EXIT_OFF, "Status: OFF\n".into()) };
         }
         other => Err(format!("unsupported action {other}")),
     };
     match result {
-        Ok(()) => (
-            EXIT_SUCCESS,
-            "Success: Powered OFF/ON as requested\n".into(),
-        ),
+        Ok(()) => (EXIT_SUCCESS, "Success: Powered OFF/ON as requested\n".into()),
         Err(error) => (EXIT_ERROR, format!("Failed: {error}\n")),
     }
 }

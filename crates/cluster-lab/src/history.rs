@@ -62,14 +62,8 @@ pub struct Interval {
 }
 
 /// Intervals per `(kind, resource)`, from the records (any order). `history_end_ns` closes open intervals.
-pub fn intervals(
-    records: &[Record],
-    history_end_ns: u64,
-) -> BTreeMap<(Kind, String), Vec<Interval>> {
-    let mut sorted: Vec<&Record> = records
-        .iter()
-        .filter(|record| record.kind != Kind::Fault)
-        .collect();
+pub fn intervals(records: &[Record], history_end_ns: u64) -> BTreeMap<(Kind, String), Vec<Interval>> {
+    let mut sorted: Vec<&Record> = records.iter().filter(|record| record.kind != Kind::Fault).collect();
     sorted.sort_by_key(|record| record.t_ns);
     let mut open: BTreeMap<(Kind, String, String), (u64, u64)> = BTreeMap::new();
     let mut result: BTreeMap<(Kind, String), Vec<Interval>> = BTreeMap::new();
@@ -78,17 +72,14 @@ pub fn intervals(
         if record.active {
             open.entry(key).or_insert((record.t_ns, record.prev_t_ns));
         } else if let Some((start_ns, possible_start_ns)) = open.remove(&key) {
-            result
-                .entry((record.kind, record.resource.clone()))
-                .or_default()
-                .push(Interval {
-                    node: record.node.clone(),
-                    start_ns,
-                    end_ns: record.prev_t_ns.max(start_ns),
-                    possible_start_ns,
-                    possible_end_ns: record.t_ns,
-                    open: false,
-                });
+            result.entry((record.kind, record.resource.clone())).or_default().push(Interval {
+                node: record.node.clone(),
+                start_ns,
+                end_ns: record.prev_t_ns.max(start_ns),
+                possible_start_ns,
+                possible_end_ns: record.t_ns,
+                open: false,
+            });
         }
     }
     for ((kind, resource, node), (start_ns, possible_start_ns)) in open {
@@ -220,36 +211,20 @@ pub fn failover_timing(
     let empty = Vec::new();
     let list = all.get(&(kind, resource.to_string())).unwrap_or(&empty);
     let millis = |t: u64| t.saturating_sub(fault_ns) as f64 / 1e6;
-    let old = list
-        .iter()
-        .find(|interval| interval.start_ns <= fault_ns && interval.possible_end_ns >= fault_ns);
+    let old = list.iter().find(|interval| interval.start_ns <= fault_ns && interval.possible_end_ns >= fault_ns);
     let old_owner = old.map(|interval| interval.node.clone());
-    let old_stopped_ms = old
-        .filter(|interval| !interval.open)
-        .map(|interval| millis(interval.possible_end_ns));
-    let new = list.iter().find(|interval| {
-        interval.start_ns > fault_ns && Some(&interval.node) != old_owner.as_ref()
-    });
+    let old_stopped_ms = old.filter(|interval| !interval.open).map(|interval| millis(interval.possible_end_ns));
+    let new = list.iter().find(|interval| interval.start_ns > fault_ns && Some(&interval.node) != old_owner.as_ref());
     let new_owner = new.map(|interval| interval.node.clone());
     let new_started_ms = new.map(|interval| millis(interval.start_ns));
     let client_reached_ms = match (new, probe) {
         (Some(new), Some(probe)) => all
             .get(&(Kind::Client, probe.to_string()))
-            .and_then(|client| {
-                client
-                    .iter()
-                    .find(|interval| interval.end_ns >= new.start_ns)
-            })
+            .and_then(|client| client.iter().find(|interval| interval.end_ns >= new.start_ns))
             .map(|interval| millis(interval.start_ns.max(new.start_ns))),
         _ => None,
     };
-    FailoverTiming {
-        old_owner,
-        old_stopped_ms,
-        new_owner,
-        new_started_ms,
-        client_reached_ms,
-    }
+    FailoverTiming { old_owner, old_stopped_ms, new_owner, new_started_ms, client_reached_ms }
 }
 
 /// Nearest-rank percentile (`p` in 0..=100) of the values; `None` when empty.
@@ -265,9 +240,7 @@ pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
 
 /// Parses a JSON-lines history, skipping lines that are not records.
 pub fn parse_jsonl(text: &str) -> Vec<Record> {
-    text.lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
+    text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
 }
 
 #[cfg(test)]
@@ -277,34 +250,17 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn record(t: u64, prev: u64, node: &str, kind: Kind, active: bool) -> Record {
-        Record {
-            t_ns: t * MS,
-            prev_t_ns: prev * MS,
-            node: node.into(),
-            kind,
-            resource: "192.0.2.100".into(),
-            active,
-        }
+        Record { t_ns: t * MS, prev_t_ns: prev * MS, node: node.into(), kind, resource: "192.0.2.100".into(), active }
     }
 
     fn clean_failover() -> Vec<Record> {
         vec![
             record(0, 0, "n1", Kind::Vip, true),
-            Record {
-                kind: Kind::Fault,
-                resource: "kill".into(),
-                ..record(1000, 1000, "n1", Kind::Fault, true)
-            },
+            Record { kind: Kind::Fault, resource: "kill".into(), ..record(1000, 1000, "n1", Kind::Fault, true) },
             record(1005, 1000, "n1", Kind::Vip, false),
             record(2000, 1995, "n2", Kind::Vip, true),
-            Record {
-                resource: "192.0.2.100:80".into(),
-                ..record(1010, 1000, "client", Kind::Client, false)
-            },
-            Record {
-                resource: "192.0.2.100:80".into(),
-                ..record(2050, 2040, "client", Kind::Client, true)
-            },
+            Record { resource: "192.0.2.100:80".into(), ..record(1010, 1000, "client", Kind::Client, false) },
+            Record { resource: "192.0.2.100:80".into(), ..record(2050, 2040, "client", Kind::Client, true) },
         ]
     }
 
@@ -346,14 +302,8 @@ mod tests {
 
     #[test]
     fn failover_timing_has_every_phase() {
-        let timing = failover_timing(
-            &clean_failover(),
-            3000 * MS,
-            Kind::Vip,
-            "192.0.2.100",
-            Some("192.0.2.100:80"),
-            1000 * MS,
-        );
+        let timing =
+            failover_timing(&clean_failover(), 3000 * MS, Kind::Vip, "192.0.2.100", Some("192.0.2.100:80"), 1000 * MS);
         assert_eq!(timing.old_owner.as_deref(), Some("n1"));
         assert_eq!(timing.old_stopped_ms, Some(5.0));
         assert_eq!(timing.new_owner.as_deref(), Some("n2"));
@@ -372,10 +322,7 @@ mod tests {
     #[test]
     fn history_round_trips_through_json_lines() {
         let records = clean_failover();
-        let text: String = records
-            .iter()
-            .map(|record| serde_json::to_string(record).unwrap() + "\n")
-            .collect();
+        let text: String = records.iter().map(|record| serde_json::to_string(record).unwrap() + "\n").collect();
         assert_eq!(parse_jsonl(&text), records);
     }
 }

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::history::{
-    check_split_brain, failover_timing, percentile, FailoverTiming, Kind, Overlap, Record,
-};
+use crate::history::{check_split_brain, failover_timing, percentile, FailoverTiming, Kind, Overlap, Record};
 use crate::lab::{Daemon, KeepalivedConfig, Lab, LabError, LabGuard, LabSpec};
 use crate::observer::{Observer, ObserverSpec};
 use crate::partition::Partition;
@@ -47,10 +45,7 @@ pub struct Keepalived(pub KeepalivedConfig);
 
 impl VipOwner for Keepalived {
     fn label(&self) -> String {
-        format!(
-            "keepalived advert_int {} (VRRPv{})",
-            self.0.advert_int, self.0.vrrp_version
-        )
+        format!("keepalived advert_int {} (VRRPv{})", self.0.advert_int, self.0.vrrp_version)
     }
 
     fn daemon(&self) -> Daemon {
@@ -164,16 +159,12 @@ pub fn run_failover_bench(
         },
         options.history.as_deref(),
     )
-    .map_err(|error| LabError::Daemon {
-        node: "observer".into(),
-        reason: error.to_string(),
-    })?;
+    .map_err(|error| LabError::Daemon { node: "observer".into(), reason: error.to_string() })?;
     let mut faults = Vec::new();
     let mut failed_trials = 0;
     let mut jitter = rand::rngs::StdRng::seed_from_u64(options.trials as u64);
     for trial in 0..options.trials {
-        let Some(old) = wait_stable(&observer, &vip_text, &probe_text, Duration::from_secs(60))
-        else {
+        let Some(old) = wait_stable(&observer, &vip_text, &probe_text, Duration::from_secs(60)) else {
             return Err(LabError::Timeout(format!("one stable owner of {vip_text}")));
         };
         // A random phase relative to the owner's timers (adverts, heartbeats): waiting for stability alone
@@ -183,9 +174,7 @@ pub fn run_failover_bench(
         lab.kill(&old)?;
         let moved = observer.wait_for(Duration::from_secs(30), |observer| {
             let holders = observer.holders(Kind::Vip, &vip_text);
-            holders.len() == 1
-                && holders[0] != old
-                && !observer.holders(Kind::Client, &probe_text).is_empty()
+            holders.len() == 1 && holders[0] != old && !observer.holders(Kind::Client, &probe_text).is_empty()
         });
         if !moved {
             failed_trials += 1;
@@ -194,29 +183,18 @@ pub fn run_failover_bench(
         std::thread::sleep(Duration::from_millis(300));
         lab.start(&old)?;
         faults.push(fault_ns);
-        log(&format!(
-            "trial {}/{}: killed {old}",
-            trial + 1,
-            options.trials
-        ));
+        log(&format!("trial {}/{}: killed {old}", trial + 1, options.trials));
     }
     let trials_end_ns = crate::sys::now_ns();
     let mut scenarios = Vec::new();
     for fault in ["partition", "kill-daemon"] {
-        let Some(old) = wait_stable(&observer, &vip_text, &probe_text, Duration::from_secs(60))
-        else {
+        let Some(old) = wait_stable(&observer, &vip_text, &probe_text, Duration::from_secs(60)) else {
             return Err(LabError::Timeout(format!("one stable owner of {vip_text}")));
         };
         let start_ns = observer.mark(&old, fault);
         if fault == "partition" {
-            let others: Vec<String> = lab
-                .node_names()
-                .into_iter()
-                .filter(|node| *node != old)
-                .collect();
-            let partition: Partition = format!("{old} / {}", others.join(","))
-                .parse()
-                .expect("a valid partition");
+            let others: Vec<String> = lab.node_names().into_iter().filter(|node| *node != old).collect();
+            let partition: Partition = format!("{old} / {}", others.join(",")).parse().expect("a valid partition");
             lab.partition(&partition)?;
         } else {
             lab.kill_daemon(&old)?;
@@ -235,14 +213,8 @@ pub fn run_failover_bench(
             .chain(seed_records(&observer, start_ns))
             .collect();
         let report = check_split_brain(&window, end_ns);
-        let overlap_ms = report
-            .violations
-            .iter()
-            .map(Overlap::millis)
-            .fold(0.0, |total, ms| total + ms);
-        log(&format!(
-            "{fault} of {old}: split brain for {overlap_ms:.0} ms"
-        ));
+        let overlap_ms = report.violations.iter().map(Overlap::millis).fold(0.0, |total, ms| total + ms);
+        log(&format!("{fault} of {old}: split brain for {overlap_ms:.0} ms"));
         scenarios.push(SplitBrainScenario {
             fault: fault.to_string(),
             owner: old,
@@ -251,33 +223,14 @@ pub fn run_failover_bench(
         });
     }
     let (records, end_ns) = observer.stop();
-    let trial_records: Vec<Record> = records
-        .iter()
-        .filter(|record| record.t_ns <= trials_end_ns)
-        .cloned()
-        .collect();
+    let trial_records: Vec<Record> = records.iter().filter(|record| record.t_ns <= trials_end_ns).cloned().collect();
     let trial_split_brain = check_split_brain(&trial_records, trials_end_ns).violations;
     let timings: Vec<FailoverTiming> = faults
         .iter()
-        .map(|fault_ns| {
-            failover_timing(
-                &records,
-                end_ns,
-                Kind::Vip,
-                &vip_text,
-                Some(&probe_text),
-                *fault_ns,
-            )
-        })
+        .map(|fault_ns| failover_timing(&records, end_ns, Kind::Vip, &vip_text, Some(&probe_text), *fault_ns))
         .collect();
-    let new_owner: Vec<f64> = timings
-        .iter()
-        .filter_map(|timing| timing.new_started_ms)
-        .collect();
-    let client: Vec<f64> = timings
-        .iter()
-        .filter_map(|timing| timing.client_reached_ms)
-        .collect();
+    let new_owner: Vec<f64> = timings.iter().filter_map(|timing| timing.new_started_ms).collect();
+    let client: Vec<f64> = timings.iter().filter_map(|timing| timing.client_reached_ms).collect();
     Ok(BenchReport {
         label: owner.label(),
         new_owner_median_ms: percentile(&new_owner, 50.0),
@@ -294,23 +247,12 @@ pub fn run_failover_bench(
 /// Records that say who held what just before `t_ns` (so a window of the history starts from the right state).
 fn seed_records(observer: &Observer, t_ns: u64) -> Vec<Record> {
     let mut latest: std::collections::BTreeMap<(Kind, String, String), Record> = Default::default();
-    for record in observer
-        .records()
-        .into_iter()
-        .filter(|record| record.t_ns < t_ns)
-    {
-        latest.insert(
-            (record.kind, record.resource.clone(), record.node.clone()),
-            record,
-        );
+    for record in observer.records().into_iter().filter(|record| record.t_ns < t_ns) {
+        latest.insert((record.kind, record.resource.clone(), record.node.clone()), record);
     }
     latest
         .into_values()
         .filter(|record| record.active && record.kind != Kind::Fault)
-        .map(|record| Record {
-            t_ns,
-            prev_t_ns: t_ns,
-            ..record
-        })
+        .map(|record| Record { t_ns, prev_t_ns: t_ns, ..record })
         .collect()
 }

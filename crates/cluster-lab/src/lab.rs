@@ -229,15 +229,11 @@ impl LabPaths {
     pub fn new(name: &str) -> Result<LabPaths, LabError> {
         let valid = !name.is_empty()
             && name.len() <= 16
-            && name
-                .bytes()
-                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit());
+            && name.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit());
         if !valid {
             return Err(LabError::InvalidName(name.to_string()));
         }
-        Ok(LabPaths {
-            name: name.to_string(),
-        })
+        Ok(LabPaths { name: name.to_string() })
     }
 
     /// `/run/clusterlab/LAB`.
@@ -305,10 +301,7 @@ pub fn cgroup2_root() -> PathBuf {
         })
         .collect();
     found.sort_by_key(|path| path.as_os_str().len());
-    found
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+    found.into_iter().next().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
 }
 
 /// A running lab.
@@ -327,9 +320,7 @@ pub struct LabGuard {
 impl LabGuard {
     /// Guards the lab `name`.
     pub fn new(name: &str) -> LabGuard {
-        LabGuard {
-            name: name.to_string(),
-        }
+        LabGuard { name: name.to_string() }
     }
 }
 
@@ -350,20 +341,11 @@ struct Join {
 }
 
 fn open_path(path: &Path, write: bool) -> Result<File, SysError> {
-    OpenOptions::new()
-        .read(!write)
-        .write(write)
-        .open(path)
-        .map_err(|error| io_error("failed to open", path, error))
+    OpenOptions::new().read(!write).write(write).open(path).map_err(|error| io_error("failed to open", path, error))
 }
 
 fn attach(command: &mut Command, join: Join) {
-    let Join {
-        cgroup_procs,
-        netns,
-        mntns,
-        new_session,
-    } = join;
+    let Join { cgroup_procs, netns, mntns, new_session } = join;
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe system calls
     // (write, setns, chdir, setsid) on file descriptors opened before the fork; it allocates nothing.
     unsafe {
@@ -453,10 +435,7 @@ fn remove_cgroup_tree(cgroup: &Path, errors: &mut Vec<String>) {
     }
     if let Err(error) = fs::remove_dir(cgroup) {
         if error.kind() != std::io::ErrorKind::NotFound {
-            errors.push(format!(
-                "failed to remove cgroup {}: {error}",
-                cgroup.display()
-            ));
+            errors.push(format!("failed to remove cgroup {}: {error}", cgroup.display()));
         }
     }
 }
@@ -511,23 +490,11 @@ fn append_fault(paths: &LabPaths, fault: &str, target: &str, detail: &str) {
         prev_t_ns: t_ns,
         node: target.to_string(),
         kind: crate::history::Kind::Fault,
-        resource: if detail.is_empty() {
-            fault.to_string()
-        } else {
-            format!("{fault} {detail}")
-        },
+        resource: if detail.is_empty() { fault.to_string() } else { format!("{fault} {detail}") },
         active: true,
     };
-    if let Ok(mut file) = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(paths.fault_log())
-    {
-        let _ = writeln!(
-            file,
-            "{}",
-            serde_json::to_string(&record).expect("record serializes")
-        );
+    if let Ok(mut file) = OpenOptions::new().create(true).append(true).open(paths.fault_log()) {
+        let _ = writeln!(file, "{}", serde_json::to_string(&record).expect("record serializes"));
     }
 }
 
@@ -540,10 +507,7 @@ impl Lab {
     /// Brings a lab up; on any failure everything created so far is removed.
     pub fn up(spec: &LabSpec) -> Result<Lab, LabError> {
         let paths = LabPaths::new(&spec.name)?;
-        if paths.run_dir().exists()
-            || paths.cgroup().exists()
-            || !netns_with_prefix(&paths.netns_prefix()).is_empty()
-        {
+        if paths.run_dir().exists() || paths.cgroup().exists() || !netns_with_prefix(&paths.netns_prefix()).is_empty() {
             return Err(LabError::Exists(spec.name.clone()));
         }
         let mut nodes = Vec::new();
@@ -551,11 +515,7 @@ impl Lab {
             nodes.push(NodeState {
                 name: format!("n{index}"),
                 address: Ipv4Addr::new(192, 0, 2, 10 + index as u8),
-                role: if index <= spec.voters {
-                    Role::Voter
-                } else {
-                    Role::Learner
-                },
+                role: if index <= spec.voters { Role::Voter } else { Role::Learner },
                 powered: false,
                 holder_pid: None,
                 daemon_pid: None,
@@ -574,10 +534,7 @@ impl Lab {
             },
         };
         if spec.voters + spec.learners == 0 || spec.voters + spec.learners > 180 {
-            return Err(LabError::Daemon {
-                node: "-".into(),
-                reason: "a lab has 1 to 180 nodes".into(),
-            });
+            return Err(LabError::Daemon { node: "-".into(), reason: "a lab has 1 to 180 nodes".into() });
         }
         match lab.build(spec) {
             Ok(()) => Ok(lab),
@@ -601,17 +558,11 @@ impl Lab {
         // The switch.
         let switch = paths.netns("sw");
         sys::ip(&["netns", "add", &switch])?;
-        sys::ip(&[
-            "-n", &switch, "link", "add", "name", "br0", "type", "bridge",
-        ])?;
+        sys::ip(&["-n", &switch, "link", "add", "name", "br0", "type", "bridge"])?;
         sys::ip(&["-n", &switch, "link", "set", "dev", "br0", "up"])?;
         // Members: every node and the client.
-        let mut members: Vec<(String, Ipv4Addr)> = self
-            .state
-            .nodes
-            .iter()
-            .map(|node| (node.name.clone(), node.address))
-            .collect();
+        let mut members: Vec<(String, Ipv4Addr)> =
+            self.state.nodes.iter().map(|node| (node.name.clone(), node.address)).collect();
         members.push(("client".into(), CLIENT_ADDRESS));
         for (member, address) in &members {
             create_dir(&paths.cgroup().join(member))?;
@@ -619,24 +570,13 @@ impl Lab {
             let netns = paths.netns(member);
             sys::ip(&["netns", "add", &netns])?;
             sys::ip(&[
-                "-n", &switch, "link", "add", "name", member, "type", "veth", "peer", "name",
-                "eth0", "netns", &netns,
+                "-n", &switch, "link", "add", "name", member, "type", "veth", "peer", "name", "eth0", "netns", &netns,
             ])?;
-            sys::ip(&[
-                "-n", &switch, "link", "set", "dev", member, "master", "br0", "up",
-            ])?;
+            sys::ip(&["-n", &switch, "link", "set", "dev", member, "master", "br0", "up"])?;
             sys::ip(&["-n", &netns, "link", "set", "dev", "lo", "up"])?;
             if member == "client" {
                 sys::ip(&["-n", &netns, "link", "set", "dev", "eth0", "up"])?;
-                sys::ip(&[
-                    "-n",
-                    &netns,
-                    "addr",
-                    "add",
-                    &format!("{address}/24"),
-                    "dev",
-                    "eth0",
-                ])?;
+                sys::ip(&["-n", &netns, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
             }
         }
         if spec.lun_mib > 0 {
@@ -664,8 +604,7 @@ impl Lab {
         let paths = LabPaths::new(name)?;
         let path = paths.run_dir().join("state.json");
         let text = fs::read_to_string(&path).map_err(|_| LabError::NotUp(name.to_string()))?;
-        let state: LabState =
-            serde_json::from_str(&text).map_err(|source| LabError::State { path, source })?;
+        let state: LabState = serde_json::from_str(&text).map_err(|source| LabError::State { path, source })?;
         Ok(Lab { paths, state })
     }
 
@@ -680,8 +619,7 @@ impl Lab {
         let temporary = self.paths.run_dir().join("state.json.tmp");
         let text = serde_json::to_string_pretty(&self.state).expect("lab state serializes");
         write_file(&temporary, &text)?;
-        fs::rename(&temporary, &path)
-            .map_err(|error| io_error("failed to rename", &path, error))?;
+        fs::rename(&temporary, &path).map_err(|error| io_error("failed to rename", &path, error))?;
         Ok(())
     }
 
@@ -726,10 +664,7 @@ impl Lab {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(LabError::Teardown {
-                lab: name.to_string(),
-                errors,
-            })
+            Err(LabError::Teardown { lab: name.to_string(), errors })
         }
     }
 
@@ -750,11 +685,7 @@ impl Lab {
 
     /// Names of every node.
     pub fn node_names(&self) -> Vec<String> {
-        self.state
-            .nodes
-            .iter()
-            .map(|node| node.name.clone())
-            .collect()
+        self.state.nodes.iter().map(|node| node.name.clone()).collect()
     }
 
     /// One node's record.
@@ -763,10 +694,7 @@ impl Lab {
             .nodes
             .iter()
             .find(|node| node.name == name)
-            .ok_or_else(|| LabError::UnknownNode {
-                lab: self.state.name.clone(),
-                node: name.to_string(),
-            })
+            .ok_or_else(|| LabError::UnknownNode { lab: self.state.name.clone(), node: name.to_string() })
     }
 
     fn node_mut(&mut self, name: &str) -> Result<&mut NodeState, LabError> {
@@ -775,17 +703,11 @@ impl Lab {
             .nodes
             .iter_mut()
             .find(|node| node.name == name)
-            .ok_or(LabError::UnknownNode {
-                lab,
-                node: name.to_string(),
-            })
+            .ok_or(LabError::UnknownNode { lab, node: name.to_string() })
     }
 
     fn join_for(&self, member: &str, mount: bool, new_session: bool) -> Result<Join, LabError> {
-        let netns = open_path(
-            &Path::new("/run/netns").join(self.paths.netns(member)),
-            false,
-        )?;
+        let netns = open_path(&Path::new("/run/netns").join(self.paths.netns(member)), false)?;
         let cgroup_procs = open_path(&self.paths.cgroup().join(member).join("cgroup.procs"), true)?;
         let mntns = if mount {
             let holder = self
@@ -793,19 +715,11 @@ impl Lab {
                 .holder_pid
                 .filter(|pid| sys::pid_alive(*pid))
                 .ok_or_else(|| LabError::PoweredOff(member.to_string()))?;
-            Some(open_path(
-                Path::new(&format!("/proc/{holder}/ns/mnt")),
-                false,
-            )?)
+            Some(open_path(Path::new(&format!("/proc/{holder}/ns/mnt")), false)?)
         } else {
             None
         };
-        Ok(Join {
-            cgroup_procs: Some(cgroup_procs),
-            netns: Some(netns),
-            mntns,
-            new_session,
-        })
+        Ok(Join { cgroup_procs: Some(cgroup_procs), netns: Some(netns), mntns, new_session })
     }
 
     fn clusterctl_path(&self) -> Option<&Path> {
@@ -844,14 +758,8 @@ impl Lab {
     }
 
     /// `clusterctl` in the client namespace talking to `endpoint` over mutual TLS with the admin certificate.
-    pub fn remote_clusterctl(
-        &self,
-        endpoint: Ipv4Addr,
-        args: &[&str],
-    ) -> Result<Command, LabError> {
-        let clusterctl = self
-            .clusterctl_path()
-            .ok_or_else(|| LabError::NoDaemon("client".into()))?;
+    pub fn remote_clusterctl(&self, endpoint: Ipv4Addr, args: &[&str]) -> Result<Command, LabError> {
+        let clusterctl = self.clusterctl_path().ok_or_else(|| LabError::NoDaemon("client".into()))?;
         let pki = self.paths.pki_dir();
         let mut argv: Vec<String> = vec![
             clusterctl.display().to_string(),
@@ -868,26 +776,15 @@ impl Lab {
         self.client_command(&argv)
     }
 
-    fn spawn_detached(
-        &self,
-        member: &str,
-        mount: bool,
-        mut command: Command,
-        log: &Path,
-    ) -> Result<i32, LabError> {
+    fn spawn_detached(&self, member: &str, mount: bool, mut command: Command, log: &Path) -> Result<i32, LabError> {
         let join = self.join_for(member, mount, true)?;
         let log_file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .map_err(|error| io_error("failed to open", log, error))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|error| io_error("failed to open", log, error))?;
-        command
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err);
+        let log_err = log_file.try_clone().map_err(|error| io_error("failed to open", log, error))?;
+        command.stdin(Stdio::null()).stdout(log_file).stderr(log_err);
         attach(&mut command, join);
         let mut child = command.spawn().map_err(|source| SysError::Spawn {
             program: command.get_program().to_string_lossy().into_owned(),
@@ -904,15 +801,7 @@ impl Lab {
         let netns = self.paths.netns(node);
         sys::ip(&["-n", &netns, "link", "set", "dev", "lo", "up"])?;
         sys::ip(&["-n", &netns, "link", "set", "dev", "eth0", "up"])?;
-        sys::ip(&[
-            "-n",
-            &netns,
-            "addr",
-            "replace",
-            &format!("{address}/24"),
-            "dev",
-            "eth0",
-        ])?;
+        sys::ip(&["-n", &netns, "addr", "replace", &format!("{address}/24"), "dev", "eth0"])?;
         // The holder owns the node's mount namespace; every node process joins it.
         let mut holder = Command::new("unshare");
         holder.args(["--mount", "--propagation", "slave", "sleep", "infinity"]);
@@ -921,19 +810,12 @@ impl Lab {
         let own_mnt = fs::read_link("/proc/self/ns/mnt").ok();
         let unshared = sys::wait_until(Duration::from_secs(5), || {
             let theirs = fs::read_link(format!("/proc/{holder_pid}/ns/mnt")).ok();
-            theirs.is_some()
-                && theirs != own_mnt
-                && sys::pid_comm(holder_pid).as_deref() == Some("sleep")
+            theirs.is_some() && theirs != own_mnt && sys::pid_comm(holder_pid).as_deref() == Some("sleep")
         });
         if !unshared {
-            return Err(LabError::Timeout(format!(
-                "the mount namespace of node {node}"
-            )));
+            return Err(LabError::Timeout(format!("the mount namespace of node {node}")));
         }
-        write_file(
-            &self.paths.node_run_dir(node).join("holder.pid"),
-            &holder_pid.to_string(),
-        )?;
+        write_file(&self.paths.node_run_dir(node).join("holder.pid"), &holder_pid.to_string())?;
         {
             let record = self.node_mut(node)?;
             record.powered = true;
@@ -947,16 +829,11 @@ impl Lab {
     fn start_daemon_inner(&mut self, node: &str) -> Result<(), LabError> {
         let pid = match self.state.daemon.clone() {
             Daemon::None => return Ok(()),
-            Daemon::Clusterd {
-                clusterd, watchdog, ..
-            } => self.start_clusterd(node, &clusterd, watchdog)?,
+            Daemon::Clusterd { clusterd, watchdog, .. } => self.start_clusterd(node, &clusterd, watchdog)?,
             Daemon::Keepalived(config) => self.start_keepalived(node, &config)?,
         };
         self.node_mut(node)?.daemon_pid = Some(pid);
-        write_file(
-            &self.paths.node_run_dir(node).join("daemon.pid"),
-            &pid.to_string(),
-        )?;
+        write_file(&self.paths.node_run_dir(node).join("daemon.pid"), &pid.to_string())?;
         Ok(())
     }
 
@@ -976,35 +853,27 @@ impl Lab {
             pki.join(format!("{node}.key")).display(),
         );
         if watchdog {
-            config.push_str(&format!(
-                "\n[watchdog]\ndevice = \"lab:{}\"\n",
-                self.paths.watchdog_socket(node).display()
-            ));
+            config
+                .push_str(&format!("\n[watchdog]\ndevice = \"lab:{}\"\n", self.paths.watchdog_socket(node).display()));
         }
         let config_path = run_dir.join("clusterd.toml");
         write_file(&config_path, &config)?;
         let notify_path = run_dir.join("notify.sock");
         let _ = fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path)
-            .map_err(|error| io_error("failed to bind", &notify_path, error))?;
+        let notify =
+            UnixDatagram::bind(&notify_path).map_err(|error| io_error("failed to bind", &notify_path, error))?;
         notify
             .set_read_timeout(Some(Duration::from_millis(200)))
             .map_err(|error| io_error("failed to configure", &notify_path, error))?;
         let mut command = Command::new(clusterd);
-        command
-            .arg("--config")
-            .arg(&config_path)
-            .env("NOTIFY_SOCKET", &notify_path);
+        command.arg("--config").arg(&config_path).env("NOTIFY_SOCKET", &notify_path);
         let log = run_dir.join("clusterd.log");
         let pid = self.spawn_detached(node, true, command, &log)?;
         let mut buffer = [0u8; 512];
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(length) = notify.recv(&mut buffer) {
-                if String::from_utf8_lossy(&buffer[..length])
-                    .lines()
-                    .any(|line| line == "READY=1")
-                {
+                if String::from_utf8_lossy(&buffer[..length]).lines().any(|line| line == "READY=1") {
                     break;
                 }
             }
@@ -1015,9 +884,7 @@ impl Lab {
                 });
             }
             if std::time::Instant::now() > deadline {
-                return Err(LabError::Timeout(format!(
-                    "READY=1 from clusterd on node {node}"
-                )));
+                return Err(LabError::Timeout(format!("READY=1 from clusterd on node {node}")));
             }
         }
         let _ = fs::remove_file(&notify_path);
@@ -1025,23 +892,13 @@ impl Lab {
     }
 
     fn start_keepalived(&self, node: &str, config: &KeepalivedConfig) -> Result<i32, LabError> {
-        let index = self
-            .state
-            .nodes
-            .iter()
-            .position(|record| record.name == node)
-            .unwrap_or(0);
+        let index = self.state.nodes.iter().position(|record| record.name == node).unwrap_or(0);
         let run_dir = self.paths.node_run_dir(node);
         let text = crate::keepalived::config_text(node, index, config);
         let config_path = run_dir.join("keepalived.conf");
         write_file(&config_path, &text)?;
         // Pid files of an instance that died with its node make keepalived refuse to start.
-        for pid_file in [
-            "keepalived.pid",
-            "keepalived-vrrp.pid",
-            "keepalived-checkers.pid",
-            "keepalived-bfd.pid",
-        ] {
+        for pid_file in ["keepalived.pid", "keepalived-vrrp.pid", "keepalived-checkers.pid", "keepalived-bfd.pid"] {
             let _ = fs::remove_file(run_dir.join(pid_file));
         }
         let mut command = Command::new("keepalived");
@@ -1064,32 +921,22 @@ impl Lab {
     fn issue_certificates(&self, clusterctl: &Path) -> Result<(), LabError> {
         let pki = self.paths.pki_dir();
         create_dir(&pki)?;
-        sys::run(
-            Command::new(clusterctl)
-                .args(["ca", "init", "--dir"])
-                .arg(&pki),
-        )?;
+        sys::run(Command::new(clusterctl).args(["ca", "init", "--dir"]).arg(&pki))?;
         for node in &self.state.nodes {
-            sys::run(
-                Command::new(clusterctl)
-                    .args(["ca", "issue", &node.name, "--dir"])
-                    .arg(&pki)
-                    .args(["--ip", &node.address.to_string(), "--dns", &node.name]),
-            )?;
+            sys::run(Command::new(clusterctl).args(["ca", "issue", &node.name, "--dir"]).arg(&pki).args([
+                "--ip",
+                &node.address.to_string(),
+                "--dns",
+                &node.name,
+            ]))?;
         }
-        sys::run(
-            Command::new(clusterctl)
-                .args(["ca", "issue", "admin", "--dir"])
-                .arg(&pki),
-        )?;
+        sys::run(Command::new(clusterctl).args(["ca", "issue", "admin", "--dir"]).arg(&pki))?;
         Ok(())
     }
 
     /// Runs `clusterctl ARGS…` on a node through its local socket; returns stdout.
     pub fn clusterctl(&self, node: &str, args: &[&str]) -> Result<String, LabError> {
-        let clusterctl = self
-            .clusterctl_path()
-            .ok_or_else(|| LabError::NoDaemon(node.to_string()))?;
+        let clusterctl = self.clusterctl_path().ok_or_else(|| LabError::NoDaemon(node.to_string()))?;
         let mut argv = vec![clusterctl.display().to_string()];
         argv.extend(args.iter().map(|arg| arg.to_string()));
         let mut command = self.node_command(node, &argv)?;
@@ -1107,28 +954,22 @@ impl Lab {
             }
             // A membership change can race the previous one; retry for a while.
             let mut last_error = None;
-            let added = sys::wait_until(Duration::from_secs(30), || {
-                match self.clusterctl(&first, &args) {
-                    Ok(_) => true,
-                    Err(error) => {
-                        last_error = Some(error);
-                        std::thread::sleep(Duration::from_millis(200));
-                        false
-                    }
+            let added = sys::wait_until(Duration::from_secs(30), || match self.clusterctl(&first, &args) {
+                Ok(_) => true,
+                Err(error) => {
+                    last_error = Some(error);
+                    std::thread::sleep(Duration::from_millis(200));
+                    false
                 }
             });
             if !added {
-                return Err(last_error
-                    .unwrap_or_else(|| LabError::Timeout(format!("adding node {}", node.name))));
+                return Err(last_error.unwrap_or_else(|| LabError::Timeout(format!("adding node {}", node.name))));
             }
         }
         let total = self.state.nodes.len();
         let formed = sys::wait_until(Duration::from_secs(30), || {
             self.cluster_status(&first)
-                .map(|status| {
-                    status["leader"].is_string()
-                        && status["nodes"].as_array().map(Vec::len) == Some(total)
-                })
+                .map(|status| status["leader"].is_string() && status["nodes"].as_array().map(Vec::len) == Some(total))
                 .unwrap_or(false)
         });
         if !formed {
@@ -1140,64 +981,40 @@ impl Lab {
     /// `clusterctl status --output json` on a node, parsed.
     pub fn cluster_status(&self, node: &str) -> Result<serde_json::Value, LabError> {
         let text = self.clusterctl(node, &["status", "--output", "json"])?;
-        serde_json::from_str(&text).map_err(|source| LabError::State {
-            path: PathBuf::from(format!("clusterctl status on {node}")),
-            source,
-        })
+        serde_json::from_str(&text)
+            .map_err(|source| LabError::State { path: PathBuf::from(format!("clusterctl status on {node}")), source })
     }
 
     /// The current leader as seen by any reachable, powered node.
     pub fn leader(&self) -> Option<String> {
-        self.state
-            .nodes
-            .iter()
-            .filter(|node| node.powered)
-            .find_map(|node| {
-                self.cluster_status(&node.name)
-                    .ok()
-                    .and_then(|status| status["leader"].as_str().map(String::from))
-            })
+        self.state.nodes.iter().filter(|node| node.powered).find_map(|node| {
+            self.cluster_status(&node.name).ok().and_then(|status| status["leader"].as_str().map(String::from))
+        })
     }
 
     fn create_lun(&mut self, mib: u64) -> Result<(), LabError> {
         let image = self.paths.var_dir().join("lun.img");
-        let file =
-            File::create(&image).map_err(|error| io_error("failed to create", &image, error))?;
-        file.set_len(mib * 1024 * 1024)
-            .map_err(|error| io_error("failed to size", &image, error))?;
-        let device = sys::run(
-            Command::new("losetup")
-                .args(["--find", "--show"])
-                .arg(&image),
-        )?
-        .trim()
-        .to_string();
+        let file = File::create(&image).map_err(|error| io_error("failed to create", &image, error))?;
+        file.set_len(mib * 1024 * 1024).map_err(|error| io_error("failed to size", &image, error))?;
+        let device = sys::run(Command::new("losetup").args(["--find", "--show"]).arg(&image))?.trim().to_string();
         self.state.lun = Some(device.clone());
         self.save()?;
-        sys::run(Command::new("mkfs.ext4").args([
-            "-q",
-            "-F",
-            "-L",
-            &format!("cl-{}", self.state.name),
-            &device,
-        ]))?;
+        sys::run(Command::new("mkfs.ext4").args(["-q", "-F", "-L", &format!("cl-{}", self.state.name), &device]))?;
         Ok(())
     }
 
     fn start_supervisor(&mut self, tool: Option<PathBuf>) -> Result<(), LabError> {
         let tool = match tool {
             Some(tool) => tool,
-            None => std::env::current_exe()
-                .map_err(|error| io_error("failed to find", Path::new("clusterlab"), error))?,
+            None => {
+                std::env::current_exe().map_err(|error| io_error("failed to find", Path::new("clusterlab"), error))?
+            }
         };
         let mut command = Command::new(tool);
         command.args(["--name", &self.state.name, "supervise"]);
         let log = self.paths.run_dir().join("supervisor.log");
         let join = Join {
-            cgroup_procs: Some(open_path(
-                &self.paths.cgroup().join("supervisor").join("cgroup.procs"),
-                true,
-            )?),
+            cgroup_procs: Some(open_path(&self.paths.cgroup().join("supervisor").join("cgroup.procs"), true)?),
             netns: None,
             mntns: None,
             new_session: true,
@@ -1207,29 +1024,19 @@ impl Lab {
             .append(true)
             .open(&log)
             .map_err(|error| io_error("failed to open", &log, error))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|error| io_error("failed to open", &log, error))?;
-        command
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err);
+        let log_err = log_file.try_clone().map_err(|error| io_error("failed to open", &log, error))?;
+        command.stdin(Stdio::null()).stdout(log_file).stderr(log_err);
         attach(&mut command, join);
-        let mut child = command.spawn().map_err(|source| SysError::Spawn {
-            program: "clusterlab supervise".into(),
-            source,
-        })?;
+        let mut child =
+            command.spawn().map_err(|source| SysError::Spawn { program: "clusterlab supervise".into(), source })?;
         self.state.supervisor_pid = Some(child.id() as i32);
         std::thread::spawn(move || child.wait());
         self.save()?;
         // The node sockets exist once the supervisor serves them.
         let names = self.node_names();
         let paths = self.paths.clone();
-        let served = sys::wait_until(Duration::from_secs(10), || {
-            names
-                .iter()
-                .all(|name| paths.watchdog_socket(name).exists())
-        });
+        let served =
+            sys::wait_until(Duration::from_secs(10), || names.iter().all(|name| paths.watchdog_socket(name).exists()));
         if !served {
             return Err(LabError::Timeout("the watchdog supervisor".into()));
         }
@@ -1278,10 +1085,8 @@ impl Lab {
         if !record.powered {
             return Err(LabError::PoweredOff(node.to_string()));
         }
-        let pid = record
-            .daemon_pid
-            .filter(|pid| sys::pid_alive(*pid))
-            .ok_or_else(|| LabError::NoDaemon(node.to_string()))?;
+        let pid =
+            record.daemon_pid.filter(|pid| sys::pid_alive(*pid)).ok_or_else(|| LabError::NoDaemon(node.to_string()))?;
         // The daemon and its children of the same name (keepalived forks its VRRP process); resources that the
         // daemon started have other names and stay.
         let comm = sys::pid_comm(pid);
@@ -1290,16 +1095,10 @@ impl Lab {
             if candidate == pid || sys::pid_comm(candidate) != comm {
                 continue;
             }
-            let parent = fs::read_to_string(format!("/proc/{candidate}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let end = stat.rfind(')')?;
-                    stat[end + 1..]
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse::<i32>()
-                        .ok()
-                });
+            let parent = fs::read_to_string(format!("/proc/{candidate}/stat")).ok().and_then(|stat| {
+                let end = stat.rfind(')')?;
+                stat[end + 1..].split_whitespace().nth(1)?.parse::<i32>().ok()
+            });
             if parent == Some(pid) {
                 pids.push(candidate);
             }
@@ -1314,9 +1113,7 @@ impl Lab {
         for pid in &pids {
             sys::signal(*pid, Signal::SIGKILL)?;
         }
-        sys::wait_until(Duration::from_secs(5), || {
-            pids.iter().all(|pid| !sys::pid_alive(*pid))
-        });
+        sys::wait_until(Duration::from_secs(5), || pids.iter().all(|pid| !sys::pid_alive(*pid)));
         self.node_mut(node)?.daemon_pid = None;
         self.save()
     }
@@ -1361,18 +1158,12 @@ impl Lab {
         );
         for (from, to) in pairs {
             // IP only: ARP still resolves, so a one-way partition stays one-way (as an IP-level firewall would).
-            ruleset.push_str(&format!(
-                "    iifname \"{from}\" oifname \"{to}\" ether type {{ ip, ip6 }} drop\n"
-            ));
+            ruleset.push_str(&format!("    iifname \"{from}\" oifname \"{to}\" ether type {{ ip, ip6 }} drop\n"));
         }
         ruleset.push_str("  }\n}\n");
         let path = self.paths.run_dir().join("switch.nft");
         write_file(&path, &ruleset)?;
-        sys::run(
-            Command::new("ip")
-                .args(["netns", "exec", &self.paths.netns("sw"), "nft", "-f"])
-                .arg(&path),
-        )?;
+        sys::run(Command::new("ip").args(["netns", "exec", &self.paths.netns("sw"), "nft", "-f"]).arg(&path))?;
         Ok(())
     }
 
@@ -1401,12 +1192,7 @@ impl Lab {
     pub fn flap(&self, node: &str, down_for: Duration) -> Result<(), LabError> {
         self.node(node)?;
         let switch = self.paths.netns("sw");
-        append_fault(
-            &self.paths,
-            "flap",
-            node,
-            &format!("{} ms", down_for.as_millis()),
-        );
+        append_fault(&self.paths, "flap", node, &format!("{} ms", down_for.as_millis()));
         sys::ip(&["-n", &switch, "link", "set", "dev", node, "down"])?;
         std::thread::sleep(down_for);
         sys::ip(&["-n", &switch, "link", "set", "dev", node, "up"])?;
@@ -1418,9 +1204,7 @@ impl Lab {
         self.node(node)?;
         let netns = self.paths.netns(node);
         if ms == 0 {
-            let _ = sys::ip(&[
-                "netns", "exec", &netns, "tc", "qdisc", "del", "dev", "eth0", "root",
-            ]);
+            let _ = sys::ip(&["netns", "exec", &netns, "tc", "qdisc", "del", "dev", "eth0", "root"]);
             return Ok(());
         }
         let result = sys::run(Command::new("ip").args([
@@ -1443,9 +1227,7 @@ impl Lab {
                 Ok(())
             }
             Err(SysError::Failed { stderr, .. }) if stderr.contains("qdisc kind is unknown") => {
-                Err(LabError::Unsupported(
-                    "netem (the kernel lacks CONFIG_NET_SCH_NETEM)".into(),
-                ))
+                Err(LabError::Unsupported("netem (the kernel lacks CONFIG_NET_SCH_NETEM)".into()))
             }
             Err(error) => Err(error.into()),
         }
@@ -1465,10 +1247,7 @@ impl Lab {
             .ok()
             .and_then(|stat| {
                 let end = stat.rfind(')')?;
-                stat[end + 1..]
-                    .split_whitespace()
-                    .next()
-                    .map(|state| state == "T")
+                stat[end + 1..].split_whitespace().next().map(|state| state == "T")
             })
             .unwrap_or(false)
     }
@@ -1496,14 +1275,7 @@ impl Lab {
         let mut groups: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
         groups.insert("name", self.state.name.clone().into());
         groups.insert("nodes", nodes.into());
-        groups.insert(
-            "partition",
-            self.state
-                .partition
-                .as_ref()
-                .map(|partition| partition.to_string())
-                .into(),
-        );
+        groups.insert("partition", self.state.partition.as_ref().map(|partition| partition.to_string()).into());
         groups.insert("lun", self.state.lun.clone().into());
         groups.insert("client", CLIENT_ADDRESS.to_string().into());
         groups.insert("supervisor_pid", self.state.supervisor_pid.into());

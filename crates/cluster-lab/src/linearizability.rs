@@ -103,17 +103,12 @@ pub struct Report {
 impl Report {
     /// True when every key is linearizable.
     pub fn passed(&self) -> bool {
-        self.keys
-            .values()
-            .all(|verdict| *verdict == KeyVerdict::Linearizable)
+        self.keys.values().all(|verdict| *verdict == KeyVerdict::Linearizable)
     }
 
     /// Keys that are not linearizable (or undecided).
     pub fn failures(&self) -> Vec<(&String, &KeyVerdict)> {
-        self.keys
-            .iter()
-            .filter(|(_, verdict)| **verdict != KeyVerdict::Linearizable)
-            .collect()
+        self.keys.iter().filter(|(_, verdict)| **verdict != KeyVerdict::Linearizable).collect()
     }
 }
 
@@ -127,17 +122,12 @@ pub fn check(history: &[Operation]) -> Report {
         if operation.call == Call::Get && operation.outcome == Outcome::Unknown {
             continue;
         }
-        by_key
-            .entry(&operation.key)
-            .or_default()
-            .push(operation.clone());
+        by_key.entry(&operation.key).or_default().push(operation.clone());
     }
     let mut report = Report::default();
     for (key, operations) in by_key {
         report.operations += operations.len();
-        report
-            .keys
-            .insert(key.to_string(), check_key(&operations, DEFAULT_BUDGET));
+        report.keys.insert(key.to_string(), check_key(&operations, DEFAULT_BUDGET));
     }
     report
 }
@@ -145,26 +135,15 @@ pub fn check(history: &[Operation]) -> Report {
 type Value = Option<u32>;
 
 /// Applies an operation to the register; `None` when the recorded outcome is impossible in `state`.
-fn step(
-    call: &InternedCall,
-    outcome: &Outcome,
-    state: Value,
-    read: Option<Value>,
-) -> Option<Value> {
+fn step(call: &InternedCall, outcome: &Outcome, state: Value, read: Option<Value>) -> Option<Value> {
     match (call, outcome) {
         (InternedCall::Set(value), Outcome::Ok | Outcome::Unknown) => Some(Some(*value)),
         (InternedCall::Get, Outcome::Value(_)) => (read == Some(state)).then_some(state),
-        (InternedCall::Cas { expected, new }, Outcome::Ok) => {
-            (state == *expected).then_some(Some(*new))
+        (InternedCall::Cas { expected, new }, Outcome::Ok) => (state == *expected).then_some(Some(*new)),
+        (InternedCall::Cas { expected, .. }, Outcome::CasMismatch) => (state != *expected).then_some(state),
+        (InternedCall::Cas { expected, new }, Outcome::Unknown) => {
+            Some(if state == *expected { Some(*new) } else { state })
         }
-        (InternedCall::Cas { expected, .. }, Outcome::CasMismatch) => {
-            (state != *expected).then_some(state)
-        }
-        (InternedCall::Cas { expected, new }, Outcome::Unknown) => Some(if state == *expected {
-            Some(*new)
-        } else {
-            state
-        }),
         (InternedCall::Del, Outcome::Ok | Outcome::Unknown) => Some(None),
         (InternedCall::Del, Outcome::NotFound) => state.is_none().then_some(None),
         (InternedCall::Get, Outcome::NotFound) => state.is_none().then_some(state),
@@ -206,10 +185,7 @@ pub fn check_key(operations: &[Operation], budget: usize) -> KeyVerdict {
                 _ => None,
             };
             let expected = match &operation.call {
-                Call::Cas {
-                    expected: Some(value),
-                    ..
-                } => Some(value.as_str()),
+                Call::Cas { expected: Some(value), .. } => Some(value.as_str()),
                 _ => None,
             };
             read.into_iter().chain(expected)
@@ -222,8 +198,7 @@ pub fn check_key(operations: &[Operation], budget: usize) -> KeyVerdict {
                 Call::Set(value) | Call::Cas { new: value, .. } => Some(value.as_str()),
                 _ => None,
             };
-            !(operation.outcome == Outcome::Unknown
-                && written.is_some_and(|value| !observed.contains(value)))
+            !(operation.outcome == Outcome::Unknown && written.is_some_and(|value| !observed.contains(value)))
         })
         .cloned()
         .collect();
@@ -247,10 +222,9 @@ fn search(operations: &[Operation], budget: usize) -> KeyVerdict {
         .map(|operation| match &operation.call {
             Call::Set(value) => InternedCall::Set(intern(value)),
             Call::Get => InternedCall::Get,
-            Call::Cas { expected, new } => InternedCall::Cas {
-                expected: expected.as_deref().map(&mut intern),
-                new: intern(new),
-            },
+            Call::Cas { expected, new } => {
+                InternedCall::Cas { expected: expected.as_deref().map(&mut intern), new: intern(new) }
+            }
             Call::Del => InternedCall::Del,
         })
         .collect();
@@ -263,48 +237,23 @@ fn search(operations: &[Operation], budget: usize) -> KeyVerdict {
         .collect();
     let complete: Vec<u64> = operations
         .iter()
-        .map(|operation| {
-            if operation.outcome == Outcome::Unknown {
-                u64::MAX
-            } else {
-                operation.complete_ns
-            }
-        })
+        .map(|operation| if operation.outcome == Outcome::Unknown { u64::MAX } else { operation.complete_ns })
         .collect();
-    let required = operations
-        .iter()
-        .filter(|operation| operation.outcome != Outcome::Unknown)
-        .count();
+    let required = operations.iter().filter(|operation| operation.outcome != Outcome::Unknown).count();
     let count = operations.len();
     let words = count.div_ceil(64).max(1);
 
     let candidates_of = |linearized: &[u64]| -> Vec<usize> {
-        let horizon = (0..count)
-            .filter(|index| !bit(linearized, *index))
-            .map(|index| complete[index])
-            .min()
-            .unwrap_or(u64::MAX);
-        (0..count)
-            .filter(|index| !bit(linearized, *index) && operations[*index].invoke_ns <= horizon)
-            .collect()
+        let horizon =
+            (0..count).filter(|index| !bit(linearized, *index)).map(|index| complete[index]).min().unwrap_or(u64::MAX);
+        (0..count).filter(|index| !bit(linearized, *index) && operations[*index].invoke_ns <= horizon).collect()
     };
-    let done = |order: &[usize]| {
-        order
-            .iter()
-            .filter(|index| complete[**index] != u64::MAX)
-            .count()
-            == required
-    };
+    let done = |order: &[usize]| order.iter().filter(|index| complete[**index] != u64::MAX).count() == required;
 
     let mut seen: HashSet<(Vec<u64>, Value)> = HashSet::new();
     let root = vec![0u64; words];
-    let mut stack = vec![Frame {
-        candidates: candidates_of(&root),
-        linearized: root,
-        state: None,
-        order: Vec::new(),
-        next: 0,
-    }];
+    let mut stack =
+        vec![Frame { candidates: candidates_of(&root), linearized: root, state: None, order: Vec::new(), next: 0 }];
     if done(&[]) {
         return KeyVerdict::Linearizable;
     }
@@ -317,12 +266,7 @@ fn search(operations: &[Operation], budget: usize) -> KeyVerdict {
         }
         let index = frame.candidates[frame.next];
         frame.next += 1;
-        let Some(state) = step(
-            &calls[index],
-            &operations[index].outcome,
-            frame.state,
-            reads[index],
-        ) else {
+        let Some(state) = step(&calls[index], &operations[index].outcome, frame.state, reads[index]) else {
             continue;
         };
         let mut linearized = frame.linearized.clone();
@@ -340,28 +284,15 @@ fn search(operations: &[Operation], budget: usize) -> KeyVerdict {
             return KeyVerdict::Linearizable;
         }
         let candidates = candidates_of(&linearized);
-        let placed = order
-            .iter()
-            .filter(|index| complete[**index] != u64::MAX)
-            .count();
+        let placed = order.iter().filter(|index| complete[**index] != u64::MAX).count();
         if placed > best.0 {
             best = (placed, order.clone(), candidates.clone());
         }
-        stack.push(Frame {
-            linearized,
-            state,
-            order,
-            candidates,
-            next: 0,
-        });
+        stack.push(Frame { linearized, state, order, candidates, next: 0 });
     }
     KeyVerdict::Violation {
         longest_prefix: best.1,
-        stuck_on: best
-            .2
-            .iter()
-            .map(|index| operations[*index].clone())
-            .collect(),
+        stuck_on: best.2.iter().map(|index| operations[*index].clone()).collect(),
     }
 }
 
@@ -370,14 +301,7 @@ mod tests {
     use super::*;
 
     fn op(client: u64, call: Call, outcome: Outcome, invoke: u64, complete: u64) -> Operation {
-        Operation {
-            client,
-            key: "k".into(),
-            call,
-            outcome,
-            invoke_ns: invoke,
-            complete_ns: complete,
-        }
+        Operation { client, key: "k".into(), call, outcome, invoke_ns: invoke, complete_ns: complete }
     }
 
     fn set(value: &str) -> Call {
@@ -396,10 +320,7 @@ mod tests {
             op(3, Call::Get, read(Some("a")), 12, 13),
             op(3, Call::Get, read(Some("a")), 14, 15),
         ];
-        assert_eq!(
-            check_key(&history, DEFAULT_BUDGET),
-            KeyVerdict::Linearizable
-        );
+        assert_eq!(check_key(&history, DEFAULT_BUDGET), KeyVerdict::Linearizable);
     }
 
     #[test]
@@ -411,11 +332,7 @@ mod tests {
             op(2, Call::Get, read(Some("a")), 40, 50),
         ];
         let verdict = check_key(&history, DEFAULT_BUDGET);
-        let KeyVerdict::Violation {
-            longest_prefix,
-            stuck_on,
-        } = verdict
-        else {
+        let KeyVerdict::Violation { longest_prefix, stuck_on } = verdict else {
             panic!("expected a violation, got {verdict:?}");
         };
         assert_eq!(longest_prefix, vec![0, 1]);
@@ -425,14 +342,8 @@ mod tests {
 
     #[test]
     fn rejects_a_lost_acknowledged_write() {
-        let history = vec![
-            op(1, set("x"), Outcome::Ok, 0, 10),
-            op(2, Call::Get, read(None), 20, 30),
-        ];
-        assert!(matches!(
-            check_key(&history, DEFAULT_BUDGET),
-            KeyVerdict::Violation { .. }
-        ));
+        let history = vec![op(1, set("x"), Outcome::Ok, 0, 10), op(2, Call::Get, read(None), 20, 30)];
+        assert!(matches!(check_key(&history, DEFAULT_BUDGET), KeyVerdict::Violation { .. }));
     }
 
     #[test]
@@ -444,10 +355,7 @@ mod tests {
             op(3, Call::Get, read(Some("2")), 20, 30),
             op(3, Call::Get, read(Some("1")), 40, 50),
         ];
-        assert!(matches!(
-            check_key(&history, DEFAULT_BUDGET),
-            KeyVerdict::Violation { .. }
-        ));
+        assert!(matches!(check_key(&history, DEFAULT_BUDGET), KeyVerdict::Violation { .. }));
     }
 
     #[test]
@@ -463,76 +371,31 @@ mod tests {
             op(2, set("b"), Outcome::Unknown, 20, 0),
             op(3, Call::Get, read(Some("a")), 1000, 1010),
         ];
-        assert_eq!(
-            check_key(&not_taken, DEFAULT_BUDGET),
-            KeyVerdict::Linearizable
-        );
+        assert_eq!(check_key(&not_taken, DEFAULT_BUDGET), KeyVerdict::Linearizable);
         // But not before it was invoked.
-        let too_early = vec![
-            op(2, set("b"), Outcome::Unknown, 20, 0),
-            op(3, Call::Get, read(Some("b")), 0, 10),
-        ];
-        assert!(matches!(
-            check_key(&too_early, DEFAULT_BUDGET),
-            KeyVerdict::Violation { .. }
-        ));
+        let too_early = vec![op(2, set("b"), Outcome::Unknown, 20, 0), op(3, Call::Get, read(Some("b")), 0, 10)];
+        assert!(matches!(check_key(&too_early, DEFAULT_BUDGET), KeyVerdict::Violation { .. }));
     }
 
     #[test]
     fn cas_follows_the_register() {
         let history = vec![
-            op(
-                1,
-                Call::Cas {
-                    expected: None,
-                    new: "a".into(),
-                },
-                Outcome::Ok,
-                0,
-                10,
-            ),
-            op(
-                2,
-                Call::Cas {
-                    expected: None,
-                    new: "b".into(),
-                },
-                Outcome::CasMismatch,
-                20,
-                30,
-            ),
-            op(
-                1,
-                Call::Cas {
-                    expected: Some("a".into()),
-                    new: "c".into(),
-                },
-                Outcome::Ok,
-                40,
-                50,
-            ),
+            op(1, Call::Cas { expected: None, new: "a".into() }, Outcome::Ok, 0, 10),
+            op(2, Call::Cas { expected: None, new: "b".into() }, Outcome::CasMismatch, 20, 30),
+            op(1, Call::Cas { expected: Some("a".into()), new: "c".into() }, Outcome::Ok, 40, 50),
             op(2, Call::Get, read(Some("c")), 60, 70),
             op(2, Call::Del, Outcome::Ok, 80, 90),
             op(2, Call::Del, Outcome::NotFound, 100, 110),
         ];
-        assert_eq!(
-            check_key(&history, DEFAULT_BUDGET),
-            KeyVerdict::Linearizable
-        );
+        assert_eq!(check_key(&history, DEFAULT_BUDGET), KeyVerdict::Linearizable);
         let mut wrong = history.clone();
         wrong[1].outcome = Outcome::Ok;
-        assert!(matches!(
-            check_key(&wrong, DEFAULT_BUDGET),
-            KeyVerdict::Violation { .. }
-        ));
+        assert!(matches!(check_key(&wrong, DEFAULT_BUDGET), KeyVerdict::Violation { .. }));
     }
 
     #[test]
     fn check_splits_by_key_and_drops_unknown_reads() {
-        let mut history = vec![
-            op(1, set("a"), Outcome::Ok, 0, 10),
-            op(2, Call::Get, Outcome::Unknown, 5, 0),
-        ];
+        let mut history = vec![op(1, set("a"), Outcome::Ok, 0, 10), op(2, Call::Get, Outcome::Unknown, 5, 0)];
         let mut other = op(3, Call::Get, read(Some("zzz")), 20, 30);
         other.key = "other".into();
         history.push(other);
@@ -550,24 +413,9 @@ mod tests {
         for round in 0..100u64 {
             let base = round * 100;
             history.push(op(1, set(&round.to_string()), Outcome::Ok, base, base + 60));
-            history.push(op(
-                2,
-                Call::Get,
-                read(Some(&round.to_string())),
-                base + 50,
-                base + 90,
-            ));
-            history.push(op(
-                3,
-                set(&format!("u{round}")),
-                Outcome::Unknown,
-                base + 1,
-                0,
-            ));
+            history.push(op(2, Call::Get, read(Some(&round.to_string())), base + 50, base + 90));
+            history.push(op(3, set(&format!("u{round}")), Outcome::Unknown, base + 1, 0));
         }
-        assert_eq!(
-            check_key(&history, DEFAULT_BUDGET),
-            KeyVerdict::Linearizable
-        );
+        assert_eq!(check_key(&history, DEFAULT_BUDGET), KeyVerdict::Linearizable);
     }
 }

@@ -18,19 +18,10 @@ use cluster_lab::partition::Partition;
 use cluster_lab::{fence, watchdog};
 
 #[derive(Parser)]
-#[command(
-    name = "clusterlab",
-    about = "clusterd test lab: clusters in network namespaces, faults, observer, checkers"
-)]
+#[command(name = "clusterlab", about = "clusterd test lab: clusters in network namespaces, faults, observer, checkers")]
 struct Cli {
     /// Lab name (1-16 characters a-z, 0-9); several labs can run at once.
-    #[arg(
-        long,
-        short = 'n',
-        global = true,
-        default_value = "lab",
-        env = "CLUSTERLAB_NAME"
-    )]
+    #[arg(long, short = 'n', global = true, default_value = "lab", env = "CLUSTERLAB_NAME")]
     name: String,
     #[command(subcommand)]
     command: Command,
@@ -212,10 +203,7 @@ impl Binaries {
         let here = std::env::current_exe().context("failed to find the clusterlab executable")?;
         let sibling = |name: &str| here.with_file_name(name);
         let clusterd = self.clusterd.clone().unwrap_or_else(|| sibling("clusterd"));
-        let clusterctl = self
-            .clusterctl
-            .clone()
-            .unwrap_or_else(|| sibling("clusterctl"));
+        let clusterctl = self.clusterctl.clone().unwrap_or_else(|| sibling("clusterctl"));
         for binary in [&clusterd, &clusterctl] {
             if !binary.exists() {
                 bail!(
@@ -246,17 +234,7 @@ fn open(name: &str) -> anyhow::Result<Lab> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let name = cli.name.clone();
     match cli.command {
-        Command::Up {
-            nodes,
-            learners,
-            daemon,
-            lun_mib,
-            watchdog,
-            reboot_delay,
-            vip,
-            advert_int,
-            binaries,
-        } => {
+        Command::Up { nodes, learners, daemon, lun_mib, watchdog, reboot_delay, vip, advert_int, binaries } => {
             let daemon = match daemon {
                 DaemonChoice::None => Daemon::None,
                 DaemonChoice::Keepalived => Daemon::Keepalived(KeepalivedConfig {
@@ -266,11 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }),
                 DaemonChoice::Clusterd => {
                     let (clusterd, clusterctl) = binaries.resolve()?;
-                    Daemon::Clusterd {
-                        clusterd,
-                        clusterctl,
-                        watchdog,
-                    }
+                    Daemon::Clusterd { clusterd, clusterctl, watchdog }
                 }
             };
             let spec = LabSpec {
@@ -287,9 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_status(&lab, false);
             println!("\nexplore: clusterlab --name {name} exec n1 -- clusterctl status\ntear down: clusterlab --name {name} down");
         }
-        Command::Down => {
-            Lab::down(&name).with_context(|| format!("failed to remove lab {name}"))?
-        }
+        Command::Down => Lab::down(&name).with_context(|| format!("failed to remove lab {name}"))?,
         Command::Status { json } => print_status(&open(&name)?, json),
         Command::Exec { node, command } => {
             let lab = open(&name)?;
@@ -309,37 +281,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("failed to run {} in the client namespace", command[0]))?;
             return Ok(ExitCode::from(status.code().unwrap_or(1) as u8));
         }
-        Command::Kill { node } => open(&name)?
-            .kill(&node)
-            .with_context(|| format!("failed to kill node {node}"))?,
-        Command::Start { node } => open(&name)?
-            .start(&node)
-            .with_context(|| format!("failed to start node {node}"))?,
-        Command::Restart { node } => open(&name)?
-            .restart(&node)
-            .with_context(|| format!("failed to restart node {node}"))?,
-        Command::KillDaemon { node } => open(&name)?
-            .kill_daemon(&node)
-            .with_context(|| format!("failed to kill the daemon of node {node}"))?,
-        Command::StartDaemon { node } => open(&name)?
-            .start_daemon(&node)
-            .with_context(|| format!("failed to start the daemon of node {node}"))?,
-        Command::Pause { node } => open(&name)?
-            .pause(&node)
-            .with_context(|| format!("failed to pause node {node}"))?,
-        Command::Resume { node } => open(&name)?
-            .resume(&node)
-            .with_context(|| format!("failed to resume node {node}"))?,
+        Command::Kill { node } => open(&name)?.kill(&node).with_context(|| format!("failed to kill node {node}"))?,
+        Command::Start { node } => open(&name)?.start(&node).with_context(|| format!("failed to start node {node}"))?,
+        Command::Restart { node } => {
+            open(&name)?.restart(&node).with_context(|| format!("failed to restart node {node}"))?
+        }
+        Command::KillDaemon { node } => {
+            open(&name)?.kill_daemon(&node).with_context(|| format!("failed to kill the daemon of node {node}"))?
+        }
+        Command::StartDaemon { node } => {
+            open(&name)?.start_daemon(&node).with_context(|| format!("failed to start the daemon of node {node}"))?
+        }
+        Command::Pause { node } => open(&name)?.pause(&node).with_context(|| format!("failed to pause node {node}"))?,
+        Command::Resume { node } => {
+            open(&name)?.resume(&node).with_context(|| format!("failed to resume node {node}"))?
+        }
         Command::Partition { spec } => {
             let text = spec.join(" ");
             let partition: Partition = text.parse()?;
-            open(&name)?
-                .partition(&partition)
-                .with_context(|| format!("failed to partition {partition}"))?;
+            open(&name)?.partition(&partition).with_context(|| format!("failed to partition {partition}"))?;
         }
-        Command::Heal => open(&name)?
-            .heal()
-            .context("failed to heal the partition")?,
+        Command::Heal => open(&name)?.heal().context("failed to heal the partition")?,
         Command::Flap { node, down_ms } => open(&name)?
             .flap(&node, Duration::from_millis(down_ms))
             .with_context(|| format!("failed to flap node {node}"))?,
@@ -348,23 +310,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Err(cluster_lab::lab::LabError::Unsupported(what)) => {
                 println!("skipped: {what} is not supported on this host; no delay added");
             }
-            Err(error) => {
-                return Err(error).with_context(|| format!("failed to delay node {node}"))
-            }
+            Err(error) => return Err(error).with_context(|| format!("failed to delay node {node}")),
         },
         Command::Lun => match open(&name)?.lun() {
             Some(device) => println!("{device}"),
             None => bail!("lab {name} has no LUN (up --lun-mib N)"),
         },
-        Command::Observe {
-            vip,
-            mount,
-            process,
-            probe,
-            interval_ms,
-            duration,
-            output,
-        } => {
+        Command::Observe { vip, mount, process, probe, interval_ms, duration, output } => {
             let lab = open(&name)?;
             let spec = ObserverSpec {
                 vips: vip,
@@ -373,34 +325,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 probes: probe,
                 interval: Duration::from_millis(interval_ms),
             };
-            let observer = Observer::start(&lab, spec, output.as_deref())
-                .context("failed to start the observer")?;
+            let observer = Observer::start(&lab, spec, output.as_deref()).context("failed to start the observer")?;
             std::thread::sleep(Duration::from_secs_f64(duration));
             let (records, end_ns) = observer.stop();
             return Ok(report_history(&records, end_ns));
         }
         Command::Check { history: path } => {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("failed to read {}", path.display()))?;
+            let text = std::fs::read_to_string(&path).with_context(|| format!("failed to read {}", path.display()))?;
             let records = history::parse_jsonl(&text);
             let end_ns = records.iter().map(|record| record.t_ns).max().unwrap_or(0);
             return Ok(report_history(&records, end_ns));
         }
-        Command::Nemesis {
-            duration,
-            faults,
-            seed,
-            clients,
-            nodes,
-            use_existing,
-            history: history_path,
-            binaries,
-        } => {
-            let faults: Vec<FaultKind> = faults
-                .split(',')
-                .filter(|fault| !fault.trim().is_empty())
-                .map(str::parse)
-                .collect::<Result<_, _>>()?;
+        Command::Nemesis { duration, faults, seed, clients, nodes, use_existing, history: history_path, binaries } => {
+            let faults: Vec<FaultKind> =
+                faults.split(',').filter(|fault| !fault.trim().is_empty()).map(str::parse).collect::<Result<_, _>>()?;
             let seed = seed.unwrap_or_else(cluster_lab::sys::now_ns);
             println!("nemesis seed {seed} (reproduce with --seed {seed})");
             let _guard;
@@ -410,11 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let (clusterd, clusterctl) = binaries.resolve()?;
                 _guard = LabGuard::new(&name);
                 Lab::up(&LabSpec {
-                    daemon: Daemon::Clusterd {
-                        clusterd,
-                        clusterctl,
-                        watchdog: false,
-                    },
+                    daemon: Daemon::Clusterd { clusterd, clusterctl, watchdog: false },
                     ..LabSpec::bare(&name, nodes)
                 })
                 .with_context(|| format!("failed to bring lab {name} up"))?
@@ -426,19 +360,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 clients,
                 operation_timeout: Duration::from_secs(5),
             };
-            let report =
-                nemesis::run_kv_nemesis(&mut lab, &options, &mut |line| println!("{line}"))
-                    .context("nemesis run failed")?;
+            let report = nemesis::run_kv_nemesis(&mut lab, &options, &mut |line| println!("{line}"))
+                .context("nemesis run failed")?;
             if let Some(path) = history_path {
                 let text: String = report
                     .history
                     .iter()
-                    .map(|operation| {
-                        serde_json::to_string(operation).expect("operation serializes") + "\n"
-                    })
+                    .map(|operation| serde_json::to_string(operation).expect("operation serializes") + "\n")
                     .collect();
-                std::fs::write(&path, text)
-                    .with_context(|| format!("failed to write {}", path.display()))?;
+                std::fs::write(&path, text).with_context(|| format!("failed to write {}", path.display()))?;
             }
             println!(
                 "{} operations ({} acknowledged, {} unknown) on {} keys",
@@ -454,13 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::BenchKeepalived {
-            trials,
-            advert_int,
-            interval_ms,
-            split_hold,
-            report,
-        } => {
+        Command::BenchKeepalived { trials, advert_int, interval_ms, split_hold, report } => {
             let mut reports = Vec::new();
             for advert in advert_int.split(',') {
                 let owner = Keepalived(KeepalivedConfig {
@@ -477,10 +401,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     history: None,
                 };
                 println!("== {}", keepalived::VipOwner::label(&owner));
-                let result = keepalived::run_failover_bench(&owner, &options, &mut |line| {
-                    println!("{line}")
-                })
-                .with_context(|| format!("benchmark of keepalived advert_int {advert} failed"))?;
+                let result = keepalived::run_failover_bench(&owner, &options, &mut |line| println!("{line}"))
+                    .with_context(|| format!("benchmark of keepalived advert_int {advert} failed"))?;
                 print_bench(&result);
                 reports.push(result);
             }
@@ -491,9 +413,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::FenceAgent => {
             let mut input = String::new();
-            std::io::stdin()
-                .read_to_string(&mut input)
-                .context("failed to read stdin")?;
+            std::io::stdin().read_to_string(&mut input).context("failed to read stdin")?;
             let arguments = fence::parse_arguments(&input);
             let default_lab = std::env::var("CLUSTERLAB_NAME").ok().or(Some(name));
             let (code, output) = fence::run(&arguments, default_lab.as_deref());
@@ -508,28 +428,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn print_status(lab: &Lab, json: bool) {
     let status = lab.status();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status).expect("status serializes")
-        );
+        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
         return;
     }
-    println!(
-        "lab {}  client {}",
-        lab.name(),
-        status["client"].as_str().unwrap_or("-")
-    );
+    println!("lab {}  client {}", lab.name(), status["client"].as_str().unwrap_or("-"));
     for node in status["nodes"].as_array().into_iter().flatten() {
         println!(
             "  {:<4} {:<12} {:<8} {:<5} daemon {:<8} processes {}",
             node["name"].as_str().unwrap_or("?"),
             node["address"].as_str().unwrap_or("?"),
             node["role"].as_str().unwrap_or("?"),
-            if node["powered"].as_bool() == Some(true) {
-                "on"
-            } else {
-                "off"
-            },
+            if node["powered"].as_bool() == Some(true) { "on" } else { "off" },
             node["daemon"].as_str().unwrap_or("?"),
             node["processes"],
         );
@@ -585,11 +494,7 @@ fn report_history(records: &[history::Record], end_ns: u64) -> ExitCode {
 }
 
 fn print_bench(report: &keepalived::BenchReport) {
-    let show = |value: Option<f64>| {
-        value
-            .map(|ms| format!("{ms:.0} ms"))
-            .unwrap_or_else(|| "-".into())
-    };
+    let show = |value: Option<f64>| value.map(|ms| format!("{ms:.0} ms")).unwrap_or_else(|| "-".into());
     println!(
         "{}: {} trials ({} failed): new owner median {} p99 {}; client reaches VIP median {} p99 {}",
         report.label,
@@ -600,10 +505,7 @@ fn print_bench(report: &keepalived::BenchReport) {
         show(report.client_median_ms),
         show(report.client_p99_ms),
     );
-    println!(
-        "  split brain during kill trials: {}",
-        report.trial_split_brain.len()
-    );
+    println!("  split brain during kill trials: {}", report.trial_split_brain.len());
     for scenario in &report.scenarios {
         println!(
             "  {} of owner {}: VIP on two nodes for {:.0} ms ({} overlaps)",

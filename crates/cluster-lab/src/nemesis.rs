@@ -122,57 +122,31 @@ pub fn schedule(seed: u64, duration_ms: u64, faults: &[FaultKind], nodes: &[Stri
             let recover_at = (at + hold).min(duration_ms);
             let (fault_action, recovery) = match fault {
                 FaultKind::Kill => (Action::Kill(node.clone()), Some(Action::Start(node))),
-                FaultKind::KillDaemon => (
-                    Action::KillDaemon(node.clone()),
-                    Some(Action::StartDaemon(node)),
-                ),
+                FaultKind::KillDaemon => (Action::KillDaemon(node.clone()), Some(Action::StartDaemon(node))),
                 FaultKind::Pause => (Action::Pause(node.clone()), Some(Action::Resume(node))),
                 FaultKind::Partition => {
-                    let others: Vec<&str> = nodes
-                        .iter()
-                        .filter(|other| **other != node)
-                        .map(String::as_str)
-                        .collect();
+                    let others: Vec<&str> = nodes.iter().filter(|other| **other != node).map(String::as_str).collect();
                     if others.is_empty() {
                         at += hold;
                         continue;
                     }
                     let one_way = rng.random_bool(0.25);
                     let separator = if one_way { " -> " } else { " / " };
-                    (
-                        Action::Partition(format!("{node}{separator}{}", others.join(","))),
-                        Some(Action::Heal),
-                    )
+                    (Action::Partition(format!("{node}{separator}{}", others.join(","))), Some(Action::Heal))
                 }
                 FaultKind::Flap => (Action::Flap(node, rng.random_range(200..2_000)), None),
             };
-            steps.push(Step {
-                at_ms: at,
-                action: fault_action,
-            });
+            steps.push(Step { at_ms: at, action: fault_action });
             if let Some(recovery) = recovery {
-                steps.push(Step {
-                    at_ms: recover_at,
-                    action: recovery,
-                });
+                steps.push(Step { at_ms: recover_at, action: recovery });
             }
             at = recover_at + rng.random_range(1_000..3_000);
         }
     }
-    steps.push(Step {
-        at_ms: duration_ms,
-        action: Action::Heal,
-    });
+    steps.push(Step { at_ms: duration_ms, action: Action::Heal });
     for node in nodes {
-        for action in [
-            Action::Start(node.clone()),
-            Action::Resume(node.clone()),
-            Action::StartDaemon(node.clone()),
-        ] {
-            steps.push(Step {
-                at_ms: duration_ms,
-                action,
-            });
+        for action in [Action::Start(node.clone()), Action::Resume(node.clone()), Action::StartDaemon(node.clone())] {
+            steps.push(Step { at_ms: duration_ms, action });
         }
     }
     steps
@@ -188,10 +162,8 @@ pub fn apply(lab: &mut Lab, action: &Action) -> Result<(), LabError> {
         Action::Pause(node) => lab.pause(node),
         Action::Resume(node) => lab.resume(node),
         Action::Partition(text) => {
-            let partition: Partition = text.parse().map_err(|error| LabError::Daemon {
-                node: "-".into(),
-                reason: format!("{error}"),
-            })?;
+            let partition: Partition =
+                text.parse().map_err(|error| LabError::Daemon { node: "-".into(), reason: format!("{error}") })?;
             lab.partition(&partition)
         }
         Action::Heal => lab.heal(),
@@ -250,14 +222,8 @@ fn run_kv(
     timeout: Duration,
 ) -> Result<(Option<i32>, String), LabError> {
     let mut command = lab.remote_clusterctl(node_address, args)?;
-    command
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
-    let mut child = command.spawn().map_err(|source| sys::SysError::Spawn {
-        program: "clusterctl".into(),
-        source,
-    })?;
+    command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    let mut child = command.spawn().map_err(|source| sys::SysError::Spawn { program: "clusterctl".into(), source })?;
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
@@ -295,14 +261,8 @@ fn args_of<'a>(call: &'a Call, key: &'a str) -> Vec<&'a str> {
     match call {
         Call::Set(value) => vec!["kv", "set", key, value],
         Call::Get => vec!["kv", "get", key],
-        Call::Cas {
-            expected: Some(expected),
-            new,
-        } => vec!["kv", "cas", key, expected, new],
-        Call::Cas {
-            expected: None,
-            new,
-        } => vec!["kv", "cas", key, "--absent", new],
+        Call::Cas { expected: Some(expected), new } => vec!["kv", "cas", key, expected, new],
+        Call::Cas { expected: None, new } => vec!["kv", "cas", key, "--absent", new],
         Call::Del => vec!["kv", "del", key],
     }
 }
@@ -315,14 +275,8 @@ pub fn run_kv_nemesis(
     log: &mut dyn FnMut(&str),
 ) -> Result<NemesisReport, LabError> {
     let nodes = lab.node_names();
-    let steps = schedule(
-        options.seed,
-        options.duration.as_millis() as u64,
-        &options.faults,
-        &nodes,
-    );
-    let addresses: Vec<std::net::Ipv4Addr> =
-        lab.state().nodes.iter().map(|node| node.address).collect();
+    let steps = schedule(options.seed, options.duration.as_millis() as u64, &options.faults, &nodes);
+    let addresses: Vec<std::net::Ipv4Addr> = lab.state().nodes.iter().map(|node| node.address).collect();
     let history = Arc::new(Mutex::new(Vec::<Operation>::new()));
     let keys = Arc::new(Mutex::new(BTreeSet::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -330,17 +284,9 @@ pub fn run_kv_nemesis(
     let client_lab = Arc::new(Lab::open(lab.name())?);
     let mut threads = Vec::new();
     for client in 0..options.clients {
-        let (history, keys, stop, addresses, client_lab) = (
-            history.clone(),
-            keys.clone(),
-            stop.clone(),
-            addresses.clone(),
-            client_lab.clone(),
-        );
-        let seed = options
-            .seed
-            .wrapping_mul(1_000_003)
-            .wrapping_add(client as u64);
+        let (history, keys, stop, addresses, client_lab) =
+            (history.clone(), keys.clone(), stop.clone(), addresses.clone(), client_lab.clone());
+        let seed = options.seed.wrapping_mul(1_000_003).wrapping_add(client as u64);
         let timeout = options.operation_timeout;
         threads.push(std::thread::spawn(move || {
             let mut rng = StdRng::seed_from_u64(seed);
@@ -356,10 +302,7 @@ pub fn run_kv_nemesis(
                 let call = match rng.random_range(0..10) {
                     0..=3 => Call::Get,
                     4..=6 => Call::Set(value),
-                    _ => Call::Cas {
-                        expected: last_seen.get(&key).cloned().flatten(),
-                        new: value,
-                    },
+                    _ => Call::Cas { expected: last_seen.get(&key).cloned().flatten(), new: value },
                 };
                 let address = addresses[rng.random_range(0..addresses.len())];
                 let invoke_ns = sys::now_ns();
@@ -421,10 +364,7 @@ pub fn run_kv_nemesis(
             "{:>7.1}s {}{}",
             started.elapsed().as_secs_f64(),
             step.action,
-            error
-                .as_ref()
-                .map(|error| format!(" (error: {error})"))
-                .unwrap_or_default()
+            error.as_ref().map(|error| format!(" (error: {error})")).unwrap_or_default()
         ));
         executed.push((step.at_ms, step.action.to_string(), error));
     }
@@ -433,11 +373,7 @@ pub fn run_kv_nemesis(
     log(&format!(
         "{:>7.1}s heal phase: leader {}",
         started.elapsed().as_secs_f64(),
-        if healed {
-            "elected"
-        } else {
-            "NOT elected within 30 s"
-        }
+        if healed { "elected" } else { "NOT elected within 30 s" }
     ));
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
@@ -450,8 +386,7 @@ pub fn run_kv_nemesis(
         for attempt in 0..20 {
             let address = addresses[attempt % addresses.len()];
             let invoke_ns = sys::now_ns();
-            let (code, stdout) =
-                run_kv(lab, address, &["kv", "get", key], options.operation_timeout)?;
+            let (code, stdout) = run_kv(lab, address, &["kv", "get", key], options.operation_timeout)?;
             let complete_ns = sys::now_ns();
             let outcome = outcome_of(&Call::Get, code, &stdout);
             if outcome != Outcome::Unknown {
@@ -470,15 +405,8 @@ pub fn run_kv_nemesis(
     }
     let history = history.lock().expect("history lock").clone();
     let verdict = linearizability::check(&history);
-    let unknown = history
-        .iter()
-        .filter(|operation| operation.outcome == Outcome::Unknown)
-        .count();
-    let failures = verdict
-        .failures()
-        .into_iter()
-        .map(|(key, verdict)| (key.clone(), format!("{verdict:?}")))
-        .collect();
+    let unknown = history.iter().filter(|operation| operation.outcome == Outcome::Unknown).count();
+    let failures = verdict.failures().into_iter().map(|(key, verdict)| (key.clone(), format!("{verdict:?}"))).collect();
     Ok(NemesisReport {
         seed: options.seed,
         steps: executed,
@@ -499,24 +427,13 @@ mod tests {
         vec!["n1".into(), "n2".into(), "n3".into()]
     }
 
-    const ALL: [FaultKind; 5] = [
-        FaultKind::Kill,
-        FaultKind::KillDaemon,
-        FaultKind::Pause,
-        FaultKind::Partition,
-        FaultKind::Flap,
-    ];
+    const ALL: [FaultKind; 5] =
+        [FaultKind::Kill, FaultKind::KillDaemon, FaultKind::Pause, FaultKind::Partition, FaultKind::Flap];
 
     #[test]
     fn same_seed_same_schedule() {
-        assert_eq!(
-            schedule(7, 60_000, &ALL, &nodes()),
-            schedule(7, 60_000, &ALL, &nodes())
-        );
-        assert_ne!(
-            schedule(7, 60_000, &ALL, &nodes()),
-            schedule(8, 60_000, &ALL, &nodes())
-        );
+        assert_eq!(schedule(7, 60_000, &ALL, &nodes()), schedule(7, 60_000, &ALL, &nodes()));
+        assert_ne!(schedule(7, 60_000, &ALL, &nodes()), schedule(8, 60_000, &ALL, &nodes()));
     }
 
     #[test]
@@ -549,12 +466,8 @@ mod tests {
         let tail: Vec<&Step> = steps.iter().filter(|step| step.at_ms == 120_000).collect();
         assert_eq!(tail[0].action, Action::Heal);
         for node in nodes() {
-            assert!(tail
-                .iter()
-                .any(|step| step.action == Action::Start(node.clone())));
-            assert!(tail
-                .iter()
-                .any(|step| step.action == Action::Resume(node.clone())));
+            assert!(tail.iter().any(|step| step.action == Action::Start(node.clone())));
+            assert!(tail.iter().any(|step| step.action == Action::Resume(node.clone())));
         }
         assert!(steps.windows(2).all(|pair| pair[0].at_ms <= pair[1].at_ms));
     }
@@ -571,30 +484,18 @@ mod tests {
 
     #[test]
     fn fault_names_parse() {
-        assert_eq!(
-            "kill-daemon".parse::<FaultKind>().unwrap(),
-            FaultKind::KillDaemon
-        );
+        assert_eq!("kill-daemon".parse::<FaultKind>().unwrap(), FaultKind::KillDaemon);
         assert!("meteor".parse::<FaultKind>().is_err());
     }
 
     #[test]
     fn exit_codes_map_to_outcomes() {
-        assert_eq!(
-            outcome_of(&Call::Get, Some(0), "v1\n"),
-            Outcome::Value(Some("v1".into()))
-        );
+        assert_eq!(outcome_of(&Call::Get, Some(0), "v1\n"), Outcome::Value(Some("v1".into())));
         assert_eq!(outcome_of(&Call::Get, Some(3), ""), Outcome::Value(None));
         assert_eq!(outcome_of(&Call::Get, Some(5), ""), Outcome::Unknown);
         assert_eq!(outcome_of(&Call::Set("x".into()), Some(0), ""), Outcome::Ok);
-        assert_eq!(
-            outcome_of(&Call::Set("x".into()), None, ""),
-            Outcome::Unknown
-        );
-        let cas = Call::Cas {
-            expected: None,
-            new: "x".into(),
-        };
+        assert_eq!(outcome_of(&Call::Set("x".into()), None, ""), Outcome::Unknown);
+        let cas = Call::Cas { expected: None, new: "x".into() };
         assert_eq!(outcome_of(&cas, Some(4), "y\n"), Outcome::CasMismatch);
         assert_eq!(outcome_of(&Call::Del, Some(3), ""), Outcome::NotFound);
     }

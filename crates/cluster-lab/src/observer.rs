@@ -79,11 +79,7 @@ struct Shared {
 impl Shared {
     fn push(&self, record: Record) {
         if let Some(file) = self.output.lock().expect("observer lock").as_mut() {
-            let _ = writeln!(
-                file,
-                "{}",
-                serde_json::to_string(&record).expect("record serializes")
-            );
+            let _ = writeln!(file, "{}", serde_json::to_string(&record).expect("record serializes"));
         }
         self.history.lock().expect("observer lock").push(record);
     }
@@ -106,11 +102,7 @@ struct Tracker {
 
 impl Tracker {
     fn new(node: &str) -> Tracker {
-        Tracker {
-            node: node.to_string(),
-            last: BTreeMap::new(),
-            last_sample_ns: None,
-        }
+        Tracker { node: node.to_string(), last: BTreeMap::new(), last_sample_ns: None }
     }
 
     fn sample(&mut self, shared: &Shared, t_ns: u64, states: Vec<(Kind, String, bool)>) {
@@ -128,14 +120,7 @@ impl Tracker {
                 None => active,
             };
             if changed {
-                shared.push(Record {
-                    t_ns,
-                    prev_t_ns,
-                    node: self.node.clone(),
-                    kind,
-                    resource,
-                    active,
-                });
+                shared.push(Record { t_ns, prev_t_ns, node: self.node.clone(), kind, resource, active });
             }
         }
         self.last_sample_ns = Some(t_ns);
@@ -161,13 +146,7 @@ impl RouteSocket {
     fn open() -> std::io::Result<RouteSocket> {
         use std::os::fd::FromRawFd;
         // SAFETY: plain socket(2) call; the returned descriptor is checked and then owned by OwnedFd.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -189,14 +168,7 @@ impl RouteSocket {
         request[8..12].copy_from_slice(&self.sequence.to_ne_bytes());
         request[NLMSG_HEADER] = libc::AF_UNSPEC as u8;
         // SAFETY: the buffer is valid for its length; an unconnected netlink socket sends to the kernel.
-        let sent = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-            )
-        };
+        let sent = unsafe { libc::send(self.fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
         if sent < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -204,27 +176,16 @@ impl RouteSocket {
         let mut buffer = vec![0u8; 32 * 1024];
         loop {
             // SAFETY: the buffer is valid and writable for its length.
-            let received = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                    0,
-                )
-            };
+            let received = unsafe { libc::recv(self.fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
             if received < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             let data = &buffer[..received as usize];
             let mut offset = 0;
             while offset + NLMSG_HEADER <= data.len() {
-                let length =
-                    u32::from_ne_bytes(data[offset..offset + 4].try_into().expect("4 bytes"))
-                        as usize;
-                let kind =
-                    u16::from_ne_bytes(data[offset + 4..offset + 6].try_into().expect("2 bytes"));
-                let sequence =
-                    u32::from_ne_bytes(data[offset + 8..offset + 12].try_into().expect("4 bytes"));
+                let length = u32::from_ne_bytes(data[offset..offset + 4].try_into().expect("4 bytes")) as usize;
+                let kind = u16::from_ne_bytes(data[offset + 4..offset + 6].try_into().expect("2 bytes"));
+                let sequence = u32::from_ne_bytes(data[offset + 8..offset + 12].try_into().expect("4 bytes"));
                 if length < NLMSG_HEADER || offset + length > data.len() {
                     break;
                 }
@@ -233,16 +194,13 @@ impl RouteSocket {
                         libc::NLMSG_DONE => return Ok(addresses),
                         libc::NLMSG_ERROR => {
                             let code = i32::from_ne_bytes(
-                                data[offset + NLMSG_HEADER..offset + NLMSG_HEADER + 4]
-                                    .try_into()
-                                    .expect("4 bytes"),
+                                data[offset + NLMSG_HEADER..offset + NLMSG_HEADER + 4].try_into().expect("4 bytes"),
                             );
                             return Err(std::io::Error::from_raw_os_error(-code));
                         }
-                        _ if kind == libc::RTM_NEWADDR => parse_address(
-                            &data[offset + NLMSG_HEADER..offset + length],
-                            &mut addresses,
-                        ),
+                        _ if kind == libc::RTM_NEWADDR => {
+                            parse_address(&data[offset + NLMSG_HEADER..offset + length], &mut addresses)
+                        }
                         _ => {}
                     }
                 }
@@ -269,12 +227,8 @@ fn parse_address(message: &[u8], addresses: &mut Vec<IpAddr>) {
         }
         let payload = &message[offset + 4..offset + length];
         let value = match (family, payload.len()) {
-            (libc::AF_INET, 4) => {
-                Some(IpAddr::from(<[u8; 4]>::try_from(payload).expect("4 bytes")))
-            }
-            (libc::AF_INET6, 16) => Some(IpAddr::from(
-                <[u8; 16]>::try_from(payload).expect("16 bytes"),
-            )),
+            (libc::AF_INET, 4) => Some(IpAddr::from(<[u8; 4]>::try_from(payload).expect("4 bytes"))),
+            (libc::AF_INET6, 16) => Some(IpAddr::from(<[u8; 16]>::try_from(payload).expect("16 bytes"))),
             _ => None,
         };
         match kind {
@@ -297,17 +251,9 @@ fn holder_pid(paths: &LabPaths, node: &str) -> Option<i32> {
 }
 
 fn mounted(holder: Option<i32>, mounts: &[PathBuf]) -> Vec<bool> {
-    let table = holder
-        .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok())
-        .unwrap_or_default();
-    let points: Vec<&str> = table
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(4))
-        .collect();
-    mounts
-        .iter()
-        .map(|mount| points.iter().any(|point| Path::new(point) == mount))
-        .collect()
+    let table = holder.and_then(|pid| fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()).unwrap_or_default();
+    let points: Vec<&str> = table.lines().filter_map(|line| line.split_whitespace().nth(4)).collect();
+    mounts.iter().map(|mount| points.iter().any(|point| Path::new(point) == mount)).collect()
 }
 
 fn node_loop(
@@ -319,12 +265,7 @@ fn node_loop(
 ) {
     let setup = enter_netns(&paths, &node)
         .map_err(ObserverError::from)
-        .and_then(|()| {
-            RouteSocket::open().map_err(|source| ObserverError::Netlink {
-                node: node.clone(),
-                source,
-            })
-        });
+        .and_then(|()| RouteSocket::open().map_err(|source| ObserverError::Netlink { node: node.clone(), source }));
     let mut socket = match setup {
         Ok(socket) => {
             let _ = ready.send(Ok(()));
@@ -354,11 +295,8 @@ fn node_loop(
             }
         }
         if !spec.processes.is_empty() {
-            let names: Vec<String> = cgroup_pids(&cgroup)
-                .into_iter()
-                .filter(|pid| sys::pid_alive(*pid))
-                .filter_map(sys::pid_comm)
-                .collect();
+            let names: Vec<String> =
+                cgroup_pids(&cgroup).into_iter().filter(|pid| sys::pid_alive(*pid)).filter_map(sys::pid_comm).collect();
             for process in &spec.processes {
                 states.push((Kind::Process, process.clone(), names.contains(process)));
             }
@@ -414,15 +352,9 @@ fn client_loop(
 
 impl Observer {
     /// Starts sampling every node of the lab (and the client probes); `output` receives JSON lines.
-    pub fn start(
-        lab: &Lab,
-        spec: ObserverSpec,
-        output: Option<&Path>,
-    ) -> Result<Observer, ObserverError> {
+    pub fn start(lab: &Lab, spec: ObserverSpec, output: Option<&Path>) -> Result<Observer, ObserverError> {
         let output = match output {
-            Some(path) => Some(
-                File::create(path).map_err(|error| io_error("failed to create", path, error))?,
-            ),
+            Some(path) => Some(File::create(path).map_err(|error| io_error("failed to create", path, error))?),
             None => None,
         };
         let shared = Arc::new(Shared {
@@ -432,21 +364,13 @@ impl Observer {
             stop: AtomicBool::new(false),
         });
         let started_ns = sys::now_ns();
-        let mut observer = Observer {
-            shared: shared.clone(),
-            threads: Vec::new(),
-            fault_log: lab.paths().fault_log(),
-            started_ns,
-        };
+        let mut observer =
+            Observer { shared: shared.clone(), threads: Vec::new(), fault_log: lab.paths().fault_log(), started_ns };
         let (ready_sender, ready) = std::sync::mpsc::channel();
         let mut expected = 0;
         for node in lab.node_names() {
-            let (shared, paths, spec, sender) = (
-                shared.clone(),
-                lab.paths().clone(),
-                spec.clone(),
-                ready_sender.clone(),
-            );
+            let (shared, paths, spec, sender) =
+                (shared.clone(), lab.paths().clone(), spec.clone(), ready_sender.clone());
             observer.threads.push(
                 std::thread::Builder::new()
                     .name(format!("observe-{node}"))
@@ -456,12 +380,8 @@ impl Observer {
             expected += 1;
         }
         if !spec.probes.is_empty() {
-            let (shared, paths, spec, sender) = (
-                shared.clone(),
-                lab.paths().clone(),
-                spec.clone(),
-                ready_sender.clone(),
-            );
+            let (shared, paths, spec, sender) =
+                (shared.clone(), lab.paths().clone(), spec.clone(), ready_sender.clone());
             observer.threads.push(
                 std::thread::Builder::new()
                     .name("observe-client".into())
@@ -516,11 +436,7 @@ impl Observer {
     }
 
     /// Waits until `condition(self)` holds, polling every millisecond.
-    pub fn wait_for(
-        &self,
-        timeout: Duration,
-        mut condition: impl FnMut(&Observer) -> bool,
-    ) -> bool {
+    pub fn wait_for(&self, timeout: Duration, mut condition: impl FnMut(&Observer) -> bool) -> bool {
         sys::wait_until(timeout, || condition(self))
     }
 
@@ -534,9 +450,7 @@ impl Observer {
         let end_ns = sys::now_ns();
         let mut records = self.records();
         if let Ok(text) = fs::read_to_string(&self.fault_log) {
-            let faults = crate::history::parse_jsonl(&text)
-                .into_iter()
-                .filter(|record| record.t_ns >= self.started_ns);
+            let faults = crate::history::parse_jsonl(&text).into_iter().filter(|record| record.t_ns >= self.started_ns);
             for fault in faults {
                 if !records.contains(&fault) {
                     records.push(fault);

@@ -30,26 +30,16 @@ impl FromStr for Partition {
     type Err = PartitionError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let invalid = |reason| PartitionError::Invalid {
-            text: text.to_string(),
-            reason,
-        };
-        let (parts, one_way): (Vec<&str>, bool) = if text.contains("->") {
-            (text.split("->").collect(), true)
-        } else {
-            (text.split('/').collect(), false)
-        };
+        let invalid = |reason| PartitionError::Invalid { text: text.to_string(), reason };
+        let (parts, one_way): (Vec<&str>, bool) =
+            if text.contains("->") { (text.split("->").collect(), true) } else { (text.split('/').collect(), false) };
         if one_way && parts.len() != 2 {
             return Err(invalid("a one-way partition has exactly two sides"));
         }
         let sides: Vec<Vec<String>> = parts
             .iter()
             .map(|side| {
-                side.split(',')
-                    .map(str::trim)
-                    .filter(|member| !member.is_empty())
-                    .map(String::from)
-                    .collect::<Vec<_>>()
+                side.split(',').map(str::trim).filter(|member| !member.is_empty()).map(String::from).collect::<Vec<_>>()
             })
             .collect();
         if sides.len() < 2 || sides.iter().any(Vec::is_empty) {
@@ -84,11 +74,7 @@ impl Partition {
         let mut pairs = Vec::new();
         for (from_index, from_side) in self.sides.iter().enumerate() {
             for (to_index, to_side) in self.sides.iter().enumerate() {
-                let dropped = if self.one_way {
-                    from_index == 0 && to_index != 0
-                } else {
-                    from_index != to_index
-                };
+                let dropped = if self.one_way { from_index == 0 && to_index != 0 } else { from_index != to_index };
                 if !dropped {
                     continue;
                 }
@@ -126,10 +112,7 @@ mod tests {
     #[test]
     fn one_way_drops_only_from_the_first_side() {
         let partition: Partition = "n1 -> n2,client".parse().unwrap();
-        assert_eq!(
-            partition.dropped_pairs(),
-            vec![("n1".into(), "n2".into()), ("n1".into(), "client".into())]
-        );
+        assert_eq!(partition.dropped_pairs(), vec![("n1".into(), "n2".into()), ("n1".into(), "client".into())]);
     }
 
     #[test]

@@ -38,11 +38,7 @@ pub enum SysError {
 }
 
 pub(crate) fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> SysError {
-    SysError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
+    SysError::Io { action, path: path.to_path_buf(), source }
 }
 
 fn command_line(command: &Command) -> String {
@@ -59,10 +55,7 @@ pub(crate) fn run(command: &mut Command) -> Result<String, SysError> {
     let output = command
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| SysError::Spawn {
-            program: command.get_program().to_string_lossy().into_owned(),
-            source,
-        })?;
+        .map_err(|source| SysError::Spawn { program: command.get_program().to_string_lossy().into_owned(), source })?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
@@ -82,8 +75,8 @@ pub(crate) fn ip(args: &[&str]) -> Result<String, SysError> {
 /// Nanoseconds on `CLOCK_MONOTONIC`: one clock shared by every process and namespace of the host,
 /// so timestamps written by different `clusterlab` processes compare.
 pub fn now_ns() -> u64 {
-    let time = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .expect("CLOCK_MONOTONIC is always available");
+    let time =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
     time.tv_sec() as u64 * 1_000_000_000 + time.tv_nsec() as u64
 }
 
@@ -92,9 +85,7 @@ pub(crate) fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state follows the last ')' (the command may contain parentheses).
-            let state = stat
-                .rfind(')')
-                .and_then(|end| stat[end + 1..].split_whitespace().next());
+            let state = stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next());
             !matches!(state, Some("Z") | Some("X") | None)
         }
         Err(_) => false,
@@ -103,9 +94,7 @@ pub(crate) fn pid_alive(pid: i32) -> bool {
 
 /// The short command name of a process (`/proc/PID/comm`).
 pub(crate) fn pid_comm(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|comm| comm.trim().to_string())
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|comm| comm.trim().to_string())
 }
 
 /// Polls `condition` every few milliseconds until it holds or `timeout` passes.
@@ -124,12 +113,10 @@ pub(crate) fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool)
 
 /// Sends a signal to one process by pid.
 pub(crate) fn signal(pid: i32, signal: nix::sys::signal::Signal) -> Result<(), SysError> {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|errno| {
-        SysError::Failed {
-            command: format!("kill -{} {pid}", signal.as_str()),
-            status: "error".into(),
-            stderr: errno.desc().to_string(),
-        }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|errno| SysError::Failed {
+        command: format!("kill -{} {pid}", signal.as_str()),
+        status: "error".into(),
+        stderr: errno.desc().to_string(),
     })
 }
 

@@ -31,9 +31,7 @@ impl Watchdog {
         let mut words = message.split_whitespace();
         match (words.next(), words.next(), words.next()) {
             (Some("arm"), Some(timeout), None) => {
-                let millis: u64 = timeout
-                    .parse()
-                    .map_err(|_| InvalidMessage(message.to_string()))?;
+                let millis: u64 = timeout.parse().map_err(|_| InvalidMessage(message.to_string()))?;
                 if millis == 0 {
                     return Err(InvalidMessage(message.to_string()));
                 }
@@ -75,8 +73,7 @@ fn serve_node(name: String, node: String) -> Result<(), LabError> {
     let lab = Lab::open(&name)?;
     let path = lab.paths().watchdog_socket(&node);
     let _ = std::fs::remove_file(&path);
-    let socket = UnixDatagram::bind(&path)
-        .map_err(|error| crate::sys::io_error("failed to bind", &path, error))?;
+    let socket = UnixDatagram::bind(&path).map_err(|error| crate::sys::io_error("failed to bind", &path, error))?;
     socket
         .set_read_timeout(Some(Duration::from_millis(5)))
         .map_err(|error| crate::sys::io_error("failed to configure", &path, error))?;
@@ -142,14 +139,10 @@ mod tests {
         assert!(!watchdog.expired(start + Duration::from_secs(100)));
         watchdog.handle("arm 500", start).unwrap();
         assert!(!watchdog.expired(start + Duration::from_millis(400)));
-        watchdog
-            .handle("pet", start + Duration::from_millis(400))
-            .unwrap();
+        watchdog.handle("pet", start + Duration::from_millis(400)).unwrap();
         assert!(!watchdog.expired(start + Duration::from_millis(800)));
         assert!(watchdog.expired(start + Duration::from_millis(901)));
-        watchdog
-            .handle("disarm", start + Duration::from_millis(850))
-            .unwrap();
+        watchdog.handle("disarm", start + Duration::from_millis(850)).unwrap();
         assert!(!watchdog.expired(start + Duration::from_secs(100)));
     }
 

@@ -28,14 +28,8 @@ fn up_and_down_leave_nothing_behind() {
     let status = lab.status();
     assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
     let pids = lab_pids(&name);
-    assert!(
-        pids.len() >= 3,
-        "every node has its holder process: {pids:?}"
-    );
-    assert!(matches!(
-        Lab::up(&spec),
-        Err(cluster_lab::lab::LabError::Exists(_))
-    ));
+    assert!(pids.len() >= 3, "every node has its holder process: {pids:?}");
+    assert!(matches!(Lab::up(&spec), Err(cluster_lab::lab::LabError::Exists(_))));
     Lab::down(&name).unwrap();
     assert_eq!(leftovers(&name, &pids), Vec::<String>::new());
     Lab::down(&name).expect("down is safe twice");
@@ -69,17 +63,7 @@ fn down_cleans_a_crashed_run_without_its_state() {
     let name = lab_name("crash");
     let _guard = LabGuard::new(&name);
     let status = Command::new(common::clusterlab())
-        .args([
-            "--name",
-            &name,
-            "up",
-            "--nodes",
-            "2",
-            "--daemon",
-            "none",
-            "--lun-mib",
-            "8",
-        ])
+        .args(["--name", &name, "up", "--nodes", "2", "--daemon", "none", "--lun-mib", "8"])
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -88,10 +72,7 @@ fn down_cleans_a_crashed_run_without_its_state() {
     // A crashed run: its state file is gone or torn.
     let paths = cluster_lab::lab::LabPaths::new(&name).unwrap();
     std::fs::remove_file(paths.run_dir().join("state.json")).unwrap();
-    let status = Command::new(common::clusterlab())
-        .args(["--name", &name, "down"])
-        .status()
-        .unwrap();
+    let status = Command::new(common::clusterlab()).args(["--name", &name, "down"]).status().unwrap();
     assert!(status.success());
     assert_eq!(leftovers(&name, &pids), Vec::<String>::new());
 }
@@ -100,9 +81,7 @@ fn udp_delivered(name: &str, from: &str, to: &str, to_address: Ipv4Addr) -> bool
     let port = 9999;
     let receiver = in_netns(name, to, move || {
         let socket = UdpSocket::bind(SocketAddr::from((to_address, port))).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(1500)))
-            .unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
         let mut buffer = [0u8; 16];
         socket.recv(&mut buffer).is_ok()
     });
@@ -136,20 +115,11 @@ fn partition_blocks_the_chosen_sides_and_nothing_else() {
     assert!(!udp_delivered(&name, "n2", "n1", n1), "n2 -> n1 blocked");
     assert!(udp_delivered(&name, "n1", "n3", n3), "n1 -> n3 open");
     assert!(udp_delivered(&name, "n3", "n2", n2), "n3 -> n2 open");
-    assert!(
-        udp_delivered(&name, "client", "n1", n1),
-        "client -> n1 open"
-    );
+    assert!(udp_delivered(&name, "client", "n1", n1), "client -> n1 open");
 
     lab.partition(&"n1 -> n2".parse().unwrap()).unwrap();
-    assert!(
-        !udp_delivered(&name, "n1", "n2", n2),
-        "one way: n1 -> n2 blocked"
-    );
-    assert!(
-        udp_delivered(&name, "n2", "n1", n1),
-        "one way: n2 -> n1 open"
-    );
+    assert!(!udp_delivered(&name, "n1", "n2", n2), "one way: n1 -> n2 blocked");
+    assert!(udp_delivered(&name, "n2", "n1", n1), "one way: n2 -> n1 open");
 
     lab.heal().unwrap();
     assert!(udp_delivered(&name, "n1", "n2", n2), "healed");
@@ -183,19 +153,14 @@ fn observer_sees_an_address_mount_and_process_within_one_sampling_period() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(observer.holders(Kind::Vip, "192.0.2.150").is_empty());
     assert!(observer.holders(Kind::Process, "tail").is_empty());
-    let tail: Vec<String> = ["tail", "-f", "/dev/null"]
-        .iter()
-        .map(|arg| arg.to_string())
-        .collect();
+    let tail: Vec<String> = ["tail", "-f", "/dev/null"].iter().map(|arg| arg.to_string()).collect();
     let mut tail = lab.node_command("n1", &tail).unwrap().spawn().unwrap();
-    assert!(observer.wait_for(Duration::from_secs(2), |observer| {
-        observer.holders(Kind::Process, "tail") == ["n1"]
-    }));
+    assert!(observer.wait_for(Duration::from_secs(2), |observer| { observer.holders(Kind::Process, "tail") == ["n1"] }));
     tail.kill().unwrap();
     tail.wait().unwrap();
-    assert!(observer.wait_for(Duration::from_secs(2), |observer| {
-        observer.holders(Kind::Process, "tail").is_empty()
-    }));
+    assert!(
+        observer.wait_for(Duration::from_secs(2), |observer| { observer.holders(Kind::Process, "tail").is_empty() })
+    );
 
     let run = |node: &str, argv: &[&str]| {
         let argv: Vec<String> = argv.iter().map(|arg| arg.to_string()).collect();
@@ -203,54 +168,39 @@ fn observer_sees_an_address_mount_and_process_within_one_sampling_period() {
         assert!(status.success(), "{argv:?} in {node}");
         cluster_lab::sys::now_ns()
     };
-    let added_ns = run(
-        "n2",
-        &["ip", "addr", "add", "192.0.2.150/24", "dev", "eth0"],
-    );
+    let added_ns = run("n2", &["ip", "addr", "add", "192.0.2.150/24", "dev", "eth0"]);
     // Allowance for the scheduler of a loaded 2-core machine on top of one period.
     let bound = interval + Duration::from_millis(10);
-    assert!(observer.wait_for(Duration::from_secs(2), |observer| {
-        observer.holders(Kind::Vip, "192.0.2.150") == ["n2"]
-    }));
+    assert!(
+        observer.wait_for(Duration::from_secs(2), |observer| { observer.holders(Kind::Vip, "192.0.2.150") == ["n2"] })
+    );
     let seen = observer
         .records()
         .into_iter()
         .find(|record| record.kind == Kind::Vip && record.active && record.node == "n2")
         .unwrap();
     let delay = Duration::from_nanos(seen.t_ns.saturating_sub(added_ns));
-    assert!(
-        delay <= bound,
-        "address seen after {delay:?}, more than {bound:?}"
-    );
-    assert!(observer.wait_for(Duration::from_secs(2), |observer| {
-        !observer.holders(Kind::Client, "192.0.2.150:80").is_empty()
-    }));
+    assert!(delay <= bound, "address seen after {delay:?}, more than {bound:?}");
+    assert!(observer
+        .wait_for(Duration::from_secs(2), |observer| { !observer.holders(Kind::Client, "192.0.2.150:80").is_empty() }));
 
     // The shared LUN, mounted in n1's mount namespace only.
     let device = lab.lun().unwrap().to_string();
     let mounted_ns = run("n1", &["mount", &device, &mountpoint.display().to_string()]);
     let mount_text = mountpoint.display().to_string();
-    assert!(observer.wait_for(Duration::from_secs(2), |observer| {
-        observer.holders(Kind::Mount, &mount_text) == ["n1"]
-    }));
-    let seen = observer
-        .records()
-        .into_iter()
-        .find(|record| record.kind == Kind::Mount && record.active)
-        .unwrap();
+    assert!(
+        observer.wait_for(Duration::from_secs(2), |observer| { observer.holders(Kind::Mount, &mount_text) == ["n1"] })
+    );
+    let seen = observer.records().into_iter().find(|record| record.kind == Kind::Mount && record.active).unwrap();
     assert!(Duration::from_nanos(seen.t_ns.saturating_sub(mounted_ns)) <= bound);
     assert!(
         !cluster_lab::lab::mounts_under(&mountpoint).contains(&mountpoint),
         "a node's mount does not leak into the host"
     );
     run("n1", &["umount", &mount_text]);
-    run(
-        "n2",
-        &["ip", "addr", "del", "192.0.2.150/24", "dev", "eth0"],
-    );
+    run("n2", &["ip", "addr", "del", "192.0.2.150/24", "dev", "eth0"]);
     assert!(observer.wait_for(Duration::from_secs(2), |observer| {
-        observer.holders(Kind::Vip, "192.0.2.150").is_empty()
-            && observer.holders(Kind::Mount, &mount_text).is_empty()
+        observer.holders(Kind::Vip, "192.0.2.150").is_empty() && observer.holders(Kind::Mount, &mount_text).is_empty()
     }));
     let (records, end_ns) = observer.stop();
     let report = cluster_lab::history::check_split_brain(&records, end_ns);
@@ -267,48 +217,22 @@ fn kill_takes_every_process_and_address_and_start_brings_the_node_back() {
     let mut lab = Lab::up(&LabSpec::bare(&name, 2)).unwrap();
     let argv: Vec<String> = ["sleep", "300"].iter().map(|arg| arg.to_string()).collect();
     let child = lab.node_command("n1", &argv).unwrap().spawn().unwrap();
-    let vip: Vec<String> = ["ip", "addr", "add", "192.0.2.151/24", "dev", "eth0"]
-        .iter()
-        .map(|arg| arg.to_string())
-        .collect();
-    assert!(lab
-        .node_command("n1", &vip)
-        .unwrap()
-        .status()
-        .unwrap()
-        .success());
+    let vip: Vec<String> =
+        ["ip", "addr", "add", "192.0.2.151/24", "dev", "eth0"].iter().map(|arg| arg.to_string()).collect();
+    assert!(lab.node_command("n1", &vip).unwrap().status().unwrap().success());
     lab.kill("n1").unwrap();
     let cgroup = lab.paths().cgroup().join("n1");
-    assert_eq!(
-        std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap(),
-        ""
-    );
+    assert_eq!(std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap(), "");
     let mut child = child;
     assert!(child.wait().is_ok());
     let addresses = Command::new("ip")
-        .args([
-            "-n",
-            &lab.paths().netns("n1"),
-            "-br",
-            "addr",
-            "show",
-            "dev",
-            "eth0",
-        ])
+        .args(["-n", &lab.paths().netns("n1"), "-br", "addr", "show", "dev", "eth0"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&addresses.stdout);
-    assert!(
-        text.contains("DOWN") && !text.contains("192.0.2."),
-        "{text}"
-    );
+    assert!(text.contains("DOWN") && !text.contains("192.0.2."), "{text}");
     lab.start("n1").unwrap();
-    assert!(udp_delivered(
-        &name,
-        "n2",
-        "n1",
-        Ipv4Addr::new(192, 0, 2, 11)
-    ));
+    assert!(udp_delivered(&name, "n2", "n1", Ipv4Addr::new(192, 0, 2, 11)));
 }
 
 #[test]
@@ -326,12 +250,7 @@ fn fence_agent_powers_a_node_off_and_on() {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("lab={name}\n{input}").as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("lab={name}\n{input}").as_bytes()).unwrap();
         child.wait_with_output().unwrap().status.code()
     };
     assert_eq!(agent("action=status\nplug=n2\n"), Some(0));
@@ -373,10 +292,7 @@ fn emulated_watchdog_resets_a_node_that_stops_petting() {
         !std::path::Path::new(&format!("/proc/{holder_before}")).exists()
     }));
     let reset_after = stopped.elapsed();
-    assert!(
-        reset_after < Duration::from_millis(900),
-        "reset after {reset_after:?}"
-    );
+    assert!(reset_after < Duration::from_millis(900), "reset after {reset_after:?}");
     assert!(common_wait(Duration::from_secs(10), || {
         reloaded.reload().is_ok()
             && reloaded.node("n1").unwrap().powered
@@ -386,9 +302,7 @@ fn emulated_watchdog_resets_a_node_that_stops_petting() {
     let records = cluster_lab::history::parse_jsonl(&faults);
     assert!(records
         .iter()
-        .any(|record| record.resource == "watchdog-reset"
-            && record.node == "n1"
-            && record.t_ns >= reset));
+        .any(|record| record.resource == "watchdog-reset" && record.node == "n1" && record.t_ns >= reset));
     // Disarm stops it for good.
     socket.send_to(b"arm 200", &path).unwrap();
     socket.send_to(b"disarm", &path).unwrap();

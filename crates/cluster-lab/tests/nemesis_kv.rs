@@ -15,40 +15,22 @@ use cluster_lab::nemesis::{self, FaultKind, NemesisOptions};
 use common::{lab_name, require_root};
 
 fn binaries() -> (PathBuf, PathBuf) {
-    if let (Ok(clusterd), Ok(clusterctl)) = (
-        std::env::var("CLUSTERD_BIN"),
-        std::env::var("CLUSTERCTL_BIN"),
-    ) {
+    if let (Ok(clusterd), Ok(clusterctl)) = (std::env::var("CLUSTERD_BIN"), std::env::var("CLUSTERCTL_BIN")) {
         return (clusterd.into(), clusterctl.into());
     }
     // target/<profile>/deps/nemesis_kv-HASH → target/<profile>/
-    let profile_dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .to_path_buf();
+    let profile_dir = std::env::current_exe().unwrap().parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
     let clusterd = profile_dir.join("clusterd");
     let clusterctl = profile_dir.join("clusterctl");
     if !clusterd.exists() || !clusterctl.exists() {
         let target_dir = profile_dir.parent().unwrap();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "clusterd",
-                "-p",
-                "clusterctl",
-                "--target-dir",
-            ])
+            .args(["build", "-p", "clusterd", "-p", "clusterctl", "--target-dir"])
             .arg(target_dir)
             .status()
             .expect("run cargo build for clusterd and clusterctl");
-        assert!(
-            status.success(),
-            "cargo build -p clusterd -p clusterctl failed"
-        );
+        assert!(status.success(), "cargo build -p clusterd -p clusterctl failed");
     }
     (clusterd, clusterctl)
 }
@@ -62,44 +44,23 @@ fn nemesis_with_kill_pause_and_partition_loses_no_acknowledged_write() {
     let name = lab_name("nem");
     let _guard = LabGuard::new(&name);
     let mut lab = Lab::up(&LabSpec {
-        daemon: Daemon::Clusterd {
-            clusterd,
-            clusterctl,
-            watchdog: false,
-        },
+        daemon: Daemon::Clusterd { clusterd, clusterctl, watchdog: false },
         ..LabSpec::bare(&name, 3)
     })
     .unwrap_or_else(|error| panic!("lab with clusterd: {error}"));
 
     // The store answers from the client namespace before any fault.
     let set = lab
-        .remote_clusterctl(
-            "192.0.2.12".parse().unwrap(),
-            &["kv", "set", "hello", "world"],
-        )
+        .remote_clusterctl("192.0.2.12".parse().unwrap(), &["kv", "set", "hello", "world"])
         .unwrap()
         .output()
         .unwrap();
-    assert!(
-        set.status.success(),
-        "kv set: {}",
-        String::from_utf8_lossy(&set.stderr)
-    );
-    let get = lab
-        .remote_clusterctl("192.0.2.13".parse().unwrap(), &["kv", "get", "hello"])
-        .unwrap()
-        .output()
-        .unwrap();
+    assert!(set.status.success(), "kv set: {}", String::from_utf8_lossy(&set.stderr));
+    let get = lab.remote_clusterctl("192.0.2.13".parse().unwrap(), &["kv", "get", "hello"]).unwrap().output().unwrap();
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim_end(), "world");
 
-    let seconds: f64 = std::env::var("CLUSTERLAB_NEMESIS_SECS")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(75.0);
-    let seed: u64 = std::env::var("CLUSTERLAB_SEED")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(3);
+    let seconds: f64 = std::env::var("CLUSTERLAB_NEMESIS_SECS").ok().and_then(|text| text.parse().ok()).unwrap_or(75.0);
+    let seed: u64 = std::env::var("CLUSTERLAB_SEED").ok().and_then(|text| text.parse().ok()).unwrap_or(3);
     let options = NemesisOptions {
         seed,
         duration: Duration::from_secs_f64(seconds),
@@ -107,41 +68,23 @@ fn nemesis_with_kill_pause_and_partition_loses_no_acknowledged_write() {
         clients: 3,
         operation_timeout: Duration::from_secs(5),
     };
-    let steps = nemesis::schedule(
-        seed,
-        options.duration.as_millis() as u64,
-        &options.faults,
-        &lab.node_names(),
-    );
+    let steps = nemesis::schedule(seed, options.duration.as_millis() as u64, &options.faults, &lab.node_names());
     for wanted in ["kill", "pause", "partition"] {
         assert!(
-            steps.iter().any(
-                |step| step.action.to_string().starts_with(&format!("{wanted} "))
-                    && step.at_ms < options.duration.as_millis() as u64
-            ),
+            steps.iter().any(|step| step.action.to_string().starts_with(&format!("{wanted} "))
+                && step.at_ms < options.duration.as_millis() as u64),
             "seed {seed} must schedule a {wanted}"
         );
     }
-    let report =
-        nemesis::run_kv_nemesis(&mut lab, &options, &mut |line| eprintln!("{line}")).unwrap();
+    let report = nemesis::run_kv_nemesis(&mut lab, &options, &mut |line| eprintln!("{line}")).unwrap();
     eprintln!(
         "seed {seed}: {} operations, {} acknowledged, {} unknown, {} keys",
         report.operations, report.acknowledged, report.unknown, report.keys
     );
-    let errors: Vec<&(u64, String, Option<String>)> = report
-        .steps
-        .iter()
-        .filter(|(_, _, error)| error.is_some())
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "faults that could not be injected: {errors:?}"
-    );
-    assert!(
-        report.acknowledged >= 50,
-        "too few acknowledged operations to judge: {}",
-        report.acknowledged
-    );
+    let errors: Vec<&(u64, String, Option<String>)> =
+        report.steps.iter().filter(|(_, _, error)| error.is_some()).collect();
+    assert!(errors.is_empty(), "faults that could not be injected: {errors:?}");
+    assert!(report.acknowledged >= 50, "too few acknowledged operations to judge: {}", report.acknowledged);
     let writes = report
         .history
         .iter()
@@ -151,9 +94,5 @@ fn nemesis_with_kill_pause_and_partition_loses_no_acknowledged_write() {
         })
         .count();
     assert!(writes > 0, "no acknowledged write at all");
-    assert!(
-        report.passed(),
-        "seed {seed}: not linearizable: {:?}",
-        report.failures
-    );
+    assert!(report.passed(), "seed {seed}: not linearizable: {:?}", report.failures);
 }

@@ -14,77 +14,37 @@ pub enum Command {
     /// Store `value` under `key`, replacing any previous value.
     KvSet { key: String, value: String },
     /// Store `new` under `key` only if the current value is `expected` (`None`: the key is absent).
-    KvCas {
-        key: String,
-        expected: Option<String>,
-        new: String,
-    },
+    KvCas { key: String, expected: Option<String>, new: String },
     /// Remove `key`.
     KvDel { key: String },
     /// Change one cluster setting.
     SetSetting { name: String, value: String },
     /// Set or remove the fence device of a node.
-    SetFence {
-        node: String,
-        fence: Option<FenceConfig>,
-    },
+    SetFence { node: String, fence: Option<FenceConfig> },
 
     /// Load or replace a package definition.
     PkgApply { def: Box<PackageDef>, at_ms: u64 },
     /// Forget a stopped package.
     PkgRemove { name: String, at_ms: u64 },
     /// Desired running, optionally on a given node (a one-shot intent).
-    PkgRun {
-        name: String,
-        node: Option<String>,
-        at_ms: u64,
-    },
+    PkgRun { name: String, node: Option<String>, at_ms: u64 },
     /// Desired stopped everywhere.
     PkgStop { name: String, at_ms: u64 },
     /// Planned switchover to `to` (a one-shot intent).
-    PkgMove {
-        name: String,
-        to: String,
-        at_ms: u64,
-    },
+    PkgMove { name: String, to: String, at_ms: u64 },
     /// Maintenance mode on or off.
-    PkgFreeze {
-        name: String,
-        frozen: bool,
-        at_ms: u64,
-    },
+    PkgFreeze { name: String, frozen: bool, at_ms: u64 },
     /// Forget failures, bans and a blocked state (the operator vouches the old owner is stopped).
     PkgCleanup { name: String, at_ms: u64 },
     /// Drain a node (or bring it back).
-    NodeStandby {
-        name: String,
-        standby: bool,
-        at_ms: u64,
-    },
+    NodeStandby { name: String, standby: bool, at_ms: u64 },
     /// A node announces itself at start, with its armed watchdog device if any.
-    NodeHello {
-        name: String,
-        watchdog: Option<String>,
-        at_ms: u64,
-    },
+    NodeHello { name: String, watchdog: Option<String>, at_ms: u64 },
 
     /// Controller decision: owner and phase of a package, valid only at `expected_epoch`.
-    Assign {
-        package: String,
-        expected_epoch: u64,
-        owner: Option<String>,
-        phase: Phase,
-        reason: String,
-        at_ms: u64,
-    },
+    Assign { package: String, expected_epoch: u64, owner: Option<String>, phase: Phase, reason: String, at_ms: u64 },
     /// What an owner did with its package, valid only from the owner at the current epoch.
-    Report {
-        package: String,
-        node: String,
-        epoch: u64,
-        report: Report,
-        at_ms: u64,
-    },
+    Report { package: String, node: String, epoch: u64, report: Report, at_ms: u64 },
     /// A fence agent confirmed that `node` is off: whatever it owned is stopped.
     NodeFenced { node: String, at_ms: u64 },
 }

@@ -92,20 +92,11 @@ impl<'a> Planner<'a> {
                 *load.entry(owner.clone()).or_insert(0) += 1;
             }
         }
-        Planner {
-            state,
-            view,
-            now_ms,
-            load,
-        }
+        Planner { state, view, now_ms, load }
     }
 
     fn liveness(&self, node: &str) -> Liveness {
-        self.view
-            .nodes
-            .get(node)
-            .copied()
-            .unwrap_or(Liveness::Unknown)
+        self.view.nodes.get(node).copied().unwrap_or(Liveness::Unknown)
     }
 
     /// Nodes the package may run on, in preference order.
@@ -128,12 +119,7 @@ impl<'a> Planner<'a> {
         if package.banned.contains(node) {
             return Some("failed beyond its restart budget here (pkg cleanup clears it)".into());
         }
-        if self
-            .state
-            .nodes
-            .get(node)
-            .is_some_and(|record| record.standby)
-        {
+        if self.state.nodes.get(node).is_some_and(|record| record.standby) {
             return Some("in standby".into());
         }
         match self.liveness(node) {
@@ -225,34 +211,20 @@ impl<'a> Planner<'a> {
                 // The owner can no longer be trusted to stop: its lease must have ended under a
                 // watchdog or in declared lease-only mode, or a fence must confirm it is off.
                 let protection = protection(self.state, &owner);
-                let fence_first =
-                    package.phase == Phase::Blocked || protection == Protection::Fencing;
+                let fence_first = package.phase == Phase::Blocked || protection == Protection::Fencing;
                 if fence_first {
-                    if self.state.settings.fencing.contains_key(&owner)
-                        && !self.view.fencing.contains(&owner)
-                    {
+                    if self.state.settings.fencing.contains_key(&owner) && !self.view.fencing.contains(&owner) {
                         let reason = if package.phase == Phase::Blocked {
                             format!("stop of package {name} failed on {owner}")
                         } else {
                             format!("node {owner} lost its lease and has no watchdog")
                         };
-                        actions.push(Action::Fence {
-                            node: owner,
-                            reason,
-                        });
+                        actions.push(Action::Fence { node: owner, reason });
                     }
                     return;
                 }
-                let next = if package.desired == Desired::Running {
-                    self.choose(package, Some(&owner))
-                } else {
-                    None
-                };
-                let phase = if next.is_some() {
-                    Phase::Starting
-                } else {
-                    Phase::Stopped
-                };
+                let next = if package.desired == Desired::Running { self.choose(package, Some(&owner)) } else { None };
+                let phase = if next.is_some() { Phase::Starting } else { Phase::Stopped };
                 let reason = format!("node {owner} lost its lease ({})", protection.as_str());
                 actions.push(self.assign(name, package, next, phase, reason));
                 return;
@@ -309,11 +281,7 @@ pub fn explain(state: &ClusterState, view: &View, name: &str, now_ms: u64) -> Op
         package.phase.as_str(),
         package.owner.as_deref().unwrap_or("none"),
         package.epoch,
-        if package.frozen {
-            ", frozen (nothing is started, stopped or monitored)"
-        } else {
-            ""
-        }
+        if package.frozen { ", frozen (nothing is started, stopped or monitored)" } else { "" }
     )];
     lines.push(format!(
         "policy: failover {}, failback {}",
@@ -328,17 +296,10 @@ pub fn explain(state: &ClusterState, view: &View, name: &str, now_ms: u64) -> Op
     ));
     for (rank, node) in planner.preference(package).iter().enumerate() {
         let verdict = match planner.exclusion(package, node) {
-            None => format!(
-                "eligible, load {}",
-                planner.load.get(node).copied().unwrap_or(0)
-            ),
+            None => format!("eligible, load {}", planner.load.get(node).copied().unwrap_or(0)),
             Some(why) => format!("excluded: {why}"),
         };
-        lines.push(format!(
-            "  {}. {node} ({}): {verdict}",
-            rank + 1,
-            protection(state, node).as_str()
-        ));
+        lines.push(format!("  {}. {node} ({}): {verdict}", rank + 1, protection(state, node).as_str()));
     }
     let actions: Vec<Action> = plan(state, view, now_ms)
         .into_iter()
@@ -350,10 +311,9 @@ pub fn explain(state: &ClusterState, view: &View, name: &str, now_ms: u64) -> Op
         .collect();
     if actions.is_empty() {
         lines.push(match (&package.owner, package.desired, package.phase) {
-            (_, _, Phase::Blocked) => format!(
-                "decision: none — blocked: {}",
-                package.blocked_reason.as_deref().unwrap_or("a stop failed")
-            ),
+            (_, _, Phase::Blocked) => {
+                format!("decision: none — blocked: {}", package.blocked_reason.as_deref().unwrap_or("a stop failed"))
+            }
             (Some(owner), _, _) => format!("decision: none — stays on {owner}"),
             (None, Desired::Running, _) => "decision: none — no eligible node".to_owned(),
             (None, Desired::Stopped, _) => "decision: none — stays stopped".to_owned(),
@@ -361,16 +321,9 @@ pub fn explain(state: &ClusterState, view: &View, name: &str, now_ms: u64) -> Op
     }
     for action in actions {
         lines.push(match action {
-            Action::Propose(Command::Assign {
-                owner,
-                phase,
-                reason,
-                ..
-            }) => format!(
-                "decision: {} on {} — {reason}",
-                phase.as_str(),
-                owner.as_deref().unwrap_or("no node")
-            ),
+            Action::Propose(Command::Assign { owner, phase, reason, .. }) => {
+                format!("decision: {} on {} — {reason}", phase.as_str(), owner.as_deref().unwrap_or("no node"))
+            }
             Action::Fence { node, reason } => format!("decision: fence {node} — {reason}"),
             Action::Propose(other) => format!("decision: {other:?}"),
         });

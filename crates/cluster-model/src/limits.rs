@@ -37,10 +37,7 @@ pub fn validate_key(key: &str) -> Result<(), InvalidInput> {
 /// Checks a value against [`MAX_VALUE_BYTES`].
 pub fn validate_value(key: &str, value: &str) -> Result<(), InvalidInput> {
     if value.len() > MAX_VALUE_BYTES {
-        return Err(InvalidInput::ValueTooLong {
-            key: key.to_owned(),
-            len: value.len(),
-        });
+        return Err(InvalidInput::ValueTooLong { key: key.to_owned(), len: value.len() });
     }
     Ok(())
 }
@@ -54,9 +51,7 @@ mod tests {
         assert_eq!(validate_key(&"k".repeat(MAX_KEY_BYTES)), Ok(()));
         assert_eq!(
             validate_key(&"k".repeat(MAX_KEY_BYTES + 1)),
-            Err(InvalidInput::KeyTooLong {
-                len: MAX_KEY_BYTES + 1
-            })
+            Err(InvalidInput::KeyTooLong { len: MAX_KEY_BYTES + 1 })
         );
         assert_eq!(validate_key(""), Err(InvalidInput::EmptyKey));
         assert_eq!(validate_key("a\nb"), Err(InvalidInput::KeyControlCharacter));
@@ -67,10 +62,7 @@ mod tests {
         let err = validate_value("web/config", &"v".repeat(MAX_VALUE_BYTES + 1)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!(
-                "value of key `web/config` is {} bytes: expected at most 65536 bytes",
-                MAX_VALUE_BYTES + 1
-            )
+            format!("value of key `web/config` is {} bytes: expected at most 65536 bytes", MAX_VALUE_BYTES + 1)
         );
         assert_eq!(validate_value("k", &"v".repeat(MAX_VALUE_BYTES)), Ok(()));
     }

@@ -29,13 +29,8 @@ pub fn node_id(name: &str) -> u64 {
 /// Node names are 1 to 63 characters of `[a-zA-Z0-9._-]`, starting with a letter or digit, so they
 /// are safe as file names, certificate names and log fields.
 pub fn validate_node_name(name: &str) -> Result<(), String> {
-    let valid_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    let valid_start = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let valid_start = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
     if name.is_empty() || name.len() > 63 || !valid_chars || !valid_start {
         return Err(format!(
             "invalid node name `{name}`: expected 1 to 63 characters of letters, digits, `.`, `_` or `-`, starting with a letter or digit"
@@ -51,8 +46,7 @@ mod tests {
     #[test]
     fn ids_are_stable_and_distinct_for_usual_names() {
         assert_eq!(node_id("n1"), node_id("n1"));
-        let ids: std::collections::BTreeSet<u64> =
-            (1..=200).map(|i| node_id(&format!("n{i}"))).collect();
+        let ids: std::collections::BTreeSet<u64> = (1..=200).map(|i| node_id(&format!("n{i}"))).collect();
         assert_eq!(ids.len(), 200);
         // FNV-1a reference value for the empty input.
         assert_eq!(node_id(""), 0xcbf2_9ce4_8422_2325);

@@ -50,10 +50,7 @@ pub enum Phase {
 impl Phase {
     /// Whether resources may be active on the owner in this phase.
     pub fn may_be_active(self) -> bool {
-        matches!(
-            self,
-            Phase::Starting | Phase::Running | Phase::Stopping | Phase::Blocked
-        )
+        matches!(self, Phase::Starting | Phase::Running | Phase::Stopping | Phase::Blocked)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -115,11 +112,7 @@ pub struct PackageState {
 
 impl PackageState {
     pub fn new(def: PackageDef, at_ms: u64) -> PackageState {
-        let desired = if def.auto_run {
-            Desired::Running
-        } else {
-            Desired::Stopped
-        };
+        let desired = if def.auto_run { Desired::Running } else { Desired::Stopped };
         PackageState {
             def,
             desired,
@@ -142,12 +135,7 @@ impl PackageState {
     /// Failures on `node` within the restart window ending at `now_ms`.
     pub fn recent_failures(&self, node: &str, now_ms: u64) -> usize {
         let window = self.def.restart.within.as_millis() as u64;
-        self.failures.get(node).map_or(0, |times| {
-            times
-                .iter()
-                .filter(|t| now_ms.saturating_sub(**t) <= window)
-                .count()
-        })
+        self.failures.get(node).map_or(0, |times| times.iter().filter(|t| now_ms.saturating_sub(**t) <= window).count())
     }
 }
 

@@ -28,7 +28,7 @@ pub struct Settings {
     pub clock_drift_ppm: u64,
     /// Extra wait of the controller beyond a lease before it reassigns.
     pub lease_margin_ms: u64,
-    /// Time an owner reserves before its lease ends to stop its packages; `None`: a third of the lease.
+    /// Time an owner reserves before its lease ends to stop its packages; `None`: half the lease.
     pub stop_budget_ms: Option<u64>,
     /// Fence device per node.
     pub fencing: BTreeMap<String, FenceConfig>,
@@ -54,35 +54,23 @@ pub enum SettingError {
     #[error("unknown setting `{name}`: expected one of {}", Settings::NAMES.join(", "))]
     Unknown { name: String },
     #[error("invalid value `{value}` for setting `{name}`: expected {expected}")]
-    Invalid {
-        name: String,
-        value: String,
-        expected: String,
-    },
+    Invalid { name: String, value: String, expected: String },
 }
 
 fn duration_ms(name: &str, value: &str, min_ms: u64) -> Result<u64, SettingError> {
-    humantime::parse_duration(value)
-        .ok()
-        .map(|d| d.as_millis() as u64)
-        .filter(|ms| *ms >= min_ms)
-        .ok_or_else(|| SettingError::Invalid {
+    humantime::parse_duration(value).ok().map(|d| d.as_millis() as u64).filter(|ms| *ms >= min_ms).ok_or_else(|| {
+        SettingError::Invalid {
             name: name.to_owned(),
             value: value.to_owned(),
             expected: format!("a duration like `100ms` or `1s`, at least {min_ms} ms"),
-        })
+        }
+    })
 }
 
 impl Settings {
     /// Names accepted by [`Settings::set`], in display order.
-    pub const NAMES: &'static [&'static str] = &[
-        "snapshot_period",
-        "heartbeat",
-        "lease",
-        "clock_drift",
-        "lease_margin",
-        "stop_budget",
-    ];
+    pub const NAMES: &'static [&'static str] =
+        &["snapshot_period", "heartbeat", "lease", "clock_drift", "lease_margin", "stop_budget"];
 
     /// Parses and stores one setting; checks it against the others; the state is unchanged on error.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), SettingError> {
@@ -104,11 +92,7 @@ impl Settings {
             "lease" => next.lease_ms = duration_ms(name, value, 100)?,
             "lease_margin" => next.lease_margin_ms = duration_ms(name, value, 0)?,
             "stop_budget" => {
-                next.stop_budget_ms = if value == "auto" {
-                    None
-                } else {
-                    Some(duration_ms(name, value, 10)?)
-                }
+                next.stop_budget_ms = if value == "auto" { None } else { Some(duration_ms(name, value, 10)?) }
             }
             "clock_drift" => {
                 let percent = value
@@ -118,11 +102,7 @@ impl Settings {
                     .ok_or_else(|| invalid("a percentage between 0% and 10%, like `1%`"))?;
                 next.clock_drift_ppm = (percent * 10_000.0).round() as u64;
             }
-            _ => {
-                return Err(SettingError::Unknown {
-                    name: name.to_owned(),
-                })
-            }
+            _ => return Err(SettingError::Unknown { name: name.to_owned() }),
         }
         next.check().map_err(|why| invalid(&why))?;
         *self = next;
@@ -150,20 +130,11 @@ impl Settings {
     /// Every setting as `(name, value)` text pairs.
     pub fn list(&self) -> Vec<(String, String)> {
         let mut entries = vec![
-            (
-                "snapshot_period".to_owned(),
-                self.snapshot_period.to_string(),
-            ),
+            ("snapshot_period".to_owned(), self.snapshot_period.to_string()),
             ("heartbeat".to_owned(), format!("{}ms", self.heartbeat_ms)),
             ("lease".to_owned(), format!("{}ms", self.lease_ms)),
-            (
-                "clock_drift".to_owned(),
-                format!("{}%", self.clock_drift_ppm as f64 / 10_000.0),
-            ),
-            (
-                "lease_margin".to_owned(),
-                format!("{}ms", self.lease_margin_ms),
-            ),
+            ("clock_drift".to_owned(), format!("{}%", self.clock_drift_ppm as f64 / 10_000.0)),
+            ("lease_margin".to_owned(), format!("{}ms", self.lease_margin_ms)),
             (
                 "stop_budget".to_owned(),
                 match self.stop_budget_ms {
@@ -173,17 +144,8 @@ impl Settings {
             ),
         ];
         for (node, fence) in &self.fencing {
-            let params: Vec<String> = fence
-                .params
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            entries.push((
-                format!("fence.{node}"),
-                format!("{} {}", fence.agent, params.join(" "))
-                    .trim()
-                    .to_owned(),
-            ));
+            let params: Vec<String> = fence.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            entries.push((format!("fence.{node}"), format!("{} {}", fence.agent, params.join(" ")).trim().to_owned()));
         }
         entries
     }
@@ -198,14 +160,12 @@ impl Settings {
 
     /// Time reserved to stop packages before a lease ends.
     pub fn stop_budget(&self) -> Duration {
-        Duration::from_millis(self.stop_budget_ms.unwrap_or(self.lease_ms / 3))
+        Duration::from_millis(self.stop_budget_ms.unwrap_or(self.lease_ms / 2))
     }
 
     /// How long a node's lease lasts from the time it sent the renewal: `lease × (1 − ρ)`.
     pub fn lease_for_holder(&self) -> Duration {
-        Duration::from_micros(
-            self.lease_ms * (1_000_000 - self.clock_drift_ppm.min(999_999)) / 1_000,
-        )
+        Duration::from_micros(self.lease_ms * (1_000_000 - self.clock_drift_ppm.min(999_999)) / 1_000)
     }
 
     /// How long the leader waits from receiving a renewal before the lease has certainly ended:
@@ -231,11 +191,7 @@ mod tests {
             "invalid value `5` for setting `snapshot_period`: expected an integer number of entries, at least 10"
         );
         assert_eq!(settings.snapshot_period, 50);
-        assert!(settings
-            .set("leese", "1s")
-            .unwrap_err()
-            .to_string()
-            .starts_with("unknown setting `leese`"));
+        assert!(settings.set("leese", "1s").unwrap_err().to_string().starts_with("unknown setting `leese`"));
     }
 
     #[test]
@@ -243,20 +199,13 @@ mod tests {
         let mut settings = Settings::default();
         settings.set("heartbeat", "50ms").unwrap();
         settings.set("lease", "300ms").unwrap();
-        assert_eq!(settings.stop_budget(), Duration::from_millis(100));
+        assert_eq!(settings.stop_budget(), Duration::from_millis(150));
         let err = settings.set("heartbeat", "200ms").unwrap_err().to_string();
         assert!(err.contains("at most a third of lease"), "{err}");
         assert_eq!(settings.heartbeat_ms, 50);
-        let err = settings
-            .set("stop_budget", "250ms")
-            .unwrap_err()
-            .to_string();
+        let err = settings.set("stop_budget", "250ms").unwrap_err().to_string();
         assert!(err.contains("plus two heartbeats within lease"), "{err}");
-        assert!(settings
-            .set("lease", "soon")
-            .unwrap_err()
-            .to_string()
-            .contains("a duration like"));
+        assert!(settings.set("lease", "soon").unwrap_err().to_string().contains("a duration like"));
         settings.set("clock_drift", "0.5%").unwrap();
         assert_eq!(settings.clock_drift_ppm, 5_000);
         assert!(settings.set("clock_drift", "50%").is_err());

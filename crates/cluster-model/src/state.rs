@@ -23,9 +23,7 @@ pub struct ClusterState {
 }
 
 fn rejected(reason: impl Into<String>) -> CommandOutcome {
-    CommandOutcome::Rejected {
-        reason: reason.into(),
-    }
+    CommandOutcome::Rejected { reason: reason.into() }
 }
 
 fn unknown_package(name: &str) -> CommandOutcome {
@@ -44,16 +42,12 @@ impl ClusterState {
             Command::KvCas { key, expected, new } => {
                 let current = self.kv.get(key);
                 if current != expected.as_ref() {
-                    return CommandOutcome::CasMismatch {
-                        current: current.cloned(),
-                    };
+                    return CommandOutcome::CasMismatch { current: current.cloned() };
                 }
                 self.kv.insert(key.clone(), new.clone());
                 CommandOutcome::Applied
             }
-            Command::KvDel { key } => CommandOutcome::Deleted {
-                existed: self.kv.remove(key).is_some(),
-            },
+            Command::KvDel { key } => CommandOutcome::Deleted { existed: self.kv.remove(key).is_some() },
             Command::SetSetting { name, value } => match self.settings.set(name, value) {
                 Ok(()) => CommandOutcome::Applied,
                 Err(err) => rejected(err.to_string()),
@@ -73,8 +67,7 @@ impl ClusterState {
                         "definition replaced"
                     }
                     None => {
-                        self.packages
-                            .insert(name.clone(), PackageState::new((**def).clone(), *at_ms));
+                        self.packages.insert(name.clone(), PackageState::new((**def).clone(), *at_ms));
                         "applied"
                     }
                 };
@@ -94,15 +87,7 @@ impl ClusterState {
                 }
                 let epoch = package.epoch;
                 self.packages.remove(name);
-                self.event(
-                    *at_ms,
-                    Some(name),
-                    None,
-                    epoch,
-                    "removed",
-                    "pkg remove",
-                    None,
-                );
+                self.event(*at_ms, Some(name), None, epoch, "removed", "pkg remove", None);
                 CommandOutcome::Applied
             }
             Command::PkgRun { name, node, at_ms } => {
@@ -129,45 +114,30 @@ impl ClusterState {
                     package.target = Some(to.clone());
                 })
             }
-            Command::PkgFreeze {
-                name,
-                frozen,
-                at_ms,
-            } => self.operator(
-                name,
-                *at_ms,
-                if *frozen { "freeze" } else { "unfreeze" },
-                |package| package.frozen = *frozen,
-            ),
-            Command::PkgCleanup { name, at_ms } => {
-                self.operator(name, *at_ms, "cleanup", |package| {
-                    package.failures.clear();
-                    package.banned.clear();
-                    package.restarts = 0;
-                    package.stopping_after_failure = false;
-                    if matches!(package.phase, Phase::Blocked | Phase::Failed) {
-                        package.owner = None;
-                        package.phase = Phase::Stopped;
-                        package.blocked_reason = None;
-                        package.resources.clear();
-                    }
+            Command::PkgFreeze { name, frozen, at_ms } => {
+                self.operator(name, *at_ms, if *frozen { "freeze" } else { "unfreeze" }, |package| {
+                    package.frozen = *frozen
                 })
             }
-            Command::NodeStandby {
-                name,
-                standby,
-                at_ms,
-            } => {
+            Command::PkgCleanup { name, at_ms } => self.operator(name, *at_ms, "cleanup", |package| {
+                package.failures.clear();
+                package.banned.clear();
+                package.restarts = 0;
+                package.stopping_after_failure = false;
+                if matches!(package.phase, Phase::Blocked | Phase::Failed) {
+                    package.owner = None;
+                    package.phase = Phase::Stopped;
+                    package.blocked_reason = None;
+                    package.resources.clear();
+                }
+            }),
+            Command::NodeStandby { name, standby, at_ms } => {
                 self.nodes.entry(name.clone()).or_default().standby = *standby;
                 let what = if *standby { "standby" } else { "online" };
                 self.event(*at_ms, None, Some(name), 0, what, "operator", None);
                 CommandOutcome::Applied
             }
-            Command::NodeHello {
-                name,
-                watchdog,
-                at_ms,
-            } => {
+            Command::NodeHello { name, watchdog, at_ms } => {
                 let record = self.nodes.entry(name.clone()).or_default();
                 record.watchdog = watchdog.is_some();
                 record.watchdog_device = watchdog.clone();
@@ -178,28 +148,12 @@ impl ClusterState {
                 self.event(*at_ms, None, Some(name), 0, "node started", &reason, None);
                 CommandOutcome::Applied
             }
-            Command::Assign {
-                package,
-                expected_epoch,
-                owner,
-                phase,
-                reason,
-                at_ms,
-            } => self.assign(
-                package,
-                *expected_epoch,
-                owner.as_deref(),
-                *phase,
-                reason,
-                *at_ms,
-            ),
-            Command::Report {
-                package,
-                node,
-                epoch,
-                report,
-                at_ms,
-            } => self.report(package, node, *epoch, report, *at_ms),
+            Command::Assign { package, expected_epoch, owner, phase, reason, at_ms } => {
+                self.assign(package, *expected_epoch, owner.as_deref(), *phase, reason, *at_ms)
+            }
+            Command::Report { package, node, epoch, report, at_ms } => {
+                self.report(package, node, *epoch, report, *at_ms)
+            }
             Command::NodeFenced { node, at_ms } => {
                 let owned: Vec<String> = self
                     .packages
@@ -211,11 +165,7 @@ impl ClusterState {
                     let package = self.packages.get_mut(&name).expect("listed package");
                     let from = package.phase;
                     let phase_ms = at_ms.saturating_sub(package.since_ms);
-                    package.phase = if package.stopping_after_failure {
-                        Phase::Failed
-                    } else {
-                        Phase::Stopped
-                    };
+                    package.phase = if package.stopping_after_failure { Phase::Failed } else { Phase::Stopped };
                     package.owner = None;
                     package.blocked_reason = None;
                     package.stopping_after_failure = false;
@@ -223,25 +173,9 @@ impl ClusterState {
                     package.since_ms = *at_ms;
                     let (epoch, to) = (package.epoch, package.phase);
                     let what = format!("{} -> {}", from.as_str(), to.as_str());
-                    self.event(
-                        *at_ms,
-                        Some(&name),
-                        Some(node),
-                        epoch,
-                        &what,
-                        "node fenced",
-                        Some(phase_ms),
-                    );
+                    self.event(*at_ms, Some(&name), Some(node), epoch, &what, "node fenced", Some(phase_ms));
                 }
-                self.event(
-                    *at_ms,
-                    None,
-                    Some(node),
-                    0,
-                    "fenced",
-                    "fence agent confirmed the node is off",
-                    None,
-                );
+                self.event(*at_ms, None, Some(node), 0, "fenced", "fence agent confirmed the node is off", None);
                 CommandOutcome::Applied
             }
         }
@@ -251,9 +185,7 @@ impl ClusterState {
     fn unusable_node(&self, name: &str, node: &str) -> Option<String> {
         let package = self.packages.get(name)?;
         if !package.def.nodes.is_empty() && !package.def.nodes.iter().any(|n| n == node) {
-            return Some(format!(
-                "node `{node}` is not in the nodes list of package `{name}`"
-            ));
+            return Some(format!("node `{node}` is not in the nodes list of package `{name}`"));
         }
         if package.banned.contains(node) {
             return Some(format!(
@@ -317,26 +249,11 @@ impl ClusterState {
         package.since_ms = at_ms;
         let epoch = package.epoch;
         let what = format!("{} -> {}", from.as_str(), phase.as_str());
-        self.event(
-            at_ms,
-            Some(name),
-            owner,
-            epoch,
-            &what,
-            reason,
-            Some(phase_ms),
-        );
+        self.event(at_ms, Some(name), owner, epoch, &what, reason, Some(phase_ms));
         CommandOutcome::Applied
     }
 
-    fn report(
-        &mut self,
-        name: &str,
-        node: &str,
-        epoch: u64,
-        report: &Report,
-        at_ms: u64,
-    ) -> CommandOutcome {
+    fn report(&mut self, name: &str, node: &str, epoch: u64, report: &Report, at_ms: u64) -> CommandOutcome {
         let Some(package) = self.packages.get_mut(name) else {
             return unknown_package(name);
         };
@@ -358,11 +275,7 @@ impl ClusterState {
                 "all resources started".to_owned()
             }
             Report::Stopped => {
-                package.phase = if package.stopping_after_failure {
-                    Phase::Failed
-                } else {
-                    Phase::Stopped
-                };
+                package.phase = if package.stopping_after_failure { Phase::Failed } else { Phase::Stopped };
                 package.owner = None;
                 package.stopping_after_failure = false;
                 package.resources.clear();
@@ -375,12 +288,8 @@ impl ClusterState {
                      (configure `clusterctl cluster fence set {node} …`) or stop its resources by hand, then run \
                      `clusterctl pkg cleanup {name}`"
                 ));
-                package.last_failure = Some(Failure {
-                    node: node.to_owned(),
-                    resource: None,
-                    reason: reason.clone(),
-                    at_ms,
-                });
+                package.last_failure =
+                    Some(Failure { node: node.to_owned(), resource: None, reason: reason.clone(), at_ms });
                 format!("stop failed: {reason}")
             }
             Report::ResourceFailed { resource, reason } => {
@@ -402,25 +311,14 @@ impl ClusterState {
                 } else {
                     package.restarts += 1;
                     package.phase = Phase::Starting;
-                    format!(
-                        "resource {resource} failed ({reason}); local restart {}",
-                        package.restarts
-                    )
+                    format!("resource {resource} failed ({reason}); local restart {}", package.restarts)
                 }
             }
         };
         if package.phase != from {
             package.since_ms = at_ms;
             let what = format!("{} -> {}", from.as_str(), package.phase.as_str());
-            self.event(
-                at_ms,
-                Some(name),
-                Some(node),
-                epoch,
-                &what,
-                &reason,
-                Some(phase_ms),
-            );
+            self.event(at_ms, Some(name), Some(node), epoch, &what, &reason, Some(phase_ms));
         }
         CommandOutcome::Applied
     }
@@ -473,39 +371,18 @@ mod tests {
     use crate::package::ResourceStatus;
 
     fn set(key: &str, value: &str) -> Command {
-        Command::KvSet {
-            key: key.into(),
-            value: value.into(),
-        }
+        Command::KvSet { key: key.into(), value: value.into() }
     }
 
     #[test]
     fn cas_compares_against_current_value_and_absence() {
         let mut state = ClusterState::default();
-        let create = Command::KvCas {
-            key: "a".into(),
-            expected: None,
-            new: "1".into(),
-        };
+        let create = Command::KvCas { key: "a".into(), expected: None, new: "1".into() };
         assert_eq!(state.apply(&create), CommandOutcome::Applied);
-        assert_eq!(
-            state.apply(&create),
-            CommandOutcome::CasMismatch {
-                current: Some("1".into())
-            }
-        );
-        let swap = Command::KvCas {
-            key: "a".into(),
-            expected: Some("1".into()),
-            new: "2".into(),
-        };
+        assert_eq!(state.apply(&create), CommandOutcome::CasMismatch { current: Some("1".into()) });
+        let swap = Command::KvCas { key: "a".into(), expected: Some("1".into()), new: "2".into() };
         assert_eq!(state.apply(&swap), CommandOutcome::Applied);
-        assert_eq!(
-            state.apply(&swap),
-            CommandOutcome::CasMismatch {
-                current: Some("2".into())
-            }
-        );
+        assert_eq!(state.apply(&swap), CommandOutcome::CasMismatch { current: Some("2".into()) });
         assert_eq!(state.get("a").map(String::as_str), Some("2"));
     }
 
@@ -513,14 +390,8 @@ mod tests {
     fn delete_reports_whether_the_key_existed() {
         let mut state = ClusterState::default();
         state.apply(&set("a", "1"));
-        assert_eq!(
-            state.apply(&Command::KvDel { key: "a".into() }),
-            CommandOutcome::Deleted { existed: true }
-        );
-        assert_eq!(
-            state.apply(&Command::KvDel { key: "a".into() }),
-            CommandOutcome::Deleted { existed: false }
-        );
+        assert_eq!(state.apply(&Command::KvDel { key: "a".into() }), CommandOutcome::Deleted { existed: true });
+        assert_eq!(state.apply(&Command::KvDel { key: "a".into() }), CommandOutcome::Deleted { existed: false });
     }
 
     #[test]
@@ -538,10 +409,7 @@ mod tests {
     fn rejected_setting_leaves_state_unchanged() {
         let mut state = ClusterState::default();
         let before = state.clone();
-        let outcome = state.apply(&Command::SetSetting {
-            name: "snapshot_period".into(),
-            value: "x".into(),
-        });
+        let outcome = state.apply(&Command::SetSetting { name: "snapshot_period".into(), value: "x".into() });
         assert!(matches!(outcome, CommandOutcome::Rejected { .. }));
         assert_eq!(state, before);
     }
@@ -568,45 +436,22 @@ mod tests {
 
     fn report(state: &mut ClusterState, node: &str, report: Report, at_ms: u64) -> CommandOutcome {
         let epoch = state.packages["web"].epoch;
-        state.apply(&Command::Report {
-            package: "web".into(),
-            node: node.into(),
-            epoch,
-            report,
-            at_ms,
-        })
+        state.apply(&Command::Report { package: "web".into(), node: node.into(), epoch, report, at_ms })
     }
 
     #[test]
     fn every_change_of_owner_increments_the_epoch_and_stale_commands_are_refused() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply {
-            def: Box::new(package(1)),
-            at_ms: 0,
-        });
-        assert_eq!(
-            assign(&mut state, Some("n1"), Phase::Starting),
-            CommandOutcome::Applied
-        );
+        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        assert_eq!(assign(&mut state, Some("n1"), Phase::Starting), CommandOutcome::Applied);
         assert_eq!(state.packages["web"].epoch, 1);
-        report(
-            &mut state,
-            "n1",
-            Report::Running { resources: vec![] },
-            1_100,
-        );
+        report(&mut state, "n1", Report::Running { resources: vec![] }, 1_100);
         assert_eq!(state.packages["web"].phase, Phase::Running);
         // Stopping on the same owner keeps the epoch; the next owner gets a new one.
         assign(&mut state, Some("n1"), Phase::Stopping);
         assert_eq!(state.packages["web"].epoch, 1);
         report(&mut state, "n1", Report::Stopped, 1_200);
-        assert_eq!(
-            (
-                state.packages["web"].owner.clone(),
-                state.packages["web"].phase
-            ),
-            (None, Phase::Stopped)
-        );
+        assert_eq!((state.packages["web"].owner.clone(), state.packages["web"].phase), (None, Phase::Stopped));
         assign(&mut state, Some("n2"), Phase::Starting);
         assert_eq!(state.packages["web"].epoch, 2);
         // A report of the old owner, or at an old epoch, changes nothing.
@@ -618,10 +463,7 @@ mod tests {
             report: Report::Running { resources: vec![] },
             at_ms: 1_300,
         };
-        assert!(matches!(
-            state.apply(&stale),
-            CommandOutcome::Rejected { .. }
-        ));
+        assert!(matches!(state.apply(&stale), CommandOutcome::Rejected { .. }));
         let stale_assign = Command::Assign {
             package: "web".into(),
             expected_epoch: 1,
@@ -630,32 +472,18 @@ mod tests {
             reason: "late".into(),
             at_ms: 1_300,
         };
-        assert!(matches!(
-            state.apply(&stale_assign),
-            CommandOutcome::Rejected { .. }
-        ));
+        assert!(matches!(state.apply(&stale_assign), CommandOutcome::Rejected { .. }));
         assert_eq!(state, before);
     }
 
     #[test]
     fn failures_restart_locally_until_the_budget_is_spent_then_relocate() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply {
-            def: Box::new(package(2)),
-            at_ms: 0,
-        });
+        state.apply(&Command::PkgApply { def: Box::new(package(2)), at_ms: 0 });
         assign(&mut state, Some("n1"), Phase::Starting);
-        let failed = || Report::ResourceFailed {
-            resource: "vip".into(),
-            reason: "gone".into(),
-        };
+        let failed = || Report::ResourceFailed { resource: "vip".into(), reason: "gone".into() };
         for (i, at) in [10_000, 20_000].into_iter().enumerate() {
-            report(
-                &mut state,
-                "n1",
-                Report::Running { resources: vec![] },
-                at - 1,
-            );
+            report(&mut state, "n1", Report::Running { resources: vec![] }, at - 1);
             report(&mut state, "n1", failed(), at);
             assert_eq!(state.packages["web"].phase, Phase::Starting, "restart {i}");
             assert_eq!(state.packages["web"].restarts, i as u32 + 1);
@@ -668,10 +496,7 @@ mod tests {
         assert_eq!(state.packages["web"].phase, Phase::Failed);
         assert_eq!(state.packages["web"].owner, None);
         // Cleanup forgets the ban.
-        state.apply(&Command::PkgCleanup {
-            name: "web".into(),
-            at_ms: 40_000,
-        });
+        state.apply(&Command::PkgCleanup { name: "web".into(), at_ms: 40_000 });
         assert!(state.packages["web"].banned.is_empty());
         assert_eq!(state.packages["web"].phase, Phase::Stopped);
     }
@@ -679,15 +504,9 @@ mod tests {
     #[test]
     fn failures_outside_the_window_do_not_count() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply {
-            def: Box::new(package(1)),
-            at_ms: 0,
-        });
+        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
         assign(&mut state, Some("n1"), Phase::Starting);
-        let failed = Report::ResourceFailed {
-            resource: "vip".into(),
-            reason: "gone".into(),
-        };
+        let failed = Report::ResourceFailed { resource: "vip".into(), reason: "gone".into() };
         report(&mut state, "n1", failed.clone(), 1_000);
         // Eleven minutes later the first failure is outside the 10-minute window.
         report(&mut state, "n1", failed, 1_000 + 11 * 60_000);
@@ -698,78 +517,31 @@ mod tests {
     #[test]
     fn a_failed_stop_blocks_until_fenced_and_says_how_to_resolve_it() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply {
-            def: Box::new(package(1)),
-            at_ms: 0,
-        });
+        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
         assign(&mut state, Some("n1"), Phase::Starting);
-        report(
-            &mut state,
-            "n1",
-            Report::StopFailed {
-                reason: "umount: target is busy".into(),
-            },
-            2_000,
-        );
+        report(&mut state, "n1", Report::StopFailed { reason: "umount: target is busy".into() }, 2_000);
         let package = &state.packages["web"];
         assert_eq!(package.phase, Phase::Blocked);
-        assert!(package
-            .blocked_reason
-            .as_ref()
-            .unwrap()
-            .contains("clusterctl pkg cleanup web"));
-        state.apply(&Command::NodeFenced {
-            node: "n1".into(),
-            at_ms: 3_000,
-        });
-        assert_eq!(
-            (
-                state.packages["web"].owner.clone(),
-                state.packages["web"].phase
-            ),
-            (None, Phase::Stopped)
-        );
+        assert!(package.blocked_reason.as_ref().unwrap().contains("clusterctl pkg cleanup web"));
+        state.apply(&Command::NodeFenced { node: "n1".into(), at_ms: 3_000 });
+        assert_eq!((state.packages["web"].owner.clone(), state.packages["web"].phase), (None, Phase::Stopped));
     }
 
     #[test]
     fn operator_commands_check_names_and_nodes() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply {
-            def: Box::new(package(1)),
-            at_ms: 0,
-        });
-        let err = state.apply(&Command::PkgMove {
-            name: "web".into(),
-            to: "n9".into(),
-            at_ms: 1,
-        });
-        assert_eq!(
-            err,
-            rejected("node `n9` is not in the nodes list of package `web`")
-        );
-        let err = state.apply(&Command::PkgRun {
-            name: "db".into(),
-            node: None,
-            at_ms: 1,
-        });
+        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        let err = state.apply(&Command::PkgMove { name: "web".into(), to: "n9".into(), at_ms: 1 });
+        assert_eq!(err, rejected("node `n9` is not in the nodes list of package `web`"));
+        let err = state.apply(&Command::PkgRun { name: "db".into(), node: None, at_ms: 1 });
         assert_eq!(err, rejected("package `db` does not exist"));
         assign(&mut state, Some("n1"), Phase::Starting);
-        let err = state.apply(&Command::PkgRemove {
-            name: "web".into(),
-            at_ms: 2,
-        });
-        assert!(
-            matches!(err, CommandOutcome::Rejected { reason } if reason.contains("stop it first"))
-        );
+        let err = state.apply(&Command::PkgRemove { name: "web".into(), at_ms: 2 });
+        assert!(matches!(err, CommandOutcome::Rejected { reason } if reason.contains("stop it first")));
         report(
             &mut state,
             "n1",
-            Report::Running {
-                resources: vec![ResourceStatus {
-                    name: "vip".into(),
-                    state: "running".into(),
-                }],
-            },
+            Report::Running { resources: vec![ResourceStatus { name: "vip".into(), state: "running".into() }] },
             3,
         );
         assert_eq!(state.packages["web"].resources.len(), 1);
@@ -779,11 +551,7 @@ mod tests {
     fn the_event_history_is_bounded() {
         let mut state = ClusterState::default();
         for i in 0..(EVENT_HISTORY as u64 + 10) {
-            state.apply(&Command::NodeStandby {
-                name: "n1".into(),
-                standby: i % 2 == 0,
-                at_ms: i,
-            });
+            state.apply(&Command::NodeStandby { name: "n1".into(), standby: i % 2 == 0, at_ms: i });
         }
         assert_eq!(state.events.len(), EVENT_HISTORY);
         assert_eq!(state.events.front().unwrap().seq, 10);

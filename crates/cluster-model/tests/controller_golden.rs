@@ -25,34 +25,15 @@ impl Scenario {
     fn new() -> Scenario {
         let mut state = ClusterState::default();
         for node in ["n1", "n2", "n3"] {
-            state.nodes.insert(
-                node.into(),
-                NodeRecord {
-                    watchdog: true,
-                    ..NodeRecord::default()
-                },
-            );
+            state.nodes.insert(node.into(), NodeRecord { watchdog: true, ..NodeRecord::default() });
         }
-        let nodes = ["n1", "n2", "n3"]
-            .iter()
-            .map(|n| (n.to_string(), Liveness::Alive))
-            .collect();
-        Scenario {
-            state,
-            view: View {
-                nodes,
-                fencing: Default::default(),
-            },
-        }
+        let nodes = ["n1", "n2", "n3"].iter().map(|n| (n.to_string(), Liveness::Alive)).collect();
+        Scenario { state, view: View { nodes, fencing: Default::default() } }
     }
 
     fn package(mut self, name: &str, extra: &str) -> Scenario {
-        let def = cluster_package::parse_package("p.toml", &package_text(name, extra))
-            .expect("valid package");
-        self.state.apply(&Command::PkgApply {
-            def: Box::new(def),
-            at_ms: 0,
-        });
+        let def = cluster_package::parse_package("p.toml", &package_text(name, extra)).expect("valid package");
+        self.state.apply(&Command::PkgApply { def: Box::new(def), at_ms: 0 });
         self
     }
 
@@ -79,11 +60,7 @@ impl Scenario {
 
     fn apply(&mut self, command: Command) {
         let outcome = self.state.apply(&command);
-        assert_eq!(
-            outcome,
-            cluster_model::CommandOutcome::Applied,
-            "{command:?}"
-        );
+        assert_eq!(outcome, cluster_model::CommandOutcome::Applied, "{command:?}");
     }
 
     fn with(mut self, command: Command) -> Scenario {
@@ -102,14 +79,8 @@ impl Scenario {
     }
 
     fn fence(mut self, node: &str) -> Scenario {
-        let fence = FenceConfig {
-            agent: "fence_dummy".into(),
-            params: BTreeMap::new(),
-        };
-        self.apply(Command::SetFence {
-            node: node.into(),
-            fence: Some(fence),
-        });
+        let fence = FenceConfig { agent: "fence_dummy".into(), params: BTreeMap::new() };
+        self.apply(Command::SetFence { node: node.into(), fence: Some(fence) });
         self
     }
 }
@@ -118,14 +89,7 @@ fn render(actions: &[Action]) -> String {
     let mut text = String::new();
     for action in actions {
         match action {
-            Action::Propose(Command::Assign {
-                package,
-                expected_epoch,
-                owner,
-                phase,
-                reason,
-                ..
-            }) => {
+            Action::Propose(Command::Assign { package, expected_epoch, owner, phase, reason, .. }) => {
                 text.push_str(&format!(
                     "assign {package} at epoch {expected_epoch}: {} on {} — {reason}\n",
                     phase.as_str(),
@@ -143,19 +107,13 @@ fn render(actions: &[Action]) -> String {
 }
 
 fn check(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/controller")
-        .join(format!("{name}.txt"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/controller").join(format!("{name}.txt"));
     if std::env::var_os("UPDATE_EXPECT").is_some() {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!(
-            "{} is missing: run with UPDATE_EXPECT=1 to create it",
-            path.display()
-        )
-    });
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} is missing: run with UPDATE_EXPECT=1 to create it", path.display()));
     assert_eq!(actual, expected, "golden file {} differs", path.display());
 }
 
@@ -165,19 +123,11 @@ fn check_plan(name: &str, scenario: &Scenario) {
 
 #[test]
 fn placement() {
-    check_plan(
-        "new_package_goes_to_the_first_node",
-        &Scenario::new().package("web", ""),
-    );
-    check_plan(
-        "not_auto_run_stays_stopped",
-        &Scenario::new().package("web", "auto_run = false"),
-    );
+    check_plan("new_package_goes_to_the_first_node", &Scenario::new().package("web", ""));
+    check_plan("not_auto_run_stays_stopped", &Scenario::new().package("web", "auto_run = false"));
     check_plan(
         "first_node_down_goes_to_the_second",
-        &Scenario::new()
-            .package("web", "")
-            .lease("n1", Liveness::Expired),
+        &Scenario::new().package("web", "").lease("n1", Liveness::Expired),
     );
     check_plan(
         "least_loaded_picks_the_emptiest_node",
@@ -192,11 +142,7 @@ fn placement() {
         "standby_and_unconfirmed_nodes_are_skipped",
         &Scenario::new()
             .package("web", "")
-            .with(Command::NodeStandby {
-                name: "n1".into(),
-                standby: true,
-                at_ms: 3,
-            })
+            .with(Command::NodeStandby { name: "n1".into(), standby: true, at_ms: 3 })
             .lease("n2", Liveness::Unknown),
     );
     check_plan(
@@ -209,13 +155,11 @@ fn placement() {
     );
     check_plan(
         "run_on_a_named_node",
-        &Scenario::new()
-            .package("web", "auto_run = false")
-            .with(Command::PkgRun {
-                name: "web".into(),
-                node: Some("n3".into()),
-                at_ms: 3,
-            }),
+        &Scenario::new().package("web", "auto_run = false").with(Command::PkgRun {
+            name: "web".into(),
+            node: Some("n3".into()),
+            at_ms: 3,
+        }),
     );
 }
 
@@ -223,81 +167,41 @@ fn placement() {
 fn failover() {
     let running = || Scenario::new().package("web", "").running_on("web", "n1");
     check_plan("healthy_owner_keeps_its_package", &running());
-    check_plan(
-        "expired_owner_with_watchdog_is_replaced",
-        &running().lease("n1", Liveness::Expired),
-    );
+    check_plan("expired_owner_with_watchdog_is_replaced", &running().lease("n1", Liveness::Expired));
     check_plan(
         "expired_owner_in_lease_only_mode_is_replaced",
         &running().no_watchdog("n1").lease("n1", Liveness::Expired),
     );
     check_plan(
         "expired_owner_with_only_fencing_is_fenced_first",
-        &running()
-            .no_watchdog("n1")
-            .fence("n1")
-            .lease("n1", Liveness::Expired),
+        &running().no_watchdog("n1").fence("n1").lease("n1", Liveness::Expired),
     );
-    check_plan(
-        "owner_not_yet_heard_by_a_new_leader_is_left_alone",
-        &running().lease("n1", Liveness::Unknown),
-    );
-    let mut fencing = running()
-        .no_watchdog("n1")
-        .fence("n1")
-        .lease("n1", Liveness::Expired);
+    check_plan("owner_not_yet_heard_by_a_new_leader_is_left_alone", &running().lease("n1", Liveness::Unknown));
+    let mut fencing = running().no_watchdog("n1").fence("n1").lease("n1", Liveness::Expired);
     fencing.view.fencing.insert("n1".into());
     check_plan("a_fence_in_progress_is_not_repeated", &fencing);
     check_plan(
         "expired_owner_and_nowhere_to_go_stops_the_package",
-        &running()
-            .lease("n1", Liveness::Expired)
-            .lease("n2", Liveness::Expired)
-            .lease("n3", Liveness::Expired),
+        &running().lease("n1", Liveness::Expired).lease("n2", Liveness::Expired).lease("n3", Liveness::Expired),
     );
 }
 
 #[test]
 fn planned_moves() {
-    let running = |extra: &str| {
-        Scenario::new()
-            .package("web", extra)
-            .running_on("web", "n1")
-    };
-    check_plan(
-        "stop_requested",
-        &running("").with(Command::PkgStop {
-            name: "web".into(),
-            at_ms: 3,
-        }),
-    );
+    let running = |extra: &str| Scenario::new().package("web", extra).running_on("web", "n1");
+    check_plan("stop_requested", &running("").with(Command::PkgStop { name: "web".into(), at_ms: 3 }));
     check_plan(
         "move_stops_the_owner_first",
-        &running("").with(Command::PkgMove {
-            name: "web".into(),
-            to: "n3".into(),
-            at_ms: 3,
-        }),
+        &running("").with(Command::PkgMove { name: "web".into(), to: "n3".into(), at_ms: 3 }),
     );
     check_plan(
         "standby_drains_the_owner",
-        &running("").with(Command::NodeStandby {
-            name: "n1".into(),
-            standby: true,
-            at_ms: 3,
-        }),
+        &running("").with(Command::NodeStandby { name: "n1".into(), standby: true, at_ms: 3 }),
     );
     check_plan("frozen_package_is_left_alone", &{
         running("")
-            .with(Command::PkgFreeze {
-                name: "web".into(),
-                frozen: true,
-                at_ms: 3,
-            })
-            .with(Command::PkgStop {
-                name: "web".into(),
-                at_ms: 4,
-            })
+            .with(Command::PkgFreeze { name: "web".into(), frozen: true, at_ms: 3 })
+            .with(Command::PkgStop { name: "web".into(), at_ms: 4 })
     });
     let on_second = |failback: &str| {
         Scenario::new()
@@ -306,10 +210,7 @@ fn planned_moves() {
             .running_on("web", "n2")
             .lease("n1", Liveness::Alive)
     };
-    check_plan(
-        "failback_auto_returns_to_the_preferred_node",
-        &on_second("failback = \"auto\""),
-    );
+    check_plan("failback_auto_returns_to_the_preferred_node", &on_second("failback = \"auto\""));
     check_plan("failback_manual_stays", &on_second("failback = \"manual\""));
 }
 
@@ -322,18 +223,13 @@ fn blocked_packages() {
             package: "web".into(),
             node: "n1".into(),
             epoch,
-            report: Report::StopFailed {
-                reason: "umount: target is busy".into(),
-            },
+            report: Report::StopFailed { reason: "umount: target is busy".into() },
             at_ms: 5,
         });
         scenario
     };
     check_plan("blocked_without_fencing_waits_for_the_operator", &blocked());
-    check_plan(
-        "blocked_with_fencing_fences_the_owner",
-        &blocked().fence("n1"),
-    );
+    check_plan("blocked_with_fencing_fences_the_owner", &blocked().fence("n1"));
 }
 
 #[test]
@@ -342,18 +238,8 @@ fn explanations() {
         .package("web", "")
         .running_on("web", "n1")
         .lease("n1", Liveness::Expired)
-        .with(Command::NodeStandby {
-            name: "n2".into(),
-            standby: true,
-            at_ms: 3,
-        })
+        .with(Command::NodeStandby { name: "n2".into(), standby: true, at_ms: 3 })
         .no_watchdog("n3");
-    check(
-        "explain_failover",
-        &(explain(&scenario.state, &scenario.view, "web", NOW)
-            .unwrap()
-            .join("\n")
-            + "\n"),
-    );
+    check("explain_failover", &(explain(&scenario.state, &scenario.view, "web", NOW).unwrap().join("\n") + "\n"));
     assert!(explain(&scenario.state, &scenario.view, "nope", NOW).is_none());
 }

@@ -30,9 +30,8 @@ mod parse;
 mod paths;
 
 pub use model::{
-    DeviceSpec, Failback, Failover, FilesystemResource, IpResource, Monitor, OcfAgentRef,
-    OcfResource, PackageDef, ProcessOutput, ProcessResource, Readiness, ResourceDef, ResourceKind,
-    Restart,
+    DeviceSpec, Failback, Failover, FilesystemResource, IpResource, Monitor, OcfAgentRef, OcfResource, PackageDef,
+    ProcessOutput, ProcessResource, Readiness, ResourceDef, ResourceKind, Restart,
 };
 pub use parse::{parse_package, Diagnostic};
 pub use paths::{all_valid, validate_paths, FileReport, FileResult, PathError};

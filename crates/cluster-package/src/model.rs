@@ -228,10 +228,7 @@ pub enum OcfAgentRef {
 impl std::fmt::Display for OcfAgentRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            OcfAgentRef::Provider {
-                provider,
-                agent_type,
-            } => write!(f, "ocf:{provider}:{agent_type}"),
+            OcfAgentRef::Provider { provider, agent_type } => write!(f, "ocf:{provider}:{agent_type}"),
             OcfAgentRef::Path(path) => write!(f, "{}", path.display()),
         }
     }

@@ -35,17 +35,9 @@ pub struct Diagnostic {
 impl std::fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.field.is_empty() {
-            write!(
-                f,
-                "{}:{}:{}: toml syntax: {}",
-                self.file, self.line, self.column, self.message
-            )
+            write!(f, "{}:{}:{}: toml syntax: {}", self.file, self.line, self.column, self.message)
         } else {
-            write!(
-                f,
-                "{}:{}:{}: field `{}`: {}",
-                self.file, self.line, self.column, self.field, self.message
-            )
+            write!(f, "{}:{}:{}: field `{}`: {}", self.file, self.line, self.column, self.field, self.message)
         }
     }
 }
@@ -57,40 +49,14 @@ pub(crate) const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_MONITOR_TIMEOUT: Duration = Duration::from_secs(20);
 
-const PACKAGE_FIELDS: &[&str] = &[
-    "name", "nodes", "failover", "failback", "auto_run", "restart", "resource",
-];
-const COMMON_RESOURCE_FIELDS: &[&str] =
-    &["name", "type", "start_timeout", "stop_timeout", "monitor"];
-const IP_FIELDS: &[&str] = &[
-    "address",
-    "interface",
-    "check_duplicate",
-    "probe_timeout",
-    "announce_count",
-    "announce_interval",
-];
-const FILESYSTEM_FIELDS: &[&str] = &[
-    "device",
-    "mountpoint",
-    "fstype",
-    "options",
-    "fsck",
-    "device_timeout",
-    "kill_holders",
-    "unmount_retries",
-];
-const PROCESS_FIELDS: &[&str] = &[
-    "command",
-    "environment",
-    "user",
-    "group",
-    "working_directory",
-    "output",
-    "ready",
-    "stop_signal",
-    "kill_after",
-];
+const PACKAGE_FIELDS: &[&str] = &["name", "nodes", "failover", "failback", "auto_run", "restart", "resource"];
+const COMMON_RESOURCE_FIELDS: &[&str] = &["name", "type", "start_timeout", "stop_timeout", "monitor"];
+const IP_FIELDS: &[&str] =
+    &["address", "interface", "check_duplicate", "probe_timeout", "announce_count", "announce_interval"];
+const FILESYSTEM_FIELDS: &[&str] =
+    &["device", "mountpoint", "fstype", "options", "fsck", "device_timeout", "kill_holders", "unmount_retries"];
+const PROCESS_FIELDS: &[&str] =
+    &["command", "environment", "user", "group", "working_directory", "output", "ready", "stop_signal", "kill_after"];
 const OCF_FIELDS: &[&str] = &["agent", "params"];
 const RESOURCE_TYPES: &[&str] = &["ip", "filesystem", "process", "ocf"];
 
@@ -166,11 +132,7 @@ fn type_name(value: &DeValue<'_>) -> &'static str {
 
 impl<'a> Checker<'a> {
     fn new(file: &'a str, text: &'a str) -> Self {
-        Checker {
-            file,
-            text,
-            diagnostics: Vec::new(),
-        }
+        Checker { file, text, diagnostics: Vec::new() }
     }
 
     fn position(&self, offset: usize) -> (usize, usize) {
@@ -197,8 +159,7 @@ impl<'a> Checker<'a> {
     }
 
     fn finish(mut self) -> Vec<Diagnostic> {
-        self.diagnostics
-            .sort_by(|a, b| (a.line, a.column, &a.field).cmp(&(b.line, b.column, &b.field)));
+        self.diagnostics.sort_by(|a, b| (a.line, a.column, &a.field).cmp(&(b.line, b.column, &b.field)));
         self.diagnostics.dedup();
         self.diagnostics
     }
@@ -209,30 +170,17 @@ impl<'a> Checker<'a> {
                 self.report(
                     key.span(),
                     section.field(key.get_ref()),
-                    format!(
-                        "unknown field{context}, expected one of: {}",
-                        allowed.join(", ")
-                    ),
+                    format!("unknown field{context}, expected one of: {}", allowed.join(", ")),
                 );
             }
         }
     }
 
     fn missing(&mut self, section: &Section<'_, '_>, key: &str, what: &str) {
-        self.report(
-            section.span.clone(),
-            section.field(key),
-            format!("missing required field, expected {what}"),
-        );
+        self.report(section.span.clone(), section.field(key), format!("missing required field, expected {what}"));
     }
 
-    fn wrong_type(
-        &mut self,
-        section: &Section<'_, '_>,
-        key: &str,
-        value: &Value<'_>,
-        expected: &str,
-    ) {
+    fn wrong_type(&mut self, section: &Section<'_, '_>, key: &str, value: &Value<'_>, expected: &str) {
         self.report(
             value.span(),
             section.field(key),
@@ -253,12 +201,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn required_string(
-        &mut self,
-        section: &Section<'_, '_>,
-        key: &str,
-        what: &str,
-    ) -> Option<(String, Range<usize>)> {
+    fn required_string(&mut self, section: &Section<'_, '_>, key: &str, what: &str) -> Option<(String, Range<usize>)> {
         if section.get(key).is_none() {
             self.missing(section, key, what);
             return None;
@@ -279,31 +222,19 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn unsigned(
-        &mut self,
-        section: &Section<'_, '_>,
-        key: &str,
-        default: u32,
-        range: Range<u64>,
-    ) -> Option<u32> {
+    fn unsigned(&mut self, section: &Section<'_, '_>, key: &str, default: u32, range: Range<u64>) -> Option<u32> {
         let Some(value) = section.get(key) else {
             return Some(default);
         };
         let expected = format!("an integer from {} to {}", range.start, range.end - 1);
         match value.get_ref() {
-            DeValue::Integer(integer) => {
-                match u64::from_str_radix(integer.as_str(), integer.radix()) {
-                    Ok(number) if range.contains(&number) => Some(number as u32),
-                    _ => {
-                        self.report(
-                            value.span(),
-                            section.field(key),
-                            format!("expected {expected}"),
-                        );
-                        None
-                    }
+            DeValue::Integer(integer) => match u64::from_str_radix(integer.as_str(), integer.radix()) {
+                Ok(number) if range.contains(&number) => Some(number as u32),
+                _ => {
+                    self.report(value.span(), section.field(key), format!("expected {expected}"));
+                    None
                 }
-            }
+            },
             _ => {
                 self.wrong_type(section, key, value, &expected);
                 None
@@ -311,12 +242,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn duration(
-        &mut self,
-        section: &Section<'_, '_>,
-        key: &str,
-        default: Duration,
-    ) -> Option<Duration> {
+    fn duration(&mut self, section: &Section<'_, '_>, key: &str, default: Duration) -> Option<Duration> {
         let Some(value) = section.get(key) else {
             return Some(default);
         };
@@ -325,11 +251,7 @@ impl<'a> Checker<'a> {
             DeValue::String(text) => match humantime::parse_duration(text) {
                 Ok(duration) if duration > Duration::ZERO => Some(duration),
                 Ok(_) => {
-                    self.report(
-                        value.span(),
-                        section.field(key),
-                        "expected a duration greater than zero",
-                    );
+                    self.report(value.span(), section.field(key), "expected a duration greater than zero");
                     None
                 }
                 Err(error) => {
@@ -348,11 +270,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn string_list(
-        &mut self,
-        section: &Section<'_, '_>,
-        key: &str,
-    ) -> Option<(Vec<String>, Range<usize>)> {
+    fn string_list(&mut self, section: &Section<'_, '_>, key: &str) -> Option<(Vec<String>, Range<usize>)> {
         let value = section.get(key)?;
         let DeValue::Array(items) = value.get_ref() else {
             self.wrong_type(section, key, value, "an array of strings");
@@ -376,18 +294,10 @@ impl<'a> Checker<'a> {
         ok.then_some((strings, value.span()))
     }
 
-    fn sub_table<'t, 'i>(
-        &mut self,
-        section: &Section<'t, 'i>,
-        key: &str,
-    ) -> Option<Section<'t, 'i>> {
+    fn sub_table<'t, 'i>(&mut self, section: &Section<'t, 'i>, key: &str) -> Option<Section<'t, 'i>> {
         let value = section.get(key)?;
         match value.get_ref() {
-            DeValue::Table(table) => Some(Section {
-                table,
-                span: value.span(),
-                prefix: section.field(key),
-            }),
+            DeValue::Table(table) => Some(Section { table, span: value.span(), prefix: section.field(key) }),
             _ => {
                 self.wrong_type(section, key, value, "a table");
                 None
@@ -395,12 +305,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn name(
-        &mut self,
-        section: &Section<'_, '_>,
-        key: &str,
-        what: &str,
-    ) -> Option<(String, Range<usize>)> {
+    fn name(&mut self, section: &Section<'_, '_>, key: &str, what: &str) -> Option<(String, Range<usize>)> {
         let (name, span) = self.required_string(section, key, what)?;
         if valid_name(&name) {
             Some((name, span))
@@ -419,21 +324,14 @@ impl<'a> Checker<'a> {
     // ---- the package ----
 
     fn package(&mut self, root: &Table<'_>, root_span: Range<usize>) -> Option<PackageDef> {
-        let section = Section {
-            table: root,
-            span: root_span.start..root_span.start,
-            prefix: String::new(),
-        };
+        let section = Section { table: root, span: root_span.start..root_span.start, prefix: String::new() };
         self.check_unknown(&section, PACKAGE_FIELDS, "");
         let name = self.name(&section, "name", "a package name");
         let nodes = self.nodes(&section);
         let failover = self.choice(
             &section,
             "failover",
-            &[
-                ("ordered", Failover::Ordered),
-                ("least-loaded", Failover::LeastLoaded),
-            ],
+            &[("ordered", Failover::Ordered), ("least-loaded", Failover::LeastLoaded)],
             Failover::Ordered,
         );
         let failback = self.choice(
@@ -470,15 +368,8 @@ impl<'a> Checker<'a> {
         match choices.iter().find(|(word, _)| *word == text) {
             Some((_, value)) => Some(*value),
             None => {
-                let words: Vec<String> = choices
-                    .iter()
-                    .map(|(word, _)| format!("\"{word}\""))
-                    .collect();
-                self.report(
-                    span,
-                    section.field(key),
-                    format!("expected one of {}, found {text:?}", words.join(", ")),
-                );
+                let words: Vec<String> = choices.iter().map(|(word, _)| format!("\"{word}\"")).collect();
+                self.report(span, section.field(key), format!("expected one of {}, found {text:?}", words.join(", ")));
                 None
             }
         }
@@ -490,11 +381,7 @@ impl<'a> Checker<'a> {
         }
         let (nodes, span) = self.string_list(section, "nodes")?;
         if nodes.is_empty() {
-            self.report(
-                span,
-                "nodes",
-                "expected a non-empty list of node names (omit the field to allow every node)",
-            );
+            self.report(span, "nodes", "expected a non-empty list of node names (omit the field to allow every node)");
             return None;
         }
         let mut ok = true;
@@ -520,10 +407,7 @@ impl<'a> Checker<'a> {
     }
 
     fn restart(&mut self, section: &Section<'_, '_>) -> Option<Restart> {
-        let default = Restart {
-            max: 3,
-            within: Duration::from_secs(600),
-        };
+        let default = Restart { max: 3, within: Duration::from_secs(600) };
         if section.get("restart").is_none() {
             return Some(default);
         }
@@ -531,10 +415,7 @@ impl<'a> Checker<'a> {
         self.check_unknown(&restart, &["max", "within"], "");
         let max = self.unsigned(&restart, "max", default.max, 0..1001);
         let within = self.duration(&restart, "within", default.within);
-        Some(Restart {
-            max: max?,
-            within: within?,
-        })
+        Some(Restart { max: max?, within: within? })
     }
 
     fn resources(&mut self, section: &Section<'_, '_>) -> Option<Vec<ResourceDef>> {
@@ -543,20 +424,11 @@ impl<'a> Checker<'a> {
             return None;
         };
         let DeValue::Array(items) = value.get_ref() else {
-            self.wrong_type(
-                section,
-                "resource",
-                value,
-                "an array of tables ([[resource]])",
-            );
+            self.wrong_type(section, "resource", value, "an array of tables ([[resource]])");
             return None;
         };
         if items.is_empty() {
-            self.report(
-                value.span(),
-                "resource",
-                "expected at least one [[resource]] table",
-            );
+            self.report(value.span(), "resource", "expected at least one [[resource]] table");
             return None;
         }
         let mut resources = Vec::new();
@@ -565,19 +437,11 @@ impl<'a> Checker<'a> {
         for (index, item) in items.iter().enumerate() {
             let prefix = format!("resource[{}]", index + 1);
             let DeValue::Table(table) = item.get_ref() else {
-                self.report(
-                    item.span(),
-                    prefix,
-                    format!("expected a table, found {}", type_name(item.get_ref())),
-                );
+                self.report(item.span(), prefix, format!("expected a table, found {}", type_name(item.get_ref())));
                 ok = false;
                 continue;
             };
-            let resource = Section {
-                table,
-                span: item.span(),
-                prefix,
-            };
+            let resource = Section { table, span: item.span(), prefix };
             if let Some(name_value) = resource.get("name") {
                 if let DeValue::String(name) = name_value.get_ref() {
                     if let Some(first) = names.insert(name.to_string(), index) {
@@ -585,7 +449,10 @@ impl<'a> Checker<'a> {
                         self.report(
                             name_value.span(),
                             resource.field("name"),
-                            format!("duplicate resource name {name:?} (first used by resource[{}] at line {line})", first + 1),
+                            format!(
+                                "duplicate resource name {name:?} (first used by resource[{}] at line {line})",
+                                first + 1
+                            ),
                         );
                         ok = false;
                     }
@@ -601,28 +468,18 @@ impl<'a> Checker<'a> {
 
     fn resource(&mut self, resource: &Section<'_, '_>) -> Option<ResourceDef> {
         let name = self.name(resource, "name", "a resource name");
-        let resource_type = self.required_string(
-            resource,
-            "type",
-            "a resource type (ip, filesystem, process or ocf)",
-        );
+        let resource_type = self.required_string(resource, "type", "a resource type (ip, filesystem, process or ocf)");
         let specific: &[&str] = match resource_type.as_ref().map(|(text, _)| text.as_str()) {
             Some("ip") => IP_FIELDS,
             Some("filesystem") => FILESYSTEM_FIELDS,
             Some("process") => PROCESS_FIELDS,
             Some("ocf") => OCF_FIELDS,
             Some(other) => {
-                let span = resource_type
-                    .as_ref()
-                    .map(|(_, span)| span.clone())
-                    .unwrap_or_default();
+                let span = resource_type.as_ref().map(|(_, span)| span.clone()).unwrap_or_default();
                 self.report(
                     span,
                     resource.field("type"),
-                    format!(
-                        "unknown resource type {other:?}, expected one of: {}",
-                        RESOURCE_TYPES.join(", ")
-                    ),
+                    format!("unknown resource type {other:?}, expected one of: {}", RESOURCE_TYPES.join(", ")),
                 );
                 // Still check the common fields.
                 &[]
@@ -630,15 +487,8 @@ impl<'a> Checker<'a> {
             None => &[],
         };
         // Unknown fields can only be judged once the type is known.
-        if let Some((text, _)) = resource_type
-            .as_ref()
-            .filter(|(text, _)| RESOURCE_TYPES.contains(&text.as_str()))
-        {
-            let allowed: Vec<&str> = COMMON_RESOURCE_FIELDS
-                .iter()
-                .chain(specific.iter())
-                .copied()
-                .collect();
+        if let Some((text, _)) = resource_type.as_ref().filter(|(text, _)| RESOURCE_TYPES.contains(&text.as_str())) {
+            let allowed: Vec<&str> = COMMON_RESOURCE_FIELDS.iter().chain(specific.iter()).copied().collect();
             self.check_unknown(resource, &allowed, &format!(" for type \"{text}\""));
         }
         let start_timeout = self.duration(resource, "start_timeout", DEFAULT_START_TIMEOUT);
@@ -647,9 +497,7 @@ impl<'a> Checker<'a> {
         let kind = match resource_type.as_ref().map(|(text, _)| text.as_str()) {
             Some("ip") => self.ip(resource).map(ResourceKind::Ip),
             Some("filesystem") => self.filesystem(resource).map(ResourceKind::Filesystem),
-            Some("process") => self
-                .process(resource, stop_timeout)
-                .map(ResourceKind::Process),
+            Some("process") => self.process(resource, stop_timeout).map(ResourceKind::Process),
             Some("ocf") => self.ocf(resource).map(ResourceKind::Ocf),
             _ => None,
         };
@@ -663,11 +511,7 @@ impl<'a> Checker<'a> {
     }
 
     fn monitor(&mut self, resource: &Section<'_, '_>) -> Option<Monitor> {
-        let default = Monitor {
-            interval: DEFAULT_MONITOR_INTERVAL,
-            timeout: DEFAULT_MONITOR_TIMEOUT,
-            depth: 0,
-        };
+        let default = Monitor { interval: DEFAULT_MONITOR_INTERVAL, timeout: DEFAULT_MONITOR_TIMEOUT, depth: 0 };
         if resource.get("monitor").is_none() {
             return Some(default);
         }
@@ -678,34 +522,21 @@ impl<'a> Checker<'a> {
         let depth = self.unsigned(&monitor, "depth", 0, 0..11);
         if let Some(depth_value) = depth {
             if depth_value != 0 && depth_value != 10 {
-                let span = monitor
-                    .get("depth")
-                    .map(|value| value.span())
-                    .unwrap_or_default();
+                let span = monitor.get("depth").map(|value| value.span()).unwrap_or_default();
                 self.report(span, monitor.field("depth"), "expected 0 or 10");
                 return None;
             }
         }
-        Some(Monitor {
-            interval: interval?,
-            timeout: timeout?,
-            depth: depth?,
-        })
+        Some(Monitor { interval: interval?, timeout: timeout?, depth: depth? })
     }
 
     fn ip(&mut self, resource: &Section<'_, '_>) -> Option<IpResource> {
-        let address = self.required_string(
-            resource,
-            "address",
-            "an address with prefix like \"192.0.2.10/24\"",
-        );
-        let interface =
-            self.required_string(resource, "interface", "an interface name like \"eth0\"");
+        let address = self.required_string(resource, "address", "an address with prefix like \"192.0.2.10/24\"");
+        let interface = self.required_string(resource, "interface", "an interface name like \"eth0\"");
         let check_duplicate = self.boolean(resource, "check_duplicate", true);
         let probe_timeout = self.duration(resource, "probe_timeout", Duration::from_millis(500));
         let announce_count = self.unsigned(resource, "announce_count", 5, 0..101);
-        let announce_interval =
-            self.duration(resource, "announce_interval", Duration::from_millis(200));
+        let announce_interval = self.duration(resource, "announce_interval", Duration::from_millis(200));
 
         let (address, prefix_len) = match address {
             Some((text, span)) => match parse_cidr(&text) {
@@ -719,12 +550,7 @@ impl<'a> Checker<'a> {
         };
         let interface = match interface {
             Some((name, span)) => {
-                if name.is_empty()
-                    || name.len() > 15
-                    || name.contains(['/', ' ', ':'])
-                    || name == "."
-                    || name == ".."
-                {
+                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) || name == "." || name == ".." {
                     self.report(
                         span,
                         resource.field("interface"),
@@ -749,11 +575,7 @@ impl<'a> Checker<'a> {
     }
 
     fn filesystem(&mut self, resource: &Section<'_, '_>) -> Option<FilesystemResource> {
-        let device = self.required_string(
-            resource,
-            "device",
-            "a device path, \"UUID=...\" or \"LABEL=...\"",
-        );
+        let device = self.required_string(resource, "device", "a device path, \"UUID=...\" or \"LABEL=...\"");
         let mountpoint = self.required_string(resource, "mountpoint", "an absolute path");
         let fstype = self.required_string(resource, "fstype", "a filesystem type like \"ext4\"");
         let options = if resource.get("options").is_some() {
@@ -803,11 +625,7 @@ impl<'a> Checker<'a> {
             }
         });
         let fstype = fstype.and_then(|(text, span)| {
-            if !text.is_empty()
-                && text
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
-            {
+            if !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_') {
                 Some(text)
             } else {
                 self.report(
@@ -830,28 +648,19 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn process(
-        &mut self,
-        resource: &Section<'_, '_>,
-        stop_timeout: Option<Duration>,
-    ) -> Option<ProcessResource> {
+    fn process(&mut self, resource: &Section<'_, '_>, stop_timeout: Option<Duration>) -> Option<ProcessResource> {
         let command = if resource.get("command").is_none() {
             self.missing(resource, "command", "a non-empty array of strings (argv)");
             None
         } else {
-            self.string_list(resource, "command")
-                .and_then(|(argv, span)| {
-                    if argv.is_empty() || argv[0].is_empty() {
-                        self.report(
-                            span,
-                            resource.field("command"),
-                            "expected a non-empty array of strings (argv)",
-                        );
-                        None
-                    } else {
-                        Some(argv)
-                    }
-                })
+            self.string_list(resource, "command").and_then(|(argv, span)| {
+                if argv.is_empty() || argv[0].is_empty() {
+                    self.report(span, resource.field("command"), "expected a non-empty array of strings (argv)");
+                    None
+                } else {
+                    Some(argv)
+                }
+            })
         };
         let environment = self.string_map(resource, "environment", false);
         let user = self.string(resource, "user").map(|(text, _)| text);
@@ -873,9 +682,7 @@ impl<'a> Checker<'a> {
         };
         let output = match self.string(resource, "output") {
             Some((text, _)) if text == "journal" => Some(ProcessOutput::Journal),
-            Some((text, _)) if text.starts_with('/') => {
-                Some(ProcessOutput::File(PathBuf::from(text)))
-            }
+            Some((text, _)) if text.starts_with('/') => Some(ProcessOutput::File(PathBuf::from(text))),
             Some((text, span)) => {
                 self.report(
                     span,
@@ -890,11 +697,7 @@ impl<'a> Checker<'a> {
         let ready = self.readiness(resource);
         let stop_signal = match self.string(resource, "stop_signal") {
             Some((text, span)) => {
-                let normalized = if text.starts_with("SIG") {
-                    text.clone()
-                } else {
-                    format!("SIG{text}")
-                };
+                let normalized = if text.starts_with("SIG") { text.clone() } else { format!("SIG{text}") };
                 if SIGNALS.contains(&normalized.as_str()) {
                     Some(normalized)
                 } else {
@@ -912,10 +715,7 @@ impl<'a> Checker<'a> {
         let kill_after = self.duration(resource, "kill_after", Duration::from_secs(10));
         if let (Some(kill_after), Some(stop_timeout)) = (kill_after, stop_timeout) {
             if kill_after >= stop_timeout {
-                let span = resource
-                    .get("kill_after")
-                    .map(|value| value.span())
-                    .unwrap_or(resource.span.clone());
+                let span = resource.get("kill_after").map(|value| value.span()).unwrap_or(resource.span.clone());
                 self.report(
                     span,
                     resource.field("kill_after"),
@@ -950,11 +750,7 @@ impl<'a> Checker<'a> {
         let ready = self.sub_table(resource, "ready")?;
         let allowed = ["alive_for", "tcp", "command"];
         self.check_unknown(&ready, &allowed, "");
-        let present: Vec<&str> = allowed
-            .iter()
-            .copied()
-            .filter(|key| ready.get(key).is_some())
-            .collect();
+        let present: Vec<&str> = allowed.iter().copied().filter(|key| ready.get(key).is_some()).collect();
         if present.len() != 1 {
             self.report(
                 ready.span.clone(),
@@ -964,9 +760,7 @@ impl<'a> Checker<'a> {
             return None;
         }
         match present[0] {
-            "alive_for" => self
-                .duration(&ready, "alive_for", Duration::ZERO)
-                .map(Readiness::AliveFor),
+            "alive_for" => self.duration(&ready, "alive_for", Duration::ZERO).map(Readiness::AliveFor),
             "tcp" => {
                 let (text, span) = self.string(&ready, "tcp")?;
                 match text.parse::<SocketAddr>() {
@@ -980,11 +774,7 @@ impl<'a> Checker<'a> {
             _ => {
                 let (argv, span) = self.string_list(&ready, "command")?;
                 if argv.is_empty() {
-                    self.report(
-                        span,
-                        ready.field("command"),
-                        "expected a non-empty array of strings (argv)",
-                    );
+                    self.report(span, ready.field("command"), "expected a non-empty array of strings (argv)");
                     return None;
                 }
                 Some(Readiness::Command(argv))
@@ -993,12 +783,7 @@ impl<'a> Checker<'a> {
     }
 
     /// A table of string values (integers and booleans accepted and turned into strings when `lenient`).
-    fn string_map(
-        &mut self,
-        section: &Section<'_, '_>,
-        key: &str,
-        lenient: bool,
-    ) -> Option<BTreeMap<String, String>> {
+    fn string_map(&mut self, section: &Section<'_, '_>, key: &str, lenient: bool) -> Option<BTreeMap<String, String>> {
         if section.get(key).is_none() {
             return Some(BTreeMap::new());
         }
@@ -1008,10 +793,7 @@ impl<'a> Checker<'a> {
         for (name, value) in table.table.iter() {
             let field = table.field(name.get_ref());
             let name_ok = !name.get_ref().is_empty()
-                && name
-                    .get_ref()
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && name.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !name.get_ref().starts_with(|c: char| c.is_ascii_digit());
             if !name_ok {
                 self.report(
@@ -1026,16 +808,8 @@ impl<'a> Checker<'a> {
                 DeValue::Integer(integer) if lenient => Some(integer.to_string()),
                 DeValue::Boolean(flag) if lenient => Some(flag.to_string()),
                 other => {
-                    let expected = if lenient {
-                        "a string, integer or boolean"
-                    } else {
-                        "a string"
-                    };
-                    self.report(
-                        value.span(),
-                        field,
-                        format!("expected {expected}, found {}", type_name(other)),
-                    );
+                    let expected = if lenient { "a string, integer or boolean" } else { "a string" };
+                    self.report(value.span(), field, format!("expected {expected}, found {}", type_name(other)));
                     None
                 }
             };
@@ -1050,11 +824,8 @@ impl<'a> Checker<'a> {
     }
 
     fn ocf(&mut self, resource: &Section<'_, '_>) -> Option<OcfResource> {
-        let agent = self.required_string(
-            resource,
-            "agent",
-            "\"provider:type\" (e.g. \"heartbeat:Dummy\") or an absolute path",
-        );
+        let agent =
+            self.required_string(resource, "agent", "\"provider:type\" (e.g. \"heartbeat:Dummy\") or an absolute path");
         let params = self.string_map(resource, "params", true);
         let agent = agent.and_then(|(text, span)| match parse_ocf_agent(&text) {
             Some(agent) => Some(agent),
@@ -1067,24 +838,17 @@ impl<'a> Checker<'a> {
                 None
             }
         });
-        Some(OcfResource {
-            agent: agent?,
-            params: params?,
-        })
+        Some(OcfResource { agent: agent?, params: params? })
     }
 }
 
-const SIGNALS: &[&str] = &[
-    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL", "SIGWINCH",
-];
+const SIGNALS: &[&str] = &["SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL", "SIGWINCH"];
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn parse_ocf_agent(text: &str) -> Option<OcfAgentRef> {
@@ -1094,10 +858,8 @@ fn parse_ocf_agent(text: &str) -> Option<OcfAgentRef> {
     let text = text.strip_prefix("ocf:").unwrap_or(text);
     let (provider, agent_type) = text.split_once(':')?;
     let part_ok = |part: &str| valid_name(part) && !part.contains(':');
-    (part_ok(provider) && part_ok(agent_type)).then(|| OcfAgentRef::Provider {
-        provider: provider.to_string(),
-        agent_type: agent_type.to_string(),
-    })
+    (part_ok(provider) && part_ok(agent_type))
+        .then(|| OcfAgentRef::Provider { provider: provider.to_string(), agent_type: agent_type.to_string() })
 }
 
 fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
@@ -1105,9 +867,7 @@ fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
     let Some((address, prefix)) = text.split_once('/') else {
         return Err(format!("{expected}, found {text:?} (missing /prefix)"));
     };
-    let address: IpAddr = address
-        .parse()
-        .map_err(|_| format!("{expected}, found {text:?}"))?;
+    let address: IpAddr = address.parse().map_err(|_| format!("{expected}, found {text:?}"))?;
     let max_prefix = if address.is_ipv4() { 32 } else { 128 };
     let prefix: u8 = prefix
         .parse()
@@ -1115,9 +875,7 @@ fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
         .filter(|prefix| *prefix <= max_prefix)
         .ok_or_else(|| format!("{expected}, found {text:?} (prefix must be 0 to {max_prefix})"))?;
     let usable = match address {
-        IpAddr::V4(v4) => {
-            !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback())
-        }
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback()),
         IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast() || v6.is_loopback()),
     };
     if !usable {
@@ -1131,7 +889,8 @@ mod tests {
     use super::*;
 
     const HEADER: &str = "name = \"web\"\n";
-    const VIP: &str = "[[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"192.0.2.10/24\"\ninterface = \"eth0\"\n";
+    const VIP: &str =
+        "[[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"192.0.2.10/24\"\ninterface = \"eth0\"\n";
 
     fn errors(text: &str) -> Vec<String> {
         match parse_package("p.toml", text) {
@@ -1280,9 +1039,7 @@ mod tests {
         for (case, input, expected) in table {
             let actual = errors(input);
             if actual != *expected {
-                mismatches.push(format!(
-                    "case {case}:\n  expected {expected:#?}\n  actual   {actual:#?}"
-                ));
+                mismatches.push(format!("case {case}:\n  expected {expected:#?}\n  actual   {actual:#?}"));
             }
         }
         assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
@@ -1298,9 +1055,7 @@ mod tests {
         assert!(found[2].starts_with("p.toml:3:1: field `colour`"));
         assert!(found[3].starts_with("p.toml:7:11: field `resource[1].address`"));
         assert!(found[4].starts_with("p.toml:10:8: field `resource[2].name`: duplicate"));
-        assert!(
-            found[5].starts_with("p.toml:11:8: field `resource[2].type`: unknown resource type")
-        );
+        assert!(found[5].starts_with("p.toml:11:8: field `resource[2].type`: unknown resource type"));
     }
 
     #[test]
@@ -1310,23 +1065,12 @@ mod tests {
         assert_eq!(package.failover, Failover::Ordered);
         assert_eq!(package.failback, Failback::Manual);
         assert!(package.auto_run);
-        assert_eq!(
-            package.restart,
-            Restart {
-                max: 3,
-                within: Duration::from_secs(600)
-            }
-        );
+        assert_eq!(package.restart, Restart { max: 3, within: Duration::from_secs(600) });
         let resource = &package.resources[0];
         assert_eq!(resource.start_timeout, DEFAULT_START_TIMEOUT);
         assert_eq!(resource.monitor.interval, DEFAULT_MONITOR_INTERVAL);
-        let ResourceKind::Ip(ip) = &resource.kind else {
-            panic!("ip expected")
-        };
-        assert_eq!(
-            (ip.announce_count, ip.announce_interval),
-            (5, Duration::from_millis(200))
-        );
+        let ResourceKind::Ip(ip) = &resource.kind else { panic!("ip expected") };
+        assert_eq!((ip.announce_count, ip.announce_interval), (5, Duration::from_millis(200)));
         assert!(ip.check_duplicate);
     }
 

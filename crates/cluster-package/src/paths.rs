@@ -54,9 +54,7 @@ impl FileReport {
                 package.name,
                 package.resources.len()
             )],
-            FileResult::Invalid(diagnostics) => {
-                diagnostics.iter().map(ToString::to_string).collect()
-            }
+            FileResult::Invalid(diagnostics) => diagnostics.iter().map(ToString::to_string).collect(),
             FileResult::Unreadable(error) => vec![error.to_string()],
         }
     }
@@ -72,17 +70,12 @@ pub fn validate_paths<P: AsRef<Path>>(paths: &[P]) -> Vec<FileReport> {
             match toml_files(path) {
                 Ok(files) if files.is_empty() => reports.push(FileReport {
                     path: path.to_path_buf(),
-                    result: FileResult::Unreadable(PathError::EmptyDirectory {
-                        path: path.to_path_buf(),
-                    }),
+                    result: FileResult::Unreadable(PathError::EmptyDirectory { path: path.to_path_buf() }),
                 }),
                 Ok(files) => reports.extend(files.iter().map(|file| validate_file(file))),
                 Err(source) => reports.push(FileReport {
                     path: path.to_path_buf(),
-                    result: FileResult::Unreadable(PathError::Read {
-                        path: path.to_path_buf(),
-                        source,
-                    }),
+                    result: FileResult::Unreadable(PathError::Read { path: path.to_path_buf(), source }),
                 }),
             }
         } else {
@@ -95,20 +88,14 @@ pub fn validate_paths<P: AsRef<Path>>(paths: &[P]) -> Vec<FileReport> {
 
 /// True when every report is valid.
 pub fn all_valid(reports: &[FileReport]) -> bool {
-    reports
-        .iter()
-        .all(|report| matches!(report.result, FileResult::Valid(_)))
+    reports.iter().all(|report| matches!(report.result, FileResult::Valid(_)))
 }
 
 fn toml_files(directory: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(directory)? {
         let path = entry?.path();
-        if path.is_file()
-            && path
-                .extension()
-                .is_some_and(|extension| extension == "toml")
-        {
+        if path.is_file() && path.extension().is_some_and(|extension| extension == "toml") {
             files.push(path);
         }
     }
@@ -122,15 +109,9 @@ fn validate_file(path: &Path) -> FileReport {
             Ok(package) => FileResult::Valid(Box::new(package)),
             Err(diagnostics) => FileResult::Invalid(diagnostics),
         },
-        Err(source) => FileResult::Unreadable(PathError::Read {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => FileResult::Unreadable(PathError::Read { path: path.to_path_buf(), source }),
     };
-    FileReport {
-        path: path.to_path_buf(),
-        result,
-    }
+    FileReport { path: path.to_path_buf(), result }
 }
 
 fn flag_duplicate_names(reports: &mut [FileReport]) {
@@ -145,11 +126,7 @@ fn flag_duplicate_names(reports: &mut [FileReport]) {
                 line: 1,
                 column: 1,
                 field: "name".to_string(),
-                message: format!(
-                    "duplicate package name {:?} (also defined in {})",
-                    package.name,
-                    first.display()
-                ),
+                message: format!("duplicate package name {:?} (also defined in {})", package.name, first.display()),
             };
             report.result = FileResult::Invalid(vec![diagnostic]);
         } else {
@@ -174,31 +151,24 @@ mod tests {
         std::fs::write(&single, VALID.replace("web", "other")).expect("write");
         let missing = directory.path().join("missing.toml");
 
-        let reports = validate_paths(&[
-            directory.path().to_path_buf(),
-            single.clone(),
-            missing.clone(),
-        ]);
+        let reports = validate_paths(&[directory.path().to_path_buf(), single.clone(), missing.clone()]);
         assert_eq!(reports.len(), 4, "{reports:#?}");
         assert!(matches!(reports[0].result, FileResult::Valid(_)));
-        let FileResult::Invalid(diagnostics) = &reports[1].result else {
-            panic!("b-bad must be invalid")
-        };
+        let FileResult::Invalid(diagnostics) = &reports[1].result else { panic!("b-bad must be invalid") };
         let lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
         let bad = directory.path().join("b-bad.toml").display().to_string();
         assert_eq!(
             lines,
             vec![
-                format!("{bad}:1:1: field `resource`: missing required field, expected at least one [[resource]] table"),
+                format!(
+                    "{bad}:1:1: field `resource`: missing required field, expected at least one [[resource]] table"
+                ),
                 format!("{bad}:1:8: field `name`: expected a string, found an integer"),
             ]
         );
         assert!(matches!(reports[2].result, FileResult::Valid(_)));
         assert_eq!(reports[2].path, single);
-        assert!(matches!(
-            reports[3].result,
-            FileResult::Unreadable(PathError::Read { .. })
-        ));
+        assert!(matches!(reports[3].result, FileResult::Unreadable(PathError::Read { .. })));
         assert!(!all_valid(&reports));
         assert!(all_valid(&reports[..1]));
         assert!(reports[0].lines()[0].ends_with(": ok (package \"web\", 1 resources)"));
@@ -211,24 +181,14 @@ mod tests {
         std::fs::write(directory.path().join("two.toml"), VALID).expect("write");
         let reports = validate_paths(&[directory.path()]);
         assert!(matches!(reports[0].result, FileResult::Valid(_)));
-        let FileResult::Invalid(diagnostics) = &reports[1].result else {
-            panic!("two.toml must be invalid")
-        };
-        assert!(
-            diagnostics[0]
-                .message
-                .starts_with("duplicate package name \"web\""),
-            "{diagnostics:?}"
-        );
+        let FileResult::Invalid(diagnostics) = &reports[1].result else { panic!("two.toml must be invalid") };
+        assert!(diagnostics[0].message.starts_with("duplicate package name \"web\""), "{diagnostics:?}");
     }
 
     #[test]
     fn validate_paths_reports_an_empty_directory() {
         let directory = tempfile::tempdir().expect("tempdir");
         let reports = validate_paths(&[directory.path()]);
-        assert!(matches!(
-            reports[0].result,
-            FileResult::Unreadable(PathError::EmptyDirectory { .. })
-        ));
+        assert!(matches!(reports[0].result, FileResult::Unreadable(PathError::EmptyDirectory { .. })));
     }
 }

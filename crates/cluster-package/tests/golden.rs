@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 fn render(file_name: &str, text: &str) -> String {
     match cluster_package::parse_package(file_name, text) {
         Ok(package) => format!("{package:#?}\n"),
-        Err(diagnostics) => diagnostics
-            .iter()
-            .map(|diagnostic| format!("{diagnostic}\n"))
-            .collect(),
+        Err(diagnostics) => diagnostics.iter().map(|diagnostic| format!("{diagnostic}\n")).collect(),
     }
 }
 
@@ -18,20 +15,13 @@ fn check_directory(directory: &Path, expected_directory: &Path) -> usize {
     let mut inputs: Vec<PathBuf> = std::fs::read_dir(directory)
         .expect("read golden directory")
         .map(|entry| entry.expect("entry").path())
-        .filter(|path| {
-            path.extension()
-                .is_some_and(|extension| extension == "toml")
-        })
+        .filter(|path| path.extension().is_some_and(|extension| extension == "toml"))
         .collect();
     inputs.sort();
     let bless = std::env::var_os("UPDATE_EXPECT").is_some();
     let mut failures = Vec::new();
     for input in &inputs {
-        let file_name = input
-            .file_name()
-            .expect("file name")
-            .to_string_lossy()
-            .to_string();
+        let file_name = input.file_name().expect("file name").to_string_lossy().to_string();
         let text = std::fs::read_to_string(input).expect("read input");
         let actual = render(&file_name, &text);
         let expected_path = expected_directory.join(format!("{file_name}.expected"));
@@ -41,17 +31,10 @@ fn check_directory(directory: &Path, expected_directory: &Path) -> usize {
         }
         let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
         if expected != actual {
-            failures.push(format!(
-                "{}:\n--- expected\n{expected}\n+++ actual\n{actual}",
-                expected_path.display()
-            ));
+            failures.push(format!("{}:\n--- expected\n{expected}\n+++ actual\n{actual}", expected_path.display()));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "golden mismatches (re-bless with UPDATE_EXPECT=1):\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "golden mismatches (re-bless with UPDATE_EXPECT=1):\n{}", failures.join("\n"));
     inputs.len()
 }
 

@@ -23,19 +23,14 @@ async fn main() {
     let (mut log, _) = LogStore::open(dir.path()).expect("open log");
     let entry = |index: u64| Entry::<cluster_raft::TypeConfig> {
         log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
-        payload: EntryPayload::Normal(Command::KvSet {
-            key: format!("key/{index}"),
-            value: "v".repeat(100),
-        }),
+        payload: EntryPayload::Normal(Command::KvSet { key: format!("key/{index}"), value: "v".repeat(100) }),
     };
     for (label, batch) in [("1 entry", 1u64), ("64 entries", 64)] {
         let mut latencies = Vec::new();
         let mut next = latencies.len() as u64 + 1 + count * 64 * u64::from(batch == 64);
         for _ in 0..count / batch.min(8) {
             let started = Instant::now();
-            log.blocking_append((next..next + batch).map(entry))
-                .await
-                .expect("append");
+            log.blocking_append((next..next + batch).map(entry)).await.expect("append");
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);
             next += batch;
         }

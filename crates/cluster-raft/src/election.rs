@@ -53,29 +53,17 @@ pub(crate) fn decide_pre_vote(
     request: &PreVoteRequest,
     election_timeout_min: Duration,
 ) -> PreVoteResponse {
-    let refuse = |reason: String| PreVoteResponse {
-        granted: false,
-        reason,
-    };
+    let refuse = |reason: String| PreVoteResponse { granted: false, reason };
     if voter.leader_with_quorum {
         return refuse("i am a leader with a quorum".into());
     }
     if voter.since_leader_contact < election_timeout_min {
-        return refuse(format!(
-            "heard from the leader {} ms ago",
-            voter.since_leader_contact.as_millis()
-        ));
+        return refuse(format!("heard from the leader {} ms ago", voter.since_leader_contact.as_millis()));
     }
     if request.last_log_id < voter.last_log_id {
-        return refuse(format!(
-            "candidate log {:?} is behind mine {:?}",
-            request.last_log_id, voter.last_log_id
-        ));
+        return refuse(format!("candidate log {:?} is behind mine {:?}", request.last_log_id, voter.last_log_id));
     }
-    PreVoteResponse {
-        granted: true,
-        reason: String::new(),
-    }
+    PreVoteResponse { granted: true, reason: String::new() }
 }
 
 /// Times the driver works from, shared with the RPC handlers.
@@ -88,10 +76,7 @@ pub(crate) struct ElectionClock {
 
 impl ElectionClock {
     pub(crate) fn new() -> ElectionClock {
-        ElectionClock {
-            last_leader_contact: Mutex::new(Instant::now()),
-            hold_until: Mutex::new(None),
-        }
+        ElectionClock { last_leader_contact: Mutex::new(Instant::now()), hold_until: Mutex::new(None) }
     }
 
     pub(crate) fn leader_contact(&self) {
@@ -99,25 +84,16 @@ impl ElectionClock {
     }
 
     pub(crate) fn since_leader_contact(&self) -> Duration {
-        self.last_leader_contact
-            .lock()
-            .expect("election clock")
-            .elapsed()
+        self.last_leader_contact.lock().expect("election clock").elapsed()
     }
 
     pub(crate) fn hold(&self, duration: Duration) {
-        *self.hold_until.lock().expect("election clock") = if duration.is_zero() {
-            None
-        } else {
-            Some(Instant::now() + duration)
-        };
+        *self.hold_until.lock().expect("election clock") =
+            if duration.is_zero() { None } else { Some(Instant::now() + duration) };
     }
 
     pub(crate) fn held(&self) -> bool {
-        self.hold_until
-            .lock()
-            .expect("election clock")
-            .is_some_and(|until| Instant::now() < until)
+        self.hold_until.lock().expect("election clock").is_some_and(|until| Instant::now() < until)
     }
 }
 
@@ -142,10 +118,7 @@ mod tests {
 
     #[test]
     fn a_voter_that_hears_its_leader_refuses() {
-        let request = PreVoteRequest {
-            candidate: 2,
-            last_log_id: log_id(3, 10),
-        };
+        let request = PreVoteRequest { candidate: 2, last_log_id: log_id(3, 10) };
         assert!(!decide_pre_vote(view(log_id(3, 10), 20, false), &request, MIN).granted);
         assert!(!decide_pre_vote(view(log_id(3, 10), 1000, true), &request, MIN).granted);
         assert!(decide_pre_vote(view(log_id(3, 10), 1000, false), &request, MIN).granted);
@@ -153,20 +126,11 @@ mod tests {
 
     #[test]
     fn a_candidate_with_a_shorter_or_older_log_is_refused() {
-        let shorter = PreVoteRequest {
-            candidate: 2,
-            last_log_id: log_id(3, 9),
-        };
-        let older_term = PreVoteRequest {
-            candidate: 2,
-            last_log_id: log_id(2, 50),
-        };
+        let shorter = PreVoteRequest { candidate: 2, last_log_id: log_id(3, 9) };
+        let older_term = PreVoteRequest { candidate: 2, last_log_id: log_id(2, 50) };
         assert!(!decide_pre_vote(view(log_id(3, 10), 1000, false), &shorter, MIN).granted);
         assert!(!decide_pre_vote(view(log_id(3, 10), 1000, false), &older_term, MIN).granted);
-        let newer = PreVoteRequest {
-            candidate: 2,
-            last_log_id: log_id(4, 1),
-        };
+        let newer = PreVoteRequest { candidate: 2, last_log_id: log_id(4, 1) };
         assert!(decide_pre_vote(view(log_id(3, 10), 1000, false), &newer, MIN).granted);
     }
 

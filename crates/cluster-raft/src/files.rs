@@ -26,18 +26,11 @@ pub(crate) fn read_checked(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
         Err(err) => return Err(err),
     };
     if bytes.len() < 4 {
-        return Err(std::io::Error::other(format!(
-            "{} is truncated ({} bytes)",
-            path.display(),
-            bytes.len()
-        )));
+        return Err(std::io::Error::other(format!("{} is truncated ({} bytes)", path.display(), bytes.len())));
     }
     let (crc, payload) = bytes.split_at(4);
     if crc32fast::hash(payload).to_le_bytes() != crc {
-        return Err(std::io::Error::other(format!(
-            "{} is corrupt: checksum mismatch",
-            path.display()
-        )));
+        return Err(std::io::Error::other(format!("{} is corrupt: checksum mismatch", path.display())));
     }
     Ok(Some(payload.to_vec()))
 }

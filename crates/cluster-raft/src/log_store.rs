@@ -56,23 +56,11 @@ pub struct RecoveryReport {
 #[derive(Debug, thiserror::Error)]
 pub enum LogOpenError {
     #[error("raft log {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("raft log {path} is corrupt at offset {offset}: {what}; valid records follow, so this is not a torn write. Refusing to start: restore the data directory from a backup, or remove it and re-add this node to the cluster")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        what: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, what: String },
     #[error("raft log {path}: expected entry {expected} at offset {offset}, found entry {found}")]
-    Gap {
-        path: PathBuf,
-        offset: u64,
-        expected: u64,
-        found: u64,
-    },
+    Gap { path: PathBuf, offset: u64, expected: u64, found: u64 },
 }
 
 struct Segment {
@@ -118,8 +106,7 @@ fn segment_path(dir: &Path, start: u64) -> PathBuf {
 }
 
 fn encode_record(entry: &Entry) -> Vec<u8> {
-    let payload =
-        postcard::to_extend(entry, vec![RECORD_VERSION]).expect("log entries always serialize");
+    let payload = postcard::to_extend(entry, vec![RECORD_VERSION]).expect("log entries always serialize");
     let mut record = Vec::with_capacity(HEADER_BYTES + payload.len());
     record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
@@ -145,53 +132,32 @@ fn parse_record(bytes: &[u8], at: usize) -> Parsed {
         return Parsed::End;
     }
     if rest.len() < HEADER_BYTES {
-        return Parsed::Bad {
-            what: format!("incomplete record header ({} bytes)", rest.len()),
-        };
+        return Parsed::Bad { what: format!("incomplete record header ({} bytes)", rest.len()) };
     }
     let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
     if len == 0 || len > MAX_RECORD_BYTES {
-        return Parsed::Bad {
-            what: format!("impossible record length {len}"),
-        };
+        return Parsed::Bad { what: format!("impossible record length {len}") };
     }
     if rest.len() < HEADER_BYTES + len {
-        return Parsed::Bad {
-            what: format!(
-                "record of {len} bytes cut short at {} bytes",
-                rest.len() - HEADER_BYTES
-            ),
-        };
+        return Parsed::Bad { what: format!("record of {len} bytes cut short at {} bytes", rest.len() - HEADER_BYTES) };
     }
     let payload = &rest[HEADER_BYTES..HEADER_BYTES + len];
     if crc32fast::hash(payload) != crc {
-        return Parsed::Bad {
-            what: "checksum mismatch".into(),
-        };
+        return Parsed::Bad { what: "checksum mismatch".into() };
     }
     if payload[0] != RECORD_VERSION {
-        return Parsed::Bad {
-            what: format!("unknown record version {}", payload[0]),
-        };
+        return Parsed::Bad { what: format!("unknown record version {}", payload[0]) };
     }
     match postcard::from_bytes::<Entry>(&payload[1..]) {
-        Ok(entry) => Parsed::Record {
-            entry: Box::new(entry),
-            next: at + HEADER_BYTES + len,
-        },
-        Err(err) => Parsed::Bad {
-            what: format!("undecodable entry: {err}"),
-        },
+        Ok(entry) => Parsed::Record { entry: Box::new(entry), next: at + HEADER_BYTES + len },
+        Err(err) => Parsed::Bad { what: format!("undecodable entry: {err}") },
     }
 }
 
 /// Offset of the last non-zero byte at or after `from`.
 fn last_nonzero(bytes: &[u8], from: usize) -> Option<usize> {
-    bytes[from..]
-        .iter()
-        .rposition(|b| *b != 0)
-        .map(|position| from + position)
+    bytes[from..].iter().rposition(|b| *b != 0).map(|position| from + position)
 }
 
 /// Whether any valid record starts after `from` (then a bad record is corruption, not a torn tail).
@@ -233,10 +199,7 @@ impl LogStore {
         for item in fs::read_dir(&log_dir).map_err(io(&log_dir))? {
             let name = item.map_err(io(&log_dir))?.file_name();
             let name = name.to_string_lossy();
-            if let Some(start) = name
-                .strip_suffix(".seg")
-                .and_then(|stem| stem.parse::<u64>().ok())
-            {
+            if let Some(start) = name.strip_suffix(".seg").and_then(|stem| stem.parse::<u64>().ok()) {
                 starts.push(start);
             }
         }
@@ -264,12 +227,7 @@ impl LogStore {
                         let index = entry.log_id.index;
                         let want = expected.unwrap_or(*start);
                         if index != want {
-                            return Err(LogOpenError::Gap {
-                                path,
-                                offset: at as u64,
-                                expected: want,
-                                found: index,
-                            });
+                            return Err(LogOpenError::Gap { path, offset: at as u64, expected: want, found: index });
                         }
                         expected = Some(index + 1);
                         inner.locations.insert(index, (*start, at as u64));
@@ -280,54 +238,29 @@ impl LogStore {
                     }
                     Parsed::End => {
                         // Anything written after the end of the data was never acknowledged.
-                        cleared = last_nonzero(&bytes, at).map(|last| {
-                            (at, last + 1 - at, "data after the end marker".to_owned())
-                        });
+                        cleared = last_nonzero(&bytes, at)
+                            .map(|last| (at, last + 1 - at, "data after the end marker".to_owned()));
                         break;
                     }
                     Parsed::Bad { what } => {
                         if !is_last || valid_record_after(&bytes, at) {
-                            return Err(LogOpenError::Corrupt {
-                                path,
-                                offset: at as u64,
-                                what,
-                            });
+                            return Err(LogOpenError::Corrupt { path, offset: at as u64, what });
                         }
-                        cleared = Some((
-                            at,
-                            last_nonzero(&bytes, at).map_or(0, |last| last + 1 - at),
-                            what,
-                        ));
+                        cleared = Some((at, last_nonzero(&bytes, at).map_or(0, |last| last + 1 - at), what));
                         break;
                     }
                 }
             }
             if let Some((offset, length, what)) = cleared.filter(|(_, length, _)| *length > 0) {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io(&path))?;
-                file.write_all_at(&vec![0u8; length], offset as u64)
-                    .map_err(io(&path))?;
+                let file = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+                file.write_all_at(&vec![0u8; length], offset as u64).map_err(io(&path))?;
                 file.sync_all().map_err(io(&path))?;
                 tracing::warn!(path = %path.display(), offset, cleared = length, reason = %what, "cut off a torn tail of the raft log");
                 report.truncated_tail = Some((path.clone(), offset as u64, length as u64));
             }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io(&path))?;
+            let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io(&path))?;
             let capacity = bytes.len() as u64;
-            inner.segments.insert(
-                *start,
-                Segment {
-                    path,
-                    file: Arc::new(file),
-                    len: at as u64,
-                    capacity,
-                },
-            );
+            inner.segments.insert(*start, Segment { path, file: Arc::new(file), len: at as u64, capacity });
         }
         report.entries = inner.entries.len();
 
@@ -336,13 +269,7 @@ impl LogStore {
             .name("raft-log-flush".into())
             .spawn(move || flush_loop(jobs))
             .map_err(io(&log_dir))?;
-        Ok((
-            LogStore {
-                inner: Arc::new(Mutex::new(inner)),
-                flusher,
-            },
-            report,
-        ))
+        Ok((LogStore { inner: Arc::new(Mutex::new(inner)), flusher }, report))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
@@ -380,27 +307,16 @@ fn flush_loop(jobs: mpsc::Receiver<FlushJob>) {
 
 impl LogInner {
     fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> Vec<Entry> {
-        self.entries
-            .range(range)
-            .map(|(_, entry)| entry.clone())
-            .collect()
+        self.entries.range(range).map(|(_, entry)| entry.clone()).collect()
     }
 
     fn last_log_id(&self) -> Option<LogId> {
-        self.entries
-            .values()
-            .next_back()
-            .map(|entry| entry.log_id)
-            .or(self.purged)
+        self.entries.values().next_back().map(|entry| entry.log_id).or(self.purged)
     }
 
     /// The segment to append `bytes` bytes to, starting a new preallocated one when there is none
     /// or the active one has no room left.
-    fn active_segment(
-        &mut self,
-        next_index: u64,
-        bytes: u64,
-    ) -> std::io::Result<(u64, Arc<File>, u64)> {
+    fn active_segment(&mut self, next_index: u64, bytes: u64) -> std::io::Result<(u64, Arc<File>, u64)> {
         let needed = bytes + HEADER_BYTES as u64;
         let full = self
             .segments
@@ -413,12 +329,7 @@ impl LogInner {
             }
             let path = segment_path(&self.dir, next_index);
             let capacity = SEGMENT_BYTES.max(needed);
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(&path)?;
+            let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
             // Real zeros, not a sparse or fallocated range: writing into unwritten extents would
             // make every fdatasync commit metadata again.
             let zeros = vec![0u8; 1024 * 1024];
@@ -430,21 +341,9 @@ impl LogInner {
             }
             file.sync_all()?;
             sync_dir(&self.dir)?;
-            self.segments.insert(
-                next_index,
-                Segment {
-                    path,
-                    file: Arc::new(file),
-                    len: 0,
-                    capacity,
-                },
-            );
+            self.segments.insert(next_index, Segment { path, file: Arc::new(file), len: 0, capacity });
         }
-        let (start, segment) = self
-            .segments
-            .iter()
-            .next_back()
-            .expect("an active segment exists");
+        let (start, segment) = self.segments.iter().next_back().expect("an active segment exists");
         Ok((*start, segment.file.clone(), segment.len))
     }
 }
@@ -454,11 +353,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        Ok(self
-            .inner
-            .lock()
-            .expect("raft log mutex poisoned")
-            .read_range(range))
+        Ok(self.inner.lock().expect("raft log mutex poisoned").read_range(range))
     }
 }
 
@@ -476,16 +371,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let inner = self.lock();
-        Ok(LogState {
-            last_purged_log_id: inner.purged,
-            last_log_id: inner.last_log_id(),
-        })
+        Ok(LogState { last_purged_log_id: inner.purged, last_log_id: inner.last_log_id() })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        LogReader {
-            inner: self.inner.clone(),
-        }
+        LogReader { inner: self.inner.clone() }
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
@@ -501,11 +391,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.lock().vote)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -526,14 +412,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             buffer.extend_from_slice(&encode_record(&entry));
             batch.push(entry);
         }
-        let (start, file, mut offset) = inner
-            .active_segment(first_index, buffer.len() as u64)
-            .map_err(write_error)?;
+        let (start, file, mut offset) = inner.active_segment(first_index, buffer.len() as u64).map_err(write_error)?;
         file.write_all_at(&buffer, offset).map_err(write_error)?;
-        let placed: Vec<(u64, u64)> = records
-            .into_iter()
-            .map(|(index, at)| (index, offset + at))
-            .collect();
+        let placed: Vec<(u64, u64)> = records.into_iter().map(|(index, at)| (index, offset + at)).collect();
         for entry in batch {
             inner.entries.insert(entry.log_id.index, entry);
         }
@@ -544,8 +425,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         drop(inner);
         if let Err(mpsc::SendError(job)) = self.flusher.send(FlushJob { file, callback }) {
-            job.callback
-                .log_io_completed(Err(std::io::Error::other("raft log flusher stopped")));
+            job.callback.log_io_completed(Err(std::io::Error::other("raft log flusher stopped")));
         }
         Ok(())
     }
@@ -556,19 +436,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let Some(&(segment_start, offset)) = inner.locations.get(&log_id.index) else {
             return Ok(());
         };
-        let later: Vec<u64> = inner
-            .segments
-            .range(segment_start + 1..)
-            .map(|(start, _)| *start)
-            .collect();
+        let later: Vec<u64> = inner.segments.range(segment_start + 1..).map(|(start, _)| *start).collect();
         for start in later {
             let segment = inner.segments.remove(&start).expect("listed segment");
             fs::remove_file(&segment.path).map_err(error)?;
         }
-        let segment = inner
-            .segments
-            .get_mut(&segment_start)
-            .expect("segment of a located entry");
+        let segment = inner.segments.get_mut(&segment_start).expect("segment of a located entry");
         segment.file.set_len(offset).map_err(error)?;
         segment.file.sync_all().map_err(error)?;
         segment.len = offset;
@@ -609,10 +482,7 @@ impl LogStore {
 
     /// The log id of an entry if it is still in the log (for diagnostics and tests).
     pub fn entry_log_id(&self, index: u64) -> Option<LogId> {
-        self.lock()
-            .entries
-            .get(&index)
-            .map(|entry| *entry.get_log_id())
+        self.lock().entries.get(&index).map(|entry| *entry.get_log_id())
     }
 }
 
@@ -626,10 +496,7 @@ mod tests {
     fn entry(index: u64) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
-            payload: EntryPayload::Normal(Command::KvSet {
-                key: format!("k{index}"),
-                value: "v".repeat(20),
-            }),
+            payload: EntryPayload::Normal(Command::KvSet { key: format!("k{index}"), value: "v".repeat(20) }),
         }
     }
 
@@ -639,10 +506,7 @@ mod tests {
     }
 
     fn only_segment(dir: &Path) -> PathBuf {
-        let mut segments: Vec<PathBuf> = fs::read_dir(dir.join("log"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut segments: Vec<PathBuf> = fs::read_dir(dir.join("log")).unwrap().map(|e| e.unwrap().path()).collect();
         assert_eq!(segments.len(), 1);
         segments.pop().unwrap()
     }
@@ -652,17 +516,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_entries(dir.path(), 10).await;
         let (mut log, report) = LogStore::open(dir.path()).unwrap();
-        assert_eq!(
-            report,
-            RecoveryReport {
-                entries: 10,
-                truncated_tail: None
-            }
-        );
-        assert_eq!(
-            log.try_get_log_entries(3..5).await.unwrap(),
-            vec![entry(3), entry(4)]
-        );
+        assert_eq!(report, RecoveryReport { entries: 10, truncated_tail: None });
+        assert_eq!(log.try_get_log_entries(3..5).await.unwrap(), vec![entry(3), entry(4)]);
     }
 
     /// End of the written data in a preallocated segment.
@@ -672,22 +527,14 @@ mod tests {
     }
 
     fn write_at(segment: &Path, offset: u64, bytes: &[u8]) {
-        OpenOptions::new()
-            .write(true)
-            .open(segment)
-            .unwrap()
-            .write_all_at(bytes, offset)
-            .unwrap();
+        OpenOptions::new().write(true).open(segment).unwrap().write_all_at(bytes, offset).unwrap();
     }
 
     #[tokio::test]
     async fn segments_are_preallocated_and_keep_their_size() {
         let dir = tempfile::tempdir().unwrap();
         write_entries(dir.path(), 10).await;
-        assert_eq!(
-            fs::metadata(only_segment(dir.path())).unwrap().len(),
-            SEGMENT_BYTES
-        );
+        assert_eq!(fs::metadata(only_segment(dir.path())).unwrap().len(), SEGMENT_BYTES);
     }
 
     #[tokio::test]
@@ -702,26 +549,12 @@ mod tests {
         let (path, _, removed) = report.truncated_tail.unwrap();
         assert_eq!(path, segment);
         assert!(removed > 0);
-        assert_eq!(
-            log.get_log_state()
-                .await
-                .unwrap()
-                .last_log_id
-                .unwrap()
-                .index,
-            9
-        );
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id.unwrap().index, 9);
         // New appends continue cleanly after the cut.
         log.blocking_append([entry(10), entry(11)]).await.unwrap();
         drop(log);
         let (_, report) = LogStore::open(dir.path()).unwrap();
-        assert_eq!(
-            report,
-            RecoveryReport {
-                entries: 11,
-                truncated_tail: None
-            }
-        );
+        assert_eq!(report, RecoveryReport { entries: 11, truncated_tail: None });
     }
 
     #[tokio::test]
@@ -744,10 +577,7 @@ mod tests {
         let record_len = data_end(&segment) as usize / 10;
         bytes[3 * record_len + 12] ^= 0x40;
         fs::write(&segment, &bytes).unwrap();
-        let err = LogStore::open(dir.path())
-            .err()
-            .expect("corruption must be refused")
-            .to_string();
+        let err = LogStore::open(dir.path()).err().expect("corruption must be refused").to_string();
         assert!(err.contains("is corrupt at offset"), "{err}");
         assert!(err.contains("checksum mismatch"), "{err}");
         assert!(err.contains(&segment.display().to_string()), "{err}");
@@ -768,9 +598,6 @@ mod tests {
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.unwrap().index, 3);
         assert_eq!(state.last_log_id.unwrap().index, 7);
-        assert_eq!(
-            log.try_get_log_entries(0..100).await.unwrap(),
-            (4..=7).map(entry).collect::<Vec<_>>()
-        );
+        assert_eq!(log.try_get_log_entries(0..100).await.unwrap(), (4..=7).map(entry).collect::<Vec<_>>());
     }
 }

@@ -12,13 +12,11 @@ use std::time::{Duration, Instant};
 use cluster_api::{decode, encode, Client, ClientError, PeerRequest, PeerRpc, Request, Response};
 use cluster_model::NodeInfo;
 use cluster_tls::rustls::ClientConfig;
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -57,35 +55,19 @@ impl std::fmt::Display for CallError {
 
 impl Peers {
     pub(crate) fn new(tls: Arc<ClientConfig>) -> Arc<Peers> {
-        Arc::new(Peers {
-            tls,
-            idle: Mutex::new(HashMap::new()),
-            contact: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Peers { tls, idle: Mutex::new(HashMap::new()), contact: Mutex::new(HashMap::new()) })
     }
 
     pub(crate) fn record_contact(&self, node: u64) {
-        self.contact
-            .lock()
-            .expect("contact lock")
-            .insert(node, Instant::now());
+        self.contact.lock().expect("contact lock").insert(node, Instant::now());
     }
 
     pub(crate) fn last_contact(&self, node: u64) -> Option<Duration> {
-        self.contact
-            .lock()
-            .expect("contact lock")
-            .get(&node)
-            .map(Instant::elapsed)
+        self.contact.lock().expect("contact lock").get(&node).map(Instant::elapsed)
     }
 
     async fn connect(&self, address: &str) -> Result<Client, ClientError> {
-        let pooled = self
-            .idle
-            .lock()
-            .expect("pool lock")
-            .get_mut(address)
-            .and_then(Vec::pop);
+        let pooled = self.idle.lock().expect("pool lock").get_mut(address).and_then(Vec::pop);
         match pooled {
             Some(client) => Ok(client),
             None => Client::connect_with(address, self.tls.clone(), CONNECT_TIMEOUT).await,
@@ -120,9 +102,7 @@ impl Peers {
         };
         let mut client = tokio::time::timeout_at(deadline, connect)
             .await
-            .map_err(|_| {
-                CallError::Unreachable(format!("cannot connect to {address} within {timeout:?}"))
-            })?
+            .map_err(|_| CallError::Unreachable(format!("cannot connect to {address} within {timeout:?}")))?
             .map_err(|err| CallError::Unreachable(err.to_string()))?;
         let response = tokio::time::timeout_at(deadline, client.round_trip(request))
             .await
@@ -141,27 +121,14 @@ impl Peers {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let payload = encode(body)
-            .map_err(|err| CallError::Remote(err.to_string()))?
-            .to_vec();
-        match self
-            .request(
-                address,
-                &Request::Peer(PeerRequest { rpc, payload }),
-                timeout,
-                true,
-            )
-            .await?
-        {
+        let payload = encode(body).map_err(|err| CallError::Remote(err.to_string()))?.to_vec();
+        match self.request(address, &Request::Peer(PeerRequest { rpc, payload }), timeout, true).await? {
             Response::Peer(Ok(bytes)) => {
                 self.record_contact(target);
-                decode(&bytes)
-                    .map_err(|err| CallError::Remote(format!("bad answer from {address}: {err}")))
+                decode(&bytes).map_err(|err| CallError::Remote(format!("bad answer from {address}: {err}")))
             }
             Response::Peer(Err(message)) => Err(CallError::Remote(message)),
-            Response::Client(_) => Err(CallError::Remote(format!(
-                "{address} answered a peer rpc as a client request"
-            ))),
+            Response::Client(_) => Err(CallError::Remote(format!("{address} answered a peer rpc as a client request"))),
         }
     }
 }
@@ -183,11 +150,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> PeerConnection {
-        PeerConnection {
-            peers: self.peers.clone(),
-            target,
-            address: node.address.clone(),
-        }
+        PeerConnection { peers: self.peers.clone(), target, address: node.address.clone() }
     }
 }
 
@@ -203,19 +166,17 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let answer: Result<Result<Resp, RaftError<u64, E>>, CallError> = self
-            .peers
-            .call(self.target, &self.address, rpc, body, option.hard_ttl())
-            .await;
+        let answer: Result<Result<Resp, RaftError<u64, E>>, CallError> =
+            self.peers.call(self.target, &self.address, rpc, body, option.hard_ttl()).await;
         match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Err(CallError::Unreachable(detail)) => Err(RPCError::Unreachable(Unreachable::new(
-                &std::io::Error::other(detail),
-            ))),
-            Err(CallError::Lost(detail) | CallError::Remote(detail)) => Err(RPCError::Network(
-                NetworkError::new(&std::io::Error::other(detail)),
-            )),
+            Err(CallError::Unreachable(detail)) => {
+                Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(detail))))
+            }
+            Err(CallError::Lost(detail) | CallError::Remote(detail)) => {
+                Err(RPCError::Network(NetworkError::new(&std::io::Error::other(detail))))
+            }
         }
     }
 }
@@ -233,12 +194,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, NodeInfo, RaftError<u64, InstallSnapshotError>>,
-    > {
-        self.raft_call(PeerRpc::InstallSnapshot, &rpc, &option)
-            .await
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, NodeInfo, RaftError<u64, InstallSnapshotError>>> {
+        self.raft_call(PeerRpc::InstallSnapshot, &rpc, &option).await
     }
 
     async fn vote(

@@ -6,15 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_api::{
-    decode, encode, NodeRole, NodeStatus, PeerRequest, PeerRpc, Request, Response, StatusReport,
-};
+use cluster_api::{decode, encode, NodeRole, NodeStatus, PeerRequest, PeerRpc, Request, Response, StatusReport};
 use cluster_model::{node_id, validate_node_name, ClusterState, Command, CommandOutcome, NodeInfo};
 use cluster_tls::rustls::ClientConfig;
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
-};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use rand::Rng;
 
@@ -59,10 +55,7 @@ pub struct NodeOptions {
 pub enum ConsensusError {
     /// This node is not the leader; `leader` is where to send the request, if known.
     #[error("node {me} is not the leader{}", leader.as_ref().map(|l| format!(" (the leader is {})", l.name)).unwrap_or_default())]
-    NotLeader {
-        me: String,
-        leader: Option<NodeInfo>,
-    },
+    NotLeader { me: String, leader: Option<NodeInfo> },
     /// No leader or no quorum answered in time.
     #[error("{0}")]
     NoQuorum(String),
@@ -106,10 +99,8 @@ impl ConsensusNode {
     pub async fn start(options: NodeOptions) -> Result<Arc<ConsensusNode>> {
         validate_node_name(&options.name).map_err(ConsensusError::Invalid)?;
         let raft_dir = options.data_dir.join("raft");
-        let (log, recovery) =
-            LogStore::open(&raft_dir).map_err(|err| ConsensusError::Fatal(err.to_string()))?;
-        let state_machine = StateMachineStore::open(&raft_dir)
-            .map_err(|err| ConsensusError::Fatal(err.to_string()))?;
+        let (log, recovery) = LogStore::open(&raft_dir).map_err(|err| ConsensusError::Fatal(err.to_string()))?;
+        let state_machine = StateMachineStore::open(&raft_dir).map_err(|err| ConsensusError::Fatal(err.to_string()))?;
         let view = state_machine.view();
         let timing = options.timing;
         let config = Config {
@@ -125,30 +116,15 @@ impl ConsensusNode {
             install_snapshot_timeout: 2_000,
             ..Config::default()
         };
-        let config = Arc::new(
-            config
-                .validate()
-                .map_err(|err| ConsensusError::Fatal(format!("raft config: {err}")))?,
-        );
+        let config = Arc::new(config.validate().map_err(|err| ConsensusError::Fatal(format!("raft config: {err}")))?);
         let peers = Peers::new(options.tls);
         let id = node_id(&options.name);
-        let raft = Raft::new(
-            id,
-            config,
-            PeerNetwork {
-                peers: peers.clone(),
-            },
-            log.clone(),
-            state_machine,
-        )
-        .await
-        .map_err(|err| ConsensusError::Fatal(format!("failed to start raft: {err}")))?;
+        let raft = Raft::new(id, config, PeerNetwork { peers: peers.clone() }, log.clone(), state_machine)
+            .await
+            .map_err(|err| ConsensusError::Fatal(format!("failed to start raft: {err}")))?;
         let node = Arc::new(ConsensusNode {
             raft,
-            me: NodeInfo {
-                name: options.name,
-                address: options.address,
-            },
+            me: NodeInfo { name: options.name, address: options.address },
             id,
             view,
             log,
@@ -185,18 +161,11 @@ impl ConsensusNode {
     pub fn leader(&self) -> Option<NodeInfo> {
         let metrics = self.raft.metrics().borrow().clone();
         let leader = metrics.current_leader?;
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .cloned()
+        metrics.membership_config.membership().get_node(&leader).cloned()
     }
 
     fn not_leader(&self) -> ConsensusError {
-        ConsensusError::NotLeader {
-            me: self.me.name.clone(),
-            leader: self.leader(),
-        }
+        ConsensusError::NotLeader { me: self.me.name.clone(), leader: self.leader() }
     }
 
     async fn within<T>(
@@ -205,29 +174,21 @@ impl ConsensusNode {
         limit: Duration,
         work: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        tokio::time::timeout(limit, work).await.map_err(|_| {
-            ConsensusError::NoQuorum(format!("{what}: no leader or quorum within {limit:?}"))
-        })?
+        tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| ConsensusError::NoQuorum(format!("{what}: no leader or quorum within {limit:?}")))?
     }
 
     /// Bootstraps a one-node cluster made of this node.
     pub async fn initialize(&self) -> Result<()> {
-        if self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|err| ConsensusError::Fatal(err.to_string()))?
-        {
+        if self.raft.is_initialized().await.map_err(|err| ConsensusError::Fatal(err.to_string()))? {
             return Err(ConsensusError::Invalid(format!(
                 "node {} is already part of a cluster: `cluster init` runs once, on the first node",
                 self.me.name
             )));
         }
         let members = std::collections::BTreeMap::from([(self.id, self.me.clone())]);
-        self.raft
-            .initialize(members)
-            .await
-            .map_err(|err| ConsensusError::Failed(format!("cluster init: {err}")))?;
+        self.raft.initialize(members).await.map_err(|err| ConsensusError::Failed(format!("cluster init: {err}")))?;
         self.election.leader_contact();
         Ok(())
     }
@@ -247,18 +208,13 @@ impl ConsensusNode {
     /// then reads the state.
     pub async fn read<T>(&self, read: impl FnOnce(&ClusterState) -> T) -> Result<T> {
         self.within("read", self.timing.request_timeout, async {
-            self.raft
-                .ensure_linearizable()
-                .await
-                .map_err(|err| match err {
-                    RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)) => {
-                        self.not_leader()
-                    }
-                    RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err)) => {
-                        ConsensusError::NoQuorum(format!("read: {err}"))
-                    }
-                    RaftError::Fatal(err) => ConsensusError::Fatal(err.to_string()),
-                })?;
+            self.raft.ensure_linearizable().await.map_err(|err| match err {
+                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)) => self.not_leader(),
+                RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err)) => {
+                    ConsensusError::NoQuorum(format!("read: {err}"))
+                }
+                RaftError::Fatal(err) => ConsensusError::Fatal(err.to_string()),
+            })?;
             Ok(())
         })
         .await?;
@@ -270,22 +226,15 @@ impl ConsensusNode {
         read(&self.view.read().expect("state lock poisoned").state)
     }
 
-    fn map_write_error(
-        &self,
-        what: &str,
-        err: RaftError<u64, ClientWriteError<u64, NodeInfo>>,
-    ) -> ConsensusError {
+    fn map_write_error(&self, what: &str, err: RaftError<u64, ClientWriteError<u64, NodeInfo>>) -> ConsensusError {
         match err {
             RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-                ConsensusError::NotLeader {
-                    me: self.me.name.clone(),
-                    leader: forward.leader_node,
-                }
+                ConsensusError::NotLeader { me: self.me.name.clone(), leader: forward.leader_node }
             }
             RaftError::APIError(ClientWriteError::ChangeMembershipError(change)) => match change {
-                ChangeMembershipError::InProgress(_) => ConsensusError::Failed(format!(
-                    "{what}: another membership change is in progress, retry"
-                )),
+                ChangeMembershipError::InProgress(_) => {
+                    ConsensusError::Failed(format!("{what}: another membership change is in progress, retry"))
+                }
                 other => ConsensusError::Invalid(format!("{what}: {other}")),
             },
             RaftError::Fatal(err) => ConsensusError::Fatal(format!("{what}: {err}")),
@@ -293,12 +242,7 @@ impl ConsensusNode {
     }
 
     fn membership(&self) -> openraft::Membership<u64, NodeInfo> {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone()
+        self.raft.metrics().borrow().membership_config.membership().clone()
     }
 
     fn lookup(&self, name: &str) -> Result<(u64, bool)> {
@@ -306,9 +250,7 @@ impl ConsensusNode {
         let id = node_id(name);
         match membership.get_node(&id) {
             Some(node) if node.name == name => Ok((id, membership.voter_ids().any(|v| v == id))),
-            _ => Err(ConsensusError::Invalid(format!(
-                "node `{name}` is not a member of the cluster"
-            ))),
+            _ => Err(ConsensusError::Invalid(format!("node `{name}` is not a member of the cluster"))),
         }
     }
 
@@ -332,14 +274,7 @@ impl ConsensusNode {
         // A node left as a learner by an interrupted `node add` (lost answer, timeout) is
         // promoted by repeating the same command; anything else that exists is refused.
         let resume_promotion = match membership.get_node(&id) {
-            Some(existing)
-                if existing.name == name
-                    && existing.address == address
-                    && !learner
-                    && !is_voter =>
-            {
-                true
-            }
+            Some(existing) if existing.name == name && existing.address == address && !learner && !is_voter => true,
             Some(existing) if existing.name == name => {
                 return Err(ConsensusError::Invalid(format!(
                     "node `{name}` already exists (address {}, {})",
@@ -363,10 +298,7 @@ impl ConsensusNode {
                 )));
             }
         }
-        let info = NodeInfo {
-            name: name.to_owned(),
-            address: address.to_owned(),
-        };
+        let info = NodeInfo { name: name.to_owned(), address: address.to_owned() };
         self.within("node add", Duration::from_secs(60), async {
             if !resume_promotion {
                 self.raft
@@ -387,11 +319,7 @@ impl ConsensusNode {
     }
 
     /// Proposes a membership change, retrying while the previous change is still in flight.
-    async fn change_membership(
-        &self,
-        change: ChangeMembers<u64, NodeInfo>,
-        what: &str,
-    ) -> Result<()> {
+    async fn change_membership(&self, change: ChangeMembers<u64, NodeInfo>, what: &str) -> Result<()> {
         let mut attempts = 0;
         loop {
             match self.raft.change_membership(change.clone(), false).await {
@@ -412,9 +340,7 @@ impl ConsensusNode {
         self.require_leader()?;
         let (id, voter) = self.lookup(name)?;
         if voter {
-            return Err(ConsensusError::Invalid(format!(
-                "node `{name}` is already a voter"
-            )));
+            return Err(ConsensusError::Invalid(format!("node `{name}` is already a voter")));
         }
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         self.within(
@@ -439,10 +365,7 @@ impl ConsensusNode {
         if id == self.id {
             let successor = self.best_successor()?;
             self.transfer_leader(&successor.name).await?;
-            return Err(ConsensusError::NotLeader {
-                me: self.me.name.clone(),
-                leader: Some(successor),
-            });
+            return Err(ConsensusError::NotLeader { me: self.me.name.clone(), leader: Some(successor) });
         }
         let change = if voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -462,11 +385,7 @@ impl ConsensusNode {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let matched = |id: &u64| {
-            metrics
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(id).cloned().flatten())
-                .map(|log_id| log_id.index)
+            metrics.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|log_id| log_id.index)
         };
         membership
             .voter_ids()
@@ -487,24 +406,14 @@ impl ConsensusNode {
         self.require_leader()?;
         let (target, voter) = self.lookup(name)?;
         if !voter {
-            return Err(ConsensusError::Invalid(format!(
-                "node `{name}` is a learner: only a voter can lead"
-            )));
+            return Err(ConsensusError::Invalid(format!("node `{name}` is a learner: only a voter can lead")));
         }
         if target == self.id {
             return Ok(());
         }
         let membership = self.membership();
-        let address_of = |id: u64| {
-            membership
-                .get_node(&id)
-                .map(|node| node.address.clone())
-                .unwrap_or_default()
-        };
-        let others: Vec<u64> = membership
-            .voter_ids()
-            .filter(|id| *id != self.id && *id != target)
-            .collect();
+        let address_of = |id: u64| membership.get_node(&id).map(|node| node.address.clone()).unwrap_or_default();
+        let others: Vec<u64> = membership.voter_ids().filter(|id| *id != self.id && *id != target).collect();
         let hold = self.timing.election_timeout_max * 6;
         let rpc_timeout = self.timing.election_timeout_max;
         let mut last_failure = String::new();
@@ -517,32 +426,15 @@ impl ConsensusNode {
             for other in &others {
                 let _: Result<(), CallError> = self
                     .peers
-                    .call(
-                        *other,
-                        &address_of(*other),
-                        PeerRpc::HoldElections,
-                        &(hold.as_millis() as u64),
-                        rpc_timeout,
-                    )
+                    .call(*other, &address_of(*other), PeerRpc::HoldElections, &(hold.as_millis() as u64), rpc_timeout)
                     .await;
             }
             self.raft.runtime_config().heartbeat(false);
             tokio::time::sleep(self.timing.election_timeout_max + self.timing.heartbeat).await;
-            let campaign: Result<(), CallError> = self
-                .peers
-                .call(
-                    target,
-                    &address_of(target),
-                    PeerRpc::Campaign,
-                    &(),
-                    rpc_timeout,
-                )
-                .await;
+            let campaign: Result<(), CallError> =
+                self.peers.call(target, &address_of(target), PeerRpc::Campaign, &(), rpc_timeout).await;
             let won = match campaign {
-                Ok(()) => {
-                    self.wait_for_leader(target, self.timing.election_timeout_max * 4)
-                        .await
-                }
+                Ok(()) => self.wait_for_leader(target, self.timing.election_timeout_max * 4).await,
                 Err(err) => {
                     last_failure = format!("node `{name}` did not start its campaign: {err}");
                     false
@@ -551,16 +443,8 @@ impl ConsensusNode {
             self.raft.runtime_config().heartbeat(true);
             self.election.hold(Duration::ZERO);
             for other in &others {
-                let _: Result<(), CallError> = self
-                    .peers
-                    .call(
-                        *other,
-                        &address_of(*other),
-                        PeerRpc::HoldElections,
-                        &0u64,
-                        rpc_timeout,
-                    )
-                    .await;
+                let _: Result<(), CallError> =
+                    self.peers.call(*other, &address_of(*other), PeerRpc::HoldElections, &0u64, rpc_timeout).await;
             }
             if won {
                 tracing::info!(target = name, attempt, "leadership transferred");
@@ -573,20 +457,15 @@ impl ConsensusNode {
                 break;
             }
         }
-        Err(ConsensusError::Failed(format!(
-            "leadership transfer to `{name}` failed: {last_failure}"
-        )))
+        Err(ConsensusError::Failed(format!("leadership transfer to `{name}` failed: {last_failure}")))
     }
 
     async fn wait_caught_up(&self, target: u64, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             let metrics = self.raft.metrics().borrow().clone();
-            let matched = metrics
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&target).cloned().flatten())
-                .map(|id| id.index);
+            let matched =
+                metrics.replication.as_ref().and_then(|r| r.get(&target).cloned().flatten()).map(|id| id.index);
             if matched.is_some() && matched >= metrics.last_log_index {
                 return Ok(());
             }
@@ -614,12 +493,7 @@ impl ConsensusNode {
     /// The cluster as this node sees it.
     pub async fn status(&self) -> StatusReport {
         let metrics = self.raft.metrics().borrow().clone();
-        let committed = self
-            .raft
-            .with_raft_state(|state| state.committed.map(|id| id.index))
-            .await
-            .ok()
-            .flatten();
+        let committed = self.raft.with_raft_state(|state| state.committed.map(|id| id.index)).await.ok().flatten();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let is_leader = metrics.state == ServerState::Leader;
@@ -627,17 +501,12 @@ impl ConsensusNode {
         let quorum = if is_leader {
             since_quorum.is_some_and(|ms| ms <= self.timing.election_timeout_max.as_millis() as u64)
         } else {
-            metrics.current_leader.is_some()
-                && self.election.since_leader_contact() <= self.timing.election_timeout_max
+            metrics.current_leader.is_some() && self.election.since_leader_contact() <= self.timing.election_timeout_max
         };
         let nodes = membership
             .nodes()
             .map(|(id, info)| {
-                let matched = metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).cloned().flatten())
-                    .map(|l| l.index);
+                let matched = metrics.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
                 let last_contact = if *id == self.id {
                     Some(0)
                 } else if Some(*id) == metrics.current_leader && !is_leader {
@@ -648,24 +517,16 @@ impl ConsensusNode {
                 NodeStatus {
                     name: info.name.clone(),
                     address: info.address.clone(),
-                    role: if voters.contains(id) {
-                        NodeRole::Voter
-                    } else {
-                        NodeRole::Learner
-                    },
-                    matched_index: if *id == self.id {
-                        metrics.last_log_index
-                    } else {
-                        matched
-                    },
+                    role: if voters.contains(id) { NodeRole::Voter } else { NodeRole::Learner },
+                    matched_index: if *id == self.id { metrics.last_log_index } else { matched },
                     last_contact_ms: last_contact,
+                    standby: false,
+                    protection: String::new(),
+                    lease: None,
                 }
             })
             .collect();
-        let leader = metrics
-            .current_leader
-            .and_then(|id| membership.get_node(&id))
-            .map(|node| node.name.clone());
+        let leader = metrics.current_leader.and_then(|id| membership.get_node(&id)).map(|node| node.name.clone());
         StatusReport {
             reporter: self.me.name.clone(),
             reporter_state: format!("{:?}", metrics.state).to_lowercase(),
@@ -677,25 +538,63 @@ impl ConsensusNode {
             last_log_index: metrics.last_log_index,
             snapshot_index: metrics.snapshot.map(|id| id.index),
             nodes,
+            packages: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
-    /// Sends a request to another node (forwarding to the leader).
-    pub async fn forward(
-        &self,
-        address: &str,
-        request: &Request,
-    ) -> Result<Response, ForwardError> {
-        let limit = self.timing.request_timeout + Duration::from_secs(1);
-        self.peers
-            .request(address, request, limit, false)
-            .await
-            .map_err(|err| match err {
-                CallError::Unreachable(detail) => ForwardError::NotSent(detail),
-                CallError::Lost(detail) | CallError::Remote(detail) => {
-                    ForwardError::Unknown(detail)
-                }
+    /// Confirms leadership with a quorum round; returns the log index every read (and every lease
+    /// grant) is linearized after.
+    pub async fn confirm_leadership(&self) -> Result<u64> {
+        let read = self
+            .within("confirm leadership", self.timing.request_timeout, async {
+                self.raft.ensure_linearizable().await.map_err(|err| match err {
+                    RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)) => self.not_leader(),
+                    RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err)) => {
+                        ConsensusError::NoQuorum(format!("confirm leadership: {err}"))
+                    }
+                    RaftError::Fatal(err) => ConsensusError::Fatal(err.to_string()),
+                })
             })
+            .await?;
+        Ok(read.map_or(0, |log_id| log_id.index))
+    }
+
+    /// Whether this node is the leader now, and in which term.
+    pub fn leadership(&self) -> Option<u64> {
+        let metrics = self.raft.metrics().borrow().clone();
+        (metrics.state == ServerState::Leader).then_some(metrics.current_term)
+    }
+
+    /// Index of the last entry applied to the local state machine.
+    pub fn applied_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_applied.map_or(0, |id| id.index)
+    }
+
+    /// Every member (voters and learners).
+    pub fn members(&self) -> Vec<NodeInfo> {
+        self.membership().nodes().map(|(_, node)| node.clone()).collect()
+    }
+
+    /// A typed peer RPC to `address` (the engine's lease renewals and reports).
+    pub async fn call_peer<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        address: &str,
+        rpc: PeerRpc,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, String> {
+        self.peers.call(node_id(name), address, rpc, body, timeout).await.map_err(|err| err.to_string())
+    }
+
+    /// Sends a request to another node (forwarding to the leader).
+    pub async fn forward(&self, address: &str, request: &Request) -> Result<Response, ForwardError> {
+        let limit = self.timing.request_timeout + Duration::from_secs(1);
+        self.peers.request(address, request, limit, false).await.map_err(|err| match err {
+            CallError::Unreachable(detail) => ForwardError::NotSent(detail),
+            CallError::Lost(detail) | CallError::Remote(detail) => ForwardError::Unknown(detail),
+        })
     }
 
     /// Serves a peer RPC; the answer is the encoded result, or a message naming what failed.
@@ -703,8 +602,7 @@ impl ConsensusNode {
         let bad = |err: cluster_api::FrameError| format!("malformed {:?} rpc: {err}", request.rpc);
         match request.rpc {
             PeerRpc::AppendEntries => {
-                let rpc: AppendEntriesRequest<TypeConfig> =
-                    decode(&request.payload).map_err(bad)?;
+                let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload).map_err(bad)?;
                 let result = self.raft.append_entries(rpc).await;
                 if matches!(
                     result,
@@ -726,8 +624,7 @@ impl ConsensusNode {
                 encoded(&result)
             }
             PeerRpc::InstallSnapshot => {
-                let rpc: InstallSnapshotRequest<TypeConfig> =
-                    decode(&request.payload).map_err(bad)?;
+                let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.payload).map_err(bad)?;
                 let result = self.raft.install_snapshot(rpc).await;
                 if result.is_ok() {
                     self.election.leader_contact();
@@ -740,18 +637,14 @@ impl ConsensusNode {
             }
             PeerRpc::HoldElections => {
                 let millis: u64 = decode(&request.payload).map_err(bad)?;
-                self.election
-                    .hold(Duration::from_millis(millis.min(10_000)));
+                self.election.hold(Duration::from_millis(millis.min(10_000)));
                 encoded(&())
             }
+            PeerRpc::Lease | PeerRpc::Propose => Err(format!("{:?} is served by the daemon, not by raft", request.rpc)),
             PeerRpc::Campaign => {
                 decode::<()>(&request.payload).map_err(bad)?;
                 self.election.hold(Duration::ZERO);
-                self.raft
-                    .trigger()
-                    .elect()
-                    .await
-                    .map_err(|err| err.to_string())?;
+                self.raft.trigger().elect().await.map_err(|err| err.to_string())?;
                 encoded(&())
             }
         }
@@ -778,49 +671,23 @@ impl ConsensusNode {
         let membership = self.membership();
         let voters: Vec<(u64, String)> = membership
             .voter_ids()
-            .filter_map(|id| {
-                membership
-                    .get_node(&id)
-                    .map(|node| (id, node.address.clone()))
-            })
+            .filter_map(|id| membership.get_node(&id).map(|node| (id, node.address.clone())))
             .collect();
         if !voters.iter().any(|(id, _)| *id == self.id) {
             return;
         }
-        let request = PreVoteRequest {
-            candidate: self.id,
-            last_log_id: self.log.last_log_id(),
-        };
-        let asks = voters
-            .iter()
-            .filter(|(id, _)| *id != self.id)
-            .map(|(id, address)| {
-                let request = request.clone();
-                async move {
-                    let answer: Result<PreVoteResponse, CallError> = self
-                        .peers
-                        .call(
-                            *id,
-                            address,
-                            PeerRpc::PreVote,
-                            &request,
-                            self.timing.election_timeout_min,
-                        )
-                        .await;
-                    answer.map(|a| a.granted).unwrap_or(false)
-                }
-            });
-        let granted = 1 + futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .filter(|g| *g)
-            .count();
+        let request = PreVoteRequest { candidate: self.id, last_log_id: self.log.last_log_id() };
+        let asks = voters.iter().filter(|(id, _)| *id != self.id).map(|(id, address)| {
+            let request = request.clone();
+            async move {
+                let answer: Result<PreVoteResponse, CallError> =
+                    self.peers.call(*id, address, PeerRpc::PreVote, &request, self.timing.election_timeout_min).await;
+                answer.map(|a| a.granted).unwrap_or(false)
+            }
+        });
+        let granted = 1 + futures::future::join_all(asks).await.into_iter().filter(|g| *g).count();
         if granted * 2 > voters.len() {
-            tracing::info!(
-                granted,
-                voters = voters.len(),
-                "pre-vote won, starting an election"
-            );
+            tracing::info!(granted, voters = voters.len(), "pre-vote won, starting an election");
             if let Err(err) = self.raft.trigger().elect().await {
                 tracing::error!(error = %err, "failed to start an election");
             }
@@ -833,10 +700,7 @@ impl ConsensusNode {
     async fn snapshot_if_due(&self, last_triggered: &mut Option<u64>) {
         let metrics = self.raft.metrics().borrow().clone();
         let applied = metrics.last_applied.map_or(0, |id| id.index);
-        let snapshot = metrics
-            .snapshot
-            .map_or(0, |id| id.index)
-            .max(last_triggered.unwrap_or(0));
+        let snapshot = metrics.snapshot.map_or(0, |id| id.index).max(last_triggered.unwrap_or(0));
         let period = self.read_local(|state| state.settings.snapshot_period);
         if applied >= snapshot + period {
             *last_triggered = Some(applied);
@@ -856,9 +720,7 @@ impl ConsensusNode {
 
 /// Encodes a peer RPC answer.
 fn encoded<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    encode(value)
-        .map(|bytes| bytes.to_vec())
-        .map_err(|err| err.to_string())
+    encode(value).map(|bytes| bytes.to_vec()).map_err(|err| err.to_string())
 }
 
 fn validate_address(address: &str) -> Result<()> {
@@ -868,9 +730,7 @@ fn validate_address(address: &str) -> Result<()> {
     if valid {
         Ok(())
     } else {
-        Err(ConsensusError::Invalid(format!(
-            "invalid node address `{address}`: expected HOST:PORT"
-        )))
+        Err(ConsensusError::Invalid(format!("invalid node address `{address}`: expected HOST:PORT")))
     }
 }
 

@@ -11,10 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use cluster_model::{ClusterState, CommandOutcome};
 use openraft::storage::RaftStateMachine;
-use openraft::{
-    EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
-    StoredMembership,
-};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
 use serde::{Deserialize, Serialize};
 
 use crate::files::{read_checked, write_atomic};
@@ -79,10 +76,7 @@ pub(crate) fn decode_data(data: &[u8]) -> Result<ClusterState, String> {
         return Err("not a clusterd snapshot".into());
     }
     if data[4] != SNAPSHOT_VERSION {
-        return Err(format!(
-            "snapshot version {} is not supported: expected {SNAPSHOT_VERSION}",
-            data[4]
-        ));
+        return Err(format!("snapshot version {} is not supported: expected {SNAPSHOT_VERSION}", data[4]));
     }
     let crc = u32::from_le_bytes(data[5..9].try_into().expect("4 bytes"));
     if crc32fast::hash(&data[9..]) != crc {
@@ -95,15 +89,11 @@ impl StateMachineStore {
     /// Opens the state machine under `dir`, loading the last snapshot if there is one.
     pub fn open(dir: &Path) -> Result<StateMachineStore, SnapshotOpenError> {
         let snapshot_path = dir.join("snapshot");
-        let fail = |what: String| SnapshotOpenError {
-            path: snapshot_path.clone(),
-            what,
-        };
+        let fail = |what: String| SnapshotOpenError { path: snapshot_path.clone(), what };
         let mut applied = Applied::default();
         let mut current = None;
         if let Some(bytes) = read_checked(&snapshot_path).map_err(|err| fail(err.to_string()))? {
-            let file: SnapshotFile =
-                postcard::from_bytes(&bytes).map_err(|err| fail(format!("undecodable: {err}")))?;
+            let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(|err| fail(format!("undecodable: {err}")))?;
             applied.state = decode_data(&file.data).map_err(fail)?;
             applied.last_applied = file.meta.last_log_id;
             applied.membership = file.meta.last_membership.clone();
@@ -123,20 +113,11 @@ impl StateMachineStore {
     }
 
     fn persist(&self, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data: data.to_vec(),
-        };
+        let file = SnapshotFile { meta: meta.clone(), data: data.to_vec() };
         let bytes = postcard::to_allocvec(&file).expect("snapshots always serialize");
-        write_atomic(&self.snapshot_path, &bytes).map_err(|err| {
-            io_error(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                err,
-            )
-        })?;
-        *self.current.write().expect("snapshot lock poisoned") =
-            Some((meta.clone(), data.to_vec()));
+        write_atomic(&self.snapshot_path, &bytes)
+            .map_err(|err| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, err))?;
+        *self.current.write().expect("snapshot lock poisoned") = Some((meta.clone(), data.to_vec()));
         Ok(())
     }
 }
@@ -145,25 +126,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (meta, data) = {
             let applied = self.applied.read().expect("state lock poisoned");
-            let counter = self
-                .snapshot_counter
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let counter = self.snapshot_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let snapshot_id = match applied.last_applied {
                 Some(log_id) => format!("{}-{}-{counter}", log_id.leader_id.term, log_id.index),
                 None => format!("0-0-{counter}"),
             };
-            let meta = Meta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership.clone(),
-                snapshot_id,
-            };
+            let meta =
+                Meta { last_log_id: applied.last_applied, last_membership: applied.membership.clone(), snapshot_id };
             (meta, encode_data(&applied.state))
         };
         self.persist(&meta, &data)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
@@ -205,19 +178,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &Meta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state = decode_data(&data).map_err(|err| {
-            io_error(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Read,
-                err,
-            )
-        })?;
+        let state = decode_data(&data)
+            .map_err(|err| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, err))?;
         self.persist(meta, &data)?;
         let mut applied = self.applied.write().expect("state lock poisoned");
         applied.state = state;
@@ -228,9 +192,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let current = self.current.read().expect("snapshot lock poisoned");
-        Ok(current.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.clone())),
-        }))
+        Ok(current
+            .as_ref()
+            .map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(data.clone())) }))
     }
 }

@@ -7,13 +7,10 @@ use openraft::StorageError;
 struct DiskBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for DiskBuilder {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let (log, _report) = LogStore::open(&dir.path().join("raft")).expect("open log");
-        let state_machine =
-            StateMachineStore::open(&dir.path().join("raft")).expect("open state machine");
+        let state_machine = StateMachineStore::open(&dir.path().join("raft")).expect("open state machine");
         Ok((dir, log, state_machine))
     }
 }

@@ -34,12 +34,7 @@ impl TestCluster {
         let pki = dir.path().join("pki");
         cluster_tls::init_ca(&pki).expect("ca");
         cluster_tls::issue_certificate(&pki, "admin", &[], &[]).expect("admin cert");
-        let mut cluster = TestCluster {
-            clusterd: clusterd.into(),
-            dir,
-            pki,
-            nodes: Vec::new(),
-        };
+        let mut cluster = TestCluster { clusterd: clusterd.into(), dir, pki, nodes: Vec::new() };
         for _ in 0..count {
             cluster.define_node(subnet);
         }
@@ -51,8 +46,7 @@ impl TestCluster {
         let index = self.nodes.len() + 1;
         let name = format!("n{index}");
         let ip = format!("127.0.{subnet}.{}", 10 + index);
-        cluster_tls::issue_certificate(&self.pki, &name, &[ip.parse().unwrap()], &[])
-            .expect("node cert");
+        cluster_tls::issue_certificate(&self.pki, &name, &[ip.parse().unwrap()], &[]).expect("node cert");
         let node_dir = self.dir.path().join(&name);
         std::fs::create_dir_all(&node_dir).unwrap();
         let config = node_dir.join("clusterd.toml");
@@ -72,25 +66,13 @@ impl TestCluster {
         )
         .unwrap();
         let log = node_dir.join("clusterd.log");
-        self.nodes.push(TestNode {
-            name,
-            address,
-            config,
-            socket,
-            data_dir,
-            log,
-            child: None,
-        });
+        self.nodes.push(TestNode { name, address, config, socket, data_dir, log, child: None });
         self.nodes.len() - 1
     }
 
     pub fn start(&mut self, index: usize) {
         let node = &mut self.nodes[index];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
         let child = Command::new(&self.clusterd)
             .arg("--config")
             .arg(&node.config)
@@ -125,10 +107,7 @@ impl TestCluster {
     }
 
     pub fn index_of(&self, name: &str) -> usize {
-        self.nodes
-            .iter()
-            .position(|n| n.name == name)
-            .unwrap_or_else(|| panic!("no node {name}"))
+        self.nodes.iter().position(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
     }
 
     /// Forms the cluster: init on n1, then adds every other node as a voter.
@@ -137,18 +116,11 @@ impl TestCluster {
         for node in &self.nodes {
             wait_for_socket(&node.socket).await;
         }
-        call(&self.nodes[0].socket, ClientRequest::ClusterInit)
-            .await
-            .expect("cluster init");
+        call(&self.nodes[0].socket, ClientRequest::ClusterInit).await.expect("cluster init");
         for node in self.nodes.iter().skip(1) {
-            let request = ClientRequest::NodeAdd {
-                name: node.name.clone(),
-                address: node.address.clone(),
-                learner: false,
-            };
-            call(&self.nodes[0].socket, request)
-                .await
-                .unwrap_or_else(|err| panic!("add {}: {err}", node.name));
+            let request =
+                ClientRequest::NodeAdd { name: node.name.clone(), address: node.address.clone(), learner: false };
+            call(&self.nodes[0].socket, request).await.unwrap_or_else(|err| panic!("add {}: {err}", node.name));
         }
     }
 
@@ -165,11 +137,7 @@ impl TestCluster {
                     }
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "no leader within {limit:?}; logs:\n{}",
-                self.logs()
-            );
+            assert!(Instant::now() < deadline, "no leader within {limit:?}; logs:\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -177,23 +145,13 @@ impl TestCluster {
     pub fn logs(&self) -> String {
         self.nodes
             .iter()
-            .map(|n| {
-                format!(
-                    "--- {} ---\n{}",
-                    n.name,
-                    std::fs::read_to_string(&n.log).unwrap_or_default()
-                )
-            })
+            .map(|n| format!("--- {} ---\n{}", n.name, std::fs::read_to_string(&n.log).unwrap_or_default()))
             .collect::<Vec<_>>()
             .join("\n")
     }
 
     pub fn admin_files(&self) -> TlsFiles {
-        TlsFiles {
-            ca: self.pki.join("ca.crt"),
-            cert: self.pki.join("admin.crt"),
-            key: self.pki.join("admin.key"),
-        }
+        TlsFiles { ca: self.pki.join("ca.crt"), cert: self.pki.join("admin.crt"), key: self.pki.join("admin.key") }
     }
 }
 
@@ -212,64 +170,38 @@ pub fn signal(child: &Child, signal: nix::sys::signal::Signal) {
 
 pub async fn wait_for_socket(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Client::connect(&Endpoint::Unix(path.to_owned()), Duration::from_secs(1))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{} never came up",
-            path.display()
-        );
+    while Client::connect(&Endpoint::Unix(path.to_owned()), Duration::from_secs(1)).await.is_err() {
+        assert!(Instant::now() < deadline, "{} never came up", path.display());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// One request on a fresh connection to a node's socket.
-pub async fn call(
-    socket: &Path,
-    request: ClientRequest,
-) -> Result<ClientReply, cluster_api::ClientError> {
-    let mut client =
-        Client::connect(&Endpoint::Unix(socket.to_owned()), Duration::from_secs(2)).await?;
+pub async fn call(socket: &Path, request: ClientRequest) -> Result<ClientReply, cluster_api::ClientError> {
+    let mut client = Client::connect(&Endpoint::Unix(socket.to_owned()), Duration::from_secs(2)).await?;
     client.call(request).await
 }
 
 /// The node's own view (the request is marked as forwarded, so it is not passed to the leader).
 pub async fn local_status(socket: &Path) -> Result<StatusReport, String> {
-    let mut client = Client::connect(&Endpoint::Unix(socket.to_owned()), Duration::from_secs(1))
-        .await
-        .map_err(|e| e.to_string())?;
-    match client
-        .round_trip(&Request::Client {
-            request: ClientRequest::Status,
-            forwarded: true,
-        })
-        .await
-    {
+    let mut client =
+        Client::connect(&Endpoint::Unix(socket.to_owned()), Duration::from_secs(1)).await.map_err(|e| e.to_string())?;
+    match client.round_trip(&Request::Client { request: ClientRequest::Status, forwarded: true }).await {
         Ok(Response::Client(Ok(ClientReply::Status(report)))) => Ok(report),
         other => Err(format!("{other:?}")),
     }
 }
 
 pub async fn kv_set(socket: &Path, key: &str, value: &str) {
-    call(
-        socket,
-        ClientRequest::KvSet {
-            key: key.into(),
-            value: value.into(),
-        },
-    )
-    .await
-    .unwrap_or_else(|err| panic!("kv set {key}: {err}"));
+    call(socket, ClientRequest::KvSet { key: key.into(), value: value.into() })
+        .await
+        .unwrap_or_else(|err| panic!("kv set {key}: {err}"));
 }
 
 pub async fn kv_get(socket: &Path, key: &str) -> Option<String> {
     match call(socket, ClientRequest::KvGet { key: key.into() }).await {
         Ok(ClientReply::Value { value, .. }) => Some(value),
-        Err(cluster_api::ClientError::Api(err)) if err.kind == cluster_api::ErrorKind::NotFound => {
-            None
-        }
+        Err(cluster_api::ClientError::Api(err)) if err.kind == cluster_api::ErrorKind::NotFound => None,
         other => panic!("kv get {key}: {other:?}"),
     }
 }

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use thiserror::Error;
 pub use tokio_rustls::rustls;
@@ -31,15 +31,9 @@ const CA_COMMON_NAME: &str = "clusterd cluster CA";
 #[derive(Debug, Error)]
 pub enum TlsError {
     #[error("failed to read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("failed to write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("{path} already exists: refusing to overwrite a cluster CA")]
     CaExists { path: PathBuf },
     #[error("{path}: {what}")]
@@ -63,20 +57,9 @@ pub fn init_ca(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
             return Err(TlsError::CaExists { path: path.clone() });
         }
     }
-    fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let key = KeyPair::generate().map_err(|source| TlsError::Generate {
-        name: "ca".into(),
-        source,
-    })?;
-    let cert = ca_params()
-        .self_signed(&key)
-        .map_err(|source| TlsError::Generate {
-            name: "ca".into(),
-            source,
-        })?;
+    fs::create_dir_all(dir).map_err(|source| TlsError::Write { path: dir.to_owned(), source })?;
+    let key = KeyPair::generate().map_err(|source| TlsError::Generate { name: "ca".into(), source })?;
+    let cert = ca_params().self_signed(&key).map_err(|source| TlsError::Generate { name: "ca".into(), source })?;
     write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
     write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
     Ok((cert_path, key_path))
@@ -88,11 +71,7 @@ fn ca_params() -> CertificateParams {
     name.push(DnType::CommonName, CA_COMMON_NAME);
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params
 }
 
@@ -107,30 +86,20 @@ pub fn issue_certificate(
 ) -> Result<(PathBuf, PathBuf), TlsError> {
     let (_, ca_key_path) = ca_paths(dir);
     let ca_key_pem = read_text(&ca_key_path)?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|err| TlsError::Invalid {
-        path: ca_key_path.clone(),
-        what: format!("not a private key: {err}"),
-    })?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)
+        .map_err(|err| TlsError::Invalid { path: ca_key_path.clone(), what: format!("not a private key: {err}") })?;
     let issuer = Issuer::new(ca_params(), ca_key);
 
-    let generate = |source| TlsError::Generate {
-        name: name.to_owned(),
-        source,
-    };
+    let generate = |source| TlsError::Generate { name: name.to_owned(), source };
     let mut alt_names = vec![name.to_owned()];
     alt_names.extend(dns_names.iter().cloned());
     let mut params = CertificateParams::new(alt_names).map_err(generate)?;
-    params
-        .subject_alt_names
-        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     let mut subject = DistinguishedName::new();
     subject.push(DnType::CommonName, name);
     params.distinguished_name = subject;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let key = KeyPair::generate().map_err(generate)?;
     let cert = params.signed_by(&key, &issuer).map_err(generate)?;
 
@@ -142,26 +111,15 @@ pub fn issue_certificate(
 }
 
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
-    let write = |source| TlsError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(write)?;
+    let write = |source| TlsError::Write { path: path.to_owned(), source };
+    let mut file =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(write)?;
     file.write_all(contents).map_err(write)?;
     file.sync_all().map_err(write)
 }
 
 fn read_text(path: &Path) -> Result<String, TlsError> {
-    fs::read_to_string(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    fs::read_to_string(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
 }
 
 /// The three files a TLS endpoint needs: the cluster CA, its own certificate and its key.
@@ -188,15 +146,9 @@ fn load(files: &TlsFiles) -> Result<LoadedFiles, TlsError> {
         })?;
     }
     let chain = read_certs(&files.cert)?;
-    let key_pem = fs::read(&files.key).map_err(|source| TlsError::Read {
-        path: files.key.clone(),
-        source,
-    })?;
+    let key_pem = fs::read(&files.key).map_err(|source| TlsError::Read { path: files.key.clone(), source })?;
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|err| TlsError::Invalid {
-            path: files.key.clone(),
-            what: format!("unreadable private key: {err}"),
-        })?
+        .map_err(|err| TlsError::Invalid { path: files.key.clone(), what: format!("unreadable private key: {err}") })?
         .ok_or_else(|| TlsError::Invalid {
             path: files.key.clone(),
             what: "no private key found in PEM file".into(),
@@ -205,21 +157,12 @@ fn load(files: &TlsFiles) -> Result<LoadedFiles, TlsError> {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let pem = fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(|err| TlsError::Invalid {
-            path: path.to_owned(),
-            what: format!("unreadable certificate: {err}"),
-        })?;
+        .map_err(|err| TlsError::Invalid { path: path.to_owned(), what: format!("unreadable certificate: {err}") })?;
     if certs.is_empty() {
-        return Err(TlsError::Invalid {
-            path: path.to_owned(),
-            what: "no certificate found in PEM file".into(),
-        });
+        return Err(TlsError::Invalid { path: path.to_owned(), what: "no certificate found in PEM file".into() });
     }
     Ok(certs)
 }
@@ -233,9 +176,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let loaded = load(files)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(loaded.roots), provider())
         .build()
-        .map_err(|err| {
-            TlsError::Config(format!("client verifier for {}: {err}", files.ca.display()))
-        })?;
+        .map_err(|err| TlsError::Config(format!("client verifier for {}: {err}", files.ca.display())))?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|err| TlsError::Config(err.to_string()))?
@@ -269,9 +210,8 @@ pub fn server_name_for(address: &str) -> Result<ServerName<'static>, TlsError> {
         Some((host, _port)) => host.trim_start_matches('[').trim_end_matches(']'),
         None => address,
     };
-    ServerName::try_from(host.to_owned()).map_err(|err| {
-        TlsError::Config(format!("invalid server name in address `{address}`: {err}"))
-    })
+    ServerName::try_from(host.to_owned())
+        .map_err(|err| TlsError::Config(format!("invalid server name in address `{address}`: {err}")))
 }
 
 #[cfg(test)]
@@ -283,25 +223,10 @@ mod tests {
     fn ca_then_node_certificate_builds_both_configs() {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path()).unwrap();
-        let (cert, key) =
-            issue_certificate(dir.path(), "n1", &["127.0.0.1".parse().unwrap()], &[]).unwrap();
-        assert_eq!(
-            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(
-            fs::metadata(dir.path().join("ca.key"))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
-        let files = TlsFiles {
-            ca: dir.path().join("ca.crt"),
-            cert,
-            key,
-        };
+        let (cert, key) = issue_certificate(dir.path(), "n1", &["127.0.0.1".parse().unwrap()], &[]).unwrap();
+        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+        let files = TlsFiles { ca: dir.path().join("ca.crt"), cert, key };
         server_config(&files).unwrap();
         client_config(&files).unwrap();
     }
@@ -320,28 +245,16 @@ mod tests {
         init_ca(dir.path()).unwrap();
         issue_certificate(dir.path(), "n1", &[], &[]).unwrap();
         fs::write(dir.path().join("n1.crt"), "not a pem").unwrap();
-        let files = TlsFiles {
-            ca: dir.path().join("ca.crt"),
-            cert: dir.path().join("n1.crt"),
-            key: dir.path().join("n1.key"),
-        };
+        let files =
+            TlsFiles { ca: dir.path().join("ca.crt"), cert: dir.path().join("n1.crt"), key: dir.path().join("n1.key") };
         let err = server_config(&files).unwrap_err().to_string();
         assert!(err.contains("n1.crt: no certificate found"), "{err}");
     }
 
     #[test]
     fn server_names_from_addresses() {
-        assert!(matches!(
-            server_name_for("127.0.0.1:7400").unwrap(),
-            ServerName::IpAddress(_)
-        ));
-        assert!(matches!(
-            server_name_for("[2001:db8::1]:7400").unwrap(),
-            ServerName::IpAddress(_)
-        ));
-        assert!(matches!(
-            server_name_for("n1.example:7400").unwrap(),
-            ServerName::DnsName(_)
-        ));
+        assert!(matches!(server_name_for("127.0.0.1:7400").unwrap(), ServerName::IpAddress(_)));
+        assert!(matches!(server_name_for("[2001:db8::1]:7400").unwrap(), ServerName::IpAddress(_)));
+        assert!(matches!(server_name_for("n1.example:7400").unwrap(), ServerName::DnsName(_)));
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use cluster_api::{Client, ClientError, ClientRequest, Endpoint, ErrorKind};
+use cluster_api::{Client, ClientError, ClientReply, ClientRequest, Endpoint, ErrorKind};
 use cluster_tls::TlsFiles;
 
 use crate::output::Output;
@@ -37,12 +37,7 @@ enum Format {
 #[derive(Debug, Args)]
 struct Connection {
     /// Local clusterd socket.
-    #[arg(
-        long,
-        global = true,
-        env = "CLUSTERCTL_SOCKET",
-        default_value = "/run/clusterd/clusterd.sock"
-    )]
+    #[arg(long, global = true, env = "CLUSTERCTL_SOCKET", default_value = "/run/clusterd/clusterd.sock")]
     socket: PathBuf,
     /// Remote clusterd HOST:PORT (mutual TLS; needs --ca, --cert and --key).
     #[arg(long, global = true, env = "CLUSTERCTL_ENDPOINT", requires_all = ["tls_ca", "tls_cert", "tls_key"])]
@@ -80,6 +75,12 @@ enum Command {
     /// Packages.
     #[command(subcommand)]
     Pkg(PkgCommand),
+    /// The event history (every transition with its reason).
+    Events {
+        /// Keep printing new events.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +90,40 @@ enum PkgCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Validate, then load package definitions into the cluster (alias: init).
+    #[command(alias = "init")]
+    Apply {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Desired running (optionally on NODE, a one-shot intent).
+    Run {
+        name: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Desired stopped everywhere.
+    Stop { name: String },
+    /// Planned switchover to NODE (a one-shot intent that leaves no constraint behind).
+    Move {
+        name: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Maintenance: nothing is started, stopped or monitored.
+    Freeze { name: String },
+    /// End maintenance.
+    Unfreeze { name: String },
+    /// Forget failures, bans and a blocked state.
+    Cleanup { name: String },
+    /// Forget a stopped package.
+    Remove { name: String },
+    /// Every package with its owner and phase.
+    List,
+    /// Owner, phase, epoch, since, resources, restarts, last failure.
+    Status { name: Option<String> },
+    /// Where the package would go and why, in words.
+    Plan { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +157,29 @@ enum ClusterCommand {
     Set { name: String, value: String },
     /// Show the cluster-wide settings.
     Settings,
+    /// Fence devices (fence-agents convention).
+    #[command(subcommand)]
+    Fence(FenceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum FenceCommand {
+    /// Set the fence device of NODE: an agent (e.g. fence_ipmilan) and its KEY=VALUE parameters.
+    Set {
+        node: String,
+        agent: String,
+        #[arg(value_parser = parse_key_value)]
+        params: Vec<(String, String)>,
+    },
+    /// Remove the fence device of NODE.
+    Remove { node: String },
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got `{text}`")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +196,10 @@ enum NodeCommand {
     Remove { name: String },
     /// Make a learner a voter.
     Promote { name: String },
+    /// Drain a node: its packages move away and none is placed on it.
+    Standby { name: String },
+    /// Bring a node back from standby.
+    Online { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,23 +236,14 @@ mod exit {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Output::new(cli.output == Format::Json);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            return out.failure(
-                exit::ERROR,
-                &format!("cannot start the async runtime: {err}"),
-                None,
-            )
-        }
+        Err(err) => return out.failure(exit::ERROR, &format!("cannot start the async runtime: {err}"), None),
     };
     runtime.block_on(run(cli, out))
 }
 
-async fn run(cli: Cli, out: Output) -> ExitCode {
+async fn run(cli: Cli, mut out: Output) -> ExitCode {
     let request = match cli.command {
         Command::Ca(command) => {
             return match ca(command) {
@@ -199,84 +252,80 @@ async fn run(cli: Cli, out: Output) -> ExitCode {
             }
         }
         Command::Pkg(PkgCommand::Validate { paths }) => return validate_packages(&paths, &out),
+        Command::Pkg(PkgCommand::Apply { paths }) => {
+            let reports = cluster_package::validate_paths(&paths);
+            if !cluster_package::all_valid(&reports) {
+                return validate_packages(&paths, &out);
+            }
+            let packages = reports
+                .into_iter()
+                .filter_map(|report| match report.result {
+                    cluster_package::FileResult::Valid(package) => Some(*package),
+                    _ => None,
+                })
+                .collect();
+            ClientRequest::PkgApply { packages }
+        }
+        Command::Pkg(PkgCommand::Run { name, node }) => ClientRequest::PkgRun { name, node },
+        Command::Pkg(PkgCommand::Stop { name }) => ClientRequest::PkgStop { name },
+        Command::Pkg(PkgCommand::Move { name, to }) => ClientRequest::PkgMove { name, to },
+        Command::Pkg(PkgCommand::Freeze { name }) => ClientRequest::PkgFreeze { name, frozen: true },
+        Command::Pkg(PkgCommand::Unfreeze { name }) => ClientRequest::PkgFreeze { name, frozen: false },
+        Command::Pkg(PkgCommand::Cleanup { name }) => ClientRequest::PkgCleanup { name },
+        Command::Pkg(PkgCommand::Remove { name }) => ClientRequest::PkgRemove { name },
+        Command::Pkg(PkgCommand::List) => ClientRequest::PkgStatus { name: None },
+        Command::Pkg(PkgCommand::Status { name }) => {
+            out.set_detail(name.is_some());
+            ClientRequest::PkgStatus { name }
+        }
+        Command::Pkg(PkgCommand::Plan { name }) => ClientRequest::PkgPlan { name },
+        Command::Node(NodeCommand::Standby { name }) => ClientRequest::NodeStandby { name, standby: true },
+        Command::Node(NodeCommand::Online { name }) => ClientRequest::NodeStandby { name, standby: false },
+        Command::Cluster(ClusterCommand::Fence(FenceCommand::Set { node, agent, params })) => {
+            ClientRequest::FenceSet { node, agent, params }
+        }
+        Command::Cluster(ClusterCommand::Fence(FenceCommand::Remove { node })) => ClientRequest::FenceRemove { node },
+        Command::Events { follow } => {
+            return match connect(&cli.connection).await {
+                Ok(mut client) => events(&mut client, follow, &out).await,
+                Err(err) => out.failure(exit::ERROR, &err.to_string(), None),
+            }
+        }
         Command::Cluster(ClusterCommand::Init) => ClientRequest::ClusterInit,
-        Command::Cluster(ClusterCommand::TransferLeader { name }) => {
-            ClientRequest::TransferLeader { name }
-        }
-        Command::Cluster(ClusterCommand::Set { name, value }) => {
-            ClientRequest::SettingsSet { name, value }
-        }
+        Command::Cluster(ClusterCommand::TransferLeader { name }) => ClientRequest::TransferLeader { name },
+        Command::Cluster(ClusterCommand::Set { name, value }) => ClientRequest::SettingsSet { name, value },
         Command::Cluster(ClusterCommand::Settings) => ClientRequest::SettingsGet,
-        Command::Node(NodeCommand::Add {
-            name,
-            address,
-            learner,
-        }) => ClientRequest::NodeAdd {
-            name,
-            address,
-            learner,
-        },
+        Command::Node(NodeCommand::Add { name, address, learner }) => ClientRequest::NodeAdd { name, address, learner },
         Command::Node(NodeCommand::Remove { name }) => ClientRequest::NodeRemove { name },
         Command::Node(NodeCommand::Promote { name }) => ClientRequest::NodePromote { name },
         Command::Status => ClientRequest::Status,
         Command::Kv(KvCommand::Set { key, value }) => ClientRequest::KvSet { key, value },
         Command::Kv(KvCommand::Get { key }) => ClientRequest::KvGet { key },
-        Command::Kv(KvCommand::Cas {
-            key,
-            mut values,
-            absent,
-        }) => match (absent, values.len()) {
-            (true, 1) => ClientRequest::KvCas {
-                key,
-                expected: None,
-                new: values.remove(0),
-            },
+        Command::Kv(KvCommand::Cas { key, mut values, absent }) => match (absent, values.len()) {
+            (true, 1) => ClientRequest::KvCas { key, expected: None, new: values.remove(0) },
             (false, 2) => {
                 let new = values.remove(1);
-                ClientRequest::KvCas {
-                    key,
-                    expected: Some(values.remove(0)),
-                    new,
-                }
+                ClientRequest::KvCas { key, expected: Some(values.remove(0)), new }
             }
             (true, _) => return out.failure(exit::USAGE, "kv cas --absent takes KEY NEW", None),
-            (false, _) => {
-                return out.failure(
-                    exit::USAGE,
-                    "kv cas takes KEY EXPECTED NEW (or KEY --absent NEW)",
-                    None,
-                )
-            }
+            (false, _) => return out.failure(exit::USAGE, "kv cas takes KEY EXPECTED NEW (or KEY --absent NEW)", None),
         },
         Command::Kv(KvCommand::Del { key }) => ClientRequest::KvDel { key },
-        Command::Kv(KvCommand::List { prefix }) => ClientRequest::KvList {
-            prefix: prefix.unwrap_or_default(),
-        },
+        Command::Kv(KvCommand::List { prefix }) => ClientRequest::KvList { prefix: prefix.unwrap_or_default() },
     };
-    let endpoint = match (
-        &cli.connection.endpoint,
-        &cli.connection.ca,
-        &cli.connection.cert,
-        &cli.connection.key,
-    ) {
-        (Some(address), Some(ca), Some(cert), Some(key)) => Endpoint::Tls {
-            address: address.clone(),
-            files: TlsFiles {
-                ca: ca.clone(),
-                cert: cert.clone(),
-                key: key.clone(),
-            },
-        },
-        _ => Endpoint::Unix(cli.connection.socket.clone()),
-    };
-    let timeout = Duration::from_secs(cli.connection.connect_timeout);
-    let mut client = match Client::connect(&endpoint, timeout).await {
+    let mut client = match connect(&cli.connection).await {
         Ok(client) => client,
         Err(err) => return out.failure(exit::ERROR, &err.to_string(), None),
     };
     match client.call(request).await {
         Ok(reply) => out.reply(&reply),
-        Err(ClientError::Api(err)) => {
+        Err(err) => failure(&out, err),
+    }
+}
+
+fn failure(out: &Output, err: ClientError) -> ExitCode {
+    match err {
+        ClientError::Api(err) => {
             let code = match err.kind {
                 ErrorKind::NotFound => exit::NOT_FOUND,
                 ErrorKind::CasMismatch => exit::CAS_MISMATCH,
@@ -285,7 +334,39 @@ async fn run(cli: Cli, out: Output) -> ExitCode {
             };
             out.api_failure(code, &err)
         }
-        Err(err) => out.failure(exit::ERROR, &err.to_string(), None),
+        err => out.failure(exit::ERROR, &err.to_string(), None),
+    }
+}
+
+async fn connect(connection: &Connection) -> Result<Client, ClientError> {
+    let endpoint = match (&connection.endpoint, &connection.ca, &connection.cert, &connection.key) {
+        (Some(address), Some(ca), Some(cert), Some(key)) => Endpoint::Tls {
+            address: address.clone(),
+            files: TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() },
+        },
+        _ => Endpoint::Unix(connection.socket.clone()),
+    };
+    Client::connect(&endpoint, Duration::from_secs(connection.connect_timeout)).await
+}
+
+/// `events [--follow]`: the retained history, then (with --follow) new events as they come.
+async fn events(client: &mut Client, follow: bool, out: &Output) -> ExitCode {
+    let mut after = None;
+    loop {
+        match client.call(ClientRequest::Events { after }).await {
+            Ok(ClientReply::Events { events }) => {
+                for event in &events {
+                    out.event(event);
+                }
+                after = events.last().map(|event| event.seq).or(after);
+            }
+            Ok(other) => return out.failure(exit::ERROR, &format!("unexpected reply {other:?}"), None),
+            Err(err) => return failure(out, err),
+        }
+        if !follow {
+            return ExitCode::SUCCESS;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -328,12 +409,7 @@ fn ca(command: CaCommand) -> anyhow::Result<String> {
             let (cert, key) = cluster_tls::init_ca(&dir).context("cannot create the cluster CA")?;
             Ok(format!("created {} and {}", cert.display(), key.display()))
         }
-        CaCommand::Issue {
-            name,
-            dir,
-            ips,
-            dns,
-        } => {
+        CaCommand::Issue { name, dir, ips, dns } => {
             cluster_model::validate_node_name(&name).map_err(anyhow::Error::msg)?;
             let (cert, key) = cluster_tls::issue_certificate(&dir, &name, &ips, &dns)
                 .with_context(|| format!("cannot issue a certificate for {name}"))?;

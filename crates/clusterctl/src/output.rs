@@ -3,16 +3,32 @@
 use std::process::ExitCode;
 
 use cluster_api::{ApiError, ClientReply, NodeStatus, StatusReport};
+use cluster_model::{Event, PackageState};
 use serde_json::json;
 
 /// Where and how results are printed.
 pub(crate) struct Output {
     json: bool,
+    /// `pkg status NAME`: one package in detail rather than a table.
+    detail: bool,
 }
 
 impl Output {
     pub(crate) fn new(json: bool) -> Output {
-        Output { json }
+        Output { json, detail: false }
+    }
+
+    pub(crate) fn set_detail(&mut self, detail: bool) {
+        self.detail = detail;
+    }
+
+    /// One event line (`events`), or one JSON object per line.
+    pub(crate) fn event(&self, event: &Event) {
+        if self.json {
+            println!("{}", serde_json::to_string(event).expect("events serialize"));
+        } else {
+            println!("{}", render_event(event));
+        }
     }
 
     pub(crate) fn is_json(&self) -> bool {
@@ -28,12 +44,7 @@ impl Output {
         ExitCode::SUCCESS
     }
 
-    pub(crate) fn failure(
-        &self,
-        code: u8,
-        message: &str,
-        current: Option<&Option<String>>,
-    ) -> ExitCode {
+    pub(crate) fn failure(&self, code: u8, message: &str, current: Option<&Option<String>>) -> ExitCode {
         if self.json {
             let mut value = json!({ "error": message, "exit_code": code });
             if let Some(current) = current {
@@ -60,10 +71,7 @@ impl Output {
                 ClientReply::Done { message } => json!({ "ok": true, "message": message }),
                 ClientReply::Value { key, value } => json!({ "key": key, "value": value }),
                 ClientReply::List { entries } => {
-                    json!(entries
-                        .iter()
-                        .map(|(k, v)| json!({ "key": k, "value": v }))
-                        .collect::<Vec<_>>())
+                    json!(entries.iter().map(|(k, v)| json!({ "key": k, "value": v })).collect::<Vec<_>>())
                 }
                 ClientReply::Deleted { key, existed } => json!({ "key": key, "deleted": existed }),
                 ClientReply::Settings { entries } => {
@@ -72,9 +80,13 @@ impl Output {
                         .map(|(k, v)| (k.clone(), json!(v)))
                         .collect::<serde_json::Map<String, serde_json::Value>>())
                 }
-                ClientReply::Status(report) => {
-                    serde_json::to_value(report).expect("status serializes")
+                ClientReply::Status(report) => serde_json::to_value(report).expect("status serializes"),
+                ClientReply::Packages { packages } if self.detail && packages.len() == 1 => {
+                    serde_json::to_value(&packages[0]).expect("packages serialize")
                 }
+                ClientReply::Packages { packages } => serde_json::to_value(packages).expect("packages serialize"),
+                ClientReply::Plan { lines } => json!({ "plan": lines }),
+                ClientReply::Events { events } => serde_json::to_value(events).expect("events serialize"),
             };
             println!("{value}");
             return ExitCode::SUCCESS;
@@ -98,6 +110,20 @@ impl Output {
                 }
             }
             ClientReply::Status(report) => print!("{}", render_status(report)),
+            ClientReply::Packages { packages } if self.detail && packages.len() == 1 => {
+                print!("{}", render_package(&packages[0]))
+            }
+            ClientReply::Packages { packages } => print!("{}", render_packages(packages)),
+            ClientReply::Plan { lines } => {
+                for line in lines {
+                    println!("{line}");
+                }
+            }
+            ClientReply::Events { events } => {
+                for event in events {
+                    println!("{}", render_event(event));
+                }
+            }
         }
         ExitCode::SUCCESS
     }
@@ -112,10 +138,7 @@ pub(crate) fn render_status(report: &StatusReport) -> String {
     let mut text = String::new();
     let leader = report.leader.as_deref().unwrap_or("none");
     let quorum = if report.quorum { "ok" } else { "LOST" };
-    text.push_str(&format!(
-        "leader: {leader}   term: {}   quorum: {quorum}\n",
-        report.term
-    ));
+    text.push_str(&format!("leader: {leader}   term: {}   quorum: {quorum}\n", report.term));
     text.push_str(&format!(
         "reported by {} ({}): commit {}, applied {}, last log {}, snapshot {}\n\n",
         report.reporter,
@@ -125,43 +148,155 @@ pub(crate) fn render_status(report: &StatusReport) -> String {
         or_dash(report.last_log_index),
         or_dash(report.snapshot_index),
     ));
-    let rows: Vec<[String; 5]> = report
+    text.push_str(&render_nodes(report));
+    if !report.packages.is_empty() {
+        text.push('\n');
+        text.push_str(&render_packages(&report.packages));
+    }
+    for warning in &report.warnings {
+        text.push_str(&format!("\nWARNING: {warning}"));
+    }
+    if !report.warnings.is_empty() {
+        text.push('\n');
+    }
+    text
+}
+
+fn render_nodes(report: &StatusReport) -> String {
+    let rows: Vec<Vec<String>> = report
         .nodes
         .iter()
         .map(|node: &NodeStatus| {
-            let name = if Some(&node.name) == report.leader.as_ref() {
-                format!("{} *", node.name)
-            } else {
-                node.name.clone()
-            };
-            [
+            let name =
+                if Some(&node.name) == report.leader.as_ref() { format!("{} *", node.name) } else { node.name.clone() };
+            vec![
                 name,
                 node.address.clone(),
                 format!("{:?}", node.role).to_lowercase(),
                 or_dash(node.matched_index),
-                node.last_contact_ms
-                    .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms ago")),
+                node.last_contact_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms ago")),
+                node.lease.clone().unwrap_or_else(|| "-".to_owned()),
+                if node.protection.is_empty() { "-".to_owned() } else { node.protection.clone() },
+                if node.standby { "standby".to_owned() } else { "online".to_owned() },
             ]
         })
         .collect();
-    let header = ["NODE", "ADDRESS", "ROLE", "MATCHED", "LAST CONTACT"].map(String::from);
-    let widths: Vec<usize> = (0..5)
-        .map(|i| {
-            rows.iter()
-                .chain(std::iter::once(&header))
-                .map(|row| row[i].len())
-                .max()
-                .unwrap_or(0)
-        })
+    table(&["NODE", "ADDRESS", "ROLE", "MATCHED", "LAST CONTACT", "LEASE", "PROTECTION", "STATE"], rows)
+}
+
+/// Left-aligned columns with a header.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().chain(std::iter::once(&header)).map(|row| row[i].len()).max().unwrap_or(0))
         .collect();
+    let mut text = String::new();
     for row in std::iter::once(&header).chain(rows.iter()) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
         text.push_str(line.join("  ").trim_end());
         text.push('\n');
+    }
+    text
+}
+
+fn ago(at_ms: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let ms = now.saturating_sub(at_ms);
+    if ms < 10_000 {
+        format!("{ms} ms ago")
+    } else {
+        format!("{} s ago", ms / 1000)
+    }
+}
+
+/// `pkg list` and the packages part of `status`.
+pub(crate) fn render_packages(packages: &[PackageState]) -> String {
+    let rows = packages
+        .iter()
+        .map(|package| {
+            let failure =
+                package.last_failure.as_ref().map_or_else(|| "-".to_owned(), |f| format!("{} on {}", f.reason, f.node));
+            vec![
+                package.def.name.clone(),
+                package.phase.as_str().to_owned() + if package.frozen { " (frozen)" } else { "" },
+                package.owner.clone().unwrap_or_else(|| "-".to_owned()),
+                package.epoch.to_string(),
+                ago(package.since_ms),
+                package.restarts.to_string(),
+                failure,
+            ]
+        })
+        .collect();
+    table(&["PACKAGE", "PHASE", "OWNER", "EPOCH", "SINCE", "RESTARTS", "LAST FAILURE"], rows)
+}
+
+/// `pkg status NAME`.
+fn render_package(package: &PackageState) -> String {
+    let mut text = format!("package {}\n", package.def.name);
+    let line = |name: &str, value: String| format!("  {name:<13}{value}\n");
+    text.push_str(&line("desired", format!("{:?}", package.desired).to_lowercase()));
+    text.push_str(&line("phase", package.phase.as_str().to_owned() + if package.frozen { " (frozen)" } else { "" }));
+    text.push_str(&line("owner", package.owner.clone().unwrap_or_else(|| "-".to_owned())));
+    text.push_str(&line("epoch", package.epoch.to_string()));
+    text.push_str(&line("since", ago(package.since_ms)));
+    text.push_str(&line("restarts", package.restarts.to_string()));
+    if let Some(target) = &package.target {
+        text.push_str(&line("moving to", target.clone()));
+    }
+    if !package.banned.is_empty() {
+        let banned: Vec<&str> = package.banned.iter().map(String::as_str).collect();
+        text.push_str(&line(
+            "excluded",
+            format!("{} (failed beyond the restart budget; pkg cleanup)", banned.join(", ")),
+        ));
+    }
+    if let Some(failure) = &package.last_failure {
+        let resource = failure.resource.as_deref().map(|r| format!("resource {r}: ")).unwrap_or_default();
+        text.push_str(&line(
+            "last failure",
+            format!("{resource}{} on {} ({})", failure.reason, failure.node, ago(failure.at_ms)),
+        ));
+    }
+    if let Some(reason) = &package.blocked_reason {
+        text.push_str(&line("BLOCKED", reason.clone()));
+    }
+    text.push_str("  resources\n");
+    for resource in &package.def.resources {
+        let state = package.resources.iter().find(|r| r.name == resource.name).map_or("-", |r| r.state.as_str());
+        text.push_str(&format!("    {:<12}{:<12}{state}\n", resource.name, resource_type(&resource.kind)));
+    }
+    text
+}
+
+fn resource_type(kind: &cluster_package::ResourceKind) -> &'static str {
+    match kind {
+        cluster_package::ResourceKind::Ip(_) => "ip",
+        cluster_package::ResourceKind::Filesystem(_) => "filesystem",
+        cluster_package::ResourceKind::Process(_) => "process",
+        cluster_package::ResourceKind::Ocf(_) => "ocf",
+    }
+}
+
+/// One line of `events`.
+fn render_event(event: &Event) -> String {
+    let seconds = event.at_ms / 1000;
+    let (hours, minutes, secs) = ((seconds / 3600) % 24, (seconds / 60) % 60, seconds % 60);
+    let mut text = format!("{hours:02}:{minutes:02}:{secs:02}.{:03}Z", event.at_ms % 1000);
+    if let Some(package) = &event.package {
+        text.push_str(&format!(" package {package}"));
+    }
+    if let Some(node) = &event.node {
+        text.push_str(&format!(" node {node}"));
+    }
+    if event.epoch > 0 {
+        text.push_str(&format!(" epoch {}", event.epoch));
+    }
+    text.push_str(&format!(": {}", event.what));
+    if let Some(ms) = event.phase_ms {
+        text.push_str(&format!(" (after {ms} ms)"));
+    }
+    if !event.reason.is_empty() {
+        text.push_str(&format!(" — {}", event.reason));
     }
     text
 }

@@ -12,21 +12,12 @@ fn clusterctl() -> &'static str {
 /// `clusterd` is built next to `clusterctl` by a workspace build (`cargo test --workspace`).
 fn clusterd() -> PathBuf {
     let path = Path::new(clusterctl()).with_file_name("clusterd");
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace (cargo build --workspace)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: build the workspace (cargo build --workspace)", path.display());
     path
 }
 
 fn run(socket: &Path, args: &[&str]) -> Output {
-    Command::new(clusterctl())
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(clusterctl()).arg("--socket").arg(socket).args(args).output().unwrap()
 }
 
 fn stdout(output: &Output) -> String {
@@ -41,46 +32,23 @@ fn stderr(output: &Output) -> String {
 fn ca_init_and_issue_write_certificates_with_private_keys() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
-    let ok = Command::new(clusterctl())
-        .args(["ca", "init", "--dir"])
-        .arg(&pki)
-        .output()
-        .unwrap();
+    let ok = Command::new(clusterctl()).args(["ca", "init", "--dir"]).arg(&pki).output().unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     let issued = Command::new(clusterctl())
-        .args([
-            "ca",
-            "issue",
-            "n1",
-            "--ip",
-            "192.0.2.11",
-            "--dns",
-            "n1.example",
-            "--dir",
-        ])
+        .args(["ca", "issue", "n1", "--ip", "192.0.2.11", "--dns", "n1.example", "--dir"])
         .arg(&pki)
         .output()
         .unwrap();
     assert!(issued.status.success(), "{}", stderr(&issued));
     let mode = |name: &str| {
-        std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(pki.join(name)).unwrap().permissions(),
-        ) & 0o777
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(pki.join(name)).unwrap().permissions()) & 0o777
     };
     assert_eq!(mode("ca.key"), 0o600);
     assert_eq!(mode("n1.key"), 0o600);
     assert!(pki.join("n1.crt").exists());
-    let again = Command::new(clusterctl())
-        .args(["ca", "init", "--dir"])
-        .arg(&pki)
-        .output()
-        .unwrap();
+    let again = Command::new(clusterctl()).args(["ca", "init", "--dir"]).arg(&pki).output().unwrap();
     assert_eq!(again.status.code(), Some(1));
-    assert!(
-        stderr(&again).contains("ca.crt already exists"),
-        "{}",
-        stderr(&again)
-    );
+    assert!(stderr(&again).contains("ca.crt already exists"), "{}", stderr(&again));
     let bad = Command::new(clusterctl())
         .args(["ca", "issue", "n1", "--ip", "not-an-ip", "--dir"])
         .arg(&pki)
@@ -98,10 +66,7 @@ async fn kv_commands_print_values_and_use_the_documented_exit_codes() {
         let set = run(&socket, &["kv", "set", "web/port", "8080"]);
         assert!(set.status.success(), "{}", stderr(&set));
         let get = run(&socket, &["kv", "get", "web/port"]);
-        assert_eq!(
-            (get.status.code(), stdout(&get).as_str()),
-            (Some(0), "8080\n")
-        );
+        assert_eq!((get.status.code(), stdout(&get).as_str()), (Some(0), "8080\n"));
 
         let missing = run(&socket, &["kv", "get", "web/none"]);
         assert_eq!(missing.status.code(), Some(3));
@@ -110,20 +75,11 @@ async fn kv_commands_print_values_and_use_the_documented_exit_codes() {
         let mismatch = run(&socket, &["kv", "cas", "web/port", "9999", "1"]);
         assert_eq!(mismatch.status.code(), Some(4));
         assert_eq!(stdout(&mismatch), "8080\n", "the current value is printed");
-        assert!(run(&socket, &["kv", "cas", "web/port", "8080", "8081"])
-            .status
-            .success());
+        assert!(run(&socket, &["kv", "cas", "web/port", "8080", "8081"]).status.success());
         assert_eq!(stdout(&run(&socket, &["kv", "get", "web/port"])), "8081\n");
 
-        assert!(run(&socket, &["kv", "cas", "web/new", "--absent", "x"])
-            .status
-            .success());
-        assert_eq!(
-            run(&socket, &["kv", "cas", "web/new", "--absent", "y"])
-                .status
-                .code(),
-            Some(4)
-        );
+        assert!(run(&socket, &["kv", "cas", "web/new", "--absent", "x"]).status.success());
+        assert_eq!(run(&socket, &["kv", "cas", "web/new", "--absent", "y"]).status.code(), Some(4));
 
         let list = run(&socket, &["kv", "list", "web/"]);
         assert_eq!(stdout(&list), "web/new\tx\nweb/port\t8081\n");
@@ -132,15 +88,9 @@ async fn kv_commands_print_values_and_use_the_documented_exit_codes() {
         assert_eq!(parsed[1]["key"], "web/port");
 
         assert!(run(&socket, &["kv", "del", "web/new"]).status.success());
-        assert_eq!(
-            run(&socket, &["kv", "del", "web/new"]).status.code(),
-            Some(3)
-        );
+        assert_eq!(run(&socket, &["kv", "del", "web/new"]).status.code(), Some(3));
 
-        let json_error = run(
-            &socket,
-            &["--output", "json", "kv", "cas", "web/port", "1", "2"],
-        );
+        let json_error = run(&socket, &["--output", "json", "kv", "cas", "web/port", "1", "2"]);
         assert_eq!(json_error.status.code(), Some(4));
         let parsed: serde_json::Value = serde_json::from_slice(&json_error.stdout).unwrap();
         assert_eq!(parsed["current"], "8081");
@@ -154,18 +104,10 @@ async fn kv_commands_print_values_and_use_the_documented_exit_codes() {
         let long_key = "k".repeat(2000);
         let oversize = run(&socket, &["kv", "set", &long_key, "v"]);
         assert_eq!(oversize.status.code(), Some(1));
-        assert!(
-            stderr(&oversize).contains("key is 2000 bytes: expected at most 1024 bytes"),
-            "{}",
-            stderr(&oversize)
-        );
+        assert!(stderr(&oversize).contains("key is 2000 bytes: expected at most 1024 bytes"), "{}", stderr(&oversize));
 
         let status = run(&socket, &["status"]);
-        assert!(
-            stdout(&status).starts_with("leader: n1"),
-            "{}",
-            stdout(&status)
-        );
+        assert!(stdout(&status).starts_with("leader: n1"), "{}", stdout(&status));
         let status = run(&socket, &["--output", "json", "status"]);
         let parsed: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
         assert_eq!(parsed["leader"], "n1");
@@ -205,35 +147,23 @@ async fn remote_endpoint_with_the_admin_certificate_and_no_quorum_exit_code() {
     .unwrap();
     assert!(set.status.success(), "{}", stderr(&set));
     let settings = run(&cluster.nodes[0].socket, &["cluster", "settings"]);
-    assert_eq!(stdout(&settings), "snapshot_period = 10000\n");
-    let bad = run(
-        &cluster.nodes[0].socket,
-        &["cluster", "set", "snapshot_period", "3"],
-    );
+    let settings = stdout(&settings);
+    assert!(settings.starts_with("snapshot_period = 10000\nheartbeat = 100ms\nlease = 1000ms\n"), "{settings}");
+    let bad = run(&cluster.nodes[0].socket, &["cluster", "set", "snapshot_period", "3"]);
     assert_eq!(bad.status.code(), Some(1));
-    assert!(
-        stderr(&bad).contains("invalid value `3` for setting `snapshot_period`"),
-        "{}",
-        stderr(&bad)
-    );
+    assert!(stderr(&bad).contains("invalid value `3` for setting `snapshot_period`"), "{}", stderr(&bad));
 
     // Two of three voters gone: no quorum, exit 5 after the request timeout.
     cluster.kill(0);
     cluster.kill(2);
-    let no_quorum = tokio::task::spawn_blocking(move || remote(&["kv", "set", "lonely", "1"]))
-        .await
-        .unwrap();
+    let no_quorum = tokio::task::spawn_blocking(move || remote(&["kv", "set", "lonely", "1"])).await.unwrap();
     assert_eq!(no_quorum.status.code(), Some(5), "{}", stderr(&no_quorum));
 }
 
 #[test]
 fn pkg_validate_accepts_the_shipped_examples_and_reports_every_error() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packages.d");
-    let ok = Command::new(clusterctl())
-        .args(["pkg", "validate"])
-        .arg(&examples)
-        .output()
-        .unwrap();
+    let ok = Command::new(clusterctl()).args(["pkg", "validate"]).arg(&examples).output().unwrap();
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
     assert!(stdout(&ok).contains("ok"), "{}", stdout(&ok));
 
@@ -244,18 +174,11 @@ fn pkg_validate_accepts_the_shipped_examples_and_reports_every_error() {
         "name = \"web\"\nnodes = []\n[[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"300.1.2.3/24\"\ninterface = \"eth0\"\ncolour = \"red\"\n",
     )
     .unwrap();
-    let failed = Command::new(clusterctl())
-        .args(["pkg", "validate"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let failed = Command::new(clusterctl()).args(["pkg", "validate"]).arg(&bad).output().unwrap();
     assert_eq!(failed.status.code(), Some(1));
     let errors = stderr(&failed);
     assert!(errors.contains("bad.toml:"), "{errors}");
-    assert!(
-        errors.lines().count() >= 3,
-        "every error is reported: {errors}"
-    );
+    assert!(errors.lines().count() >= 3, "every error is reported: {errors}");
     assert!(errors.contains("colour"), "{errors}");
     assert!(errors.contains("address"), "{errors}");
     assert!(errors.contains("nodes"), "{errors}");

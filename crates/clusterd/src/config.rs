@@ -26,6 +26,17 @@ pub(crate) struct NodeConfig {
     #[serde(default = "default_socket")]
     pub(crate) socket: PathBuf,
     pub(crate) tls: TlsSection,
+    /// Optional watchdog device, armed while this node runs packages.
+    #[serde(default)]
+    pub(crate) watchdog: Option<WatchdogSection>,
+}
+
+/// The `[watchdog]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WatchdogSection {
+    /// `/dev/watchdog` (or `/dev/watchdogN`), or `lab:/path/to/watchdog.sock` in the lab.
+    pub(crate) device: String,
 }
 
 /// The `[tls]` table.
@@ -44,19 +55,13 @@ fn default_socket() -> PathBuf {
 impl NodeConfig {
     /// Parses a configuration file's text; `path` names it in errors.
     pub(crate) fn parse(path: &Path, text: &str) -> anyhow::Result<NodeConfig> {
-        let config: NodeConfig = toml::from_str(text)
-            .with_context(|| format!("invalid configuration file {}", path.display()))?;
+        let config: NodeConfig =
+            toml::from_str(text).with_context(|| format!("invalid configuration file {}", path.display()))?;
         if let Err(err) = cluster_model::validate_node_name(&config.node) {
-            bail!(
-                "invalid configuration file {}: key `node`: {err}",
-                path.display()
-            );
+            bail!("invalid configuration file {}: key `node`: {err}", path.display());
         }
         if config.listen.port() == 0 {
-            bail!(
-                "invalid configuration file {}: key `listen`: expected a fixed port, not 0",
-                path.display()
-            );
+            bail!("invalid configuration file {}: key `listen`: expected a fixed port, not 0", path.display());
         }
         if !config.data_dir.is_absolute() {
             bail!(
@@ -77,9 +82,7 @@ impl NodeConfig {
 
     /// The address peers dial.
     pub(crate) fn advertised_address(&self) -> String {
-        self.advertise
-            .clone()
-            .unwrap_or_else(|| self.listen.to_string())
+        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
     }
 }
 
@@ -110,36 +113,23 @@ key = "/etc/clusterd/n1.key"
 
     #[test]
     fn unknown_key_is_named() {
-        let err = format!(
-            "{:#}",
-            parse(&format!("lisen = \"x\"\n{GOOD}")).unwrap_err()
-        );
+        let err = format!("{:#}", parse(&format!("lisen = \"x\"\n{GOOD}")).unwrap_err());
         assert!(err.contains("clusterd.toml"), "{err}");
         assert!(err.contains("unknown field `lisen`"), "{err}");
     }
 
     #[test]
     fn bad_listen_address_is_named() {
-        let err = format!(
-            "{:#}",
-            parse(&GOOD.replace("127.0.0.1:7400", "localhost")).unwrap_err()
-        );
+        let err = format!("{:#}", parse(&GOOD.replace("127.0.0.1:7400", "localhost")).unwrap_err());
         assert!(err.contains("listen"), "{err}");
         assert!(err.contains("invalid socket address"), "{err}");
     }
 
     #[test]
     fn relative_data_dir_and_bad_name_are_refused() {
-        let err = parse(&GOOD.replace("/var/lib/clusterd", "data"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("key `data_dir`: expected an absolute path"),
-            "{err}"
-        );
-        let err = parse(&GOOD.replace("\"n1\"", "\"bad name\""))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&GOOD.replace("/var/lib/clusterd", "data")).unwrap_err().to_string();
+        assert!(err.contains("key `data_dir`: expected an absolute path"), "{err}");
+        let err = parse(&GOOD.replace("\"n1\"", "\"bad name\"")).unwrap_err().to_string();
         assert!(err.contains("key `node`"), "{err}");
     }
 

@@ -3,13 +3,30 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_api::{ApiError, ClientReply, ClientRequest, ErrorKind, Request, Response};
-use cluster_model::{validate_key, validate_value, Command, CommandOutcome};
+use cluster_api::{decode, encode, ApiError, ClientReply, ClientRequest, ErrorKind, PeerRpc, Request, Response};
+use cluster_model::controller::{explain, protection, Liveness, Protection};
+use cluster_model::{validate_key, validate_value, Command, CommandOutcome, FenceConfig, Phase};
 use cluster_raft::{ConsensusError, ConsensusNode, ForwardError};
+
+use crate::engine::{wall_ms, Engine, LeaseRequest};
 
 /// The request handler shared by every listener.
 pub(crate) struct Dispatcher {
     pub(crate) node: Arc<ConsensusNode>,
+    pub(crate) engine: Arc<Engine>,
+}
+
+/// Runs a peer RPC served by the engine: decode, serve, encode the result.
+async fn serve_engine_rpc<Req, Resp, F, Fut>(payload: &[u8], serve: F) -> Result<Vec<u8>, String>
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: serde::Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: std::future::Future<Output = Result<Resp, String>>,
+{
+    let request: Req = decode(payload).map_err(|err| format!("malformed engine rpc: {err}"))?;
+    let answer = serve(request).await;
+    encode(&answer).map(|bytes| bytes.to_vec()).map_err(|err| err.to_string())
 }
 
 fn api_error(err: ConsensusError) -> ApiError {
@@ -30,26 +47,43 @@ fn is_read(request: &ClientRequest) -> bool {
             | ClientRequest::KvGet { .. }
             | ClientRequest::KvList { .. }
             | ClientRequest::SettingsGet
+            | ClientRequest::PkgStatus { .. }
+            | ClientRequest::PkgPlan { .. }
+            | ClientRequest::Events { .. }
     )
 }
 
 impl Dispatcher {
     pub(crate) async fn handle(&self, request: Request) -> Response {
         match request {
-            Request::Peer(peer) => Response::Peer(self.node.handle_peer(peer).await),
-            Request::Client { request, forwarded } => {
-                Response::Client(self.client(request, forwarded).await)
+            Request::Peer(peer) if peer.rpc == PeerRpc::Lease => {
+                let engine = &self.engine;
+                Response::Peer(
+                    serve_engine_rpc(
+                        &peer.payload,
+                        |request: LeaseRequest| async move { engine.grant(&request).await },
+                    )
+                    .await,
+                )
             }
+            Request::Peer(peer) if peer.rpc == PeerRpc::Propose => {
+                let engine = &self.engine;
+                Response::Peer(
+                    serve_engine_rpc(
+                        &peer.payload,
+                        |command: Command| async move { engine.serve_propose(command).await },
+                    )
+                    .await,
+                )
+            }
+            Request::Peer(peer) => Response::Peer(self.node.handle_peer(peer).await),
+            Request::Client { request, forwarded } => Response::Client(self.client(request, forwarded).await),
         }
     }
 
     /// Runs a client request here if this node can, else forwards it to the leader; while there is
     /// no leader it waits (up to the request timeout) for one to be elected.
-    async fn client(
-        &self,
-        request: ClientRequest,
-        forwarded: bool,
-    ) -> Result<ClientReply, ApiError> {
+    async fn client(&self, request: ClientRequest, forwarded: bool) -> Result<ClientReply, ApiError> {
         let deadline = Instant::now() + self.node.timing().request_timeout;
         loop {
             let leader = match self.execute(&request, forwarded).await {
@@ -58,27 +92,27 @@ impl Dispatcher {
             };
             let me = &self.node.me().name;
             if forwarded {
-                return Err(ApiError::new(
-                    ErrorKind::NotLeader,
-                    format!("node {me} is not the leader"),
-                ));
+                return Err(ApiError::new(ErrorKind::NotLeader, format!("node {me} is not the leader")));
             }
             if let Some(leader) = leader.filter(|leader| &leader.name != me) {
-                let forward = Request::Client {
-                    request: request.clone(),
-                    forwarded: true,
-                };
+                let forward = Request::Client { request: request.clone(), forwarded: true };
                 match self.node.forward(&leader.address, &forward).await {
                     Ok(Response::Client(Err(err))) if err.kind == ErrorKind::NotLeader => {}
                     Ok(Response::Client(result)) => return result,
                     Ok(Response::Peer(_)) => {
-                        return Err(ApiError::new(ErrorKind::Failed, format!("leader {} sent a malformed reply", leader.name)))
+                        return Err(ApiError::new(
+                            ErrorKind::Failed,
+                            format!("leader {} sent a malformed reply", leader.name),
+                        ))
                     }
                     Err(ForwardError::NotSent(_)) => {}
                     Err(ForwardError::Unknown(detail)) if !is_read(&request) => {
                         return Err(ApiError::new(
                             ErrorKind::Failed,
-                            format!("lost the answer of leader {} ({detail}): the outcome of the request is unknown", leader.name),
+                            format!(
+                                "lost the answer of leader {} ({detail}): the outcome of the request is unknown",
+                                leader.name
+                            ),
                         ))
                     }
                     Err(ForwardError::Unknown(_)) => {}
@@ -87,157 +121,250 @@ impl Dispatcher {
             if Instant::now() >= deadline {
                 return Err(ApiError::new(
                     ErrorKind::NoLeader,
-                    format!(
-                        "no leader reachable from node {me} within {:?}",
-                        self.node.timing().request_timeout
-                    ),
+                    format!("no leader reachable from node {me} within {:?}", self.node.timing().request_timeout),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    async fn execute(
-        &self,
-        request: &ClientRequest,
-        forwarded: bool,
-    ) -> Result<ClientReply, Failure> {
+    async fn execute(&self, request: &ClientRequest, forwarded: bool) -> Result<ClientReply, Failure> {
         let node = &self.node;
         let invalid = |err: cluster_model::InvalidInput| ConsensusError::Invalid(err.to_string());
         match request {
             ClientRequest::ClusterInit => {
                 node.initialize().await?;
-                Ok(ClientReply::Done {
-                    message: format!("cluster initialized with node {}", node.me().name),
-                })
+                Ok(ClientReply::Done { message: format!("cluster initialized with node {}", node.me().name) })
             }
-            ClientRequest::NodeAdd {
-                name,
-                address,
-                learner,
-            } => {
+            ClientRequest::NodeAdd { name, address, learner } => {
                 node.add_node(name, address, *learner).await?;
                 let role = if *learner { "learner" } else { "voter" };
-                Ok(ClientReply::Done {
-                    message: format!("node {name} added as a {role}"),
-                })
+                Ok(ClientReply::Done { message: format!("node {name} added as a {role}") })
             }
             ClientRequest::NodeRemove { name } => {
                 node.remove_node(name).await?;
-                Ok(ClientReply::Done {
-                    message: format!("node {name} removed"),
-                })
+                Ok(ClientReply::Done { message: format!("node {name} removed") })
             }
             ClientRequest::NodePromote { name } => {
                 node.promote(name).await?;
-                Ok(ClientReply::Done {
-                    message: format!("node {name} promoted to voter"),
-                })
+                Ok(ClientReply::Done { message: format!("node {name} promoted to voter") })
             }
             ClientRequest::TransferLeader { name } => {
                 node.transfer_leader(name).await?;
-                Ok(ClientReply::Done {
-                    message: format!("node {name} is now the leader"),
-                })
+                Ok(ClientReply::Done { message: format!("node {name} is now the leader") })
             }
             ClientRequest::Status => {
                 let leader = node.leader().filter(|leader| leader.name != node.me().name);
                 if let (Some(leader), false) = (leader, forwarded) {
-                    let forward = Request::Client {
-                        request: ClientRequest::Status,
-                        forwarded: true,
-                    };
-                    if let Ok(Response::Client(Ok(reply))) =
-                        node.forward(&leader.address, &forward).await
-                    {
+                    let forward = Request::Client { request: ClientRequest::Status, forwarded: true };
+                    if let Ok(Response::Client(Ok(reply))) = node.forward(&leader.address, &forward).await {
                         return Ok(reply);
                     }
                 }
-                Ok(ClientReply::Status(node.status().await))
+                Ok(ClientReply::Status(self.status().await))
             }
             ClientRequest::SettingsSet { name, value } => {
                 // Check first so a typo is reported without touching the log.
                 let mut trial = node.read_local(|state| state.settings.clone());
-                trial
-                    .set(name, value)
-                    .map_err(|err| ConsensusError::Invalid(err.to_string()))?;
-                match node
-                    .write(Command::SetSetting {
-                        name: name.clone(),
-                        value: value.clone(),
-                    })
-                    .await?
-                {
-                    CommandOutcome::Rejected { reason } => {
-                        Err(ConsensusError::Invalid(reason).into())
-                    }
-                    _ => Ok(ClientReply::Done {
-                        message: format!("{name} = {value}"),
-                    }),
+                trial.set(name, value).map_err(|err| ConsensusError::Invalid(err.to_string()))?;
+                match node.write(Command::SetSetting { name: name.clone(), value: value.clone() }).await? {
+                    CommandOutcome::Rejected { reason } => Err(ConsensusError::Invalid(reason).into()),
+                    _ => Ok(ClientReply::Done { message: format!("{name} = {value}") }),
                 }
             }
-            ClientRequest::SettingsGet => Ok(ClientReply::Settings {
-                entries: node.read(|state| state.settings.list()).await?,
-            }),
+            ClientRequest::SettingsGet => {
+                Ok(ClientReply::Settings { entries: node.read(|state| state.settings.list()).await? })
+            }
             ClientRequest::KvSet { key, value } => {
                 validate_key(key).map_err(invalid)?;
                 validate_value(key, value).map_err(invalid)?;
-                node.write(Command::KvSet {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .await?;
-                Ok(ClientReply::Done {
-                    message: String::new(),
-                })
+                node.write(Command::KvSet { key: key.clone(), value: value.clone() }).await?;
+                Ok(ClientReply::Done { message: String::new() })
             }
             ClientRequest::KvGet { key } => {
                 validate_key(key).map_err(invalid)?;
                 match node.read(|state| state.get(key).cloned()).await? {
-                    Some(value) => Ok(ClientReply::Value {
-                        key: key.clone(),
-                        value,
-                    }),
+                    Some(value) => Ok(ClientReply::Value { key: key.clone(), value }),
                     None => Err(not_found(key)),
                 }
             }
             ClientRequest::KvCas { key, expected, new } => {
                 validate_key(key).map_err(invalid)?;
                 validate_value(key, new).map_err(invalid)?;
-                let command = Command::KvCas {
-                    key: key.clone(),
-                    expected: expected.clone(),
-                    new: new.clone(),
-                };
+                let command = Command::KvCas { key: key.clone(), expected: expected.clone(), new: new.clone() };
                 match node.write(command).await? {
                     CommandOutcome::CasMismatch { current } => Err(cas_mismatch(key, current)),
-                    _ => Ok(ClientReply::Done {
-                        message: String::new(),
-                    }),
+                    _ => Ok(ClientReply::Done { message: String::new() }),
                 }
             }
             ClientRequest::KvDel { key } => {
                 validate_key(key).map_err(invalid)?;
                 match node.write(Command::KvDel { key: key.clone() }).await? {
                     CommandOutcome::Deleted { existed: false } => Err(not_found(key)),
-                    _ => Ok(ClientReply::Deleted {
-                        key: key.clone(),
-                        existed: true,
-                    }),
+                    _ => Ok(ClientReply::Deleted { key: key.clone(), existed: true }),
                 }
             }
-            ClientRequest::KvList { prefix } => Ok(ClientReply::List {
-                entries: node.read(|state| state.list(prefix)).await?,
-            }),
+            ClientRequest::KvList { prefix } => {
+                Ok(ClientReply::List { entries: node.read(|state| state.list(prefix)).await? })
+            }
+            ClientRequest::FenceSet { node: target, agent, params } => {
+                let fence = FenceConfig { agent: agent.clone(), params: params.iter().cloned().collect() };
+                self.write(
+                    Command::SetFence { node: target.clone(), fence: Some(fence) },
+                    format!("fence device of {target} set"),
+                )
+                .await
+            }
+            ClientRequest::FenceRemove { node: target } => {
+                self.write(
+                    Command::SetFence { node: target.clone(), fence: None },
+                    format!("fence device of {target} removed"),
+                )
+                .await
+            }
+            ClientRequest::PkgApply { packages } => {
+                let mut names = Vec::new();
+                for def in packages {
+                    self.write(Command::PkgApply { def: Box::new(def.clone()), at_ms: wall_ms() }, String::new())
+                        .await?;
+                    names.push(def.name.clone());
+                }
+                Ok(ClientReply::Done { message: format!("applied {}", names.join(", ")) })
+            }
+            ClientRequest::PkgRun { name, node: target } => {
+                let command = Command::PkgRun { name: name.clone(), node: target.clone(), at_ms: wall_ms() };
+                self.write(command, format!("package {name}: desired running")).await
+            }
+            ClientRequest::PkgStop { name } => {
+                let command = Command::PkgStop { name: name.clone(), at_ms: wall_ms() };
+                self.write(command, format!("package {name}: desired stopped")).await
+            }
+            ClientRequest::PkgMove { name, to } => {
+                let command = Command::PkgMove { name: name.clone(), to: to.clone(), at_ms: wall_ms() };
+                self.write(command, format!("package {name}: moving to {to}")).await
+            }
+            ClientRequest::PkgFreeze { name, frozen } => {
+                let command = Command::PkgFreeze { name: name.clone(), frozen: *frozen, at_ms: wall_ms() };
+                let what = if *frozen { "frozen" } else { "unfrozen" };
+                self.write(command, format!("package {name} {what}")).await
+            }
+            ClientRequest::PkgCleanup { name } => {
+                let command = Command::PkgCleanup { name: name.clone(), at_ms: wall_ms() };
+                self.write(command, format!("package {name}: failures forgotten")).await
+            }
+            ClientRequest::PkgRemove { name } => {
+                let command = Command::PkgRemove { name: name.clone(), at_ms: wall_ms() };
+                self.write(command, format!("package {name} removed")).await
+            }
+            ClientRequest::NodeStandby { name, standby } => {
+                if !node.members().iter().any(|member| &member.name == name) {
+                    return Err(ConsensusError::Invalid(format!("node `{name}` is not a member of the cluster")).into());
+                }
+                let command = Command::NodeStandby { name: name.clone(), standby: *standby, at_ms: wall_ms() };
+                let what = if *standby { "in standby: its packages move away" } else { "online" };
+                self.write(command, format!("node {name} {what}")).await
+            }
+            ClientRequest::PkgStatus { name } => {
+                let packages = node
+                    .read(|state| {
+                        state
+                            .packages
+                            .iter()
+                            .filter(|(package, _)| name.as_ref().is_none_or(|wanted| wanted == *package))
+                            .map(|(_, package)| package.clone())
+                            .collect::<Vec<_>>()
+                    })
+                    .await?;
+                if let (Some(name), true) = (name, packages.is_empty()) {
+                    return Err(Failure::Api(ApiError::new(
+                        ErrorKind::NotFound,
+                        format!("package `{name}` does not exist"),
+                    )));
+                }
+                Ok(ClientReply::Packages { packages })
+            }
+            ClientRequest::PkgPlan { name } => {
+                if node.leadership().is_none() {
+                    return Err(ConsensusError::NotLeader { me: node.me().name.clone(), leader: node.leader() }.into());
+                }
+                let state = node.read(|state| state.clone()).await?;
+                match explain(&state, &self.engine.view(), name, wall_ms()) {
+                    Some(lines) => Ok(ClientReply::Plan { lines }),
+                    None => Err(Failure::Api(ApiError::new(
+                        ErrorKind::NotFound,
+                        format!("package `{name}` does not exist"),
+                    ))),
+                }
+            }
+            ClientRequest::Events { after } => {
+                let events = node
+                    .read(|state| {
+                        state.events.iter().filter(|event| after.is_none_or(|seq| event.seq > seq)).cloned().collect()
+                    })
+                    .await?;
+                Ok(ClientReply::Events { events })
+            }
         }
+    }
+
+    /// Proposes an operator command; a refusal at apply time is the operator's error.
+    async fn write(&self, command: Command, done: String) -> Result<ClientReply, Failure> {
+        match self.node.write(command).await? {
+            CommandOutcome::Rejected { reason } => Err(ConsensusError::Invalid(reason).into()),
+            _ => Ok(ClientReply::Done { message: done }),
+        }
+    }
+
+    /// Raft status plus packages, protections, leases and warnings (the leader's view when leader).
+    async fn status(&self) -> cluster_api::StatusReport {
+        let mut report = self.node.status().await;
+        let state = self.node.read_local(|state| state.clone());
+        let view = (self.node.leadership().is_some()).then(|| self.engine.view());
+        for node in &mut report.nodes {
+            node.standby = state.nodes.get(&node.name).is_some_and(|record| record.standby);
+            let protection = protection(&state, &node.name);
+            node.protection = protection.as_str().to_owned();
+            if let Some(view) = &view {
+                node.lease = view.nodes.get(&node.name).map(|liveness| {
+                    match liveness {
+                        Liveness::Alive => "alive",
+                        Liveness::Unknown => "unknown",
+                        Liveness::Expired => "expired",
+                    }
+                    .to_owned()
+                });
+            }
+            if protection == Protection::LeaseOnly {
+                report.warnings.push(format!(
+                    "node {} runs in lease-only mode (no watchdog, no fencing): safe against crashes and \
+                     partitions, not against pauses of its clusterd",
+                    node.name
+                ));
+            }
+        }
+        for (name, package) in &state.packages {
+            if package.phase == Phase::Blocked {
+                report.warnings.push(format!(
+                    "package {name} is BLOCKED: {}",
+                    package.blocked_reason.as_deref().unwrap_or("a stop failed")
+                ));
+            }
+            if let Some(failure) = &package.last_failure {
+                if package.phase == Phase::Failed {
+                    report.warnings.push(format!(
+                        "package {name} failed on {}: {} (clusterctl pkg cleanup {name})",
+                        failure.node, failure.reason
+                    ));
+                }
+            }
+        }
+        report.packages = state.packages.into_values().collect();
+        report
     }
 }
 
 fn not_found(key: &str) -> Failure {
-    Failure::Api(ApiError::new(
-        ErrorKind::NotFound,
-        format!("key `{key}` not found"),
-    ))
+    Failure::Api(ApiError::new(ErrorKind::NotFound, format!("key `{key}` not found")))
 }
 
 fn cas_mismatch(key: &str, current: Option<String>) -> Failure {
@@ -245,11 +372,7 @@ fn cas_mismatch(key: &str, current: Option<String>) -> Failure {
         Some(value) => format!("compare-and-set of key `{key}` failed: its value is `{value}`"),
         None => format!("compare-and-set of key `{key}` failed: the key is absent"),
     };
-    Failure::Api(ApiError {
-        kind: ErrorKind::CasMismatch,
-        message,
-        current,
-    })
+    Failure::Api(ApiError { kind: ErrorKind::CasMismatch, message, current })
 }
 
 /// Why `execute` did not produce a reply: a consensus failure (possibly "not the leader", which

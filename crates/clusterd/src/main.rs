@@ -3,6 +3,7 @@
 
 mod config;
 mod dispatch;
+mod engine;
 mod notify;
 mod server;
 
@@ -36,22 +37,12 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = Targets::new()
-        .with_default(args.log_level)
-        .with_target("openraft", LevelFilter::WARN);
+    let filter = Targets::new().with_default(args.log_level).with_target("openraft", LevelFilter::WARN);
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_target(false),
-        )
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
         .with(filter)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("clusterd: cannot start the async runtime: {err}");
@@ -70,11 +61,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = NodeConfig::load(&args.config)?;
-    let files = TlsFiles {
-        ca: config.tls.ca.clone(),
-        cert: config.tls.cert.clone(),
-        key: config.tls.key.clone(),
-    };
+    let files = TlsFiles { ca: config.tls.ca.clone(), cert: config.tls.cert.clone(), key: config.tls.key.clone() };
     let server_tls = cluster_tls::server_config(&files).context("invalid [tls] section")?;
     let client_tls = cluster_tls::client_config(&files).context("invalid [tls] section")?;
     if args.check {
@@ -92,24 +79,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         timing: Timing::default(),
     })
     .await
-    .with_context(|| {
-        format!(
-            "cannot start node {} with data_dir {}",
-            config.node,
-            config.data_dir.display()
-        )
-    })?;
+    .with_context(|| format!("cannot start node {} with data_dir {}", config.node, config.data_dir.display()))?;
     if let Some((path, offset, removed)) = &node.recovery().truncated_tail {
-        tracing::warn!(
-            "recovered the raft log: cut {removed} torn bytes at offset {offset} of {}",
-            path.display()
-        );
+        tracing::warn!("recovered the raft log: cut {removed} torn bytes at offset {offset} of {}", path.display());
     }
 
     // Listen only once storage is open and Raft runs: a connection that succeeds is served.
     let tcp = server::bind_tcp(config.listen).await?;
     let unix = server::bind_unix(&config.socket)?;
-    let dispatcher = Arc::new(Dispatcher { node: node.clone() });
+    let watchdog = match &config.watchdog {
+        Some(section) => Some(
+            cluster_host::open_watchdog(&section.device)
+                .with_context(|| format!("cannot open the watchdog {}", section.device))?,
+        ),
+        None => None,
+    };
+    let host = cluster_host::Host::linux(cluster_host::ProcessConfig::default());
+    let engine = engine::Engine::new(
+        node.clone(),
+        host,
+        cluster_agents::AgentOptions::default(),
+        watchdog,
+        Arc::new(cluster_host::AgentFencer),
+    );
+    engine.start();
+    let dispatcher = Arc::new(Dispatcher { node: node.clone(), engine });
     tokio::spawn(server::serve_tcp(tcp, server_tls, dispatcher.clone()));
     tokio::spawn(server::serve_unix(unix, config.socket.clone(), dispatcher));
     tokio::spawn(notify::watchdog_loop(node.clone()));

@@ -7,10 +7,7 @@ use cluster_raft::ConsensusNode;
 
 /// Tells systemd (if it started us with `NOTIFY_SOCKET`) that the daemon serves requests.
 pub(crate) fn ready(status: &str) {
-    let states = [
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(status),
-    ];
+    let states = [sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(status)];
     if let Err(err) = sd_notify::notify(&states) {
         tracing::warn!(error = %err, "cannot notify systemd");
     }

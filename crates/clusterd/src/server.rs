@@ -19,9 +19,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds the TLS listener; failure names the address.
 pub(crate) async fn bind_tcp(address: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))
+    TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))
 }
 
 /// Binds the Unix socket with mode 0600, replacing a stale socket file but never another file.
@@ -31,16 +29,13 @@ pub(crate) fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
             .with_context(|| format!("cannot create socket directory {}", parent.display()))?;
     }
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove stale socket {}", path.display()))?,
-        Ok(_) => anyhow::bail!(
-            "{} exists and is not a socket: refusing to replace it",
-            path.display()
-        ),
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?
+        }
+        Ok(_) => anyhow::bail!("{} exists and is not a socket: refusing to replace it", path.display()),
         Err(_) => {}
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot restrict {} to mode 0600", path.display()))?;
     Ok(listener)
@@ -48,11 +43,7 @@ pub(crate) fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Accepts TLS connections forever; a failed handshake (no certificate from the cluster CA)
 /// closes that connection only.
-pub(crate) async fn serve_tcp(
-    listener: TcpListener,
-    tls: Arc<ServerConfig>,
-    dispatcher: Arc<Dispatcher>,
-) {
+pub(crate) async fn serve_tcp(listener: TcpListener, tls: Arc<ServerConfig>, dispatcher: Arc<Dispatcher>) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -95,11 +86,7 @@ pub(crate) async fn serve_unix(listener: UnixListener, path: PathBuf, dispatcher
 
 /// Answers requests on one connection in order. A malformed frame gets an error reply and closes
 /// the connection; nothing else is affected.
-async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    peer: &str,
-    dispatcher: Arc<Dispatcher>,
-) {
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: &str, dispatcher: Arc<Dispatcher>) {
     let mut stream = framed(stream);
     while let Some(frame) = stream.next().await {
         let frame = match frame {
@@ -114,13 +101,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(request) => (dispatcher.handle(request).await, false),
             Err(err) => {
                 tracing::warn!(%peer, error = %err, "closing connection: malformed request");
-                (
-                    Response::Client(Err(ApiError::new(
-                        ErrorKind::Invalid,
-                        format!("malformed request: {err}"),
-                    ))),
-                    true,
-                )
+                (Response::Client(Err(ApiError::new(ErrorKind::Invalid, format!("malformed request: {err}")))), true)
             }
         };
         let bytes = match encode(&response) {

@@ -14,15 +14,10 @@ async fn bootstrap_then_add_two_serves_writes_and_reads_on_every_node() {
     }
     for node in &cluster.nodes {
         for (i, writer) in cluster.nodes.iter().enumerate() {
-            assert_eq!(
-                kv_get(&node.socket, &format!("from/{}", writer.name)).await,
-                Some(i.to_string())
-            );
+            assert_eq!(kv_get(&node.socket, &format!("from/{}", writer.name)).await, Some(i.to_string()));
         }
     }
-    let Ok(ClientReply::Status(report)) =
-        call(&cluster.nodes[2].socket, ClientRequest::Status).await
-    else {
+    let Ok(ClientReply::Status(report)) = call(&cluster.nodes[2].socket, ClientRequest::Status).await else {
         panic!("status failed")
     };
     assert_eq!(report.nodes.len(), 3);
@@ -48,11 +43,7 @@ async fn killing_the_leader_keeps_every_acknowledged_write_and_a_full_restart_ke
     assert_ne!(new_leader, leader);
     let survivor = &cluster.nodes[(leader_index + 1) % 3].socket;
     for i in &acknowledged {
-        assert_eq!(
-            kv_get(survivor, &format!("k{i}")).await,
-            Some(format!("v{i}")),
-            "lost k{i}"
-        );
+        assert_eq!(kv_get(survivor, &format!("k{i}")).await, Some(format!("v{i}")), "lost k{i}");
     }
     kv_set(survivor, "after-failover", "yes").await;
 
@@ -67,10 +58,7 @@ async fn killing_the_leader_keeps_every_acknowledged_write_and_a_full_restart_ke
     }
     cluster.wait_leader(Duration::from_secs(10)).await;
     for node in &cluster.nodes {
-        assert_eq!(
-            kv_get(&node.socket, "after-failover").await.as_deref(),
-            Some("yes")
-        );
+        assert_eq!(kv_get(&node.socket, "after-failover").await.as_deref(), Some("yes"));
         assert_eq!(kv_get(&node.socket, "k49").await.as_deref(), Some("v49"));
     }
 }
@@ -90,25 +78,13 @@ async fn two_survivors_elect_a_leader_every_time() {
         let new_leader = cluster.wait_leader(Duration::from_secs(5)).await;
         elections.push(started.elapsed());
         assert_ne!(new_leader, leader, "trial {trial}");
-        kv_set(
-            &cluster.nodes[cluster.index_of(&new_leader)].socket,
-            "trial",
-            &trial.to_string(),
-        )
-        .await;
+        kv_set(&cluster.nodes[cluster.index_of(&new_leader)].socket, "trial", &trial.to_string()).await;
         cluster.start(index);
         cluster_testkit::wait_for_socket(&cluster.nodes[index].socket).await;
         // Let the restarted node catch up before the next kill.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while local_status(&cluster.nodes[index].socket)
-            .await
-            .map(|r| r.leader.is_some())
-            != Ok(true)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "restarted node never found the leader"
-            );
+        while local_status(&cluster.nodes[index].socket).await.map(|r| r.leader.is_some()) != Ok(true) {
+            assert!(Instant::now() < deadline, "restarted node never found the leader");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -131,15 +107,7 @@ async fn a_learner_added_after_compaction_catches_up_by_snapshot() {
         learner,
     };
     call(&first, add(2, false)).await.unwrap();
-    call(
-        &first,
-        ClientRequest::SettingsSet {
-            name: "snapshot_period".into(),
-            value: "20".into(),
-        },
-    )
-    .await
-    .unwrap();
+    call(&first, ClientRequest::SettingsSet { name: "snapshot_period".into(), value: "20".into() }).await.unwrap();
     for i in 0..300 {
         kv_set(&first, &format!("k{i}"), &format!("v{i}")).await;
     }
@@ -166,32 +134,19 @@ async fn a_learner_added_after_compaction_catches_up_by_snapshot() {
         if report.applied_index >= leader_applied {
             break report;
         }
-        assert!(
-            Instant::now() < deadline,
-            "learner never caught up: {report:?}"
-        );
+        assert!(Instant::now() < deadline, "learner never caught up: {report:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     // Entries up to the snapshot were purged from the leader's log: only a snapshot can have
     // brought them, and the learner's own snapshot index says it installed one.
-    assert!(
-        report.snapshot_index.unwrap_or(0) > 100,
-        "the learner did not install a snapshot: {report:?}"
-    );
+    assert!(report.snapshot_index.unwrap_or(0) > 100, "the learner did not install a snapshot: {report:?}");
     let me = report.nodes.iter().find(|n| n.name == "n3").unwrap();
     assert_eq!(me.role, NodeRole::Learner);
     assert_eq!(kv_get(&learner, "k0").await.as_deref(), Some("v0"));
     // Promote the learner to voter.
-    call(&first, ClientRequest::NodePromote { name: "n3".into() })
-        .await
-        .unwrap();
-    let Ok(ClientReply::Status(report)) = call(&first, ClientRequest::Status).await else {
-        panic!()
-    };
-    assert!(
-        report.nodes.iter().all(|n| n.role == NodeRole::Voter),
-        "{report:?}"
-    );
+    call(&first, ClientRequest::NodePromote { name: "n3".into() }).await.unwrap();
+    let Ok(ClientReply::Status(report)) = call(&first, ClientRequest::Status).await else { panic!() };
+    assert!(report.nodes.iter().all(|n| n.role == NodeRole::Voter), "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,62 +155,26 @@ async fn remove_a_voter_then_the_leader_but_never_the_last_voter() {
     cluster.form().await;
     let first = cluster.nodes[0].socket.clone();
     kv_set(&first, "before", "1").await;
-    call(&first, ClientRequest::NodeRemove { name: "n3".into() })
-        .await
-        .unwrap();
-    let Ok(ClientReply::Status(report)) = call(&first, ClientRequest::Status).await else {
-        panic!()
-    };
-    assert_eq!(
-        report
-            .nodes
-            .iter()
-            .map(|n| n.name.as_str())
-            .collect::<Vec<_>>(),
-        ["n1", "n2"]
-    );
+    call(&first, ClientRequest::NodeRemove { name: "n3".into() }).await.unwrap();
+    let Ok(ClientReply::Status(report)) = call(&first, ClientRequest::Status).await else { panic!() };
+    assert_eq!(report.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n1", "n2"]);
 
     // n1 is the leader: removing it hands leadership to n2 first.
     assert_eq!(cluster.wait_leader(Duration::from_secs(5)).await, "n1");
-    call(&first, ClientRequest::NodeRemove { name: "n1".into() })
-        .await
-        .unwrap();
+    call(&first, ClientRequest::NodeRemove { name: "n1".into() }).await.unwrap();
     let second = cluster.nodes[1].socket.clone();
     assert_eq!(cluster.wait_leader(Duration::from_secs(5)).await, "n2");
-    let Ok(ClientReply::Status(report)) = call(&second, ClientRequest::Status).await else {
-        panic!()
-    };
-    assert_eq!(
-        report
-            .nodes
-            .iter()
-            .map(|n| n.name.as_str())
-            .collect::<Vec<_>>(),
-        ["n2"]
-    );
+    let Ok(ClientReply::Status(report)) = call(&second, ClientRequest::Status).await else { panic!() };
+    assert_eq!(report.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n2"]);
     assert_eq!(kv_get(&second, "before").await.as_deref(), Some("1"));
     kv_set(&second, "after", "2").await;
 
-    let err = call(&second, ClientRequest::NodeRemove { name: "n2".into() })
-        .await
-        .unwrap_err();
-    let ClientError::Api(err) = err else {
-        panic!("{err}")
-    };
+    let err = call(&second, ClientRequest::NodeRemove { name: "n2".into() }).await.unwrap_err();
+    let ClientError::Api(err) = err else { panic!("{err}") };
     assert_eq!(err.kind, ErrorKind::Invalid);
-    assert!(
-        err.message
-            .contains("refusing to remove node `n2`: it is the last voter"),
-        "{}",
-        err.message
-    );
-    let err = call(&second, ClientRequest::NodeRemove { name: "n9".into() })
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("node `n9` is not a member"),
-        "{err}"
-    );
+    assert!(err.message.contains("refusing to remove node `n2`: it is the last voter"), "{}", err.message);
+    let err = call(&second, ClientRequest::NodeRemove { name: "n9".into() }).await.unwrap_err();
+    assert!(err.to_string().contains("node `n9` is not a member"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,30 +184,15 @@ async fn leadership_moves_to_the_named_node() {
     let first = cluster.nodes[0].socket.clone();
     for (round, target) in ["n2", "n3", "n1", "n3", "n2"].iter().enumerate() {
         let started = Instant::now();
-        call(
-            &first,
-            ClientRequest::TransferLeader {
-                name: (*target).into(),
-            },
-        )
-        .await
-        .unwrap_or_else(|err| {
-            panic!(
-                "round {round}: transfer to {target}: {err}\n{}",
-                cluster.logs()
-            )
-        });
+        call(&first, ClientRequest::TransferLeader { name: (*target).into() })
+            .await
+            .unwrap_or_else(|err| panic!("round {round}: transfer to {target}: {err}\n{}", cluster.logs()));
         eprintln!("transfer to {target} took {:?}", started.elapsed());
         assert_eq!(cluster.wait_leader(Duration::from_secs(5)).await, *target);
         kv_set(&first, "round", &round.to_string()).await;
     }
-    let err = call(&first, ClientRequest::TransferLeader { name: "n7".into() })
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("node `n7` is not a member"),
-        "{err}"
-    );
+    let err = call(&first, ClientRequest::TransferLeader { name: "n7".into() }).await.unwrap_err();
+    assert!(err.to_string().contains("node `n7` is not a member"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,36 +205,15 @@ async fn duplicate_and_malformed_node_adds_are_refused_with_the_name() {
         address: address.into(),
         learner: false,
     };
-    let err = call(&first, add("n2", "127.0.107.99:7400"))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = call(&first, add("n2", "127.0.107.99:7400")).await.unwrap_err().to_string();
     assert!(err.contains("node `n2` already exists"), "{err}");
-    let err = call(&first, add("n5", "127.0.107.12:7400"))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("address 127.0.107.12:7400 is already used by node `n2`"),
-        "{err}"
-    );
-    let err = call(&first, add("n5", "nowhere"))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("invalid node address `nowhere`: expected HOST:PORT"),
-        "{err}"
-    );
-    let err = call(&first, add("bad name", "127.0.107.50:7400"))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = call(&first, add("n5", "127.0.107.12:7400")).await.unwrap_err().to_string();
+    assert!(err.contains("address 127.0.107.12:7400 is already used by node `n2`"), "{err}");
+    let err = call(&first, add("n5", "nowhere")).await.unwrap_err().to_string();
+    assert!(err.contains("invalid node address `nowhere`: expected HOST:PORT"), "{err}");
+    let err = call(&first, add("bad name", "127.0.107.50:7400")).await.unwrap_err().to_string();
     assert!(err.contains("invalid node name `bad name`"), "{err}");
-    let err = call(&first, ClientRequest::ClusterInit)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = call(&first, ClientRequest::ClusterInit).await.unwrap_err().to_string();
     assert!(err.contains("already part of a cluster"), "{err}");
     // Nothing was lost on the way.
     kv_set(&first, "still", "fine").await;

@@ -16,20 +16,9 @@ async fn clients_without_a_certificate_from_the_cluster_ca_are_refused() {
     let address = cluster.nodes[0].address.clone();
 
     // The cluster's own admin certificate works.
-    let admin = Endpoint::Tls {
-        address: address.clone(),
-        files: cluster.admin_files(),
-    };
-    let mut client = Client::connect(&admin, Duration::from_secs(2))
-        .await
-        .unwrap();
-    client
-        .call(ClientRequest::KvSet {
-            key: "a".into(),
-            value: "1".into(),
-        })
-        .await
-        .unwrap();
+    let admin = Endpoint::Tls { address: address.clone(), files: cluster.admin_files() };
+    let mut client = Client::connect(&admin, Duration::from_secs(2)).await.unwrap();
+    client.call(ClientRequest::KvSet { key: "a".into(), value: "1".into() }).await.unwrap();
 
     // A certificate from another CA, even one that trusts the cluster CA, is refused.
     let foreign = tempfile::tempdir().unwrap();
@@ -41,19 +30,11 @@ async fn clients_without_a_certificate_from_the_cluster_ca_are_refused() {
         key: foreign.path().join("admin.key"),
     };
     let refused = async {
-        let mut client = Client::connect(
-            &Endpoint::Tls {
-                address: address.clone(),
-                files,
-            },
-            Duration::from_secs(2),
-        )
-        .await?;
+        let mut client =
+            Client::connect(&Endpoint::Tls { address: address.clone(), files }, Duration::from_secs(2)).await?;
         client.call(ClientRequest::KvGet { key: "a".into() }).await
     };
-    let err = refused
-        .await
-        .expect_err("a foreign certificate must be refused");
+    let err = refused.await.expect_err("a foreign certificate must be refused");
     eprintln!("foreign certificate: {err}");
 
     // No client certificate at all.
@@ -71,14 +52,9 @@ async fn clients_without_a_certificate_from_the_cluster_ca_are_refused() {
     let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
     let name = cluster_tls::server_name_for(&address).unwrap();
     let outcome = async {
-        let tls = cluster_tls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await?;
+        let tls = cluster_tls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
         let mut stream = framed(tls);
-        let request = cluster_api::Request::Client {
-            request: ClientRequest::Status,
-            forwarded: false,
-        };
+        let request = cluster_api::Request::Client { request: ClientRequest::Status, forwarded: false };
         stream.send(cluster_api::encode(&request).unwrap()).await?;
         match stream.next().await {
             Some(Ok(_)) => Ok(()),
@@ -86,16 +62,10 @@ async fn clients_without_a_certificate_from_the_cluster_ca_are_refused() {
             None => Err(std::io::Error::other("closed")),
         }
     };
-    assert!(
-        outcome.await.is_err(),
-        "a client without a certificate got an answer"
-    );
+    assert!(outcome.await.is_err(), "a client without a certificate got an answer");
 
     // The node still serves its own clients.
-    assert_eq!(
-        kv_get(&cluster.nodes[0].socket, "a").await.as_deref(),
-        Some("1")
-    );
+    assert_eq!(kv_get(&cluster.nodes[0].socket, "a").await.as_deref(), Some("1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,12 +74,7 @@ async fn garbage_frames_close_one_connection_and_nothing_else() {
     cluster.form().await;
     let socket = cluster.nodes[0].socket.clone();
     kv_set(&socket, "kept", "yes").await;
-    for garbage in [
-        vec![0u8; 0],
-        vec![1, 2, 3, 4, 5],
-        vec![9; 100],
-        vec![1, 0xff, 0xff, 0xff, 0xff, 0x0f],
-    ] {
+    for garbage in [vec![0u8; 0], vec![1, 2, 3, 4, 5], vec![9; 100], vec![1, 0xff, 0xff, 0xff, 0xff, 0x0f]] {
         let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
         let mut stream = framed(stream);
         stream.send(bytes::Bytes::from(garbage)).await.unwrap();
@@ -118,9 +83,7 @@ async fn garbage_frames_close_one_connection_and_nothing_else() {
     }
     // A length prefix beyond the frame limit.
     let mut raw = tokio::net::UnixStream::connect(&socket).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut raw, &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3])
-        .await
-        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
     drop(raw);
     assert_eq!(kv_get(&socket, "kept").await.as_deref(), Some("yes"));
 }
@@ -139,14 +102,7 @@ async fn a_torn_log_tail_is_cut_and_the_node_catches_up() {
     let segment = segment_of(&cluster.nodes[2].data_dir);
     let mut torn = 120u32.to_le_bytes().to_vec();
     torn.extend_from_slice(&[0xab; 14]);
-    std::io::Write::write_all(
-        &mut std::fs::OpenOptions::new()
-            .append(true)
-            .open(&segment)
-            .unwrap(),
-        &torn,
-    )
-    .unwrap();
+    std::io::Write::write_all(&mut std::fs::OpenOptions::new().append(true).open(&segment).unwrap(), &torn).unwrap();
     cluster.start(2);
     cluster_testkit::wait_for_socket(&cluster.nodes[2].socket).await;
     for i in 20..25 {
@@ -155,12 +111,7 @@ async fn a_torn_log_tail_is_cut_and_the_node_catches_up() {
     let log = std::fs::read_to_string(&cluster.nodes[2].log).unwrap();
     assert!(log.contains("cut off a torn tail of the raft log"), "{log}");
     for i in 0..25 {
-        assert_eq!(
-            kv_get(&cluster.nodes[2].socket, &format!("k{i}"))
-                .await
-                .as_deref(),
-            Some("v")
-        );
+        assert_eq!(kv_get(&cluster.nodes[2].socket, &format!("k{i}")).await.as_deref(), Some("v"));
     }
 }
 
@@ -192,10 +143,8 @@ async fn a_corrupt_log_is_refused_with_a_clear_error() {
 }
 
 fn segment_of(data_dir: &std::path::Path) -> std::path::PathBuf {
-    let mut segments: Vec<_> = std::fs::read_dir(data_dir.join("raft/log"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .collect();
+    let mut segments: Vec<_> =
+        std::fs::read_dir(data_dir.join("raft/log")).unwrap().map(|entry| entry.unwrap().path()).collect();
     segments.sort();
     segments.pop().expect("a log segment")
 }

@@ -9,23 +9,15 @@ use std::time::{Duration, Instant};
 use cluster_testkit::TestCluster;
 
 fn repo_file(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(relative)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(relative)
 }
 
 /// Returns false (skip) when the tool is missing outside CI; in CI a missing tool fails.
 fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let found =
+        Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
     if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is required in CI"
-        );
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{tool} is required in CI");
         eprintln!("skipping: {tool} is not installed");
     }
     found
@@ -35,16 +27,8 @@ fn verify(unit_text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let unit = dir.path().join("clusterd.service");
     std::fs::write(&unit, unit_text).unwrap();
-    let output = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&unit)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text)
 }
 
@@ -54,30 +38,16 @@ fn the_unit_passes_systemd_analyze_verify_without_a_warning() {
         return;
     }
     let shipped = std::fs::read_to_string(repo_file("systemd/clusterd.service")).unwrap();
-    for required in [
-        "Type=notify",
-        "WatchdogSec=",
-        "Restart=on-failure",
-        "KillMode=process",
-    ] {
-        assert!(
-            shipped.lines().any(|line| line.starts_with(required)),
-            "unit lacks {required}"
-        );
+    for required in ["Type=notify", "WatchdogSec=", "Restart=on-failure", "KillMode=process"] {
+        assert!(shipped.lines().any(|line| line.starts_with(required)), "unit lacks {required}");
     }
     // Point ExecStart at the binary under test: verify checks that it exists.
     let unit = shipped.replace("/usr/sbin/clusterd", env!("CARGO_BIN_EXE_clusterd"));
     let (ok, output) = verify(&unit);
-    assert!(
-        ok && output.trim().is_empty(),
-        "systemd-analyze verify complained:\n{output}"
-    );
+    assert!(ok && output.trim().is_empty(), "systemd-analyze verify complained:\n{output}");
     // The check can fail: an unknown key is reported.
     let (_, output) = verify(&unit.replace("[Service]", "[Service]\nWatchdogSecs=1"));
-    assert!(
-        output.contains("Unknown key"),
-        "verify did not notice a bad key:\n{output}"
-    );
+    assert!(output.contains("Unknown key"), "verify did not notice a bad key:\n{output}");
 }
 
 #[test]
@@ -89,20 +59,13 @@ fn tmpfiles_creates_a_root_only_socket_directory() {
     let status = Command::new("systemd-tmpfiles")
         .arg("--create")
         .arg(format!("--root={}", root.path().display()))
-        .arg(
-            repo_file("systemd/clusterd.tmpfiles")
-                .canonicalize()
-                .unwrap(),
-        )
+        .arg(repo_file("systemd/clusterd.tmpfiles").canonicalize().unwrap())
         .status()
         .unwrap();
     assert!(status.success());
     let meta = std::fs::metadata(root.path().join("run/clusterd")).unwrap();
     assert!(meta.is_dir());
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
-        0o700
-    );
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o700);
 }
 
 fn receive_until(socket: &UnixDatagram, wanted: &str, limit: Duration) -> Vec<String> {
@@ -128,10 +91,7 @@ fn count_pets(socket: &UnixDatagram, window: Duration) -> usize {
     let mut pets = 0;
     while Instant::now() < deadline {
         if let Ok(len) = socket.recv(&mut buffer) {
-            pets += String::from_utf8_lossy(&buffer[..len])
-                .lines()
-                .filter(|l| *l == "WATCHDOG=1")
-                .count();
+            pets += String::from_utf8_lossy(&buffer[..len]).lines().filter(|l| *l == "WATCHDOG=1").count();
         }
     }
     pets
@@ -143,9 +103,7 @@ fn ready_once_serving_and_watchdog_pets_only_while_the_main_loop_runs() {
     let node = &cluster.nodes[0];
     let notify_path = cluster.dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&notify_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(20)))
-        .unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_clusterd"))
         .arg("--config")
         .arg(&node.config)
@@ -158,10 +116,7 @@ fn ready_once_serving_and_watchdog_pets_only_while_the_main_loop_runs() {
 
     let messages = receive_until(&socket, "READY=1", Duration::from_secs(10));
     // READY means serving: the control socket answers right away.
-    assert!(
-        std::os::unix::net::UnixStream::connect(&node.socket).is_ok(),
-        "READY before serving: {messages:?}"
-    );
+    assert!(std::os::unix::net::UnixStream::connect(&node.socket).is_ok(), "READY before serving: {messages:?}");
 
     // WatchdogSec=200ms: pets every ~100 ms while healthy.
     let pets = count_pets(&socket, Duration::from_millis(600));

@@ -23,19 +23,12 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this process and call: `PREFIX-PID-N`.
 pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
+    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
 }
 
 /// Run a command, returning its output (never panics on a non-zero exit).
 pub fn run(argv: &[&str]) -> Output {
-    Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|error| panic!("failed to run {argv:?}: {error}"))
+    Command::new(argv[0]).args(&argv[1..]).output().unwrap_or_else(|error| panic!("failed to run {argv:?}: {error}"))
 }
 
 /// Run a command that must succeed; returns its stdout.
@@ -85,9 +78,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
 
@@ -117,10 +108,9 @@ impl Segment {
             "netns",
             &neighbour.name,
         ]);
-        for (netns, v4, v6) in [
-            (&node, "192.0.2.1/24", "2001:db8::1/64"),
-            (&neighbour, "192.0.2.2/24", "2001:db8::2/64"),
-        ] {
+        for (netns, v4, v6) in
+            [(&node, "192.0.2.1/24", "2001:db8::1/64"), (&neighbour, "192.0.2.2/24", "2001:db8::2/64")]
+        {
             netns.exec(&["ip", "addr", "add", v4, "dev", "eth0"]);
             netns.exec(&["ip", "addr", "add", v6, "dev", "eth0", "nodad"]);
             netns.exec(&["ip", "link", "set", "eth0", "up"]);
@@ -143,18 +133,9 @@ pub struct LoopDevice {
 impl LoopDevice {
     pub fn new(size_mb: u64) -> LoopDevice {
         let image = tempfile::NamedTempFile::new().expect("image file");
-        image
-            .as_file()
-            .set_len(size_mb * 1024 * 1024)
-            .expect("size image");
-        let device = must(&[
-            "losetup",
-            "--find",
-            "--show",
-            image.path().to_str().expect("utf-8 path"),
-        ])
-        .trim()
-        .to_string();
+        image.as_file().set_len(size_mb * 1024 * 1024).expect("size image");
+        let device =
+            must(&["losetup", "--find", "--show", image.path().to_str().expect("utf-8 path")]).trim().to_string();
         LoopDevice { device, image }
     }
 }
@@ -179,9 +160,7 @@ impl Drop for MountGuard {
 pub fn is_mounted(path: &Path) -> bool {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let wanted = path.to_str().expect("utf-8 path");
-    mountinfo
-        .lines()
-        .any(|line| line.split(' ').nth(4) == Some(wanted))
+    mountinfo.lines().any(|line| line.split(' ').nth(4) == Some(wanted))
 }
 
 /// Kills (SIGKILL, by pid) and reaps a child on drop.
@@ -198,9 +177,7 @@ impl Drop for ChildGuard {
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat
-                .rfind(')')
-                .and_then(|index| stat[index + 2..].chars().next());
+            let state = stat.rfind(')').and_then(|index| stat[index + 2..].chars().next());
             !matches!(state, Some('Z') | Some('X') | None)
         }
         Err(_) => false,

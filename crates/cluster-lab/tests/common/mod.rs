@@ -59,9 +59,8 @@ pub fn leftovers(name: &str, pids: &[i32]) -> Vec<String> {
         }
     }
     for pid in pids {
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| !stat.contains(") Z"))
-            .unwrap_or(false);
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|stat| !stat.contains(") Z")).unwrap_or(false);
         if alive {
             found.push(format!("process {pid}"));
         }

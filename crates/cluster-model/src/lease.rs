@@ -1,0 +1,171 @@
+//! Node leases, both sides, as pure state machines over a monotonic time given by the caller
+//! (a `Duration` since any fixed origin of that node's clock). docs/safety.md has the argument.
+//!
+//! ```text
+//!  node N (LeaseHolder)                       leader L (LeaseTable)
+//!  s = now; send renewal ───────────────────> r = now
+//!                                             confirm leadership with a quorum
+//!  lease_end = s + lease·(1−ρ) <── grant ───  expiry(N) = r + lease·(1+ρ) + margin
+//!  (commit index c)                           newly elected at e: expiry(*) = e + lease·(1+ρ) + margin
+//!
+//!  N may start packages while now < lease_end − stop_budget and it has applied c;
+//!  N stops its packages when now ≥ lease_end − stop_budget; pets its watchdog only before that.
+//!  L treats N as expired only when now ≥ expiry(N).
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::controller::Liveness;
+use crate::Settings;
+
+/// The node side: when its lease ends, and which commit index the last grant carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseHolder {
+    lease_end: Option<Duration>,
+    commit_index: u64,
+}
+
+/// What a node may do with its packages at a given instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStatus {
+    /// Lease valid with the stop budget left: start, keep, pet the watchdog.
+    Valid,
+    /// Within the stop budget (or no lease): stop everything, do not pet the watchdog.
+    MustStop,
+}
+
+impl LeaseHolder {
+    /// A grant for a renewal sent at `sent_at` arrived.
+    pub fn granted(&mut self, sent_at: Duration, commit_index: u64, settings: &Settings) {
+        let end = sent_at + settings.lease_for_holder();
+        if self.lease_end.is_none_or(|current| end > current) {
+            self.lease_end = Some(end);
+        }
+        self.commit_index = self.commit_index.max(commit_index);
+    }
+
+    /// Forget the lease (the daemon restarted, or the node learned it was removed).
+    pub fn revoke(&mut self) {
+        self.lease_end = None;
+    }
+
+    pub fn status(&self, now: Duration, settings: &Settings) -> LeaseStatus {
+        match self.lease_end {
+            Some(end) if now + settings.stop_budget() < end => LeaseStatus::Valid,
+            _ => LeaseStatus::MustStop,
+        }
+    }
+
+    /// Whether the node may start packages: a valid lease and the state it acts on is at least as
+    /// recent as the commit index of its last grant.
+    pub fn may_start(&self, now: Duration, applied_index: u64, settings: &Settings) -> bool {
+        self.status(now, settings) == LeaseStatus::Valid && applied_index >= self.commit_index
+    }
+
+    /// Remaining lease time, for status.
+    pub fn remaining(&self, now: Duration) -> Option<Duration> {
+        self.lease_end.map(|end| end.saturating_sub(now))
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.commit_index
+    }
+}
+
+/// The leader side: when each node's lease has certainly ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseTable {
+    /// When this node became leader (every older lease is assumed to run until `elected + wait`).
+    elected: Option<Duration>,
+    /// Per node: time of the last renewal received under this leadership.
+    renewed: BTreeMap<String, Duration>,
+}
+
+impl LeaseTable {
+    /// This node just became leader at `now`: forget everything; any lease granted by an earlier
+    /// leader may still run for one full lease.
+    pub fn elected(&mut self, now: Duration) {
+        self.elected = Some(now);
+        self.renewed.clear();
+    }
+
+    /// A renewal from `node` received at `received_at` was confirmed with a quorum.
+    pub fn renewed(&mut self, node: &str, received_at: Duration) {
+        let slot = self.renewed.entry(node.to_owned()).or_insert(received_at);
+        *slot = (*slot).max(received_at);
+    }
+
+    /// The lease of `node` as the controller must treat it.
+    pub fn liveness(&self, node: &str, now: Duration, settings: &Settings) -> Liveness {
+        let wait = settings.lease_for_grantor();
+        let Some(elected) = self.elected else { return Liveness::Unknown };
+        match self.renewed.get(node) {
+            Some(received) if now < *received + wait => Liveness::Alive,
+            // Expired only once both its last renewal and the election are a full lease behind.
+            Some(received) if now >= (*received).max(elected) + wait => Liveness::Expired,
+            Some(_) => Liveness::Unknown,
+            None if now >= elected + wait => Liveness::Expired,
+            None => Liveness::Unknown,
+        }
+    }
+
+    /// Time since the last renewal of `node`, for status.
+    pub fn since_renewal(&self, node: &str, now: Duration) -> Option<Duration> {
+        self.renewed.get(node).map(|received| now.saturating_sub(*received))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(value: u64) -> Duration {
+        Duration::from_millis(value)
+    }
+
+    #[test]
+    fn the_holder_stops_before_the_grantor_reassigns_even_with_drift() {
+        let settings = Settings::default();
+        let mut holder = LeaseHolder::default();
+        holder.granted(ms(1_000), 7, &settings);
+        // lease_end = 1000 + 990; stop budget 500 ms.
+        assert_eq!(holder.status(ms(1_489), &settings), LeaseStatus::Valid);
+        assert_eq!(holder.status(ms(1_490), &settings), LeaseStatus::MustStop);
+        let mut table = LeaseTable::default();
+        table.elected(ms(0));
+        // The leader received that renewal no earlier than it was sent.
+        table.renewed("n1", ms(1_000));
+        assert_eq!(table.liveness("n1", ms(2_059), &settings), Liveness::Alive);
+        assert_eq!(table.liveness("n1", ms(2_060), &settings), Liveness::Expired);
+    }
+
+    #[test]
+    fn a_holder_must_have_applied_the_granted_commit_index_to_start() {
+        let settings = Settings::default();
+        let mut holder = LeaseHolder::default();
+        assert!(!holder.may_start(ms(0), 100, &settings));
+        holder.granted(ms(0), 50, &settings);
+        assert!(!holder.may_start(ms(10), 49, &settings));
+        assert!(holder.may_start(ms(10), 50, &settings));
+        // An older grant arriving late never shortens the lease.
+        holder.granted(ms(5), 10, &settings);
+        holder.granted(ms(1), 10, &settings);
+        assert_eq!(holder.remaining(ms(5)), Some(ms(990)));
+    }
+
+    #[test]
+    fn a_new_leader_waits_a_full_lease_for_nodes_it_has_not_heard() {
+        let settings = Settings::default();
+        let mut table = LeaseTable::default();
+        assert_eq!(table.liveness("n1", ms(10_000), &settings), Liveness::Unknown);
+        table.elected(ms(10_000));
+        assert_eq!(table.liveness("n1", ms(11_059), &settings), Liveness::Unknown);
+        assert_eq!(table.liveness("n1", ms(11_060), &settings), Liveness::Expired);
+        table.renewed("n2", ms(10_010));
+        assert_eq!(table.liveness("n2", ms(10_500), &settings), Liveness::Alive);
+        // Re-election forgets renewals from the previous term.
+        table.elected(ms(20_000));
+        assert_eq!(table.liveness("n2", ms(20_001), &settings), Liveness::Unknown);
+    }
+}

@@ -1,0 +1,103 @@
+//! The controller loop on the leader: runs the pure placement (`cluster_model::controller::plan`)
+//! against the leader's lease table, proposes its assignments and runs fences.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster_host::{FenceAction, FenceDevice};
+use cluster_model::controller::{plan, Action, View};
+use cluster_model::{Command, CommandOutcome};
+
+use super::{now, wall_ms, Engine};
+
+const TICK: Duration = Duration::from_millis(20);
+const FENCE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The view the controller plans with: every member's lease as this leader knows it.
+pub(super) fn current_view(engine: &Engine) -> View {
+    let snapshot = engine.snapshot();
+    let table = engine.table.lock().expect("lease table lock");
+    let at = now();
+    let nodes = engine
+        .node
+        .members()
+        .into_iter()
+        .map(|member| {
+            let liveness = table.liveness(&member.name, at, &snapshot.state.settings);
+            (member.name, liveness)
+        })
+        .collect();
+    View { nodes, fencing: engine.fencing.lock().expect("fencing lock").clone() }
+}
+
+/// Runs while this node leads: resets the lease table on every new term, then plans every tick.
+pub(crate) async fn controller_loop(engine: Arc<Engine>) {
+    let mut led_term = None;
+    loop {
+        tokio::time::sleep(TICK).await;
+        let Some(term) = engine.node.leadership() else {
+            led_term = None;
+            continue;
+        };
+        if led_term != Some(term) {
+            // A new leader assumes every lease granted before may run one full lease from now.
+            engine.table.lock().expect("lease table lock").elected(now());
+            led_term = Some(term);
+            tracing::info!(term, "leading: waiting one lease before reassigning packages of unheard nodes");
+        }
+        let snapshot = engine.snapshot();
+        let view = current_view(&engine);
+        for action in plan(&snapshot.state, &view, wall_ms()) {
+            match action {
+                Action::Propose(command) => {
+                    let summary = describe(&command);
+                    match engine.node.write(command).await {
+                        Ok(CommandOutcome::Applied) => tracing::info!("{summary}"),
+                        Ok(other) => tracing::debug!(?other, "{summary}: not applied"),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "{summary}: not committed");
+                            break;
+                        }
+                    }
+                }
+                Action::Fence { node, reason } => start_fence(&engine, node, reason, &snapshot.state.settings),
+            }
+        }
+    }
+}
+
+fn describe(command: &Command) -> String {
+    match command {
+        Command::Assign { package, owner, phase, reason, .. } => {
+            format!("package {package}: {} on {} ({reason})", phase.as_str(), owner.as_deref().unwrap_or("no node"))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Runs the node's fence device in the background; on success the packages it owned are released.
+fn start_fence(engine: &Arc<Engine>, node: String, reason: String, settings: &cluster_model::Settings) {
+    let Some(config) = settings.fencing.get(&node).cloned() else { return };
+    if !engine.fencing.lock().expect("fencing lock").insert(node.clone()) {
+        return;
+    }
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        tracing::warn!(%node, %reason, agent = %config.agent, "fencing");
+        let device = FenceDevice { agent: config.agent.clone(), params: config.params.clone() };
+        match engine.fencer.fence(&device, &node, FenceAction::Off, FENCE_TIMEOUT).await {
+            Ok(()) => {
+                tracing::warn!(%node, "fence confirmed: the node is off");
+                let fenced = Command::NodeFenced { node: node.clone(), at_ms: wall_ms() };
+                if let Err(err) = engine.propose(fenced).await {
+                    tracing::error!(%node, error = %err, "fenced, but could not record it");
+                }
+            }
+            Err(err) => {
+                tracing::error!(%node, error = %err, "fence failed: its packages stay where they are; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+        engine.fencing.lock().expect("fencing lock").remove(&node);
+    });
+}

@@ -1,0 +1,127 @@
+//! Lease renewals (every node), lease grants (the leader), and the watchdog petted only while the
+//! lease is valid with the stop budget left.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster_api::PeerRpc;
+use cluster_model::{Command, LeaseStatus};
+use serde::{Deserialize, Serialize};
+
+use super::{now, wall_ms, Engine};
+
+/// A node asks the leader to renew its lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LeaseRequest {
+    pub(crate) node: String,
+}
+
+/// The leader confirmed its leadership with a quorum after receiving the request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LeaseGrant {
+    /// The holder may start packages only once it has applied this index.
+    pub(crate) commit_index: u64,
+}
+
+impl Engine {
+    /// Leader side: the renewal is recorded at its receipt time, but only after a quorum confirmed
+    /// that this node still leads.
+    pub(crate) async fn grant(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
+        let received = now();
+        let commit_index = self.node.confirm_leadership().await.map_err(|err| err.to_string())?;
+        self.table.lock().expect("lease table lock").renewed(&request.node, received);
+        Ok(LeaseGrant { commit_index })
+    }
+}
+
+/// Every heartbeat: send a renewal to the leader (without waiting for the previous one), record
+/// grants, keep the watchdog armed while packages are active and pet it only while the lease is
+/// valid. Also announces the node (`NodeHello`) once the cluster answers.
+pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
+    let mut announced = false;
+    loop {
+        let snapshot = engine.snapshot();
+        let settings = snapshot.state.settings.clone();
+        tokio::time::sleep(settings.heartbeat()).await;
+        if let Some(leader) = engine.node.leader() {
+            let engine = engine.clone();
+            let settings = settings.clone();
+            tokio::spawn(async move {
+                let sent = now();
+                let request = LeaseRequest { node: engine.me.clone() };
+                let grant = if leader.name == engine.me {
+                    engine.grant(&request).await
+                } else {
+                    engine
+                        .node
+                        .call_peer::<_, Result<LeaseGrant, String>>(
+                            &leader.name,
+                            &leader.address,
+                            PeerRpc::Lease,
+                            &request,
+                            settings.lease(),
+                        )
+                        .await
+                        .and_then(|answer| answer)
+                };
+                match grant {
+                    Ok(grant) => engine.holder.lock().expect("lease lock").granted(sent, grant.commit_index, &settings),
+                    Err(err) => tracing::debug!(leader = %leader.name, error = %err, "lease renewal failed"),
+                }
+            });
+        }
+        tend_watchdog(&engine, &settings);
+        if !announced && engine.lease_remaining().is_some() {
+            let hello =
+                Command::NodeHello { name: engine.me.clone(), watchdog: engine.watchdog_device(), at_ms: wall_ms() };
+            announced = engine.propose(hello).await.is_ok();
+        }
+    }
+}
+
+impl Engine {
+    /// Arms the watchdog right away (before a start), instead of at the next heartbeat.
+    pub(crate) fn tend_watchdog_now(&self) {
+        let settings = self.snapshot().state.settings.clone();
+        tend_watchdog(self, &settings);
+    }
+}
+
+/// Armed while packages are active here, petted only while the lease is valid with the stop
+/// budget left; disarmed (magic close) once nothing is active.
+fn tend_watchdog(engine: &Engine, settings: &cluster_model::Settings) {
+    let Some(watchdog) = &engine.watchdog else { return };
+    let lease_valid = engine.holder.lock().expect("lease lock").status(now(), settings) == LeaseStatus::Valid;
+    let result = if engine.any_active() {
+        if !watchdog.is_armed() {
+            if lease_valid {
+                watchdog.arm(settings.stop_budget())
+            } else {
+                Ok(())
+            }
+        } else if lease_valid {
+            watchdog.pet()
+        } else {
+            Ok(())
+        }
+    } else if watchdog.is_armed() {
+        watchdog.disarm()
+    } else {
+        Ok(())
+    };
+    if let Err(err) = result {
+        tracing::error!(error = %err, "watchdog");
+    }
+}
+
+/// Time left before the lease reaches the stop budget, for the executor's abort of long starts.
+pub(crate) fn must_stop_now(engine: &Engine, settings: &cluster_model::Settings) -> bool {
+    engine.holder.lock().expect("lease lock").status(now(), settings) == LeaseStatus::MustStop
+}
+
+/// Waits until the lease reaches its stop budget.
+pub(crate) async fn lease_lapse(engine: &Engine, settings: &cluster_model::Settings) {
+    while !must_stop_now(engine, settings) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
