@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The README's main job: build, bring up a 3-node cluster in the lab (network namespaces), use the
-# replicated key-value store, kill the leader's node and show the failover. Run as root.
+# The README's main job: build, bring up a 3-node cluster in the lab (network namespaces), run the
+# example package of packages.d/lab-web.toml (a VIP, a filesystem on the shared LUN, a web server),
+# kill its owner's node and show the failover as an outside client sees it. Run as root.
 # The lab is torn down at the end, on Ctrl-C and on any error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
-  echo "demo: run as root (the lab creates network namespaces)" >&2
+  echo "demo: run as root (the lab creates network namespaces and a loop device)" >&2
   exit 1
 fi
-lab=${LAB:-demo}
+lab=demo   # packages.d/lab-web.toml mounts LABEL=cl-demo, the LUN of this lab
 scripts/install-deps.sh
 echo "== building clusterd, clusterctl and clusterlab"
 cargo build --locked -p clusterd -p clusterctl -p cluster-lab
@@ -17,6 +18,8 @@ clusterlab="$PWD/target/debug/clusterlab"
 lab() { "$clusterlab" --name "$lab" "$@"; }
 step() { printf '\n== %s\n' "$*"; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+reachable() { lab client -- timeout 0.3 bash -c 'exec 3<>/dev/tcp/192.0.2.100/8080' 2>/dev/null; }
+owner() { lab exec "$1" -- clusterctl --output json pkg status lab-web | sed -n 's/.*"owner":"\([^"]*\)".*/\1/p'; }
 
 teardown() {
   trap - EXIT INT TERM
@@ -27,40 +30,45 @@ trap teardown EXIT
 trap 'exit 130' INT TERM
 
 lab down >/dev/null 2>&1 || true
-step "a 3-node cluster: one network namespace per node, bridged, addresses from 192.0.2.0/24"
-lab up --nodes 3
+step "a 3-node cluster: a network namespace per node on one bridge (192.0.2.0/24), a shared LUN"
+lab up --nodes 3 --lun-mib 32
 
-step "writes and reads from every node (followers forward to the leader)"
-lab exec n1 -- clusterctl kv set demo/greeting hello
-lab exec n2 -- clusterctl kv set demo/answer 42
-lab exec n3 -- clusterctl kv cas demo/answer 42 43
+step "the replicated key-value store, from any node"
+lab exec n2 -- clusterctl kv set demo/greeting hello
 printf 'n3 reads demo/greeting: '; lab exec n3 -- clusterctl kv get demo/greeting
-lab exec n1 -- clusterctl kv list demo/
 
-step "status"
+step "apply packages.d/lab-web.toml: VIP 192.0.2.100, ext4 on the shared LUN, a web server"
+lab exec n1 -- clusterctl pkg apply "$PWD/packages.d/lab-web.toml"
+until reachable; do sleep 0.1; done
+lab exec n1 -- clusterctl pkg status lab-web
+echo "the client namespace reaches http://192.0.2.100:8080"
+
+step "status (crm_mon-like)"
 lab exec n2 -- clusterctl status
-leader=$(lab exec n1 -- clusterctl --output json status | sed -n 's/.*"leader":"\([^"]*\)".*/\1/p')
-survivor=n1
-[ "$leader" = n1 ] && survivor=n2
 
-step "killing $leader, the leader (power loss: every process, link down)"
+victim=$(owner n2)
+survivor=n1
+[ "$victim" = n1 ] && survivor=n2
+step "killing $victim, the owner (power loss: every process, link down)"
 started=$(now_ms)
-lab kill "$leader"
-until lab exec "$survivor" -- clusterctl kv set demo/after-failover yes 2>/dev/null; do sleep 0.02; done
+lab kill "$victim"
+until reachable; do sleep 0.02; done
 elapsed=$(( $(now_ms) - started ))
-echo "the store accepted a write again ${elapsed} ms after the kill (election of a new leader included)"
+echo "the client reaches the VIP again ${elapsed} ms after the kill, now served by $(owner "$survivor")"
 
 step "status after the failover, seen from $survivor"
 lab exec "$survivor" -- clusterctl status
-printf 'demo/greeting is still: '; lab exec "$survivor" -- clusterctl kv get demo/greeting
+step "what happened (clusterctl events)"
+lab exec "$survivor" -- clusterctl events | tail -6
 
 cat <<EOT
 
 Explore while the lab is up, from another terminal (as root):
   $clusterlab --name $lab exec $survivor -- clusterctl status
-  $clusterlab --name $lab start $leader          # power the killed node back on
-  $clusterlab --name $lab partition "n1 / n2,n3"  # and heal, pause, kill-daemon ... (docs/lab.md)
-  $clusterlab --name $lab down                   # tear down by hand
+  $clusterlab --name $lab start $victim               # power the killed node back on
+  $clusterlab --name $lab exec $survivor -- clusterctl pkg move lab-web --to $victim
+  $clusterlab --name $lab partition "n1 / n2,n3"     # heal, pause, kill-daemon ... (docs/lab.md)
+  $clusterlab --name $lab down                       # tear down by hand
 EOT
 if [ -t 0 ]; then
   read -r -p "Press Enter to tear the lab down (Ctrl-C works too). " _ || true

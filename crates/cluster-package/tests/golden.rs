@@ -51,7 +51,7 @@ fn shipped_examples_are_valid_and_match_their_golden_output() {
     let reports = cluster_package::validate_paths(&[&examples]);
     let lines: Vec<String> = reports.iter().flat_map(|report| report.lines()).collect();
     assert!(cluster_package::all_valid(&reports), "{lines:#?}");
-    assert_eq!(reports.len(), 3, "{lines:#?}");
+    assert_eq!(reports.len(), 4, "{lines:#?}");
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/examples");
     std::fs::create_dir_all(&golden).expect("create golden/examples");
     check_directory(&examples, &golden);
