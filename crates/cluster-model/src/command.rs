@@ -1,5 +1,7 @@
 //! Commands carried by the Raft log, and what applying one produced.
 
+use std::collections::BTreeMap;
+
 use cluster_package::PackageDef;
 use serde::{Deserialize, Serialize};
 
@@ -45,8 +47,9 @@ pub enum Command {
     Assign { package: String, expected_epoch: u64, owner: Option<String>, phase: Phase, reason: String, at_ms: u64 },
     /// What an owner did with its package, valid only from the owner at the current epoch.
     Report { package: String, node: String, epoch: u64, report: Report, at_ms: u64 },
-    /// A fence agent confirmed that `node` is off: whatever it owned is stopped.
-    NodeFenced { node: String, at_ms: u64 },
+    /// A fence agent confirmed that `node` is off: the packages it owned when the fence was decided
+    /// (name → epoch) are stopped.
+    NodeFenced { node: String, owned: BTreeMap<String, u64>, at_ms: u64 },
 }
 
 /// An owner's report about its package.

@@ -188,13 +188,12 @@ impl<'a> Planner<'a> {
             }
         }
         if package.def.failback == Failback::Auto && package.phase == Phase::Running {
+            // Fail back only to the node placement would choose now, and only if it is more
+            // preferred than the owner: with least-loaded placement, moving to the first node of
+            // the list and placing back on the least loaded one flapped forever (simulation, seed 47).
             let preference = self.preference(package);
-            let owner_rank = preference.iter().position(|n| n == owner);
-            if let Some(better) = preference
-                .iter()
-                .take(owner_rank.unwrap_or(preference.len()))
-                .find(|node| self.exclusion(package, node).is_none())
-            {
+            let rank = |node: &str| preference.iter().position(|n| n == node).unwrap_or(usize::MAX);
+            if let Some(better) = self.choose(package, None).filter(|node| rank(node) < rank(owner)) {
                 return Some(format!("failback to {better}, which is preferred"));
             }
         }

@@ -80,6 +80,8 @@ pub struct LeaseTable {
     elected: Option<Duration>,
     /// Per node: time of the last renewal received under this leadership.
     renewed: BTreeMap<String, Duration>,
+    /// Nodes a fence confirmed off (at that time), until they renew again.
+    fenced: BTreeMap<String, Duration>,
 }
 
 impl LeaseTable {
@@ -88,10 +90,23 @@ impl LeaseTable {
     pub fn elected(&mut self, now: Duration) {
         self.elected = Some(now);
         self.renewed.clear();
+        self.fenced.clear();
+    }
+
+    /// A fence confirmed `node` is off at `now`: it is expired until it renews again (otherwise a
+    /// renewal it sent before being fenced would keep it "alive" and packages would be placed on a
+    /// powered-off node — simulation, seed 111).
+    pub fn fenced(&mut self, node: &str, now: Duration) {
+        self.renewed.remove(node);
+        self.fenced.insert(node.to_owned(), now);
     }
 
     /// A renewal from `node` received at `received_at` was confirmed with a quorum.
     pub fn renewed(&mut self, node: &str, received_at: Duration) {
+        if self.fenced.get(node).is_some_and(|fenced_at| received_at <= *fenced_at) {
+            return;
+        }
+        self.fenced.remove(node);
         let slot = self.renewed.entry(node.to_owned()).or_insert(received_at);
         *slot = (*slot).max(received_at);
     }
@@ -99,6 +114,9 @@ impl LeaseTable {
     /// The lease of `node` as the controller must treat it.
     pub fn liveness(&self, node: &str, now: Duration, settings: &Settings) -> Liveness {
         let wait = settings.lease_for_grantor();
+        if self.fenced.contains_key(node) {
+            return Liveness::Expired;
+        }
         let Some(elected) = self.elected else { return Liveness::Unknown };
         match self.renewed.get(node) {
             Some(received) if now < *received + wait => Liveness::Alive,
@@ -152,6 +170,21 @@ mod tests {
         holder.granted(ms(5), 10, &settings);
         holder.granted(ms(1), 10, &settings);
         assert_eq!(holder.remaining(ms(5)), Some(ms(990)));
+    }
+
+    #[test]
+    fn a_fenced_node_is_expired_until_it_renews_after_the_fence() {
+        let settings = Settings::default();
+        let mut table = LeaseTable::default();
+        table.elected(ms(0));
+        table.renewed("n1", ms(100));
+        table.fenced("n1", ms(200));
+        assert_eq!(table.liveness("n1", ms(201), &settings), Liveness::Expired);
+        // A renewal received before the fence does not revive it; one after does.
+        table.renewed("n1", ms(150));
+        assert_eq!(table.liveness("n1", ms(300), &settings), Liveness::Expired);
+        table.renewed("n1", ms(400));
+        assert_eq!(table.liveness("n1", ms(401), &settings), Liveness::Alive);
     }
 
     #[test]

@@ -154,11 +154,13 @@ impl ClusterState {
             Command::Report { package, node, epoch, report, at_ms } => {
                 self.report(package, node, *epoch, report, *at_ms)
             }
-            Command::NodeFenced { node, at_ms } => {
+            Command::NodeFenced { node, owned, at_ms } => {
+                // Only the assignments the fence decision was about: a package given to the node
+                // again after it came back (a later epoch) is not released by a late record.
                 let owned: Vec<String> = self
                     .packages
                     .iter()
-                    .filter(|(_, p)| p.owner.as_deref() == Some(node.as_str()))
+                    .filter(|(name, p)| p.owner.as_deref() == Some(node.as_str()) && owned.get(*name) == Some(&p.epoch))
                     .map(|(name, _)| name.clone())
                     .collect();
                 for name in owned {
@@ -274,6 +276,15 @@ impl ClusterState {
                 }
                 "all resources started".to_owned()
             }
+            Report::Stopped if from != Phase::Stopping => {
+                // Only a stop that was asked for releases the package: a late `Stopped` (e.g. sent
+                // after a lease lapse, while the owner has since started again at the same epoch)
+                // must not free it for another node (found by the simulation, seed 1).
+                return rejected(format!(
+                    "stopped report for package `{name}` from node `{node}` while {}: ignored",
+                    from.as_str()
+                ));
+            }
             Report::Stopped => {
                 package.phase = if package.stopping_after_failure { Phase::Failed } else { Phase::Stopped };
                 package.owner = None;
@@ -303,7 +314,12 @@ impl ClusterState {
                     reason: reason.clone(),
                     at_ms,
                 });
-                if package.recent_failures(node, at_ms) > package.def.restart.max as usize {
+                if !matches!(from, Phase::Starting | Phase::Running) {
+                    // Already stopping (or blocked): record the failure, never restart. Turning
+                    // `Stopping` back into `Starting` let the owner start again while its
+                    // `Stopped` report was in flight (found by the simulation, seed 111).
+                    format!("resource {resource} failed ({reason}) while {}", from.as_str())
+                } else if package.recent_failures(node, at_ms) > package.def.restart.max as usize {
                     package.banned.insert(node.to_owned());
                     package.stopping_after_failure = true;
                     package.phase = Phase::Stopping;
@@ -523,7 +539,9 @@ mod tests {
         let package = &state.packages["web"];
         assert_eq!(package.phase, Phase::Blocked);
         assert!(package.blocked_reason.as_ref().unwrap().contains("clusterctl pkg cleanup web"));
-        state.apply(&Command::NodeFenced { node: "n1".into(), at_ms: 3_000 });
+        let epoch = state.packages["web"].epoch;
+        let owned = BTreeMap::from([("web".to_owned(), epoch)]);
+        state.apply(&Command::NodeFenced { node: "n1".into(), owned, at_ms: 3_000 });
         assert_eq!((state.packages["web"].owner.clone(), state.packages["web"].phase), (None, Phase::Stopped));
     }
 
@@ -545,6 +563,46 @@ mod tests {
             3,
         );
         assert_eq!(state.packages["web"].resources.len(), 1);
+    }
+
+    /// Regression (simulation seed 111): a failure reported while the owner was already stopping
+    /// turned `stopping` back into `starting`, so the owner restarted while its `Stopped` was in
+    /// flight, and that `Stopped` then freed the package for a second node.
+    #[test]
+    fn resource_failed_while_stopping_keeps_stopping() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::PkgApply { def: Box::new(package(3)), at_ms: 0 });
+        assign(&mut state, Some("n1"), Phase::Starting);
+        report(&mut state, "n1", Report::Running { resources: vec![] }, 10);
+        assign(&mut state, Some("n1"), Phase::Stopping);
+        let failed = Report::ResourceFailed { resource: "vip".into(), reason: "gone".into() };
+        assert_eq!(report(&mut state, "n1", failed, 20), CommandOutcome::Applied);
+        assert_eq!(state.packages["web"].phase, Phase::Stopping);
+        assert!(state.packages["web"].last_failure.is_some());
+    }
+
+    /// Regression (simulation seed 1, lease-only): a `Stopped` sent after a lease lapse, arriving
+    /// when the owner had started again at the same epoch, released a running package.
+    #[test]
+    fn stopped_is_accepted_only_while_stopping() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::PkgApply { def: Box::new(package(3)), at_ms: 0 });
+        assign(&mut state, Some("n1"), Phase::Starting);
+        report(&mut state, "n1", Report::Running { resources: vec![] }, 10);
+        let before = state.clone();
+        assert!(matches!(report(&mut state, "n1", Report::Stopped, 20), CommandOutcome::Rejected { .. }));
+        assert_eq!(state, before);
+    }
+
+    /// A fence record releases only the assignments it was decided about.
+    #[test]
+    fn a_late_fence_record_does_not_release_a_newer_assignment() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::PkgApply { def: Box::new(package(3)), at_ms: 0 });
+        assign(&mut state, Some("n1"), Phase::Starting);
+        let stale = BTreeMap::from([("web".to_owned(), state.packages["web"].epoch - 1)]);
+        state.apply(&Command::NodeFenced { node: "n1".into(), owned: stale, at_ms: 5 });
+        assert_eq!(state.packages["web"].owner.as_deref(), Some("n1"));
     }
 
     #[test]

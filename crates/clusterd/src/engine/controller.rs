@@ -81,6 +81,15 @@ fn start_fence(engine: &Arc<Engine>, node: String, reason: String, settings: &cl
     if !engine.fencing.lock().expect("fencing lock").insert(node.clone()) {
         return;
     }
+    // The assignments this fence is about: a late record must not release later ones.
+    let owned: std::collections::BTreeMap<String, u64> = engine
+        .snapshot()
+        .state
+        .packages
+        .iter()
+        .filter(|(_, package)| package.owner.as_deref() == Some(node.as_str()))
+        .map(|(name, package)| (name.clone(), package.epoch))
+        .collect();
     let engine = engine.clone();
     tokio::spawn(async move {
         tracing::warn!(%node, %reason, agent = %config.agent, "fencing");
@@ -88,7 +97,9 @@ fn start_fence(engine: &Arc<Engine>, node: String, reason: String, settings: &cl
         match engine.fencer.fence(&device, &node, FenceAction::Off, FENCE_TIMEOUT).await {
             Ok(()) => {
                 tracing::warn!(%node, "fence confirmed: the node is off");
-                let fenced = Command::NodeFenced { node: node.clone(), at_ms: wall_ms() };
+                // Off now: no package is placed on it until it renews its lease again.
+                engine.table.lock().expect("lease table lock").fenced(&node, now());
+                let fenced = Command::NodeFenced { node: node.clone(), owned, at_ms: wall_ms() };
                 if let Err(err) = engine.propose(fenced).await {
                     tracing::error!(%node, error = %err, "fenced, but could not record it");
                 }

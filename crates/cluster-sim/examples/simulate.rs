@@ -1,0 +1,55 @@
+//! Replays one simulation seed with its trace, or explores many seeds of a variant.
+//!
+//! `SIM_SEED=S [SIM_NODES=3|5] [SIM_SCENARIO=watchdog|fencing|lease-only|lease-only-pauses]
+//!  cargo run -p cluster-sim --example simulate` replays one run with its trace;
+//! `SIM_EXPLORE=N` (with `SIM_RESOURCE_FAILURES=1`, `SIM_STOPPED_ANY_PHASE=1`,
+//! `SIM_DB_FAILBACK_AUTO=1`, `SIM_NO_LIVENESS=1`) runs N seeds of a variant and counts violations.
+
+use cluster_sim::{run, Scenario, SimConfig};
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name)
+        .ok()
+        .map(|value| value.parse().unwrap_or_else(|_| panic!("{name} must be an integer, got `{value}`")))
+}
+
+fn scenario() -> Scenario {
+    std::env::var("SIM_SCENARIO").map_or(Scenario::Watchdog, |name| {
+        Scenario::parse(&name).unwrap_or_else(|| panic!("unknown SIM_SCENARIO `{name}`"))
+    })
+}
+
+fn main() {
+    let nodes = env_u64("SIM_NODES").unwrap_or(3) as usize;
+    if let Some(count) = env_u64("SIM_EXPLORE") {
+        let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+        let mut failed = 0;
+        for seed in 0..count {
+            let mut config = SimConfig::new(seed, nodes, scenario());
+            config.resource_failures = on("SIM_RESOURCE_FAILURES") || config.resource_failures;
+            config.report_stopped_in_any_phase = on("SIM_STOPPED_ANY_PHASE");
+            config.check_liveness = !on("SIM_NO_LIVENESS");
+            if on("SIM_DB_FAILBACK_AUTO") {
+                config.packages[1] = cluster_sim::package_text("db", &[], "least-loaded", "auto");
+            }
+            if let Err(violation) = run(&config) {
+                failed += 1;
+                eprintln!("seed {seed}: {} {}", violation.invariant, violation.detail);
+            }
+        }
+        println!("{failed} of {count} seeds violated an invariant");
+        std::process::exit(i32::from(failed > 0));
+    }
+    let Some(seed) = env_u64("SIM_SEED") else {
+        eprintln!("set SIM_SEED=S to replay one seed, or SIM_EXPLORE=N to explore N seeds");
+        std::process::exit(2);
+    };
+    let config = SimConfig { trace: true, ..SimConfig::new(seed, nodes, scenario()) };
+    match run(&config) {
+        Ok(summary) => println!("seed {seed}: every invariant held: {summary:?}"),
+        Err(violation) => {
+            eprintln!("{violation}");
+            std::process::exit(1);
+        }
+    }
+}

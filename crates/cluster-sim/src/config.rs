@@ -1,0 +1,140 @@
+//! What one simulation run looks like: the seed, the cluster size, how nodes protect themselves
+//! against their own pauses, and which faults the nemesis may inject.
+
+use std::fmt;
+use std::time::Duration;
+
+/// How the simulated nodes protect the cluster against their own pauses (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Every node arms a watchdog. Faults: crashes, daemon crashes, pauses, partitions, loss,
+    /// failed stops, operator commands. S1 must hold.
+    Watchdog,
+    /// Every node has a fence device and no watchdog. Same faults as [`Scenario::Watchdog`].
+    /// S1 must hold.
+    Fencing,
+    /// Neither watchdog nor fence (declared lease-only). Faults: power crashes, partitions, loss,
+    /// operator commands; no pauses, no daemon crashes, no failed stops. S1 must hold.
+    LeaseOnly,
+    /// Lease-only nodes that also pause: the documented limitation, S1 is NOT guaranteed.
+    LeaseOnlyWithPauses,
+}
+
+impl Scenario {
+    /// Every scenario, for parsing and listing.
+    pub const ALL: [Scenario; 4] =
+        [Scenario::Watchdog, Scenario::Fencing, Scenario::LeaseOnly, Scenario::LeaseOnlyWithPauses];
+
+    /// The name used by `SIM_SCENARIO`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Watchdog => "watchdog",
+            Scenario::Fencing => "fencing",
+            Scenario::LeaseOnly => "lease-only",
+            Scenario::LeaseOnlyWithPauses => "lease-only-pauses",
+        }
+    }
+
+    /// The scenario called `name`, if any.
+    pub fn parse(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub(crate) fn watchdog(self) -> bool {
+        self == Scenario::Watchdog
+    }
+
+    pub(crate) fn fencing(self) -> bool {
+        self == Scenario::Fencing
+    }
+
+    /// Process pauses (SIGSTOP, VM freeze).
+    pub(crate) fn pauses(self) -> bool {
+        matches!(self, Scenario::Watchdog | Scenario::Fencing | Scenario::LeaseOnlyWithPauses)
+    }
+
+    /// `clusterd` dies but the node and its resources stay up (for a lease-only node this is a
+    /// pause of unbounded length, so only protected nodes get it).
+    pub(crate) fn daemon_crashes(self) -> bool {
+        matches!(self, Scenario::Watchdog | Scenario::Fencing)
+    }
+
+    /// Stops that fail and leave resources active (the watchdog or a fence must escalate).
+    pub(crate) fn stop_failures(self) -> bool {
+        matches!(self, Scenario::Watchdog | Scenario::Fencing)
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One simulation run. Everything random is drawn from `seed`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Cluster size (3 or 5 in the tests).
+    pub nodes: usize,
+    pub scenario: Scenario,
+    /// Faults are injected during this much simulated time.
+    pub fault_phase: Duration,
+    /// Then no faults for this long; at its end every package must have settled (liveness bound).
+    pub heal_phase: Duration,
+    /// Probability that a message is lost during the fault phase.
+    pub loss: f64,
+    /// Usual network delay bound; 1% of messages are delayed up to 16× this during the fault phase.
+    pub max_delay: Duration,
+    /// Longest process pause.
+    pub max_pause: Duration,
+    /// Probability that a stop fails (scenarios with failed stops only).
+    pub stop_failure: f64,
+    /// Check liveness at the end of the heal phase (S1 and start epochs are always checked).
+    pub check_liveness: bool,
+    /// Resource failures reported with `Report::ResourceFailed`: monitor failures injected by the
+    /// nemesis, and a package found not running where the state says `Running` (as clusterd's
+    /// executor reports it). On by default since `Report::ResourceFailed` no longer turns
+    /// `Stopping` back into `Starting` (see the `resource_failed_while_stopping_*` regression test).
+    pub resource_failures: bool,
+    /// Package files loaded at bootstrap (`pkg apply`).
+    pub packages: Vec<String>,
+    /// Executor variant: after a stop, report `Stopped` whenever the node still owns the package
+    /// at that epoch, in any phase (not only `Stopping`). Unsafe; kept to document why
+    /// (see the `stopped_report_outside_stopping_*` regression test).
+    pub report_stopped_in_any_phase: bool,
+    /// Keep a trace of every event (for reproducing a failure; slower).
+    pub trace: bool,
+}
+
+impl SimConfig {
+    /// The default run: 10 s of faults, 10 s to heal.
+    pub fn new(seed: u64, nodes: usize, scenario: Scenario) -> SimConfig {
+        SimConfig {
+            seed,
+            nodes,
+            scenario,
+            fault_phase: Duration::from_secs(10),
+            heal_phase: Duration::from_secs(10),
+            loss: 0.05,
+            max_delay: Duration::from_millis(50),
+            max_pause: Duration::from_secs(3),
+            stop_failure: 0.02,
+            check_liveness: true,
+            resource_failures: true,
+            packages: crate::bootstrap::default_packages(),
+            report_stopped_in_any_phase: false,
+            trace: false,
+        }
+    }
+
+    /// The command that replays this run alone, with its trace.
+    pub fn reproduce_command(&self) -> String {
+        format!(
+            "SIM_SEED={} SIM_NODES={} SIM_SCENARIO={} cargo run -p cluster-sim --example simulate",
+            self.seed,
+            self.nodes,
+            self.scenario.name()
+        )
+    }
+}

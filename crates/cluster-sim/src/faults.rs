@@ -1,0 +1,236 @@
+//! The nemesis (fault phase) and the operator who heals the cluster (heal phase).
+//!
+//! Fault phase: every 150–900 ms one of power crash, daemon crash, pause (≤ `max_pause`),
+//! partition (random split, healed after 0.2–3 s), a monitor failure of an active package, or an
+//! operator command (`pkg move`,
+//! `pkg stop`, `pkg run`, `node standby`, `node online`), as the scenario allows. At most a
+//! minority of nodes is crashed or paused at once. Heal phase: partitions healed, paused nodes
+//! resumed, crashed nodes restart on schedule, no loss; the operator brings standby nodes online
+//! and, for blocked or failed packages, stops the resources by hand and runs `pkg cleanup`.
+
+use cluster_model::{Command, Phase};
+use rand::Rng;
+
+use crate::node::{Activity, Power};
+use crate::sim::{ms, Event, Sim, Stage};
+
+impl Sim {
+    fn impaired(&self) -> usize {
+        self.nodes.iter().filter(|node| !node.runs()).count()
+    }
+
+    fn pick_runner(&mut self) -> Option<usize> {
+        let limit = (self.nodes.len() - 1) / 2;
+        if self.impaired() >= limit {
+            return None;
+        }
+        let runners: Vec<usize> = (0..self.nodes.len()).filter(|n| self.nodes[*n].runs()).collect();
+        (!runners.is_empty()).then(|| runners[self.rng.random_range(0..runners.len())])
+    }
+
+    pub(crate) fn on_fault(&mut self) {
+        if self.stage != Stage::Faults {
+            return;
+        }
+        let next = self.rng.random_range(ms(150)..=ms(900));
+        self.after(next, Event::Fault);
+        let scenario = self.config.scenario;
+        match self.rng.random_range(0..11) {
+            0 | 1 => {
+                if let Some(n) = self.pick_runner() {
+                    self.stats.crashes += 1;
+                    let down = self.rng.random_range(ms(200)..=ms(3_000));
+                    self.trace(|| format!("FAULT n{} power crash for {} ms", n + 1, down / 1000));
+                    self.power_off(n, down);
+                }
+            }
+            2 if scenario.daemon_crashes() => {
+                if let Some(n) = self.pick_runner() {
+                    self.stats.daemon_crashes += 1;
+                    let down = self.rng.random_range(ms(50)..=ms(2_500));
+                    self.trace(|| format!("FAULT n{} clusterd crash for {} ms", n + 1, down / 1000));
+                    self.daemon_crash(n, down);
+                }
+            }
+            3 | 4 if scenario.pauses() => {
+                if let Some(n) = self.pick_runner() {
+                    self.stats.pauses += 1;
+                    let max = self.config.max_pause.as_micros() as u64;
+                    let length = self.rng.random_range(ms(50)..=max.max(ms(50)));
+                    self.next_pause += 1;
+                    let pause = self.next_pause;
+                    self.nodes[n].paused = Some(pause);
+                    self.trace(|| format!("FAULT n{} paused for {} ms", n + 1, length / 1000));
+                    self.after(length, Event::Resume { node: n, pause });
+                    self.check_leader();
+                }
+            }
+            5 | 6 => {
+                self.stats.partitions += 1;
+                let count = self.nodes.len();
+                let mut groups: Vec<u8> = (0..count).map(|_| self.rng.random_range(0..2)).collect();
+                if groups.iter().all(|g| *g == groups[0]) {
+                    let lonely = self.rng.random_range(0..count);
+                    groups[lonely] ^= 1;
+                }
+                let length = self.rng.random_range(ms(200)..=ms(3_000));
+                self.trace(|| format!("FAULT partition {groups:?} for {} ms", length / 1000));
+                self.net.partition(groups);
+                let generation = self.net.generation;
+                self.after(length, Event::HealPartition { generation });
+                self.check_leader();
+            }
+            7 if self.config.resource_failures => {
+                let active: Vec<(usize, String)> = (0..self.nodes.len())
+                    .flat_map(|n| self.nodes[n].records.keys().map(move |p| (n, p.clone())))
+                    .collect();
+                if !active.is_empty() {
+                    let (n, package) = active[self.rng.random_range(0..active.len())].clone();
+                    self.monitor_failure(n, package);
+                }
+            }
+            _ => self.operator_fault(),
+        }
+    }
+
+    fn operator_fault(&mut self) {
+        let package = self.packages[self.rng.random_range(0..self.packages.len())].clone();
+        let node = self.names[self.rng.random_range(0..self.names.len())].clone();
+        let at_ms = self.now / 1_000;
+        let command = match self.rng.random_range(0..6) {
+            0 | 1 => Command::PkgMove { name: package, to: node, at_ms },
+            2 => Command::PkgStop { name: package, at_ms },
+            3 => Command::PkgRun { name: package, node: None, at_ms },
+            4 => Command::NodeStandby { name: node, standby: true, at_ms },
+            _ => Command::NodeStandby { name: node, standby: false, at_ms },
+        };
+        self.trace(|| format!("OPERATOR {command:?}"));
+        self.operator(command);
+    }
+
+    /// Power off (crash, watchdog reset, fence): every resource inactive at once.
+    pub(crate) fn power_off(&mut self, n: usize, down_us: u64) {
+        let node = &mut self.nodes[n];
+        node.power = Power::Off;
+        node.records.clear();
+        node.watchdog = Default::default();
+        node.lose_daemon_state();
+        let incarnation = node.incarnation;
+        if self.leader == Some(n) {
+            self.trace(|| format!("n{} (leader) is off", n + 1));
+        }
+        self.after(down_us, Event::Restart { node: n, incarnation });
+        self.check_leader();
+    }
+
+    /// `clusterd` dies: resources stay active (operations in flight are cut short, leaving what
+    /// they touched active), the watchdog keeps counting.
+    fn daemon_crash(&mut self, n: usize, down_us: u64) {
+        let node = &mut self.nodes[n];
+        node.power = Power::DaemonDown;
+        for record in node.records.values_mut() {
+            if matches!(record.activity, Activity::Starting | Activity::Stopping) {
+                record.activity = Activity::Active;
+            }
+            record.op = 0;
+        }
+        node.lose_daemon_state();
+        let incarnation = node.incarnation;
+        self.after(down_us, Event::Restart { node: n, incarnation });
+        self.check_leader();
+    }
+
+    /// The machine boots or `clusterd` is restarted: empty lease, announce itself.
+    pub(crate) fn restart(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        node.power = Power::Up;
+        node.lose_daemon_state();
+        node.hello_pending = true;
+        self.trace(|| format!("n{} restarts", n + 1));
+        let now = self.local(n);
+        self.timer_at(n, now, crate::sim::Timer::Heartbeat);
+        self.evaluate(n);
+        self.check_leader();
+    }
+
+    /// The leader's controller asked to fence `target`.
+    pub(crate) fn start_fence(&mut self, l: usize, target: String) {
+        if !self.nodes[l].fencing.insert(target.clone()) {
+            return;
+        }
+        let Some(t) = self.names.iter().position(|name| *name == target) else {
+            return;
+        };
+        let term = self.nodes[l].leader_of.unwrap_or(0);
+        let duration = self.rng.random_range(ms(100)..=ms(600));
+        self.trace(|| format!("n{} fences {target} ({} ms)", l + 1, duration / 1000));
+        self.after(duration, Event::FenceDone { by: l, term, target: t });
+    }
+
+    /// The fence agent confirmed `target` is off; the leader records it if it still leads.
+    pub(crate) fn on_fence_done(&mut self, by: usize, term: u64, target: usize) {
+        self.stats.fences += 1;
+        let reboot = self.rng.random_range(ms(1_000)..=ms(3_000));
+        self.power_off(target, reboot);
+        let name = self.names[target].clone();
+        if self.nodes[by].leader_of == Some(term) && self.nodes[by].power == Power::Up {
+            self.nodes[by].fencing.remove(&name);
+            if self.confirm(by) {
+                let at_ms = self.local_ms(by);
+                let now = self.local(by);
+                self.nodes[by].table.fenced(&name, now);
+                let owned = self.nodes[by]
+                    .state
+                    .packages
+                    .iter()
+                    .filter(|(_, package)| package.owner.as_deref() == Some(name.as_str()))
+                    .map(|(package, state)| (package.clone(), state.epoch))
+                    .collect();
+                self.commit(by, Command::NodeFenced { node: name, owned, at_ms });
+            }
+        }
+    }
+
+    pub(crate) fn on_heal(&mut self) {
+        self.stage = Stage::Heal;
+        self.net.faulty = false;
+        self.net.heal();
+        self.trace(|| "HEAL".into());
+        for n in 0..self.nodes.len() {
+            if self.nodes[n].paused.is_some() {
+                self.resume(n);
+            }
+        }
+        self.check_leader();
+        self.after(ms(200), Event::HealOperator);
+    }
+
+    /// The operator undoes the fault phase's standby commands and resolves blocked packages.
+    pub(crate) fn on_heal_operator(&mut self) {
+        self.after(ms(500), Event::HealOperator);
+        let Some(l) = self.leader else { return };
+        let at_ms = self.now / 1_000;
+        let state = &self.nodes[l].state;
+        let standby: Vec<String> =
+            state.nodes.iter().filter(|(_, record)| record.standby).map(|(name, _)| name.clone()).collect();
+        let stuck: Vec<(String, Option<String>)> = state
+            .packages
+            .iter()
+            .filter(|(_, p)| matches!(p.phase, Phase::Blocked | Phase::Failed))
+            .map(|(name, p)| (name.clone(), p.owner.clone()))
+            .collect();
+        for name in standby {
+            self.operator(Command::NodeStandby { name, standby: false, at_ms });
+        }
+        for (package, owner) in stuck {
+            // By hand: the operator makes sure the resources are stopped, then vouches for it.
+            if let Some(n) = owner.and_then(|o| self.names.iter().position(|name| *name == o)) {
+                let node = &mut self.nodes[n];
+                if node.records.get(&package).is_some_and(|r| r.activity == Activity::Stuck) {
+                    node.records.remove(&package);
+                }
+            }
+            self.operator(Command::PkgCleanup { name: package, at_ms });
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! One simulated node: its clock, its process state, its applied prefix of the log, its lease
+//! (both sides), its executor's records and its watchdog. The records double as the simulator's
+//! ground truth: a package has a record on a node exactly while its resources may be active there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use cluster_model::{ClusterState, LeaseHolder, LeaseTable};
+
+use crate::clock::Clock;
+use crate::sim::Event;
+
+/// Whether the machine and `clusterd` run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Power {
+    /// Machine and daemon up (the daemon may still be paused).
+    Up,
+    /// `clusterd` died; the machine, its resources and its watchdog timer keep going.
+    DaemonDown,
+    /// Powered off or rebooting: nothing is active.
+    Off,
+}
+
+/// What the executor is doing with one package. Present = resources may be active (ground truth).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activity {
+    /// Start in progress: resources are counted active from the first instant of the start.
+    Starting,
+    Active,
+    /// Stop in progress: resources are active until it ends.
+    Stopping,
+    /// A stop failed: resources stay active until the node is reset or an operator cleans up.
+    Stuck,
+}
+
+/// The executor's record of one package on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub(crate) activity: Activity,
+    /// The epoch the package was started at.
+    pub(crate) epoch: u64,
+    /// Identifies the operation in flight; completions of other operations are ignored.
+    pub(crate) op: u64,
+    /// Whether the stop in flight will fail.
+    pub(crate) stop_fails: bool,
+    /// Global time the resources became (possibly) active.
+    pub(crate) since_us: u64,
+    /// Global time of the last report sent about this record.
+    pub(crate) reported_us: Option<u64>,
+}
+
+/// A watchdog device (hardware timer on the node's own clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Watchdog {
+    pub(crate) armed: bool,
+    pub(crate) last_pet: Duration,
+    pub(crate) check_scheduled: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) clock: Clock,
+    pub(crate) has_watchdog: bool,
+    pub(crate) power: Power,
+    pub(crate) paused: Option<u64>,
+    /// Events that reached the paused process, handled in order when it resumes.
+    pub(crate) deferred: Vec<Event>,
+    /// Bumped on every crash and restart: timers and grants of older incarnations are ignored.
+    pub(crate) incarnation: u64,
+
+    /// The state machine after applying `applied` entries of the global log (durable).
+    pub(crate) state: ClusterState,
+    pub(crate) applied: usize,
+    /// Highest Raft term seen (durable).
+    pub(crate) known_term: u64,
+    pub(crate) leader_hint: Option<usize>,
+    /// `Some(term)` while this node believes it is the leader of `term` (maybe deposed already).
+    pub(crate) leader_of: Option<u64>,
+    pub(crate) table: LeaseTable,
+    pub(crate) fencing: BTreeSet<String>,
+
+    pub(crate) holder: LeaseHolder,
+    /// The latest instant (own clock) a lease check is scheduled for.
+    pub(crate) lease_check_at: Option<Duration>,
+    pub(crate) hello_pending: bool,
+    pub(crate) records: BTreeMap<String, Record>,
+    /// Last `Stopped` report for a package this node owns in phase `Stopping` and does not run.
+    pub(crate) stopped_reported_us: BTreeMap<String, u64>,
+    pub(crate) watchdog: Watchdog,
+}
+
+impl Node {
+    pub(crate) fn new(name: String, clock: Clock, has_watchdog: bool) -> Node {
+        Node {
+            name,
+            clock,
+            has_watchdog,
+            power: Power::Up,
+            paused: None,
+            deferred: Vec::new(),
+            incarnation: 0,
+            state: ClusterState::default(),
+            applied: 0,
+            known_term: 0,
+            leader_hint: None,
+            leader_of: None,
+            table: LeaseTable::default(),
+            fencing: BTreeSet::new(),
+            holder: LeaseHolder::default(),
+            lease_check_at: None,
+            hello_pending: false,
+            records: BTreeMap::new(),
+            stopped_reported_us: BTreeMap::new(),
+            watchdog: Watchdog::default(),
+        }
+    }
+
+    /// `clusterd` executes code right now (up and not paused).
+    pub(crate) fn runs(&self) -> bool {
+        self.power == Power::Up && self.paused.is_none()
+    }
+
+    /// The daemon is gone (crash, power off): its volatile state is lost.
+    pub(crate) fn lose_daemon_state(&mut self) {
+        self.incarnation += 1;
+        self.paused = None;
+        self.deferred.clear();
+        self.leader_hint = None;
+        self.leader_of = None;
+        self.table = LeaseTable::default();
+        self.fencing.clear();
+        self.holder = LeaseHolder::default();
+        self.lease_check_at = None;
+        self.stopped_reported_us.clear();
+    }
+}

@@ -1,0 +1,173 @@
+//! Raft as an abstract linearizable log: one global sequence of committed commands, an
+//! effective leader chosen by the simulator, and per-node applied prefixes.
+//!
+//! ```text
+//!  proposer ──Propose──> leader: commits iff it is the effective leader AND reaches a majority now
+//!                          │ log.push(cmd); applies at once
+//!                          └──Append{term, commit}──> every node (lossy, delayed): applies log[..commit]
+//!  leader crashed / paused / cut from the majority ──150–600 ms──> election among the majority side;
+//!  the winner applies the whole log and calls LeaseTable::elected(now) on its own clock.
+//!  A deposed leader keeps believing it leads until it reaches a majority (then it learns the new
+//!  term and steps down) or hears an Append of a newer term; it never commits nor confirms.
+//! ```
+
+use cluster_model::Command;
+use rand::Rng;
+
+use crate::net::Msg;
+use crate::node::Power;
+use crate::sim::{ms, Event, Sim, Timer};
+
+/// Leader tick: controller run and replication heartbeat.
+pub(crate) const LEADER_TICK_MS: u64 = 50;
+
+impl Sim {
+    /// Whether `n` is up, unpaused and reaches a strict majority of up, unpaused nodes (itself included).
+    pub(crate) fn reaches_majority(&self, n: usize) -> bool {
+        let node = &self.nodes[n];
+        if !node.runs() {
+            return false;
+        }
+        let reachable = (0..self.nodes.len()).filter(|m| self.nodes[*m].runs() && self.net.reachable(n, *m)).count();
+        reachable * 2 > self.nodes.len()
+    }
+
+    fn is_effective(&self, n: usize) -> bool {
+        self.leader == Some(n) && self.nodes[n].leader_of == Some(self.term)
+    }
+
+    /// A node that believes it leads confirms it with a quorum, now. A deposed leader that reaches
+    /// a quorum learns the newer term and steps down instead.
+    pub(crate) fn confirm(&mut self, n: usize) -> bool {
+        if self.nodes[n].leader_of.is_none() || !self.reaches_majority(n) {
+            return false;
+        }
+        if self.is_effective(n) {
+            return true;
+        }
+        self.step_down(n);
+        false
+    }
+
+    fn step_down(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        node.leader_of = None;
+        node.known_term = node.known_term.max(self.term);
+        node.leader_hint = self.leader;
+        node.fencing.clear();
+        self.trace(|| format!("n{} learns it was deposed", n + 1));
+    }
+
+    /// After anything that can change the leader's health: start an election timer if needed.
+    pub(crate) fn check_leader(&mut self) {
+        let healthy = self.leader.is_some_and(|l| self.is_effective(l) && self.reaches_majority(l));
+        if !healthy && !self.election_pending {
+            self.election_pending = true;
+            let delay = self.rng.random_range(ms(150)..=ms(600));
+            self.after(delay, Event::Election);
+        }
+    }
+
+    pub(crate) fn on_election(&mut self) {
+        self.election_pending = false;
+        let healthy = self.leader.is_some_and(|l| self.is_effective(l) && self.reaches_majority(l));
+        if healthy {
+            return;
+        }
+        let candidates: Vec<usize> = (0..self.nodes.len()).filter(|n| self.reaches_majority(*n)).collect();
+        if candidates.is_empty() {
+            self.check_leader();
+            return;
+        }
+        let winner = candidates[self.rng.random_range(0..candidates.len())];
+        self.elect(winner);
+    }
+
+    pub(crate) fn elect(&mut self, n: usize) {
+        self.term += 1;
+        self.leader = Some(n);
+        self.stats.elections += 1;
+        let term = self.term;
+        let now = self.local(n);
+        self.catch_up(n, self.log.len());
+        let node = &mut self.nodes[n];
+        node.leader_of = Some(term);
+        node.known_term = term;
+        node.leader_hint = Some(n);
+        node.fencing.clear();
+        node.table.elected(now);
+        self.trace(|| format!("n{} elected, term {term}", n + 1));
+        self.broadcast_append(n);
+        self.timer_at(n, now + std::time::Duration::from_millis(LEADER_TICK_MS), Timer::LeaderTick { term });
+    }
+
+    /// Appends `command` to the log; the leader `l` applies it at once and replicates.
+    pub(crate) fn commit(&mut self, l: usize, command: Command) {
+        let index = self.log.len() + 1;
+        self.trace(|| format!("n{} commits #{index} {command:?}", l + 1));
+        self.log.push(command);
+        self.catch_up(l, self.log.len());
+        self.broadcast_append(l);
+    }
+
+    /// Node `n` applies the log up to `commit`.
+    pub(crate) fn catch_up(&mut self, n: usize, commit: usize) {
+        let commit = commit.min(self.log.len());
+        let node = &mut self.nodes[n];
+        while node.applied < commit {
+            let command = &self.log[node.applied];
+            node.state.apply(command);
+            node.applied += 1;
+        }
+    }
+
+    pub(crate) fn broadcast_append(&mut self, l: usize) {
+        let term = self.nodes[l].leader_of.unwrap_or(self.nodes[l].known_term);
+        let commit = self.nodes[l].applied;
+        for m in 0..self.nodes.len() {
+            if m != l {
+                self.send(l, m, Msg::Append { term, commit });
+            }
+        }
+    }
+
+    pub(crate) fn on_append(&mut self, n: usize, from: usize, term: u64, commit: usize) {
+        if term < self.nodes[n].known_term {
+            return;
+        }
+        if self.nodes[n].leader_of.is_some_and(|mine| mine < term) {
+            self.step_down(n);
+        }
+        let node = &mut self.nodes[n];
+        node.known_term = term;
+        if node.leader_of.is_none() {
+            node.leader_hint = Some(from);
+        }
+        self.catch_up(n, commit);
+        self.evaluate(n);
+    }
+
+    /// Node `n` asks its leader to commit `command`.
+    pub(crate) fn propose(&mut self, n: usize, command: Command) {
+        if let Some(l) = self.nodes[n].leader_hint {
+            self.send(n, l, Msg::Propose { command });
+        }
+    }
+
+    pub(crate) fn on_propose(&mut self, l: usize, command: Command) {
+        if self.confirm(l) {
+            self.commit(l, command);
+        }
+    }
+
+    /// An operator command (clusterctl) reaches the effective leader, if it can commit.
+    pub(crate) fn operator(&mut self, command: Command) -> bool {
+        let Some(l) = self.leader else { return false };
+        if self.nodes[l].power != Power::Up || !self.confirm(l) {
+            return false;
+        }
+        self.stats.operator_commands += 1;
+        self.commit(l, command);
+        true
+    }
+}
