@@ -207,17 +207,7 @@ impl ConsensusNode {
     /// A linearizable read: confirms leadership with a quorum, waits until that point is applied,
     /// then reads the state.
     pub async fn read<T>(&self, read: impl FnOnce(&ClusterState) -> T) -> Result<T> {
-        self.within("read", self.timing.request_timeout, async {
-            self.raft.ensure_linearizable().await.map_err(|err| match err {
-                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)) => self.not_leader(),
-                RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err)) => {
-                    ConsensusError::NoQuorum(format!("read: {err}"))
-                }
-                RaftError::Fatal(err) => ConsensusError::Fatal(err.to_string()),
-            })?;
-            Ok(())
-        })
-        .await?;
+        self.confirm_leadership().await?;
         Ok(read(&self.view.read().expect("state lock poisoned").state))
     }
 
@@ -547,11 +537,11 @@ impl ConsensusNode {
     /// grant) is linearized after.
     pub async fn confirm_leadership(&self) -> Result<u64> {
         let read = self
-            .within("confirm leadership", self.timing.request_timeout, async {
+            .within("linearizable read", self.timing.request_timeout, async {
                 self.raft.ensure_linearizable().await.map_err(|err| match err {
                     RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)) => self.not_leader(),
                     RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err)) => {
-                        ConsensusError::NoQuorum(format!("confirm leadership: {err}"))
+                        ConsensusError::NoQuorum(format!("linearizable read: {err}"))
                     }
                     RaftError::Fatal(err) => ConsensusError::Fatal(err.to_string()),
                 })
