@@ -333,11 +333,24 @@ impl Processes for LinuxProcesses {
 
     async fn release(&self, unit: &str) -> Result<(), ProcessError> {
         match self.cgroup(unit) {
-            Some(cgroup) => match std::fs::remove_dir(&cgroup) {
-                Ok(()) => Ok(()),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(error) => Err(io_failure(format!("remove cgroup {}", cgroup.display()), error)),
-            },
+            Some(cgroup) => {
+                // A process that just exited leaves `cgroup.procs` before the cgroup stops being
+                // populated: rmdir fails with EBUSY for a few milliseconds. Retry for up to a
+                // second before calling the stop failed (the lab saw ~1 stop in 25 fail here).
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                loop {
+                    match std::fs::remove_dir(&cgroup) {
+                        Ok(()) => return Ok(()),
+                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                        Err(error)
+                            if error.raw_os_error() == Some(libc::EBUSY) && tokio::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err(error) => return Err(io_failure(format!("remove cgroup {}", cgroup.display()), error)),
+                    }
+                }
+            }
             None => match std::fs::remove_file(self.pid_file(unit)) {
                 Ok(()) => Ok(()),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -1053,8 +1053,10 @@ impl Lab {
         write_file(&cgroup.join("cgroup.kill"), "1")?;
         let netns = self.paths.netns(node);
         sys::ip(&["-n", &netns, "link", "set", "dev", "eth0", "down"])?;
-        kill_cgroup(&cgroup)?;
+        // A powered-off machine has no addresses: flush before waiting for the cgroup to empty,
+        // which can take seconds on a loaded host (the observer would count a dead node's VIP).
         sys::ip(&["-n", &netns, "addr", "flush", "dev", "eth0"])?;
+        kill_cgroup(&cgroup)?;
         let record = self.node_mut(node)?;
         record.powered = false;
         record.holder_pid = None;

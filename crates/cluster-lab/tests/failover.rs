@@ -1,0 +1,697 @@
+//! Root lab tests of failover (issue 5): a 3-node `clusterd` lab runs a package of a VIP, a filesystem on the
+//! shared LUN and a process, watched from outside by the observer and judged by the split-brain checker, under
+//! kill, partition, pause, daemon crashes, a failing process, planned moves, standby, failback and failed stops.
+//!
+//! Binaries: `CLUSTERD_BIN` / `CLUSTERCTL_BIN`, else `clusterd`/`clusterctl` next to this test's target folder
+//! (built with `cargo build -p clusterd -p clusterctl` into the same target folder when missing).
+//! Every test has its own lab (tests run in parallel) and takes it down also when it fails (`LabGuard`).
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cluster_lab::history::{self, Kind, Record, SplitBrainReport};
+use cluster_lab::lab::{Daemon, Lab, LabGuard, LabSpec};
+use cluster_lab::observer::{Observer, ObserverSpec};
+use common::{lab_name, require_root};
+use serde_json::Value;
+
+const VIP: &str = "192.0.2.100";
+const PROBE: &str = "192.0.2.100:8080";
+/// `comm` of the package's process (`/usr/bin/python3 -m http.server`).
+const PROCESS: &str = "python3";
+const PACKAGE: &str = "web";
+/// The node every test queries: never faulted by any test (n1 is the preferred owner, n2 the next).
+const VIA: &str = "n3";
+
+fn binaries() -> (PathBuf, PathBuf) {
+    if let (Ok(clusterd), Ok(clusterctl)) = (std::env::var("CLUSTERD_BIN"), std::env::var("CLUSTERCTL_BIN")) {
+        return (clusterd.into(), clusterctl.into());
+    }
+    // target/<profile>/deps/failover-HASH → target/<profile>/
+    let profile_dir = std::env::current_exe().unwrap().parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
+    let clusterd = profile_dir.join("clusterd");
+    let clusterctl = profile_dir.join("clusterctl");
+    if !clusterd.exists() || !clusterctl.exists() {
+        let target_dir = profile_dir.parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "clusterd", "-p", "clusterctl", "--target-dir"])
+            .arg(target_dir)
+            .status()
+            .expect("run cargo build for clusterd and clusterctl");
+        assert!(status.success(), "cargo build -p clusterd -p clusterctl failed");
+    }
+    (clusterd, clusterctl)
+}
+
+/// What varies between the tests' packages.
+#[derive(Clone, Debug)]
+struct PackageOptions {
+    failback: &'static str,
+    restart_max: u32,
+    /// `false` only to document lease-only pauses: the VIP's duplicate probe would otherwise refuse the second
+    /// owner's start (a second line of defence that the lease protocol does not rely on).
+    check_duplicate: bool,
+    kill_holders: bool,
+}
+
+impl Default for PackageOptions {
+    fn default() -> PackageOptions {
+        PackageOptions { failback: "manual", restart_max: 3, check_duplicate: true, kill_holders: true }
+    }
+}
+
+fn package_toml(lab: &str, mountpoint: &Path, options: &PackageOptions) -> String {
+    let mountpoint = mountpoint.display();
+    format!(
+        r#"name = "{PACKAGE}"
+nodes = ["n1", "n2", "n3"]
+failback = "{failback}"
+auto_run = false
+restart = {{ max = {restart_max}, within = "1m" }}
+
+[[resource]]
+name = "vip"
+type = "ip"
+address = "{VIP}/24"
+interface = "eth0"
+probe_timeout = "50ms"
+check_duplicate = {check_duplicate}
+
+[[resource]]
+name = "data"
+type = "filesystem"
+device = "LABEL=cl-{lab}"
+mountpoint = "{mountpoint}"
+fstype = "ext4"
+kill_holders = {kill_holders}
+unmount_retries = 1
+stop_timeout = "5s"
+
+[[resource]]
+name = "server"
+type = "process"
+command = ["/usr/bin/python3", "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", "{mountpoint}"]
+ready = {{ tcp = "127.0.0.1:8080" }}
+monitor = {{ interval = "200ms", timeout = "2s" }}
+kill_after = "2s"
+stop_timeout = "5s"
+"#,
+        failback = options.failback,
+        restart_max = options.restart_max,
+        check_duplicate = options.check_duplicate,
+        kill_holders = options.kill_holders,
+    )
+}
+
+/// A 3-node lab with the package applied (not running yet) and the observer sampling.
+struct Fixture {
+    name: String,
+    lab: Lab,
+    mountpoint: PathBuf,
+    started: Instant,
+    observer: Option<Observer>,
+    /// Last: the lab goes down after the observer stopped, also when the test panics.
+    _guard: LabGuard,
+}
+
+impl Fixture {
+    fn new(tag: &str, watchdog: bool, options: PackageOptions) -> Fixture {
+        let started = Instant::now();
+        let (clusterd, clusterctl) = binaries();
+        let name = lab_name(tag);
+        // The LUN's ext4 label is `cl-LAB` and ext4 keeps 16 bytes of a label: a longer one is cut silently and
+        // `LABEL=cl-LAB` would never appear.
+        assert!(name.len() <= 13, "lab name {name} too long for the LUN's label");
+        let guard = LabGuard::new(&name);
+        let lab = Lab::up(&LabSpec {
+            daemon: Daemon::Clusterd { clusterd, clusterctl, watchdog },
+            lun_mib: 64,
+            watchdog,
+            tool: Some(common::clusterlab()),
+            reboot_delay: Duration::from_secs(2),
+            ..LabSpec::bare(&name, 3)
+        })
+        .unwrap_or_else(|error| panic!("lab {name} with clusterd: {error}"));
+        let mountpoint = lab.paths().run_dir().join("srv");
+        let package_file = lab.paths().run_dir().join("web.toml");
+        std::fs::write(&package_file, package_toml(&name, &mountpoint, &options)).unwrap();
+        let mut fixture = Fixture { name, lab, mountpoint, started, observer: None, _guard: guard };
+        fixture.ctl(VIA, &["pkg", "apply", &package_file.display().to_string()]);
+        let observer = Observer::start(
+            &fixture.lab,
+            ObserverSpec {
+                vips: vec![VIP.parse().unwrap()],
+                mounts: vec![fixture.mountpoint.clone()],
+                processes: vec![PROCESS.into()],
+                probes: vec![PROBE.parse().unwrap()],
+                interval: Duration::from_millis(10),
+            },
+            None,
+        )
+        .unwrap();
+        fixture.observer = Some(observer);
+        eprintln!("[{}] lab up and package applied after {:?}", fixture.name, fixture.started.elapsed());
+        fixture
+    }
+
+    fn observer(&self) -> &Observer {
+        self.observer.as_ref().expect("observer running")
+    }
+
+    fn ctl(&self, via: &str, args: &[&str]) -> String {
+        self.lab.clusterctl(via, args).unwrap_or_else(|error| {
+            self.dump();
+            panic!("[{}] clusterctl {args:?} on {via}: {error}", self.name)
+        })
+    }
+
+    /// `pkg status web --output json` through `via`; `None` while it does not answer.
+    fn package(&self, via: &str) -> Option<Value> {
+        let text = self.lab.clusterctl(via, &["pkg", "status", PACKAGE, "--output", "json"]).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Waits until the package's state satisfies `condition`; panics with diagnostics after `timeout`.
+    fn wait_package(&self, what: &str, timeout: Duration, condition: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(package) = self.package(VIA) {
+                if condition(&package) {
+                    return package;
+                }
+                last = Some(package);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.dump();
+        panic!("[{}] timed out after {timeout:?} waiting for {what}; last package state: {last:#?}", self.name);
+    }
+
+    /// Waits until the package runs on `node` by the cluster's account AND as seen from outside: VIP, mount and
+    /// process on `node` only, and the client reaches the VIP. Returns the package state.
+    fn wait_running_on(&self, node: &str, timeout: Duration) -> Value {
+        let begun = Instant::now();
+        let package = self.wait_package(&format!("running on {node}"), timeout, |package| {
+            package["owner"] == node && package["phase"] == "running"
+        });
+        let left = timeout.saturating_sub(begun.elapsed()).max(Duration::from_secs(2));
+        let mount = self.mountpoint.display().to_string();
+        let seen = self.observer().wait_for(left, |observer| {
+            observer.holders(Kind::Vip, VIP) == [node]
+                && observer.holders(Kind::Mount, &mount) == [node]
+                && observer.holders(Kind::Process, PROCESS) == [node]
+                && !observer.holders(Kind::Client, PROBE).is_empty()
+        });
+        if !seen {
+            self.dump();
+            panic!(
+                "[{}] {PACKAGE} is running on {node} for the cluster, but the observer sees vip {:?}, mount {:?}, \
+                 process {:?}, client {:?}",
+                self.name,
+                self.observer().holders(Kind::Vip, VIP),
+                self.observer().holders(Kind::Mount, &mount),
+                self.observer().holders(Kind::Process, PROCESS),
+                self.observer().holders(Kind::Client, PROBE),
+            );
+        }
+        package
+    }
+
+    /// Nothing of the package is active on any node, as seen from outside.
+    fn wait_nothing_active(&self, timeout: Duration) {
+        let mount = self.mountpoint.display().to_string();
+        let gone = self.observer().wait_for(timeout, |observer| {
+            observer.holders(Kind::Vip, VIP).is_empty()
+                && observer.holders(Kind::Mount, &mount).is_empty()
+                && observer.holders(Kind::Process, PROCESS).is_empty()
+        });
+        if !gone {
+            self.dump();
+            panic!("[{}] resources still active after {timeout:?}", self.name);
+        }
+    }
+
+    /// `pkg run web` and wait until it runs on n1 (the preferred node).
+    fn run_on_n1(&self) -> Value {
+        self.ctl(VIA, &["pkg", "run", PACKAGE]);
+        self.wait_running_on("n1", Duration::from_secs(20))
+    }
+
+    /// Pids of the package's process in `node`'s cgroup (and below it).
+    fn process_pids(&self, node: &str) -> Vec<i32> {
+        let mut pids = Vec::new();
+        let mut stack = vec![self.lab.paths().cgroup().join(node)];
+        while let Some(dir) = stack.pop() {
+            if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                pids.extend(text.lines().filter_map(|line| line.parse::<i32>().ok()));
+            }
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        pids.retain(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|comm| comm.trim() == PROCESS).unwrap_or(false)
+        });
+        pids
+    }
+
+    fn events(&self) -> String {
+        self.lab.clusterctl(VIA, &["events"]).unwrap_or_else(|error| format!("(events unavailable: {error})"))
+    }
+
+    /// Prints what helps to understand a failure: events and the tail of every node's log.
+    fn dump(&self) {
+        eprintln!("[{}] ---- events ----\n{}", self.name, self.events());
+        for node in ["n1", "n2", "n3"] {
+            let log = self.lab.paths().node_run_dir(node).join("clusterd.log");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+            eprintln!("[{}] ---- {node} clusterd.log (tail) ----\n{tail}", self.name);
+            // The lab's folder goes away with the lab: keep the whole log for the post-mortem.
+            let kept = std::env::temp_dir().join(format!("clusterlab-{}-{node}.log", self.name));
+            if std::fs::write(&kept, &text).is_ok() {
+                eprintln!("[{}] full log of {node}: {}", self.name, kept.display());
+            }
+        }
+    }
+
+    /// Stops the observer; returns the history with the faults merged in, its end, and the split-brain verdict.
+    fn finish(&mut self) -> (Vec<Record>, u64, SplitBrainReport) {
+        let (records, end_ns) = self.observer.take().expect("observer running").stop();
+        let report = history::check_split_brain(&records, end_ns);
+        eprintln!(
+            "[{}] split brain: {} violation(s), {} uncertain; test time {:?}",
+            self.name,
+            report.violations.len(),
+            report.uncertain.len(),
+            self.started.elapsed()
+        );
+        for overlap in report.violations.iter().chain(&report.uncertain) {
+            eprintln!("[{}]   {overlap:?} ({:.1} ms)", self.name, overlap.millis());
+        }
+        (records, end_ns, report)
+    }
+
+    /// `finish` and require that the checker passed.
+    fn finish_without_split_brain(&mut self) -> Vec<Record> {
+        let (records, _, report) = self.finish();
+        if !report.passed() {
+            self.dump();
+        }
+        assert!(report.passed(), "[{}] split brain: {:#?}", self.name, report.violations);
+        records
+    }
+
+    fn print_timing(&self, records: &[Record], end_ns: u64, fault_ns: u64, fault: &str) {
+        let timing = history::failover_timing(records, end_ns, Kind::Vip, VIP, Some(PROBE), fault_ns);
+        eprintln!("[{}] failover after {fault}: {timing:?}", self.name);
+    }
+}
+
+fn now_ns() -> u64 {
+    cluster_lab::sys::now_ns()
+}
+
+/// The lab's fault log has `fault` for `node` at or after `after_ns`.
+fn fault_recorded(lab: &Lab, fault: &str, node: &str, after_ns: u64) -> bool {
+    let text = std::fs::read_to_string(lab.paths().fault_log()).unwrap_or_default();
+    history::parse_jsonl(&text)
+        .iter()
+        .any(|record| record.resource == fault && record.node == node && record.t_ns >= after_ns)
+}
+
+fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn killed_owner_fails_over_to_the_next_node_and_the_client_reaches_the_vip() {
+    if !require_root("killed_owner_fails_over_to_the_next_node_and_the_client_reaches_the_vip") {
+        return;
+    }
+    let mut fixture = Fixture::new("fokill", false, PackageOptions::default());
+    let before = fixture.run_on_n1();
+    let fault_ns = now_ns();
+    fixture.lab.kill("n1").unwrap();
+    let after = fixture.wait_running_on("n2", Duration::from_secs(20));
+    assert!(after["epoch"].as_u64() > before["epoch"].as_u64(), "a new owner means a new epoch: {after}");
+    let records = fixture.finish_without_split_brain();
+    let end_ns = records.last().map_or(now_ns(), |record| record.t_ns);
+    fixture.print_timing(&records, end_ns, fault_ns, "kill n1");
+}
+
+#[test]
+fn partitioned_owner_stops_its_package_before_the_majority_starts_it() {
+    if !require_root("partitioned_owner_stops_its_package_before_the_majority_starts_it") {
+        return;
+    }
+    let mut fixture = Fixture::new("fopart", false, PackageOptions::default());
+    fixture.run_on_n1();
+    let fault_ns = now_ns();
+    fixture.lab.partition(&"n1 / n2,n3".parse().unwrap()).unwrap();
+    fixture.wait_running_on("n2", Duration::from_secs(20));
+    let records = fixture.finish_without_split_brain();
+    // n1 stopped by itself (it is still powered and its clusterd runs): its VIP interval ended. Its last sample
+    // that saw the VIP (`prev_t_ns` of the first sample without it) precedes n2's first sample with it.
+    let n1_vip_end = records
+        .iter()
+        .filter(|record| record.kind == Kind::Vip && record.node == "n1" && !record.active && record.t_ns > fault_ns)
+        .map(|record| record.prev_t_ns)
+        .min()
+        .expect("n1 removed the VIP after the partition");
+    let n2_vip_start = records
+        .iter()
+        .filter(|record| record.kind == Kind::Vip && record.node == "n2" && record.active && record.t_ns > fault_ns)
+        .map(|record| record.t_ns)
+        .min()
+        .expect("n2 added the VIP after the partition");
+    assert!(n1_vip_end <= n2_vip_start, "n1 stopped at {n1_vip_end} ns, n2 started at {n2_vip_start} ns");
+    eprintln!(
+        "[{}] n1 stopped {:.0} ms after the partition, n2 started {:.0} ms after it",
+        fixture.name,
+        (n1_vip_end - fault_ns) as f64 / 1e6,
+        (n2_vip_start - fault_ns) as f64 / 1e6
+    );
+    let end_ns = records.last().map_or(now_ns(), |record| record.t_ns);
+    fixture.print_timing(&records, end_ns, fault_ns, "partition n1 / n2,n3");
+}
+
+#[test]
+fn paused_owner_is_reset_by_its_watchdog_without_overlap() {
+    if !require_root("paused_owner_is_reset_by_its_watchdog_without_overlap") {
+        return;
+    }
+    let mut fixture = Fixture::new("fowdpa", true, PackageOptions::default());
+    fixture.run_on_n1();
+    let status = fixture.lab.cluster_status(VIA).unwrap();
+    let n1 = status["nodes"].as_array().unwrap().iter().find(|node| node["name"] == "n1").cloned();
+    assert_eq!(n1.as_ref().map(|node| node["protection"].clone()), Some(Value::from("watchdog")), "{status:#}");
+    let fault_ns = now_ns();
+    // Longer than the lease (1 s): the watchdog (armed with the stop budget) must fire long before the end.
+    fixture.lab.pause("n1").unwrap();
+    fixture.wait_running_on("n2", Duration::from_secs(20));
+    assert!(
+        wait_until(Duration::from_secs(3), || fault_recorded(&fixture.lab, "watchdog-reset", "n1", fault_ns)),
+        "the watchdog of n1 reset it"
+    );
+    let records = fixture.finish_without_split_brain();
+    let end_ns = records.last().map_or(now_ns(), |record| record.t_ns);
+    fixture.print_timing(&records, end_ns, fault_ns, "pause of n1's clusterd (watchdog)");
+}
+
+#[test]
+fn restarted_daemon_adopts_its_running_package_without_restarting_it() {
+    if !require_root("restarted_daemon_adopts_its_running_package_without_restarting_it") {
+        return;
+    }
+    let mut fixture = Fixture::new("foadopt", false, PackageOptions::default());
+    // Lease-only: the package's resources stay up while clusterd is down, so the restart must be back before the
+    // lease ends (otherwise this is the pause case). On a loaded 2-core machine a restart up to READY=1 takes
+    // more than the default 1 s lease; 4 s keeps the test about adoption.
+    fixture.ctl(VIA, &["cluster", "set", "lease", "4s"]);
+    let before = fixture.run_on_n1();
+    let pids_before = fixture.process_pids("n1");
+    assert_eq!(pids_before.len(), 1, "one server process on n1: {pids_before:?}");
+    let restarted_ns = now_ns();
+    fixture.lab.kill_daemon("n1").unwrap();
+    let restart = Instant::now();
+    fixture.lab.start_daemon("n1").unwrap();
+    eprintln!("[{}] clusterd on n1 restarted (READY=1) after {:?}", fixture.name, restart.elapsed());
+    let log = fixture.lab.paths().node_run_dir("n1").join("clusterd.log");
+    let adopted = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).map(|text| text.matches("adopted: every resource").count() >= 1).unwrap_or(false)
+    });
+    assert!(adopted, "the restarted clusterd adopted the package (see {})", log.display());
+    // Let a few monitor rounds and controller ticks pass: nothing may restart or move it.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = fixture.wait_running_on("n1", Duration::from_secs(5));
+    let pids_after = fixture.process_pids("n1");
+    if after["epoch"] != before["epoch"] || pids_after != pids_before {
+        fixture.dump();
+    }
+    assert_eq!(after["epoch"], before["epoch"], "same epoch: {after:#}");
+    assert_eq!(pids_after, pids_before, "the same server process");
+    let records = fixture.finish_without_split_brain();
+    let interrupted: Vec<&Record> = records
+        .iter()
+        .filter(|record| record.t_ns >= restarted_ns && record.kind != Kind::Fault && record.kind != Kind::Client)
+        .filter(|record| !record.active)
+        .collect();
+    assert!(interrupted.is_empty(), "no resource went down during the daemon restart: {interrupted:#?}");
+}
+
+#[test]
+fn killed_daemon_without_restart_is_reset_by_the_watchdog_then_fails_over() {
+    if !require_root("killed_daemon_without_restart_is_reset_by_the_watchdog_then_fails_over") {
+        return;
+    }
+    let mut fixture = Fixture::new("fowdkl", true, PackageOptions::default());
+    fixture.run_on_n1();
+    let fault_ns = now_ns();
+    fixture.lab.kill_daemon("n1").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || fault_recorded(&fixture.lab, "watchdog-reset", "n1", fault_ns)),
+        "the watchdog of n1 reset it"
+    );
+    let reset_ns = history::parse_jsonl(&std::fs::read_to_string(fixture.lab.paths().fault_log()).unwrap())
+        .iter()
+        .find(|record| record.resource == "watchdog-reset" && record.node == "n1" && record.t_ns >= fault_ns)
+        .map(|record| record.t_ns)
+        .unwrap();
+    fixture.wait_running_on("n2", Duration::from_secs(20));
+    let records = fixture.finish_without_split_brain();
+    let n2_start = records
+        .iter()
+        .filter(|record| record.kind == Kind::Vip && record.node == "n2" && record.active)
+        .map(|record| record.t_ns)
+        .min()
+        .unwrap();
+    assert!(reset_ns < n2_start, "reset first ({reset_ns}), then n2 started ({n2_start})");
+    eprintln!(
+        "[{}] watchdog reset {:.0} ms after kill-daemon, n2 started {:.0} ms after it",
+        fixture.name,
+        (reset_ns - fault_ns) as f64 / 1e6,
+        (n2_start - fault_ns) as f64 / 1e6
+    );
+}
+
+#[test]
+fn paused_owner_in_lease_only_mode_is_warned_about_and_overlaps() {
+    if !require_root("paused_owner_in_lease_only_mode_is_warned_about_and_overlaps") {
+        return;
+    }
+    let options = PackageOptions { check_duplicate: false, ..PackageOptions::default() };
+    let mut fixture = Fixture::new("folopa", false, options);
+    let status = fixture.lab.cluster_status(VIA).unwrap();
+    let warnings: Vec<String> =
+        status["warnings"].as_array().unwrap().iter().filter_map(|w| w.as_str().map(String::from)).collect();
+    assert!(
+        warnings.iter().any(|warning| warning.contains("n1") && warning.contains("lease-only")),
+        "status warns about lease-only mode: {warnings:#?}"
+    );
+    let text = fixture.ctl(VIA, &["status"]);
+    assert!(text.contains("lease-only"), "the text status warns too:\n{text}");
+    fixture.run_on_n1();
+    let fault_ns = now_ns();
+    fixture.lab.pause("n1").unwrap();
+    // The documented limitation: the paused n1 keeps everything while n2 takes the package over.
+    fixture.wait_package("running on n2", Duration::from_secs(20), |package| {
+        package["owner"] == "n2" && package["phase"] == "running"
+    });
+    assert!(fixture.observer().wait_for(Duration::from_secs(5), |observer| {
+        let holders = observer.holders(Kind::Vip, VIP);
+        holders.contains(&"n1".to_string()) && holders.contains(&"n2".to_string())
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    fixture.lab.resume("n1").unwrap();
+    // Once it runs again, n1 sees its lease is over and stops its copy.
+    fixture.wait_running_on("n2", Duration::from_secs(20));
+    let (records, end_ns, report) = fixture.finish();
+    // FIXME(lease-only): S1 does not hold for a paused clusterd without watchdog or fencing (docs/safety.md (d)).
+    // This asserts the limitation as it is, so that a change in it is noticed.
+    assert!(!report.passed(), "the checker reports the overlap of a paused lease-only owner");
+    let vip_overlap = report
+        .violations
+        .iter()
+        .find(|overlap| overlap.kind == Kind::Vip)
+        .expect("the VIP was active on two nodes at once");
+    eprintln!(
+        "[{}] lease-only pause: VIP active on {:?} at once for {:.0} ms (documented limitation)",
+        fixture.name,
+        vip_overlap.nodes,
+        vip_overlap.millis()
+    );
+    fixture.print_timing(&records, end_ns, fault_ns, "pause of n1's clusterd (lease-only)");
+}
+
+#[test]
+fn failing_process_restarts_locally_then_relocates() {
+    if !require_root("failing_process_restarts_locally_then_relocates") {
+        return;
+    }
+    let options = PackageOptions { restart_max: 2, ..PackageOptions::default() };
+    let mut fixture = Fixture::new("foproc", false, options);
+    fixture.run_on_n1();
+    for round in 1..=3 {
+        let pids = fixture.process_pids("n1");
+        assert_eq!(pids.len(), 1, "round {round}: one server process on n1: {pids:?}");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+        if round < 3 {
+            // Within the budget: restarted on n1, by a new process.
+            let package = fixture.wait_package(&format!("local restart {round}"), Duration::from_secs(20), |package| {
+                package["restarts"].as_u64() == Some(round) && package["phase"] == "running"
+            });
+            assert_eq!(package["owner"], "n1");
+            fixture.wait_running_on("n1", Duration::from_secs(10));
+            assert_ne!(fixture.process_pids("n1"), pids, "round {round}: a new process");
+        }
+    }
+    let package = fixture.wait_running_on("n2", Duration::from_secs(20));
+    let banned: Vec<&str> = package["banned"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(banned, ["n1"], "n1 is excluded until pkg cleanup: {package:#}");
+    let events = fixture.events();
+    assert!(events.contains("local restart 2") && events.contains("restart budget exhausted"), "{events}");
+    fixture.finish_without_split_brain();
+}
+
+#[test]
+fn move_stop_standby_and_manual_failback() {
+    if !require_root("move_stop_standby_and_manual_failback") {
+        return;
+    }
+    let mut fixture = Fixture::new("fomove", false, PackageOptions::default());
+    fixture.run_on_n1();
+    let moved = Instant::now();
+    fixture.ctl(VIA, &["pkg", "move", PACKAGE, "--to", "n2"]);
+    fixture.wait_running_on("n2", Duration::from_secs(20));
+    eprintln!("[{}] pkg move to n2 done (seen from outside) after {:?}", fixture.name, moved.elapsed());
+
+    fixture.ctl(VIA, &["pkg", "stop", PACKAGE]);
+    fixture.wait_package("stopped", Duration::from_secs(20), |package| {
+        package["phase"] == "stopped" && package["owner"].is_null()
+    });
+    fixture.wait_nothing_active(Duration::from_secs(5));
+
+    // The move left no constraint behind: a new run goes to the preferred node.
+    fixture.run_on_n1();
+    fixture.ctl(VIA, &["node", "standby", "n1"]);
+    fixture.wait_running_on("n2", Duration::from_secs(20));
+    fixture.ctl(VIA, &["node", "online", "n1"]);
+    // failback = "manual": it stays on n2.
+    std::thread::sleep(Duration::from_secs(3));
+    fixture.wait_running_on("n2", Duration::from_secs(2));
+    fixture.finish_without_split_brain();
+}
+
+#[test]
+fn auto_failback_returns_to_the_preferred_node() {
+    if !require_root("auto_failback_returns_to_the_preferred_node") {
+        return;
+    }
+    let options = PackageOptions { failback: "auto", ..PackageOptions::default() };
+    let mut fixture = Fixture::new("foback", false, options);
+    fixture.run_on_n1();
+    fixture.ctl(VIA, &["node", "standby", "n1"]);
+    fixture.wait_running_on("n2", Duration::from_secs(20));
+    fixture.ctl(VIA, &["node", "online", "n1"]);
+    fixture.wait_running_on("n1", Duration::from_secs(20));
+    fixture.finish_without_split_brain();
+}
+
+/// Holds the package's filesystem busy on `node` (a process with its working directory there).
+fn hold_filesystem(fixture: &Fixture, node: &str) -> std::process::Child {
+    let script = format!("cd {} && exec sleep 600", fixture.mountpoint.display());
+    let argv: Vec<String> = vec!["sh".into(), "-c".into(), script];
+    let child = fixture.lab.node_command(node, &argv).unwrap().spawn().unwrap();
+    let cwd_inside = wait_until(Duration::from_secs(5), || {
+        std::fs::read_link(format!("/proc/{}/cwd", child.id())).is_ok_and(|cwd| cwd == fixture.mountpoint)
+    });
+    assert!(cwd_inside, "the holder runs inside the mount");
+    child
+}
+
+/// A `clusterlab fence-agent` wrapper (fence agents run without arguments).
+fn fence_wrapper(fixture: &Fixture) -> PathBuf {
+    let path = fixture.lab.paths().run_dir().join("fence_clusterlab");
+    let mut file = std::fs::File::create(&path).unwrap();
+    writeln!(file, "#!/bin/sh\nexec {} fence-agent", common::clusterlab().display()).unwrap();
+    drop(file);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn failed_stop_with_fencing_fences_the_node_then_relocates() {
+    if !require_root("failed_stop_with_fencing_fences_the_node_then_relocates") {
+        return;
+    }
+    let options = PackageOptions { kill_holders: false, ..PackageOptions::default() };
+    let mut fixture = Fixture::new("fofence", false, options);
+    // The controller (leader) runs fence agents: keep it off the node to fence.
+    fixture.ctl(VIA, &["cluster", "transfer-leader", "n3"]);
+    let wrapper = fence_wrapper(&fixture).display().to_string();
+    let lab_param = format!("lab={}", fixture.name);
+    fixture.ctl(VIA, &["cluster", "fence", "set", "n1", &wrapper, &lab_param]);
+    fixture.run_on_n1();
+    let mut holder = hold_filesystem(&fixture, "n1");
+    let fault_ns = now_ns();
+    fixture.ctl(VIA, &["pkg", "move", PACKAGE, "--to", "n2"]);
+    fixture.wait_running_on("n2", Duration::from_secs(30));
+    let _ = holder.wait();
+    let lab = Lab::open(&fixture.name).unwrap();
+    assert!(!lab.node("n1").unwrap().powered, "n1 was powered off by the fence agent");
+    let events = fixture.events();
+    assert!(events.contains("fenced"), "the events record the fence:\n{events}");
+    let records = fixture.finish_without_split_brain();
+    let end_ns = records.last().map_or(now_ns(), |record| record.t_ns);
+    fixture.print_timing(&records, end_ns, fault_ns, "move with a failing stop (fenced)");
+}
+
+#[test]
+fn failed_stop_without_fencing_blocks_until_cleanup() {
+    if !require_root("failed_stop_without_fencing_blocks_until_cleanup") {
+        return;
+    }
+    let options = PackageOptions { kill_holders: false, ..PackageOptions::default() };
+    let mut fixture = Fixture::new("foblock", false, options);
+    fixture.run_on_n1();
+    let mut holder = hold_filesystem(&fixture, "n1");
+    fixture.ctl(VIA, &["pkg", "move", PACKAGE, "--to", "n2"]);
+    let package = fixture.wait_package("blocked", Duration::from_secs(20), |package| package["phase"] == "blocked");
+    assert_eq!(package["owner"], "n1");
+    let reason = package["blocked_reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("clusterctl pkg cleanup web"), "the reason says how to resolve it: {reason}");
+    let status = fixture.ctl(VIA, &["status"]);
+    assert!(
+        status.contains("BLOCKED") && status.contains("clusterctl pkg cleanup web"),
+        "status says it loudly:\n{status}"
+    );
+    // Never started elsewhere while blocked.
+    std::thread::sleep(Duration::from_secs(2));
+    let mount = fixture.mountpoint.display().to_string();
+    assert_eq!(fixture.observer().holders(Kind::Mount, &mount), ["n1"]);
+    assert_eq!(fixture.package(VIA).unwrap()["phase"], "blocked");
+    // The operator stops what holds the mount and vouches that n1 runs nothing of the package.
+    holder.kill().unwrap();
+    let _ = holder.wait();
+    fixture.wait_nothing_active(Duration::from_secs(10));
+    fixture.ctl(VIA, &["pkg", "cleanup", PACKAGE]);
+    fixture.wait_running_on("n2", Duration::from_secs(20));
+    fixture.finish_without_split_brain();
+}
