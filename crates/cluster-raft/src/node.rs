@@ -92,6 +92,8 @@ pub struct ConsensusNode {
     election: Arc<ElectionClock>,
     timing: Timing,
     recovery: RecoveryReport,
+    /// The start and result of the last leadership confirmation (see `confirm_leadership`).
+    read_barrier: tokio::sync::Mutex<Option<(Instant, u64)>>,
 }
 
 impl ConsensusNode {
@@ -132,6 +134,7 @@ impl ConsensusNode {
             election: Arc::new(ElectionClock::new()),
             timing,
             recovery,
+            read_barrier: tokio::sync::Mutex::new(None),
         });
         tokio::spawn(driver(Arc::downgrade(&node)));
         Ok(node)
@@ -534,20 +537,40 @@ impl ConsensusNode {
     }
 
     /// Confirms leadership with a quorum round; returns the log index every read (and every lease
-    /// grant) is linearized after.
+    /// grant) is linearized after, once it is applied here.
+    ///
+    /// Concurrent callers share rounds: a caller reuses the result of a round that *started* after
+    /// it arrived (so it is still linearizable), and at most one round is in flight. openraft gives a
+    /// round only one heartbeat interval to hear a quorum; a round that misses it on a busy host is
+    /// retried until the request timeout instead of failing a read on a healthy cluster.
     pub async fn confirm_leadership(&self) -> Result<u64> {
-        let read = self
+        let arrived = Instant::now();
+        let mut last_round = self.read_barrier.lock().await;
+        if let Some((started, index)) = *last_round {
+            if started >= arrived {
+                return Ok(index);
+            }
+        }
+        let started = Instant::now();
+        let index = self
             .within("linearizable read", self.timing.request_timeout, async {
-                self.raft.ensure_linearizable().await.map_err(|err| match err {
-                    RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)) => self.not_leader(),
-                    RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err)) => {
-                        ConsensusError::NoQuorum(format!("linearizable read: {err}"))
+                loop {
+                    match self.raft.ensure_linearizable().await {
+                        Ok(read) => return Ok(read.map_or(0, |log_id| log_id.index)),
+                        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                            return Err(self.not_leader())
+                        }
+                        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err))) => {
+                            tracing::debug!(error = %err, "quorum round of a read missed its deadline, retrying");
+                            tokio::time::sleep(self.timing.heartbeat / 5).await;
+                        }
+                        Err(RaftError::Fatal(err)) => return Err(ConsensusError::Fatal(err.to_string())),
                     }
-                    RaftError::Fatal(err) => ConsensusError::Fatal(err.to_string()),
-                })
+                }
             })
             .await?;
-        Ok(read.map_or(0, |log_id| log_id.index))
+        *last_round = Some((started, index));
+        Ok(index)
     }
 
     /// Whether this node is the leader now, and in which term.
