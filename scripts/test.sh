@@ -14,12 +14,11 @@ echo "== build"
 cargo build --workspace --all-targets --locked
 bin=target/debug
 
+export CLUSTERD_BIN="$PWD/$bin/clusterd" CLUSTERCTL_BIN="$PWD/$bin/clusterctl"
 echo "== short benchmarks (the full ones: docs/benchmarks.md)"
-"$bin/clusterbench" --clusterd "$bin/clusterd" --clusterctl "$bin/clusterctl" --quick
+"$bin/clusterbench" --quick
 "$bin/clusterlab" --name cibench down >/dev/null 2>&1 || true
-CLUSTERD_BIN="$bin/clusterd" CLUSTERCTL_BIN="$bin/clusterctl" \
-  "$bin/clusterlab" --name cibench bench-keepalived --trials 2 --advert-int 1 --split-hold 2
+"$bin/clusterlab" --name cibench bench-keepalived --trials 2 --advert-int 1 --split-hold 2
 
 echo "== tests"
-export CLUSTERD_BIN="$PWD/$bin/clusterd" CLUSTERCTL_BIN="$PWD/$bin/clusterctl"
 cargo nextest run --workspace --locked --no-fail-fast
