@@ -584,6 +584,12 @@ impl ConsensusNode {
         self.raft.metrics().borrow().last_applied.map_or(0, |id| id.index)
     }
 
+    /// Waits (at most `limit`) until an entry after `index` is applied; returns the applied index.
+    pub async fn wait_applied_after(&self, index: u64, limit: Duration) -> u64 {
+        let _ = self.raft.wait(Some(limit)).applied_index_at_least(Some(index + 1), "state change").await;
+        self.applied_index()
+    }
+
     /// Every member (voters and learners).
     pub fn members(&self) -> Vec<NodeInfo> {
         self.membership().nodes().map(|(_, node)| node.clone()).collect()

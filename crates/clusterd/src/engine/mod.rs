@@ -147,16 +147,18 @@ impl Engine {
     }
 }
 
-/// Publishes the applied state whenever the applied index moves.
+/// Publishes the applied state whenever the applied index moves (woken by Raft, not polled).
 async fn publish_snapshots(engine: Arc<Engine>) {
     let mut last = None;
     loop {
-        let applied = engine.node.applied_index();
+        let applied = match last {
+            None => engine.node.applied_index(),
+            Some(index) => engine.node.wait_applied_after(index, Duration::from_secs(1)).await,
+        };
         if last != Some(applied) {
             let state = engine.node.read_local(|state| state.clone());
             engine.snapshot.send_replace(Arc::new(Snapshot { state, applied }));
             last = Some(applied);
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
