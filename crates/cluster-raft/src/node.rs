@@ -108,8 +108,13 @@ impl ConsensusNode {
         let config = Config {
             cluster_name: "clusterd".into(),
             heartbeat_interval: timing.heartbeat.as_millis() as u64,
-            election_timeout_min: timing.election_timeout_min.as_millis() as u64,
-            election_timeout_max: timing.election_timeout_max.as_millis() as u64,
+            // openraft's own election timer is off; what remains of these two values is the
+            // follower's "leader lease" (= election_timeout_max), during which it refuses votes.
+            // It must end before our driver's shortest timeout, or every candidate is refused by
+            // its peer and the two survivors of a dead leader re-campaign in a loop (seen in the
+            // lab: term 1 → 20, up to 12 s without a leader).
+            election_timeout_min: openraft_lease(timing).as_millis() as u64 - 1,
+            election_timeout_max: openraft_lease(timing).as_millis() as u64,
             // Elections are driven by election.rs (pre-vote, fresh random timeouts).
             enable_elect: false,
             // Snapshots are triggered by the snapshot_period setting of the replicated state.
@@ -735,6 +740,12 @@ impl ConsensusNode {
             tracing::warn!(error = %err, "raft shutdown");
         }
     }
+}
+
+/// The follower leader lease we give openraft: shorter than our shortest election timeout, and
+/// longer than two heartbeats.
+fn openraft_lease(timing: Timing) -> Duration {
+    (timing.election_timeout_min * 9 / 10).max(timing.heartbeat * 2 + Duration::from_millis(2))
 }
 
 /// Encodes a peer RPC answer.

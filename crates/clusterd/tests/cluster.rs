@@ -77,6 +77,9 @@ async fn two_survivors_elect_a_leader_every_time() {
         let started = Instant::now();
         let new_leader = cluster.wait_leader(Duration::from_secs(5)).await;
         elections.push(started.elapsed());
+        // Regression: when openraft's follower lease outlived our election timeout, every vote
+        // was refused and the survivors re-campaigned for up to 12 s (term 1 → 20).
+        assert!(started.elapsed() < Duration::from_secs(3), "trial {trial}: election storm, {:?}", started.elapsed());
         assert_ne!(new_leader, leader, "trial {trial}");
         kv_set(&cluster.nodes[cluster.index_of(&new_leader)].socket, "trial", &trial.to_string()).await;
         cluster.start(index);
