@@ -9,6 +9,7 @@
 //! - [`linearizability`]: a per-key Wing–Gong checker for key-value histories (pure).
 //! - [`nemesis`]: random fault schedules from a seed (pure) and the key-value nemesis run.
 //! - [`keepalived`]: keepalived nodes and the failover benchmark, generic over what owns the VIP.
+//! - [`failover_bench`]: clusterd and keepalived failover side by side, phases, `pkg move`, scale.
 //! - [`watchdog`]: the emulated watchdog devices and the lab supervisor that serves them.
 //! - [`fence`]: the lab fence agent (fence-agents convention).
 //!
@@ -16,6 +17,7 @@
 //! routes, firewall) and every namespace, mount, loop device, cgroup and process it creates is found again and
 //! removed by [`lab::Lab::down`] from names alone, without the state file.
 
+pub mod failover_bench;
 pub mod fence;
 pub mod history;
 pub mod keepalived;

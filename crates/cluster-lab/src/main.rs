@@ -15,7 +15,7 @@ use cluster_lab::lab::{Daemon, KeepalivedConfig, Lab, LabGuard, LabSpec};
 use cluster_lab::nemesis::{self, FaultKind, NemesisOptions};
 use cluster_lab::observer::{Observer, ObserverSpec};
 use cluster_lab::partition::Partition;
-use cluster_lab::{fence, watchdog};
+use cluster_lab::{failover_bench, fence, watchdog};
 
 #[derive(Parser)]
 #[command(name = "clusterlab", about = "clusterd test lab: clusters in network namespaces, faults, observer, checkers")]
@@ -162,6 +162,12 @@ enum Command {
         /// Write the operation history (JSON lines) here.
         #[arg(long)]
         history: Option<PathBuf>,
+        /// Also run a package (VIP 192.0.2.100 + an HTTP server) and check it for split brain.
+        #[arg(long)]
+        packages: bool,
+        /// Emulated watchdog per node (for `pause` with packages).
+        #[arg(long)]
+        watchdog: bool,
         #[command(flatten)]
         binaries: Binaries,
     },
@@ -180,6 +186,35 @@ enum Command {
         /// Write the JSON report here.
         #[arg(long)]
         report: Option<PathBuf>,
+    },
+    /// Failover benchmarks of the failover engine: clusterd (defaults, 50/300) and keepalived (defaults, tuned)
+    /// after `kill` of the owner, phases, `pkg move` switchover, in one run (labs NAME1..NAME4).
+    BenchFailover {
+        /// clusterd kill trials per category (owner is / is not the Raft leader).
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// keepalived kill trials per setting.
+        #[arg(long, default_value_t = 20)]
+        keepalived_trials: usize,
+        /// `pkg move` trials.
+        #[arg(long, default_value_t = 20)]
+        move_trials: usize,
+        /// keepalived's tuned advert_int.
+        #[arg(long, default_value = "0.1")]
+        tuned_advert_int: String,
+        #[arg(long, default_value_t = 5)]
+        interval_ms: u64,
+        /// Seed of the kill phases.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// CI mode: 2 trials of each kind.
+        #[arg(long)]
+        quick: bool,
+        /// Write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        #[command(flatten)]
+        binaries: Binaries,
     },
     /// Fence agent (fence-agents convention: name=value lines on stdin).
     FenceAgent,
@@ -336,7 +371,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let end_ns = records.iter().map(|record| record.t_ns).max().unwrap_or(0);
             return Ok(report_history(&records, end_ns));
         }
-        Command::Nemesis { duration, faults, seed, clients, nodes, use_existing, history: history_path, binaries } => {
+        Command::Nemesis {
+            duration,
+            faults,
+            seed,
+            clients,
+            nodes,
+            use_existing,
+            history: history_path,
+            packages,
+            watchdog,
+            binaries,
+        } => {
             let faults: Vec<FaultKind> =
                 faults.split(',').filter(|fault| !fault.trim().is_empty()).map(str::parse).collect::<Result<_, _>>()?;
             let seed = seed.unwrap_or_else(cluster_lab::sys::now_ns);
@@ -348,7 +394,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let (clusterd, clusterctl) = binaries.resolve()?;
                 _guard = LabGuard::new(&name);
                 Lab::up(&LabSpec {
-                    daemon: Daemon::Clusterd { clusterd, clusterctl, watchdog: false },
+                    daemon: Daemon::Clusterd { clusterd, clusterctl, watchdog },
+                    watchdog,
                     ..LabSpec::bare(&name, nodes)
                 })
                 .with_context(|| format!("failed to bring lab {name} up"))?
@@ -360,8 +407,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 clients,
                 operation_timeout: Duration::from_secs(5),
             };
-            let report = nemesis::run_kv_nemesis(&mut lab, &options, &mut |line| println!("{line}"))
-                .context("nemesis run failed")?;
+            let mut split_brain = Vec::new();
+            let report = if packages {
+                let (clusterd, clusterctl) = binaries.resolve()?;
+                let package = failover_bench::ClusterdVip {
+                    clusterd,
+                    clusterctl,
+                    heartbeat: None,
+                    lease: None,
+                    vip: "192.0.2.100".parse().expect("valid address"),
+                };
+                let result =
+                    failover_bench::run_package_nemesis(&mut lab, &package, &options, &mut |line| println!("{line}"))
+                        .context("nemesis run failed")?;
+                println!(
+                    "package web: split brain {} (uncertain within one sample: {}), running and served at the end: {}",
+                    if result.split_brain.is_empty() {
+                        "none".to_string()
+                    } else {
+                        result.split_brain.len().to_string()
+                    },
+                    result.uncertain.len(),
+                    result.running_at_end
+                );
+                split_brain = result.split_brain;
+                result.kv
+            } else {
+                nemesis::run_kv_nemesis(&mut lab, &options, &mut |line| println!("{line}"))
+                    .context("nemesis run failed")?
+            };
             if let Some(path) = history_path {
                 let text: String = report
                     .history
@@ -374,8 +448,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{} operations ({} acknowledged, {} unknown) on {} keys",
                 report.operations, report.acknowledged, report.unknown, report.keys
             );
-            if report.passed() {
-                println!("verdict: PASS (linearizable, no lost acknowledged write); seed {seed}");
+            if report.passed() && split_brain.is_empty() {
+                println!(
+                    "verdict: PASS (linearizable, no lost acknowledged write{}); seed {seed}",
+                    if packages { ", no split brain of the package" } else { "" }
+                );
             } else {
                 for (key, why) in &report.failures {
                     println!("key {key}: {why}");
@@ -408,6 +485,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if let Some(path) = report {
                 std::fs::write(&path, serde_json::to_string_pretty(&reports)?)
+                    .with_context(|| format!("failed to write {}", path.display()))?;
+            }
+        }
+        Command::BenchFailover {
+            trials,
+            keepalived_trials,
+            move_trials,
+            tuned_advert_int,
+            interval_ms,
+            seed,
+            quick,
+            report,
+            binaries,
+        } => {
+            let (clusterd, clusterctl) = binaries.resolve()?;
+            let (trials, keepalived_trials, move_trials) =
+                if quick { (2, 2, 2) } else { (trials, keepalived_trials, move_trials) };
+            let options = failover_bench::FailoverBenchOptions {
+                lab: name.clone(),
+                trials,
+                keepalived_trials,
+                move_trials,
+                interval: Duration::from_millis(interval_ms),
+                seed,
+                clusterd,
+                clusterctl,
+                tuned_advert_int,
+            };
+            let result =
+                failover_bench::run(&options, &mut |line| println!("{line}")).context("failover benchmark failed")?;
+            println!("{}", failover_bench::render(&result));
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_string_pretty(&result)?)
                     .with_context(|| format!("failed to write {}", path.display()))?;
             }
         }

@@ -108,8 +108,8 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Why `node` cannot take `package` now, or `None` if it can.
-    fn exclusion(&self, package: &PackageState, node: &str) -> Option<String> {
+    /// Why `node` cannot take `package` whatever its lease, or `None`.
+    fn static_exclusion(&self, package: &PackageState, node: &str) -> Option<String> {
         if !package.def.nodes.is_empty() && !package.def.nodes.iter().any(|n| n == node) {
             return Some("not in the package's nodes list".into());
         }
@@ -122,11 +122,16 @@ impl<'a> Planner<'a> {
         if self.state.nodes.get(node).is_some_and(|record| record.standby) {
             return Some("in standby".into());
         }
-        match self.liveness(node) {
+        None
+    }
+
+    /// Why `node` cannot take `package` now, or `None` if it can.
+    fn exclusion(&self, package: &PackageState, node: &str) -> Option<String> {
+        self.static_exclusion(package, node).or_else(|| match self.liveness(node) {
             Liveness::Alive => None,
             Liveness::Unknown => Some("lease not confirmed by this leader yet".into()),
             Liveness::Expired => Some("lease expired (node unreachable)".into()),
-        }
+        })
     }
 
     /// The node the package should go to, excluding `avoid`.
@@ -141,8 +146,23 @@ impl<'a> Planner<'a> {
             .into_iter()
             .filter(|node| Some(node.as_str()) != avoid && self.exclusion(package, node).is_none())
             .collect();
+        // A node that is only "unknown" (a new leader has not heard it yet) may be fine a heartbeat
+        // later: do not pass over a more preferred node for that, wait for its lease to be known.
+        let undecided = |node: &String| {
+            Some(node.as_str()) != avoid
+                && self.liveness(node) == Liveness::Unknown
+                && self.static_exclusion(package, node).is_none()
+        };
         match package.def.failover {
-            Failover::Ordered => candidates.into_iter().next(),
+            Failover::Ordered => {
+                let first = candidates.into_iter().next()?;
+                let preference = self.preference(package);
+                let rank = preference.iter().position(|n| *n == first).unwrap_or(usize::MAX);
+                if preference.iter().take(rank).any(undecided) {
+                    return None;
+                }
+                Some(first)
+            }
             Failover::LeastLoaded => candidates
                 .into_iter()
                 .enumerate()

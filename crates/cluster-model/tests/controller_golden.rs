@@ -139,7 +139,11 @@ fn placement() {
             .package("web", "failover = \"least-loaded\""),
     );
     check_plan(
-        "standby_and_unconfirmed_nodes_are_skipped",
+        "standby_node_is_skipped",
+        &Scenario::new().package("web", "").with(Command::NodeStandby { name: "n1".into(), standby: true, at_ms: 3 }),
+    );
+    check_plan(
+        "a_preferred_node_with_an_unknown_lease_is_waited_for",
         &Scenario::new()
             .package("web", "")
             .with(Command::NodeStandby { name: "n1".into(), standby: true, at_ms: 3 })

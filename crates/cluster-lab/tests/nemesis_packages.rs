@@ -1,0 +1,81 @@
+//! Root test with real `clusterd` nodes and the emulated watchdog: a short nemesis run (kill, kill-daemon,
+//! pause, partition, flap) over a package (VIP + HTTP server) and the key-value store must find no split brain
+//! of the package's VIP or process and a linearizable key-value history.
+//!
+//! Binaries: `CLUSTERD_BIN` / `CLUSTERCTL_BIN`, else `clusterd`/`clusterctl` next to this test's target folder,
+//! built with `cargo build -p clusterd -p clusterctl` into the same target folder when missing.
+//! Length: `CLUSTERLAB_NEMESIS_SECS` (default 60 s of faults); seed: `CLUSTERLAB_SEED` (default 5).
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cluster_lab::failover_bench::{self, ClusterdVip};
+use cluster_lab::lab::{Daemon, Lab, LabGuard, LabSpec};
+use cluster_lab::nemesis::{FaultKind, NemesisOptions};
+use common::{lab_name, require_root};
+
+fn binaries() -> (PathBuf, PathBuf) {
+    if let (Ok(clusterd), Ok(clusterctl)) = (std::env::var("CLUSTERD_BIN"), std::env::var("CLUSTERCTL_BIN")) {
+        return (clusterd.into(), clusterctl.into());
+    }
+    // target/<profile>/deps/nemesis_packages-HASH → target/<profile>/
+    let profile_dir = std::env::current_exe().unwrap().parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
+    let clusterd = profile_dir.join("clusterd");
+    let clusterctl = profile_dir.join("clusterctl");
+    if !clusterd.exists() || !clusterctl.exists() {
+        let target_dir = profile_dir.parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "clusterd", "-p", "clusterctl", "--target-dir"])
+            .arg(target_dir)
+            .status()
+            .expect("run cargo build for clusterd and clusterctl");
+        assert!(status.success(), "cargo build -p clusterd -p clusterctl failed");
+    }
+    (clusterd, clusterctl)
+}
+
+#[test]
+fn nemesis_over_a_package_finds_no_split_brain_and_no_lost_write() {
+    if !require_root("nemesis_over_a_package_finds_no_split_brain_and_no_lost_write") {
+        return;
+    }
+    let (clusterd, clusterctl) = binaries();
+    let name = lab_name("nemp");
+    let _guard = LabGuard::new(&name);
+    let mut lab = Lab::up(&LabSpec {
+        daemon: Daemon::Clusterd { clusterd: clusterd.clone(), clusterctl: clusterctl.clone(), watchdog: true },
+        watchdog: true,
+        // The watchdog supervisor is `clusterlab supervise`, not this test binary.
+        tool: Some(common::clusterlab()),
+        ..LabSpec::bare(&name, 3)
+    })
+    .unwrap_or_else(|error| panic!("lab with clusterd and watchdogs: {error}"));
+    let package =
+        ClusterdVip { clusterd, clusterctl, heartbeat: None, lease: None, vip: "192.0.2.100".parse().unwrap() };
+    let seconds: f64 = std::env::var("CLUSTERLAB_NEMESIS_SECS").ok().and_then(|text| text.parse().ok()).unwrap_or(60.0);
+    let seed: u64 = std::env::var("CLUSTERLAB_SEED").ok().and_then(|text| text.parse().ok()).unwrap_or(5);
+    let options = NemesisOptions {
+        seed,
+        duration: Duration::from_secs_f64(seconds),
+        faults: vec![FaultKind::Kill, FaultKind::KillDaemon, FaultKind::Pause, FaultKind::Partition, FaultKind::Flap],
+        clients: 3,
+        operation_timeout: Duration::from_secs(5),
+    };
+    let report = failover_bench::run_package_nemesis(&mut lab, &package, &options, &mut |line| eprintln!("{line}"))
+        .unwrap_or_else(|error| panic!("seed {seed}: nemesis run failed: {error}"));
+    eprintln!(
+        "seed {seed}: {} operations, {} acknowledged, {} unknown, {} keys; package split brain {}, uncertain {}",
+        report.kv.operations,
+        report.kv.acknowledged,
+        report.kv.unknown,
+        report.kv.keys,
+        report.split_brain.len(),
+        report.uncertain.len()
+    );
+    assert!(report.split_brain.is_empty(), "seed {seed}: split brain of the package: {:?}", report.split_brain);
+    assert!(report.kv.passed(), "seed {seed}: not linearizable: {:?}", report.kv.failures);
+    assert!(report.running_at_end, "seed {seed}: the package does not run and serve on one node after the heal");
+}
