@@ -27,27 +27,6 @@ const PACKAGE: &str = "web";
 /// The node every test queries: never faulted by any test (n1 is the preferred owner, n2 the next).
 const VIA: &str = "n3";
 
-fn binaries() -> (PathBuf, PathBuf) {
-    if let (Ok(clusterd), Ok(clusterctl)) = (std::env::var("CLUSTERD_BIN"), std::env::var("CLUSTERCTL_BIN")) {
-        return (clusterd.into(), clusterctl.into());
-    }
-    // target/<profile>/deps/failover-HASH → target/<profile>/
-    let profile_dir = std::env::current_exe().unwrap().parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
-    let clusterd = profile_dir.join("clusterd");
-    let clusterctl = profile_dir.join("clusterctl");
-    if !clusterd.exists() || !clusterctl.exists() {
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "clusterd", "-p", "clusterctl", "--target-dir"])
-            .arg(target_dir)
-            .status()
-            .expect("run cargo build for clusterd and clusterctl");
-        assert!(status.success(), "cargo build -p clusterd -p clusterctl failed");
-    }
-    (clusterd, clusterctl)
-}
-
 /// What varies between the tests' packages.
 #[derive(Clone, Debug)]
 struct PackageOptions {
@@ -122,7 +101,7 @@ struct Fixture {
 impl Fixture {
     fn new(tag: &str, watchdog: bool, options: PackageOptions) -> Fixture {
         let started = Instant::now();
-        let (clusterd, clusterctl) = binaries();
+        let (clusterd, clusterctl) = common::clusterd_binaries();
         let name = lab_name(tag);
         // The LUN's ext4 label is `cl-LAB` and ext4 keeps 16 bytes of a label: a longer one is cut silently and
         // `LABEL=cl-LAB` would never appear.

@@ -7,40 +7,18 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use cluster_lab::lab::{Daemon, Lab, LabGuard, LabSpec};
 use cluster_lab::nemesis::{self, FaultKind, NemesisOptions};
 use common::{lab_name, require_root};
 
-fn binaries() -> (PathBuf, PathBuf) {
-    if let (Ok(clusterd), Ok(clusterctl)) = (std::env::var("CLUSTERD_BIN"), std::env::var("CLUSTERCTL_BIN")) {
-        return (clusterd.into(), clusterctl.into());
-    }
-    // target/<profile>/deps/nemesis_kv-HASH → target/<profile>/
-    let profile_dir = std::env::current_exe().unwrap().parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
-    let clusterd = profile_dir.join("clusterd");
-    let clusterctl = profile_dir.join("clusterctl");
-    if !clusterd.exists() || !clusterctl.exists() {
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "clusterd", "-p", "clusterctl", "--target-dir"])
-            .arg(target_dir)
-            .status()
-            .expect("run cargo build for clusterd and clusterctl");
-        assert!(status.success(), "cargo build -p clusterd -p clusterctl failed");
-    }
-    (clusterd, clusterctl)
-}
-
 #[test]
 fn nemesis_with_kill_pause_and_partition_loses_no_acknowledged_write() {
     if !require_root("nemesis_with_kill_pause_and_partition_loses_no_acknowledged_write") {
         return;
     }
-    let (clusterd, clusterctl) = binaries();
+    let (clusterd, clusterctl) = common::clusterd_binaries();
     let name = lab_name("nem");
     let _guard = LabGuard::new(&name);
     let mut lab = Lab::up(&LabSpec {

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use cluster_lab::failover_bench::{self, ClusterdVip};
@@ -16,33 +15,12 @@ use cluster_lab::lab::{Daemon, Lab, LabGuard, LabSpec};
 use cluster_lab::nemesis::{FaultKind, NemesisOptions};
 use common::{lab_name, require_root};
 
-fn binaries() -> (PathBuf, PathBuf) {
-    if let (Ok(clusterd), Ok(clusterctl)) = (std::env::var("CLUSTERD_BIN"), std::env::var("CLUSTERCTL_BIN")) {
-        return (clusterd.into(), clusterctl.into());
-    }
-    // target/<profile>/deps/nemesis_packages-HASH → target/<profile>/
-    let profile_dir = std::env::current_exe().unwrap().parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
-    let clusterd = profile_dir.join("clusterd");
-    let clusterctl = profile_dir.join("clusterctl");
-    if !clusterd.exists() || !clusterctl.exists() {
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "clusterd", "-p", "clusterctl", "--target-dir"])
-            .arg(target_dir)
-            .status()
-            .expect("run cargo build for clusterd and clusterctl");
-        assert!(status.success(), "cargo build -p clusterd -p clusterctl failed");
-    }
-    (clusterd, clusterctl)
-}
-
 #[test]
 fn nemesis_over_a_package_finds_no_split_brain_and_no_lost_write() {
     if !require_root("nemesis_over_a_package_finds_no_split_brain_and_no_lost_write") {
         return;
     }
-    let (clusterd, clusterctl) = binaries();
+    let (clusterd, clusterctl) = common::clusterd_binaries();
     let name = lab_name("nemp");
     let _guard = LabGuard::new(&name);
     let mut lab = Lab::up(&LabSpec {

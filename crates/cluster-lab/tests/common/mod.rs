@@ -90,3 +90,26 @@ pub fn lab_pids(name: &str) -> Vec<i32> {
 pub fn clusterlab() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_clusterlab"))
 }
+
+/// The clusterd and clusterctl binaries: `CLUSTERD_BIN`/`CLUSTERCTL_BIN`, else the ones next to this
+/// test binary's profile directory (built with cargo if missing).
+pub fn clusterd_binaries() -> (PathBuf, PathBuf) {
+    if let (Ok(clusterd), Ok(clusterctl)) = (std::env::var("CLUSTERD_BIN"), std::env::var("CLUSTERCTL_BIN")) {
+        return (clusterd.into(), clusterctl.into());
+    }
+    // target/<profile>/deps/TEST-HASH → target/<profile>/
+    let profile_dir = std::env::current_exe().unwrap().parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
+    let clusterd = profile_dir.join("clusterd");
+    let clusterctl = profile_dir.join("clusterctl");
+    if !clusterd.exists() || !clusterctl.exists() {
+        let target_dir = profile_dir.parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "clusterd", "-p", "clusterctl", "--target-dir"])
+            .arg(target_dir)
+            .status()
+            .expect("run cargo build for clusterd and clusterctl");
+        assert!(status.success(), "cargo build -p clusterd -p clusterctl failed");
+    }
+    (clusterd, clusterctl)
+}
