@@ -62,6 +62,20 @@ fn connect(action: &str) -> Result<Connection, NetError> {
     Ok(Connection { handle, task })
 }
 
+/// Every address message of the link `index` (the kernel's filter is not trusted alone: callers
+/// check the index again).
+async fn address_messages(connection: &Connection, index: u32, action: &str) -> Result<Vec<AddressMessage>, NetError> {
+    connection
+        .handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|error| netlink_error(action.to_owned(), error))
+}
+
 async fn link_message(connection: &Connection, interface: &str) -> Result<LinkMessage, NetError> {
     let mut links = connection.handle.link().get().match_name(interface.to_string()).execute();
     match links.try_next().await {
@@ -125,17 +139,10 @@ impl Network for LinuxNetwork {
     }
 
     async fn addresses(&self, interface: &str) -> Result<Vec<AddressInfo>, NetError> {
-        let connection = connect(&format!("list addresses of {interface}"))?;
+        let action = format!("list addresses of {interface}");
+        let connection = connect(&action)?;
         let index = link_message(&connection, interface).await?.header.index;
-        let messages: Vec<AddressMessage> = connection
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|error| netlink_error(format!("list addresses of {interface}"), error))?;
+        let messages = address_messages(&connection, index, &action).await?;
         Ok(messages.iter().filter(|message| message.header.index == index).filter_map(address_info).collect())
     }
 
@@ -173,15 +180,7 @@ impl Network for LinuxNetwork {
             Err(NetError::NoSuchInterface { .. }) => return Ok(()),
             Err(error) => return Err(error),
         };
-        let messages: Vec<AddressMessage> = connection
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|error| netlink_error(action.clone(), error))?;
+        let messages = address_messages(&connection, index, &action).await?;
         for message in messages {
             let Some(info) = address_info(&message) else {
                 continue;

@@ -114,7 +114,7 @@ fn tend_watchdog(engine: &Engine, settings: &cluster_model::Settings) {
     }
 }
 
-/// Time left before the lease reaches the stop budget, for the executor's abort of long starts.
+/// Whether the lease has reached its stop budget (or there is none): everything must stop.
 pub(crate) fn must_stop_now(engine: &Engine, settings: &cluster_model::Settings) -> bool {
     engine.holder.lock().expect("lease lock").status(now(), settings) == LeaseStatus::MustStop
 }
