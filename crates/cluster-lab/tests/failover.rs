@@ -120,6 +120,11 @@ impl Fixture {
         let package_file = lab.paths().run_dir().join("web.toml");
         std::fs::write(&package_file, package_toml(&name, &mountpoint, &options)).unwrap();
         let mut fixture = Fixture { name, lab, mountpoint, started, observer: None, _guard: guard };
+        // The Raft leader lives on VIA, never on the owner the tests fault: these tests check what
+        // happens to the owner's package. The leader also runs fence agents, and its own death has
+        // a failover tail still under investigation (docs/benchmarks-failover.md, issue 5); leader
+        // deaths are exercised by the nemesis runs and the loopback cluster tests.
+        fixture.ctl(VIA, &["cluster", "transfer-leader", VIA]);
         fixture.ctl(VIA, &["pkg", "apply", &package_file.display().to_string()]);
         let observer = Observer::start(
             &fixture.lab,
@@ -622,8 +627,6 @@ fn failed_stop_with_fencing_fences_the_node_then_relocates() {
     }
     let options = PackageOptions { kill_holders: false, ..PackageOptions::default() };
     let mut fixture = Fixture::new("fofence", false, options);
-    // The controller (leader) runs fence agents: keep it off the node to fence.
-    fixture.ctl(VIA, &["cluster", "transfer-leader", "n3"]);
     let wrapper = fence_wrapper(&fixture).display().to_string();
     let lab_param = format!("lab={}", fixture.name);
     fixture.ctl(VIA, &["cluster", "fence", "set", "n1", &wrapper, &lab_param]);
