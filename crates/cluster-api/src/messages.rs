@@ -38,6 +38,9 @@ pub enum PeerRpc {
     Lease,
     /// Propose a command to the leader (executor reports).
     Propose,
+    /// A new leader asks how long ago this voter last acknowledged a leader of an older term
+    /// (bounds every lease an older leader could have granted; see docs/safety.md).
+    LastAck,
 }
 
 /// A peer RPC: its kind and its encoded body.

@@ -73,11 +73,16 @@ impl LeaseHolder {
     }
 }
 
+/// Heartbeats a new leader gives live nodes to renew with it before it treats them as expired.
+const NEW_LEADER_GRACE: u32 = 3;
+
 /// The leader side: when each node's lease has certainly ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseTable {
     /// When this node became leader (every older lease is assumed to run until `elected + wait`).
     elected: Option<Duration>,
+    /// Every lease granted by an earlier leader began before this (at most `elected`).
+    older_leases_began: Option<Duration>,
     /// Per node: time of the last renewal received under this leadership.
     renewed: BTreeMap<String, Duration>,
     /// Nodes a fence confirmed off (at that time), until they renew again.
@@ -89,8 +94,27 @@ impl LeaseTable {
     /// leader may still run for one full lease.
     pub fn elected(&mut self, now: Duration) {
         self.elected = Some(now);
+        self.older_leases_began = None;
         self.renewed.clear();
         self.fenced.clear();
+    }
+
+    /// Every lease granted by an earlier leader began before `at`: the wait for unheard nodes
+    /// counts from there instead of from the election, but lasts at least `NEW_LEADER_GRACE`
+    /// heartbeats after the election, so that live nodes can renew with the new leader first.
+    pub fn older_leases_began_before(&mut self, at: Duration) {
+        if let Some(elected) = self.elected {
+            let earliest = self.older_leases_began.unwrap_or(elected).min(at);
+            self.older_leases_began = Some(earliest.min(elected));
+        }
+    }
+
+    /// When a node this leader has not heard from is certainly without a lease.
+    fn unheard_expire_at(&self, settings: &Settings) -> Option<Duration> {
+        let elected = self.elected?;
+        let began = self.older_leases_began.unwrap_or(elected);
+        let grace = settings.heartbeat() * NEW_LEADER_GRACE;
+        Some((began + settings.lease_for_grantor()).max(elected + grace))
     }
 
     /// A fence confirmed `node` is off at `now`: it is expired until it renews again (otherwise a
@@ -117,13 +141,13 @@ impl LeaseTable {
         if self.fenced.contains_key(node) {
             return Liveness::Expired;
         }
-        let Some(elected) = self.elected else { return Liveness::Unknown };
+        let Some(unheard_expire_at) = self.unheard_expire_at(settings) else { return Liveness::Unknown };
         match self.renewed.get(node) {
             Some(received) if now < *received + wait => Liveness::Alive,
-            // Expired only once both its last renewal and the election are a full lease behind.
-            Some(received) if now >= (*received).max(elected) + wait => Liveness::Expired,
+            // Expired only once its last renewal is a full lease behind and older leases are over.
+            Some(received) if now >= (*received + wait).max(unheard_expire_at) => Liveness::Expired,
             Some(_) => Liveness::Unknown,
-            None if now >= elected + wait => Liveness::Expired,
+            None if now >= unheard_expire_at => Liveness::Expired,
             None => Liveness::Unknown,
         }
     }
@@ -200,5 +224,27 @@ mod tests {
         // Re-election forgets renewals from the previous term.
         table.elected(ms(20_000));
         assert_eq!(table.liveness("n2", ms(20_001), &settings), Liveness::Unknown);
+    }
+
+    #[test]
+    fn a_bound_on_older_leases_shortens_the_wait_but_never_lengthens_it() {
+        let settings = Settings::default();
+        let mut table = LeaseTable::default();
+        table.elected(ms(10_000));
+        table.older_leases_began_before(ms(9_600));
+        assert_eq!(table.liveness("n1", ms(10_659), &settings), Liveness::Unknown);
+        assert_eq!(table.liveness("n1", ms(10_660), &settings), Liveness::Expired);
+        table.older_leases_began_before(ms(12_000));
+        assert_eq!(table.liveness("n1", ms(10_660), &settings), Liveness::Expired, "a later bound is ignored");
+        // Long ago: live nodes still get a few heartbeats to renew with the new leader.
+        table.older_leases_began_before(ms(1_000));
+        assert_eq!(table.liveness("n1", ms(10_299), &settings), Liveness::Unknown);
+        assert_eq!(table.liveness("n1", ms(10_300), &settings), Liveness::Expired);
+        // A new election forgets the bound.
+        table.elected(ms(20_000));
+        assert_eq!(table.liveness("n1", ms(20_300), &settings), Liveness::Unknown);
+        // A renewal under this leadership still keeps its node alive for a full lease.
+        table.renewed("n2", ms(10_200));
+        assert_eq!(table.liveness("n2", ms(11_000), &settings), Liveness::Alive);
     }
 }

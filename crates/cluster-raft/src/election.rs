@@ -66,6 +66,47 @@ pub(crate) fn decide_pre_vote(
     PreVoteResponse { granted: true, reason: String::new() }
 }
 
+/// Counts pre-vote answers; the candidate counts itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PreVoteTally {
+    voters: usize,
+    pub(crate) granted: usize,
+    refused: usize,
+}
+
+impl PreVoteTally {
+    pub(crate) fn new(voters: usize) -> PreVoteTally {
+        PreVoteTally { voters, granted: 1, refused: 0 }
+    }
+
+    /// An answer (a voter that did not answer in time counts as refusing).
+    pub(crate) fn record(&mut self, granted: bool) {
+        if granted {
+            self.granted += 1;
+        } else {
+            self.refused += 1;
+        }
+    }
+
+    /// `Some(true)` once a majority granted, `Some(false)` once a majority can no longer grant.
+    pub(crate) fn outcome(&self) -> Option<bool> {
+        if self.granted * 2 > self.voters {
+            Some(true)
+        } else if (self.voters - self.refused) * 2 <= self.voters {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// A won pre-vote round is stale if, while it ran, this node heard from a leader (or granted a
+/// vote), or its term moved: the grants were given before that leader existed, and acting on them
+/// would depose it.
+pub(crate) fn round_is_stale(round_age: Duration, since_contact: Duration, term_before: u64, term_now: u64) -> bool {
+    since_contact < round_age || term_now != term_before
+}
+
 /// Times the driver works from, shared with the RPC handlers.
 pub(crate) struct ElectionClock {
     /// Last time a leader (or this node's own candidacy) showed signs of life.
@@ -132,6 +173,39 @@ mod tests {
         assert!(!decide_pre_vote(view(log_id(3, 10), 1000, false), &older_term, MIN).granted);
         let newer = PreVoteRequest { candidate: 2, last_log_id: log_id(4, 1) };
         assert!(decide_pre_vote(view(log_id(3, 10), 1000, false), &newer, MIN).granted);
+    }
+
+    #[test]
+    fn a_round_ends_as_soon_as_its_outcome_is_known() {
+        let mut three = PreVoteTally::new(3);
+        assert_eq!(three.outcome(), None);
+        three.record(true);
+        assert_eq!(three.outcome(), Some(true), "self + one of three is a majority: no wait for the third");
+        let mut three = PreVoteTally::new(3);
+        three.record(false);
+        assert_eq!(three.outcome(), None);
+        three.record(false);
+        assert_eq!(three.outcome(), Some(false));
+        let mut five = PreVoteTally::new(5);
+        five.record(true);
+        five.record(false);
+        five.record(false);
+        assert_eq!(five.outcome(), None);
+        five.record(false);
+        assert_eq!(five.outcome(), Some(false));
+        assert_eq!(PreVoteTally::new(1).outcome(), Some(true));
+        assert_eq!(PreVoteTally::new(2).outcome(), None);
+    }
+
+    #[test]
+    fn a_round_overtaken_by_a_leader_is_stale() {
+        let ms = Duration::from_millis;
+        // Leader contact 50 ms ago, during a round that started 200 ms ago.
+        assert!(round_is_stale(ms(200), ms(50), 3, 3));
+        // The term moved during the round (a vote was granted to someone else).
+        assert!(round_is_stale(ms(200), ms(900), 3, 4));
+        // Nothing happened since the round started.
+        assert!(!round_is_stale(ms(200), ms(900), 3, 3));
     }
 
     #[test]

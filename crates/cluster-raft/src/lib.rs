@@ -16,6 +16,7 @@
 // only add conversions at every call.
 #![allow(clippy::result_large_err)]
 
+mod ack_clock;
 mod election;
 mod files;
 mod log_store;

@@ -14,7 +14,10 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapsho
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use rand::Rng;
 
-use crate::election::{decide_pre_vote, ElectionClock, PreVoteRequest, PreVoteResponse, VoterView};
+use crate::ack_clock::{AckClock, AckQuorum};
+use crate::election::{
+    decide_pre_vote, round_is_stale, ElectionClock, PreVoteRequest, PreVoteResponse, PreVoteTally, VoterView,
+};
 use crate::log_store::{LogStore, RecoveryReport};
 use crate::network::{CallError, PeerNetwork, Peers};
 use crate::state_machine::{StateMachineStore, StateView};
@@ -90,6 +93,8 @@ pub struct ConsensusNode {
     log: LogStore,
     peers: Arc<Peers>,
     election: Arc<ElectionClock>,
+    /// When this voter last acknowledged a leader of each term.
+    acks: AckClock,
     timing: Timing,
     recovery: RecoveryReport,
     /// The start and result of the last leadership confirmation (see `confirm_leadership`).
@@ -137,6 +142,7 @@ impl ConsensusNode {
             log,
             peers,
             election: Arc::new(ElectionClock::new()),
+            acks: AckClock::new(Instant::now()),
             timing,
             recovery,
             read_barrier: tokio::sync::Mutex::new(None),
@@ -627,15 +633,19 @@ impl ConsensusNode {
         match request.rpc {
             PeerRpc::AppendEntries => {
                 let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload).map_err(bad)?;
+                let term = rpc.vote.leader_id().get_term();
+                let in_flight = AckInFlight::begin(&self.acks, term);
                 let result = self.raft.append_entries(rpc).await;
-                if matches!(
+                let acknowledged = matches!(
                     result,
                     Ok(AppendEntriesResponse::Success
                         | AppendEntriesResponse::PartialSuccess(_)
                         | AppendEntriesResponse::Conflict)
-                ) {
+                );
+                if acknowledged {
                     self.election.leader_contact();
                 }
+                in_flight.end(acknowledged);
                 encoded(&result)
             }
             PeerRpc::Vote => {
@@ -649,10 +659,12 @@ impl ConsensusNode {
             }
             PeerRpc::InstallSnapshot => {
                 let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.payload).map_err(bad)?;
+                let in_flight = AckInFlight::begin(&self.acks, rpc.vote.leader_id().get_term());
                 let result = self.raft.install_snapshot(rpc).await;
                 if result.is_ok() {
                     self.election.leader_contact();
                 }
+                in_flight.end(result.is_ok());
                 encoded(&result)
             }
             PeerRpc::PreVote => {
@@ -665,6 +677,10 @@ impl ConsensusNode {
                 encoded(&())
             }
             PeerRpc::Lease | PeerRpc::Propose => Err(format!("{:?} is served by the daemon, not by raft", request.rpc)),
+            PeerRpc::LastAck => {
+                let term: u64 = decode(&request.payload).map_err(bad)?;
+                encoded(&self.answer_last_ack(term))
+            }
             PeerRpc::Campaign => {
                 decode::<()>(&request.payload).map_err(bad)?;
                 self.election.hold(Duration::ZERO);
@@ -672,6 +688,66 @@ impl ConsensusNode {
                 encoded(&())
             }
         }
+    }
+
+    /// How long ago (ms, rounded down) this voter last acknowledged a leader of a term below
+    /// `term`; `None` while this voter has not seen `term` yet (it could still acknowledge an older
+    /// leader) or cannot tell.
+    fn answer_last_ack(&self, term: u64) -> Option<u64> {
+        if self.raft.metrics().borrow().current_term < term {
+            return None;
+        }
+        let now = Instant::now();
+        self.acks.last_ack_before(term, now).map(|at| now.saturating_duration_since(at).as_millis() as u64)
+    }
+
+    /// For a leader of `term`: a moment (on this node's clock) after which no leader of an older
+    /// term can have completed a quorum round, hence granted a lease; `None` if a majority of the
+    /// voters did not answer within one election timeout, or the membership is changing.
+    ///
+    /// A remote voter's elapsed time is shortened by `drift_ppm` and counted back from when its
+    /// answer arrived, so the bound can only be later than the truth. See docs/safety.md.
+    pub async fn older_leaders_quiet_since(&self, term: u64, drift_ppm: u64) -> Option<Instant> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader || metrics.current_term != term {
+            return None;
+        }
+        let stored = &metrics.membership_config;
+        let applied = metrics.last_applied.map_or(0, |id| id.index);
+        let committed = stored.log_id().as_ref().is_none_or(|id| id.index <= applied);
+        let membership = stored.membership();
+        if !committed || membership.get_joint_config().len() != 1 {
+            return None;
+        }
+        let voters: Vec<(u64, String)> = membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|node| (id, node.address.clone())))
+            .collect();
+        let mut quorum = AckQuorum::new(voters.len());
+        if voters.iter().any(|(id, _)| *id == self.id) {
+            quorum.record(self.acks.last_ack_before(term, Instant::now())?);
+        }
+        let timeout = self.timing.election_timeout_max;
+        let mut asks: futures::stream::FuturesUnordered<_> = voters
+            .iter()
+            .filter(|(id, _)| *id != self.id)
+            .map(|(id, address)| async move {
+                let answer: Result<Option<u64>, CallError> =
+                    self.peers.call(*id, address, PeerRpc::LastAck, &term, timeout).await;
+                let arrived = Instant::now();
+                let elapsed_ms = answer.ok().flatten()?;
+                let shortened = Duration::from_micros(elapsed_ms * 1_000_000u64.saturating_sub(drift_ppm) / 1_000);
+                arrived.checked_sub(shortened)
+            })
+            .collect();
+        while quorum.bound().is_none() {
+            match futures::StreamExt::next(&mut asks).await {
+                Some(Some(last_ack)) => quorum.record(last_ack),
+                Some(None) => {}
+                None => break,
+            }
+        }
+        quorum.bound()
     }
 
     fn answer_pre_vote(&self, request: &PreVoteRequest) -> PreVoteResponse {
@@ -691,6 +767,10 @@ impl ConsensusNode {
     }
 
     /// One round of the election driver: pre-vote, then a real election if a majority agrees.
+    ///
+    /// The round ends as soon as its outcome is known (a dead voter does not hold it up for the
+    /// RPC timeout), and its result is thrown away if a leader showed up meanwhile: a grant given
+    /// before a new leader was elected must not depose that leader.
     async fn campaign_if_allowed(&self) {
         let membership = self.membership();
         let voters: Vec<(u64, String)> = membership
@@ -700,23 +780,50 @@ impl ConsensusNode {
         if !voters.iter().any(|(id, _)| *id == self.id) {
             return;
         }
+        let started = Instant::now();
+        let term_before = self.raft.metrics().borrow().current_term;
         let request = PreVoteRequest { candidate: self.id, last_log_id: self.log.last_log_id() };
-        let asks = voters.iter().filter(|(id, _)| *id != self.id).map(|(id, address)| {
-            let request = request.clone();
-            async move {
-                let answer: Result<PreVoteResponse, CallError> =
-                    self.peers.call(*id, address, PeerRpc::PreVote, &request, self.timing.election_timeout_min).await;
-                answer.map(|a| a.granted).unwrap_or(false)
+        let mut asks: futures::stream::FuturesUnordered<_> = voters
+            .iter()
+            .filter(|(id, _)| *id != self.id)
+            .map(|(id, address)| {
+                let request = request.clone();
+                async move {
+                    let answer: Result<PreVoteResponse, CallError> = self
+                        .peers
+                        .call(*id, address, PeerRpc::PreVote, &request, self.timing.election_timeout_min)
+                        .await;
+                    answer.map(|a| a.granted).unwrap_or(false)
+                }
+            })
+            .collect();
+        let mut tally = PreVoteTally::new(voters.len());
+        while tally.outcome().is_none() {
+            match futures::StreamExt::next(&mut asks).await {
+                Some(granted) => tally.record(granted),
+                None => break,
             }
-        });
-        let granted = 1 + futures::future::join_all(asks).await.into_iter().filter(|g| *g).count();
-        if granted * 2 > voters.len() {
-            tracing::info!(granted, voters = voters.len(), "pre-vote won, starting an election");
-            if let Err(err) = self.raft.trigger().elect().await {
-                tracing::error!(error = %err, "failed to start an election");
-            }
-        } else {
-            tracing::debug!(granted, voters = voters.len(), "pre-vote lost");
+        }
+        if tally.outcome() != Some(true) {
+            tracing::debug!(granted = tally.granted, voters = voters.len(), "pre-vote lost");
+            return;
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let since_contact = self.election.since_leader_contact();
+        if round_is_stale(started.elapsed(), since_contact, term_before, metrics.current_term)
+            || metrics.state == ServerState::Leader
+        {
+            tracing::debug!(
+                term_before,
+                term_now = metrics.current_term,
+                contact_ms = since_contact.as_millis() as u64,
+                "pre-vote won, but a leader showed up during the round: not campaigning"
+            );
+            return;
+        }
+        tracing::info!(granted = tally.granted, voters = voters.len(), "pre-vote won, starting an election");
+        if let Err(err) = self.raft.trigger().elect().await {
+            tracing::error!(error = %err, "failed to start an election");
         }
     }
 
@@ -793,5 +900,30 @@ async fn driver(node: std::sync::Weak<ConsensusNode>) {
         last_attempt = Instant::now();
         deadline = None;
         node.campaign_if_allowed().await;
+    }
+}
+
+/// Marks an append or snapshot as being processed until it is answered (also when cancelled).
+struct AckInFlight<'a> {
+    acks: &'a AckClock,
+    term: u64,
+    acknowledged: bool,
+}
+
+impl<'a> AckInFlight<'a> {
+    fn begin(acks: &'a AckClock, term: u64) -> AckInFlight<'a> {
+        acks.begin(term);
+        AckInFlight { acks, term, acknowledged: false }
+    }
+
+    fn end(mut self, acknowledged: bool) {
+        self.acknowledged = acknowledged;
+    }
+}
+
+impl Drop for AckInFlight<'_> {
+    fn drop(&mut self) {
+        // A cancelled handler sent no answer: the leader cannot have counted it.
+        self.acks.end(self.term, self.acknowledged.then(Instant::now));
     }
 }

@@ -103,6 +103,10 @@ pub struct SimConfig {
     /// at that epoch, in any phase (not only `Stopping`). Unsafe; kept to document why
     /// (see the `stopped_report_outside_stopping_*` regression test).
     pub report_stopped_in_any_phase: bool,
+    /// Controller variant: a new leader takes the moment after which older leases began this much
+    /// earlier than its voters' answers allow. Unsafe above the margins; kept to show that the
+    /// simulation catches a wrong bound (see `a_too_early_bound_on_older_leases_breaks_s1`).
+    pub older_leases_bound_early: Duration,
     /// Keep a trace of every event (for reproducing a failure; slower).
     pub trace: bool,
 }
@@ -124,6 +128,7 @@ impl SimConfig {
             resource_failures: true,
             packages: crate::bootstrap::default_packages(),
             report_stopped_in_any_phase: false,
+            older_leases_bound_early: Duration::ZERO,
             trace: false,
         }
     }

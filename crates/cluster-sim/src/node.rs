@@ -78,6 +78,9 @@ pub(crate) struct Node {
     /// `Some(term)` while this node believes it is the leader of `term` (maybe deposed already).
     pub(crate) leader_of: Option<u64>,
     pub(crate) table: LeaseTable,
+    /// On this node's clock: when it last acknowledged a leader's quorum round (kept across a
+    /// daemon restart: it acknowledges nothing while down).
+    pub(crate) last_ack: Duration,
     pub(crate) fencing: BTreeSet<String>,
 
     pub(crate) holder: LeaseHolder,
@@ -106,6 +109,7 @@ impl Node {
             leader_hint: None,
             leader_of: None,
             table: LeaseTable::default(),
+            last_ack: Duration::ZERO,
             fencing: BTreeSet::new(),
             holder: LeaseHolder::default(),
             lease_check_at: None,

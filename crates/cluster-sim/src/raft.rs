@@ -11,6 +11,8 @@
 //!  term and steps down) or hears an Append of a newer term; it never commits nor confirms.
 //! ```
 
+use std::time::Duration;
+
 use cluster_model::Command;
 use rand::Rng;
 
@@ -43,6 +45,12 @@ impl Sim {
             return false;
         }
         if self.is_effective(n) {
+            // Every running node it reaches acknowledges this round now.
+            for m in 0..self.nodes.len() {
+                if self.nodes[m].runs() && self.net.reachable(n, m) {
+                    self.nodes[m].last_ack = self.local(m);
+                }
+            }
             return true;
         }
         self.step_down(n);
@@ -96,9 +104,37 @@ impl Sim {
         node.leader_hint = Some(n);
         node.fencing.clear();
         node.table.elected(now);
+        self.bound_older_leases(n);
         self.trace(|| format!("n{} elected, term {term}", n + 1));
         self.broadcast_append(n);
         self.timer_at(n, now + std::time::Duration::from_millis(LEADER_TICK_MS), Timer::LeaderTick { term });
+    }
+
+    /// The new leader `n` asks every voter when it last acknowledged an older leader (as the
+    /// daemon's `older_leaders_quiet_since`): each running voter it reaches answers the elapsed
+    /// time on its own clock, in whole ms; the leader counts it back from its own now, shortened by
+    /// the drift bound, and takes the latest, once a majority answered.
+    fn bound_older_leases(&mut self, n: usize) {
+        let drift_ppm = self.nodes[n].state.settings.clock_drift_ppm;
+        let leader_now = self.local(n);
+        let mut answers = 0;
+        let mut latest = Duration::ZERO;
+        for m in 0..self.nodes.len() {
+            if !(self.nodes[m].runs() && self.net.reachable(n, m)) {
+                continue;
+            }
+            let elapsed = self.local(m).saturating_sub(self.nodes[m].last_ack);
+            let elapsed_ms = elapsed.as_millis() as u64;
+            let shortened = Duration::from_micros(elapsed_ms * (1_000_000 - drift_ppm) / 1_000);
+            let at = if m == n { self.nodes[n].last_ack } else { leader_now.saturating_sub(shortened) };
+            latest = latest.max(at);
+            answers += 1;
+        }
+        if answers * 2 > self.nodes.len() {
+            let latest = latest.saturating_sub(self.config.older_leases_bound_early);
+            self.nodes[n].table.older_leases_began_before(latest);
+            self.trace(|| format!("n{} older leases began before {} ms ago", n + 1, (leader_now - latest).as_millis()));
+        }
     }
 
     /// Appends `command` to the log; the leader `l` applies it at once and replicates.

@@ -90,6 +90,26 @@ fn lease_only_nodes_can_overlap_under_a_pause() {
     assert!(violation.trace.iter().any(|line| line.contains("paused")), "the overlap comes from a pause:\n{violation}");
 }
 
+/// Negative control of the new leader's bound on older leases (docs/safety.md): the same bound
+/// taken 200 ms earlier than the voters' answers allow lets a new leader reassign a package while
+/// its old owner still holds a lease, and the simulation sees the overlap (13 of 1000 seeds with
+/// `SIM_EXPLORE`; 100 ms early stays within the margins: 0 of 1000).
+#[test]
+fn a_too_early_bound_on_older_leases_breaks_s1() {
+    let violations = (0..400)
+        .filter_map(|seed| {
+            let config = SimConfig {
+                older_leases_bound_early: std::time::Duration::from_millis(200),
+                check_liveness: false,
+                ..SimConfig::new(seed, 3, Scenario::Watchdog)
+            };
+            run(&config).err()
+        })
+        .collect::<Vec<_>>();
+    assert!(!violations.is_empty(), "a bound 200 ms too early must be caught within 400 seeds");
+    assert!(violations.iter().all(|v| v.invariant == "S1"), "{}", violations[0]);
+}
+
 /// Regression (seed 111, 5 nodes): a `ResourceFailed` report with restart budget left used to
 /// turn `Stopping` back into `Starting`; the owner restarted while its `Stopped` was in flight and
 /// the package ran on two nodes. `ClusterState::report` now keeps `Stopping`.

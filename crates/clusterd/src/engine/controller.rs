@@ -40,10 +40,21 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
             continue;
         };
         if led_term != Some(term) {
-            // A new leader assumes every lease granted before may run one full lease from now.
+            // A new leader assumes every lease granted before may run one full lease from now ...
             engine.table.lock().expect("lease table lock").elected(now());
             led_term = Some(term);
-            tracing::info!(term, "leading: waiting one lease before reassigning packages of unheard nodes");
+            // ... unless a majority of voters tells when they last acknowledged an older leader:
+            // no older lease began after that (docs/safety.md, "A new leader's wait").
+            let drift_ppm = engine.snapshot().state.settings.clock_drift_ppm;
+            let quiet_since = engine.node.older_leaders_quiet_since(term, drift_ppm).await;
+            let bound = quiet_since.map(|at| now().saturating_sub(at.elapsed()));
+            if let (Some(bound), Some(true)) = (bound, engine.node.leadership().map(|t| t == term)) {
+                engine.table.lock().expect("lease table lock").older_leases_began_before(bound);
+                let ago_ms = now().saturating_sub(bound).as_millis() as u64;
+                tracing::info!(term, ago_ms, "leading: waiting one lease from the last acknowledgement of an older leader before reassigning packages of unheard nodes");
+            } else {
+                tracing::info!(term, "leading: waiting one lease before reassigning packages of unheard nodes");
+            }
         }
         let snapshot = engine.snapshot();
         let view = current_view(&engine);
