@@ -120,10 +120,8 @@ impl Fixture {
         let package_file = lab.paths().run_dir().join("web.toml");
         std::fs::write(&package_file, package_toml(&name, &mountpoint, &options)).unwrap();
         let mut fixture = Fixture { name, lab, mountpoint, started, observer: None, _guard: guard };
-        // The Raft leader lives on VIA, never on the owner the tests fault: these tests check what
-        // happens to the owner's package. The leader also runs fence agents, and its own death has
-        // a failover tail still under investigation (docs/benchmarks-failover.md, issue 5); leader
-        // deaths are exercised by the nemesis runs and the loopback cluster tests.
+        // The Raft leader lives on VIA, not on the owner the tests fault, unless a test moves it:
+        // the leader also runs the fence agents. `killed_owner_that_leads_raft_*` kills both.
         fixture.ctl(VIA, &["cluster", "transfer-leader", VIA]);
         fixture.ctl(VIA, &["pkg", "apply", &package_file.display().to_string()]);
         let observer = Observer::start(
@@ -152,6 +150,13 @@ impl Fixture {
             self.dump();
             panic!("[{}] clusterctl {args:?} on {via}: {error}", self.name)
         })
+    }
+
+    /// `clusterctl ARGS --output json` through `via`.
+    fn ctl_json(&self, via: &str, args: &[&str]) -> Value {
+        let args: Vec<&str> = args.iter().copied().chain(["--output", "json"]).collect();
+        let text = self.ctl(via, &args);
+        serde_json::from_str(&text).unwrap_or_else(|error| panic!("[{}] {args:?}: {error}: {text}", self.name))
     }
 
     /// `pkg status web --output json` through `via`; `None` while it does not answer.
@@ -338,6 +343,29 @@ fn killed_owner_fails_over_to_the_next_node_and_the_client_reaches_the_vip() {
     let records = fixture.finish_without_split_brain();
     let end_ns = records.last().map_or(now_ns(), |record| record.t_ns);
     fixture.print_timing(&records, end_ns, fault_ns, "kill n1");
+}
+
+/// The owner is also the Raft leader: one election, then the new leader waits one lease from the
+/// old leader's last acknowledged round (not from its own election) and relocates the package.
+#[test]
+fn killed_owner_that_leads_raft_fails_over_after_a_new_election() {
+    if !require_root("killed_owner_that_leads_raft_fails_over_after_a_new_election") {
+        return;
+    }
+    let mut fixture = Fixture::new("folead", false, PackageOptions::default());
+    let before = fixture.run_on_n1();
+    fixture.ctl(VIA, &["cluster", "transfer-leader", "n1"]);
+    let status = fixture.ctl_json(VIA, &["status"]);
+    assert_eq!(status["leader"], "n1", "the test needs n1 to lead: {status}");
+    let fault_ns = now_ns();
+    fixture.lab.kill("n1").unwrap();
+    let after = fixture.wait_running_on("n2", Duration::from_secs(20));
+    assert!(after["epoch"].as_u64() > before["epoch"].as_u64(), "a new owner means a new epoch: {after}");
+    let status = fixture.ctl_json(VIA, &["status"]);
+    assert!(status["leader"] == "n2" || status["leader"] == "n3", "a survivor leads: {status}");
+    let records = fixture.finish_without_split_brain();
+    let end_ns = records.last().map_or(now_ns(), |record| record.t_ns);
+    fixture.print_timing(&records, end_ns, fault_ns, "kill n1 (owner and Raft leader)");
 }
 
 #[test]
