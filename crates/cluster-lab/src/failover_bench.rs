@@ -762,6 +762,8 @@ pub fn render(report: &FailoverBenchReport) -> String {
             subject.split_brain.len()
         ));
         if clusterd {
+            let vip = Figure::of(subject.trials.iter().filter_map(|trial| trial.vip_ms));
+            text.push_str(&format!("  {:<48} VIP up     {}\n", "", vip.show()));
             text.push_str(&format!(
                 "  {:<48} not leader {}\n",
                 "",
@@ -806,8 +808,25 @@ pub fn render(report: &FailoverBenchReport) -> String {
     let served = |label: &str| {
         report.subjects.iter().find(|subject| subject.label.starts_with(label)).and_then(|s| s.served(|_| true).median)
     };
-    if let (Some(ours), Some(theirs)) = (served("clusterd heartbeat 100ms"), served("keepalived advert_int 1 ")) {
-        text.push_str(&format!("ratio clusterd/keepalived at defaults (medians): {:.2}\n", ours / theirs));
+    let vip_up = |label: &str| {
+        report
+            .subjects
+            .iter()
+            .find(|subject| subject.label.starts_with(label))
+            .and_then(|s| Figure::of(s.trials.iter().filter_map(|trial| trial.vip_ms)).median)
+    };
+    let (ours, theirs) = ("clusterd heartbeat 100ms", "keepalived advert_int 1 ");
+    if let (Some(ours), Some(theirs)) = (vip_up(ours), vip_up(theirs)) {
+        text.push_str(&format!(
+            "ratio clusterd/keepalived at defaults, VIP answering from the new owner (medians): {:.2}\n",
+            ours / theirs
+        ));
+    }
+    if let (Some(ours), Some(theirs)) = (served(ours), served(theirs)) {
+        text.push_str(&format!(
+            "ratio clusterd client served (VIP + server start) / keepalived VIP answering (medians): {:.2}\n",
+            ours / theirs
+        ));
     }
     if !report.moves.is_empty() {
         text.push_str("pkg move (command -> client served by the new owner):\n");

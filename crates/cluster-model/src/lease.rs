@@ -74,7 +74,7 @@ impl LeaseHolder {
 }
 
 /// Heartbeats a new leader gives live nodes to renew with it before it treats them as expired.
-const NEW_LEADER_GRACE: u32 = 3;
+const NEW_LEADER_GRACE: u32 = 2;
 
 /// The leader side: when each node's lease has certainly ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -238,11 +238,11 @@ mod tests {
         assert_eq!(table.liveness("n1", ms(10_660), &settings), Liveness::Expired, "a later bound is ignored");
         // Long ago: live nodes still get a few heartbeats to renew with the new leader.
         table.older_leases_began_before(ms(1_000));
-        assert_eq!(table.liveness("n1", ms(10_299), &settings), Liveness::Unknown);
-        assert_eq!(table.liveness("n1", ms(10_300), &settings), Liveness::Expired);
+        assert_eq!(table.liveness("n1", ms(10_199), &settings), Liveness::Unknown);
+        assert_eq!(table.liveness("n1", ms(10_200), &settings), Liveness::Expired);
         // A new election forgets the bound.
         table.elected(ms(20_000));
-        assert_eq!(table.liveness("n1", ms(20_300), &settings), Liveness::Unknown);
+        assert_eq!(table.liveness("n1", ms(20_200), &settings), Liveness::Unknown);
         // A renewal under this leadership still keeps its node alive for a full lease.
         table.renewed("n2", ms(10_200));
         assert_eq!(table.liveness("n2", ms(11_000), &settings), Liveness::Alive);

@@ -37,8 +37,8 @@ impl Default for Timing {
     fn default() -> Self {
         Timing {
             heartbeat: Duration::from_millis(50),
-            election_timeout_min: Duration::from_millis(200),
-            election_timeout_max: Duration::from_millis(400),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
             request_timeout: Duration::from_secs(5),
         }
     }

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use cluster_model::controller::{plan, Action, View};
+use cluster_model::controller::{plan, Action, Liveness, View};
 use cluster_model::Command;
 
 use crate::raft::LEADER_TICK_MS;
@@ -27,8 +27,16 @@ impl Sim {
         if self.confirm(l) {
             let node = &self.nodes[l];
             let settings = &node.state.settings;
+            // The leader runs: it never judges (or fences) itself from its own lease table.
+            let liveness = |name: &String| {
+                if *name == node.name {
+                    Liveness::Alive
+                } else {
+                    node.table.liveness(name, now, settings)
+                }
+            };
             let view = View {
-                nodes: self.names.iter().map(|name| (name.clone(), node.table.liveness(name, now, settings))).collect(),
+                nodes: self.names.iter().map(|name| (name.clone(), liveness(name))).collect(),
                 fencing: node.fencing.clone(),
             };
             let actions = plan(&node.state, &view, now.as_millis() as u64);

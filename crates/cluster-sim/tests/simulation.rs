@@ -166,3 +166,14 @@ fn a_seed_replays_identically() {
     let two = run(&SimConfig::new(2, 5, Scenario::Watchdog)).unwrap();
     assert_ne!(one.log_digest, two.log_digest, "different seeds, same run");
 }
+
+/// Regression (seed 322, fencing-only nodes): a newly elected leader that had not renewed its own
+/// lease yet judged itself expired and fenced itself, powering off the only node running the
+/// package. The leader now counts itself alive in the view it plans with.
+#[test]
+fn a_new_leader_never_fences_itself() {
+    let config = SimConfig::new(322, 3, Scenario::Fencing);
+    if let Err(violation) = run(&config) {
+        panic!("{violation}");
+    }
+}

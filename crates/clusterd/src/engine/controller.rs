@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_host::{FenceAction, FenceDevice};
-use cluster_model::controller::{plan, Action, View};
+use cluster_model::controller::{plan, Action, Liveness, View};
 use cluster_model::{Command, CommandOutcome};
 
 use super::{now, wall_ms, Engine};
@@ -23,7 +23,12 @@ pub(super) fn current_view(engine: &Engine) -> View {
         .members()
         .into_iter()
         .map(|member| {
-            let liveness = table.liveness(&member.name, at, &snapshot.state.settings);
+            // The leader runs this code: it never judges (or fences) itself from its own table.
+            let liveness = if member.name == engine.me {
+                Liveness::Alive
+            } else {
+                table.liveness(&member.name, at, &snapshot.state.settings)
+            };
             (member.name, liveness)
         })
         .collect();
