@@ -462,8 +462,23 @@ fn run_subject(
     let mut trials = Vec::new();
     let mut failed_trials = 0;
     let trial_count = if clusterd { subject.trials * 2 } else { subject.trials };
+    let mut unsettled_in_a_row = 0;
     for trial in 0..trial_count {
-        let (mut owner, mut leader) = settle(&lab, &observer, &prober, &vip_text, clusterd, Duration::from_secs(90))?;
+        // A lab that does not settle costs this trial (counted as failed), not the whole run.
+        let (mut owner, mut leader) =
+            match settle(&lab, &observer, &prober, &vip_text, clusterd, Duration::from_secs(90)) {
+                Ok(settled) => {
+                    unsettled_in_a_row = 0;
+                    settled
+                }
+                Err(error) if unsettled_in_a_row < 2 => {
+                    unsettled_in_a_row += 1;
+                    failed_trials += 1;
+                    log(&format!("{} trial {}/{trial_count}: not started: {error}", subject.owner.label(), trial + 1));
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
         if let Some(package) = subject.clusterd {
             // Even trials: the owner is not the leader; odd trials: it is.
             let want_leader = trial % 2 == 1;
