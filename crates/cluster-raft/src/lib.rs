@@ -19,6 +19,7 @@
 mod ack_clock;
 mod election;
 mod files;
+mod leader_clock;
 mod log_store;
 mod network;
 mod node;

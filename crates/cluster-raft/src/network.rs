@@ -21,6 +21,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::leader_clock::LeaderClock;
 use crate::types::TypeConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -29,6 +30,8 @@ const POOL_PER_ADDRESS: usize = 8;
 /// Connections to peers and when each peer last answered.
 pub(crate) struct Peers {
     tls: Arc<ClientConfig>,
+    /// Which voters accepted this node's appends as leader, by send time.
+    pub(crate) leader_clock: LeaderClock,
     idle: Mutex<HashMap<String, Vec<Client>>>,
     contact: Mutex<HashMap<u64, Instant>>,
 }
@@ -55,7 +58,12 @@ impl std::fmt::Display for CallError {
 
 impl Peers {
     pub(crate) fn new(tls: Arc<ClientConfig>) -> Arc<Peers> {
-        Arc::new(Peers { tls, idle: Mutex::new(HashMap::new()), contact: Mutex::new(HashMap::new()) })
+        Arc::new(Peers {
+            tls,
+            leader_clock: LeaderClock::default(),
+            idle: Mutex::new(HashMap::new()),
+            contact: Mutex::new(HashMap::new()),
+        })
     }
 
     pub(crate) fn record_contact(&self, node: u64) {
@@ -187,7 +195,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeInfo, RaftError<u64>>> {
-        self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await
+        let sent = Instant::now();
+        let term = rpc.vote.leader_id().get_term();
+        let leading = rpc.vote.is_committed();
+        let result = self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await;
+        if leading && matches!(result, Ok(ref response) if !matches!(response, AppendEntriesResponse::HigherVote(_))) {
+            self.peers.leader_clock.accepted(term, self.target, sent);
+        }
+        result
     }
 
     async fn install_snapshot(

@@ -584,6 +584,40 @@ impl ConsensusNode {
         Ok(index)
     }
 
+    /// Confirms that this node still led after `since` (a lease renewal's arrival): a majority of
+    /// voters accepted an append of this term sent at or after it. Returns the index applied here
+    /// at that point, which includes every write this leader completed before.
+    ///
+    /// The leader's regular heartbeats (every 50 ms) normally provide the proof, so a renewal
+    /// costs no round of its own; if they do not within two heartbeats (heartbeats are paused
+    /// during a leadership transfer, or a voter is slow), an explicit round is run instead.
+    pub async fn confirm_after(&self, since: Instant) -> Result<u64> {
+        let wait_for_heartbeats = Instant::now() + self.timing.heartbeat * 2;
+        loop {
+            let changed = self.peers.leader_clock.changed().notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (confirmed, applied) = {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                if metrics.state != ServerState::Leader {
+                    return Err(self.not_leader());
+                }
+                let configs = metrics.membership_config.membership().get_joint_config();
+                let confirmed = self.peers.leader_clock.confirmed(metrics.current_term, self.id, configs, since);
+                (confirmed, metrics.last_applied.map_or(0, |id| id.index))
+            };
+            if confirmed {
+                return Ok(applied);
+            }
+            let deadline = tokio::time::Instant::from_std(wait_for_heartbeats);
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let index = self.confirm_leadership().await?;
+                return Ok(self.applied_index().max(index));
+            }
+        }
+    }
+
     /// Whether this node is the leader now, and in which term.
     pub fn leadership(&self) -> Option<u64> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -829,9 +863,12 @@ impl ConsensusNode {
 
     /// Builds a snapshot once `snapshot_period` entries were applied since the last one.
     async fn snapshot_if_due(&self, last_triggered: &mut Option<u64>) {
-        let metrics = self.raft.metrics().borrow().clone();
-        let applied = metrics.last_applied.map_or(0, |id| id.index);
-        let snapshot = metrics.snapshot.map_or(0, |id| id.index).max(last_triggered.unwrap_or(0));
+        let (applied, snapshot) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.last_applied.map_or(0, |id| id.index), metrics.snapshot.map_or(0, |id| id.index))
+        };
+        let snapshot = snapshot.max(last_triggered.unwrap_or(0));
         let period = self.read_local(|state| state.settings.snapshot_period);
         if applied >= snapshot + period {
             *last_triggered = Some(applied);

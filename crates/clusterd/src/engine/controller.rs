@@ -35,19 +35,26 @@ pub(super) fn current_view(engine: &Engine) -> View {
     View { nodes, fencing: engine.fencing.lock().expect("fencing lock").clone() }
 }
 
-/// Runs while this node leads: resets the lease table on every new term, then plans every tick.
+/// Runs while this node leads: resets the lease table on every new term, then plans every tick in
+/// which something the plan depends on changed (the applied state or the view), or the previous
+/// plan asked for something (a proposal may have failed). `plan` is a pure function of the two
+/// (the time only stamps events), so skipping an unchanged tick loses nothing; at 1,000 packages it
+/// spares a full placement pass every 20 ms.
 pub(crate) async fn controller_loop(engine: Arc<Engine>) {
     let mut led_term = None;
+    let mut last_planned: Option<(u64, View)> = None;
     loop {
         tokio::time::sleep(TICK).await;
         let Some(term) = engine.node.leadership() else {
             led_term = None;
+            last_planned = None;
             continue;
         };
         if led_term != Some(term) {
             // A new leader assumes every lease granted before may run one full lease from now ...
             engine.table.lock().expect("lease table lock").elected(now());
             led_term = Some(term);
+            last_planned = None;
             // ... unless a majority of voters tells when they last acknowledged an older leader:
             // no older lease began after that (docs/safety.md, "A new leader's wait").
             let drift_ppm = engine.snapshot().state.settings.clock_drift_ppm;
@@ -63,7 +70,14 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
         }
         let snapshot = engine.snapshot();
         let view = current_view(&engine);
-        for action in plan(&snapshot.state, &view, wall_ms()) {
+        let inputs = (snapshot.applied, view);
+        if last_planned.as_ref() == Some(&inputs) {
+            continue;
+        }
+        let actions = plan(&snapshot.state, &inputs.1, wall_ms());
+        // An empty plan is final for these inputs; a plan with actions is redone next tick.
+        last_planned = if actions.is_empty() { Some(inputs) } else { None };
+        for action in actions {
             match action {
                 Action::Propose(command) => {
                     let summary = describe(&command);

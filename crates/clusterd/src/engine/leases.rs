@@ -16,7 +16,8 @@ pub(crate) struct LeaseRequest {
     pub(crate) node: String,
 }
 
-/// The leader confirmed its leadership with a quorum after receiving the request.
+/// The leader confirmed its leadership with a quorum after receiving the request (a majority of
+/// voters accepted its appends sent after that).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct LeaseGrant {
     /// The holder may start packages only once it has applied this index.
@@ -28,7 +29,8 @@ impl Engine {
     /// that this node still leads.
     pub(crate) async fn grant(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
         let received = now();
-        let commit_index = self.node.confirm_leadership().await.map_err(|err| err.to_string())?;
+        let arrived = std::time::Instant::now();
+        let commit_index = self.node.confirm_after(arrived).await.map_err(|err| err.to_string())?;
         self.table.lock().expect("lease table lock").renewed(&request.node, received);
         Ok(LeaseGrant { commit_index })
     }
