@@ -908,13 +908,19 @@ fn validate_address(address: &str) -> Result<()> {
     }
 }
 
+/// Longest sleep of the driver: bounds how late a snapshot is triggered or a timeout noticed.
+const IDLE_PAUSE: Duration = Duration::from_millis(50);
+
 /// Background work of every node: the election driver and the snapshot trigger.
 async fn driver(node: std::sync::Weak<ConsensusNode>) {
     let mut deadline: Option<Duration> = None;
     let mut last_triggered = None;
     let mut last_attempt = Instant::now();
+    // Idle wakeups cost CPU on every node: sleep as long as nothing can be due.
+    let mut pause = Duration::from_millis(10);
     loop {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(pause).await;
+        pause = IDLE_PAUSE;
         let Some(node) = node.upgrade() else { return };
         if node.raft.metrics().borrow().running_state.is_err() {
             return;
@@ -931,7 +937,9 @@ async fn driver(node: std::sync::Weak<ConsensusNode>) {
             let max = timing.election_timeout_max.as_millis() as u64;
             Duration::from_millis(rand::rng().random_range(min..=max))
         });
-        if node.election.since_leader_contact() < timeout || last_attempt.elapsed() < timeout {
+        let waited = node.election.since_leader_contact().min(last_attempt.elapsed());
+        if waited < timeout {
+            pause = (timeout - waited).clamp(Duration::from_millis(5), IDLE_PAUSE);
             continue;
         }
         last_attempt = Instant::now();
