@@ -4,7 +4,9 @@
 //! every lease an old leader granted began before some voter of that round acknowledged it. A new
 //! leader of term `T` that learns, from a majority of voters that already know `T`, when each last
 //! acknowledged a leader of a term below `T`, knows a moment after which no older lease began:
-//! any old quorum and that majority share a voter. Answers are conservative: an acknowledgement
+//! any old quorum and that majority share a voter. The old leader belongs to its own quorums
+//! without acknowledging anything, so a leader records each of its confirmations as its own
+//! acknowledgement of its term (`ConsensusNode::confirm_after`). Answers are conservative: an acknowledgement
 //! still in flight counts as "now", and after a restart the process start stands in for the
 //! forgotten past.
 

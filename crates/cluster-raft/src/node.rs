@@ -592,6 +592,17 @@ impl ConsensusNode {
     /// costs no round of its own; if they do not within two heartbeats (heartbeats are paused
     /// during a leadership transfer, or a voter is slow), an explicit round is run instead.
     pub async fn confirm_after(&self, since: Instant) -> Result<u64> {
+        let term = self.leadership().ok_or_else(|| self.not_leader())?;
+        // The leader accepts its own appends: a confirmation of term `term` counts as this voter's
+        // acknowledgement of that term (a later leader asks for it, see ack_clock.rs), recorded
+        // as in flight now and as done when it succeeds.
+        let in_flight = AckInFlight::begin(&self.acks, term);
+        let index = self.confirm_leader_after(since).await?;
+        in_flight.end(true);
+        Ok(index)
+    }
+
+    async fn confirm_leader_after(&self, since: Instant) -> Result<u64> {
         let wait_for_heartbeats = Instant::now() + self.timing.heartbeat * 2;
         loop {
             let changed = self.peers.leader_clock.changed().notified();
