@@ -87,6 +87,9 @@ pub struct LeaseTable {
     renewed: BTreeMap<String, Duration>,
     /// Nodes a fence confirmed off (at that time), until they renew again.
     fenced: BTreeMap<String, Duration>,
+    /// Controller plans begun / finished (their proposals answered), numbered from 1.
+    plans_begun: u64,
+    plans_done: u64,
 }
 
 impl LeaseTable {
@@ -133,6 +136,29 @@ impl LeaseTable {
         self.fenced.remove(node);
         let slot = self.renewed.entry(node.to_owned()).or_insert(received_at);
         *slot = (*slot).max(received_at);
+    }
+
+    /// The controller is about to plan with the liveness this table gives now; returns the plan's
+    /// number. Call it under the same lock as the liveness reads.
+    pub fn begin_plan(&mut self) -> u64 {
+        self.plans_begun += 1;
+        self.plans_begun
+    }
+
+    /// Every proposal of plan `plan` was answered (committed and applied here, or failed).
+    pub fn end_plan(&mut self, plan: u64) {
+        self.plans_done = self.plans_done.max(plan);
+    }
+
+    /// The plans that may have judged a node before a renewal recorded now: a grant waits until
+    /// [`LeaseTable::plans_done`] reaches it, so that the index it returns covers any reassignment
+    /// those plans made while the node looked expired.
+    pub fn plans_begun(&self) -> u64 {
+        self.plans_begun
+    }
+
+    pub fn plans_done(&self) -> u64 {
+        self.plans_done
     }
 
     /// The lease of `node` as the controller must treat it.
@@ -224,6 +250,20 @@ mod tests {
         // Re-election forgets renewals from the previous term.
         table.elected(ms(20_000));
         assert_eq!(table.liveness("n2", ms(20_001), &settings), Liveness::Unknown);
+    }
+
+    #[test]
+    fn plans_are_numbered_and_done_in_any_order() {
+        let mut table = LeaseTable::default();
+        assert_eq!((table.plans_begun(), table.plans_done()), (0, 0));
+        let first = table.begin_plan();
+        let second = table.begin_plan();
+        assert_eq!((first, second, table.plans_begun()), (1, 2, 2));
+        table.end_plan(second);
+        table.end_plan(first);
+        assert_eq!(table.plans_done(), 2, "done never goes back");
+        table.elected(ms(5));
+        assert_eq!(table.plans_begun(), 2, "a new term keeps the numbering");
     }
 
     #[test]

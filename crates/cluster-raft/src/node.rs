@@ -640,6 +640,11 @@ impl ConsensusNode {
         self.raft.metrics().borrow().last_applied.map_or(0, |id| id.index)
     }
 
+    /// Index of the last entry in the local log (appended, not necessarily committed).
+    pub fn last_log_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_log_index.unwrap_or(0)
+    }
+
     /// Waits (at most `limit`) until an entry after `index` is applied; returns the applied index.
     pub async fn wait_applied_after(&self, index: u64, limit: Duration) -> u64 {
         let _ = self.raft.wait(Some(limit)).applied_index_at_least(Some(index + 1), "state change").await;

@@ -15,8 +15,12 @@ const FENCE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The view the controller plans with: every member's lease as this leader knows it.
 pub(super) fn current_view(engine: &Engine) -> View {
-    let snapshot = engine.snapshot();
     let table = engine.table.lock().expect("lease table lock");
+    view_of(engine, &table)
+}
+
+fn view_of(engine: &Engine, table: &cluster_model::LeaseTable) -> View {
+    let snapshot = engine.snapshot();
     let at = now();
     let nodes = engine
         .node
@@ -69,14 +73,21 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
             }
         }
         let snapshot = engine.snapshot();
-        let view = current_view(&engine);
+        // The view and the plan number are taken under one lock: a renewal recorded after this
+        // point is in the view, one recorded before waits for this plan (see `Engine::grant`).
+        let (view, plan_number) = {
+            let mut table = engine.table.lock().expect("lease table lock");
+            let view = view_of(&engine, &table);
+            let unchanged =
+                last_planned.as_ref().is_some_and(|(applied, last)| *applied == snapshot.applied && *last == view);
+            (view, (!unchanged).then(|| table.begin_plan()))
+        };
+        let Some(plan_number) = plan_number else { continue };
         let inputs = (snapshot.applied, view);
-        if last_planned.as_ref() == Some(&inputs) {
-            continue;
-        }
         let actions = plan(&snapshot.state, &inputs.1, wall_ms());
         // An empty plan is final for these inputs; a plan with actions is redone next tick.
         last_planned = if actions.is_empty() { Some(inputs) } else { None };
+        let mut uncertain = false;
         for action in actions {
             match action {
                 Action::Propose(command) => {
@@ -86,6 +97,7 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
                         Ok(other) => tracing::debug!(?other, "{summary}: not applied"),
                         Err(err) => {
                             tracing::warn!(error = %err, "{summary}: not committed");
+                            uncertain = true;
                             break;
                         }
                     }
@@ -93,8 +105,17 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
                 Action::Fence { node, reason } => start_fence(&engine, node, reason, &snapshot.state.settings),
             }
         }
+        if uncertain {
+            // A failed write may still commit: let it apply (or time out) before grants go on.
+            let last = engine.node.last_log_index();
+            engine.node.wait_applied_after(last.saturating_sub(1), UNCERTAIN_WRITE_WAIT).await;
+        }
+        engine.table.lock().expect("lease table lock").end_plan(plan_number);
     }
 }
+
+/// How long the controller lets a write with an unknown outcome apply before releasing grants.
+const UNCERTAIN_WRITE_WAIT: Duration = Duration::from_secs(5);
 
 fn describe(command: &Command) -> String {
     match command {
