@@ -7,6 +7,7 @@ use std::time::Duration;
 use cluster_host::{FenceAction, FenceDevice};
 use cluster_model::controller::{plan, Action, Liveness, View};
 use cluster_model::{Command, CommandOutcome};
+use futures::StreamExt;
 
 use super::{now, wall_ms, Engine};
 
@@ -87,24 +88,37 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
         let actions = plan(&snapshot.state, &inputs.1, wall_ms());
         // An empty plan is final for these inputs; a plan with actions is redone next tick.
         last_planned = if actions.is_empty() { Some(inputs) } else { None };
-        let mut uncertain = false;
+        let mut proposals = Vec::new();
         for action in actions {
             match action {
-                Action::Propose(command) => {
+                Action::Propose(command) => proposals.push(command),
+                Action::Fence { node, reason } => start_fence(&engine, node, reason, &snapshot.state.settings),
+            }
+        }
+        // Each assignment is conditional on its own package's epoch, so their order does not
+        // matter: a bounded number in flight relocates a dead node's hundreds of packages in a
+        // few Raft rounds, without flooding the log (all at once starved the leases: scale
+        // benchmark, docs/benchmarks-scale.md).
+        let outcomes: Vec<bool> = futures::stream::iter(proposals)
+            .map(|command| {
+                let engine = engine.clone();
+                async move {
                     let summary = describe(&command);
                     match engine.node.write(command).await {
                         Ok(CommandOutcome::Applied) => tracing::info!("{summary}"),
                         Ok(other) => tracing::debug!(?other, "{summary}: not applied"),
                         Err(err) => {
                             tracing::warn!(error = %err, "{summary}: not committed");
-                            uncertain = true;
-                            break;
+                            return false;
                         }
                     }
+                    true
                 }
-                Action::Fence { node, reason } => start_fence(&engine, node, reason, &snapshot.state.settings),
-            }
-        }
+            })
+            .buffer_unordered(PROPOSALS_IN_FLIGHT)
+            .collect()
+            .await;
+        let uncertain = outcomes.contains(&false);
         if uncertain {
             // A failed write may still commit: let it apply (or time out) before grants go on.
             let last = engine.node.last_log_index();
@@ -113,6 +127,9 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
         engine.table.lock().expect("lease table lock").end_plan(plan_number);
     }
 }
+
+/// Proposals of one plan in flight at once.
+const PROPOSALS_IN_FLIGHT: usize = 16;
 
 /// How long the controller lets a write with an unknown outcome apply before releasing grants.
 const UNCERTAIN_WRITE_WAIT: Duration = Duration::from_secs(5);
