@@ -35,11 +35,17 @@ impl Default for ProcessConfig {
     }
 }
 
+/// Starts that fork at the same time (the rest wait their turn).
+const CONCURRENT_SPAWNS: usize = 4;
+
 /// Processes on the real host.
 #[derive(Debug, Clone)]
 pub struct LinuxProcesses {
     cgroup_parent: Option<PathBuf>,
     state_directory: PathBuf,
+    /// Bounds the forks in flight: a node taking over hundreds of packages must not start hundreds of
+    /// blocking threads that fork at once.
+    spawns: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The cgroup2 mount point from a mountinfo text.
@@ -134,7 +140,11 @@ impl LinuxProcesses {
         if cgroup_parent.is_none() {
             tracing::info!("cgroup v2 not usable, supervising units by process group");
         }
-        LinuxProcesses { cgroup_parent, state_directory: config.state_directory }
+        LinuxProcesses {
+            cgroup_parent,
+            state_directory: config.state_directory,
+            spawns: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SPAWNS)),
+        }
     }
 
     fn cgroup(&self, unit: &str) -> Option<PathBuf> {
@@ -145,51 +155,8 @@ impl LinuxProcesses {
         self.state_directory.join(format!("{}.pgid", unit_file_name(unit)))
     }
 
-    fn unit_pids_blocking(cgroup: Option<&Path>, pid_file: &Path, unit: &str) -> Result<Vec<u32>, ProcessError> {
-        if let Some(cgroup) = cgroup {
-            return match std::fs::read_to_string(cgroup.join("cgroup.procs")) {
-                Ok(text) => Ok(text.lines().filter_map(|line| line.trim().parse().ok()).collect()),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-                Err(error) => Err(io_failure(format!("read {}", cgroup.display()), error)),
-            };
-        }
-        let group: Option<i32> = std::fs::read_to_string(pid_file).ok().and_then(|text| text.trim().parse().ok());
-        let needle = format!("CLUSTERD_UNIT={unit}").into_bytes();
-        let own = std::process::id();
-        let mut pids = Vec::new();
-        let entries = std::fs::read_dir("/proc").map_err(|error| io_failure("read /proc".to_string(), error))?;
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
-                continue;
-            };
-            if pid == own {
-                continue;
-            }
-            let Some((state, process_group)) = stat_state_and_group(pid) else {
-                continue;
-            };
-            if state == 'Z' || state == 'X' {
-                continue;
-            }
-            if Some(process_group) == group || environment_has(pid, &needle) {
-                pids.push(pid);
-            }
-        }
-        Ok(pids)
-    }
-}
-
-#[async_trait::async_trait]
-impl Processes for LinuxProcesses {
-    fn kill_mode(&self) -> KillMode {
-        if self.cgroup_parent.is_some() {
-            KillMode::Cgroup
-        } else {
-            KillMode::ProcessGroup
-        }
-    }
-
-    async fn spawn(&self, spec: &ServiceSpec) -> Result<u32, ProcessError> {
+    /// The blocking part of a start, run on the blocking pool: the unit's cgroup, fork, exec.
+    fn spawn_unit(&self, spec: &ServiceSpec) -> Result<(tokio::process::Child, u32), ProcessError> {
         let program = spec.argv.first().cloned().unwrap_or_default();
         let action = format!("start {} for unit {}", program, spec.unit);
         let mut command = tokio::process::Command::new(&program);
@@ -260,7 +227,7 @@ impl Processes for LinuxProcesses {
                 Ok(())
             });
         }
-        let mut child = match command.spawn() {
+        let child = match command.spawn() {
             Ok(child) => child,
             Err(error)
                 if matches!(error.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied)
@@ -278,6 +245,69 @@ impl Processes for LinuxProcesses {
                 .and_then(|_| std::fs::write(self.pid_file(&spec.unit), format!("{pid}\n")))
                 .map_err(|error| io_failure(format!("write pid file of unit {}", spec.unit), error))?;
         }
+        Ok((child, pid))
+    }
+
+    fn unit_pids_blocking(cgroup: Option<&Path>, pid_file: &Path, unit: &str) -> Result<Vec<u32>, ProcessError> {
+        if let Some(cgroup) = cgroup {
+            return match std::fs::read_to_string(cgroup.join("cgroup.procs")) {
+                Ok(text) => Ok(text.lines().filter_map(|line| line.trim().parse().ok()).collect()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(error) => Err(io_failure(format!("read {}", cgroup.display()), error)),
+            };
+        }
+        let group: Option<i32> = std::fs::read_to_string(pid_file).ok().and_then(|text| text.trim().parse().ok());
+        let needle = format!("CLUSTERD_UNIT={unit}").into_bytes();
+        let own = std::process::id();
+        let mut pids = Vec::new();
+        let entries = std::fs::read_dir("/proc").map_err(|error| io_failure("read /proc".to_string(), error))?;
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == own {
+                continue;
+            }
+            let Some((state, process_group)) = stat_state_and_group(pid) else {
+                continue;
+            };
+            if state == 'Z' || state == 'X' {
+                continue;
+            }
+            if Some(process_group) == group || environment_has(pid, &needle) {
+                pids.push(pid);
+            }
+        }
+        Ok(pids)
+    }
+}
+
+#[async_trait::async_trait]
+impl Processes for LinuxProcesses {
+    fn kill_mode(&self) -> KillMode {
+        if self.cgroup_parent.is_some() {
+            KillMode::Cgroup
+        } else {
+            KillMode::ProcessGroup
+        }
+    }
+
+    async fn spawn(&self, spec: &ServiceSpec) -> Result<u32, ProcessError> {
+        // fork, the move into the unit's cgroup (a kernel-wide lock) and exec block for milliseconds
+        // each. On the runtime's two worker threads a burst of starts (a node taking back 200
+        // packages) stalled lease renewals and TLS handshakes until the node's lease lapsed; the
+        // blocking pool keeps the runtime responsive, a few at a time.
+        let _permit = self.spawns.acquire().await.map_err(|error| ProcessError::Failed {
+            action: format!("start unit {}", spec.unit),
+            message: error.to_string(),
+        })?;
+        let processes = self.clone();
+        let spec = spec.clone();
+        let unit = spec.unit.clone();
+        let (mut child, pid) =
+            tokio::task::spawn_blocking(move || processes.spawn_unit(&spec)).await.map_err(|error| {
+                ProcessError::Failed { action: format!("start unit {unit}"), message: error.to_string() }
+            })??;
         // Reap the child whenever it exits; the unit is tracked through its cgroup or group, not this handle.
         tokio::spawn(async move {
             let _ = child.wait().await;

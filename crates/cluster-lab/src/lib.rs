@@ -9,7 +9,8 @@
 //! - [`linearizability`]: a per-key Wing–Gong checker for key-value histories (pure).
 //! - [`nemesis`]: random fault schedules from a seed (pure) and the key-value nemesis run.
 //! - [`keepalived`]: keepalived nodes and the failover benchmark, generic over what owns the VIP.
-//! - [`failover_bench`]: clusterd and keepalived failover side by side, phases, `pkg move`, scale.
+//! - [`failover_bench`]: clusterd and keepalived failover side by side, phases, `pkg move`.
+//! - [`scale_bench`]: many small packages on a clusterd lab: request times, idle CPU, relocation of a killed node.
 //! - [`watchdog`]: the emulated watchdog devices and the lab supervisor that serves them.
 //! - [`fence`]: the lab fence agent (fence-agents convention).
 //!
@@ -26,5 +27,6 @@ pub mod linearizability;
 pub mod nemesis;
 pub mod observer;
 pub mod partition;
+pub mod scale_bench;
 pub mod sys;
 pub mod watchdog;

@@ -15,7 +15,7 @@ use cluster_lab::lab::{Daemon, KeepalivedConfig, Lab, LabGuard, LabSpec};
 use cluster_lab::nemesis::{self, FaultKind, NemesisOptions};
 use cluster_lab::observer::{Observer, ObserverSpec};
 use cluster_lab::partition::Partition;
-use cluster_lab::{failover_bench, fence, watchdog};
+use cluster_lab::{failover_bench, fence, scale_bench, watchdog};
 
 #[derive(Parser)]
 #[command(name = "clusterlab", about = "clusterd test lab: clusters in network namespaces, faults, observer, checkers")]
@@ -210,6 +210,39 @@ enum Command {
         /// CI mode: 2 trials of each kind.
         #[arg(long)]
         quick: bool,
+        /// Write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        #[command(flatten)]
+        binaries: Binaries,
+    },
+    /// Scale benchmark: many one-process packages on a clusterd lab; request times, idle CPU, relocation of the
+    /// packages of a killed node (lab NAME, removed at the end).
+    BenchScale {
+        /// Voting nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Packages.
+        #[arg(long, default_value_t = 1000)]
+        packages: usize,
+        /// Kill trials of a node that is not the Raft leader.
+        #[arg(long, default_value_t = 3)]
+        trials: usize,
+        /// Skip the kill trial of the leader.
+        #[arg(long)]
+        no_leader_trial: bool,
+        /// Timed runs of each request.
+        #[arg(long, default_value_t = 20)]
+        status_runs: usize,
+        /// Seconds of the idle CPU measurement.
+        #[arg(long, default_value_t = 10.0)]
+        idle_secs: f64,
+        /// CI mode: 3 nodes, 60 packages, 1 trial, short windows (overrides the other options).
+        #[arg(long)]
+        quick: bool,
+        /// Bring the lab up with every package running, then stop and leave it up (to explore it).
+        #[arg(long)]
+        setup_only: bool,
         /// Write the JSON report here.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -519,6 +552,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(path) = report {
                 std::fs::write(&path, serde_json::to_string_pretty(&result)?)
                     .with_context(|| format!("failed to write {}", path.display()))?;
+            }
+        }
+        Command::BenchScale {
+            nodes,
+            packages,
+            trials,
+            no_leader_trial,
+            status_runs,
+            idle_secs,
+            quick,
+            setup_only,
+            report,
+            binaries,
+        } => {
+            let (clusterd, clusterctl) = binaries.resolve()?;
+            let mut options = if quick {
+                scale_bench::ScaleBenchOptions::quick(&name, clusterd, clusterctl)
+            } else {
+                scale_bench::ScaleBenchOptions {
+                    nodes,
+                    packages,
+                    trials,
+                    leader_trial: !no_leader_trial,
+                    status_runs,
+                    idle_window: Duration::from_secs_f64(idle_secs),
+                    ..scale_bench::ScaleBenchOptions::full(&name, clusterd, clusterctl)
+                }
+            };
+            options.setup_only = setup_only;
+            if options.nodes == 0 || options.packages == 0 {
+                bail!("bench-scale needs at least one node and one package");
+            }
+            let result = scale_bench::run(&options, &mut |line| println!("{line}"))
+                .with_context(|| format!("scale benchmark in lab {name} failed"))?;
+            if !setup_only {
+                println!("{}", scale_bench::render(&result));
+            }
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_string_pretty(&result)?)
+                    .with_context(|| format!("failed to write {}", path.display()))?;
+            }
+            if !result.failures.is_empty() {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::FenceAgent => {

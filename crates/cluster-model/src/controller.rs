@@ -81,15 +81,18 @@ struct Planner<'a> {
     view: &'a View,
     now_ms: u64,
     /// Packages each node holds or is about to hold (least-loaded placement).
-    load: BTreeMap<String, usize>,
+    load: BTreeMap<&'a str, usize>,
 }
 
+// The planner runs on the leader every controller tick over every package: the common cases (a package
+// running on its most preferred node, nothing to do) allocate nothing; strings are built only for the
+// decisions and explanations that carry them.
 impl<'a> Planner<'a> {
     fn new(state: &'a ClusterState, view: &'a View, now_ms: u64) -> Planner<'a> {
         let mut load = BTreeMap::new();
         for package in state.packages.values() {
             if let (Some(owner), true) = (&package.owner, package.phase.may_be_active()) {
-                *load.entry(owner.clone()).or_insert(0) += 1;
+                *load.entry(owner.as_str()).or_insert(0) += 1;
             }
         }
         Planner { state, view, now_ms, load }
@@ -100,16 +103,36 @@ impl<'a> Planner<'a> {
     }
 
     /// Nodes the package may run on, in preference order.
-    fn preference(&self, package: &PackageState) -> Vec<String> {
+    fn preference(&self, package: &'a PackageState) -> Vec<&'a str> {
         if package.def.nodes.is_empty() {
-            self.view.nodes.keys().cloned().collect()
+            self.view.nodes.keys().map(String::as_str).collect()
         } else {
-            package.def.nodes.clone()
+            package.def.nodes.iter().map(String::as_str).collect()
         }
+    }
+
+    /// The first node of the preference order.
+    fn most_preferred(&self, package: &'a PackageState) -> Option<&'a str> {
+        if package.def.nodes.is_empty() {
+            self.view.nodes.keys().next().map(String::as_str)
+        } else {
+            package.def.nodes.first().map(String::as_str)
+        }
+    }
+
+    /// Whether `node` cannot take `package` whatever its lease (see `static_exclusion`).
+    fn statically_excluded(&self, package: &PackageState, node: &str) -> bool {
+        (!package.def.nodes.is_empty() && !package.def.nodes.iter().any(|n| n == node))
+            || !self.view.nodes.contains_key(node)
+            || package.banned.contains(node)
+            || self.state.nodes.get(node).is_some_and(|record| record.standby)
     }
 
     /// Why `node` cannot take `package` whatever its lease, or `None`.
     fn static_exclusion(&self, package: &PackageState, node: &str) -> Option<String> {
+        if !self.statically_excluded(package, node) {
+            return None;
+        }
         if !package.def.nodes.is_empty() && !package.def.nodes.iter().any(|n| n == node) {
             return Some("not in the package's nodes list".into());
         }
@@ -119,10 +142,12 @@ impl<'a> Planner<'a> {
         if package.banned.contains(node) {
             return Some("failed beyond its restart budget here (pkg cleanup clears it)".into());
         }
-        if self.state.nodes.get(node).is_some_and(|record| record.standby) {
-            return Some("in standby".into());
-        }
-        None
+        Some("in standby".into())
+    }
+
+    /// Whether `node` cannot take `package` now (see `exclusion`).
+    fn excluded(&self, package: &PackageState, node: &str) -> bool {
+        self.statically_excluded(package, node) || self.liveness(node) != Liveness::Alive
     }
 
     /// Why `node` cannot take `package` now, or `None` if it can.
@@ -135,36 +160,31 @@ impl<'a> Planner<'a> {
     }
 
     /// The node the package should go to, excluding `avoid`.
-    fn choose(&self, package: &PackageState, avoid: Option<&str>) -> Option<String> {
+    fn choose(&self, package: &'a PackageState, avoid: Option<&str>) -> Option<&'a str> {
         if let Some(target) = &package.target {
-            if Some(target.as_str()) != avoid && self.exclusion(package, target).is_none() {
-                return Some(target.clone());
+            if Some(target.as_str()) != avoid && !self.excluded(package, target) {
+                return Some(target.as_str());
             }
         }
-        let candidates: Vec<String> = self
-            .preference(package)
-            .into_iter()
-            .filter(|node| Some(node.as_str()) != avoid && self.exclusion(package, node).is_none())
-            .collect();
+        let preference = self.preference(package);
+        let eligible = |node: &&'a str| Some(*node) != avoid && !self.excluded(package, node);
         // A node that is only "unknown" (a new leader has not heard it yet) may be fine a heartbeat
         // later: do not pass over a more preferred node for that, wait for its lease to be known.
-        let undecided = |node: &String| {
-            Some(node.as_str()) != avoid
-                && self.liveness(node) == Liveness::Unknown
-                && self.static_exclusion(package, node).is_none()
+        let undecided = |node: &&'a str| {
+            Some(*node) != avoid && self.liveness(node) == Liveness::Unknown && !self.statically_excluded(package, node)
         };
         match package.def.failover {
             Failover::Ordered => {
-                let first = candidates.into_iter().next()?;
-                let preference = self.preference(package);
-                let rank = preference.iter().position(|n| *n == first).unwrap_or(usize::MAX);
+                let rank = preference.iter().position(eligible)?;
                 if preference.iter().take(rank).any(undecided) {
                     return None;
                 }
-                Some(first)
+                Some(preference[rank])
             }
-            Failover::LeastLoaded => candidates
-                .into_iter()
+            Failover::LeastLoaded => preference
+                .iter()
+                .copied()
+                .filter(eligible)
                 .enumerate()
                 .min_by_key(|(rank, node)| (self.load.get(node).copied().unwrap_or(0), *rank))
                 .map(|(_, node)| node),
@@ -175,19 +195,19 @@ impl<'a> Planner<'a> {
         &mut self,
         name: &str,
         package: &PackageState,
-        owner: Option<String>,
+        owner: Option<&'a str>,
         phase: Phase,
         reason: String,
     ) -> Action {
-        if let (Some(node), true) = (&owner, phase == Phase::Starting) {
-            if package.owner.as_ref() != Some(node) {
-                *self.load.entry(node.clone()).or_insert(0) += 1;
+        if let (Some(node), true) = (owner, phase == Phase::Starting) {
+            if package.owner.as_deref() != Some(node) {
+                *self.load.entry(node).or_insert(0) += 1;
             }
         }
         Action::Propose(Command::Assign {
             package: name.to_owned(),
             expected_epoch: package.epoch,
-            owner,
+            owner: owner.map(str::to_owned),
             phase,
             reason,
             at_ms: self.now_ms,
@@ -195,7 +215,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Why a running package should leave its live owner, if it should.
-    fn reason_to_leave(&self, package: &PackageState, owner: &str) -> Option<String> {
+    fn reason_to_leave(&self, package: &'a PackageState, owner: &str) -> Option<String> {
         if package.desired == Desired::Stopped {
             return Some("stop requested".into());
         }
@@ -203,16 +223,20 @@ impl<'a> Planner<'a> {
             return Some(format!("node {owner} {why}"));
         }
         if let Some(target) = package.target.as_deref().filter(|t| *t != owner) {
-            if self.exclusion(package, target).is_none() {
+            if !self.excluded(package, target) {
                 return Some(format!("move to {target} requested"));
             }
         }
-        if package.def.failback == Failback::Auto && package.phase == Phase::Running {
+        // On its most preferred node already: no node can be more preferred.
+        if package.def.failback == Failback::Auto
+            && package.phase == Phase::Running
+            && self.most_preferred(package) != Some(owner)
+        {
             // Fail back only to the node placement would choose now, and only if it is more
             // preferred than the owner: with least-loaded placement, moving to the first node of
             // the list and placing back on the least loaded one flapped forever (simulation, seed 47).
             let preference = self.preference(package);
-            let rank = |node: &str| preference.iter().position(|n| n == node).unwrap_or(usize::MAX);
+            let rank = |node: &str| preference.iter().position(|n| *n == node).unwrap_or(usize::MAX);
             if let Some(better) = self.choose(package, None).filter(|node| rank(node) < rank(owner)) {
                 return Some(format!("failback to {better}, which is preferred"));
             }
@@ -220,29 +244,29 @@ impl<'a> Planner<'a> {
         None
     }
 
-    fn plan_package(&mut self, name: &str, package: &PackageState, actions: &mut Vec<Action>) {
+    fn plan_package(&mut self, name: &str, package: &'a PackageState, actions: &mut Vec<Action>) {
         if package.frozen {
             return;
         }
-        if let Some(owner) = package.owner.clone() {
-            let liveness = self.liveness(&owner);
+        if let Some(owner) = package.owner.as_deref() {
+            let liveness = self.liveness(owner);
             if package.phase == Phase::Blocked || liveness == Liveness::Expired {
                 // The owner can no longer be trusted to stop: its lease must have ended under a
                 // watchdog or in declared lease-only mode, or a fence must confirm it is off.
-                let protection = protection(self.state, &owner);
+                let protection = protection(self.state, owner);
                 let fence_first = package.phase == Phase::Blocked || protection == Protection::Fencing;
                 if fence_first {
-                    if self.state.settings.fencing.contains_key(&owner) && !self.view.fencing.contains(&owner) {
+                    if self.state.settings.fencing.contains_key(owner) && !self.view.fencing.contains(owner) {
                         let reason = if package.phase == Phase::Blocked {
                             format!("stop of package {name} failed on {owner}")
                         } else {
                             format!("node {owner} lost its lease and has no watchdog")
                         };
-                        actions.push(Action::Fence { node: owner, reason });
+                        actions.push(Action::Fence { node: owner.to_owned(), reason });
                     }
                     return;
                 }
-                let next = if package.desired == Desired::Running { self.choose(package, Some(&owner)) } else { None };
+                let next = if package.desired == Desired::Running { self.choose(package, Some(owner)) } else { None };
                 let phase = if next.is_some() { Phase::Starting } else { Phase::Stopped };
                 let reason = format!("node {owner} lost its lease ({})", protection.as_str());
                 actions.push(self.assign(name, package, next, phase, reason));
@@ -252,7 +276,7 @@ impl<'a> Planner<'a> {
                 return;
             }
             if matches!(package.phase, Phase::Starting | Phase::Running) {
-                if let Some(reason) = self.reason_to_leave(package, &owner) {
+                if let Some(reason) = self.reason_to_leave(package, owner) {
                     actions.push(self.assign(name, package, Some(owner), Phase::Stopping, reason));
                 }
             }
@@ -313,7 +337,7 @@ pub fn explain(state: &ClusterState, view: &View, name: &str, now_ms: u64) -> Op
             Failback::Auto => "auto",
         }
     ));
-    for (rank, node) in planner.preference(package).iter().enumerate() {
+    for (rank, node) in planner.preference(package).into_iter().enumerate() {
         let verdict = match planner.exclusion(package, node) {
             None => format!("eligible, load {}", planner.load.get(node).copied().unwrap_or(0)),
             Some(why) => format!("excluded: {why}"),

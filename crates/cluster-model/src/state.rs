@@ -71,6 +71,8 @@ impl ClusterState {
                         "applied"
                     }
                 };
+                // The only change of a definition, always recorded: clusterd's executor compares
+                // definitions only for packages named by new events.
                 self.event(*at_ms, Some(&name), None, 0, what, "pkg apply", None);
                 CommandOutcome::Applied
             }

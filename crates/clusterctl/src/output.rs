@@ -80,11 +80,19 @@ impl Output {
                         .map(|(k, v)| (k.clone(), json!(v)))
                         .collect::<serde_json::Map<String, serde_json::Value>>())
                 }
-                ClientReply::Status(report) => serde_json::to_value(report).expect("status serializes"),
+                // The large replies are written straight to text: going through a `Value` tree
+                // doubled the time of `status --output json` at 1,000 packages.
+                ClientReply::Status(report) => {
+                    println!("{}", serde_json::to_string(report).expect("status serializes"));
+                    return ExitCode::SUCCESS;
+                }
                 ClientReply::Packages { packages } if self.detail && packages.len() == 1 => {
                     serde_json::to_value(&packages[0]).expect("packages serialize")
                 }
-                ClientReply::Packages { packages } => serde_json::to_value(packages).expect("packages serialize"),
+                ClientReply::Packages { packages } => {
+                    println!("{}", serde_json::to_string(packages).expect("packages serialize"));
+                    return ExitCode::SUCCESS;
+                }
                 ClientReply::Plan { lines } => json!({ "plan": lines }),
                 ClientReply::Events { events } => serde_json::to_value(events).expect("events serialize"),
             };

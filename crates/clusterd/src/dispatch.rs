@@ -318,11 +318,21 @@ impl Dispatcher {
     /// Raft status plus packages, protections, leases and warnings (the leader's view when leader).
     async fn status(&self) -> cluster_api::StatusReport {
         let mut report = self.node.status().await;
-        let state = self.node.read_local(|state| state.clone());
         let view = (self.node.leadership().is_some()).then(|| self.engine.view());
-        for node in &mut report.nodes {
-            node.standby = state.nodes.get(&node.name).is_some_and(|record| record.standby);
-            let protection = protection(&state, &node.name);
+        // Only what the report shows is copied out of the state (not the key-value map or the events).
+        let (nodes, packages) = self.node.read_local(|state| {
+            let nodes: Vec<(bool, Protection)> = report
+                .nodes
+                .iter()
+                .map(|node| {
+                    let standby = state.nodes.get(&node.name).is_some_and(|record| record.standby);
+                    (standby, protection(state, &node.name))
+                })
+                .collect();
+            (nodes, state.packages.values().cloned().collect::<Vec<_>>())
+        });
+        for (node, (standby, protection)) in report.nodes.iter_mut().zip(nodes) {
+            node.standby = standby;
             node.protection = protection.as_str().to_owned();
             if let Some(view) = &view {
                 node.lease = view.nodes.get(&node.name).map(|liveness| {
@@ -342,7 +352,8 @@ impl Dispatcher {
                 ));
             }
         }
-        for (name, package) in &state.packages {
+        for package in &packages {
+            let name = &package.def.name;
             if package.phase == Phase::Blocked {
                 report.warnings.push(format!(
                     "package {name} is BLOCKED: {}",
@@ -358,7 +369,7 @@ impl Dispatcher {
                 }
             }
         }
-        report.packages = state.packages.into_values().collect();
+        report.packages = packages;
         report
     }
 }

@@ -1,43 +1,241 @@
 //! The executor: one worker per package reconciles what this node owns with what runs here.
 //!
 //! ```text
-//!  every change of the applied state, and every 50 ms:
+//!  supervise: every applied entry ──> compare each package with what its worker last got
+//!               changed package ──> its worker's channel        settings ──> lease watch
+//!               applied index ──> published last (a worker that sees it also sees its package at that index)
+//!  lease watch: sleeps until the instant the lease reaches its stop budget (polls every 10 ms while there
+//!               is no valid lease, to see a renewal) and publishes "must stop" when it flips
+//!
+//!  a worker runs only when woken by: its package changed │ must-stop flipped (while something is active here,
+//!  or while waiting to start) │ the applied index moved (only while waiting for a state as recent as the
+//!  lease grant) │ its earliest monitor is due │ a retry (a report not committed, a stop that failed)
+//!
 //!    first time: probe every resource; adopt a package this node owns (no restart), stop one it does not
 //!    owner = me, phase starting/running, lease valid  ──> keep it running (start if needed, monitor)
 //!    anything else while active (not owner, stopping, lease at its stop budget) ──> stop it
 //!    owner = me, phase stopping, nothing active ──> report Stopped
 //!  a start is aborted (and the package stopped) if the lease reaches its stop budget meanwhile
 //! ```
+//!
+//! An idle node therefore does no work per package apart from the monitors it runs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_agents::{MonitorState, PackageRunner, RunError};
-use cluster_model::{Command, PackageState, Phase, Report, ResourceStatus};
+use cluster_model::{ClusterState, Command, LeaseStatus, PackageState, Phase, Report, ResourceStatus, Settings};
 use cluster_package::PackageDef;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::leases::{lease_lapse, must_stop_now};
-use super::{now, wall_ms, Engine, Snapshot};
+use super::{now, wall_ms, Engine};
 
-const TICK: Duration = Duration::from_millis(50);
+/// Wait before trying again after a report that was not committed or a stop that failed.
+const RETRY: Duration = Duration::from_millis(250);
+/// How often the lease watch looks for a renewal while this node has no valid lease.
+const LEASE_POLL: Duration = Duration::from_millis(10);
+/// How often `supervise` looks for workers that ended while their package still exists.
+const REAP: Duration = Duration::from_secs(1);
 
-/// Starts a worker for every package that appears in the state.
+/// What a worker gets: its package as last applied here, `None` once it was removed.
+type PackageSlot = Option<Arc<PackageState>>;
+
+struct WorkerHandle {
+    slot: watch::Sender<PackageSlot>,
+    task: JoinHandle<()>,
+}
+
+fn spawn_worker(engine: &Arc<Engine>, name: &str, package: PackageSlot) -> WorkerHandle {
+    let (slot, updates) = watch::channel(package);
+    let task = tokio::spawn(Worker::new(engine.clone(), name.to_owned()).run(updates));
+    WorkerHandle { slot, task }
+}
+
+/// Starts a worker for every package that appears in the state and hands each worker its package
+/// whenever an applied entry changed it.
 pub(crate) async fn supervise(engine: Arc<Engine>) {
-    let mut workers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
-    let mut updates = engine.snapshot.subscribe();
+    let mut workers: BTreeMap<String, WorkerHandle> = BTreeMap::new();
+    let mut last = None;
+    let mut next_event = None;
     loop {
-        let names: BTreeSet<String> = updates.borrow_and_update().state.packages.keys().cloned().collect();
-        workers.retain(|_, handle| !handle.is_finished());
-        for name in names {
-            if let std::collections::btree_map::Entry::Vacant(slot) = workers.entry(name.clone()) {
-                slot.insert(tokio::spawn(Worker::new(engine.clone(), name).run()));
+        let applied = match last {
+            None => engine.node.applied_index(),
+            Some(index) => engine.node.wait_applied_after(index, REAP).await,
+        };
+        if last != Some(applied) {
+            next_event = Some(publish(&engine, &mut workers, applied, next_event));
+            last = Some(applied);
+        }
+        // A worker ends once its package is gone and nothing is active; one that ended while its
+        // package exists again (removed and re-applied meanwhile, or a panic) is replaced.
+        workers.retain(|_, worker| !worker.task.is_finished() || worker.slot.borrow().is_some());
+        for (name, worker) in workers.iter_mut() {
+            if worker.task.is_finished() {
+                let package = worker.slot.borrow().clone();
+                *worker = spawn_worker(&engine, name, package);
             }
         }
-        if updates.changed().await.is_err() {
-            return;
+    }
+}
+
+/// One pass over the applied state: settings, each package that changed, then the applied index.
+/// `seen_events` is the state's `next_event` at the previous pass; returns the current one.
+///
+/// Comparing whole definitions of every package on every applied entry was the executor's main cost at
+/// 1,000 packages, so a definition is compared only for packages named by an event since the previous
+/// pass: a definition changes only through `pkg apply`, which always records an event naming the
+/// package. When the retained history does not reach back to the previous pass, everything is compared.
+fn publish(
+    engine: &Arc<Engine>,
+    workers: &mut BTreeMap<String, WorkerHandle>,
+    applied: u64,
+    seen_events: Option<u64>,
+) -> u64 {
+    let mut new = Vec::new();
+    let next_event = engine.node.read_local(|state| {
+        engine.settings.send_if_modified(|current| {
+            let changed = **current != state.settings;
+            if changed {
+                *current = Arc::new(state.settings.clone());
+            }
+            changed
+        });
+        let named = seen_events.and_then(|seen| packages_named_since(state, seen));
+        for (name, package) in &state.packages {
+            match workers.get(name) {
+                Some(worker) => {
+                    let compare_definition = named.as_ref().is_none_or(|named| named.contains(name.as_str()));
+                    worker.slot.send_if_modified(|slot| {
+                        let same = slot.as_deref().is_some_and(|current| {
+                            same_except_definition(current, package)
+                                && (!compare_definition || current.def == package.def)
+                        });
+                        if !same {
+                            *slot = Some(Arc::new(package.clone()));
+                        }
+                        !same
+                    });
+                }
+                None => new.push((name.clone(), Arc::new(package.clone()))),
+            }
+        }
+        for (name, worker) in workers.iter() {
+            if !state.packages.contains_key(name) {
+                worker.slot.send_if_modified(|slot| slot.take().is_some());
+            }
+        }
+        state.next_event
+    });
+    engine.applied.send_replace(applied);
+    for (name, package) in new {
+        let worker = spawn_worker(engine, &name, Some(package));
+        workers.insert(name, worker);
+    }
+    next_event
+}
+
+/// Packages named by the events recorded since `next_event` was `seen`; `None` when the retained
+/// history does not reach back that far.
+fn packages_named_since(state: &ClusterState, seen: u64) -> Option<BTreeSet<&str>> {
+    let covered = match state.events.front() {
+        Some(oldest) => oldest.seq <= seen && seen <= state.next_event,
+        None => seen == state.next_event,
+    };
+    covered.then(|| {
+        state
+            .events
+            .iter()
+            .rev()
+            .take_while(|event| event.seq >= seen)
+            .filter_map(|event| event.package.as_deref())
+            .collect()
+    })
+}
+
+/// Every field but the definition is equal (the destructuring fails to compile when a field is added).
+fn same_except_definition(a: &PackageState, b: &PackageState) -> bool {
+    let PackageState {
+        def: _,
+        desired,
+        frozen,
+        owner,
+        epoch,
+        phase,
+        since_ms,
+        target,
+        stopping_after_failure,
+        failures,
+        banned,
+        restarts,
+        last_failure,
+        resources,
+        blocked_reason,
+    } = a;
+    *epoch == b.epoch
+        && *phase == b.phase
+        && *since_ms == b.since_ms
+        && *desired == b.desired
+        && *frozen == b.frozen
+        && *restarts == b.restarts
+        && *stopping_after_failure == b.stopping_after_failure
+        && *owner == b.owner
+        && *target == b.target
+        && *resources == b.resources
+        && *last_failure == b.last_failure
+        && *blocked_reason == b.blocked_reason
+        && *failures == b.failures
+        && *banned == b.banned
+}
+
+/// Publishes whether this node's lease is at its stop budget (or absent), the moment it flips: it
+/// sleeps until the instant the stop budget is reached (a renewal only moves that instant later, so
+/// waking at the old one and looking again is enough), and polls every 10 ms while there is no
+/// valid lease, to see a renewal.
+pub(crate) async fn watch_lease(engine: Arc<Engine>) {
+    let mut settings_updates = engine.settings.subscribe();
+    loop {
+        let settings = settings_updates.borrow_and_update().clone();
+        let holder = *engine.holder.lock().expect("lease lock");
+        let at = now();
+        let must_stop = holder.status(at, &settings) == LeaseStatus::MustStop;
+        let flipped = engine.must_stop.send_if_modified(|current| {
+            let changed = *current != must_stop;
+            *current = must_stop;
+            changed
+        });
+        match (flipped, must_stop) {
+            (true, true) => tracing::warn!("lease at its stop budget: stopping every package"),
+            (true, false) => tracing::info!("lease valid: packages may start"),
+            (false, _) => {}
+        }
+        let wait = if must_stop {
+            LEASE_POLL
+        } else {
+            holder.remaining(at).unwrap_or_default().saturating_sub(settings.stop_budget())
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            changed = settings_updates.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
     }
+}
+
+/// What a worker waits for after a round, besides a change of its package.
+#[derive(Debug, Default)]
+struct Wait {
+    /// Wake at this time (the earliest monitor).
+    at: Option<Duration>,
+    /// Blocked until this node may start: wake on lease and applied-index changes.
+    may_start: bool,
+    /// Run another round at once (something was stopped that this node still owns).
+    again: bool,
 }
 
 struct Worker {
@@ -48,32 +246,68 @@ struct Worker {
     active: Option<u64>,
     probed: bool,
     next_monitor: BTreeMap<String, Duration>,
+    /// Try again at this time: a report was not committed or a stop failed.
+    retry_at: Option<Duration>,
 }
 
 impl Worker {
     fn new(engine: Arc<Engine>, name: String) -> Worker {
-        Worker { engine, name, runner: None, active: None, probed: false, next_monitor: BTreeMap::new() }
+        Worker {
+            engine,
+            name,
+            runner: None,
+            active: None,
+            probed: false,
+            next_monitor: BTreeMap::new(),
+            retry_at: None,
+        }
     }
 
-    async fn run(mut self) {
-        let mut updates = self.engine.snapshot.subscribe();
+    async fn run(mut self, mut updates: watch::Receiver<PackageSlot>) {
+        let mut applied_updates = self.engine.applied.subscribe();
+        let mut lease_updates = self.engine.must_stop.subscribe();
         loop {
-            let snapshot = updates.borrow_and_update().clone();
-            match snapshot.state.packages.get(&self.name).cloned() {
-                Some(package) => self.reconcile(&snapshot, &package).await,
+            // The applied index first: the package is then at least as recent as that index.
+            let applied = *applied_updates.borrow_and_update();
+            let package = updates.borrow_and_update().clone();
+            lease_updates.borrow_and_update();
+            self.retry_at = None;
+            let wait = match package {
+                Some(package) => self.reconcile(&package, applied).await,
                 None => {
                     if let Some(epoch) = self.active {
-                        // A failed stop leaves `active` set: the next round tries again.
+                        // A failed stop leaves `active` set and a retry scheduled.
                         let _ = self.stop(epoch, "package removed").await;
                     }
                     if self.active.is_none() {
                         return;
                     }
+                    Wait::default()
                 }
+            };
+            if wait.again {
+                continue;
             }
+            let deadline = [wait.at, self.retry_at].into_iter().flatten().min();
+            let sleep = deadline.map_or(Duration::from_secs(3600), |at| at.saturating_sub(now()));
+            let lease_matters = self.active.is_some() || wait.may_start;
             tokio::select! {
-                _ = updates.changed() => {}
-                _ = tokio::time::sleep(TICK) => {}
+                changed = updates.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                changed = lease_updates.changed(), if lease_matters => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                changed = applied_updates.changed(), if wait.may_start => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(sleep), if deadline.is_some() => {}
             }
         }
     }
@@ -88,7 +322,11 @@ impl Worker {
         &self.runner.as_ref().expect("runner").1
     }
 
-    async fn report(&self, package: &PackageState, report: Report) {
+    fn retry_soon(&mut self) {
+        self.retry_at = Some(now() + RETRY);
+    }
+
+    async fn report(&mut self, package: &PackageState, report: Report) {
         let command = Command::Report {
             package: self.name.clone(),
             node: self.engine.me.clone(),
@@ -98,24 +336,29 @@ impl Worker {
         };
         if let Err(err) = self.engine.propose(command).await {
             tracing::warn!(package = %self.name, error = %err, "report not committed, will retry");
+            self.retry_soon();
         }
     }
 
-    async fn reconcile(&mut self, snapshot: &Snapshot, package: &PackageState) {
-        let settings = &snapshot.state.settings;
+    async fn reconcile(&mut self, package: &PackageState, applied: u64) -> Wait {
+        let settings = self.engine.settings();
+        let settings = settings.as_ref();
         let me = self.engine.me.clone();
         let holder = *self.engine.holder.lock().expect("lease lock");
+        let mut wait = Wait::default();
         // Nothing is decided before this node holds a lease on a state at least as recent as the
         // grant: an old or partial state must not make it start or stop anything.
-        if !holder.may_start(now(), snapshot.applied, settings) && !self.probed {
-            return;
+        let may_start = holder.may_start(now(), applied, settings);
+        if !may_start && !self.probed {
+            wait.may_start = true;
+            return wait;
         }
         if !self.probed {
             self.probe(package).await;
             self.probed = true;
         }
         if package.frozen {
-            return;
+            return wait;
         }
         let mine = package.owner.as_deref() == Some(me.as_str());
         let keep =
@@ -130,6 +373,9 @@ impl Worker {
                     "stop requested"
                 };
                 let stopped = self.stop(epoch, why).await;
+                // Stopped something this node still owns (lease lapse, new epoch or definition):
+                // look again at once, to start it or to wait for the lease.
+                wait.again = stopped.is_ok() && mine && matches!(package.phase, Phase::Starting | Phase::Running);
                 if mine && package.phase == Phase::Stopping {
                     match stopped {
                         Ok(()) => self.report(package, Report::Stopped).await,
@@ -142,19 +388,30 @@ impl Worker {
                     self.report(package, Report::Running { resources: self.resource_states(package) }).await;
                 }
                 self.monitor(package).await;
+                if self.active.is_some() {
+                    wait.at = self.next_monitor.values().min().copied();
+                }
+            }
+            None if mine && matches!(package.phase, Phase::Starting | Phase::Running) && !may_start => {
+                wait.may_start = true;
             }
             None if mine && package.phase == Phase::Stopping => self.report(package, Report::Stopped).await,
-            None if mine && package.phase == Phase::Running && holder.may_start(now(), snapshot.applied, settings) => {
+            None if mine && package.phase == Phase::Running => {
                 // Running in the state but not here (e.g. not found after a daemon restart).
                 let report =
                     Report::ResourceFailed { resource: "package".into(), reason: format!("not running on {me}") };
                 self.report(package, report).await;
             }
-            None if mine && package.phase == Phase::Starting && holder.may_start(now(), snapshot.applied, settings) => {
-                self.start(package, settings).await
+            None if mine && package.phase == Phase::Starting => {
+                if self.start(package, settings).await {
+                    wait.again = true;
+                } else if self.active.is_some() {
+                    wait.at = self.next_monitor.values().min().copied();
+                }
             }
             None => {}
         }
+        wait
     }
 
     fn definition_changed(&self, def: &PackageDef) -> bool {
@@ -186,7 +443,9 @@ impl Worker {
         self.active = Some(epoch);
     }
 
-    async fn start(&mut self, package: &PackageState, settings: &cluster_model::Settings) {
+    /// Starts the package; returns true when the start was aborted at the stop budget and the
+    /// package stopped (the caller looks again, to wait for the lease).
+    async fn start(&mut self, package: &PackageState, settings: &Settings) -> bool {
         let epoch = package.epoch;
         self.engine.set_active(&self.name, true);
         self.engine.tend_watchdog_now();
@@ -202,10 +461,11 @@ impl Worker {
             Some(Ok(_)) => {
                 self.schedule_monitors(package);
                 self.report(package, Report::Running { resources: self.resource_states(package) }).await;
+                false
             }
             None => {
                 tracing::warn!(package = %self.name, epoch, "lease reached its stop budget during the start: stopping");
-                let _ = self.stop(epoch, "lease at its stop budget").await;
+                self.stop(epoch, "lease at its stop budget").await.is_ok()
             }
             Some(Err(err)) => {
                 tracing::warn!(package = %self.name, epoch, error = %err, "start failed");
@@ -220,11 +480,13 @@ impl Worker {
                     };
                     self.report(package, Report::ResourceFailed { resource, reason: err.to_string() }).await;
                 }
+                false
             }
         }
     }
 
-    /// Stops every resource; on success nothing is active here any more.
+    /// Stops every resource; on success nothing is active here any more, on failure a retry is
+    /// scheduled.
     async fn stop(&mut self, epoch: u64, why: &str) -> Result<(), String> {
         tracing::info!(package = %self.name, epoch, why, "stopping");
         let Some((_, runner)) = &self.runner else {
@@ -241,6 +503,7 @@ impl Worker {
             }
             Err(err) => {
                 tracing::error!(package = %self.name, epoch, error = %err, "stop failed: resources may still be active");
+                self.retry_soon();
                 Err(err.to_string())
             }
         }
@@ -282,5 +545,62 @@ impl Worker {
             self.report(package, Report::ResourceFailed { resource, reason: failure }).await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn definition(command: &str) -> PackageDef {
+        let text = format!(
+            "name = \"web\"\n\n[[resource]]\nname = \"main\"\ntype = \"process\"\ncommand = [\"/bin/{command}\"]\n"
+        );
+        cluster_package::parse_package("web.toml", &text).expect("valid package")
+    }
+
+    fn state_with_web() -> ClusterState {
+        let mut state = ClusterState::default();
+        state.apply(&Command::PkgApply { def: Box::new(definition("true")), at_ms: 1 });
+        state
+    }
+
+    #[test]
+    fn a_definition_is_compared_only_for_packages_named_by_new_events() {
+        let mut state = state_with_web();
+        let seen = state.next_event;
+        assert_eq!(packages_named_since(&state, seen), Some(BTreeSet::new()));
+        state.apply(&Command::PkgApply { def: Box::new(definition("false")), at_ms: 2 });
+        assert_eq!(packages_named_since(&state, seen), Some(BTreeSet::from(["web"])));
+        // The definition changed, nothing else did: only the full comparison sees it.
+        let before = state_with_web().packages["web"].clone();
+        let after = &state.packages["web"];
+        assert!(same_except_definition(&before, after));
+        assert_ne!(before.def, after.def);
+    }
+
+    #[test]
+    fn everything_is_compared_when_the_history_no_longer_reaches_the_last_pass() {
+        let mut state = state_with_web();
+        let seen = state.next_event;
+        for at_ms in 0..cluster_model::EVENT_HISTORY as u64 + 1 {
+            state.apply(&Command::PkgFreeze { name: "web".into(), frozen: at_ms % 2 == 0, at_ms });
+        }
+        assert_eq!(packages_named_since(&state, seen), None);
+        // A first pass, or a counter from another history, is never trusted either.
+        assert_eq!(packages_named_since(&state, state.next_event + 1), None);
+    }
+
+    #[test]
+    fn any_other_field_counts_as_a_change() {
+        let state = state_with_web();
+        let package = &state.packages["web"];
+        let mut moved = package.clone();
+        moved.owner = Some("n2".into());
+        assert!(!same_except_definition(package, &moved));
+        let mut frozen = package.clone();
+        frozen.frozen = true;
+        assert!(!same_except_definition(package, &frozen));
+        assert!(same_except_definition(package, &package.clone()));
     }
 }

@@ -2,10 +2,10 @@
 //! on the leader (`controller.rs`), and the executor that runs this node's packages (`executor.rs`).
 //!
 //! ```text
-//!   replicated state ──(applied)──> Snapshot (watch) ──┬──> executor: one worker per package
-//!                                                      └──> controller (leader only) ──> Assign / Fence
+//!   replicated state ──(applied)──┬──> executor::supervise ──changed package──> its worker (one per package)
+//!                                 └──> Snapshot (built on demand) ──> controller (leader only) ──> Assign / Fence
 //!   heartbeat loop ── Lease RPC ──> leader: confirm quorum, LeaseTable.renewed ──grant──> LeaseHolder
-//!   LeaseHolder ──> executor (may start? must stop?) and watchdog (pet only while Valid)
+//!   LeaseHolder ──> lease watch (must stop: at the stop budget) ──> workers; watchdog (pet only while Valid)
 //! ```
 //! The protocol and its safety argument: docs/safety.md.
 
@@ -22,13 +22,15 @@ use cluster_api::PeerRpc;
 use cluster_host::Fencer;
 use cluster_host::Host;
 use cluster_host::Watchdog;
-use cluster_model::{ClusterState, Command, CommandOutcome, LeaseHolder, LeaseTable};
+use cluster_model::{ClusterState, Command, CommandOutcome, LeaseHolder, LeaseTable, Settings};
 use cluster_raft::{ConsensusError, ConsensusNode};
 use tokio::sync::watch;
 
 pub(crate) use leases::LeaseRequest;
 
-/// The applied replicated state and the index it reflects.
+/// The applied replicated state (at least as recent as `applied`), as the engine reads it: settings,
+/// packages and nodes. The key-value map and the event history are left empty (the engine never reads
+/// them, and a large key-value map must not be copied for the controller).
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     pub(crate) state: ClusterState,
@@ -49,7 +51,14 @@ pub(crate) struct Engine {
     fencing: Mutex<BTreeSet<String>>,
     /// Packages whose resources may be active on this node (arms the watchdog).
     active: Mutex<BTreeSet<String>>,
-    snapshot: watch::Sender<Arc<Snapshot>>,
+    /// The last snapshot built, reused while the applied index has not moved.
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
+    /// Settings of the applied state (published by `executor::supervise`).
+    settings: watch::Sender<Arc<Settings>>,
+    /// Applied index up to which `executor::supervise` handed every worker its package.
+    applied: watch::Sender<u64>,
+    /// This node's lease is at its stop budget or absent (published by `executor::watch_lease`).
+    must_stop: watch::Sender<bool>,
 }
 
 /// Monotonic time of this process, as a duration since an arbitrary origin.
@@ -72,7 +81,6 @@ impl Engine {
         fencer: Arc<dyn Fencer>,
     ) -> Arc<Engine> {
         let me = node.me().name.clone();
-        let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
         Arc::new(Engine {
             node,
             me,
@@ -84,20 +92,43 @@ impl Engine {
             fencer,
             fencing: Mutex::new(BTreeSet::new()),
             active: Mutex::new(BTreeSet::new()),
-            snapshot,
+            snapshot: Mutex::new(None),
+            settings: watch::channel(Arc::new(Settings::default())).0,
+            applied: watch::channel(0).0,
+            must_stop: watch::channel(true).0,
         })
     }
 
     /// Starts the engine's tasks.
     pub(crate) fn start(self: &Arc<Self>) {
-        tokio::spawn(publish_snapshots(self.clone()));
+        tokio::spawn(executor::supervise(self.clone()));
+        tokio::spawn(executor::watch_lease(self.clone()));
         tokio::spawn(leases::heartbeat_loop(self.clone()));
         tokio::spawn(controller::controller_loop(self.clone()));
-        tokio::spawn(executor::supervise(self.clone()));
     }
 
+    /// The applied state as the engine reads it; copied from the state machine only when the applied
+    /// index moved since the last copy (an idle node copies nothing).
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.borrow().clone()
+        let applied = self.node.applied_index();
+        let mut cached = self.snapshot.lock().expect("snapshot lock");
+        if let Some(snapshot) = cached.as_ref().filter(|snapshot| snapshot.applied == applied) {
+            return snapshot.clone();
+        }
+        let state = self.node.read_local(|state| ClusterState {
+            settings: state.settings.clone(),
+            packages: state.packages.clone(),
+            nodes: state.nodes.clone(),
+            ..ClusterState::default()
+        });
+        let snapshot = Arc::new(Snapshot { state, applied });
+        *cached = Some(snapshot.clone());
+        snapshot
+    }
+
+    /// Settings of the applied state.
+    fn settings(&self) -> Arc<Settings> {
+        self.settings.borrow().clone()
     }
 
     /// Proposes a command: locally when this node leads, else through the leader.
@@ -144,21 +175,5 @@ impl Engine {
     /// Remaining lease of this node.
     pub(crate) fn lease_remaining(&self) -> Option<Duration> {
         self.holder.lock().expect("lease lock").remaining(now())
-    }
-}
-
-/// Publishes the applied state whenever the applied index moves (woken by Raft, not polled).
-async fn publish_snapshots(engine: Arc<Engine>) {
-    let mut last = None;
-    loop {
-        let applied = match last {
-            None => engine.node.applied_index(),
-            Some(index) => engine.node.wait_applied_after(index, Duration::from_secs(1)).await,
-        };
-        if last != Some(applied) {
-            let state = engine.node.read_local(|state| state.clone());
-            engine.snapshot.send_replace(Arc::new(Snapshot { state, applied }));
-            last = Some(applied);
-        }
     }
 }
