@@ -1120,6 +1120,20 @@ impl Lab {
         self.save()
     }
 
+    /// Stops only the daemon the way `systemctl stop` does (SIGTERM), then waits up to `timeout` for it
+    /// to exit; what it started and did not stop stays.
+    pub fn stop_daemon(&mut self, node: &str, timeout: Duration) -> Result<(), LabError> {
+        let pids = self.daemon_pids(node)?;
+        append_fault(&self.paths, "stop-daemon", node, "");
+        sys::signal(pids[0], Signal::SIGTERM)?;
+        if !sys::wait_until(timeout, || !sys::pid_alive(pids[0])) {
+            return Err(LabError::Timeout(format!("the daemon of node {node} to exit after SIGTERM")));
+        }
+        append_fault(&self.paths, "daemon-exited", node, "");
+        self.node_mut(node)?.daemon_pid = None;
+        self.save()
+    }
+
     /// Starts the daemon again on a powered node (as systemd's `Restart=` would).
     pub fn start_daemon(&mut self, node: &str) -> Result<(), LabError> {
         let record = self.node(node)?;

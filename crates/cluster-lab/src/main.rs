@@ -97,6 +97,13 @@ enum Command {
     KillDaemon { node: String },
     /// Start the daemon again.
     StartDaemon { node: String },
+    /// SIGTERM the daemon, as `systemctl stop clusterd` does, and wait for it to exit.
+    StopDaemon {
+        node: String,
+        /// How long to wait for the daemon to exit, in seconds (systemd's TimeoutStopSec of the unit).
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+    },
     /// SIGSTOP the daemon.
     Pause { node: String },
     /// SIGCONT the daemon.
@@ -360,6 +367,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::StartDaemon { node } => {
             open(&name)?.start_daemon(&node).with_context(|| format!("failed to start the daemon of node {node}"))?
         }
+        Command::StopDaemon { node, timeout } => open(&name)?
+            .stop_daemon(&node, Duration::from_secs_f64(timeout))
+            .with_context(|| format!("failed to stop the daemon of node {node}"))?,
         Command::Pause { node } => open(&name)?.pause(&node).with_context(|| format!("failed to pause node {node}"))?,
         Command::Resume { node } => {
             open(&name)?.resume(&node).with_context(|| format!("failed to resume node {node}"))?
