@@ -222,10 +222,17 @@ impl PackageRunner {
     /// Stop every resource in reverse order, trying every stop even after a failure.
     /// Stopping is always allowed, whatever the epoch (it can only make the cluster safer).
     pub async fn stop(&self, epoch: u64) -> Result<Vec<ResourceOutcome>, RunError> {
+        self.stop_from(0, epoch).await
+    }
+
+    /// Stop the resources from position `first` (in start order) to the last, in reverse order,
+    /// trying every stop; the ones before `first` stay as they are (a redefined resource is
+    /// restarted with every later one, as in an ordered group).
+    pub async fn stop_from(&self, first: usize, epoch: u64) -> Result<Vec<ResourceOutcome>, RunError> {
         self.see_epoch(epoch);
         let mut failures = Vec::new();
         let mut outcomes = Vec::new();
-        for entry in self.resources.iter().rev() {
+        for entry in self.resources.iter().skip(first).rev() {
             let began = Instant::now();
             match self.stop_entry(entry, epoch).await {
                 Ok(()) => outcomes

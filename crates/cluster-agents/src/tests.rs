@@ -534,6 +534,20 @@ async fn runner_starts_in_order_and_stops_in_reverse() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn runner_stops_from_a_resource_on_and_leaves_the_ones_before() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let runner = PackageRunner::from_agents(
+        "web",
+        vec![Box::new(scripted("a", &log)), Box::new(scripted("b", &log)), Box::new(scripted("c", &log))],
+    );
+    runner.start(3).await.expect("start");
+    let stopped = runner.stop_from(1, 3).await.expect("stop from b");
+    assert_eq!(stopped.iter().map(|outcome| outcome.resource.as_str()).collect::<Vec<_>>(), vec!["c", "b"]);
+    assert!(runner.stop_from(3, 3).await.expect("past the end").is_empty());
+    assert_eq!(log.lock().expect("lock")[3..], ["stop c", "stop b"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn runner_rolls_back_a_failed_start_and_collects_every_error() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut a = scripted("a", &log);

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Version byte at the start of every frame; a peer speaking another version is refused.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Largest frame accepted (snapshot chunks are sent well below this).
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;

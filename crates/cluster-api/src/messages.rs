@@ -221,6 +221,8 @@ pub struct NodeStatus {
     pub last_contact_ms: Option<u64>,
     /// Drained by `node standby`.
     pub standby: bool,
+    /// Its clusterd is stopping or was stopped cleanly (`systemctl stop`); cleared when it starts.
+    pub leaving: bool,
     /// watchdog, fencing or lease-only.
     pub protection: String,
     /// The leader's view of its lease: alive, unknown or expired (leader reports only).

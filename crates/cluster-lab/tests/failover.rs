@@ -705,3 +705,136 @@ fn failed_stop_without_fencing_blocks_until_cleanup() {
     fixture.wait_running_on("n2", Duration::from_secs(20));
     fixture.finish_without_split_brain();
 }
+
+/// The state of `node` in `clusterctl status --output json` through VIA (`STATE` column: online, standby, leaving,
+/// stopped) and its `leaving` flag.
+fn node_leaving(fixture: &Fixture, node: &str) -> Option<bool> {
+    let status = fixture.lab.cluster_status(VIA).ok()?;
+    status["nodes"].as_array()?.iter().find(|entry| entry["name"] == node).and_then(|entry| entry["leaving"].as_bool())
+}
+
+/// `systemctl stop clusterd` on the owner, in lease-only mode: before this, the daemon exited and left the package
+/// running without a lease, and once that lease expired at the leader a second node started it (the simulation's
+/// `a_daemon_that_stops_without_handing_over_breaks_s1_in_lease_only_mode`). Now the daemon hands the package over
+/// through the controller and exits only once nothing runs on it.
+#[test]
+fn stopped_daemon_hands_its_package_over_before_exiting() {
+    if !require_root("stopped_daemon_hands_its_package_over_before_exiting") {
+        return;
+    }
+    let mut fixture = Fixture::new("fostop", false, PackageOptions::default());
+    let before = fixture.run_on_n1();
+    let fault_ns = now_ns();
+    let stopping = Instant::now();
+    fixture.lab.stop_daemon("n1", Duration::from_secs(60)).unwrap();
+    let took = stopping.elapsed();
+    // When the daemon has exited, the package already runs elsewhere, and nothing of it is left on n1.
+    let package = fixture.package(VIA).expect("package state");
+    assert_eq!(package["owner"], "n2", "handed over before the daemon exited: {package:#}");
+    assert!(package["epoch"].as_u64() > before["epoch"].as_u64());
+    assert!(package["last_failure"].is_null(), "a clean stop is not a failure: {package:#}");
+    let mount = fixture.mountpoint.display().to_string();
+    for kind in [Kind::Vip, Kind::Mount, Kind::Process] {
+        let what = if kind == Kind::Mount {
+            mount.as_str()
+        } else if kind == Kind::Vip {
+            VIP
+        } else {
+            PROCESS
+        };
+        assert!(!fixture.observer().holders(kind, what).contains(&"n1".to_string()), "{kind:?} left on n1");
+    }
+    fixture.wait_running_on("n2", Duration::from_secs(20));
+    assert_eq!(node_leaving(&fixture, "n1"), Some(true), "status shows n1's clusterd stopped");
+    // Longer than n1's lease: nothing changes when it expires at the leader (before, the package then started twice).
+    std::thread::sleep(Duration::from_secs(3));
+    fixture.wait_running_on("n2", Duration::from_secs(2));
+    // Started again, n1 announces itself and takes packages again (failback manual: this one stays on n2).
+    fixture.lab.start_daemon("n1").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || node_leaving(&fixture, "n1") == Some(false)), "n1 back online");
+    fixture.wait_running_on("n2", Duration::from_secs(2));
+    let records = fixture.finish_without_split_brain();
+    eprintln!("[{}] clusterd on n1 handed the package over and exited after {took:?}", fixture.name);
+    let end_ns = records.last().map_or(now_ns(), |record| record.t_ns);
+    fixture.print_timing(&records, end_ns, fault_ns, "systemctl stop of n1's clusterd (lease-only)");
+}
+
+/// `systemctl stop clusterd` on an owner that is also the Raft leader and protects itself with a watchdog: the package
+/// and the leadership are handed over, the watchdog is disarmed (no reset of the node), no overlap.
+#[test]
+fn stopped_leader_daemon_hands_over_package_and_leadership_without_a_watchdog_reset() {
+    if !require_root("stopped_leader_daemon_hands_over_package_and_leadership_without_a_watchdog_reset") {
+        return;
+    }
+    let mut fixture = Fixture::new("fostopl", true, PackageOptions::default());
+    fixture.ctl(VIA, &["cluster", "transfer-leader", "n1"]);
+    fixture.run_on_n1();
+    assert_eq!(fixture.lab.leader().as_deref(), Some("n1"));
+    let fault_ns = now_ns();
+    fixture.lab.stop_daemon("n1", Duration::from_secs(60)).unwrap();
+    let leader = fixture.lab.leader();
+    assert!(leader.as_deref().is_some_and(|leader| leader != "n1"), "leadership handed over: {leader:?}");
+    fixture.wait_running_on("n2", Duration::from_secs(20));
+    // The watchdog would fire within the stop budget (500 ms) if it had been left armed.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!fault_recorded(&fixture.lab, "watchdog-reset", "n1", fault_ns), "n1 was not reset by its watchdog");
+    assert!(Lab::open(&fixture.name).unwrap().node("n1").unwrap().powered, "n1 is still powered");
+    fixture.finish_without_split_brain();
+}
+
+/// `pkg apply` of a changed definition on a running package: a change of placement only restarts nothing; a changed
+/// resource restarts that resource and the ones after it, on the same node and epoch, without counting a failure,
+/// and the resources before it (the VIP and the mount) stay up throughout.
+#[test]
+fn redefined_package_restarts_only_its_changed_resources_in_place() {
+    if !require_root("redefined_package_restarts_only_its_changed_resources_in_place") {
+        return;
+    }
+    let mut fixture = Fixture::new("foredef", false, PackageOptions::default());
+    let before = fixture.run_on_n1();
+    let pids = fixture.process_pids("n1");
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let package_file = fixture.lab.paths().run_dir().join("web.toml");
+    let original = std::fs::read_to_string(&package_file).unwrap();
+
+    // Placement only (failback): nothing restarts.
+    std::fs::write(&package_file, original.replace("failback = \"manual\"", "failback = \"auto\"")).unwrap();
+    fixture.ctl(VIA, &["pkg", "apply", &package_file.display().to_string()]);
+    std::thread::sleep(Duration::from_secs(2));
+    fixture.wait_running_on("n1", Duration::from_secs(5));
+    assert_eq!(fixture.process_pids("n1"), pids, "a policy change restarts nothing");
+    let events = fixture.events();
+    assert!(events.contains("placement or policy only"), "the events record the new definition:\n{events}");
+
+    // The server's monitor interval: the server restarts, the VIP and the mount do not.
+    let changed_ns = now_ns();
+    let redefined = original.replace("failback = \"manual\"", "failback = \"auto\"").replace(
+        "monitor = { interval = \"200ms\", timeout = \"2s\" }",
+        "monitor = { interval = \"300ms\", timeout = \"2s\" }",
+    );
+    assert_ne!(redefined, original.replace("failback = \"manual\"", "failback = \"auto\""));
+    std::fs::write(&package_file, &redefined).unwrap();
+    fixture.ctl(VIA, &["pkg", "apply", &package_file.display().to_string()]);
+    let restarted = wait_until(Duration::from_secs(20), || {
+        let now = fixture.process_pids("n1");
+        now.len() == 1 && now != pids
+    });
+    assert!(restarted, "the server restarted with its new definition");
+    let after = fixture.wait_running_on("n1", Duration::from_secs(20));
+    assert_eq!(after["epoch"], before["epoch"], "same owner, same epoch: {after:#}");
+    assert_eq!(after["restarts"], 0, "not a failure: {after:#}");
+    assert!(after["last_failure"].is_null(), "not a failure: {after:#}");
+    let events = fixture.events();
+    assert!(events.contains("restarting resource server"), "the events say what restarts:\n{events}");
+    let records = fixture.finish_without_split_brain();
+    let mount = fixture.mountpoint.display().to_string();
+    let interrupted: Vec<&Record> = records
+        .iter()
+        .filter(|record| record.t_ns >= changed_ns && !record.active)
+        .filter(|record| {
+            (record.kind == Kind::Vip && record.resource == VIP)
+                || (record.kind == Kind::Mount && record.resource == mount)
+        })
+        .collect();
+    assert!(interrupted.is_empty(), "the VIP and the mount stayed up: {interrupted:#?}");
+}

@@ -50,6 +50,9 @@ pub enum Command {
     /// A fence agent confirmed that `node` is off: the packages it owned when the fence was decided
     /// (name → epoch) are stopped.
     NodeFenced { node: String, owned: BTreeMap<String, u64>, at_ms: u64 },
+    /// `clusterd` on `name` is stopping (`systemctl stop`): its packages move away, and nothing is
+    /// placed there until it announces itself again (`NodeHello`).
+    NodeLeave { name: String, at_ms: u64 },
 }
 
 /// An owner's report about its package.
@@ -63,6 +66,10 @@ pub enum Report {
     StopFailed { reason: String },
     /// A resource failed to start or its monitor failed.
     ResourceFailed { resource: String, reason: String },
+    /// The owner stopped a running package for a reason that is not a failure of the package (its
+    /// lease reached the stop budget, then came back) and starts it again: `running -> starting`,
+    /// not counted against the restart budget.
+    Restarting { reason: String },
 }
 
 /// The result of applying one [`Command`]; identical on every node.

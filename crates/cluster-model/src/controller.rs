@@ -125,7 +125,7 @@ impl<'a> Planner<'a> {
         (!package.def.nodes.is_empty() && !package.def.nodes.iter().any(|n| n == node))
             || !self.view.nodes.contains_key(node)
             || package.banned.contains(node)
-            || self.state.nodes.get(node).is_some_and(|record| record.standby)
+            || self.state.nodes.get(node).is_some_and(|record| record.standby || record.leaving)
     }
 
     /// Why `node` cannot take `package` whatever its lease, or `None`.
@@ -142,7 +142,10 @@ impl<'a> Planner<'a> {
         if package.banned.contains(node) {
             return Some("failed beyond its restart budget here (pkg cleanup clears it)".into());
         }
-        Some("in standby".into())
+        if self.state.nodes.get(node).is_some_and(|record| record.standby) {
+            return Some("in standby".into());
+        }
+        Some("has clusterd stopping or stopped".into())
     }
 
     /// Whether `node` cannot take `package` now (see `exclusion`).

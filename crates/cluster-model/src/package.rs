@@ -8,7 +8,8 @@
 //!             Assign(owner=N)          Report Running
 //!  Stopped ───────────────> Starting ───────────────> Running
 //!     ^                        │  ^ resource failed,        │
-//!     │ Report Stopped         │  └─ budget left ───────────┤
+//!     │ Report Stopped         │  └─ budget left, Restarting,
+//!     │                        │     resources redefined ───┤
 //!     │                        v                            v
 //!  Stopping <──────────── (move, stop, standby, failback, budget exhausted)
 //!     │ Report StopFailed
@@ -164,4 +165,7 @@ pub struct NodeRecord {
     pub watchdog: bool,
     /// The watchdog device, for `status`.
     pub watchdog_device: Option<String>,
+    /// `clusterd` on this node is stopping or stopped cleanly (`NodeLeave`): nothing is placed here
+    /// until it announces itself again.
+    pub leaving: bool,
 }

@@ -59,23 +59,7 @@ impl ClusterState {
                 };
                 CommandOutcome::Applied
             }
-            Command::PkgApply { def, at_ms } => {
-                let name = def.name.clone();
-                let what = match self.packages.get_mut(&name) {
-                    Some(package) => {
-                        package.def = (**def).clone();
-                        "definition replaced"
-                    }
-                    None => {
-                        self.packages.insert(name.clone(), PackageState::new((**def).clone(), *at_ms));
-                        "applied"
-                    }
-                };
-                // The only change of a definition, always recorded: clusterd's executor compares
-                // definitions only for packages named by new events.
-                self.event(*at_ms, Some(&name), None, 0, what, "pkg apply", None);
-                CommandOutcome::Applied
-            }
+            Command::PkgApply { def, at_ms } => self.apply_definition(def, *at_ms),
             Command::PkgRemove { name, at_ms } => {
                 let Some(package) = self.packages.get(name) else {
                     return unknown_package(name);
@@ -141,6 +125,7 @@ impl ClusterState {
             }
             Command::NodeHello { name, watchdog, at_ms } => {
                 let record = self.nodes.entry(name.clone()).or_default();
+                record.leaving = false;
                 record.watchdog = watchdog.is_some();
                 record.watchdog_device = watchdog.clone();
                 let reason = match watchdog {
@@ -148,6 +133,12 @@ impl ClusterState {
                     None => "no watchdog".to_owned(),
                 };
                 self.event(*at_ms, None, Some(name), 0, "node started", &reason, None);
+                CommandOutcome::Applied
+            }
+            Command::NodeLeave { name, at_ms } => {
+                self.nodes.entry(name.clone()).or_default().leaving = true;
+                let reason = "clusterd is stopping: its packages move away";
+                self.event(*at_ms, None, Some(name), 0, "leaving", reason, None);
                 CommandOutcome::Applied
             }
             Command::Assign { package, expected_epoch, owner, phase, reason, at_ms } => {
@@ -199,7 +190,51 @@ impl ClusterState {
         if self.nodes.get(node).is_some_and(|record| record.standby) {
             return Some(format!("node `{node}` is in standby"));
         }
+        if self.nodes.get(node).is_some_and(|record| record.leaving) {
+            return Some(format!("clusterd on node `{node}` is stopped or stopping"));
+        }
         None
+    }
+
+    /// `pkg apply`: a new package, or a new definition of an existing one. A definition whose
+    /// resources changed restarts, on its owner and at the same epoch, the first changed resource
+    /// and every one after it (`running -> starting`, not a failure); a change of placement or
+    /// policy only restarts nothing (the controller moves the package if it must). An identical
+    /// definition changes nothing and records nothing.
+    fn apply_definition(&mut self, def: &cluster_package::PackageDef, at_ms: u64) -> CommandOutcome {
+        let name = def.name.clone();
+        let Some(package) = self.packages.get_mut(&name) else {
+            self.packages.insert(name.clone(), PackageState::new(def.clone(), at_ms));
+            // Every change of a definition records an event naming the package: clusterd's
+            // executor compares definitions only for packages named by new events.
+            self.event(at_ms, Some(&name), None, 0, "applied", "pkg apply", None);
+            return CommandOutcome::Applied;
+        };
+        if package.def == *def {
+            return CommandOutcome::Applied;
+        }
+        let redefined = package.def.first_redefined_resource(def);
+        package.def = def.clone();
+        let epoch = package.epoch;
+        let restart = redefined.is_some() && package.owner.is_some() && package.phase == Phase::Running;
+        let owner = package.owner.clone();
+        let (what, reason, phase_ms) = match redefined {
+            Some(index) if restart => {
+                let phase_ms = at_ms.saturating_sub(package.since_ms);
+                package.phase = Phase::Starting;
+                package.since_ms = at_ms;
+                let from = def
+                    .resources
+                    .get(index)
+                    .map_or("the removed resources".to_owned(), |r| format!("resource {} and every later one", r.name));
+                let reason = format!("pkg apply: resources redefined: restarting {from}");
+                ("running -> starting".to_owned(), reason, Some(phase_ms))
+            }
+            Some(_) => ("definition replaced".to_owned(), "pkg apply: resources redefined".to_owned(), None),
+            None => ("definition replaced".to_owned(), "pkg apply: placement or policy only".to_owned(), None),
+        };
+        self.event(at_ms, Some(&name), owner.as_deref(), epoch, &what, &reason, phase_ms);
+        CommandOutcome::Applied
     }
 
     fn operator(
@@ -293,6 +328,17 @@ impl ClusterState {
                 package.stopping_after_failure = false;
                 package.resources.clear();
                 "all resources stopped".to_owned()
+            }
+            Report::Restarting { reason } if from == Phase::Running => {
+                package.phase = Phase::Starting;
+                package.resources.clear();
+                reason.clone()
+            }
+            Report::Restarting { reason } => {
+                return rejected(format!(
+                    "restarting report for package `{name}` from node `{node}` while {} ({reason}): ignored",
+                    from.as_str()
+                ));
             }
             Report::StopFailed { reason } => {
                 package.phase = Phase::Blocked;
@@ -605,6 +651,93 @@ mod tests {
         let stale = BTreeMap::from([("web".to_owned(), state.packages["web"].epoch - 1)]);
         state.apply(&Command::NodeFenced { node: "n1".into(), owned: stale, at_ms: 5 });
         assert_eq!(state.packages["web"].owner.as_deref(), Some("n1"));
+    }
+
+    /// A lease that reached the stop budget and came back is not a failure of the package: restarting
+    /// from it is not counted against the restart budget (all nodes lapsing at once under load used
+    /// to ban packages from every node after three such rounds: docs/benchmarks-scale.md).
+    #[test]
+    fn a_restart_after_a_lease_lapse_is_not_a_failure() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        assign(&mut state, Some("n1"), Phase::Starting);
+        for round in 0..5 {
+            report(&mut state, "n1", Report::Running { resources: vec![] }, 10 + round);
+            let lapsed = Report::Restarting { reason: "lease lapsed".into() };
+            assert_eq!(report(&mut state, "n1", lapsed, 20 + round), CommandOutcome::Applied);
+            let package = &state.packages["web"];
+            assert_eq!((package.phase, package.restarts), (Phase::Starting, 0), "round {round}");
+            assert!(package.failures.is_empty() && package.banned.is_empty() && package.last_failure.is_none());
+        }
+        // Only from running: while starting or stopping it is refused and changes nothing.
+        let before = state.clone();
+        let lapsed = Report::Restarting { reason: "lease lapsed".into() };
+        assert!(matches!(report(&mut state, "n1", lapsed.clone(), 30), CommandOutcome::Rejected { .. }));
+        assign(&mut state, Some("n1"), Phase::Stopping);
+        let stopping = state.clone();
+        assert!(matches!(report(&mut state, "n1", lapsed, 31), CommandOutcome::Rejected { .. }));
+        assert_eq!(state, stopping);
+        assert_ne!(before, stopping);
+    }
+
+    fn process_package(nodes: &str, commands: &[&str]) -> cluster_package::PackageDef {
+        let mut text = format!("name = \"web\"\nnodes = [{nodes}]\n");
+        for (index, command) in commands.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[resource]]\nname = \"r{index}\"\ntype = \"process\"\ncommand = [\"{command}\"]\n"
+            ));
+        }
+        cluster_package::parse_package("web.toml", &text).expect("valid package")
+    }
+
+    #[test]
+    fn a_redefinition_restarts_a_running_package_only_when_its_resources_changed() {
+        let mut state = ClusterState::default();
+        let def = process_package("\"n1\", \"n2\"", &["/bin/a", "/bin/b"]);
+        state.apply(&Command::PkgApply { def: Box::new(def.clone()), at_ms: 0 });
+        assign(&mut state, Some("n1"), Phase::Starting);
+        report(&mut state, "n1", Report::Running { resources: vec![] }, 10);
+        // The same definition again: nothing happens, nothing is recorded.
+        let before = state.clone();
+        state.apply(&Command::PkgApply { def: Box::new(def.clone()), at_ms: 20 });
+        assert_eq!(state, before);
+        // Placement only: the definition is replaced, the package keeps running.
+        let placed = process_package("\"n2\", \"n1\"", &["/bin/a", "/bin/b"]);
+        state.apply(&Command::PkgApply { def: Box::new(placed.clone()), at_ms: 30 });
+        assert_eq!(state.packages["web"].phase, Phase::Running);
+        assert_eq!(state.packages["web"].def, placed);
+        assert_eq!(state.events.back().unwrap().reason, "pkg apply: placement or policy only");
+        // A resource changed: restart on the same owner at the same epoch, from that resource on.
+        let epoch = state.packages["web"].epoch;
+        let changed = process_package("\"n2\", \"n1\"", &["/bin/a", "/bin/c"]);
+        state.apply(&Command::PkgApply { def: Box::new(changed), at_ms: 40 });
+        let package = &state.packages["web"];
+        assert_eq!((package.phase, package.epoch, package.owner.as_deref()), (Phase::Starting, epoch, Some("n1")));
+        assert!(package.failures.is_empty() && package.restarts == 0);
+        let event = state.events.back().unwrap();
+        assert_eq!(event.what, "running -> starting");
+        assert_eq!(event.reason, "pkg apply: resources redefined: restarting resource r1 and every later one");
+        // A stopped package just gets the new definition.
+        let mut stopped = ClusterState::default();
+        stopped.apply(&Command::PkgApply { def: Box::new(def), at_ms: 0 });
+        stopped.apply(&Command::PkgApply { def: Box::new(placed), at_ms: 1 });
+        assert_eq!(stopped.packages["web"].phase, Phase::Stopped);
+    }
+
+    #[test]
+    fn a_leaving_node_takes_nothing_until_it_announces_itself_again() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        state.apply(&Command::NodeLeave { name: "n2".into(), at_ms: 1 });
+        assert!(state.nodes["n2"].leaving);
+        let err = state.apply(&Command::PkgMove { name: "web".into(), to: "n2".into(), at_ms: 2 });
+        assert_eq!(err, rejected("clusterd on node `n2` is stopped or stopping"));
+        state.apply(&Command::NodeHello { name: "n2".into(), watchdog: None, at_ms: 3 });
+        assert!(!state.nodes["n2"].leaving);
+        assert_eq!(
+            state.apply(&Command::PkgMove { name: "web".into(), to: "n2".into(), at_ms: 4 }),
+            CommandOutcome::Applied
+        );
     }
 
     #[test]

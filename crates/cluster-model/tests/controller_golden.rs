@@ -202,6 +202,19 @@ fn planned_moves() {
         "standby_drains_the_owner",
         &running("").with(Command::NodeStandby { name: "n1".into(), standby: true, at_ms: 3 }),
     );
+    let leaving = || running("").with(Command::NodeLeave { name: "n1".into(), at_ms: 3 });
+    check_plan("a_leaving_owner_is_drained", &leaving());
+    check_plan(
+        "a_leaving_node_is_not_placed_on",
+        &Scenario::new().package("web", "").with(Command::NodeLeave { name: "n1".into(), at_ms: 3 }),
+    );
+    check_plan(
+        "a_node_that_announces_itself_again_is_no_longer_leaving",
+        &Scenario::new()
+            .package("web", "")
+            .with(Command::NodeLeave { name: "n1".into(), at_ms: 3 })
+            .with(Command::NodeHello { name: "n1".into(), watchdog: Some("/dev/watchdog".into()), at_ms: 4 }),
+    );
     check_plan("frozen_package_is_left_alone", &{
         running("")
             .with(Command::PkgFreeze { name: "web".into(), frozen: true, at_ms: 3 })

@@ -29,6 +29,17 @@ pub struct PackageDef {
     pub resources: Vec<ResourceDef>,
 }
 
+impl PackageDef {
+    /// The position of the first resource that `new` defines differently (changed, renamed, moved,
+    /// added or removed), or `None` when both have the same resources. Resources before it are left
+    /// running when the package is redefined; it and every later one are restarted, as in an
+    /// ordered group.
+    pub fn first_redefined_resource(&self, new: &PackageDef) -> Option<usize> {
+        let common = self.resources.iter().zip(&new.resources).take_while(|(old, new)| old == new).count();
+        (common < self.resources.len().max(new.resources.len())).then_some(common)
+    }
+}
+
 /// Placement policy on failover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Failover {
@@ -241,4 +252,36 @@ pub struct OcfResource {
     pub agent: OcfAgentRef,
     /// Parameters, handed over as `OCF_RESKEY_<name>`.
     pub params: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    fn package(resources: &[(&str, &str)]) -> super::PackageDef {
+        let mut text = String::from("name = \"web\"\n");
+        for (name, command) in resources {
+            text.push_str(&format!(
+                "\n[[resource]]\nname = \"{name}\"\ntype = \"process\"\ncommand = [\"{command}\"]\n"
+            ));
+        }
+        crate::parse_package("web.toml", &text).expect("valid package")
+    }
+
+    #[test]
+    fn the_first_redefined_resource_is_where_the_lists_part() {
+        let old = package(&[("a", "/bin/a"), ("b", "/bin/b"), ("c", "/bin/c")]);
+        assert_eq!(old.first_redefined_resource(&old.clone()), None);
+        assert_eq!(
+            old.first_redefined_resource(&package(&[("a", "/bin/a"), ("b", "/bin/B"), ("c", "/bin/c")])),
+            Some(1)
+        );
+        assert_eq!(old.first_redefined_resource(&package(&[("a", "/bin/a"), ("b", "/bin/b")])), Some(2), "removed");
+        let added = package(&[("a", "/bin/a"), ("b", "/bin/b"), ("c", "/bin/c"), ("d", "/bin/d")]);
+        assert_eq!(old.first_redefined_resource(&added), Some(3), "added");
+        assert_eq!(old.first_redefined_resource(&package(&[("b", "/bin/b"), ("a", "/bin/a")])), Some(0), "reordered");
+        // Placement and policy are not resources.
+        let mut placed = old.clone();
+        placed.nodes = vec!["n2".into()];
+        placed.auto_run = !placed.auto_run;
+        assert_eq!(old.first_redefined_resource(&placed), None);
+    }
 }

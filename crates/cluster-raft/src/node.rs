@@ -384,6 +384,17 @@ impl ConsensusNode {
         .await
     }
 
+    /// When this node leads and another voter exists, hands leadership to the most caught-up other
+    /// voter (a node about to stop) and returns its name; `None` when this node does not lead.
+    pub async fn hand_over_leadership(&self) -> Result<Option<String>> {
+        if self.leadership().is_none() {
+            return Ok(None);
+        }
+        let successor = self.best_successor()?;
+        self.transfer_leader(&successor.name).await?;
+        Ok(Some(successor.name))
+    }
+
     /// The most caught-up other voter.
     fn best_successor(&self) -> Result<NodeInfo> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -525,6 +536,7 @@ impl ConsensusNode {
                     matched_index: if *id == self.id { metrics.last_log_index } else { matched },
                     last_contact_ms: last_contact,
                     standby: false,
+                    leaving: false,
                     protection: String::new(),
                     lease: None,
                 }

@@ -18,7 +18,7 @@ use crate::files::{read_checked, write_atomic};
 use crate::types::{io_error, Entry, LogId, StorageError, TypeConfig};
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"CLSN";
-const SNAPSHOT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 2;
 
 type Meta = SnapshotMeta<u64, cluster_model::NodeInfo>;
 type Membership = StoredMembership<u64, cluster_model::NodeInfo>;

@@ -107,6 +107,10 @@ pub struct SimConfig {
     /// earlier than its voters' answers allow. Unsafe above the margins; kept to show that the
     /// simulation catches a wrong bound (see `a_too_early_bound_on_older_leases_breaks_s1`).
     pub older_leases_bound_early: Duration,
+    /// Daemon variant: `systemctl stop clusterd` exits at once and leaves the packages running,
+    /// as clusterd did before it handed them over. Unsafe for lease-only nodes; kept to show why
+    /// (see `a_daemon_that_stops_without_handing_over_breaks_s1_in_lease_only_mode`).
+    pub leave_without_handing_over: bool,
     /// Keep a trace of every event (for reproducing a failure; slower).
     pub trace: bool,
 }
@@ -129,6 +133,7 @@ impl SimConfig {
             packages: crate::bootstrap::default_packages(),
             report_stopped_in_any_phase: false,
             older_leases_bound_early: Duration::ZERO,
+            leave_without_handing_over: false,
             trace: false,
         }
     }

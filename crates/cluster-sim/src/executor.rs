@@ -12,7 +12,8 @@
 //!                        stop stays active (Stuck) and reports StopFailed
 //!    owner, Stopping, not active → Report Stopped
 //!    owner, Running, not active, may_start → Report ResourceFailed (as clusterd's executor does;
-//!                        with `resource_failures` off it starts again at that epoch instead)
+//!                        with `resource_failures` off it starts again at that epoch instead), or
+//!                        Report Restarting if it stopped it at that epoch when its lease lapsed
 //!    monitor failure (nemesis, `resource_failures` on) → Report ResourceFailed; still active
 //!  watchdog: armed while anything is active, petted only while status = Valid,
 //!            timeout = stop_budget; expiry resets the node (everything inactive at once)
@@ -50,6 +51,7 @@ impl Sim {
         let may_start = node.holder.may_start(t, node.applied as u64, settings);
         let me = node.name.as_str();
         let mut steps = Vec::new();
+        let mut lapsed = Vec::new();
         for (name, package) in &node.state.packages {
             if package.frozen {
                 continue;
@@ -69,14 +71,13 @@ impl Sim {
                     && may_start
                     && self.due(node.stopped_reported_us.get(name).copied()) =>
                 {
-                    steps.push(Step::Report {
-                        package: name.clone(),
-                        epoch: package.epoch,
-                        report: Report::ResourceFailed {
-                            resource: "package".into(),
-                            reason: format!("not running on {me}"),
-                        },
-                    })
+                    // A stop at the stop budget is not a failure of the package (clusterd's executor).
+                    let report = if node.stopped_for_lease.get(name) == Some(&package.epoch) {
+                        Report::Restarting { reason: "lease back".into() }
+                    } else {
+                        Report::ResourceFailed { resource: "package".into(), reason: format!("not running on {me}") }
+                    };
+                    steps.push(Step::Report { package: name.clone(), epoch: package.epoch, report })
                 }
                 None if mine
                     && package.phase == Phase::Stopping
@@ -88,6 +89,9 @@ impl Sim {
                 Some(record) => match record.activity {
                     Activity::Active => {
                         if !(wanted && status == LeaseStatus::Valid && record.epoch == package.epoch) {
+                            if wanted && record.epoch == package.epoch {
+                                lapsed.push((name.clone(), record.epoch));
+                            }
                             steps.push(Step::Stop { package: name.clone() });
                         } else if package.phase == Phase::Starting && self.due(record.reported_us) {
                             steps.push(Step::Report {
@@ -120,6 +124,10 @@ impl Sim {
                 steps.push(Step::Stop { package: name.clone() });
             }
         }
+        let node = &mut self.nodes[n];
+        let state = &node.state;
+        node.stopped_for_lease.retain(|name, epoch| state.packages.get(name).is_some_and(|p| p.epoch == *epoch));
+        node.stopped_for_lease.extend(lapsed);
         for step in steps {
             match step {
                 Step::Start { package, epoch } => self.start(n, package, epoch),

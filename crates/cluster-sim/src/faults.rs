@@ -8,11 +8,13 @@
 //! resumed, crashed nodes restart on schedule, no loss; the operator brings standby nodes online
 //! and, for blocked or failed packages, stops the resources by hand and runs `pkg cleanup`.
 
+use std::time::Duration;
+
 use cluster_model::{Command, Phase};
 use rand::Rng;
 
-use crate::node::{Activity, Power};
-use crate::sim::{ms, Event, Sim, Stage};
+use crate::node::{Activity, Leave, Power};
+use crate::sim::{ms, Event, Sim, Stage, Timer};
 
 impl Sim {
     fn impaired(&self) -> usize {
@@ -35,7 +37,7 @@ impl Sim {
         let next = self.rng.random_range(ms(150)..=ms(900));
         self.after(next, Event::Fault);
         let scenario = self.config.scenario;
-        match self.rng.random_range(0..11) {
+        match self.rng.random_range(0..12) {
             0 | 1 => {
                 if let Some(n) = self.pick_runner() {
                     self.stats.crashes += 1;
@@ -89,8 +91,74 @@ impl Sim {
                     self.monitor_failure(n, package);
                 }
             }
+            11 => {
+                if let Some(n) = self.pick_runner() {
+                    self.start_leave(n);
+                }
+            }
             _ => self.operator_fault(),
         }
+    }
+
+    /// `systemctl stop clusterd` on node `n` (clusterd's `Engine::leave`): tell the cluster
+    /// (`NodeLeave`), wait until the controller moved every package away, else give the lease up so
+    /// that everything stops here; then the daemon exits and is started again later.
+    fn start_leave(&mut self, n: usize) {
+        self.stats.leaves += 1;
+        let now = self.local(n);
+        let node = &mut self.nodes[n];
+        node.leave = Some(Leave {
+            hand_over_until: now + Duration::from_secs(2),
+            exit_by: now + Duration::from_secs(5),
+            lease_given_up: false,
+        });
+        self.trace(|| format!("FAULT n{} clusterd stops (leaves)", n + 1));
+        if self.config.leave_without_handing_over {
+            self.daemon_exit(n);
+            return;
+        }
+        let leave = Command::NodeLeave { name: self.names[n].clone(), at_ms: self.local_ms(n) };
+        self.propose(n, leave);
+        self.timer_at(n, now + Duration::from_millis(20), Timer::LeaveCheck);
+    }
+
+    pub(crate) fn on_leave_check(&mut self, n: usize) {
+        let now = self.local(n);
+        let node = &self.nodes[n];
+        let Some(leave) = node.leave else { return };
+        let me = node.name.as_str();
+        let blocked = |name: &str| node.state.packages.get(name).is_some_and(|p| p.phase == Phase::Blocked);
+        let owned =
+            node.state.packages.iter().any(|(name, package)| package.owner.as_deref() == Some(me) && !blocked(name));
+        let active = node.records.iter().any(|(name, record)| record.activity != Activity::Stuck && !blocked(name));
+        let told = node.state.nodes.get(me).is_some_and(|record| record.leaving);
+        let handed_over = !leave.lease_given_up && told && !owned && !active;
+        if handed_over || (leave.lease_given_up && !active) || now >= leave.exit_by {
+            self.trace(|| {
+                format!("n{} clusterd exits (left{})", n + 1, if active { ", resources still active" } else { "" })
+            });
+            self.daemon_exit(n);
+            return;
+        }
+        if !leave.lease_given_up && (now >= leave.hand_over_until || node.leader_hint.is_none()) {
+            self.stats.leaves_given_up += 1;
+            self.trace(|| format!("n{} gives its lease up", n + 1));
+            let node = &mut self.nodes[n];
+            node.leave = Some(Leave { lease_given_up: true, ..leave });
+            node.holder.revoke();
+            self.evaluate(n);
+        }
+        self.timer_at(n, now + Duration::from_millis(20), Timer::LeaveCheck);
+    }
+
+    /// A stopping daemon exits: what is still active stays (as at a crash); the watchdog was
+    /// disarmed if nothing is; systemd starts it again later.
+    fn daemon_exit(&mut self, n: usize) {
+        if self.nodes[n].records.is_empty() {
+            self.nodes[n].watchdog.armed = false;
+        }
+        let down = self.rng.random_range(ms(200)..=ms(3_000));
+        self.daemon_crash(n, down);
     }
 
     fn operator_fault(&mut self) {

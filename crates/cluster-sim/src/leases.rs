@@ -19,6 +19,10 @@ impl Sim {
         let now = self.local(n);
         let heartbeat = self.nodes[n].state.settings.heartbeat();
         self.timer_at(n, now + heartbeat, Timer::Heartbeat);
+        if self.nodes[n].lease_given_up() {
+            self.evaluate(n);
+            return;
+        }
         if let Some(leader) = self.nodes[n].leader_hint {
             let incarnation = self.nodes[n].incarnation;
             self.send(n, leader, Msg::Renewal { incarnation, sent_at: now });
@@ -48,7 +52,7 @@ impl Sim {
     }
 
     pub(crate) fn on_grant(&mut self, n: usize, incarnation: u64, sent_at: Duration, commit: u64) {
-        if incarnation != self.nodes[n].incarnation {
+        if incarnation != self.nodes[n].incarnation || self.nodes[n].lease_given_up() {
             return;
         }
         let now = self.local(n);

@@ -49,6 +49,17 @@ pub(crate) struct Record {
     pub(crate) reported_us: Option<u64>,
 }
 
+/// `systemctl stop clusterd` in progress (clusterd's `Engine::leave`), times on the node's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Leave {
+    /// Until then the daemon waits for the controller to move its packages away.
+    pub(crate) hand_over_until: Duration,
+    /// Then it exits whatever is still active.
+    pub(crate) exit_by: Duration,
+    /// It gave its lease up (no answer, or not handed over in time): everything stops here.
+    pub(crate) lease_given_up: bool,
+}
+
 /// A watchdog device (hardware timer on the node's own clock).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Watchdog {
@@ -90,6 +101,9 @@ pub(crate) struct Node {
     pub(crate) records: BTreeMap<String, Record>,
     /// Last `Stopped` report for a package this node owns in phase `Stopping` and does not run.
     pub(crate) stopped_reported_us: BTreeMap<String, u64>,
+    /// Packages this node stopped at this epoch because its lease left `Valid` while it owned them.
+    pub(crate) stopped_for_lease: BTreeMap<String, u64>,
+    pub(crate) leave: Option<Leave>,
     pub(crate) watchdog: Watchdog,
 }
 
@@ -116,6 +130,8 @@ impl Node {
             hello_pending: false,
             records: BTreeMap::new(),
             stopped_reported_us: BTreeMap::new(),
+            stopped_for_lease: BTreeMap::new(),
+            leave: None,
             watchdog: Watchdog::default(),
         }
     }
@@ -137,5 +153,12 @@ impl Node {
         self.holder = LeaseHolder::default();
         self.lease_check_at = None;
         self.stopped_reported_us.clear();
+        self.stopped_for_lease.clear();
+        self.leave = None;
+    }
+
+    /// The daemon is stopping and gave its lease up: it renews nothing and ignores grants.
+    pub(crate) fn lease_given_up(&self) -> bool {
+        self.leave.is_some_and(|leave| leave.lease_given_up)
     }
 }

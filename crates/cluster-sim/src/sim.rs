@@ -73,7 +73,11 @@ pub(crate) enum Event {
 pub(crate) enum Timer {
     Heartbeat,
     LeaseCheck,
-    LeaderTick { term: u64 },
+    LeaderTick {
+        term: u64,
+    },
+    /// A stopping daemon looks whether it may exit (`Leave`).
+    LeaveCheck,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +136,9 @@ pub struct Summary {
     pub fences: u64,
     pub crashes: u64,
     pub daemon_crashes: u64,
+    /// `systemctl stop clusterd` (graceful leaves), and those that had to give the lease up.
+    pub leaves: u64,
+    pub leaves_given_up: u64,
     pub pauses: u64,
     pub partitions: u64,
     pub operator_commands: u64,
@@ -156,6 +163,8 @@ impl Summary {
         self.fences += other.fences;
         self.crashes += other.crashes;
         self.daemon_crashes += other.daemon_crashes;
+        self.leaves += other.leaves;
+        self.leaves_given_up += other.leaves_given_up;
         self.pauses += other.pauses;
         self.partitions += other.partitions;
         self.operator_commands += other.operator_commands;
@@ -451,6 +460,7 @@ impl Sim {
             Timer::Heartbeat => self.on_heartbeat(n),
             Timer::LeaseCheck => self.evaluate(n),
             Timer::LeaderTick { term } => self.on_leader_tick(n, term),
+            Timer::LeaveCheck => self.on_leave_check(n),
         }
     }
 

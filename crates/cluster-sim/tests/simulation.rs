@@ -41,6 +41,9 @@ fn assert_exercised(total: &Summary) {
     assert!(total.expiry_reassignments > 0, "no failover after a lease expiry: {total:?}");
     assert!(total.starts > 0 && total.stops > 0, "{total:?}");
     assert!(total.partitions > 0 && total.crashes > 0 && total.operator_commands > 0, "{total:?}");
+    // Graceful stops (`systemctl stop`), both handed over and, without an answer in time, by
+    // giving the lease up.
+    assert!(total.leaves > total.leaves_given_up && total.leaves_given_up > 0, "{total:?}");
 }
 
 #[test]
@@ -107,6 +110,25 @@ fn a_too_early_bound_on_older_leases_breaks_s1() {
         })
         .collect::<Vec<_>>();
     assert!(!violations.is_empty(), "a bound 200 ms too early must be caught within 400 seeds");
+    assert!(violations.iter().all(|v| v.invariant == "S1"), "{}", violations[0]);
+}
+
+/// Negative control of the graceful stop: a daemon that exits on SIGTERM leaving its packages
+/// running (clusterd before `Engine::leave`) lets a lease-only node's packages run twice once its
+/// lease expires at the leader. Handing them over first (the default) keeps S1 in every scenario.
+#[test]
+fn a_daemon_that_stops_without_handing_over_breaks_s1_in_lease_only_mode() {
+    let violations = (0..100)
+        .filter_map(|seed| {
+            let config = SimConfig {
+                leave_without_handing_over: true,
+                check_liveness: false,
+                ..SimConfig::new(seed, 3, Scenario::LeaseOnly)
+            };
+            run(&config).err()
+        })
+        .collect::<Vec<_>>();
+    assert!(!violations.is_empty(), "exiting with packages running must be caught within 100 seeds");
     assert!(violations.iter().all(|v| v.invariant == "S1"), "{}", violations[0]);
 }
 

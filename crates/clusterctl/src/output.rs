@@ -185,11 +185,21 @@ fn render_nodes(report: &StatusReport) -> String {
                 node.last_contact_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms ago")),
                 node.lease.clone().unwrap_or_else(|| "-".to_owned()),
                 if node.protection.is_empty() { "-".to_owned() } else { node.protection.clone() },
-                if node.standby { "standby".to_owned() } else { "online".to_owned() },
+                node_state(node).to_owned(),
             ]
         })
         .collect();
     table(&["NODE", "ADDRESS", "ROLE", "MATCHED", "LAST CONTACT", "LEASE", "PROTECTION", "STATE"], rows)
+}
+
+/// What the operator asked of a node, or its clean stop.
+fn node_state(node: &NodeStatus) -> &'static str {
+    match (node.leaving, node.lease.as_deref(), node.standby) {
+        (true, Some("alive"), _) => "leaving",
+        (true, _, _) => "stopped",
+        (false, _, true) => "standby",
+        (false, _, false) => "online",
+    }
 }
 
 /// Left-aligned columns with a header.

@@ -321,18 +321,21 @@ impl Dispatcher {
         let view = (self.node.leadership().is_some()).then(|| self.engine.view());
         // Only what the report shows is copied out of the state (not the key-value map or the events).
         let (nodes, packages) = self.node.read_local(|state| {
-            let nodes: Vec<(bool, Protection)> = report
+            let nodes: Vec<(bool, bool, Protection)> = report
                 .nodes
                 .iter()
                 .map(|node| {
-                    let standby = state.nodes.get(&node.name).is_some_and(|record| record.standby);
-                    (standby, protection(state, &node.name))
+                    let record = state.nodes.get(&node.name);
+                    let standby = record.is_some_and(|record| record.standby);
+                    let leaving = record.is_some_and(|record| record.leaving);
+                    (standby, leaving, protection(state, &node.name))
                 })
                 .collect();
             (nodes, state.packages.values().cloned().collect::<Vec<_>>())
         });
-        for (node, (standby, protection)) in report.nodes.iter_mut().zip(nodes) {
+        for (node, (standby, leaving, protection)) in report.nodes.iter_mut().zip(nodes) {
             node.standby = standby;
+            node.leaving = leaving;
             node.protection = protection.as_str().to_owned();
             if let Some(view) = &view {
                 node.lease = view.nodes.get(&node.name).map(|liveness| {

@@ -59,6 +59,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// How long a stopping daemon waits for its packages to be handed over or stopped; the unit's
+/// `TimeoutStopSec=` (120 s) is longer, so systemd does not kill it meanwhile.
+const LEAVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(100);
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = NodeConfig::load(&args.config)?;
     let files = TlsFiles { ca: config.tls.ca.clone(), cert: config.tls.cert.clone(), key: config.tls.key.clone() };
@@ -103,7 +107,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::new(cluster_host::AgentFencer),
     );
     engine.start();
-    let dispatcher = Arc::new(Dispatcher { node: node.clone(), engine });
+    let dispatcher = Arc::new(Dispatcher { node: node.clone(), engine: engine.clone() });
     tokio::spawn(server::serve_tcp(tcp, server_tls, dispatcher.clone()));
     tokio::spawn(server::serve_unix(unix, config.socket.clone(), dispatcher));
     tokio::spawn(notify::watchdog_loop(node.clone()));
@@ -126,8 +130,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("stopping");
+    tracing::info!("stopping: handing this node's packages over");
     notify::stopping();
+    engine.leave(LEAVE_LIMIT).await;
     node.shutdown().await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())

@@ -218,6 +218,7 @@ pub(crate) async fn watch_lease(engine: Arc<Engine>) {
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = engine.lease_changed.notified() => {}
             changed = settings_updates.changed() => {
                 if changed.is_err() {
                     return;
@@ -248,6 +249,9 @@ struct Worker {
     next_monitor: BTreeMap<String, Duration>,
     /// Try again at this time: a report was not committed or a stop failed.
     retry_at: Option<Duration>,
+    /// The package was stopped here at this epoch because the lease reached its stop budget while
+    /// this node still owned it: once the lease is back it restarts without counting a failure.
+    stopped_for_lease: Option<u64>,
 }
 
 impl Worker {
@@ -260,6 +264,7 @@ impl Worker {
             probed: false,
             next_monitor: BTreeMap::new(),
             retry_at: None,
+            stopped_for_lease: None,
         }
     }
 
@@ -312,12 +317,15 @@ impl Worker {
         }
     }
 
-    /// The runner of the current definition; a changed definition takes effect once the package
-    /// is no longer active here (the old runner stops what the old definition started).
+    /// The runner of the current definition. A definition whose resources changed gets a new
+    /// runner once the package is no longer active here (the old runner stops what the old
+    /// definition started; see `redefine`); a change of placement or policy only keeps the runner.
     fn runner(&mut self, def: &PackageDef) -> &PackageRunner {
-        let outdated = self.runner.as_ref().is_none_or(|(current, _)| current != def);
-        if self.runner.is_none() || (outdated && self.active.is_none()) {
-            self.runner = Some((def.clone(), PackageRunner::new(def, &self.engine.host, &self.engine.agents)));
+        match &mut self.runner {
+            Some((current, _)) if current == def => {}
+            Some((current, _)) if current.first_redefined_resource(def).is_none() => *current = def.clone(),
+            Some(_) if self.active.is_some() => {}
+            _ => self.runner = Some((def.clone(), PackageRunner::new(def, &self.engine.host, &self.engine.agents))),
         }
         &self.runner.as_ref().expect("runner").1
     }
@@ -361,11 +369,14 @@ impl Worker {
             return wait;
         }
         let mine = package.owner.as_deref() == Some(me.as_str());
-        let keep =
-            mine && matches!(package.phase, Phase::Starting | Phase::Running) && !must_stop_now(&self.engine, settings);
+        let lease_lapsed = must_stop_now(&self.engine, settings);
+        let keep = mine && matches!(package.phase, Phase::Starting | Phase::Running) && !lease_lapsed;
+        if self.stopped_for_lease.is_some_and(|epoch| epoch != package.epoch || !mine) {
+            self.stopped_for_lease = None;
+        }
         match self.active {
-            Some(epoch) if !keep || epoch != package.epoch || self.definition_changed(&package.def) => {
-                let why = if must_stop_now(&self.engine, settings) {
+            Some(epoch) if !keep || epoch != package.epoch => {
+                let why = if lease_lapsed {
                     "lease at its stop budget"
                 } else if !mine {
                     "not the owner"
@@ -373,14 +384,25 @@ impl Worker {
                     "stop requested"
                 };
                 let stopped = self.stop(epoch, why).await;
-                // Stopped something this node still owns (lease lapse, new epoch or definition):
-                // look again at once, to start it or to wait for the lease.
-                wait.again = stopped.is_ok() && mine && matches!(package.phase, Phase::Starting | Phase::Running);
+                // Stopped something this node still owns (lease lapse or new epoch): look again at
+                // once, to start it or to wait for the lease.
+                let owned = mine && matches!(package.phase, Phase::Starting | Phase::Running);
+                wait.again = stopped.is_ok() && owned;
+                if stopped.is_ok() && owned && lease_lapsed && epoch == package.epoch {
+                    self.stopped_for_lease = Some(epoch);
+                }
                 if mine && package.phase == Phase::Stopping {
                     match stopped {
                         Ok(()) => self.report(package, Report::Stopped).await,
                         Err(reason) => self.report(package, Report::StopFailed { reason }).await,
                     }
+                }
+            }
+            Some(epoch) if self.redefined_from(&package.def).is_some() => {
+                if self.redefine(package, epoch, settings).await {
+                    wait.again = true;
+                } else if self.active.is_some() {
+                    wait.at = self.next_monitor.values().min().copied();
                 }
             }
             Some(_) => {
@@ -396,6 +418,12 @@ impl Worker {
                 wait.may_start = true;
             }
             None if mine && package.phase == Phase::Stopping => self.report(package, Report::Stopped).await,
+            None if mine && package.phase == Phase::Running && self.stopped_for_lease == Some(package.epoch) => {
+                let reason = format!(
+                    "lease of {me} reached its stop budget, so {me} stopped the package; the lease is back: restarting"
+                );
+                self.report(package, Report::Restarting { reason }).await;
+            }
             None if mine && package.phase == Phase::Running => {
                 // Running in the state but not here (e.g. not found after a daemon restart).
                 let report =
@@ -414,8 +442,31 @@ impl Worker {
         wait
     }
 
-    fn definition_changed(&self, def: &PackageDef) -> bool {
-        self.runner.as_ref().is_some_and(|(current, _)| current != def)
+    /// The first resource that `def` defines differently from the runner's definition, if any.
+    fn redefined_from(&self, def: &PackageDef) -> Option<usize> {
+        self.runner.as_ref().and_then(|(current, _)| current.first_redefined_resource(def))
+    }
+
+    /// `pkg apply` redefined resources of a package active here (the replicated phase is then
+    /// `starting`, same owner and epoch): the old runner stops the first redefined resource and
+    /// every later one, in reverse; the new runner then starts the package, which finds the
+    /// unchanged resources before it running (starts are idempotent) and starts the rest. Returns
+    /// true when the start was aborted at the stop budget (the caller looks again).
+    async fn redefine(&mut self, package: &PackageState, epoch: u64, settings: &Settings) -> bool {
+        let Some(first) = self.redefined_from(&package.def) else { return false };
+        let (old, runner) = self.runner.as_ref().expect("runner of an active package");
+        let from = old.resources.get(first).map_or("the new resources", |resource| resource.name.as_str());
+        tracing::info!(package = %self.name, epoch, from, "resources redefined: restarting from this one");
+        if let Err(err) = runner.stop_from(first, epoch).await {
+            tracing::error!(package = %self.name, epoch, error = %err, "stop failed: resources may still be active");
+            self.retry_soon();
+            self.report(package, Report::StopFailed { reason: err.to_string() }).await;
+            return false;
+        }
+        self.next_monitor.clear();
+        self.runner =
+            Some((package.def.clone(), PackageRunner::new(&package.def, &self.engine.host, &self.engine.agents)));
+        self.start(package, settings).await
     }
 
     fn resource_states(&self, package: &PackageState) -> Vec<ResourceStatus> {

@@ -65,6 +65,10 @@ pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
         let snapshot = engine.snapshot();
         let settings = snapshot.state.settings.clone();
         tokio::time::sleep(settings.heartbeat()).await;
+        if engine.lease_given_up() {
+            tend_watchdog(&engine, &settings);
+            continue;
+        }
         if let Some(leader) = engine.node.leader() {
             let engine = engine.clone();
             let settings = settings.clone();
@@ -87,7 +91,12 @@ pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
                         .and_then(|answer| answer)
                 };
                 match grant {
-                    Ok(grant) => engine.holder.lock().expect("lease lock").granted(sent, grant.commit_index, &settings),
+                    Ok(grant) => {
+                        let mut holder = engine.holder.lock().expect("lease lock");
+                        if !engine.lease_given_up() {
+                            holder.granted(sent, grant.commit_index, &settings);
+                        }
+                    }
                     Err(err) => tracing::debug!(leader = %leader.name, error = %err, "lease renewal failed"),
                 }
             });

@@ -14,6 +14,7 @@ mod executor;
 mod leases;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,9 +23,9 @@ use cluster_api::PeerRpc;
 use cluster_host::Fencer;
 use cluster_host::Host;
 use cluster_host::Watchdog;
-use cluster_model::{ClusterState, Command, CommandOutcome, LeaseHolder, LeaseTable, Settings};
+use cluster_model::{ClusterState, Command, CommandOutcome, LeaseHolder, LeaseTable, Phase, Settings};
 use cluster_raft::{ConsensusError, ConsensusNode};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 pub(crate) use leases::LeaseRequest;
 
@@ -59,6 +60,10 @@ pub(crate) struct Engine {
     applied: watch::Sender<u64>,
     /// This node's lease is at its stop budget or absent (published by `executor::watch_lease`).
     must_stop: watch::Sender<bool>,
+    /// The daemon is stopping and gave its lease up: no more renewals (see `Engine::leave`).
+    lease_given_up: AtomicBool,
+    /// Wakes the lease watch when the lease changed other than by running out (given up).
+    lease_changed: Notify,
 }
 
 /// Monotonic time of this process, as a duration since an arbitrary origin.
@@ -96,6 +101,8 @@ impl Engine {
             settings: watch::channel(Arc::new(Settings::default())).0,
             applied: watch::channel(0).0,
             must_stop: watch::channel(true).0,
+            lease_given_up: AtomicBool::new(false),
+            lease_changed: Notify::new(),
         })
     }
 
@@ -175,5 +182,103 @@ impl Engine {
     /// Remaining lease of this node.
     pub(crate) fn lease_remaining(&self) -> Option<Duration> {
         self.holder.lock().expect("lease lock").remaining(now())
+    }
+
+    /// Stops renewing and forgets the lease: every package that is not frozen stops here at once,
+    /// as at a lease lapse, and nothing starts again.
+    fn give_up_lease(&self) {
+        // Under the lease lock: a grant arriving now is either recorded before and revoked here,
+        // or sees the flag and is dropped (`leases::heartbeat_loop`).
+        let mut holder = self.holder.lock().expect("lease lock");
+        self.lease_given_up.store(true, Ordering::SeqCst);
+        holder.revoke();
+        drop(holder);
+        self.lease_changed.notify_one();
+    }
+
+    fn lease_given_up(&self) -> bool {
+        self.lease_given_up.load(Ordering::SeqCst)
+    }
+
+    /// `systemctl stop clusterd` (SIGTERM): hands this node's packages over before the daemon exits,
+    /// so that stopping the daemon never leaves resources running without a lease (in lease-only
+    /// mode that would let another node start them), nor makes the watchdog reset the node.
+    ///
+    /// ```text
+    ///  propose NodeLeave ──committed──> the controller stops each package here (`stopping`), the
+    ///        │                          owner reports `Stopped`, the controller places it elsewhere
+    ///        │ no leader, no quorum, or not handed over within `limit`
+    ///        v
+    ///  give the lease up: every package stops here (reverse order); the cluster reassigns them once
+    ///  this node's lease has expired, as for a crashed node
+    ///  then: hand Raft leadership to another voter if this node leads; disarm the watchdog if
+    ///  nothing is active
+    /// ```
+    ///
+    /// Frozen packages are left running (maintenance). A blocked package (its stop failed) is left
+    /// as it is: it is never started elsewhere until fenced or cleaned up.
+    pub(crate) async fn leave(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let handed_over = if self.node.leader().is_some() {
+            let leave = Command::NodeLeave { name: self.me.clone(), at_ms: wall_ms() };
+            match tokio::time::timeout(self.node.timing().request_timeout, self.propose(leave)).await {
+                Ok(Ok(_)) => {
+                    tracing::info!("stopping: the controller moves this node's packages to other nodes");
+                    self.wait_until_left(deadline, true).await
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "stopping: could not tell the cluster");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("stopping: the cluster did not answer in time");
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        if !handed_over {
+            tracing::warn!("stopping: giving the lease up; this node's packages stop here and move once it expires");
+            self.give_up_lease();
+            self.wait_until_left(deadline, false).await;
+        }
+        match self.node.hand_over_leadership().await {
+            Ok(Some(successor)) => tracing::info!(%successor, "stopping: leadership handed over"),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "stopping: leadership not handed over"),
+        }
+        self.tend_watchdog_now();
+        let left: Vec<String> = self.active.lock().expect("active lock").iter().cloned().collect();
+        if left.is_empty() {
+            tracing::info!("stopping: no package is active here");
+        } else {
+            tracing::error!(
+                packages = %left.join(", "),
+                watchdog = self.watchdog.is_some(),
+                "stopping with packages still active here (frozen, blocked, or their stop did not end); \
+                 with a watchdog armed the node resets once the stop budget has passed"
+            );
+        }
+    }
+
+    /// Waits until nothing but frozen or blocked packages is active here and, when `owned`, until
+    /// the applied state gives this node no package but those; false if `deadline` came first.
+    async fn wait_until_left(&self, deadline: Instant, owned: bool) -> bool {
+        loop {
+            let snapshot = self.snapshot();
+            let packages = &snapshot.state.packages;
+            let kept = |name: &str| packages.get(name).is_some_and(|p| p.frozen || p.phase == Phase::Blocked);
+            let active_here = self.active.lock().expect("active lock").iter().any(|name| !kept(name));
+            let owned_here = owned
+                && packages.iter().any(|(name, package)| package.owner.as_deref() == Some(&self.me) && !kept(name));
+            if !active_here && !owned_here {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
