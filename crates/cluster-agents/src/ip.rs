@@ -236,7 +236,7 @@ impl Agent for IpAgent {
                 ("address", true, "", "address with prefix, e.g. 192.0.2.10/24"),
                 ("interface", true, "", "interface name"),
                 ("check_duplicate", false, "true", "probe the segment for a duplicate before adding"),
-                ("probe_timeout", false, "500ms", "how long to wait for an answer to the ARP probe"),
+                ("probe_timeout", false, "50ms", "how long to wait for an answer to the ARP probe"),
                 ("announce_count", false, "5", "gratuitous ARPs or unsolicited neighbour advertisements sent"),
                 ("announce_interval", false, "200ms", "interval between announcements"),
             ],

@@ -42,6 +42,9 @@ pub trait Watchdog: Send + Sync {
     fn timeout(&self) -> Option<Duration>;
     /// For logs and `status`: `/dev/watchdog (softdog)` or `lab watchdog /run/…/watchdog.sock`.
     fn describe(&self) -> String;
+    /// The shortest timeout this device can be armed with: a node whose stop budget is shorter
+    /// cannot be protected by it.
+    fn shortest_timeout(&self) -> Duration;
 }
 
 /// What went wrong with a watchdog. Every message names the device.
@@ -317,6 +320,17 @@ impl Watchdog for LinuxWatchdog {
             None => self.device.clone(),
         }
     }
+
+    /// Whole seconds, at least 1 s, and at least the driver's `min_timeout` when sysfs tells it.
+    fn shortest_timeout(&self) -> Duration {
+        let driver_minimum = self
+            .sysfs
+            .as_ref()
+            .and_then(|directory| std::fs::read_to_string(directory.join("min_timeout")).ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        Duration::from_secs(driver_minimum.max(1))
+    }
 }
 
 // ---------------------------------------------------------------- lab
@@ -403,6 +417,10 @@ impl Watchdog for LabWatchdog {
     fn describe(&self) -> String {
         format!("lab watchdog {}", self.device)
     }
+
+    fn shortest_timeout(&self) -> Duration {
+        Duration::from_millis(1)
+    }
 }
 
 // ---------------------------------------------------------------- fake
@@ -414,6 +432,8 @@ struct FakeState {
     last_pet: Option<tokio::time::Instant>,
     fail_next: Option<WatchdogError>,
     refuse_disarm: bool,
+    /// `shortest_timeout`; `None` means 1 ms.
+    shortest: Option<Duration>,
 }
 
 /// A recording fake watchdog for unit tests of the daemon.
@@ -452,6 +472,11 @@ impl FakeWatchdog {
         lock(&self.state).refuse_disarm = nowayout;
     }
 
+    /// Acts like a device that cannot time out faster than `shortest` (a Linux watchdog: 1 s).
+    pub fn set_shortest_timeout(&self, shortest: Duration) {
+        lock(&self.state).shortest = Some(shortest);
+    }
+
     /// When a real watchdog would reset the node: the last arm or pet plus the timeout; `None` when
     /// disarmed.
     pub fn reset_deadline(&self) -> Option<tokio::time::Instant> {
@@ -482,6 +507,15 @@ impl FakeWatchdog {
 impl Watchdog for FakeWatchdog {
     fn arm(&self, timeout: Duration) -> Result<(), WatchdogError> {
         let mut state = self.record(format!("arm {timeout:?}"))?;
+        if state.shortest.is_some_and(|shortest| timeout < shortest) {
+            state.calls.pop();
+            state.calls.push(format!("arm {timeout:?} (too short)"));
+            return Err(WatchdogError::InvalidTimeout {
+                device: "fake".into(),
+                requested: timeout,
+                reason: "shorter than the device's shortest timeout",
+            });
+        }
         state.timeout = Some(timeout);
         state.last_pet = Some(tokio::time::Instant::now());
         Ok(())
@@ -520,6 +554,10 @@ impl Watchdog for FakeWatchdog {
 
     fn describe(&self) -> String {
         "fake watchdog".into()
+    }
+
+    fn shortest_timeout(&self) -> Duration {
+        lock(&self.state).shortest.unwrap_or(Duration::from_millis(1))
     }
 }
 

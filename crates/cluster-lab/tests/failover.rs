@@ -58,7 +58,6 @@ name = "vip"
 type = "ip"
 address = "{VIP}/24"
 interface = "eth0"
-probe_timeout = "50ms"
 check_duplicate = {check_duplicate}
 
 [[resource]]

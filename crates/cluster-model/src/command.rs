@@ -53,6 +53,9 @@ pub enum Command {
     /// `clusterd` on `name` is stopping (`systemctl stop`): its packages move away, and nothing is
     /// placed there until it announces itself again (`NodeHello`).
     NodeLeave { name: String, at_ms: u64 },
+    /// The node's watchdog became usable (`Some(device)`) or unusable (`None`: the node protects
+    /// itself by its lease only, and `status` says so); `reason` says why.
+    NodeWatchdog { name: String, watchdog: Option<String>, reason: String, at_ms: u64 },
 }
 
 /// An owner's report about its package.

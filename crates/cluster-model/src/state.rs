@@ -135,6 +135,14 @@ impl ClusterState {
                 self.event(*at_ms, None, Some(name), 0, "node started", &reason, None);
                 CommandOutcome::Applied
             }
+            Command::NodeWatchdog { name, watchdog, reason, at_ms } => {
+                let record = self.nodes.entry(name.clone()).or_default();
+                record.watchdog = watchdog.is_some();
+                record.watchdog_device = watchdog.clone();
+                let what = if watchdog.is_some() { "watchdog usable" } else { "watchdog unusable: lease-only" };
+                self.event(*at_ms, None, Some(name), 0, what, reason, None);
+                CommandOutcome::Applied
+            }
             Command::NodeLeave { name, at_ms } => {
                 self.nodes.entry(name.clone()).or_default().leaving = true;
                 let reason = "clusterd is stopping: its packages move away";

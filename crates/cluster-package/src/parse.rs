@@ -49,6 +49,12 @@ pub(crate) const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_MONITOR_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long the `ip` agent listens for an answer to its duplicate-address ARP probe. A host that
+/// holds the address answers from its kernel within a millisecond or so on a LAN; every failover of
+/// a dead node waits the whole time (nobody answers), so a long default (RFC 5227's seconds, or the
+/// 500 ms this was) would only slow every failover down. Raise it per resource on slow segments.
+pub(crate) const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(50);
+
 const PACKAGE_FIELDS: &[&str] = &["name", "nodes", "failover", "failback", "auto_run", "restart", "resource"];
 const COMMON_RESOURCE_FIELDS: &[&str] = &["name", "type", "start_timeout", "stop_timeout", "monitor"];
 const IP_FIELDS: &[&str] =
@@ -534,7 +540,7 @@ impl<'a> Checker<'a> {
         let address = self.required_string(resource, "address", "an address with prefix like \"192.0.2.10/24\"");
         let interface = self.required_string(resource, "interface", "an interface name like \"eth0\"");
         let check_duplicate = self.boolean(resource, "check_duplicate", true);
-        let probe_timeout = self.duration(resource, "probe_timeout", Duration::from_millis(500));
+        let probe_timeout = self.duration(resource, "probe_timeout", DEFAULT_PROBE_TIMEOUT);
         let announce_count = self.unsigned(resource, "announce_count", 5, 0..101);
         let announce_interval = self.duration(resource, "announce_interval", Duration::from_millis(200));
 

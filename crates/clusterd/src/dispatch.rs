@@ -223,13 +223,15 @@ impl Dispatcher {
                 .await
             }
             ClientRequest::PkgApply { packages } => {
-                let mut names = Vec::new();
+                let mut lines = Vec::new();
                 for def in packages {
+                    // Writes run on the leader (others forward the request), whose state is current.
+                    let what = node.read_local(|state| apply_effect(state.packages.get(&def.name), def));
                     self.write(Command::PkgApply { def: Box::new(def.clone()), at_ms: wall_ms() }, String::new())
                         .await?;
-                    names.push(def.name.clone());
+                    lines.push(format!("package {}: {what}", def.name));
                 }
-                Ok(ClientReply::Done { message: format!("applied {}", names.join(", ")) })
+                Ok(ClientReply::Done { message: lines.join("\n") })
             }
             ClientRequest::PkgRun { name, node: target } => {
                 let command = Command::PkgRun { name: name.clone(), node: target.clone(), at_ms: wall_ms() };
@@ -377,6 +379,27 @@ impl Dispatcher {
     }
 }
 
+/// What `pkg apply` of `new` does to the package as it is (the rule of `ClusterState::apply`).
+fn apply_effect(current: Option<&cluster_model::PackageState>, new: &cluster_package::PackageDef) -> String {
+    let Some(current) = current else { return "applied".into() };
+    if current.def == *new {
+        return "unchanged".into();
+    }
+    match current.def.first_redefined_resource(new) {
+        None => "definition replaced (placement or policy only: nothing restarts)".into(),
+        Some(first) => match (&current.owner, current.phase) {
+            (Some(owner), Phase::Running | Phase::Starting) => {
+                let from = new.resources.get(first).map_or_else(
+                    || "the removed resources stop".to_owned(),
+                    |resource| format!("resource {} and every later one restart", resource.name),
+                );
+                format!("resources redefined: {from} on {owner}")
+            }
+            _ => "definition replaced (resources redefined: takes effect at its next start)".into(),
+        },
+    }
+}
+
 fn not_found(key: &str) -> Failure {
     Failure::Api(ApiError::new(ErrorKind::NotFound, format!("key `{key}` not found")))
 }
@@ -408,5 +431,48 @@ impl From<Failure> for ApiError {
             Failure::Consensus(err) => api_error(err),
             Failure::Api(err) => err,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster_model::PackageState;
+
+    fn def(nodes: &str, commands: &[&str]) -> cluster_package::PackageDef {
+        let mut text = format!("name = \"web\"\nnodes = [{nodes}]\n");
+        for (index, command) in commands.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[resource]]\nname = \"r{index}\"\ntype = \"process\"\ncommand = [\"{command}\"]\n"
+            ));
+        }
+        cluster_package::parse_package("web.toml", &text).expect("valid package")
+    }
+
+    #[test]
+    fn pkg_apply_says_what_it_restarts() {
+        let old = def("\"n1\"", &["/bin/a", "/bin/b"]);
+        let mut running = PackageState::new(old.clone(), 0);
+        running.owner = Some("n1".into());
+        running.phase = Phase::Running;
+        assert_eq!(apply_effect(None, &old), "applied");
+        assert_eq!(apply_effect(Some(&running), &old), "unchanged");
+        assert_eq!(
+            apply_effect(Some(&running), &def("\"n2\"", &["/bin/a", "/bin/b"])),
+            "definition replaced (placement or policy only: nothing restarts)"
+        );
+        assert_eq!(
+            apply_effect(Some(&running), &def("\"n1\"", &["/bin/a", "/bin/c"])),
+            "resources redefined: resource r1 and every later one restart on n1"
+        );
+        assert_eq!(
+            apply_effect(Some(&running), &def("\"n1\"", &["/bin/a"])),
+            "resources redefined: the removed resources stop on n1"
+        );
+        let stopped = PackageState::new(old, 0);
+        assert_eq!(
+            apply_effect(Some(&stopped), &def("\"n1\"", &["/bin/c"])),
+            "definition replaced (resources redefined: takes effect at its next start)"
+        );
     }
 }

@@ -58,9 +58,11 @@ impl Engine {
 
 /// Every heartbeat: send a renewal to the leader (without waiting for the previous one), record
 /// grants, keep the watchdog armed while packages are active and pet it only while the lease is
-/// valid. Also announces the node (`NodeHello`) once the cluster answers.
+/// valid. Also announces the node (`NodeHello`) once the cluster answers, and announces again
+/// (`NodeWatchdog`) whenever its watchdog becomes usable or unusable.
 pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
-    let mut announced = false;
+    // What the cluster was told of this node's watchdog; `None` before the first announcement.
+    let mut announced: Option<Option<String>> = None;
     loop {
         let snapshot = engine.snapshot();
         let settings = snapshot.state.settings.clone();
@@ -102,12 +104,42 @@ pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
             });
         }
         tend_watchdog(&engine, &settings);
-        if !announced && engine.lease_remaining().is_some() {
-            let hello =
-                Command::NodeHello { name: engine.me.clone(), watchdog: engine.watchdog_device(), at_ms: wall_ms() };
-            announced = engine.propose(hello).await.is_ok();
+        if engine.lease_remaining().is_some() && !engine.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            announced = announce(&engine, &settings, announced).await;
         }
     }
+}
+
+/// Tells the cluster this node started (`NodeHello`), or that its watchdog became usable or
+/// unusable since it last said (`NodeWatchdog`); returns what the cluster knows now.
+async fn announce(
+    engine: &Engine,
+    settings: &cluster_model::Settings,
+    announced: Option<Option<String>>,
+) -> Option<Option<String>> {
+    let (watchdog, reason) = match engine.usable_watchdog(settings) {
+        Ok(device) => (Some(device.clone()), format!("watchdog {device} usable")),
+        Err(why) => (None, why),
+    };
+    let command = match &announced {
+        None => Command::NodeHello { name: engine.me.clone(), watchdog: watchdog.clone(), at_ms: wall_ms() },
+        Some(current) if *current == watchdog => return announced,
+        Some(_) => Command::NodeWatchdog {
+            name: engine.me.clone(),
+            watchdog: watchdog.clone(),
+            reason: reason.clone(),
+            at_ms: wall_ms(),
+        },
+    };
+    if engine.propose(command).await.is_err() {
+        return announced;
+    }
+    if watchdog.is_none() && engine.watchdog.is_some() {
+        tracing::error!("{reason}: this node protects its packages by its lease only (lease-only mode)");
+    } else if announced.is_some() {
+        tracing::info!("{reason}");
+    }
+    Some(watchdog)
 }
 
 impl Engine {
@@ -123,10 +155,16 @@ impl Engine {
 fn tend_watchdog(engine: &Engine, settings: &cluster_model::Settings) {
     let Some(watchdog) = &engine.watchdog else { return };
     let lease_valid = engine.holder.lock().expect("lease lock").status(now(), settings) == LeaseStatus::Valid;
+    // A device that cannot time out within the stop budget is not armed at all (the node announces
+    // itself lease-only instead); arming it anyway would only spread errors.
+    let can_arm = settings.stop_budget() >= watchdog.shortest_timeout();
     let result = if engine.any_active() {
         if !watchdog.is_armed() {
-            if lease_valid {
-                watchdog.arm(settings.stop_budget())
+            if lease_valid && can_arm {
+                let armed = watchdog.arm(settings.stop_budget());
+                *engine.watchdog_fault.lock().expect("watchdog fault lock") =
+                    armed.as_ref().err().map(ToString::to_string);
+                armed
             } else {
                 Ok(())
             }

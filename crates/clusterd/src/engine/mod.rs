@@ -64,6 +64,28 @@ pub(crate) struct Engine {
     lease_given_up: AtomicBool,
     /// Wakes the lease watch when the lease changed other than by running out (given up).
     lease_changed: Notify,
+    /// `Engine::leave` began: the node announces nothing any more.
+    stopping: AtomicBool,
+    /// Why the last attempt to arm the watchdog failed (cleared by a successful arm).
+    watchdog_fault: Mutex<Option<String>>,
+}
+
+/// Whether `watchdog` protects a node whose stop budget is `stop_budget`: `Ok(its description)`,
+/// or why not (it cannot time out that fast, or its last arm failed with `fault`).
+fn watchdog_usability(watchdog: &dyn Watchdog, stop_budget: Duration, fault: Option<&str>) -> Result<String, String> {
+    let shortest = watchdog.shortest_timeout();
+    if stop_budget < shortest {
+        return Err(format!(
+            "watchdog {} cannot time out within the stop budget of {stop_budget:?} (its shortest timeout is \
+             {shortest:?}): raise the stop budget to at least that (`clusterctl cluster set lease` or `stop_budget`, \
+             docs/fencing.md)",
+            watchdog.describe()
+        ));
+    }
+    if let Some(fault) = fault {
+        return Err(format!("watchdog {} could not be armed: {fault}", watchdog.describe()));
+    }
+    Ok(watchdog.describe())
 }
 
 /// Monotonic time of this process, as a duration since an arbitrary origin.
@@ -103,6 +125,8 @@ impl Engine {
             must_stop: watch::channel(true).0,
             lease_given_up: AtomicBool::new(false),
             lease_changed: Notify::new(),
+            stopping: AtomicBool::new(false),
+            watchdog_fault: Mutex::new(None),
         })
     }
 
@@ -157,8 +181,13 @@ impl Engine {
         self.node.write(command).await.map_err(|err| err.to_string())
     }
 
-    pub(crate) fn watchdog_device(&self) -> Option<String> {
-        self.watchdog.as_ref().map(|watchdog| watchdog.describe())
+    /// The watchdog this node can announce as its protection with these settings, or why none:
+    /// a device that cannot time out within the stop budget, or that failed to arm, protects
+    /// nothing, and the node must say it runs lease-only (`status` then warns about it).
+    pub(crate) fn usable_watchdog(&self, settings: &Settings) -> Result<String, String> {
+        let Some(watchdog) = &self.watchdog else { return Err("no watchdog configured".into()) };
+        let fault = self.watchdog_fault.lock().expect("watchdog fault lock").clone();
+        watchdog_usability(watchdog.as_ref(), settings.stop_budget(), fault.as_deref())
     }
 
     fn set_active(&self, package: &str, active: bool) {
@@ -218,6 +247,7 @@ impl Engine {
     /// Frozen packages are left running (maintenance). A blocked package (its stop failed) is left
     /// as it is: it is never started elsewhere until fenced or cleaned up.
     pub(crate) async fn leave(&self, limit: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + limit;
         let handed_over = if self.node.leader().is_some() {
             let leave = Command::NodeLeave { name: self.me.clone(), at_ms: wall_ms() };
@@ -280,5 +310,25 @@ impl Engine {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster_host::FakeWatchdog;
+
+    #[test]
+    fn a_watchdog_that_cannot_time_out_within_the_stop_budget_is_not_announced() {
+        let watchdog = FakeWatchdog::new();
+        watchdog.set_shortest_timeout(Duration::from_secs(1));
+        let default_budget = Settings::default().stop_budget();
+        assert_eq!(default_budget, Duration::from_millis(500));
+        let refused = watchdog_usability(&watchdog, default_budget, None).unwrap_err();
+        assert!(refused.contains("cannot time out within the stop budget of 500ms"), "{refused}");
+        assert!(refused.contains("shortest timeout is 1s"), "{refused}");
+        assert_eq!(watchdog_usability(&watchdog, Duration::from_secs(1), None), Ok("fake watchdog".to_owned()));
+        let failed = watchdog_usability(&watchdog, Duration::from_secs(2), Some("granted 60s")).unwrap_err();
+        assert_eq!(failed, "watchdog fake watchdog could not be armed: granted 60s");
     }
 }
