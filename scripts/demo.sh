@@ -61,6 +61,19 @@ lab exec "$survivor" -- clusterctl status
 step "what happened (clusterctl events)"
 lab exec "$survivor" -- clusterctl events | tail -6
 
+step "powering $victim on again: it rejoins (the package stays on $survivor: failback = manual)"
+lab start "$victim"
+until lab exec "$survivor" -- clusterctl status 2>/dev/null | grep -q "^$victim .* alive "; do sleep 0.1; done
+
+step "stopping clusterd on $survivor as systemctl stop does (SIGTERM): it hands the package over first"
+started=$(now_ms)
+lab stop-daemon "$survivor"
+echo "clusterd on $survivor exited after $(( $(now_ms) - started )) ms"
+until reachable; do sleep 0.02; done
+echo "the client reaches the VIP again $(( $(now_ms) - started )) ms after the SIGTERM, now served by $(owner "$victim")"
+lab exec "$victim" -- clusterctl status
+survivor=$victim
+
 cat <<EOT
 
 Explore while the lab is up, from another terminal (as root):
