@@ -11,12 +11,16 @@
 //!
 //!   cgroup2 …/clusterlab/LAB/{n1,n2,n3,client,supervisor}   (cgroup.kill = power loss)
 //!   /run/clusterlab/LAB/      state.json, faults.jsonl, per node: config, socket, log, pid files
-//!   /var/lib/clusterlab/LAB/  per node data dir, pki/, lun.img
+//!   /var/lib/clusterlab/LAB/  pki/, lun.img, per clusterd node: data.img ──loop──▶ ext4 mounted at NODE/data
 //! ```
 //!
 //! Every process of a node is started by [`Lab::node_command`]: before `exec` it joins the node's cgroup,
 //! network namespace and mount namespace, so killing the cgroup kills the node. Nothing is ever done to the root
 //! namespace's interfaces, addresses, routes or firewall.
+//!
+//! Each `clusterd` node's data dir is its own small ext4 filesystem on a loop device (its "disk"), mounted in
+//! the host's mount namespace by `up` before any node starts, so every node mount namespace (made at each power
+//! on) has it, and it outlives power cycles.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -43,6 +47,11 @@ pub const VAR_ROOT: &str = "/var/lib/clusterlab";
 pub const CLUSTERD_PORT: u16 = 7400;
 /// The client namespace's address.
 pub const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
+/// Size of each `clusterd` node's data filesystem (a sparse image: only what is written takes space).
+/// clusterd's Raft log preallocates 16 MiB segments with real zeros and drops old ones only after a snapshot
+/// (every 10,000 entries by default), and a snapshot is written to a temporary file before it replaces the
+/// last one: a few segments plus two snapshots fit with a wide margin.
+pub const DATA_DISK_MIB: u64 = 256;
 
 /// Errors of lab operations.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +206,9 @@ pub struct NodeState {
     pub holder_pid: Option<i32>,
     /// The daemon (`clusterd` or keepalived).
     pub daemon_pid: Option<i32>,
+    /// The loop device of the node's data filesystem (`clusterd` nodes), mounted at its data dir.
+    #[serde(default)]
+    pub data_disk: Option<String>,
 }
 
 /// Everything the lab remembers between commands (`/run/clusterlab/LAB/state.json`).
@@ -284,6 +296,16 @@ impl LabPaths {
     /// Fault log, JSON lines with the shared monotonic clock.
     pub fn fault_log(&self) -> PathBuf {
         self.run_dir().join("faults.jsonl")
+    }
+
+    /// A node's `clusterd` data dir: the mount point of its data filesystem.
+    pub fn data_dir(&self, node: &str) -> PathBuf {
+        self.var_dir().join(node).join("data")
+    }
+
+    /// The sparse image behind a node's data filesystem.
+    pub fn data_image(&self, node: &str) -> PathBuf {
+        self.var_dir().join(node).join("data.img")
     }
 }
 
@@ -519,6 +541,7 @@ impl Lab {
                 powered: false,
                 holder_pid: None,
                 daemon_pid: None,
+                data_disk: None,
             });
         }
         let mut lab = Lab {
@@ -584,6 +607,11 @@ impl Lab {
         }
         if let Daemon::Clusterd { clusterctl, .. } = &self.state.daemon {
             self.issue_certificates(clusterctl)?;
+            // Before any node's mount namespace exists: each one starts as a copy of the host's, with every
+            // data filesystem in it.
+            for name in self.node_names() {
+                self.create_data_disk(&name)?;
+            }
         }
         if spec.watchdog {
             self.start_supervisor(spec.tool.clone())?;
@@ -634,19 +662,34 @@ impl Lab {
             errors.push(error.to_string());
         }
         remove_cgroup_tree(&cgroup, &mut errors);
-        // Host mounts under the lab folders (the lab makes none, but a crashed tool might have).
+        // Host mounts under the lab folders: the nodes' data filesystems (and whatever a crashed tool left).
         for dir in [paths.run_dir(), paths.var_dir()] {
             let mut mounts = mounts_under(&dir);
             mounts.sort_by_key(|mount| std::cmp::Reverse(mount.as_os_str().len()));
             for mount in mounts {
                 if let Err(error) = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH) {
                     errors.push(format!("failed to unmount {}: {error}", mount.display()));
+                    continue;
                 }
+                // Every mount namespace made while the lab was up (each node's, of this lab and of any other lab
+                // on the host) holds a copy of the mount, which the host's unmount does not reach (the host's `/`
+                // does not propagate) and which would keep the filesystem and its loop device in use. Removing
+                // the mount point detaches those copies in every namespace.
+                let _ = fs::remove_dir(&mount);
             }
         }
         for device in loop_devices_under(&paths.var_dir()) {
             if let Err(error) = sys::run(Command::new("losetup").args(["-d", &device])) {
                 errors.push(error.to_string());
+            }
+        }
+        // `losetup -d` of a device still in use (its filesystem still open somewhere, so the lazy unmount is not
+        // complete) only marks it to detach once released: say so rather than leave it silently.
+        if !sys::wait_until(Duration::from_secs(2), || loop_devices_under(&paths.var_dir()).is_empty()) {
+            for device in loop_devices_under(&paths.var_dir()) {
+                errors.push(format!(
+                    "loop device {device} is still in use (a file on it is open): it detaches when released"
+                ));
             }
         }
         for netns in netns_with_prefix(&paths.netns_prefix()) {
@@ -840,7 +883,8 @@ impl Lab {
     fn start_clusterd(&self, node: &str, clusterd: &Path, watchdog: bool) -> Result<i32, LabError> {
         let record = self.node(node)?;
         let run_dir = self.paths.node_run_dir(node);
-        let data_dir = self.paths.var_dir().join(node).join("data");
+        // The mount point of the node's data filesystem (made by `up`).
+        let data_dir = self.paths.data_dir(node);
         create_dir(&data_dir)?;
         let pki = self.paths.pki_dir();
         let mut config = format!(
@@ -1000,6 +1044,47 @@ impl Lab {
         self.state.lun = Some(device.clone());
         self.save()?;
         sys::run(Command::new("mkfs.ext4").args(["-q", "-F", "-L", &format!("cl-{}", self.state.name), &device]))?;
+        Ok(())
+    }
+
+    /// The node's data filesystem: a sparse image, a loop device, ext4 (no label: a truncated one could equal
+    /// the LUN's `cl-LAB`), mounted at the node's data dir in the host's mount namespace.
+    fn create_data_disk(&mut self, node: &str) -> Result<(), LabError> {
+        let image = self.paths.data_image(node);
+        let mount_point = self.paths.data_dir(node);
+        create_dir(&mount_point)?;
+        let file = File::create(&image).map_err(|error| io_error("failed to create", &image, error))?;
+        file.set_len(DATA_DISK_MIB * 1024 * 1024).map_err(|error| io_error("failed to size", &image, error))?;
+        let device = sys::run(Command::new("losetup").args(["--find", "--show"]).arg(&image))?.trim().to_string();
+        self.node_mut(node)?.data_disk = Some(device.clone());
+        self.save()?;
+        // 4 KiB blocks as on a real disk, few inodes (a handful of files), and no lazy initialisation, so no
+        // background thread writes to the disk later (it would skew timings).
+        sys::run(Command::new("mkfs.ext4").args([
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-N",
+            "4096",
+            "-m",
+            "0",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            &device,
+        ]))?;
+        nix::mount::mount(
+            Some(device.as_str()),
+            &mount_point,
+            Some("ext4"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|errno| SysError::Failed {
+            command: format!("mount {device} {} (data filesystem of node {node})", mount_point.display()),
+            status: "error".into(),
+            stderr: errno.desc().to_string(),
+        })?;
         Ok(())
     }
 
@@ -1285,6 +1370,7 @@ impl Lab {
                     "daemon": if matches!(self.state.daemon, Daemon::None) { "none" } else if !node.powered { "off" } else if !daemon_alive { "dead" }
                         else if self.daemon_paused(&node.name) { "paused" } else { "running" },
                     "processes": cgroup_pids(&self.paths.cgroup().join(&node.name)).len(),
+                    "data_disk": node.data_disk,
                 })
             })
             .collect();

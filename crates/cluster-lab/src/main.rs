@@ -630,13 +630,14 @@ fn print_status(lab: &Lab, json: bool) {
     println!("lab {}  client {}", lab.name(), status["client"].as_str().unwrap_or("-"));
     for node in status["nodes"].as_array().into_iter().flatten() {
         println!(
-            "  {:<4} {:<12} {:<8} {:<5} daemon {:<8} processes {}",
+            "  {:<4} {:<12} {:<8} {:<5} daemon {:<8} processes {}{}",
             node["name"].as_str().unwrap_or("?"),
             node["address"].as_str().unwrap_or("?"),
             node["role"].as_str().unwrap_or("?"),
             if node["powered"].as_bool() == Some(true) { "on" } else { "off" },
             node["daemon"].as_str().unwrap_or("?"),
             node["processes"],
+            node["data_disk"].as_str().map(|device| format!("  disk {device}")).unwrap_or_default(),
         );
     }
     if let Some(partition) = status["partition"].as_str() {
