@@ -20,7 +20,10 @@
 //!
 //! Each `clusterd` node's data dir is its own small ext4 filesystem on a loop device (its "disk"), mounted in
 //! the host's mount namespace by `up` before any node starts, so every node mount namespace (made at each power
-//! on) has it, and it outlives power cycles.
+//! on) has it, and it outlives power cycles. [`Lab::stall_disk`] freezes it (FIFREEZE: every write and fsync of
+//! that node blocks), [`Lab::resume_disk`] and [`Lab::kill`] thaw it, and [`Lab::down`] thaws every filesystem
+//! under the lab's folder before it kills anything or unmounts (an unmount of a frozen filesystem hangs, and a
+//! process blocked on one cannot die).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -82,6 +85,9 @@ pub enum LabError {
     /// The node runs no daemon.
     #[error("node {0} runs no daemon")]
     NoDaemon(String),
+    /// The node has no data filesystem of its own (only `clusterd` nodes have one).
+    #[error("node {0} has no data disk (only clusterd nodes have one)")]
+    NoDataDisk(String),
     /// The kernel lacks a feature a fault needs.
     #[error("{0} is not supported on this host")]
     Unsupported(String),
@@ -306,6 +312,11 @@ impl LabPaths {
     /// The sparse image behind a node's data filesystem.
     pub fn data_image(&self, node: &str) -> PathBuf {
         self.var_dir().join(node).join("data.img")
+    }
+
+    /// Present while the node's data filesystem is stalled (frozen) by [`Lab::stall_disk`].
+    pub fn disk_stalled_marker(&self, node: &str) -> PathBuf {
+        self.node_run_dir(node).join("disk.stalled")
     }
 }
 
@@ -656,6 +667,17 @@ impl Lab {
     pub fn down(name: &str) -> Result<(), LabError> {
         let paths = LabPaths::new(name)?;
         let mut errors = Vec::new();
+        // Frozen filesystems (stalled disks) first: a process blocked writing to one cannot die, and the
+        // unmount of a frozen filesystem would hang. A mount that could not be thawed is not unmounted.
+        let mut still_frozen = Vec::new();
+        for dir in [paths.run_dir(), paths.var_dir()] {
+            for mount in mounts_under(&dir) {
+                if let Err(error) = sys::thaw_filesystem(&mount) {
+                    errors.push(error.to_string());
+                    still_frozen.push(mount);
+                }
+            }
+        }
         // Processes: the lab cgroup holds every process the lab started (nodes, client, supervisor).
         let cgroup = paths.cgroup();
         if let Err(error) = kill_cgroup(&cgroup) {
@@ -666,7 +688,7 @@ impl Lab {
         for dir in [paths.run_dir(), paths.var_dir()] {
             let mut mounts = mounts_under(&dir);
             mounts.sort_by_key(|mount| std::cmp::Reverse(mount.as_os_str().len()));
-            for mount in mounts {
+            for mount in mounts.into_iter().filter(|mount| !still_frozen.contains(mount)) {
                 if let Err(error) = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH) {
                     errors.push(format!("failed to unmount {}: {error}", mount.display()));
                     continue;
@@ -698,6 +720,11 @@ impl Lab {
             }
         }
         for dir in [paths.run_dir(), paths.var_dir()] {
+            // Removing files inside a filesystem that is still frozen would block for ever.
+            if still_frozen.iter().any(|mount| mount.starts_with(&dir)) {
+                errors.push(format!("kept {}: a filesystem in it is still frozen", dir.display()));
+                continue;
+            }
             if let Err(error) = fs::remove_dir_all(&dir) {
                 if error.kind() != std::io::ErrorKind::NotFound {
                     errors.push(format!("failed to remove {}: {error}", dir.display()));
@@ -841,6 +868,9 @@ impl Lab {
 
     fn power_on_inner(&mut self, node: &str) -> Result<(), LabError> {
         let address = self.node(node)?.address;
+        // A machine powers on with a working disk (`kill` thawed it; this covers a stall injected through a stale
+        // view of the lab while the node was off).
+        self.thaw_disk(node)?;
         let netns = self.paths.netns(node);
         sys::ip(&["-n", &netns, "link", "set", "dev", "lo", "up"])?;
         sys::ip(&["-n", &netns, "link", "set", "dev", "eth0", "up"])?;
@@ -1059,7 +1089,7 @@ impl Lab {
         self.node_mut(node)?.data_disk = Some(device.clone());
         self.save()?;
         // 4 KiB blocks as on a real disk, few inodes (a handful of files), and no lazy initialisation, so no
-        // background thread writes to the disk later (it would skew timings).
+        // background thread writes to the disk later (a stall would block it, and it would skew timings).
         sys::run(Command::new("mkfs.ext4").args([
             "-q",
             "-F",
@@ -1141,6 +1171,10 @@ impl Lab {
         // A powered-off machine has no addresses: flush before waiting for the cgroup to empty,
         // which can take seconds on a loaded host (the observer would count a dead node's VIP).
         sys::ip(&["-n", &netns, "addr", "flush", "dev", "eth0"])?;
+        // A powered-off machine has no stalled disk either, and a process blocked on a frozen filesystem cannot
+        // die: thaw after the kill was sent (what was blocked completes into the page cache, as a write the disk
+        // took just before the power went), before waiting for the cgroup to empty.
+        self.thaw_disk(node)?;
         kill_cgroup(&cgroup)?;
         let record = self.node_mut(node)?;
         record.powered = false;
@@ -1281,6 +1315,54 @@ impl Lab {
         self.save()
     }
 
+    /// The mount point of a node's data filesystem, if the node has one mounted.
+    fn data_mount(&self, node: &str) -> Result<Option<PathBuf>, LabError> {
+        self.node(node)?;
+        let mount_point = self.paths.data_dir(node);
+        Ok(mounts_under(&mount_point).into_iter().any(|mount| mount == mount_point).then_some(mount_point))
+    }
+
+    /// Thaws the node's data filesystem if it is frozen; true when it was.
+    fn thaw_disk(&self, node: &str) -> Result<bool, LabError> {
+        let Some(mount_point) = self.data_mount(node)? else {
+            return Ok(false);
+        };
+        let change = sys::thaw_filesystem(&mount_point)?;
+        let _ = fs::remove_file(self.paths.disk_stalled_marker(node));
+        Ok(change == sys::FreezeChange::Changed)
+    }
+
+    /// Stalls the node's disk: freezes its data filesystem (FIFREEZE), so every write and fsync of its
+    /// `clusterd` blocks (reads still work) until [`Lab::resume_disk`] or a power loss ([`Lab::kill`]).
+    /// Stalling a stalled disk does nothing.
+    pub fn stall_disk(&self, node: &str) -> Result<(), LabError> {
+        if !self.node(node)?.powered {
+            return Err(LabError::PoweredOff(node.to_string()));
+        }
+        let mount_point = self.data_mount(node)?.ok_or_else(|| LabError::NoDataDisk(node.to_string()))?;
+        append_fault(&self.paths, "stall-disk", node, "");
+        sys::freeze_filesystem(&mount_point)?;
+        write_file(&self.paths.disk_stalled_marker(node), "")?;
+        Ok(())
+    }
+
+    /// Resumes a stalled disk (FITHAW): the blocked writes and fsyncs complete. Resuming a disk that is not
+    /// stalled (never stalled, or thawed by a power loss) does nothing and records nothing.
+    pub fn resume_disk(&self, node: &str) -> Result<(), LabError> {
+        let mount_point = self.data_mount(node)?.ok_or_else(|| LabError::NoDataDisk(node.to_string()))?;
+        let change = sys::thaw_filesystem(&mount_point)?;
+        let _ = fs::remove_file(self.paths.disk_stalled_marker(node));
+        if change == sys::FreezeChange::Changed {
+            append_fault(&self.paths, "resume-disk", node, "");
+        }
+        Ok(())
+    }
+
+    /// Whether the node's disk is stalled by [`Lab::stall_disk`].
+    pub fn disk_stalled(&self, node: &str) -> bool {
+        self.paths.disk_stalled_marker(node).exists()
+    }
+
     /// Removes any partition.
     pub fn heal(&mut self) -> Result<(), LabError> {
         append_fault(&self.paths, "heal", "", "");
@@ -1371,6 +1453,7 @@ impl Lab {
                         else if self.daemon_paused(&node.name) { "paused" } else { "running" },
                     "processes": cgroup_pids(&self.paths.cgroup().join(&node.name)).len(),
                     "data_disk": node.data_disk,
+                    "disk": if node.data_disk.is_none() { "none" } else if self.disk_stalled(&node.name) { "stalled" } else { "ok" },
                 })
             })
             .collect();

@@ -122,6 +122,10 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         down_ms: u64,
     },
+    /// Stall a node's disk: freeze its data filesystem, so every write and fsync of its clusterd blocks.
+    StallDisk { node: String },
+    /// Resume a stalled disk (thaw its data filesystem); does nothing when it is not stalled.
+    ResumeDisk { node: String },
     /// Delay what a node sends (netem); 0 removes it.
     Delay { node: String, ms: u64 },
     /// Print the shared LUN's device.
@@ -383,6 +387,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Flap { node, down_ms } => open(&name)?
             .flap(&node, Duration::from_millis(down_ms))
             .with_context(|| format!("failed to flap node {node}"))?,
+        Command::StallDisk { node } => {
+            open(&name)?.stall_disk(&node).with_context(|| format!("failed to stall the disk of node {node}"))?
+        }
+        Command::ResumeDisk { node } => {
+            open(&name)?.resume_disk(&node).with_context(|| format!("failed to resume the disk of node {node}"))?
+        }
         Command::Delay { node, ms } => match open(&name)?.delay(&node, ms) {
             Ok(()) => {}
             Err(cluster_lab::lab::LabError::Unsupported(what)) => {
@@ -637,7 +647,10 @@ fn print_status(lab: &Lab, json: bool) {
             if node["powered"].as_bool() == Some(true) { "on" } else { "off" },
             node["daemon"].as_str().unwrap_or("?"),
             node["processes"],
-            node["data_disk"].as_str().map(|device| format!("  disk {device}")).unwrap_or_default(),
+            match (node["data_disk"].as_str(), node["disk"].as_str()) {
+                (Some(device), Some(disk)) => format!("  disk {device} {disk}"),
+                _ => String::new(),
+            },
         );
     }
     if let Some(partition) = status["partition"].as_str() {
