@@ -157,7 +157,7 @@ enum Command {
         /// Seconds of faults.
         #[arg(long, default_value_t = 120.0)]
         duration: f64,
-        #[arg(long, default_value = "kill,kill-daemon,pause,partition,flap")]
+        #[arg(long, default_value = "kill,kill-daemon,pause,partition,flap,disk")]
         faults: String,
         /// Seed (default: from the clock; printed to reproduce).
         #[arg(long)]
