@@ -311,6 +311,19 @@ fn args_of<'a>(call: &'a Call, key: &'a str) -> Vec<&'a str> {
     }
 }
 
+/// Runs one key-value operation from the client namespace through `node_address` (with the admin certificate),
+/// abandoned after `timeout`; a timeout, a refused connection or an unexpected exit code is `Outcome::Unknown`.
+pub fn run_kv_operation(
+    lab: &Lab,
+    node_address: std::net::Ipv4Addr,
+    key: &str,
+    call: &Call,
+    timeout: Duration,
+) -> Result<Outcome, LabError> {
+    let (code, stdout) = run_kv(lab, node_address, &args_of(call, key), timeout)?;
+    Ok(outcome_of(call, code, &stdout))
+}
+
 /// Runs clients against the lab's key-value store while the nemesis injects faults, heals, reads every key,
 /// and checks linearizability. `log` receives progress lines.
 pub fn run_kv_nemesis(
