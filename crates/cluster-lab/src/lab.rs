@@ -11,12 +11,19 @@
 //!
 //!   cgroup2 …/clusterlab/LAB/{n1,n2,n3,client,supervisor}   (cgroup.kill = power loss)
 //!   /run/clusterlab/LAB/      state.json, faults.jsonl, per node: config, socket, log, pid files
-//!   /var/lib/clusterlab/LAB/  per node data dir, pki/, lun.img
+//!   /var/lib/clusterlab/LAB/  pki/, lun.img, per clusterd node: data.img ──loop──▶ ext4 mounted at NODE/data
 //! ```
 //!
 //! Every process of a node is started by [`Lab::node_command`]: before `exec` it joins the node's cgroup,
 //! network namespace and mount namespace, so killing the cgroup kills the node. Nothing is ever done to the root
 //! namespace's interfaces, addresses, routes or firewall.
+//!
+//! Each `clusterd` node's data dir is its own small ext4 filesystem on a loop device (its "disk"), mounted in
+//! the host's mount namespace by `up` before any node starts, so every node mount namespace (made at each power
+//! on) has it, and it outlives power cycles. [`Lab::stall_disk`] freezes it (FIFREEZE: every write and fsync of
+//! that node blocks), [`Lab::resume_disk`] and [`Lab::kill`] thaw it, and [`Lab::down`] thaws every filesystem
+//! under the lab's folder before it kills anything or unmounts (an unmount of a frozen filesystem hangs, and a
+//! process blocked on one cannot die).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -43,6 +50,11 @@ pub const VAR_ROOT: &str = "/var/lib/clusterlab";
 pub const CLUSTERD_PORT: u16 = 7400;
 /// The client namespace's address.
 pub const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
+/// Size of each `clusterd` node's data filesystem (a sparse image: only what is written takes space).
+/// clusterd's Raft log preallocates 16 MiB segments with real zeros and drops old ones only after a snapshot
+/// (every 10,000 entries by default), and a snapshot is written to a temporary file before it replaces the
+/// last one: a few segments plus two snapshots fit with a wide margin.
+pub const DATA_DISK_MIB: u64 = 256;
 
 /// Errors of lab operations.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +85,9 @@ pub enum LabError {
     /// The node runs no daemon.
     #[error("node {0} runs no daemon")]
     NoDaemon(String),
+    /// The node has no data filesystem of its own (only `clusterd` nodes have one).
+    #[error("node {0} has no data disk (only clusterd nodes have one)")]
+    NoDataDisk(String),
     /// The kernel lacks a feature a fault needs.
     #[error("{0} is not supported on this host")]
     Unsupported(String),
@@ -197,6 +212,9 @@ pub struct NodeState {
     pub holder_pid: Option<i32>,
     /// The daemon (`clusterd` or keepalived).
     pub daemon_pid: Option<i32>,
+    /// The loop device of the node's data filesystem (`clusterd` nodes), mounted at its data dir.
+    #[serde(default)]
+    pub data_disk: Option<String>,
 }
 
 /// Everything the lab remembers between commands (`/run/clusterlab/LAB/state.json`).
@@ -284,6 +302,21 @@ impl LabPaths {
     /// Fault log, JSON lines with the shared monotonic clock.
     pub fn fault_log(&self) -> PathBuf {
         self.run_dir().join("faults.jsonl")
+    }
+
+    /// A node's `clusterd` data dir: the mount point of its data filesystem.
+    pub fn data_dir(&self, node: &str) -> PathBuf {
+        self.var_dir().join(node).join("data")
+    }
+
+    /// The sparse image behind a node's data filesystem.
+    pub fn data_image(&self, node: &str) -> PathBuf {
+        self.var_dir().join(node).join("data.img")
+    }
+
+    /// Present while the node's data filesystem is stalled (frozen) by [`Lab::stall_disk`].
+    pub fn disk_stalled_marker(&self, node: &str) -> PathBuf {
+        self.node_run_dir(node).join("disk.stalled")
     }
 }
 
@@ -519,6 +552,7 @@ impl Lab {
                 powered: false,
                 holder_pid: None,
                 daemon_pid: None,
+                data_disk: None,
             });
         }
         let mut lab = Lab {
@@ -584,6 +618,11 @@ impl Lab {
         }
         if let Daemon::Clusterd { clusterctl, .. } = &self.state.daemon {
             self.issue_certificates(clusterctl)?;
+            // Before any node's mount namespace exists: each one starts as a copy of the host's, with every
+            // data filesystem in it.
+            for name in self.node_names() {
+                self.create_data_disk(&name)?;
+            }
         }
         if spec.watchdog {
             self.start_supervisor(spec.tool.clone())?;
@@ -628,25 +667,51 @@ impl Lab {
     pub fn down(name: &str) -> Result<(), LabError> {
         let paths = LabPaths::new(name)?;
         let mut errors = Vec::new();
+        // Frozen filesystems (stalled disks) first: a process blocked writing to one cannot die, and the
+        // unmount of a frozen filesystem would hang. A mount that could not be thawed is not unmounted.
+        let mut still_frozen = Vec::new();
+        for dir in [paths.run_dir(), paths.var_dir()] {
+            for mount in mounts_under(&dir) {
+                if let Err(error) = sys::thaw_filesystem(&mount) {
+                    errors.push(error.to_string());
+                    still_frozen.push(mount);
+                }
+            }
+        }
         // Processes: the lab cgroup holds every process the lab started (nodes, client, supervisor).
         let cgroup = paths.cgroup();
         if let Err(error) = kill_cgroup(&cgroup) {
             errors.push(error.to_string());
         }
         remove_cgroup_tree(&cgroup, &mut errors);
-        // Host mounts under the lab folders (the lab makes none, but a crashed tool might have).
+        // Host mounts under the lab folders: the nodes' data filesystems (and whatever a crashed tool left).
         for dir in [paths.run_dir(), paths.var_dir()] {
             let mut mounts = mounts_under(&dir);
             mounts.sort_by_key(|mount| std::cmp::Reverse(mount.as_os_str().len()));
-            for mount in mounts {
+            for mount in mounts.into_iter().filter(|mount| !still_frozen.contains(mount)) {
                 if let Err(error) = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH) {
                     errors.push(format!("failed to unmount {}: {error}", mount.display()));
+                    continue;
                 }
+                // Every mount namespace made while the lab was up (each node's, of this lab and of any other lab
+                // on the host) holds a copy of the mount, which the host's unmount does not reach (the host's `/`
+                // does not propagate) and which would keep the filesystem and its loop device in use. Removing
+                // the mount point detaches those copies in every namespace.
+                let _ = fs::remove_dir(&mount);
             }
         }
         for device in loop_devices_under(&paths.var_dir()) {
             if let Err(error) = sys::run(Command::new("losetup").args(["-d", &device])) {
                 errors.push(error.to_string());
+            }
+        }
+        // `losetup -d` of a device still in use (its filesystem still open somewhere, so the lazy unmount is not
+        // complete) only marks it to detach once released: say so rather than leave it silently.
+        if !sys::wait_until(Duration::from_secs(2), || loop_devices_under(&paths.var_dir()).is_empty()) {
+            for device in loop_devices_under(&paths.var_dir()) {
+                errors.push(format!(
+                    "loop device {device} is still in use (a file on it is open): it detaches when released"
+                ));
             }
         }
         for netns in netns_with_prefix(&paths.netns_prefix()) {
@@ -655,6 +720,11 @@ impl Lab {
             }
         }
         for dir in [paths.run_dir(), paths.var_dir()] {
+            // Removing files inside a filesystem that is still frozen would block for ever.
+            if still_frozen.iter().any(|mount| mount.starts_with(&dir)) {
+                errors.push(format!("kept {}: a filesystem in it is still frozen", dir.display()));
+                continue;
+            }
             if let Err(error) = fs::remove_dir_all(&dir) {
                 if error.kind() != std::io::ErrorKind::NotFound {
                     errors.push(format!("failed to remove {}: {error}", dir.display()));
@@ -798,6 +868,9 @@ impl Lab {
 
     fn power_on_inner(&mut self, node: &str) -> Result<(), LabError> {
         let address = self.node(node)?.address;
+        // A machine powers on with a working disk (`kill` thawed it; this covers a stall injected through a stale
+        // view of the lab while the node was off).
+        self.thaw_disk(node)?;
         let netns = self.paths.netns(node);
         sys::ip(&["-n", &netns, "link", "set", "dev", "lo", "up"])?;
         sys::ip(&["-n", &netns, "link", "set", "dev", "eth0", "up"])?;
@@ -840,7 +913,8 @@ impl Lab {
     fn start_clusterd(&self, node: &str, clusterd: &Path, watchdog: bool) -> Result<i32, LabError> {
         let record = self.node(node)?;
         let run_dir = self.paths.node_run_dir(node);
-        let data_dir = self.paths.var_dir().join(node).join("data");
+        // The mount point of the node's data filesystem (made by `up`).
+        let data_dir = self.paths.data_dir(node);
         create_dir(&data_dir)?;
         let pki = self.paths.pki_dir();
         let mut config = format!(
@@ -1003,6 +1077,47 @@ impl Lab {
         Ok(())
     }
 
+    /// The node's data filesystem: a sparse image, a loop device, ext4 (no label: a truncated one could equal
+    /// the LUN's `cl-LAB`), mounted at the node's data dir in the host's mount namespace.
+    fn create_data_disk(&mut self, node: &str) -> Result<(), LabError> {
+        let image = self.paths.data_image(node);
+        let mount_point = self.paths.data_dir(node);
+        create_dir(&mount_point)?;
+        let file = File::create(&image).map_err(|error| io_error("failed to create", &image, error))?;
+        file.set_len(DATA_DISK_MIB * 1024 * 1024).map_err(|error| io_error("failed to size", &image, error))?;
+        let device = sys::run(Command::new("losetup").args(["--find", "--show"]).arg(&image))?.trim().to_string();
+        self.node_mut(node)?.data_disk = Some(device.clone());
+        self.save()?;
+        // 4 KiB blocks as on a real disk, few inodes (a handful of files), and no lazy initialisation, so no
+        // background thread writes to the disk later (a stall would block it, and it would skew timings).
+        sys::run(Command::new("mkfs.ext4").args([
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-N",
+            "4096",
+            "-m",
+            "0",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            &device,
+        ]))?;
+        nix::mount::mount(
+            Some(device.as_str()),
+            &mount_point,
+            Some("ext4"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|errno| SysError::Failed {
+            command: format!("mount {device} {} (data filesystem of node {node})", mount_point.display()),
+            status: "error".into(),
+            stderr: errno.desc().to_string(),
+        })?;
+        Ok(())
+    }
+
     fn start_supervisor(&mut self, tool: Option<PathBuf>) -> Result<(), LabError> {
         let tool = match tool {
             Some(tool) => tool,
@@ -1056,6 +1171,10 @@ impl Lab {
         // A powered-off machine has no addresses: flush before waiting for the cgroup to empty,
         // which can take seconds on a loaded host (the observer would count a dead node's VIP).
         sys::ip(&["-n", &netns, "addr", "flush", "dev", "eth0"])?;
+        // A powered-off machine has no stalled disk either, and a process blocked on a frozen filesystem cannot
+        // die: thaw after the kill was sent (what was blocked completes into the page cache, as a write the disk
+        // took just before the power went), before waiting for the cgroup to empty.
+        self.thaw_disk(node)?;
         kill_cgroup(&cgroup)?;
         let record = self.node_mut(node)?;
         record.powered = false;
@@ -1196,6 +1315,54 @@ impl Lab {
         self.save()
     }
 
+    /// The mount point of a node's data filesystem, if the node has one mounted.
+    fn data_mount(&self, node: &str) -> Result<Option<PathBuf>, LabError> {
+        self.node(node)?;
+        let mount_point = self.paths.data_dir(node);
+        Ok(mounts_under(&mount_point).into_iter().any(|mount| mount == mount_point).then_some(mount_point))
+    }
+
+    /// Thaws the node's data filesystem if it is frozen; true when it was.
+    fn thaw_disk(&self, node: &str) -> Result<bool, LabError> {
+        let Some(mount_point) = self.data_mount(node)? else {
+            return Ok(false);
+        };
+        let change = sys::thaw_filesystem(&mount_point)?;
+        let _ = fs::remove_file(self.paths.disk_stalled_marker(node));
+        Ok(change == sys::FreezeChange::Changed)
+    }
+
+    /// Stalls the node's disk: freezes its data filesystem (FIFREEZE), so every write and fsync of its
+    /// `clusterd` blocks (reads still work) until [`Lab::resume_disk`] or a power loss ([`Lab::kill`]).
+    /// Stalling a stalled disk does nothing.
+    pub fn stall_disk(&self, node: &str) -> Result<(), LabError> {
+        if !self.node(node)?.powered {
+            return Err(LabError::PoweredOff(node.to_string()));
+        }
+        let mount_point = self.data_mount(node)?.ok_or_else(|| LabError::NoDataDisk(node.to_string()))?;
+        append_fault(&self.paths, "stall-disk", node, "");
+        sys::freeze_filesystem(&mount_point)?;
+        write_file(&self.paths.disk_stalled_marker(node), "")?;
+        Ok(())
+    }
+
+    /// Resumes a stalled disk (FITHAW): the blocked writes and fsyncs complete. Resuming a disk that is not
+    /// stalled (never stalled, or thawed by a power loss) does nothing and records nothing.
+    pub fn resume_disk(&self, node: &str) -> Result<(), LabError> {
+        let mount_point = self.data_mount(node)?.ok_or_else(|| LabError::NoDataDisk(node.to_string()))?;
+        let change = sys::thaw_filesystem(&mount_point)?;
+        let _ = fs::remove_file(self.paths.disk_stalled_marker(node));
+        if change == sys::FreezeChange::Changed {
+            append_fault(&self.paths, "resume-disk", node, "");
+        }
+        Ok(())
+    }
+
+    /// Whether the node's disk is stalled by [`Lab::stall_disk`].
+    pub fn disk_stalled(&self, node: &str) -> bool {
+        self.paths.disk_stalled_marker(node).exists()
+    }
+
     /// Removes any partition.
     pub fn heal(&mut self) -> Result<(), LabError> {
         append_fault(&self.paths, "heal", "", "");
@@ -1285,6 +1452,8 @@ impl Lab {
                     "daemon": if matches!(self.state.daemon, Daemon::None) { "none" } else if !node.powered { "off" } else if !daemon_alive { "dead" }
                         else if self.daemon_paused(&node.name) { "paused" } else { "running" },
                     "processes": cgroup_pids(&self.paths.cgroup().join(&node.name)).len(),
+                    "data_disk": node.data_disk,
+                    "disk": if node.data_disk.is_none() { "none" } else if self.disk_stalled(&node.name) { "stalled" } else { "ok" },
                 })
             })
             .collect();

@@ -2,7 +2,7 @@
 //! outside observer and the checkers that judge a run (DESIGN.md §9). Not shipped to production nodes.
 //!
 //! Codemap:
-//! - [`lab`]: bring a lab up and down, run commands in nodes, inject faults (kill, pause, partition, …).
+//! - [`lab`]: bring a lab up and down, run commands in nodes, inject faults (kill, pause, partition, stalled disk, …).
 //! - [`partition`]: partitions as data (`n1,n2 / n3`, `n1 -> n2`).
 //! - [`observer`]: samples VIPs, mounts, processes and client reachability on one monotonic clock.
 //! - [`history`]: the observer's records, intervals, the split-brain checker and failover timings (pure).

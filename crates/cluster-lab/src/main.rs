@@ -122,6 +122,10 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         down_ms: u64,
     },
+    /// Stall a node's disk: freeze its data filesystem, so every write and fsync of its clusterd blocks.
+    StallDisk { node: String },
+    /// Resume a stalled disk (thaw its data filesystem); does nothing when it is not stalled.
+    ResumeDisk { node: String },
     /// Delay what a node sends (netem); 0 removes it.
     Delay { node: String, ms: u64 },
     /// Print the shared LUN's device.
@@ -153,7 +157,7 @@ enum Command {
         /// Seconds of faults.
         #[arg(long, default_value_t = 120.0)]
         duration: f64,
-        #[arg(long, default_value = "kill,kill-daemon,pause,partition,flap")]
+        #[arg(long, default_value = "kill,kill-daemon,pause,partition,flap,disk")]
         faults: String,
         /// Seed (default: from the clock; printed to reproduce).
         #[arg(long)]
@@ -383,6 +387,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Flap { node, down_ms } => open(&name)?
             .flap(&node, Duration::from_millis(down_ms))
             .with_context(|| format!("failed to flap node {node}"))?,
+        Command::StallDisk { node } => {
+            open(&name)?.stall_disk(&node).with_context(|| format!("failed to stall the disk of node {node}"))?
+        }
+        Command::ResumeDisk { node } => {
+            open(&name)?.resume_disk(&node).with_context(|| format!("failed to resume the disk of node {node}"))?
+        }
         Command::Delay { node, ms } => match open(&name)?.delay(&node, ms) {
             Ok(()) => {}
             Err(cluster_lab::lab::LabError::Unsupported(what)) => {
@@ -630,13 +640,17 @@ fn print_status(lab: &Lab, json: bool) {
     println!("lab {}  client {}", lab.name(), status["client"].as_str().unwrap_or("-"));
     for node in status["nodes"].as_array().into_iter().flatten() {
         println!(
-            "  {:<4} {:<12} {:<8} {:<5} daemon {:<8} processes {}",
+            "  {:<4} {:<12} {:<8} {:<5} daemon {:<8} processes {}{}",
             node["name"].as_str().unwrap_or("?"),
             node["address"].as_str().unwrap_or("?"),
             node["role"].as_str().unwrap_or("?"),
             if node["powered"].as_bool() == Some(true) { "on" } else { "off" },
             node["daemon"].as_str().unwrap_or("?"),
             node["processes"],
+            match (node["data_disk"].as_str(), node["disk"].as_str()) {
+                (Some(device), Some(disk)) => format!("  disk {device} {disk}"),
+                _ => String::new(),
+            },
         );
     }
     if let Some(partition) = status["partition"].as_str() {

@@ -37,11 +37,38 @@ pub enum FaultKind {
     Partition,
     /// The node's link down for a moment.
     Flap,
+    /// The node's disk stalled (its data filesystem frozen), resumed later.
+    Disk,
+}
+
+impl FaultKind {
+    /// Every fault kind, for runs that draw from all of them.
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::Kill,
+        FaultKind::KillDaemon,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::Flap,
+        FaultKind::Disk,
+    ];
+
+    /// The name `FromStr` accepts, which is also how [`Action`]s of this kind start (`kill n1`, `disk` is
+    /// `stall-disk n1`).
+    pub fn action_prefix(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::KillDaemon => "kill-daemon",
+            FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
+            FaultKind::Flap => "flap",
+            FaultKind::Disk => "stall-disk",
+        }
+    }
 }
 
 /// A fault kind that does not exist.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown fault {0:?}: expected kill, kill-daemon, pause, partition or flap")]
+#[error("unknown fault {0:?}: expected kill, kill-daemon, pause, partition, flap or disk")]
 pub struct UnknownFault(String);
 
 impl FromStr for FaultKind {
@@ -54,6 +81,7 @@ impl FromStr for FaultKind {
             "pause" => Ok(FaultKind::Pause),
             "partition" => Ok(FaultKind::Partition),
             "flap" => Ok(FaultKind::Flap),
+            "disk" => Ok(FaultKind::Disk),
             other => Err(UnknownFault(other.to_string())),
         }
     }
@@ -81,6 +109,10 @@ pub enum Action {
     Heal,
     /// Link down for this many milliseconds.
     Flap(String, u64),
+    /// Freeze the node's data filesystem.
+    StallDisk(String),
+    /// Thaw it.
+    ResumeDisk(String),
 }
 
 impl fmt::Display for Action {
@@ -95,6 +127,8 @@ impl fmt::Display for Action {
             Action::Partition(partition) => write!(formatter, "partition {partition}"),
             Action::Heal => write!(formatter, "heal"),
             Action::Flap(node, ms) => write!(formatter, "flap {node} {ms}ms"),
+            Action::StallDisk(node) => write!(formatter, "stall-disk {node}"),
+            Action::ResumeDisk(node) => write!(formatter, "resume-disk {node}"),
         }
     }
 }
@@ -109,7 +143,8 @@ pub struct Step {
 }
 
 /// The fault schedule for a run: one fault at a time (so a majority stays up), each followed by its recovery,
-/// then the heal phase at `duration_ms` (heal, resume, start every daemon and node). Same seed, same schedule.
+/// then the heal phase at `duration_ms` (heal; per node: resume its disk, power on, resume and start its daemon).
+/// Same seed, same schedule.
 pub fn schedule(seed: u64, duration_ms: u64, faults: &[FaultKind], nodes: &[String]) -> Vec<Step> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut steps = Vec::new();
@@ -135,6 +170,7 @@ pub fn schedule(seed: u64, duration_ms: u64, faults: &[FaultKind], nodes: &[Stri
                     (Action::Partition(format!("{node}{separator}{}", others.join(","))), Some(Action::Heal))
                 }
                 FaultKind::Flap => (Action::Flap(node, rng.random_range(200..2_000)), None),
+                FaultKind::Disk => (Action::StallDisk(node.clone()), Some(Action::ResumeDisk(node))),
             };
             steps.push(Step { at_ms: at, action: fault_action });
             if let Some(recovery) = recovery {
@@ -145,7 +181,13 @@ pub fn schedule(seed: u64, duration_ms: u64, faults: &[FaultKind], nodes: &[Stri
     }
     steps.push(Step { at_ms: duration_ms, action: Action::Heal });
     for node in nodes {
-        for action in [Action::Start(node.clone()), Action::Resume(node.clone()), Action::StartDaemon(node.clone())] {
+        // The disk first: a daemon started on a stalled disk would block opening its log.
+        for action in [
+            Action::ResumeDisk(node.clone()),
+            Action::Start(node.clone()),
+            Action::Resume(node.clone()),
+            Action::StartDaemon(node.clone()),
+        ] {
             steps.push(Step { at_ms: duration_ms, action });
         }
     }
@@ -168,6 +210,8 @@ pub fn apply(lab: &mut Lab, action: &Action) -> Result<(), LabError> {
         }
         Action::Heal => lab.heal(),
         Action::Flap(node, ms) => lab.flap(node, Duration::from_millis(*ms)),
+        Action::StallDisk(node) => lab.stall_disk(node),
+        Action::ResumeDisk(node) => lab.resume_disk(node),
     }
 }
 
@@ -267,6 +311,19 @@ fn args_of<'a>(call: &'a Call, key: &'a str) -> Vec<&'a str> {
     }
 }
 
+/// Runs one key-value operation from the client namespace through `node_address` (with the admin certificate),
+/// abandoned after `timeout`; a timeout, a refused connection or an unexpected exit code is `Outcome::Unknown`.
+pub fn run_kv_operation(
+    lab: &Lab,
+    node_address: std::net::Ipv4Addr,
+    key: &str,
+    call: &Call,
+    timeout: Duration,
+) -> Result<Outcome, LabError> {
+    let (code, stdout) = run_kv(lab, node_address, &args_of(call, key), timeout)?;
+    Ok(outcome_of(call, code, &stdout))
+}
+
 /// Runs clients against the lab's key-value store while the nemesis injects faults, heals, reads every key,
 /// and checks linearizability. `log` receives progress lines.
 pub fn run_kv_nemesis(
@@ -353,7 +410,7 @@ pub fn run_kv_nemesis(
         let error = match result {
             Ok(()) => None,
             // Recoveries of the heal phase are idempotent: "not running" is expected there.
-            Err(LabError::NoDaemon(_)) | Err(LabError::PoweredOff(_))
+            Err(LabError::NoDaemon(_)) | Err(LabError::PoweredOff(_)) | Err(LabError::NoDataDisk(_))
                 if step.at_ms >= options.duration.as_millis() as u64 =>
             {
                 None
@@ -427,8 +484,7 @@ mod tests {
         vec!["n1".into(), "n2".into(), "n3".into()]
     }
 
-    const ALL: [FaultKind; 5] =
-        [FaultKind::Kill, FaultKind::KillDaemon, FaultKind::Pause, FaultKind::Partition, FaultKind::Flap];
+    const ALL: [FaultKind; 6] = FaultKind::ALL;
 
     #[test]
     fn same_seed_same_schedule() {
@@ -459,6 +515,10 @@ mod tests {
                     assert!(text.parse::<Partition>().is_ok(), "{text}");
                     outstanding = Some(Action::Heal);
                 }
+                Action::StallDisk(node) => {
+                    assert!(outstanding.is_none());
+                    outstanding = Some(Action::ResumeDisk(node.clone()));
+                }
                 Action::Flap(_, ms) => assert!(outstanding.is_none() && *ms < 2_000),
                 recovery => assert_eq!(outstanding.take().as_ref(), Some(recovery)),
             }
@@ -468,6 +528,9 @@ mod tests {
         for node in nodes() {
             assert!(tail.iter().any(|step| step.action == Action::Start(node.clone())));
             assert!(tail.iter().any(|step| step.action == Action::Resume(node.clone())));
+            let resume_disk = tail.iter().position(|step| step.action == Action::ResumeDisk(node.clone()));
+            let start_daemon = tail.iter().position(|step| step.action == Action::StartDaemon(node.clone()));
+            assert!(resume_disk.is_some() && resume_disk < start_daemon, "{node}: the disk resumes before the daemon");
         }
         assert!(steps.windows(2).all(|pair| pair[0].at_ms <= pair[1].at_ms));
     }
@@ -485,7 +548,40 @@ mod tests {
     #[test]
     fn fault_names_parse() {
         assert_eq!("kill-daemon".parse::<FaultKind>().unwrap(), FaultKind::KillDaemon);
+        assert_eq!("disk".parse::<FaultKind>().unwrap(), FaultKind::Disk);
         assert!("meteor".parse::<FaultKind>().is_err());
+    }
+
+    #[test]
+    fn every_kind_is_drawn_and_named_by_its_actions() {
+        let steps = schedule(42, 300_000, &FaultKind::ALL, &nodes());
+        for kind in FaultKind::ALL {
+            let prefix = format!("{} ", kind.action_prefix());
+            assert!(
+                steps.iter().any(|step| step.at_ms < 300_000 && step.action.to_string().starts_with(&prefix)),
+                "{kind:?} is never drawn in 300 s"
+            );
+        }
+        // `kill ` must not match `kill-daemon n1`, nor `stall-disk` anything else.
+        let kill_daemon = Action::KillDaemon("n1".into()).to_string();
+        assert!(!kill_daemon.starts_with("kill "));
+    }
+
+    #[test]
+    fn a_disk_stall_is_followed_by_its_resume_on_the_same_node() {
+        let steps = schedule(9, 300_000, &[FaultKind::Disk], &nodes());
+        let stalls: Vec<usize> =
+            (0..steps.len()).filter(|index| matches!(steps[*index].action, Action::StallDisk(_))).collect();
+        assert!(stalls.len() > 10, "{} stalls in 300 s", stalls.len());
+        for index in stalls {
+            let (stall, resume) = (&steps[index], &steps[index + 1]);
+            match (&stall.action, &resume.action) {
+                (Action::StallDisk(stalled), Action::ResumeDisk(resumed)) => assert_eq!(stalled, resumed),
+                other => panic!("expected stall-disk then resume-disk, got {other:?}"),
+            }
+            let held = resume.at_ms - stall.at_ms;
+            assert!(held < 5_000 && (held >= 1_000 || resume.at_ms == 300_000), "stalled for {held} ms");
+        }
     }
 
     #[test]

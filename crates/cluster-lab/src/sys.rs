@@ -1,4 +1,5 @@
-//! Small host helpers: running tools (`ip`, `nft`, `losetup`), the shared monotonic clock, pids.
+//! Small host helpers: running tools (`ip`, `nft`, `losetup`), the shared monotonic clock, pids, filesystem
+//! freeze and thaw.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -118,6 +119,56 @@ pub(crate) fn signal(pid: i32, signal: nix::sys::signal::Signal) -> Result<(), S
         status: "error".into(),
         stderr: errno.desc().to_string(),
     })
+}
+
+// `FIFREEZE` and `FITHAW` of <linux/fs.h>: `_IOWR('X', 119, int)` and `_IOWR('X', 120, int)`. The kernel ignores
+// the argument.
+nix::ioctl_readwrite!(ioctl_fifreeze, b'X', 119, libc::c_int);
+nix::ioctl_readwrite!(ioctl_fithaw, b'X', 120, libc::c_int);
+
+/// What a freeze or thaw request found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FreezeChange {
+    /// The filesystem changed state (frozen by a freeze, thawed by a thaw).
+    Changed,
+    /// It was already in the asked state (already frozen, or not frozen).
+    Unchanged,
+}
+
+fn freeze_ioctl(mount_point: &Path, freeze: bool) -> Result<FreezeChange, SysError> {
+    let action = if freeze { "failed to freeze" } else { "failed to thaw" };
+    // A read-only open of the mount point's directory: it neither writes nor waits on a frozen filesystem.
+    let directory = std::fs::File::open(mount_point).map_err(|error| io_error(action, mount_point, error))?;
+    let mut ignored: libc::c_int = 0;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&directory);
+    // SAFETY: `fd` is an open descriptor owned by `directory` for the whole call, and the argument points to a
+    // live `c_int` (FIFREEZE and FITHAW do not even read it).
+    let result = unsafe {
+        if freeze {
+            ioctl_fifreeze(fd, &mut ignored)
+        } else {
+            ioctl_fithaw(fd, &mut ignored)
+        }
+    };
+    match result {
+        Ok(_) => Ok(FreezeChange::Changed),
+        // FIFREEZE of a filesystem this holder (userspace) already froze.
+        Err(nix::errno::Errno::EBUSY) if freeze => Ok(FreezeChange::Unchanged),
+        // FITHAW of a filesystem that is not frozen.
+        Err(nix::errno::Errno::EINVAL) if !freeze => Ok(FreezeChange::Unchanged),
+        Err(errno) => Err(io_error(action, mount_point, std::io::Error::from(errno))),
+    }
+}
+
+/// Freezes the filesystem mounted at `mount_point` (FIFREEZE): its dirty data is written, then every write and
+/// fsync on it blocks until it is thawed. Reads still work.
+pub(crate) fn freeze_filesystem(mount_point: &Path) -> Result<FreezeChange, SysError> {
+    freeze_ioctl(mount_point, true)
+}
+
+/// Thaws the filesystem mounted at `mount_point` (FITHAW); `Unchanged` when it was not frozen.
+pub(crate) fn thaw_filesystem(mount_point: &Path) -> Result<FreezeChange, SysError> {
+    freeze_ioctl(mount_point, false)
 }
 
 /// True when this process runs as root (the lab needs it).

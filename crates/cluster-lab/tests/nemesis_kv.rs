@@ -1,4 +1,4 @@
-//! Root test with real `clusterd` nodes: a short nemesis run (kill, pause, partition) on the key-value store
+//! Root test with real `clusterd` nodes: a short nemesis run (kill, pause, partition, disk stall) on the key-value store
 //! must find no lost acknowledged write and no stale read (the history is linearizable).
 //!
 //! Binaries: `CLUSTERD_BIN` / `CLUSTERCTL_BIN`, else `clusterd`/`clusterctl` next to this test's target folder,
@@ -14,8 +14,8 @@ use cluster_lab::nemesis::{self, FaultKind, NemesisOptions};
 use common::{lab_name, require_root};
 
 #[test]
-fn nemesis_with_kill_pause_and_partition_loses_no_acknowledged_write() {
-    if !require_root("nemesis_with_kill_pause_and_partition_loses_no_acknowledged_write") {
+fn nemesis_with_kill_pause_partition_and_disk_stall_loses_no_acknowledged_write() {
+    if !require_root("nemesis_with_kill_pause_partition_and_disk_stall_loses_no_acknowledged_write") {
         return;
     }
     let (clusterd, clusterctl) = common::clusterd_binaries();
@@ -42,16 +42,19 @@ fn nemesis_with_kill_pause_and_partition_loses_no_acknowledged_write() {
     let options = NemesisOptions {
         seed,
         duration: Duration::from_secs_f64(seconds),
-        faults: vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Partition],
+        faults: vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Disk],
         clients: 3,
         operation_timeout: Duration::from_secs(5),
     };
     let steps = nemesis::schedule(seed, options.duration.as_millis() as u64, &options.faults, &lab.node_names());
-    for wanted in ["kill", "pause", "partition"] {
+    for wanted in &options.faults {
+        let prefix = format!("{} ", wanted.action_prefix());
         assert!(
-            steps.iter().any(|step| step.action.to_string().starts_with(&format!("{wanted} "))
-                && step.at_ms < options.duration.as_millis() as u64),
-            "seed {seed} must schedule a {wanted}"
+            steps
+                .iter()
+                .any(|step| step.action.to_string().starts_with(&prefix)
+                    && step.at_ms < options.duration.as_millis() as u64),
+            "seed {seed} must schedule a {wanted:?}"
         );
     }
     let report = nemesis::run_kv_nemesis(&mut lab, &options, &mut |line| eprintln!("{line}")).unwrap();

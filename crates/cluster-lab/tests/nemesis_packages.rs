@@ -1,5 +1,5 @@
-//! Root test with real `clusterd` nodes and the emulated watchdog: a short nemesis run (kill, kill-daemon,
-//! pause, partition, flap) over a package (VIP + HTTP server) and the key-value store must find no split brain
+//! Root test with real `clusterd` nodes and the emulated watchdog: a short nemesis run (every fault kind: kill,
+//! kill-daemon, pause, partition, flap, disk stall) over a package (VIP + HTTP server) and the key-value store must find no split brain
 //! of the package's VIP or process and a linearizable key-value history.
 //!
 //! Binaries: `CLUSTERD_BIN` / `CLUSTERCTL_BIN`, else `clusterd`/`clusterctl` next to this test's target folder,
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cluster_lab::failover_bench::{self, ClusterdVip};
 use cluster_lab::lab::{Daemon, Lab, LabGuard, LabSpec};
-use cluster_lab::nemesis::{FaultKind, NemesisOptions};
+use cluster_lab::nemesis::{self, FaultKind, NemesisOptions};
 use common::{lab_name, require_root};
 
 #[test]
@@ -38,10 +38,21 @@ fn nemesis_over_a_package_finds_no_split_brain_and_no_lost_write() {
     let options = NemesisOptions {
         seed,
         duration: Duration::from_secs_f64(seconds),
-        faults: vec![FaultKind::Kill, FaultKind::KillDaemon, FaultKind::Pause, FaultKind::Partition, FaultKind::Flap],
+        faults: FaultKind::ALL.to_vec(),
         clients: 3,
         operation_timeout: Duration::from_secs(5),
     };
+    let steps = nemesis::schedule(seed, options.duration.as_millis() as u64, &options.faults, &lab.node_names());
+    for wanted in &options.faults {
+        let prefix = format!("{} ", wanted.action_prefix());
+        assert!(
+            steps
+                .iter()
+                .any(|step| step.action.to_string().starts_with(&prefix)
+                    && step.at_ms < options.duration.as_millis() as u64),
+            "seed {seed} must schedule a {wanted:?}"
+        );
+    }
     let report = failover_bench::run_package_nemesis(&mut lab, &package, &options, &mut |line| eprintln!("{line}"))
         .unwrap_or_else(|error| panic!("seed {seed}: nemesis run failed: {error}"));
     eprintln!(
