@@ -625,11 +625,12 @@ fn report(fixture: &Fixture, run: &StallRun) {
 }
 
 /// Scenario (a): the disk of a follower that owns the package stalls, with the watchdog (the protection a
-/// production node has). Seen here (times after the stall): the first replicated write blocks `clusterd` on
-/// its frozen log, and with it the whole daemon, so its watchdog is no longer petted and resets the node
-/// (0.43–0.53 s; the reset's power loss thaws the disk); the package runs on n2 from 1.0–1.1 s; the leader (n3)
-/// keeps committing with n2 all along (no election; longest time without an acknowledged probe 0.11–0.13 s);
-/// the rebooted node is caught up 0.01–0.3 s after the resume. Asserted: S1, no election, writes through the
+/// production node has). Seen here (times after the stall): only the node's Raft storage waits (its log is
+/// written on its own I/O thread); its lease is still granted by the leader, so it keeps its package and its
+/// watchdog is petted (no reset); the leader (n3) keeps committing with n2 all along (no election; longest time
+/// without an acknowledged probe 0.13 s); the node is caught up 0.05–0.1 s after the resume. (Before the log's
+/// writes left the runtime's threads, the whole daemon blocked, the watchdog reset the node after 0.43–0.53 s and
+/// the package moved to n2.) Asserted: S1, no election, writes through the
 /// other nodes acknowledged throughout the stall, the node catches up after the resume, no acknowledged write
 /// lost, the package runs on one node at the end.
 #[test]
@@ -645,6 +646,9 @@ fn stalled_disk_of_a_follower_that_owns_the_package_keeps_the_cluster_serving_wi
     assert_eq!(run.leader_before, VIA, "[{name}] the stalled node is a follower");
     assert!(run.election_ms.is_none(), "[{name}] a stalled follower does not disturb the leader: no election");
     assert_eq!(run.leader_after, VIA, "[{name}] the leader stays");
+    // Only Raft's storage waits on a stalled disk: the node keeps its lease, its package and its watchdog.
+    assert_eq!(run.owner_at_end, STALLED, "[{name}] the package stayed where it ran");
+    assert!(fault_time(&fixture.lab, "watchdog-reset", STALLED, run.stall_ns).is_none(), "[{name}] no watchdog reset");
     let during = acknowledged_writes(&run.history, run.stall_ns, run.resume_ns);
     assert!(!during.is_empty(), "[{name}] writes through n2 and n3 were acknowledged while {STALLED}'s disk stalled");
     // The leader needs only n2 to commit: no write waits for the stalled node, so the probes (one every 100 ms)
@@ -660,10 +664,11 @@ fn stalled_disk_of_a_follower_that_owns_the_package_keeps_the_cluster_serving_wi
 }
 
 /// Scenario (b): the disk of the Raft leader, which also owns the package, stalls for 3 s (longer than the
-/// lease), with the watchdog. Seen here (times after the stall): the leader's daemon blocks on its first append,
-/// heartbeats stop, n2 or n3 starts an election after one election timeout (0.17–0.25 s) and writes are
-/// acknowledged again from 0.24–0.35 s; the old leader's watchdog resets it at 0.43–0.69 s; the package runs on n2
-/// from 1.07–1.1 s; the old leader, rebooted, is caught up (as a follower) 0.02–0.3 s after the resume.
+/// lease), with the watchdog. Seen here (times after the stall): the leader stops heartbeating, n2 or n3 starts
+/// an election after one election timeout (0.22 s) and writes are acknowledged again from 0.25 s; the old leader
+/// cannot persist the new term, so it renews no lease and stops its package at the stop budget (0.62 s), without
+/// a watchdog reset; the package runs on n2 from 1.13 s; the old leader is caught up (as a follower) 0.15 s after
+/// the resume.
 /// Asserted: S1, no acknowledged write lost, the cluster serves writes again within `SERVING_AGAIN_WITHIN` of the
 /// stall, the old leader catches up after the resume, the package runs on one node at the end.
 #[test]
@@ -699,15 +704,13 @@ fn stalled_disk_of_the_raft_leader_moves_service_elsewhere_without_split_brain()
 /// promises safety in this mode against crashes and partitions, not against pauses of `clusterd`; a stalled disk
 /// is neither, and DESIGN §1 promises no two active owners under slow disks. Asserted: S1.
 ///
-/// FIXME(clusterd): fails today. A disk stall turns into a pause of the whole daemon: `LogStore::append`
-/// (crates/cluster-raft/src/log_store.rs) writes with a blocking `pwrite` on a tokio worker while it holds the
-/// log's mutex, so both of clusterd's 2 workers block (one in `percpu_rwsem_wait` of the frozen filesystem, the
-/// other on the mutex); the lease is no longer renewed and the executor cannot stop the package, while the leader
-/// sees the lease expire and starts the package on n2 (~1.05 s after the stall). Both run it until the disk
-/// resumes (3 s) and n1 notices its lease is over: VIP and process on two nodes for 2.0–2.3 s. The same happens
-/// when the stalled lease-only node is the Raft leader (measured: 5.3 s of overlap for a 6 s stall). A daemon
-/// whose storage I/O does not block its lease and executor would either keep its lease (no failover, no overlap)
-/// or stop the package in time.
+/// Regression: a disk stall used to turn into a pause of the whole daemon: `LogStore::append`
+/// (crates/cluster-raft/src/log_store.rs) wrote with a blocking `pwrite` on a tokio worker while it held the
+/// log's mutex, so both of clusterd's 2 workers blocked (one in `percpu_rwsem_wait` of the frozen filesystem, the
+/// other on the mutex); the lease was no longer renewed and the executor could not stop the package, while the
+/// leader saw the lease expire and started the package on n2 (~1.05 s after the stall): VIP and process on two
+/// nodes for 2.0–2.3 s (5.3 s for a 6 s stall of a lease-only leader). The log's writes now happen on its own I/O
+/// thread: the stalled owner keeps its lease and its package, and nothing moves.
 #[test]
 fn stalled_disk_of_a_lease_only_owner_must_not_cause_split_brain() {
     if !require_root("stalled_disk_of_a_lease_only_owner_must_not_cause_split_brain") {
@@ -733,6 +736,7 @@ fn stalled_disk_of_a_lease_only_owner_must_not_cause_split_brain() {
         "[{name}] split brain after a disk stall of a lease-only owner: {:#?}",
         run.split_brain.violations
     );
+    assert_eq!(run.owner_at_end, STALLED, "[{name}] the package stayed where it ran");
 }
 
 /// Writes and fsyncs a file on a thread; the receiver gets `()` when it is durable.

@@ -12,10 +12,15 @@
 //! `fdatasync` never has to commit a file-size change to the filesystem journal (measured here:
 //! 0.22 ms instead of 2.8 ms at p50). An all-zero record header marks the end of the data.
 //!
-//! `append` writes the records to the active segment and hands the flush callback to the flusher
-//! thread, which collects every callback queued meanwhile, issues one `fdatasync` for all of them
-//! and only then tells openraft the entries are durable (group commit). All entries that are not
-//! purged are also kept in memory, so reads never touch the disk.
+//! **No disk I/O happens on the caller's thread.** `append` records the entries in memory (reads
+//! never touch the disk) and queues their records to the log's I/O thread; `truncate`, `purge` and
+//! `save_vote` queue their work too and await its completion without blocking a runtime thread. The
+//! I/O thread does every write in order, and after each batch of appends issues one `fdatasync` for
+//! all of them and only then tells openraft the entries are durable (group commit). A stalled disk
+//! therefore stalls only that thread: clusterd's leases, executor and watchdog, which share the
+//! runtime with Raft, keep running (found by the lab's disk-stall test: a blocking write on a
+//! runtime thread froze the whole daemon, and a lease-only owner kept its package while another node
+//! started it).
 //!
 //! On open, every segment is scanned. A record whose checksum or length is wrong at the very end of
 //! the last segment is a torn write (it was never acknowledged): it is zeroed and reported.
@@ -29,6 +34,8 @@ use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
+
+use tokio::sync::oneshot;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogId, RaftLogReader};
@@ -63,9 +70,9 @@ pub enum LogOpenError {
     Gap { path: PathBuf, offset: u64, expected: u64, found: u64 },
 }
 
+/// A segment as the log's bookkeeping sees it (its file belongs to the I/O thread).
 struct Segment {
     path: PathBuf,
-    file: Arc<File>,
     /// End of the data: where the next record goes.
     len: u64,
     /// Preallocated size of the file.
@@ -83,16 +90,30 @@ struct LogInner {
     segments: BTreeMap<u64, Segment>,
 }
 
-struct FlushJob {
-    file: Arc<File>,
-    callback: LogFlushed<TypeConfig>,
+/// A new segment to create and preallocate before writing into it.
+struct NewSegment {
+    path: PathBuf,
+    capacity: u64,
+}
+
+/// Work for the I/O thread, queued in the order the log changed.
+enum IoJob {
+    /// Write `bytes` at `offset` of segment `start` (created first when `create` is set); durable
+    /// (and `callback` called) at the end of the batch.
+    Append { start: u64, create: Option<NewSegment>, offset: u64, bytes: Vec<u8>, callback: LogFlushed<TypeConfig> },
+    /// Cut segment `start` at `offset` and delete the segments after it.
+    Truncate { start: u64, offset: u64, remove: Vec<(u64, PathBuf)>, done: oneshot::Sender<std::io::Result<()>> },
+    /// Write the purge mark, then delete the segments that hold only purged entries.
+    Purge { mark: Vec<u8>, remove: Vec<(u64, PathBuf)>, done: oneshot::Sender<std::io::Result<()>> },
+    /// Write the vote.
+    Vote { bytes: Vec<u8>, done: oneshot::Sender<std::io::Result<()>> },
 }
 
 /// The durable Raft log (openraft `RaftLogStorage`).
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<LogInner>>,
-    flusher: mpsc::Sender<FlushJob>,
+    io: mpsc::Sender<IoJob>,
 }
 
 /// A reader sharing the in-memory entries of a [`LogStore`].
@@ -206,6 +227,7 @@ impl LogStore {
         starts.sort_unstable();
 
         let mut report = RecoveryReport::default();
+        let mut files: BTreeMap<u64, File> = BTreeMap::new();
         let mut inner = LogInner {
             dir: log_dir.clone(),
             vote,
@@ -260,16 +282,30 @@ impl LogStore {
             }
             let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io(&path))?;
             let capacity = bytes.len() as u64;
-            inner.segments.insert(*start, Segment { path, file: Arc::new(file), len: at as u64, capacity });
+            files.insert(*start, file);
+            inner.segments.insert(*start, Segment { path, len: at as u64, capacity });
         }
         report.entries = inner.entries.len();
 
-        let (flusher, jobs) = mpsc::channel::<FlushJob>();
+        let (sender, jobs) = mpsc::channel::<IoJob>();
+        let raft_dir = dir.to_owned();
         std::thread::Builder::new()
-            .name("raft-log-flush".into())
-            .spawn(move || flush_loop(jobs))
-            .map_err(io(&log_dir))?;
-        Ok((LogStore { inner: Arc::new(Mutex::new(inner)), flusher }, report))
+            .name("raft-log-io".into())
+            .spawn(move || IoThread { log_dir, raft_dir, files, failure: None }.run(jobs))
+            .map_err(io(dir))?;
+        Ok((LogStore { inner: Arc::new(Mutex::new(inner)), io: sender }, report))
+    }
+
+    /// Queues `job` for the I/O thread.
+    fn queue(&self, job: IoJob) -> Result<(), std::io::Error> {
+        self.io.send(job).map_err(|_| std::io::Error::other("raft log i/o thread stopped"))
+    }
+
+    /// Queues a job that reports completion, and awaits it without blocking the runtime.
+    async fn run_io(&self, job: impl FnOnce(oneshot::Sender<std::io::Result<()>>) -> IoJob) -> std::io::Result<()> {
+        let (done, finished) = oneshot::channel();
+        self.queue(job(done))?;
+        finished.await.unwrap_or_else(|_| Err(std::io::Error::other("raft log i/o thread stopped")))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
@@ -277,30 +313,119 @@ impl LogStore {
     }
 }
 
-/// Group commit: one `fdatasync` per batch of queued appends, then every callback in order.
-fn flush_loop(jobs: mpsc::Receiver<FlushJob>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while let Ok(job) = jobs.try_recv() {
-            batch.push(job);
+/// The thread that owns the segment files and does every write of the log, in order.
+struct IoThread {
+    log_dir: PathBuf,
+    /// Where the vote and the purge mark live.
+    raft_dir: PathBuf,
+    files: BTreeMap<u64, File>,
+    /// The first write error: every later append fails too (the log on disk has a hole).
+    failure: Option<std::io::ErrorKind>,
+}
+
+impl IoThread {
+    /// Group commit: writes every queued append, one `fdatasync` per segment written, then every
+    /// callback in order. Other jobs first make the appends before them durable.
+    fn run(mut self, jobs: mpsc::Receiver<IoJob>) {
+        let mut pending: Vec<LogFlushed<TypeConfig>> = Vec::new();
+        let mut written: Vec<u64> = Vec::new();
+        while let Ok(first) = jobs.recv() {
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    IoJob::Append { start, create, offset, bytes, callback } => {
+                        if self.failure.is_none() {
+                            if let Err(err) = self.write(start, create, offset, &bytes) {
+                                tracing::error!(error = %err, "raft log write failed");
+                                self.failure = Some(err.kind());
+                            }
+                        }
+                        if !written.contains(&start) {
+                            written.push(start);
+                        }
+                        pending.push(callback);
+                    }
+                    other => {
+                        self.flush(&mut pending, &mut written);
+                        self.other(other);
+                    }
+                }
+                next = jobs.try_recv().ok();
+            }
+            self.flush(&mut pending, &mut written);
         }
-        let mut synced: Vec<*const File> = Vec::new();
-        let mut result: Result<(), std::io::Error> = Ok(());
-        for job in &batch {
-            let key = Arc::as_ptr(&job.file);
-            if !synced.contains(&key) {
-                synced.push(key);
-                if let Err(err) = job.file.sync_data() {
-                    result = Err(err);
+    }
+
+    fn write(&mut self, start: u64, create: Option<NewSegment>, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(segment) = create {
+            let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&segment.path)?;
+            // Real zeros, not a sparse or fallocated range: writing into unwritten extents would
+            // make every fdatasync commit metadata again.
+            let zeros = vec![0u8; 1024 * 1024];
+            let mut done = 0;
+            while done < segment.capacity {
+                let chunk = zeros.len().min((segment.capacity - done) as usize);
+                file.write_all_at(&zeros[..chunk], done)?;
+                done += chunk as u64;
+            }
+            file.sync_all()?;
+            sync_dir(&self.log_dir)?;
+            self.files.insert(start, file);
+        }
+        let file = self.files.get(&start).ok_or_else(|| std::io::Error::other(format!("no segment {start}")))?;
+        file.write_all_at(bytes, offset)
+    }
+
+    /// Makes the written segments durable, then tells openraft, in order.
+    fn flush(&mut self, pending: &mut Vec<LogFlushed<TypeConfig>>, written: &mut Vec<u64>) {
+        for start in written.drain(..) {
+            if let Some(file) = self.files.get(&start) {
+                if let Err(err) = file.sync_data() {
+                    tracing::error!(error = %err, "raft log fdatasync failed");
+                    self.failure.get_or_insert(err.kind());
                 }
             }
         }
-        for job in batch {
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(err) => Err(std::io::Error::new(err.kind(), err.to_string())),
+        for callback in pending.drain(..) {
+            let outcome = match self.failure {
+                None => Ok(()),
+                Some(kind) => Err(std::io::Error::new(kind, "an earlier raft log write failed")),
             };
-            job.callback.log_io_completed(outcome);
+            callback.log_io_completed(outcome);
+        }
+    }
+
+    fn other(&mut self, job: IoJob) {
+        match job {
+            IoJob::Append { .. } => unreachable!("appends are handled by `run`"),
+            IoJob::Truncate { start, offset, remove, done } => {
+                let result = (|| {
+                    for (later, path) in &remove {
+                        self.files.remove(later);
+                        fs::remove_file(path)?;
+                    }
+                    let file =
+                        self.files.get(&start).ok_or_else(|| std::io::Error::other(format!("no segment {start}")))?;
+                    file.set_len(offset)?;
+                    file.sync_all()?;
+                    sync_dir(&self.log_dir)
+                })();
+                let _ = done.send(result);
+            }
+            IoJob::Purge { mark, remove, done } => {
+                let result = (|| {
+                    write_atomic(&self.raft_dir.join("purged"), &mark)?;
+                    for (start, path) in &remove {
+                        self.files.remove(start);
+                        fs::remove_file(path)?;
+                    }
+                    sync_dir(&self.log_dir)
+                })();
+                let _ = done.send(result);
+            }
+            IoJob::Vote { bytes, done } => {
+                let _ = done.send(write_atomic(&self.raft_dir.join("vote"), &bytes));
+            }
         }
     }
 }
@@ -314,37 +439,26 @@ impl LogInner {
         self.entries.values().next_back().map(|entry| entry.log_id).or(self.purged)
     }
 
-    /// The segment to append `bytes` bytes to, starting a new preallocated one when there is none
-    /// or the active one has no room left.
-    fn active_segment(&mut self, next_index: u64, bytes: u64) -> std::io::Result<(u64, Arc<File>, u64)> {
+    /// The segment to append `bytes` bytes to and the offset there, starting a new preallocated one
+    /// (returned for the I/O thread to create) when there is none or the active one has no room left.
+    fn place(&mut self, next_index: u64, bytes: u64) -> (u64, u64, Option<NewSegment>) {
         let needed = bytes + HEADER_BYTES as u64;
         let full = self
             .segments
             .values()
             .next_back()
             .is_none_or(|segment| segment.len > 0 && segment.len + needed > segment.capacity);
+        let mut create = None;
         if full {
-            if let Some(segment) = self.segments.values().next_back() {
-                segment.file.sync_data()?;
-            }
             let path = segment_path(&self.dir, next_index);
             let capacity = SEGMENT_BYTES.max(needed);
-            let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
-            // Real zeros, not a sparse or fallocated range: writing into unwritten extents would
-            // make every fdatasync commit metadata again.
-            let zeros = vec![0u8; 1024 * 1024];
-            let mut written = 0;
-            while written < capacity {
-                let chunk = zeros.len().min((capacity - written) as usize);
-                file.write_all_at(&zeros[..chunk], written)?;
-                written += chunk as u64;
-            }
-            file.sync_all()?;
-            sync_dir(&self.dir)?;
-            self.segments.insert(next_index, Segment { path, file: Arc::new(file), len: 0, capacity });
+            create = Some(NewSegment { path: path.clone(), capacity });
+            self.segments.insert(next_index, Segment { path, len: 0, capacity });
         }
-        let (start, segment) = self.segments.iter().next_back().expect("an active segment exists");
-        Ok((*start, segment.file.clone(), segment.len))
+        let (start, segment) = self.segments.iter_mut().next_back().expect("an active segment exists");
+        let offset = segment.len;
+        segment.len += bytes;
+        (*start, offset, create)
     }
 }
 
@@ -379,11 +493,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let mut inner = self.lock();
         let bytes = postcard::to_allocvec(vote).expect("votes always serialize");
-        write_atomic(&inner.dir.with_file_name("vote"), &bytes)
+        self.run_io(|done| IoJob::Vote { bytes, done })
+            .await
             .map_err(|err| io_error(ErrorSubject::Vote, ErrorVerb::Write, err))?;
-        inner.vote = Some(*vote);
+        self.lock().vote = Some(*vote);
         Ok(())
     }
 
@@ -396,81 +510,77 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut inner = self.lock();
         let mut entries = entries.into_iter().peekable();
         let Some(first) = entries.peek() else {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
         let first_index = first.log_id.index;
-        let write_error = |err| io_error(ErrorSubject::Logs, ErrorVerb::Write, err);
-        let mut buffer = Vec::new();
+        let mut bytes = Vec::new();
         let mut records = Vec::new();
         let mut batch = Vec::new();
         for entry in entries {
-            records.push((entry.log_id.index, buffer.len() as u64));
-            buffer.extend_from_slice(&encode_record(&entry));
+            records.push((entry.log_id.index, bytes.len() as u64));
+            bytes.extend_from_slice(&encode_record(&entry));
             batch.push(entry);
         }
-        let (start, file, mut offset) = inner.active_segment(first_index, buffer.len() as u64).map_err(write_error)?;
-        file.write_all_at(&buffer, offset).map_err(write_error)?;
-        let placed: Vec<(u64, u64)> = records.into_iter().map(|(index, at)| (index, offset + at)).collect();
-        for entry in batch {
-            inner.entries.insert(entry.log_id.index, entry);
-        }
-        offset += buffer.len() as u64;
-        inner.segments.get_mut(&start).expect("active segment").len = offset;
-        for (index, at) in placed {
-            inner.locations.insert(index, (start, at));
-        }
-        drop(inner);
-        if let Err(mpsc::SendError(job)) = self.flusher.send(FlushJob { file, callback }) {
-            job.callback.log_io_completed(Err(std::io::Error::other("raft log flusher stopped")));
+        let job = {
+            let mut inner = self.lock();
+            let (start, offset, create) = inner.place(first_index, bytes.len() as u64);
+            for entry in batch {
+                inner.entries.insert(entry.log_id.index, entry);
+            }
+            for (index, at) in records {
+                inner.locations.insert(index, (start, offset + at));
+            }
+            IoJob::Append { start, create, offset, bytes, callback }
+        };
+        // Queued under no lock; the I/O thread keeps the order of the queue.
+        if let Err(mpsc::SendError(IoJob::Append { callback, .. })) = self.io.send(job) {
+            callback.log_io_completed(Err(std::io::Error::other("raft log i/o thread stopped")));
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut inner = self.lock();
-        let error = |err| io_error(ErrorSubject::Logs, ErrorVerb::Delete, err);
-        let Some(&(segment_start, offset)) = inner.locations.get(&log_id.index) else {
-            return Ok(());
+        let job = {
+            let mut inner = self.lock();
+            let Some(&(start, offset)) = inner.locations.get(&log_id.index) else {
+                return Ok(());
+            };
+            let later: Vec<u64> = inner.segments.range(start + 1..).map(|(start, _)| *start).collect();
+            let remove: Vec<(u64, PathBuf)> = later
+                .into_iter()
+                .map(|later| (later, inner.segments.remove(&later).expect("listed segment").path))
+                .collect();
+            inner.segments.get_mut(&start).expect("segment of a located entry").len = offset;
+            inner.entries.split_off(&log_id.index);
+            inner.locations.split_off(&log_id.index);
+            move |done| IoJob::Truncate { start, offset, remove, done }
         };
-        let later: Vec<u64> = inner.segments.range(segment_start + 1..).map(|(start, _)| *start).collect();
-        for start in later {
-            let segment = inner.segments.remove(&start).expect("listed segment");
-            fs::remove_file(&segment.path).map_err(error)?;
-        }
-        let segment = inner.segments.get_mut(&segment_start).expect("segment of a located entry");
-        segment.file.set_len(offset).map_err(error)?;
-        segment.file.sync_all().map_err(error)?;
-        segment.len = offset;
-        sync_dir(&inner.dir).map_err(error)?;
-        inner.entries.split_off(&log_id.index);
-        inner.locations.split_off(&log_id.index);
-        Ok(())
+        self.run_io(job).await.map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Delete, err))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut inner = self.lock();
-        let error = |err| io_error(ErrorSubject::Logs, ErrorVerb::Delete, err);
-        let bytes = postcard::to_allocvec(&log_id).expect("log ids always serialize");
-        write_atomic(&inner.dir.with_file_name("purged"), &bytes).map_err(error)?;
-        inner.purged = Some(log_id);
-        let kept = inner.entries.split_off(&(log_id.index + 1));
-        inner.entries = kept;
-        // A segment can go once the next segment starts at or below the first kept index.
-        let starts: Vec<u64> = inner.segments.keys().copied().collect();
-        for pair in starts.windows(2) {
-            if pair[1] <= log_id.index + 1 {
-                let segment = inner.segments.remove(&pair[0]).expect("listed segment");
-                fs::remove_file(&segment.path).map_err(error)?;
+        let job = {
+            let mut inner = self.lock();
+            let mark = postcard::to_allocvec(&log_id).expect("log ids always serialize");
+            inner.purged = Some(log_id);
+            let kept = inner.entries.split_off(&(log_id.index + 1));
+            inner.entries = kept;
+            // A segment can go once the next segment starts at or below the first kept index.
+            let starts: Vec<u64> = inner.segments.keys().copied().collect();
+            let mut remove = Vec::new();
+            for pair in starts.windows(2) {
+                if pair[1] <= log_id.index + 1 {
+                    remove.push((pair[0], inner.segments.remove(&pair[0]).expect("listed segment").path));
+                }
             }
-        }
-        let kept_locations = inner.locations.split_off(&(log_id.index + 1));
-        inner.locations = kept_locations;
-        sync_dir(&inner.dir).map_err(error)?;
-        Ok(())
+            let kept_locations = inner.locations.split_off(&(log_id.index + 1));
+            inner.locations = kept_locations;
+            move |done| IoJob::Purge { mark, remove, done }
+        };
+        self.run_io(job).await.map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Delete, err))
     }
 }
 

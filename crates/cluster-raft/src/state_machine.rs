@@ -112,11 +112,16 @@ impl StateMachineStore {
         self.applied.clone()
     }
 
-    fn persist(&self, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
+    /// Writes the snapshot file on a blocking thread: a stalled disk must not block the runtime that
+    /// also runs the node's leases and executor (see `log_store.rs`).
+    async fn persist(&self, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
         let file = SnapshotFile { meta: meta.clone(), data: data.to_vec() };
         let bytes = postcard::to_allocvec(&file).expect("snapshots always serialize");
-        write_atomic(&self.snapshot_path, &bytes)
-            .map_err(|err| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, err))?;
+        let path = self.snapshot_path.clone();
+        let written = tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .unwrap_or_else(|err| Err(std::io::Error::other(format!("snapshot writer failed: {err}"))));
+        written.map_err(|err| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, err))?;
         *self.current.write().expect("snapshot lock poisoned") = Some((meta.clone(), data.to_vec()));
         Ok(())
     }
@@ -135,7 +140,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 Meta { last_log_id: applied.last_applied, last_membership: applied.membership.clone(), snapshot_id };
             (meta, encode_data(&applied.state))
         };
-        self.persist(&meta, &data)?;
+        self.persist(&meta, &data).await?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -182,7 +187,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let state = decode_data(&data)
             .map_err(|err| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, err))?;
-        self.persist(meta, &data)?;
+        self.persist(meta, &data).await?;
         let mut applied = self.applied.write().expect("state lock poisoned");
         applied.state = state;
         applied.last_applied = meta.last_log_id;
