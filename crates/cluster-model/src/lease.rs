@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::controller::Liveness;
+use crate::controller::{Liveness, View};
 use crate::Settings;
 
 /// The node side: when its lease ends, and which commit index the last grant carried.
@@ -90,6 +90,8 @@ pub struct LeaseTable {
     /// Controller plans begun / finished (their proposals answered), numbered from 1.
     plans_begun: u64,
     plans_done: u64,
+    /// Per node: the last plan that judged it expired (it may have moved packages away from it).
+    judged_expired: BTreeMap<String, u64>,
 }
 
 impl LeaseTable {
@@ -138,10 +140,15 @@ impl LeaseTable {
         *slot = (*slot).max(received_at);
     }
 
-    /// The controller is about to plan with the liveness this table gives now; returns the plan's
-    /// number. Call it under the same lock as the liveness reads.
-    pub fn begin_plan(&mut self) -> u64 {
+    /// The controller is about to plan with `view`, the liveness this table gives now; returns the
+    /// plan's number. Call it under the same lock as the liveness reads.
+    pub fn begin_plan(&mut self, view: &View) -> u64 {
         self.plans_begun += 1;
+        for (node, liveness) in &view.nodes {
+            if *liveness == Liveness::Expired {
+                self.judged_expired.insert(node.clone(), self.plans_begun);
+            }
+        }
         self.plans_begun
     }
 
@@ -150,9 +157,14 @@ impl LeaseTable {
         self.plans_done = self.plans_done.max(plan);
     }
 
-    /// The plans that may have judged a node before a renewal recorded now: a grant waits until
-    /// [`LeaseTable::plans_done`] reaches it, so that the index it returns covers any reassignment
-    /// those plans made while the node looked expired.
+    /// The last plan that judged `node` expired (0: none). A grant to `node` for a renewal recorded
+    /// now waits until [`LeaseTable::plans_done`] reaches it, so that the index it returns covers
+    /// any reassignment those plans made while the node looked expired; plans begun after the
+    /// renewal was recorded see it alive and move nothing away from it (rule 6 of docs/safety.md).
+    pub fn plan_to_wait_for(&self, node: &str) -> u64 {
+        self.judged_expired.get(node).copied().unwrap_or(0)
+    }
+
     pub fn plans_begun(&self) -> u64 {
         self.plans_begun
     }
@@ -252,18 +264,42 @@ mod tests {
         assert_eq!(table.liveness("n2", ms(20_001), &settings), Liveness::Unknown);
     }
 
+    fn view(nodes: &[(&str, Liveness)]) -> View {
+        View { nodes: nodes.iter().map(|(name, liveness)| (name.to_string(), *liveness)).collect(), ..View::default() }
+    }
+
     #[test]
     fn plans_are_numbered_and_done_in_any_order() {
         let mut table = LeaseTable::default();
         assert_eq!((table.plans_begun(), table.plans_done()), (0, 0));
-        let first = table.begin_plan();
-        let second = table.begin_plan();
+        let first = table.begin_plan(&View::default());
+        let second = table.begin_plan(&View::default());
         assert_eq!((first, second, table.plans_begun()), (1, 2, 2));
         table.end_plan(second);
         table.end_plan(first);
         assert_eq!(table.plans_done(), 2, "done never goes back");
         table.elected(ms(5));
         assert_eq!(table.plans_begun(), 2, "a new term keeps the numbering");
+    }
+
+    /// Regression (found by reading): a grant used to skip the wait when its node was alive at the
+    /// renewal's *arrival*, so a plan made while the leader confirmed that renewal (the node expired
+    /// meanwhile), or a plan that saw the node expired before a concurrent renewal revived it, could
+    /// reassign its packages without the grant's index covering that reassignment.
+    #[test]
+    fn a_grant_waits_for_exactly_the_plans_that_judged_its_node_expired() {
+        let mut table = LeaseTable::default();
+        assert_eq!(table.plan_to_wait_for("n2"), 0);
+        let saw_expired = table.begin_plan(&view(&[("n1", Liveness::Alive), ("n2", Liveness::Expired)]));
+        let saw_unknown = table.begin_plan(&view(&[("n1", Liveness::Alive), ("n2", Liveness::Unknown)]));
+        assert_eq!(table.plan_to_wait_for("n2"), saw_expired, "only an expired judgment can move packages away");
+        assert!(saw_unknown > saw_expired);
+        assert_eq!(table.plan_to_wait_for("n1"), 0, "a node alive in every plan waits for none");
+        // Later plans that see it alive do not lower what a grant must wait for.
+        table.begin_plan(&view(&[("n2", Liveness::Alive)]));
+        assert_eq!(table.plan_to_wait_for("n2"), saw_expired);
+        table.elected(ms(1));
+        assert_eq!(table.plan_to_wait_for("n2"), saw_expired, "plans of an earlier term may still be in flight");
     }
 
     #[test]

@@ -81,7 +81,8 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
             let view = view_of(&engine, &table);
             let unchanged =
                 last_planned.as_ref().is_some_and(|(applied, last)| *applied == snapshot.applied && *last == view);
-            (view, (!unchanged).then(|| table.begin_plan()))
+            let plan_number = (!unchanged).then(|| table.begin_plan(&view));
+            (view, plan_number)
         };
         let Some(plan_number) = plan_number else { continue };
         let inputs = (snapshot.applied, view);

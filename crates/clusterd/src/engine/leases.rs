@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_api::PeerRpc;
-use cluster_model::controller::Liveness;
 use cluster_model::{Command, LeaseStatus};
 use serde::{Deserialize, Serialize};
 
@@ -30,23 +29,22 @@ impl Engine {
     /// that this node still leads.
     ///
     /// A controller plan made before the renewal was recorded may have judged the node expired and
-    /// reassigned its packages; for a node that was not alive, the grant waits until those plans'
-    /// proposals were answered, so that the index it returns (which the holder must apply before
-    /// acting) includes them. Plans made after see the node alive.
+    /// reassigned its packages; the grant waits until every plan that judged it expired had its
+    /// proposals answered, so that the index it returns (which the holder must apply before
+    /// acting) includes them. Plans made after see the node alive. (Whether the node was alive
+    /// when the renewal *arrived* says nothing: it may have expired while the quorum confirmed, or
+    /// a concurrent renewal may have revived it after a plan judged it expired.)
     pub(crate) async fn grant(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
         let received = now();
         let arrived = std::time::Instant::now();
         let confirmed = self.node.confirm_after(arrived).await.map_err(|err| err.to_string())?;
-        let settings = self.snapshot().state.settings.clone();
-        let (was_alive, plans) = {
+        let plan = {
             let mut table = self.table.lock().expect("lease table lock");
-            let was_alive = table.liveness(&request.node, received, &settings) == Liveness::Alive;
             table.renewed(&request.node, received);
-            (was_alive, table.plans_begun())
+            table.plan_to_wait_for(&request.node)
         };
-        // A node alive until now was alive in every plan since its last grant: nothing to wait for.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !was_alive && self.table.lock().expect("lease table lock").plans_done() < plans {
+        while self.table.lock().expect("lease table lock").plans_done() < plan {
             if std::time::Instant::now() > deadline {
                 return Err("the controller's proposals did not complete within 5 s".into());
             }
