@@ -190,6 +190,18 @@ impl LeaseTable {
         }
     }
 
+    /// The first instant after `now` at which [`LeaseTable::liveness`] may answer differently for
+    /// some node without new input (a renewal, a fence, an election, a bound on older leases): a
+    /// lease running out, or the end of a new leader's wait for the nodes it has not heard.
+    /// `None` when no such instant is pending. The controller sleeps until then instead of polling.
+    pub fn next_change(&self, now: Duration, settings: &Settings) -> Option<Duration> {
+        let unheard_expire_at = self.unheard_expire_at(settings)?;
+        let wait = settings.lease_for_grantor();
+        let leases_end =
+            self.renewed.values().flat_map(|received| [*received + wait, (*received + wait).max(unheard_expire_at)]);
+        std::iter::once(unheard_expire_at).chain(leases_end).filter(|at| *at > now).min()
+    }
+
     /// Time since the last renewal of `node`, for status.
     pub fn since_renewal(&self, node: &str, now: Duration) -> Option<Duration> {
         self.renewed.get(node).map(|received| now.saturating_sub(*received))
@@ -300,6 +312,59 @@ mod tests {
         assert_eq!(table.plan_to_wait_for("n2"), saw_expired);
         table.elected(ms(1));
         assert_eq!(table.plan_to_wait_for("n2"), saw_expired, "plans of an earlier term may still be in flight");
+    }
+
+    /// Checks `next_change` against `liveness` millisecond by millisecond: nothing changes before
+    /// the instant it names, something changes at it, and it is `None` only when nothing ever will.
+    fn assert_next_change_is_exact(table: &LeaseTable, from: Duration, settings: &Settings) {
+        let nodes = ["n1", "n2", "n3", "never-heard"];
+        let view = |at: Duration| nodes.map(|node| table.liveness(node, at, settings));
+        let horizon = from + ms(5_000);
+        let mut now = from;
+        while now < horizon {
+            let next = table.next_change(now, settings);
+            let until = next.unwrap_or(horizon).min(horizon);
+            let before = view(now);
+            let mut at = now;
+            while at < until {
+                assert_eq!(
+                    view(at),
+                    before,
+                    "liveness changed at {at:?}, before next_change {next:?} (asked at {now:?})"
+                );
+                at += ms(1);
+            }
+            match next {
+                Some(next) => {
+                    assert!(next > now);
+                    assert_ne!(view(next), before, "nothing changed at next_change {next:?} (asked at {now:?})");
+                    now = next;
+                }
+                None => break,
+            }
+        }
+    }
+
+    #[test]
+    fn next_change_names_exactly_the_instants_at_which_the_view_changes() {
+        let settings = Settings::default();
+        let mut table = LeaseTable::default();
+        assert_eq!(table.next_change(ms(0), &settings), None, "not leading: everything stays unknown");
+        table.elected(ms(10_000));
+        assert_next_change_is_exact(&table, ms(10_000), &settings);
+        table.older_leases_began_before(ms(9_700));
+        table.renewed("n1", ms(10_050));
+        table.renewed("n2", ms(10_400));
+        assert_next_change_is_exact(&table, ms(10_400), &settings);
+        table.fenced("n2", ms(10_500));
+        assert_next_change_is_exact(&table, ms(10_500), &settings);
+        // Long after everything expired, nothing is pending any more.
+        assert_eq!(table.next_change(ms(20_000), &settings), None);
+        // Renewed before the older leases' bound ran out: alive, then unknown, then expired.
+        let mut table = LeaseTable::default();
+        table.elected(ms(10_000));
+        table.renewed("n1", ms(9_990));
+        assert_next_change_is_exact(&table, ms(10_000), &settings);
     }
 
     #[test]

@@ -629,6 +629,11 @@ impl ConsensusNode {
         }
     }
 
+    /// Resolves whenever this node's Raft role, term, leader or membership may have changed.
+    pub fn leadership_changes(&self) -> LeadershipChanges {
+        LeadershipChanges { server: self.raft.server_metrics(), metrics: self.raft.metrics() }
+    }
+
     /// Whether this node is the leader now, and in which term.
     pub fn leadership(&self) -> Option<u64> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -961,6 +966,32 @@ async fn driver(node: std::sync::Weak<ConsensusNode>) {
         last_attempt = Instant::now();
         deadline = None;
         node.campaign_if_allowed().await;
+    }
+}
+
+/// Changes of a node's Raft role, term, leader or membership (see
+/// [`ConsensusNode::leadership_changes`]).
+pub struct LeadershipChanges {
+    /// Sent only when the role, vote, leader or membership changed.
+    server: tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<u64, NodeInfo>>,
+    /// Sent at every turn of openraft's loop, right after `server`; what [`ConsensusNode`] reads.
+    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, NodeInfo>>,
+}
+
+impl LeadershipChanges {
+    /// Resolves at the next change, once [`ConsensusNode::leadership`] reflects it; never, once
+    /// Raft has stopped.
+    pub async fn changed(&mut self) {
+        if self.server.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        let (state, vote) = {
+            let server = self.server.borrow_and_update();
+            (server.state, server.vote)
+        };
+        // openraft publishes the full metrics right after the server metrics, in the same call.
+        let caught_up = self.metrics.wait_for(|metrics| metrics.state == state && metrics.vote == vote);
+        let _ = tokio::time::timeout(Duration::from_millis(50), caught_up).await;
     }
 }
 

@@ -74,6 +74,7 @@ pub(crate) enum Timer {
     Heartbeat,
     LeaseCheck,
     LeaderTick { term: u64 },
+    ControllerWake { term: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,6 +452,7 @@ impl Sim {
             Timer::Heartbeat => self.on_heartbeat(n),
             Timer::LeaseCheck => self.evaluate(n),
             Timer::LeaderTick { term } => self.on_leader_tick(n, term),
+            Timer::ControllerWake { term } => self.on_controller_wake(n, term),
         }
     }
 

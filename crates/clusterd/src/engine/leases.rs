@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_api::PeerRpc;
+use cluster_model::controller::Liveness;
 use cluster_model::{Command, LeaseStatus};
 use serde::{Deserialize, Serialize};
 
@@ -38,11 +39,17 @@ impl Engine {
         let received = now();
         let arrived = std::time::Instant::now();
         let confirmed = self.node.confirm_after(arrived).await.map_err(|err| err.to_string())?;
-        let plan = {
+        let settings = self.settings();
+        let (plan, revived) = {
             let mut table = self.table.lock().expect("lease table lock");
+            let was_alive = table.liveness(&request.node, now(), &settings) == Liveness::Alive;
             table.renewed(&request.node, received);
-            table.plan_to_wait_for(&request.node)
+            (table.plan_to_wait_for(&request.node), !was_alive)
         };
+        if revived {
+            // The node can take packages again (or a package waits for its lease to be known).
+            super::controller::wake();
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while self.table.lock().expect("lease table lock").plans_done() < plan {
             if std::time::Instant::now() > deadline {
