@@ -513,6 +513,13 @@ fn run_subject(
                 (owner, leader) = settle(&lab, &observer, &prober, &vip_text, true, Duration::from_secs(90))?;
             }
         }
+        if clusterd {
+            // Every trial starts without failure history: with a short lease, the leadership transfer
+            // above can let the owner's lease lapse (it stops the package, which counts as a failure);
+            // after a few trials the restart budget excluded every node and nothing could take over.
+            let ask = powered(&lab).into_iter().next().expect("a powered node");
+            lab.clusterctl(&ask, &["pkg", "cleanup", "web"])?;
+        }
         // A random phase relative to heartbeats and adverts.
         std::thread::sleep(Duration::from_millis(rng.random_range(0..1_000)));
         let reading = wall_ms_minus_mono_ns();
