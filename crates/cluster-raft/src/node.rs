@@ -629,6 +629,22 @@ impl ConsensusNode {
         }
     }
 
+    /// Members (voters and learners) that accepted an append of this leader's current term: they
+    /// are alive and talk to this leader at the Raft level. Empty when this node does not lead.
+    pub fn acknowledged_this_term(&self) -> Vec<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return Vec::new();
+        }
+        let membership = metrics.membership_config.membership();
+        self.peers
+            .leader_clock
+            .accepted_in(metrics.current_term)
+            .into_iter()
+            .filter_map(|id| membership.get_node(&id).map(|node| node.name.clone()))
+            .collect()
+    }
+
     /// Resolves whenever this node's Raft role, term, leader or membership may have changed.
     pub fn leadership_changes(&self) -> LeadershipChanges {
         LeadershipChanges { server: self.raft.server_metrics(), metrics: self.raft.metrics() }

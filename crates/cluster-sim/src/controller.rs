@@ -6,7 +6,8 @@
 //! ```text
 //!  LeaderTick (every 50 ms, leader's clock)       ControllerWake (at LeaseTable::next_change)
 //!    └─ confirm leadership with a quorum? ── no ──> nothing (a deposed leader never acts)
-//!         yes: View{ liveness of every node from LeaseTable at now, fences in flight }
+//!         yes: the nodes it reached answered its appends: LeaseTable::acknowledged (grace)
+//!              View{ liveness of every node from LeaseTable at now, fences in flight }
 //!              plan(state, view, now) ──> Propose(cmd): commit   Fence{node}: fence agent (100–600 ms)
 //!    └─ next_change before the next tick? ──> ControllerWake then (ticks only: one per tick)
 //!    └─ Append to every node (replication heartbeat)
@@ -51,6 +52,14 @@ impl Sim {
 
     fn run_controller(&mut self, l: usize, now: Duration) {
         if self.confirm(l) {
+            // The nodes that acknowledged this round answer the leader's appends: they get its
+            // grace to renew (as the daemon feeds its replication acknowledgements).
+            for m in 0..self.nodes.len() {
+                if m != l && self.nodes[m].runs() && self.net.reachable(l, m) {
+                    let name = self.names[m].clone();
+                    self.nodes[l].table.acknowledged(&name);
+                }
+            }
             let node = &self.nodes[l];
             let settings = &node.state.settings;
             // The leader runs: it never judges (or fences) itself from its own lease table.

@@ -40,11 +40,17 @@ pub(super) fn wake() {
 
 /// The view the controller plans with: every member's lease as this leader knows it.
 pub(super) fn current_view(engine: &Engine) -> View {
-    let table = engine.table.lock().expect("lease table lock");
-    view_of(engine, &table)
+    let mut table = engine.table.lock().expect("lease table lock");
+    view_of(engine, &mut table)
 }
 
-fn view_of(engine: &Engine, table: &cluster_model::LeaseTable) -> View {
+fn view_of(engine: &Engine, table: &mut cluster_model::LeaseTable) -> View {
+    // A node that answers this leader's Raft appends is alive: it gets the new leader's grace to
+    // renew its lease; any other node is judged on the bound on older leases alone (liveness only,
+    // docs/safety.md).
+    for node in engine.node.acknowledged_this_term() {
+        table.acknowledged(&node);
+    }
     let snapshot = engine.snapshot();
     let at = now();
     let nodes = engine
@@ -111,7 +117,7 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
         // point is in the view, one recorded before waits for this plan (see `Engine::grant`).
         let (view, plan_number) = {
             let mut table = engine.table.lock().expect("lease table lock");
-            let view = view_of(&engine, &table);
+            let view = view_of(&engine, &mut table);
             let unchanged =
                 last_planned.as_ref().is_some_and(|(applied, last)| *applied == snapshot.applied && *last == view);
             let plan_number = (!unchanged).then(|| table.begin_plan(&view));
