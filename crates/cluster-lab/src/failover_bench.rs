@@ -497,17 +497,22 @@ fn run_subject(
                 Err(error) => return Err(error),
             };
         if let Some(package) = subject.clusterd {
-            // Even trials: the owner is not the leader; odd trials: it is.
+            // Even trials: the owner is not the leader; odd trials: it is. When it is not, the leader is
+            // the last node of the package's preference order other than the owner, so that the next
+            // owner is a follower: the reassignment is replicated and applied there, as in most failovers.
             let want_leader = trial % 2 == 1;
-            let is_leader = leader.as_deref() == Some(owner.as_str());
-            if want_leader != is_leader {
-                let target = if want_leader {
-                    owner.clone()
-                } else {
-                    powered(&lab).into_iter().find(|node| *node != owner).expect("another node")
-                };
+            let target = if want_leader {
+                owner.clone()
+            } else {
+                powered(&lab).into_iter().rfind(|node| *node != owner).expect("another node")
+            };
+            if leader.as_deref() != Some(target.as_str()) {
                 let ask = powered(&lab).into_iter().next().expect("a powered node");
-                lab.clusterctl(&ask, &["cluster", "transfer-leader", &target])?;
+                if let Err(error) = lab.clusterctl(&ask, &["cluster", "transfer-leader", &target]) {
+                    failed_trials += 1;
+                    log(&format!("{} trial {}/{trial_count}: not started: {error}", subject.owner.label(), trial + 1));
+                    continue;
+                }
                 // A new leader waits one lease before it may reassign: start the trial after that.
                 std::thread::sleep(Duration::from_millis(package.lease_ms() + 500));
                 (owner, leader) = settle(&lab, &observer, &prober, &vip_text, true, Duration::from_secs(90))?;
