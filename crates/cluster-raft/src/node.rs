@@ -602,6 +602,17 @@ impl ConsensusNode {
         Ok(index)
     }
 
+    /// Sends a heartbeat to every follower now, so that a [`ConsensusNode::confirm_after`] that
+    /// waits for the next heartbeats is answered within a round trip. Not while a leadership
+    /// transfer holds the heartbeats (the followers must stop hearing from this leader).
+    pub async fn heartbeat_now(&self) {
+        if self.leadership().is_some() && !self.election.held() {
+            if let Err(err) = self.raft.trigger().heartbeat().await {
+                tracing::debug!(error = %err, "heartbeat not sent");
+            }
+        }
+    }
+
     async fn confirm_leader_after(&self, since: Instant) -> Result<u64> {
         let wait_for_heartbeats = Instant::now() + self.timing.heartbeat * 2;
         loop {

@@ -38,8 +38,14 @@ impl Engine {
     pub(crate) async fn grant(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
         let received = now();
         let arrived = std::time::Instant::now();
-        let confirmed = self.node.confirm_after(arrived).await.map_err(|err| err.to_string())?;
         let settings = self.settings();
+        let alive = self.table.lock().expect("lease table lock").liveness(&request.node, received, &settings);
+        if alive != Liveness::Alive {
+            // A node this leader does not count alive (it was just elected, or the node is back) may
+            // be what a package waits for: confirm with a heartbeat sent now, not the next one.
+            self.node.heartbeat_now().await;
+        }
+        let confirmed = self.node.confirm_after(arrived).await.map_err(|err| err.to_string())?;
         let (plan, revived) = {
             let mut table = self.table.lock().expect("lease table lock");
             let was_alive = table.liveness(&request.node, now(), &settings) == Liveness::Alive;
@@ -49,6 +55,7 @@ impl Engine {
         if revived {
             // The node can take packages again (or a package waits for its lease to be known).
             super::controller::wake();
+            tracing::info!(node = %request.node, wait_ms = arrived.elapsed().as_millis() as u64, "lease renewed: node alive for this leader");
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while self.table.lock().expect("lease table lock").plans_done() < plan {
