@@ -32,9 +32,10 @@ impl Engine {
     /// A controller plan made before the renewal was recorded may have judged the node expired and
     /// reassigned its packages; the grant waits until every plan that judged it expired had its
     /// proposals answered, so that the index it returns (which the holder must apply before
-    /// acting) includes them. Plans made after see the node alive. (Whether the node was alive
-    /// when the renewal *arrived* says nothing: it may have expired while the quorum confirmed, or
-    /// a concurrent renewal may have revived it after a plan judged it expired.)
+    /// acting) includes them. Plans made after judge the node by this renewal (docs/safety.md).
+    /// (Whether the node was alive when the renewal *arrived* says nothing: it may have expired
+    /// while the quorum confirmed, or a concurrent renewal may have revived it after a plan judged
+    /// it expired.)
     pub(crate) async fn grant(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
         let received = now();
         let arrived = std::time::Instant::now();
