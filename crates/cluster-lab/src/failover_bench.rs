@@ -35,6 +35,8 @@ use crate::sys;
 
 /// The package's TCP port (a `python3 -m http.server`, ready when the port accepts).
 pub const SERVER_PORT: u16 = 8080;
+/// Where each clusterd subject's daemon logs are copied at its end.
+const BENCH_LOGS: &str = "/tmp/clusterlab-bench-logs";
 /// The package's process name as the observer sees it (`comm`).
 pub const SERVER_COMM: &str = "python3";
 
@@ -316,6 +318,21 @@ pub struct FailoverBenchOptions {
     pub clusterctl: PathBuf,
     /// keepalived's tuned advert_int.
     pub tuned_advert_int: String,
+    /// The subjects to run (all four when empty), in the fixed order of [`BenchSubject`].
+    pub subjects: Vec<BenchSubject>,
+}
+
+/// One subject of `bench-failover`; each runs in its own lab (`NAME1`…`NAME4`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchSubject {
+    /// clusterd, heartbeat 100 ms, lease 1 s (and the `pkg move` trials), lab `NAME1`.
+    ClusterdDefaults,
+    /// clusterd, heartbeat 50 ms, lease 300 ms, lab `NAME2`.
+    ClusterdFast,
+    /// keepalived advert_int 1, lab `NAME3`.
+    KeepalivedDefaults,
+    /// keepalived with the tuned advert_int, lab `NAME4`.
+    KeepalivedTuned,
 }
 
 /// Everything `bench-failover` measured.
@@ -480,21 +497,33 @@ fn run_subject(
                 Err(error) => return Err(error),
             };
         if let Some(package) = subject.clusterd {
-            // Even trials: the owner is not the leader; odd trials: it is.
+            // Even trials: the owner is not the leader; odd trials: it is. When it is not, the leader is
+            // the last node of the package's preference order other than the owner, so that the next
+            // owner is a follower: the reassignment is replicated and applied there, as in most failovers.
             let want_leader = trial % 2 == 1;
-            let is_leader = leader.as_deref() == Some(owner.as_str());
-            if want_leader != is_leader {
-                let target = if want_leader {
-                    owner.clone()
-                } else {
-                    powered(&lab).into_iter().find(|node| *node != owner).expect("another node")
-                };
+            let target = if want_leader {
+                owner.clone()
+            } else {
+                powered(&lab).into_iter().rfind(|node| *node != owner).expect("another node")
+            };
+            if leader.as_deref() != Some(target.as_str()) {
                 let ask = powered(&lab).into_iter().next().expect("a powered node");
-                lab.clusterctl(&ask, &["cluster", "transfer-leader", &target])?;
+                if let Err(error) = lab.clusterctl(&ask, &["cluster", "transfer-leader", &target]) {
+                    failed_trials += 1;
+                    log(&format!("{} trial {}/{trial_count}: not started: {error}", subject.owner.label(), trial + 1));
+                    continue;
+                }
                 // A new leader waits one lease before it may reassign: start the trial after that.
                 std::thread::sleep(Duration::from_millis(package.lease_ms() + 500));
                 (owner, leader) = settle(&lab, &observer, &prober, &vip_text, true, Duration::from_secs(90))?;
             }
+        }
+        if clusterd {
+            // Every trial starts without failure history: with a short lease, the leadership transfer
+            // above can let the owner's lease lapse (it stops the package, which counts as a failure);
+            // after a few trials the restart budget excluded every node and nothing could take over.
+            let ask = powered(&lab).into_iter().next().expect("a powered node");
+            lab.clusterctl(&ask, &["pkg", "cleanup", "web"])?;
         }
         // A random phase relative to heartbeats and adverts.
         std::thread::sleep(Duration::from_millis(rng.random_range(0..1_000)));
@@ -608,13 +637,6 @@ fn run_subject(
                         log(&format!("status on {node}: {}", lab.clusterctl(&node, &["status"]).unwrap_or_default()));
                         log(&format!("events on {node}: {}", lab.clusterctl(&node, &["events"]).unwrap_or_default()));
                     }
-                    let _ = std::fs::create_dir_all("/tmp/clusterlab-bench-logs");
-                    for node in lab.node_names() {
-                        let _ = std::fs::copy(
-                            lab.paths().node_run_dir(&node).join("clusterd.log"),
-                            format!("/tmp/clusterlab-bench-logs/{lab_name}-{node}.log"),
-                        );
-                    }
                     break;
                 }
             };
@@ -681,6 +703,18 @@ fn run_subject(
     drop(prober);
     let (records, end_ns) = observer.stop();
     let split_brain = check_split_brain(&records, end_ns).violations;
+    if clusterd {
+        // The daemons' logs explain the phases (election, the new leader's wait, the plan).
+        let kept = Path::new(BENCH_LOGS);
+        let _ = std::fs::create_dir_all(kept);
+        for node in lab.node_names() {
+            let _ = std::fs::copy(
+                lab.paths().node_run_dir(&node).join("clusterd.log"),
+                kept.join(format!("{lab_name}-{node}.log")),
+            );
+        }
+        log(&format!("clusterd logs kept in {BENCH_LOGS}/{lab_name}-*.log"));
+    }
     if let Err(error) = Lab::down(lab_name) {
         log(&format!("teardown of {lab_name}: {error}"));
     }
@@ -688,7 +722,7 @@ fn run_subject(
 }
 
 /// Runs the four subjects (clusterd defaults with `pkg move` trials, clusterd 50/300, keepalived defaults,
-/// keepalived tuned) one after the other in labs `NAME1`…`NAME4`.
+/// keepalived tuned) one after the other in labs `NAME1`…`NAME4`, or only those of `options.subjects`.
 pub fn run(options: &FailoverBenchOptions, log: &mut dyn FnMut(&str)) -> Result<FailoverBenchReport, LabError> {
     let mut rng = StdRng::seed_from_u64(options.seed);
     let vip: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
@@ -711,55 +745,64 @@ pub fn run(options: &FailoverBenchOptions, log: &mut dyn FnMut(&str)) -> Result<
         let advert: f64 = advert.parse().unwrap_or(1.0);
         Duration::from_secs_f64(advert * 4.0 + 0.5)
     };
+    let wanted = |subject: BenchSubject| options.subjects.is_empty() || options.subjects.contains(&subject);
     let mut moves = Vec::new();
     let mut subjects = Vec::new();
-    subjects.push(run_subject(
-        &Subject {
-            owner: &defaults,
-            clusterd: Some(&defaults),
-            preempt_settle: Duration::ZERO,
-            trials: options.trials,
-        },
-        &format!("{}1", options.lab),
-        options,
-        &mut rng,
-        Some(&mut moves),
-        log,
-    )?);
-    subjects.push(run_subject(
-        &Subject { owner: &fast, clusterd: Some(&fast), preempt_settle: Duration::ZERO, trials: options.trials },
-        &format!("{}2", options.lab),
-        options,
-        &mut rng,
-        None,
-        log,
-    )?);
-    subjects.push(run_subject(
-        &Subject {
-            owner: &keepalived_default,
-            clusterd: None,
-            preempt_settle: master_down("1"),
-            trials: options.keepalived_trials,
-        },
-        &format!("{}3", options.lab),
-        options,
-        &mut rng,
-        None,
-        log,
-    )?);
-    subjects.push(run_subject(
-        &Subject {
-            owner: &keepalived_tuned,
-            clusterd: None,
-            preempt_settle: master_down(&tuned),
-            trials: options.keepalived_trials,
-        },
-        &format!("{}4", options.lab),
-        options,
-        &mut rng,
-        None,
-        log,
-    )?);
+    if wanted(BenchSubject::ClusterdDefaults) {
+        subjects.push(run_subject(
+            &Subject {
+                owner: &defaults,
+                clusterd: Some(&defaults),
+                preempt_settle: Duration::ZERO,
+                trials: options.trials,
+            },
+            &format!("{}1", options.lab),
+            options,
+            &mut rng,
+            Some(&mut moves),
+            log,
+        )?);
+    }
+    if wanted(BenchSubject::ClusterdFast) {
+        subjects.push(run_subject(
+            &Subject { owner: &fast, clusterd: Some(&fast), preempt_settle: Duration::ZERO, trials: options.trials },
+            &format!("{}2", options.lab),
+            options,
+            &mut rng,
+            None,
+            log,
+        )?);
+    }
+    if wanted(BenchSubject::KeepalivedDefaults) {
+        subjects.push(run_subject(
+            &Subject {
+                owner: &keepalived_default,
+                clusterd: None,
+                preempt_settle: master_down("1"),
+                trials: options.keepalived_trials,
+            },
+            &format!("{}3", options.lab),
+            options,
+            &mut rng,
+            None,
+            log,
+        )?);
+    }
+    if wanted(BenchSubject::KeepalivedTuned) {
+        subjects.push(run_subject(
+            &Subject {
+                owner: &keepalived_tuned,
+                clusterd: None,
+                preempt_settle: master_down(&tuned),
+                trials: options.keepalived_trials,
+            },
+            &format!("{}4", options.lab),
+            options,
+            &mut rng,
+            None,
+            log,
+        )?);
+    }
     Ok(FailoverBenchReport { seed: options.seed, subjects, moves })
 }
 

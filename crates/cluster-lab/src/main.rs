@@ -221,6 +221,9 @@ enum Command {
         /// CI mode: 2 trials of each kind.
         #[arg(long)]
         quick: bool,
+        /// Run only these subjects (comma-separated; default: all four).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        subjects: Vec<BenchSubjectArg>,
         /// Write the JSON report here.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -265,6 +268,30 @@ enum Command {
     /// Serve the emulated watchdogs (started by `up --watchdog`).
     #[command(hide = true)]
     Supervise,
+}
+
+/// A subject of `bench-failover`.
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchSubjectArg {
+    /// clusterd, heartbeat 100 ms, lease 1 s, with the `pkg move` trials.
+    ClusterdDefaults,
+    /// clusterd, heartbeat 50 ms, lease 300 ms.
+    ClusterdFast,
+    /// keepalived, advert_int 1.
+    KeepalivedDefaults,
+    /// keepalived, the tuned advert_int.
+    KeepalivedTuned,
+}
+
+impl BenchSubjectArg {
+    fn subject(self) -> failover_bench::BenchSubject {
+        match self {
+            BenchSubjectArg::ClusterdDefaults => failover_bench::BenchSubject::ClusterdDefaults,
+            BenchSubjectArg::ClusterdFast => failover_bench::BenchSubject::ClusterdFast,
+            BenchSubjectArg::KeepalivedDefaults => failover_bench::BenchSubject::KeepalivedDefaults,
+            BenchSubjectArg::KeepalivedTuned => failover_bench::BenchSubject::KeepalivedTuned,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -549,6 +576,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             interval_ms,
             seed,
             quick,
+            subjects,
             report,
             binaries,
         } => {
@@ -565,6 +593,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 clusterd,
                 clusterctl,
                 tuned_advert_int,
+                subjects: subjects.into_iter().map(BenchSubjectArg::subject).collect(),
             };
             let result =
                 failover_bench::run(&options, &mut |line| println!("{line}")).context("failover benchmark failed")?;

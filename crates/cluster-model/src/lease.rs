@@ -6,17 +6,20 @@
 //!  s = now; send renewal ───────────────────> r = now
 //!                                             confirm leadership with a quorum
 //!  lease_end = s + lease·(1−ρ) <── grant ───  expiry(N) = r + lease·(1+ρ) + margin
-//!  (commit index c)                           newly elected at e: expiry(*) = e + lease·(1+ρ) + margin
+//!  (commit index c)                           newly elected at e, every older lease began before
+//!                                             q ≤ e: expiry(unheard N) = max(q + lease·(1+ρ) + margin,
+//!                                             e + grace(N)), grace = 2 heartbeats if N answered L's
+//!                                             Raft appends, else 1 (liveness only: docs/safety.md)
 //!
 //!  N may start packages while now < lease_end − stop_budget and it has applied c;
 //!  N stops its packages when now ≥ lease_end − stop_budget; pets its watchdog only before that.
 //!  L treats N as expired only when now ≥ expiry(N).
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::controller::Liveness;
+use crate::controller::{Liveness, View};
 use crate::Settings;
 
 /// The node side: when its lease ends, and which commit index the last grant carried.
@@ -73,8 +76,12 @@ impl LeaseHolder {
     }
 }
 
-/// Heartbeats a new leader gives live nodes to renew with it before it treats them as expired.
+/// Heartbeats a new leader gives a node that answered its Raft appends (so it is alive and talks to
+/// this leader) to renew its lease before it is judged on the bound on older leases alone.
 const NEW_LEADER_GRACE: u32 = 2;
+/// Heartbeats a new leader gives any other node to answer its first appends (a live one does within
+/// a round trip). A node that is dead, or cut off from the new leader, needs no grace.
+const NEW_LEADER_FIRST_CONTACT: u32 = 1;
 
 /// The leader side: when each node's lease has certainly ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,6 +97,10 @@ pub struct LeaseTable {
     /// Controller plans begun / finished (their proposals answered), numbered from 1.
     plans_begun: u64,
     plans_done: u64,
+    /// Per node: the last plan that judged it expired (it may have moved packages away from it).
+    judged_expired: BTreeMap<String, u64>,
+    /// Nodes that accepted an append of this leader's term (alive at the Raft level).
+    acknowledged: BTreeSet<String>,
 }
 
 impl LeaseTable {
@@ -100,11 +111,22 @@ impl LeaseTable {
         self.older_leases_began = None;
         self.renewed.clear();
         self.fenced.clear();
+        self.acknowledged.clear();
+    }
+
+    /// `node` accepted an append of this leader's term: it is alive and reaches this leader, so it
+    /// gets `NEW_LEADER_GRACE` heartbeats from the election to renew before it is judged. Only
+    /// liveness depends on this; the judgment never comes before the bound on older leases.
+    pub fn acknowledged(&mut self, node: &str) {
+        if self.elected.is_some() && !self.acknowledged.contains(node) {
+            self.acknowledged.insert(node.to_owned());
+        }
     }
 
     /// Every lease granted by an earlier leader began before `at`: the wait for unheard nodes
     /// counts from there instead of from the election, but lasts at least `NEW_LEADER_GRACE`
-    /// heartbeats after the election, so that live nodes can renew with the new leader first.
+    /// heartbeats after the election for the nodes that answer this leader's appends (so that they
+    /// can renew with it first), `NEW_LEADER_FIRST_CONTACT` for the others.
     pub fn older_leases_began_before(&mut self, at: Duration) {
         if let Some(elected) = self.elected {
             let earliest = self.older_leases_began.unwrap_or(elected).min(at);
@@ -112,11 +134,13 @@ impl LeaseTable {
         }
     }
 
-    /// When a node this leader has not heard from is certainly without a lease.
-    fn unheard_expire_at(&self, settings: &Settings) -> Option<Duration> {
+    /// When a node that has not renewed with this leader is treated as without a lease: once every
+    /// lease an older leader granted has ended (safety), and not before the new leader's grace for
+    /// it (liveness): longer for a node `heard` at the Raft level (it answered this leader's appends).
+    fn unheard_expire_at(&self, heard: bool, settings: &Settings) -> Option<Duration> {
         let elected = self.elected?;
         let began = self.older_leases_began.unwrap_or(elected);
-        let grace = settings.heartbeat() * NEW_LEADER_GRACE;
+        let grace = settings.heartbeat() * if heard { NEW_LEADER_GRACE } else { NEW_LEADER_FIRST_CONTACT };
         Some((began + settings.lease_for_grantor()).max(elected + grace))
     }
 
@@ -138,10 +162,15 @@ impl LeaseTable {
         *slot = (*slot).max(received_at);
     }
 
-    /// The controller is about to plan with the liveness this table gives now; returns the plan's
-    /// number. Call it under the same lock as the liveness reads.
-    pub fn begin_plan(&mut self) -> u64 {
+    /// The controller is about to plan with `view`, the liveness this table gives now; returns the
+    /// plan's number. Call it under the same lock as the liveness reads.
+    pub fn begin_plan(&mut self, view: &View) -> u64 {
         self.plans_begun += 1;
+        for (node, liveness) in &view.nodes {
+            if *liveness == Liveness::Expired {
+                self.judged_expired.insert(node.clone(), self.plans_begun);
+            }
+        }
         self.plans_begun
     }
 
@@ -150,9 +179,14 @@ impl LeaseTable {
         self.plans_done = self.plans_done.max(plan);
     }
 
-    /// The plans that may have judged a node before a renewal recorded now: a grant waits until
-    /// [`LeaseTable::plans_done`] reaches it, so that the index it returns covers any reassignment
-    /// those plans made while the node looked expired.
+    /// The last plan that judged `node` expired (0: none). A grant to `node` for a renewal recorded
+    /// now waits until [`LeaseTable::plans_done`] reaches it, so that the index it returns covers
+    /// any reassignment those plans made while the node looked expired; plans begun after the
+    /// renewal was recorded see it alive and move nothing away from it (rule 6 of docs/safety.md).
+    pub fn plan_to_wait_for(&self, node: &str) -> u64 {
+        self.judged_expired.get(node).copied().unwrap_or(0)
+    }
+
     pub fn plans_begun(&self) -> u64 {
         self.plans_begun
     }
@@ -167,7 +201,8 @@ impl LeaseTable {
         if self.fenced.contains_key(node) {
             return Liveness::Expired;
         }
-        let Some(unheard_expire_at) = self.unheard_expire_at(settings) else { return Liveness::Unknown };
+        let heard = self.acknowledged.contains(node) || self.renewed.contains_key(node);
+        let Some(unheard_expire_at) = self.unheard_expire_at(heard, settings) else { return Liveness::Unknown };
         match self.renewed.get(node) {
             Some(received) if now < *received + wait => Liveness::Alive,
             // Expired only once its last renewal is a full lease behind and older leases are over.
@@ -176,6 +211,19 @@ impl LeaseTable {
             None if now >= unheard_expire_at => Liveness::Expired,
             None => Liveness::Unknown,
         }
+    }
+
+    /// The first instant after `now` at which [`LeaseTable::liveness`] may answer differently for
+    /// some node without new input (a renewal, a fence, an election, a bound on older leases): a
+    /// lease running out, or the end of a new leader's wait for the nodes it has not heard.
+    /// `None` when no such instant is pending. The controller sleeps until then instead of polling.
+    pub fn next_change(&self, now: Duration, settings: &Settings) -> Option<Duration> {
+        let heard_expire_at = self.unheard_expire_at(true, settings)?;
+        let unheard_expire_at = self.unheard_expire_at(false, settings)?;
+        let wait = settings.lease_for_grantor();
+        let leases_end =
+            self.renewed.values().flat_map(|received| [*received + wait, (*received + wait).max(heard_expire_at)]);
+        [heard_expire_at, unheard_expire_at].into_iter().chain(leases_end).filter(|at| *at > now).min()
     }
 
     /// Time since the last renewal of `node`, for status.
@@ -252,18 +300,129 @@ mod tests {
         assert_eq!(table.liveness("n2", ms(20_001), &settings), Liveness::Unknown);
     }
 
+    fn view(nodes: &[(&str, Liveness)]) -> View {
+        View { nodes: nodes.iter().map(|(name, liveness)| (name.to_string(), *liveness)).collect(), ..View::default() }
+    }
+
     #[test]
     fn plans_are_numbered_and_done_in_any_order() {
         let mut table = LeaseTable::default();
         assert_eq!((table.plans_begun(), table.plans_done()), (0, 0));
-        let first = table.begin_plan();
-        let second = table.begin_plan();
+        let first = table.begin_plan(&View::default());
+        let second = table.begin_plan(&View::default());
         assert_eq!((first, second, table.plans_begun()), (1, 2, 2));
         table.end_plan(second);
         table.end_plan(first);
         assert_eq!(table.plans_done(), 2, "done never goes back");
         table.elected(ms(5));
         assert_eq!(table.plans_begun(), 2, "a new term keeps the numbering");
+    }
+
+    /// Regression (found by reading): a grant used to skip the wait when its node was alive at the
+    /// renewal's *arrival*, so a plan made while the leader confirmed that renewal (the node expired
+    /// meanwhile), or a plan that saw the node expired before a concurrent renewal revived it, could
+    /// reassign its packages without the grant's index covering that reassignment.
+    #[test]
+    fn a_grant_waits_for_exactly_the_plans_that_judged_its_node_expired() {
+        let mut table = LeaseTable::default();
+        assert_eq!(table.plan_to_wait_for("n2"), 0);
+        let saw_expired = table.begin_plan(&view(&[("n1", Liveness::Alive), ("n2", Liveness::Expired)]));
+        let saw_unknown = table.begin_plan(&view(&[("n1", Liveness::Alive), ("n2", Liveness::Unknown)]));
+        assert_eq!(table.plan_to_wait_for("n2"), saw_expired, "only an expired judgment can move packages away");
+        assert!(saw_unknown > saw_expired);
+        assert_eq!(table.plan_to_wait_for("n1"), 0, "a node alive in every plan waits for none");
+        // Later plans that see it alive do not lower what a grant must wait for.
+        table.begin_plan(&view(&[("n2", Liveness::Alive)]));
+        assert_eq!(table.plan_to_wait_for("n2"), saw_expired);
+        table.elected(ms(1));
+        assert_eq!(table.plan_to_wait_for("n2"), saw_expired, "plans of an earlier term may still be in flight");
+    }
+
+    /// Checks `next_change` against `liveness` millisecond by millisecond: nothing changes before
+    /// the instant it names, something changes at it, and it is `None` only when nothing ever will.
+    fn assert_next_change_is_exact(table: &LeaseTable, from: Duration, settings: &Settings) {
+        let nodes = ["n1", "n2", "n3", "answered", "never-heard"];
+        let view = |at: Duration| nodes.map(|node| table.liveness(node, at, settings));
+        let horizon = from + ms(5_000);
+        let mut now = from;
+        while now < horizon {
+            let next = table.next_change(now, settings);
+            let until = next.unwrap_or(horizon).min(horizon);
+            let before = view(now);
+            let mut at = now;
+            while at < until {
+                assert_eq!(
+                    view(at),
+                    before,
+                    "liveness changed at {at:?}, before next_change {next:?} (asked at {now:?})"
+                );
+                at += ms(1);
+            }
+            match next {
+                Some(next) => {
+                    assert!(next > now);
+                    assert_ne!(view(next), before, "nothing changed at next_change {next:?} (asked at {now:?})");
+                    now = next;
+                }
+                None => break,
+            }
+        }
+    }
+
+    #[test]
+    fn next_change_names_exactly_the_instants_at_which_the_view_changes() {
+        let settings = Settings::default();
+        let mut table = LeaseTable::default();
+        assert_eq!(table.next_change(ms(0), &settings), None, "not leading: everything stays unknown");
+        table.elected(ms(10_000));
+        table.acknowledged("answered");
+        assert_next_change_is_exact(&table, ms(10_000), &settings);
+        table.older_leases_began_before(ms(9_700));
+        table.renewed("n1", ms(10_050));
+        table.renewed("n2", ms(10_400));
+        assert_next_change_is_exact(&table, ms(10_400), &settings);
+        table.fenced("n2", ms(10_500));
+        assert_next_change_is_exact(&table, ms(10_500), &settings);
+        // Long after everything expired, nothing is pending any more.
+        assert_eq!(table.next_change(ms(20_000), &settings), None);
+        // Renewed before the older leases' bound ran out: alive, then unknown, then expired.
+        let mut table = LeaseTable::default();
+        table.elected(ms(10_000));
+        table.renewed("n1", ms(9_990));
+        assert_next_change_is_exact(&table, ms(10_000), &settings);
+        // Elected long after the older leases ended: the graces decide, one heartbeat apart.
+        let mut table = LeaseTable::default();
+        table.elected(ms(10_000));
+        table.older_leases_began_before(ms(1_000));
+        table.acknowledged("answered");
+        table.renewed("n1", ms(10_030));
+        assert_next_change_is_exact(&table, ms(10_000), &settings);
+    }
+
+    #[test]
+    fn a_new_leader_gives_its_grace_only_to_nodes_that_answer_its_appends() {
+        let settings = Settings::default();
+        let mut table = LeaseTable::default();
+        table.acknowledged("n2");
+        table.elected(ms(10_000));
+        // The older leases ended long ago (the old leader died well before this election).
+        table.older_leases_began_before(ms(8_000));
+        assert_eq!(table.liveness("n2", ms(10_100), &settings), Liveness::Expired, "it answered an earlier leader");
+        table.acknowledged("n2");
+        // n1 never answered: judged one heartbeat after the election; n2 answered: two.
+        assert_eq!(table.liveness("n1", ms(10_099), &settings), Liveness::Unknown);
+        assert_eq!(table.liveness("n1", ms(10_100), &settings), Liveness::Expired);
+        assert_eq!(table.liveness("n2", ms(10_199), &settings), Liveness::Unknown);
+        assert_eq!(table.liveness("n2", ms(10_200), &settings), Liveness::Expired);
+        // Whatever it answered, no node is judged before the leases of older leaders ended.
+        let mut table = LeaseTable::default();
+        table.elected(ms(10_000));
+        table.older_leases_began_before(ms(9_900));
+        table.acknowledged("n2");
+        for node in ["n1", "n2"] {
+            assert_eq!(table.liveness(node, ms(10_959), &settings), Liveness::Unknown, "{node}");
+            assert_eq!(table.liveness(node, ms(10_960), &settings), Liveness::Expired, "{node}");
+        }
     }
 
     #[test]
@@ -278,6 +437,7 @@ mod tests {
         assert_eq!(table.liveness("n1", ms(10_660), &settings), Liveness::Expired, "a later bound is ignored");
         // Long ago: live nodes still get a few heartbeats to renew with the new leader.
         table.older_leases_began_before(ms(1_000));
+        table.acknowledged("n1");
         assert_eq!(table.liveness("n1", ms(10_199), &settings), Liveness::Unknown);
         assert_eq!(table.liveness("n1", ms(10_200), &settings), Liveness::Expired);
         // A new election forgets the bound.

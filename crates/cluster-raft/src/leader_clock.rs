@@ -54,6 +54,16 @@ impl LeaderClock {
             && configs.iter().all(|voters| voters.iter().filter(|v| accepted(v)).count() * 2 > voters.len())
     }
 
+    /// The targets (voters and learners) that accepted an append of `term`.
+    pub(crate) fn accepted_in(&self, term: u64) -> Vec<u64> {
+        let acks = self.acks.lock().expect("leader clock");
+        if acks.term == term {
+            acks.sent.keys().copied().collect()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Resolves at the next acceptance (register before checking, then await).
     pub(crate) fn changed(&self) -> &Notify {
         &self.changed
@@ -97,5 +107,9 @@ mod tests {
         clock.accepted(6, 5, t0);
         assert!(clock.confirmed(6, 1, &[set(&[1, 2, 3]), set(&[4, 5, 6])], t0));
         assert!(clock.confirmed(6, 1, &[set(&[1])], t0), "a single voter confirms itself");
+        let mut accepted = clock.accepted_in(6);
+        accepted.sort_unstable();
+        assert_eq!(accepted, vec![3, 4, 5]);
+        assert!(clock.accepted_in(5).is_empty(), "term 5 was forgotten");
     }
 }

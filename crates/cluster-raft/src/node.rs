@@ -614,6 +614,17 @@ impl ConsensusNode {
         Ok(index)
     }
 
+    /// Sends a heartbeat to every follower now, so that a [`ConsensusNode::confirm_after`] that
+    /// waits for the next heartbeats is answered within a round trip. Not while a leadership
+    /// transfer holds the heartbeats (the followers must stop hearing from this leader).
+    pub async fn heartbeat_now(&self) {
+        if self.leadership().is_some() && !self.election.held() {
+            if let Err(err) = self.raft.trigger().heartbeat().await {
+                tracing::debug!(error = %err, "heartbeat not sent");
+            }
+        }
+    }
+
     async fn confirm_leader_after(&self, since: Instant) -> Result<u64> {
         let wait_for_heartbeats = Instant::now() + self.timing.heartbeat * 2;
         loop {
@@ -639,6 +650,27 @@ impl ConsensusNode {
                 return Ok(self.applied_index().max(index));
             }
         }
+    }
+
+    /// Members (voters and learners) that accepted an append of this leader's current term: they
+    /// are alive and talk to this leader at the Raft level. Empty when this node does not lead.
+    pub fn acknowledged_this_term(&self) -> Vec<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return Vec::new();
+        }
+        let membership = metrics.membership_config.membership();
+        self.peers
+            .leader_clock
+            .accepted_in(metrics.current_term)
+            .into_iter()
+            .filter_map(|id| membership.get_node(&id).map(|node| node.name.clone()))
+            .collect()
+    }
+
+    /// Resolves whenever this node's Raft role, term, leader or membership may have changed.
+    pub fn leadership_changes(&self) -> LeadershipChanges {
+        LeadershipChanges { server: self.raft.server_metrics(), metrics: self.raft.metrics() }
     }
 
     /// Whether this node is the leader now, and in which term.
@@ -973,6 +1005,32 @@ async fn driver(node: std::sync::Weak<ConsensusNode>) {
         last_attempt = Instant::now();
         deadline = None;
         node.campaign_if_allowed().await;
+    }
+}
+
+/// Changes of a node's Raft role, term, leader or membership (see
+/// [`ConsensusNode::leadership_changes`]).
+pub struct LeadershipChanges {
+    /// Sent only when the role, vote, leader or membership changed.
+    server: tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<u64, NodeInfo>>,
+    /// Sent at every turn of openraft's loop, right after `server`; what [`ConsensusNode`] reads.
+    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, NodeInfo>>,
+}
+
+impl LeadershipChanges {
+    /// Resolves at the next change, once [`ConsensusNode::leadership`] reflects it; never, once
+    /// Raft has stopped.
+    pub async fn changed(&mut self) {
+        if self.server.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        let (state, vote) = {
+            let server = self.server.borrow_and_update();
+            (server.state, server.vote)
+        };
+        // openraft publishes the full metrics right after the server metrics, in the same call.
+        let caught_up = self.metrics.wait_for(|metrics| metrics.state == state && metrics.vote == vote);
+        let _ = tokio::time::timeout(Duration::from_millis(50), caught_up).await;
     }
 }
 

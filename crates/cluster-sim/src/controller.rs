@@ -1,11 +1,15 @@
 //! The controller on the leader: every tick, the real `cluster_model::controller::plan` over the
 //! leader's applied state and its `LeaseTable` view; proposals are committed, fences started.
+//! Like the daemon's controller, which sleeps until `LeaseTable::next_change`, it also runs at the
+//! instant a lease runs out when that falls between two ticks.
 //!
 //! ```text
-//!  LeaderTick (every 50 ms, leader's clock)
+//!  LeaderTick (every 50 ms, leader's clock)       ControllerWake (at LeaseTable::next_change)
 //!    └─ confirm leadership with a quorum? ── no ──> nothing (a deposed leader never acts)
-//!         yes: View{ liveness of every node from LeaseTable at now, fences in flight }
+//!         yes: the nodes it reached answered its appends: LeaseTable::acknowledged (grace)
+//!              View{ liveness of every node from LeaseTable at now, fences in flight }
 //!              plan(state, view, now) ──> Propose(cmd): commit   Fence{node}: fence agent (100–600 ms)
+//!    └─ next_change before the next tick? ──> ControllerWake then (ticks only: one per tick)
 //!    └─ Append to every node (replication heartbeat)
 //! ```
 
@@ -23,8 +27,39 @@ impl Sim {
             return;
         }
         let now = self.local(l);
-        self.timer_at(l, now + Duration::from_millis(LEADER_TICK_MS), Timer::LeaderTick { term });
+        let next_tick = now + Duration::from_millis(LEADER_TICK_MS);
+        self.timer_at(l, next_tick, Timer::LeaderTick { term });
+        self.run_controller(l, now);
+        let settings = &self.nodes[l].state.settings;
+        if let Some(change) = self.nodes[l].table.next_change(now, settings).filter(|at| *at < next_tick) {
+            self.timer_at(l, change, Timer::ControllerWake { term });
+        }
+        if self.nodes[l].leader_of == Some(term) {
+            self.broadcast_append(l);
+        }
+        self.evaluate(l);
+    }
+
+    /// A lease in the leader's table runs out now (scheduled by the tick before).
+    pub(crate) fn on_controller_wake(&mut self, l: usize, term: u64) {
+        if self.nodes[l].leader_of != Some(term) {
+            return;
+        }
+        let now = self.local(l);
+        self.run_controller(l, now);
+        self.evaluate(l);
+    }
+
+    fn run_controller(&mut self, l: usize, now: Duration) {
         if self.confirm(l) {
+            // The nodes that acknowledged this round answer the leader's appends: they get its
+            // grace to renew (as the daemon feeds its replication acknowledgements).
+            for m in 0..self.nodes.len() {
+                if m != l && self.nodes[m].runs() && self.net.reachable(l, m) {
+                    let name = self.names[m].clone();
+                    self.nodes[l].table.acknowledged(&name);
+                }
+            }
             let node = &self.nodes[l];
             let settings = &node.state.settings;
             // The leader runs: it never judges (or fences) itself from its own lease table.
@@ -55,9 +90,5 @@ impl Sim {
                 }
             }
         }
-        if self.nodes[l].leader_of == Some(term) {
-            self.broadcast_append(l);
-        }
-        self.evaluate(l);
     }
 }

@@ -26,7 +26,12 @@ impl Sim {
         if let Some(leader) = self.nodes[n].leader_hint {
             let incarnation = self.nodes[n].incarnation;
             self.send(n, leader, Msg::Renewal { incarnation, sent_at: now });
-            if self.nodes[n].hello_pending {
+            // clusterd proposes its hello until it is committed: resent while this node's applied
+            // state does not show it back (after a graceful stop it is still marked leaving).
+            let node = &self.nodes[n];
+            let unannounced =
+                node.leave.is_none() && node.state.nodes.get(&node.name).is_none_or(|record| record.leaving);
+            if node.hello_pending || unannounced {
                 self.nodes[n].hello_pending = false;
                 let hello = Command::NodeHello {
                     name: self.nodes[n].name.clone(),

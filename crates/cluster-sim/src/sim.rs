@@ -76,6 +76,9 @@ pub(crate) enum Timer {
     LeaderTick {
         term: u64,
     },
+    ControllerWake {
+        term: u64,
+    },
     /// A stopping daemon looks whether it may exit (`Leave`).
     LeaveCheck,
 }
@@ -460,6 +463,7 @@ impl Sim {
             Timer::Heartbeat => self.on_heartbeat(n),
             Timer::LeaseCheck => self.evaluate(n),
             Timer::LeaderTick { term } => self.on_leader_tick(n, term),
+            Timer::ControllerWake { term } => self.on_controller_wake(n, term),
             Timer::LeaveCheck => self.on_leave_check(n),
         }
     }

@@ -175,10 +175,17 @@ impl Drop for ChildGuard {
 
 /// Whether a pid is alive (exists and is not a zombie).
 pub fn alive(pid: u32) -> bool {
+    /// `PF_EXITING` in the `flags` field of `/proc/PID/stat`: the process is being torn down (a killed
+    /// process can still show state `R` for a moment, without memory or environment).
+    const PF_EXITING: u64 = 0x4;
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rfind(')').and_then(|index| stat[index + 2..].chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
+            let fields: Vec<&str> =
+                stat.rfind(')').map(|index| stat[index + 2..].split_whitespace().collect()).unwrap_or_default();
+            let state = fields.first().and_then(|state| state.chars().next());
+            let exiting =
+                fields.get(6).and_then(|flags| flags.parse::<u64>().ok()).is_some_and(|f| f & PF_EXITING != 0);
+            !matches!(state, Some('Z') | Some('X') | None) && !exiting
         }
         Err(_) => false,
     }

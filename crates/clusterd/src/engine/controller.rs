@@ -1,5 +1,15 @@
 //! The controller loop on the leader: runs the pure placement (`cluster_model::controller::plan`)
 //! against the leader's lease table, proposes its assignments and runs fences.
+//!
+//! It plans only when an input of the plan may have changed, and sleeps otherwise:
+//!
+//! ```text
+//!   leadership change (role, term) ─────────────┐
+//!   applied index moved ────────────────────────┤
+//!   wake_controller(): a renewal revived a      ├──> view + plan ──> proposals, fences
+//!           node, a fence ended                 │      │
+//!   LeaseTable::next_change (a lease runs out) ─┘      └─ had actions: plan again RETRY later
+//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,16 +21,26 @@ use futures::StreamExt;
 
 use super::{now, wall_ms, Engine};
 
-const TICK: Duration = Duration::from_millis(20);
+/// A plan that asked for something is redone after this (a proposal may have failed, a fence runs);
+/// also the shortest interval between two such plans.
+const RETRY: Duration = Duration::from_millis(20);
+/// Longest sleep of the controller: a safety net for a change that nothing signals.
+const IDLE: Duration = Duration::from_secs(1);
 const FENCE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The view the controller plans with: every member's lease as this leader knows it.
 pub(super) fn current_view(engine: &Engine) -> View {
-    let table = engine.table.lock().expect("lease table lock");
-    view_of(engine, &table)
+    let mut table = engine.table.lock().expect("lease table lock");
+    view_of(engine, &mut table)
 }
 
-fn view_of(engine: &Engine, table: &cluster_model::LeaseTable) -> View {
+fn view_of(engine: &Engine, table: &mut cluster_model::LeaseTable) -> View {
+    // A node that answers this leader's Raft appends is alive: it gets the new leader's grace to
+    // renew its lease; any other node is judged on the bound on older leases alone (liveness only,
+    // docs/safety.md).
+    for node in engine.node.acknowledged_this_term() {
+        table.acknowledged(&node);
+    }
     let snapshot = engine.snapshot();
     let at = now();
     let nodes = engine
@@ -40,19 +60,28 @@ fn view_of(engine: &Engine, table: &cluster_model::LeaseTable) -> View {
     View { nodes, fencing: engine.fencing.lock().expect("fencing lock").clone() }
 }
 
-/// Runs while this node leads: resets the lease table on every new term, then plans every tick in
-/// which something the plan depends on changed (the applied state or the view), or the previous
+/// Runs while this node leads: resets the lease table on every new term, then plans whenever
+/// something the plan depends on may have changed (the applied state, the view), or the previous
 /// plan asked for something (a proposal may have failed). `plan` is a pure function of the two
-/// (the time only stamps events), so skipping an unchanged tick loses nothing; at 1,000 packages it
-/// spares a full placement pass every 20 ms.
+/// (the time only stamps events), so a wake that changed nothing is skipped; at 1,000 packages it
+/// spares a full placement pass.
+///
+/// The view changes by itself only when a lease runs out, at instants the lease table computes
+/// (`LeaseTable::next_change`): the controller sleeps until the next one, so a node's expiry is
+/// acted on when it happens, not up to a tick later, and an idle leader wakes about once per lease.
 pub(crate) async fn controller_loop(engine: Arc<Engine>) {
+    let mut leadership = engine.node.leadership_changes();
+    let mut applied = engine.applied.subscribe();
     let mut led_term = None;
     let mut last_planned: Option<(u64, View)> = None;
     loop {
-        tokio::time::sleep(TICK).await;
         let Some(term) = engine.node.leadership() else {
             led_term = None;
             last_planned = None;
+            tokio::select! {
+                () = leadership.changed() => {}
+                () = tokio::time::sleep(IDLE) => {}
+            }
             continue;
         };
         if led_term != Some(term) {
@@ -78,54 +107,84 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
         // point is in the view, one recorded before waits for this plan (see `Engine::grant`).
         let (view, plan_number) = {
             let mut table = engine.table.lock().expect("lease table lock");
-            let view = view_of(&engine, &table);
+            let view = view_of(&engine, &mut table);
             let unchanged =
                 last_planned.as_ref().is_some_and(|(applied, last)| *applied == snapshot.applied && *last == view);
-            (view, (!unchanged).then(|| table.begin_plan()))
+            let plan_number = (!unchanged).then(|| table.begin_plan(&view));
+            (view, plan_number)
         };
-        let Some(plan_number) = plan_number else { continue };
-        let inputs = (snapshot.applied, view);
-        let actions = plan(&snapshot.state, &inputs.1, wall_ms());
-        // An empty plan is final for these inputs; a plan with actions is redone next tick.
-        last_planned = if actions.is_empty() { Some(inputs) } else { None };
-        let mut proposals = Vec::new();
-        for action in actions {
-            match action {
-                Action::Propose(command) => proposals.push(command),
-                Action::Fence { node, reason } => start_fence(&engine, node, reason, &snapshot.state.settings),
+        if let Some(plan_number) = plan_number {
+            let started = tokio::time::Instant::now();
+            let inputs = (snapshot.applied, view);
+            let actions = plan(&snapshot.state, &inputs.1, wall_ms());
+            // An empty plan is final for these inputs; a plan with actions is redone.
+            let redo = !actions.is_empty();
+            last_planned = if redo { None } else { Some(inputs) };
+            run_actions(&engine, actions, plan_number, &snapshot.state.settings).await;
+            if redo {
+                tokio::time::sleep_until(started + RETRY).await;
+                continue;
             }
         }
-        // Each assignment is conditional on its own package's epoch, so their order does not
-        // matter: a bounded number in flight relocates a dead node's hundreds of packages in a
-        // few Raft rounds, without flooding the log (all at once starved the leases: scale
-        // benchmark, docs/benchmarks-scale.md).
-        let outcomes: Vec<bool> = futures::stream::iter(proposals)
-            .map(|command| {
-                let engine = engine.clone();
-                async move {
-                    let summary = describe(&command);
-                    match engine.node.write(command).await {
-                        Ok(CommandOutcome::Applied) => tracing::info!("{summary}"),
-                        Ok(other) => tracing::debug!(?other, "{summary}: not applied"),
-                        Err(err) => {
-                            tracing::warn!(error = %err, "{summary}: not committed");
-                            return false;
-                        }
-                    }
-                    true
+        // Nothing to do until an input changes: the next instant a lease runs out, a leadership
+        // change, an applied entry, or a wake (capped by IDLE).
+        let settings = &snapshot.state.settings;
+        let next_change = engine.table.lock().expect("lease table lock").next_change(now(), settings);
+        let sleep = next_change.map_or(IDLE, |at| at.saturating_sub(now()).min(IDLE));
+        tokio::select! {
+            () = leadership.changed() => {}
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    // The engine is going away; keep the other wake-ups.
+                    tokio::time::sleep(sleep).await;
                 }
-            })
-            .buffer_unordered(PROPOSALS_IN_FLIGHT)
-            .collect()
-            .await;
-        let uncertain = outcomes.contains(&false);
-        if uncertain {
-            // A failed write may still commit: let it apply (or time out) before grants go on.
-            let last = engine.node.last_log_index();
-            engine.node.wait_applied_after(last.saturating_sub(1), UNCERTAIN_WRITE_WAIT).await;
+            }
+            () = engine.controller_wake.notified() => {}
+            () = tokio::time::sleep(sleep) => {}
         }
-        engine.table.lock().expect("lease table lock").end_plan(plan_number);
     }
+}
+
+/// Proposes a plan's commands and starts its fences; the plan is marked done (for waiting
+/// grants) once every proposal was answered.
+async fn run_actions(engine: &Arc<Engine>, actions: Vec<Action>, plan_number: u64, settings: &cluster_model::Settings) {
+    let mut proposals = Vec::new();
+    for action in actions {
+        match action {
+            Action::Propose(command) => proposals.push(command),
+            Action::Fence { node, reason } => start_fence(engine, node, reason, settings),
+        }
+    }
+    // Each assignment is conditional on its own package's epoch, so their order does not
+    // matter: a bounded number in flight relocates a dead node's hundreds of packages in a
+    // few Raft rounds, without flooding the log (all at once starved the leases: scale
+    // benchmark, docs/benchmarks-scale.md).
+    let outcomes: Vec<bool> = futures::stream::iter(proposals)
+        .map(|command| {
+            let engine = engine.clone();
+            async move {
+                let summary = describe(&command);
+                match engine.node.write(command).await {
+                    Ok(CommandOutcome::Applied) => tracing::info!("{summary}"),
+                    Ok(other) => tracing::debug!(?other, "{summary}: not applied"),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "{summary}: not committed");
+                        return false;
+                    }
+                }
+                true
+            }
+        })
+        .buffer_unordered(PROPOSALS_IN_FLIGHT)
+        .collect()
+        .await;
+    let uncertain = outcomes.contains(&false);
+    if uncertain {
+        // A failed write may still commit: let it apply (or time out) before grants go on.
+        let last = engine.node.last_log_index();
+        engine.node.wait_applied_after(last.saturating_sub(1), UNCERTAIN_WRITE_WAIT).await;
+    }
+    engine.table.lock().expect("lease table lock").end_plan(plan_number);
 }
 
 /// Proposals of one plan in flight at once.
@@ -167,6 +226,7 @@ fn start_fence(engine: &Arc<Engine>, node: String, reason: String, settings: &cl
                 tracing::warn!(%node, "fence confirmed: the node is off");
                 // Off now: no package is placed on it until it renews its lease again.
                 engine.table.lock().expect("lease table lock").fenced(&node, now());
+                engine.wake_controller();
                 let fenced = Command::NodeFenced { node: node.clone(), owned, at_ms: wall_ms() };
                 if let Err(err) = engine.propose(fenced).await {
                     tracing::error!(%node, error = %err, "fenced, but could not record it");
@@ -178,5 +238,6 @@ fn start_fence(engine: &Arc<Engine>, node: String, reason: String, settings: &cl
             }
         }
         engine.fencing.lock().expect("fencing lock").remove(&node);
+        engine.wake_controller();
     });
 }

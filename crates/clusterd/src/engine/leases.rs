@@ -30,23 +30,36 @@ impl Engine {
     /// that this node still leads.
     ///
     /// A controller plan made before the renewal was recorded may have judged the node expired and
-    /// reassigned its packages; for a node that was not alive, the grant waits until those plans'
-    /// proposals were answered, so that the index it returns (which the holder must apply before
-    /// acting) includes them. Plans made after see the node alive.
+    /// reassigned its packages; the grant waits until every plan that judged it expired had its
+    /// proposals answered, so that the index it returns (which the holder must apply before
+    /// acting) includes them. Plans made after judge the node by this renewal (docs/safety.md).
+    /// (Whether the node was alive when the renewal *arrived* says nothing: it may have expired
+    /// while the quorum confirmed, or a concurrent renewal may have revived it after a plan judged
+    /// it expired.)
     pub(crate) async fn grant(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
         let received = now();
         let arrived = std::time::Instant::now();
+        let settings = self.settings();
+        let alive = self.table.lock().expect("lease table lock").liveness(&request.node, received, &settings);
+        if alive != Liveness::Alive {
+            // A node this leader does not count alive (it was just elected, or the node is back) may
+            // be what a package waits for: confirm with a heartbeat sent now, not the next one.
+            self.node.heartbeat_now().await;
+        }
         let confirmed = self.node.confirm_after(arrived).await.map_err(|err| err.to_string())?;
-        let settings = self.snapshot().state.settings.clone();
-        let (was_alive, plans) = {
+        let (plan, revived) = {
             let mut table = self.table.lock().expect("lease table lock");
-            let was_alive = table.liveness(&request.node, received, &settings) == Liveness::Alive;
+            let was_alive = table.liveness(&request.node, now(), &settings) == Liveness::Alive;
             table.renewed(&request.node, received);
-            (was_alive, table.plans_begun())
+            (table.plan_to_wait_for(&request.node), !was_alive)
         };
-        // A node alive until now was alive in every plan since its last grant: nothing to wait for.
+        if revived {
+            // The node can take packages again (or a package waits for its lease to be known).
+            self.wake_controller();
+            tracing::info!(node = %request.node, wait_ms = arrived.elapsed().as_millis() as u64, "lease renewed: node alive for this leader");
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !was_alive && self.table.lock().expect("lease table lock").plans_done() < plans {
+        while self.table.lock().expect("lease table lock").plans_done() < plan {
             if std::time::Instant::now() > deadline {
                 return Err("the controller's proposals did not complete within 5 s".into());
             }

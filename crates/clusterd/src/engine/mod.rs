@@ -64,6 +64,9 @@ pub(crate) struct Engine {
     lease_given_up: AtomicBool,
     /// Wakes the lease watch when the lease changed other than by running out (given up).
     lease_changed: Notify,
+    /// Something the controller's view depends on changed outside the lease table's clock and the
+    /// applied state (a renewal revived a node, a fence ended): it plans now, not at its deadline.
+    controller_wake: Notify,
     /// `Engine::leave` began: the node announces nothing any more.
     stopping: AtomicBool,
     /// Why the last attempt to arm the watchdog failed (cleared by a successful arm).
@@ -125,6 +128,7 @@ impl Engine {
             must_stop: watch::channel(true).0,
             lease_given_up: AtomicBool::new(false),
             lease_changed: Notify::new(),
+            controller_wake: Notify::new(),
             stopping: AtomicBool::new(false),
             watchdog_fault: Mutex::new(None),
         })
@@ -206,6 +210,10 @@ impl Engine {
     /// The controller's view and the lease of every node, for `status` and `pkg plan`.
     pub(crate) fn view(&self) -> cluster_model::controller::View {
         controller::current_view(self)
+    }
+
+    fn wake_controller(&self) {
+        self.controller_wake.notify_one();
     }
 
     /// Remaining lease of this node.
