@@ -194,6 +194,13 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Whether a node other than `avoid` could take `package` but its lease is not known yet.
+    fn undecided_node(&self, package: &'a PackageState, avoid: &str) -> bool {
+        self.preference(package).into_iter().any(|node| {
+            node != avoid && self.liveness(node) == Liveness::Unknown && !self.statically_excluded(package, node)
+        })
+    }
+
     fn assign(
         &mut self,
         name: &str,
@@ -270,6 +277,12 @@ impl<'a> Planner<'a> {
                     return;
                 }
                 let next = if package.desired == Desired::Running { self.choose(package, Some(owner)) } else { None };
+                if next.is_none() && package.desired == Desired::Running && self.undecided_node(package, owner) {
+                    // A node that may take it is only "unknown" (a new leader has not heard it
+                    // yet): wait for its lease rather than commit "stopped" now and place the
+                    // package one plan later (one more Raft round on the failover's path).
+                    return;
+                }
                 let phase = if next.is_some() { Phase::Starting } else { Phase::Stopped };
                 let reason = format!("node {owner} lost its lease ({})", protection.as_str());
                 actions.push(self.assign(name, package, next, phase, reason));

@@ -181,6 +181,10 @@ fn failover() {
         &running().no_watchdog("n1").fence("n1").lease("n1", Liveness::Expired),
     );
     check_plan("owner_not_yet_heard_by_a_new_leader_is_left_alone", &running().lease("n1", Liveness::Unknown));
+    check_plan(
+        "expired_owner_waits_for_a_preferred_node_whose_lease_is_unknown",
+        &running().lease("n1", Liveness::Expired).lease("n2", Liveness::Unknown),
+    );
     let mut fencing = running().no_watchdog("n1").fence("n1").lease("n1", Liveness::Expired);
     fencing.view.fencing.insert("n1".into());
     check_plan("a_fence_in_progress_is_not_repeated", &fencing);
