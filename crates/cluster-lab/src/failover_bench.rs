@@ -60,7 +60,7 @@ impl ClusterdVip {
     pub fn package_text(&self) -> String {
         format!(
             "name = \"web\"\nnodes = [\"n1\", \"n2\", \"n3\"]\nfailover = \"ordered\"\nfailback = \"manual\"\nauto_run = true\n\n\
-             [[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"{vip}/24\"\ninterface = \"eth0\"\nprobe_timeout = \"50ms\"\n\n\
+             [[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"{vip}/24\"\ninterface = \"eth0\"\n\n\
              [[resource]]\nname = \"server\"\ntype = \"process\"\n\
              command = [\"/usr/bin/python3\", \"-m\", \"http.server\", \"{SERVER_PORT}\", \"--bind\", \"0.0.0.0\", \"--directory\", \"/var/empty\"]\n\
              ready = {{ tcp = \"127.0.0.1:{SERVER_PORT}\" }}\n",
