@@ -728,6 +728,13 @@ impl ConsensusNode {
             PeerRpc::AppendEntries => {
                 let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload).map_err(bad)?;
                 let term = rpc.vote.leader_id().get_term();
+                // A leader of the current term is alive even when this node cannot answer yet (its
+                // disk stalls and the append waits for it): refuse pre-votes meanwhile, or a stalled
+                // follower's grant lets another follower depose a healthy leader (lab disk-stall
+                // test). Pre-votes are liveness only; leases rely on acknowledgements (below).
+                if rpc.vote.is_committed() && term >= self.raft.metrics().borrow().current_term {
+                    self.election.leader_contact();
+                }
                 let in_flight = AckInFlight::begin(&self.acks, term);
                 let result = self.raft.append_entries(rpc).await;
                 let acknowledged = matches!(
