@@ -484,36 +484,12 @@ impl Fixture {
     /// Prints what helps to understand a failure: events and the tail of every node's log, and keeps the logs.
     fn dump(&self) {
         let events = self.lab.clusterctl(VIA, &["events"]).unwrap_or_else(|error| format!("(unavailable: {error})"));
-        eprintln!("[{}] ---- events ----\n{events}", self.name);
-        for node in ["n1", "n2", "n3"] {
-            let log = self.lab.paths().node_run_dir(node).join("clusterd.log");
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().filter(|line| !line.contains("refused tls connection")).collect();
-            let tail = lines[lines.len().saturating_sub(25)..].join("\n");
-            eprintln!("[{}] ---- {node} clusterd.log (tail) ----\n{tail}", self.name);
-            // The lab's folder goes away with the lab: keep the whole log for the post-mortem.
-            let kept = std::env::temp_dir().join(format!("clusterlab-{}-{node}.log", self.name));
-            if std::fs::write(&kept, &text).is_ok() {
-                eprintln!("[{}] full log of {node}: {}", self.name, kept.display());
-            }
-        }
+        common::dump_logs(&self.lab, &self.name, &events, &["n1", "n2", "n3"]);
     }
 
     /// Stops the observer; returns the history with the faults merged in, its end, and the split-brain verdict.
     fn finish(&mut self) -> (Vec<Record>, u64, SplitBrainReport) {
-        let (records, end_ns) = self.observer.take().expect("observer running").stop();
-        let report = history::check_split_brain(&records, end_ns);
-        eprintln!(
-            "[{}] split brain: {} violation(s), {} uncertain; test time {:?}",
-            self.name,
-            report.violations.len(),
-            report.uncertain.len(),
-            self.started.elapsed()
-        );
-        for overlap in report.violations.iter().chain(&report.uncertain) {
-            eprintln!("[{}]   {overlap:?} ({:.1} ms)", self.name, overlap.millis());
-        }
-        (records, end_ns, report)
+        common::finish_observer(self.observer.take().expect("observer running"), &self.name, self.started)
     }
 }
 
@@ -739,6 +715,21 @@ fn stalled_disk_of_a_lease_only_owner_must_not_cause_split_brain() {
     assert_eq!(run.owner_at_end, STALLED, "[{name}] the package stayed where it ran");
 }
 
+/// Whether n3 has acknowledged (so persisted) the leader's whole log.
+fn n3_caught_up(lab: &Lab) -> bool {
+    let Ok(status) = lab.cluster_status("n1") else {
+        return false;
+    };
+    let leader = status["leader"].as_str().unwrap_or_default().to_string();
+    let Ok(status) = lab.cluster_status(&leader) else {
+        return false;
+    };
+    let last = status["last_log_index"].as_u64();
+    status["nodes"].as_array().into_iter().flatten().any(|node| {
+        node["name"] == "n3" && (leader == "n3" || (last.is_some() && node["matched_index"].as_u64() == last))
+    })
+}
+
 /// Writes and fsyncs a file on a thread; the receiver gets `()` when it is durable.
 fn write_and_sync(path: &Path) -> mpsc::Receiver<()> {
     let (done, receiver) = mpsc::channel();
@@ -798,6 +789,9 @@ fn stalled_disk_blocks_writes_until_resumed_and_kill_and_down_thaw_it() {
     assert_eq!(lab.status()["nodes"][2]["disk"], "ok");
     lab.resume_disk("n3").unwrap();
 
+    // n3 has persisted the log so far (its acknowledgements come after its fsync), so its segments hold records.
+    assert!(wait_until(Duration::from_secs(20), || n3_caught_up(&lab)), "[{name}] n3 caught up after the resume");
+
     // Power loss while stalled, with clusterd blocked on its log: `kill` thaws (else the blocked process could
     // not die and `kill` would time out), the data survives, and the node restarts with its log.
     lab.stall_disk("n3").unwrap();
@@ -817,23 +811,18 @@ fn stalled_disk_blocks_writes_until_resumed_and_kill_and_down_thaw_it() {
         .collect();
     assert!(!segments.is_empty(), "[{name}] n3's log segments survive its power loss");
     let first_bytes = std::fs::read(&segments[0]).unwrap();
-    assert!(first_bytes[..8].iter().any(|byte| *byte != 0), "[{name}] n3's first segment holds records");
+    assert!(
+        first_bytes[..8].iter().any(|byte| *byte != 0),
+        "[{name}] n3's first segment holds records: {segments:?}, {} bytes, {} non-zero",
+        first_bytes.len(),
+        first_bytes.iter().filter(|byte| **byte != 0).count()
+    );
     set(&lab, "while-n3-off");
     lab.start("n3").unwrap();
-    let caught_up = wait_until(Duration::from_secs(20), || {
-        let Ok(status) = lab.cluster_status("n1") else {
-            return false;
-        };
-        let leader = status["leader"].as_str().unwrap_or_default().to_string();
-        let Ok(status) = lab.cluster_status(&leader) else {
-            return false;
-        };
-        let last = status["last_log_index"].as_u64();
-        status["nodes"].as_array().into_iter().flatten().any(|node| {
-            node["name"] == "n3" && (leader == "n3" || (last.is_some() && node["matched_index"].as_u64() == last))
-        })
-    });
-    assert!(caught_up, "[{name}] n3 rejoined and caught up after power on");
+    assert!(
+        wait_until(Duration::from_secs(20), || n3_caught_up(&lab)),
+        "[{name}] n3 rejoined and caught up after power on"
+    );
 
     // `down` with a stalled disk under a blocked clusterd: everything goes (thaw, kill, unmount, detach).
     lab.stall_disk("n2").unwrap();

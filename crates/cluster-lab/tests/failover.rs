@@ -257,36 +257,12 @@ impl Fixture {
 
     /// Prints what helps to understand a failure: events and the tail of every node's log.
     fn dump(&self) {
-        eprintln!("[{}] ---- events ----\n{}", self.name, self.events());
-        for node in ["n1", "n2", "n3"] {
-            let log = self.lab.paths().node_run_dir(node).join("clusterd.log");
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(25)..].join("\n");
-            eprintln!("[{}] ---- {node} clusterd.log (tail) ----\n{tail}", self.name);
-            // The lab's folder goes away with the lab: keep the whole log for the post-mortem.
-            let kept = std::env::temp_dir().join(format!("clusterlab-{}-{node}.log", self.name));
-            if std::fs::write(&kept, &text).is_ok() {
-                eprintln!("[{}] full log of {node}: {}", self.name, kept.display());
-            }
-        }
+        common::dump_logs(&self.lab, &self.name, &self.events(), &["n1", "n2", "n3"]);
     }
 
     /// Stops the observer; returns the history with the faults merged in, its end, and the split-brain verdict.
     fn finish(&mut self) -> (Vec<Record>, u64, SplitBrainReport) {
-        let (records, end_ns) = self.observer.take().expect("observer running").stop();
-        let report = history::check_split_brain(&records, end_ns);
-        eprintln!(
-            "[{}] split brain: {} violation(s), {} uncertain; test time {:?}",
-            self.name,
-            report.violations.len(),
-            report.uncertain.len(),
-            self.started.elapsed()
-        );
-        for overlap in report.violations.iter().chain(&report.uncertain) {
-            eprintln!("[{}]   {overlap:?} ({:.1} ms)", self.name, overlap.millis());
-        }
-        (records, end_ns, report)
+        common::finish_observer(self.observer.take().expect("observer running"), &self.name, self.started)
     }
 
     /// `finish` and require that the checker passed.

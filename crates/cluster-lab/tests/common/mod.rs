@@ -113,3 +113,40 @@ pub fn clusterd_binaries() -> (PathBuf, PathBuf) {
     }
     (clusterd, clusterctl)
 }
+
+/// Prints what helps to understand a failed lab test: `events` (as fetched by the caller) and the tail of every
+/// node's clusterd log, and keeps each whole log in the temp folder (the lab's folder goes away with the lab).
+pub fn dump_logs(lab: &cluster_lab::lab::Lab, name: &str, events: &str, nodes: &[&str]) {
+    eprintln!("[{name}] ---- events ----\n{events}");
+    for node in nodes {
+        let log = lab.paths().node_run_dir(node).join("clusterd.log");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|line| !line.contains("refused tls connection")).collect();
+        let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+        eprintln!("[{name}] ---- {node} clusterd.log (tail) ----\n{tail}");
+        let kept = std::env::temp_dir().join(format!("clusterlab-{name}-{node}.log"));
+        if std::fs::write(&kept, &text).is_ok() {
+            eprintln!("[{name}] full log of {node}: {}", kept.display());
+        }
+    }
+}
+
+/// Stops `observer`; returns the history with the faults merged in, its end, and the split-brain verdict, printed.
+pub fn finish_observer(
+    observer: cluster_lab::observer::Observer,
+    name: &str,
+    started: std::time::Instant,
+) -> (Vec<cluster_lab::history::Record>, u64, cluster_lab::history::SplitBrainReport) {
+    let (records, end_ns) = observer.stop();
+    let report = cluster_lab::history::check_split_brain(&records, end_ns);
+    eprintln!(
+        "[{name}] split brain: {} violation(s), {} uncertain; test time {:?}",
+        report.violations.len(),
+        report.uncertain.len(),
+        started.elapsed()
+    );
+    for overlap in report.violations.iter().chain(&report.uncertain) {
+        eprintln!("[{name}]   {overlap:?} ({:.1} ms)", overlap.millis());
+    }
+    (records, end_ns, report)
+}
