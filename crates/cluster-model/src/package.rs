@@ -140,6 +140,58 @@ impl PackageState {
     }
 }
 
+/// What `pkg apply` of a new definition does to a package: decided here once, applied by
+/// `ClusterState::apply`, shown by `clusterctl pkg apply`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redefinition<'a> {
+    /// A new package.
+    New,
+    /// The same definition: nothing changes, nothing is recorded.
+    Unchanged,
+    /// Placement or policy only (`nodes`, `failover`, `failback`, `auto_run`, `restart`): nothing restarts.
+    PolicyOnly,
+    /// Resources changed while the package may be active on `owner`: the resource `from` and every
+    /// later one restart there, at the same epoch (`None`: only removed resources stop).
+    Restart { owner: &'a str, from: Option<&'a str> },
+    /// Resources changed on a package that is not starting or running: they take effect at its next start.
+    NextStart,
+}
+
+impl Redefinition<'_> {
+    /// What `current` becomes when `new` is applied.
+    pub fn of<'a>(current: Option<&'a PackageState>, new: &'a PackageDef) -> Redefinition<'a> {
+        let Some(current) = current else { return Redefinition::New };
+        if current.def == *new {
+            return Redefinition::Unchanged;
+        }
+        let Some(first) = current.def.first_redefined_resource(new) else { return Redefinition::PolicyOnly };
+        match (&current.owner, current.phase) {
+            (Some(owner), Phase::Starting | Phase::Running) => {
+                Redefinition::Restart { owner, from: new.resources.get(first).map(|resource| resource.name.as_str()) }
+            }
+            _ => Redefinition::NextStart,
+        }
+    }
+
+    /// In words, for events and `clusterctl pkg apply`.
+    pub fn describe(&self) -> String {
+        match self {
+            Redefinition::New => "applied".into(),
+            Redefinition::Unchanged => "unchanged".into(),
+            Redefinition::PolicyOnly => "definition replaced (placement or policy only: nothing restarts)".into(),
+            Redefinition::Restart { owner, from: Some(from) } => {
+                format!("resources redefined: resource {from} and every later one restart on {owner}")
+            }
+            Redefinition::Restart { owner, from: None } => {
+                format!("resources redefined: the removed resources stop on {owner}")
+            }
+            Redefinition::NextStart => {
+                "definition replaced (resources redefined: takes effect at its next start)".into()
+            }
+        }
+    }
+}
+
 /// One recorded transition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::command::Report;
-use crate::package::{Desired, Event, Failure, NodeRecord, PackageState, Phase};
+use crate::package::{Desired, Event, Failure, NodeRecord, PackageState, Phase, Redefinition};
 use crate::{Command, CommandOutcome, Settings};
 
 /// How many events the state keeps (older ones are dropped).
@@ -204,44 +204,46 @@ impl ClusterState {
         None
     }
 
-    /// `pkg apply`: a new package, or a new definition of an existing one. A definition whose
-    /// resources changed restarts, on its owner and at the same epoch, the first changed resource
-    /// and every one after it (`running -> starting`, not a failure); a change of placement or
-    /// policy only restarts nothing (the controller moves the package if it must). An identical
-    /// definition changes nothing and records nothing.
+    /// `pkg apply`: a new package, or a new definition of an existing one ([`Redefinition`]). A
+    /// definition whose resources changed restarts, on its owner and at the same epoch, the first
+    /// changed resource and every one after it (a running package goes `running -> starting`; it is
+    /// not a failure); a change of placement or policy only restarts nothing (the controller moves
+    /// the package if it must); an identical definition changes nothing and records nothing.
     fn apply_definition(&mut self, def: &cluster_package::PackageDef, at_ms: u64) -> CommandOutcome {
         let name = def.name.clone();
+        let (unchanged, policy_only, restarts, from) = {
+            let redefinition = Redefinition::of(self.packages.get(&name), def);
+            let from = match &redefinition {
+                Redefinition::Restart { from: Some(from), .. } => format!("resource {from} and every later one"),
+                _ => "the removed resources".to_owned(),
+            };
+            let restarts = matches!(redefinition, Redefinition::Restart { .. });
+            (redefinition == Redefinition::Unchanged, redefinition == Redefinition::PolicyOnly, restarts, from)
+        };
+        // Every change of a definition records an event naming the package: clusterd's executor
+        // compares definitions only for packages named by new events.
         let Some(package) = self.packages.get_mut(&name) else {
             self.packages.insert(name.clone(), PackageState::new(def.clone(), at_ms));
-            // Every change of a definition records an event naming the package: clusterd's
-            // executor compares definitions only for packages named by new events.
             self.event(at_ms, Some(&name), None, 0, "applied", "pkg apply", None);
             return CommandOutcome::Applied;
         };
-        if package.def == *def {
+        if unchanged {
             return CommandOutcome::Applied;
         }
-        let redefined = package.def.first_redefined_resource(def);
+        let restart = restarts && package.phase == Phase::Running;
         package.def = def.clone();
-        let epoch = package.epoch;
-        let restart = redefined.is_some() && package.owner.is_some() && package.phase == Phase::Running;
-        let owner = package.owner.clone();
-        let (what, reason, phase_ms) = match redefined {
-            Some(index) if restart => {
-                let phase_ms = at_ms.saturating_sub(package.since_ms);
-                package.phase = Phase::Starting;
-                package.since_ms = at_ms;
-                let from = def
-                    .resources
-                    .get(index)
-                    .map_or("the removed resources".to_owned(), |r| format!("resource {} and every later one", r.name));
-                let reason = format!("pkg apply: resources redefined: restarting {from}");
-                ("running -> starting".to_owned(), reason, Some(phase_ms))
-            }
-            Some(_) => ("definition replaced".to_owned(), "pkg apply: resources redefined".to_owned(), None),
-            None => ("definition replaced".to_owned(), "pkg apply: placement or policy only".to_owned(), None),
+        let (epoch, owner) = (package.epoch, package.owner.clone());
+        let (what, reason, phase_ms) = if restart {
+            let phase_ms = at_ms.saturating_sub(package.since_ms);
+            package.phase = Phase::Starting;
+            package.since_ms = at_ms;
+            ("running -> starting", format!("pkg apply: resources redefined: restarting {from}"), Some(phase_ms))
+        } else if policy_only {
+            ("definition replaced", "pkg apply: placement or policy only".to_owned(), None)
+        } else {
+            ("definition replaced", "pkg apply: resources redefined".to_owned(), None)
         };
-        self.event(at_ms, Some(&name), owner.as_deref(), epoch, &what, &reason, phase_ms);
+        self.event(at_ms, Some(&name), owner.as_deref(), epoch, what, &reason, phase_ms);
         CommandOutcome::Applied
     }
 

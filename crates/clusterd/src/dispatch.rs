@@ -379,25 +379,9 @@ impl Dispatcher {
     }
 }
 
-/// What `pkg apply` of `new` does to the package as it is (the rule of `ClusterState::apply`).
+/// What `pkg apply` of `new` does to the package as it is (the model's rule, in words).
 fn apply_effect(current: Option<&cluster_model::PackageState>, new: &cluster_package::PackageDef) -> String {
-    let Some(current) = current else { return "applied".into() };
-    if current.def == *new {
-        return "unchanged".into();
-    }
-    match current.def.first_redefined_resource(new) {
-        None => "definition replaced (placement or policy only: nothing restarts)".into(),
-        Some(first) => match (&current.owner, current.phase) {
-            (Some(owner), Phase::Running | Phase::Starting) => {
-                let from = new.resources.get(first).map_or_else(
-                    || "the removed resources stop".to_owned(),
-                    |resource| format!("resource {} and every later one restart", resource.name),
-                );
-                format!("resources redefined: {from} on {owner}")
-            }
-            _ => "definition replaced (resources redefined: takes effect at its next start)".into(),
-        },
-    }
+    cluster_model::Redefinition::of(current, new).describe()
 }
 
 fn not_found(key: &str) -> Failure {

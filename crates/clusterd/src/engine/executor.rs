@@ -325,9 +325,13 @@ impl Worker {
             Some((current, _)) if current == def => {}
             Some((current, _)) if current.first_redefined_resource(def).is_none() => *current = def.clone(),
             Some(_) if self.active.is_some() => {}
-            _ => self.runner = Some((def.clone(), PackageRunner::new(def, &self.engine.host, &self.engine.agents))),
+            _ => self.replace_runner(def),
         }
         &self.runner.as_ref().expect("runner").1
+    }
+
+    fn replace_runner(&mut self, def: &PackageDef) {
+        self.runner = Some((def.clone(), PackageRunner::new(def, &self.engine.host, &self.engine.agents)));
     }
 
     fn retry_soon(&mut self) {
@@ -374,6 +378,7 @@ impl Worker {
         if self.stopped_for_lease.is_some_and(|epoch| epoch != package.epoch || !mine) {
             self.stopped_for_lease = None;
         }
+        let redefined = self.redefined_from(&package.def);
         match self.active {
             Some(epoch) if !keep || epoch != package.epoch => {
                 let why = if lease_lapsed {
@@ -398,8 +403,9 @@ impl Worker {
                     }
                 }
             }
-            Some(epoch) if self.redefined_from(&package.def).is_some() => {
-                if self.redefine(package, epoch, settings).await {
+            Some(epoch) if redefined.is_some() => {
+                let first = redefined.expect("a redefined resource");
+                if self.redefine(package, epoch, first, settings).await {
                     wait.again = true;
                 } else if self.active.is_some() {
                     wait.at = self.next_monitor.values().min().copied();
@@ -452,8 +458,7 @@ impl Worker {
     /// every later one, in reverse; the new runner then starts the package, which finds the
     /// unchanged resources before it running (starts are idempotent) and starts the rest. Returns
     /// true when the start was aborted at the stop budget (the caller looks again).
-    async fn redefine(&mut self, package: &PackageState, epoch: u64, settings: &Settings) -> bool {
-        let Some(first) = self.redefined_from(&package.def) else { return false };
+    async fn redefine(&mut self, package: &PackageState, epoch: u64, first: usize, settings: &Settings) -> bool {
         let (old, runner) = self.runner.as_ref().expect("runner of an active package");
         let from = old.resources.get(first).map_or("the new resources", |resource| resource.name.as_str());
         tracing::info!(package = %self.name, epoch, from, "resources redefined: restarting from this one");
@@ -464,8 +469,7 @@ impl Worker {
             return false;
         }
         self.next_monitor.clear();
-        self.runner =
-            Some((package.def.clone(), PackageRunner::new(&package.def, &self.engine.host, &self.engine.agents)));
+        self.replace_runner(&package.def);
         self.start(package, settings).await
     }
 

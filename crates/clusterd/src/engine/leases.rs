@@ -117,7 +117,7 @@ pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
             });
         }
         tend_watchdog(&engine, &settings);
-        if engine.lease_remaining().is_some() && !engine.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        if engine.lease_remaining().is_some() && !engine.stopping() {
             announced = announce(&engine, &settings, announced).await;
         }
     }
@@ -170,7 +170,7 @@ fn tend_watchdog(engine: &Engine, settings: &cluster_model::Settings) {
     let lease_valid = engine.holder.lock().expect("lease lock").status(now(), settings) == LeaseStatus::Valid;
     // A device that cannot time out within the stop budget is not armed at all (the node announces
     // itself lease-only instead); arming it anyway would only spread errors.
-    let can_arm = settings.stop_budget() >= watchdog.shortest_timeout();
+    let can_arm = super::fits_stop_budget(watchdog.as_ref(), settings.stop_budget());
     let result = if engine.any_active() {
         if !watchdog.is_armed() {
             if lease_valid && can_arm {

@@ -77,7 +77,7 @@ pub(crate) struct Engine {
 /// or why not (it cannot time out that fast, or its last arm failed with `fault`).
 fn watchdog_usability(watchdog: &dyn Watchdog, stop_budget: Duration, fault: Option<&str>) -> Result<String, String> {
     let shortest = watchdog.shortest_timeout();
-    if stop_budget < shortest {
+    if !fits_stop_budget(watchdog, stop_budget) {
         return Err(format!(
             "watchdog {} cannot time out within the stop budget of {stop_budget:?} (its shortest timeout is \
              {shortest:?}): raise the stop budget to at least that (`clusterctl cluster set lease` or `stop_budget`, \
@@ -89,6 +89,11 @@ fn watchdog_usability(watchdog: &dyn Watchdog, stop_budget: Duration, fault: Opt
         return Err(format!("watchdog {} could not be armed: {fault}", watchdog.describe()));
     }
     Ok(watchdog.describe())
+}
+
+/// Whether `watchdog` can be armed with a timeout of `stop_budget` (DESIGN §5: timeout ≤ stop budget).
+fn fits_stop_budget(watchdog: &dyn Watchdog, stop_budget: Duration) -> bool {
+    stop_budget >= watchdog.shortest_timeout()
 }
 
 /// Monotonic time of this process, as a duration since an arbitrary origin.
@@ -231,6 +236,11 @@ impl Engine {
         holder.revoke();
         drop(holder);
         self.lease_changed.notify_one();
+    }
+
+    /// `Engine::leave` began.
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     fn lease_given_up(&self) -> bool {
