@@ -11,8 +11,8 @@ use crate::status::AgentError;
 
 const DEVICE_POLL: Duration = Duration::from_millis(200);
 /// How long holders get between SIGTERM and SIGKILL.
-const HOLDER_GRACE: Duration = Duration::from_secs(2);
-const UNMOUNT_RETRY_PAUSE: Duration = Duration::from_millis(300);
+pub(crate) const HOLDER_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const UNMOUNT_RETRY_PAUSE: Duration = Duration::from_millis(300);
 
 pub(crate) struct FilesystemAgent {
     name: String,

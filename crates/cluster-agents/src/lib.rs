@@ -29,6 +29,7 @@ mod ocf;
 mod process;
 mod runner;
 mod status;
+mod stop_time;
 
 use std::path::PathBuf;
 
@@ -39,6 +40,7 @@ pub use agent::{timed, Action, ActionContext, Agent, MonitorState};
 pub use ocf::DEFAULT_OCF_ROOT;
 pub use runner::{PackageRunner, ProbeResult, ResourceFailure, ResourceOutcome, RunError};
 pub use status::{AgentError, OcfStatus};
+pub use stop_time::{longest_package_stop, longest_stop, SlowStop};
 
 /// Settings shared by every agent of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]

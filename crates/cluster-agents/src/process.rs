@@ -8,7 +8,7 @@ use cluster_package::{ProcessOutput, ProcessResource, Readiness};
 use crate::agent::{meta_data_xml, ActionContext, Agent, MonitorState};
 use crate::status::AgentError;
 
-const POLL: Duration = Duration::from_millis(100);
+pub(crate) const POLL: Duration = Duration::from_millis(100);
 
 pub(crate) struct ProcessAgent {
     name: String,

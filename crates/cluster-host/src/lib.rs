@@ -26,7 +26,7 @@ mod watchdog;
 
 use std::sync::Arc;
 
-pub use clock::{Clock, TokioClock};
+pub use clock::{lease_clock, Clock, TokioClock};
 pub use fence::{
     AgentExit, AgentFencer, FakeFenceOutcome, FakeFencer, FenceAction, FenceCall, FenceDevice, FenceError, Fencer,
 };

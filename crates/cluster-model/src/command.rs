@@ -56,6 +56,9 @@ pub enum Command {
     /// The node's watchdog became usable (`Some(device)`) or unusable (`None`: the node protects
     /// itself by its lease only, and `status` says so); `reason` says why.
     NodeWatchdog { name: String, watchdog: Option<String>, reason: String, at_ms: u64 },
+    /// The leader saw every lease granted with the longer wait `ceiling_us` end (after the lease was
+    /// shortened): leaders may judge unheard nodes with the current wait again.
+    LeasesSettled { ceiling_us: u64 },
 }
 
 /// An owner's report about its package.

@@ -35,6 +35,9 @@ pub enum Liveness {
 pub struct View {
     /// Every member node and its lease.
     pub nodes: BTreeMap<String, Liveness>,
+    /// Owners of packages that are no longer members, and their lease: they take no package, and
+    /// what they own moves once their lease expired, under their protection's rules.
+    pub departed: BTreeMap<String, Liveness>,
     /// Nodes a fence is running against.
     pub fencing: BTreeSet<String>,
 }
@@ -99,7 +102,7 @@ impl<'a> Planner<'a> {
     }
 
     fn liveness(&self, node: &str) -> Liveness {
-        self.view.nodes.get(node).copied().unwrap_or(Liveness::Unknown)
+        self.view.nodes.get(node).or_else(|| self.view.departed.get(node)).copied().unwrap_or(Liveness::Unknown)
     }
 
     /// Nodes the package may run on, in preference order.

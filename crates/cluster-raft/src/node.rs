@@ -84,6 +84,15 @@ pub enum ForwardError {
 
 type Result<T, E = ConsensusError> = std::result::Result<T, E>;
 
+/// A leader confirmed it still led after some instant (see [`ConsensusNode::confirm_after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The term it leads.
+    pub term: u64,
+    /// The end of its log at that point: at least every entry committed until then.
+    pub index: u64,
+}
+
 /// A running Raft member: storage, transport, election driver and snapshot trigger.
 pub struct ConsensusNode {
     raft: Raft,
@@ -366,6 +375,9 @@ impl ConsensusNode {
                 "refusing to remove node `{name}`: it is the last voter and the cluster would lose its state"
             )));
         }
+        if let Some(refused) = self.read_local(|state| state.removal_refused(name)) {
+            return Err(ConsensusError::Invalid(refused));
+        }
         if id == self.id {
             let successor = self.best_successor()?;
             self.transfer_leader(&successor.name).await?;
@@ -597,21 +609,24 @@ impl ConsensusNode {
     }
 
     /// Confirms that this node still led after `since` (a lease renewal's arrival): a majority of
-    /// voters accepted an append of this term sent at or after it. Returns the index applied here
-    /// at that point, which includes every write this leader completed before.
+    /// voters accepted an append of this term sent at or after it. Returns the index of the last
+    /// entry in this leader's log at that point: it covers every entry committed so far, by this
+    /// leader or an earlier one (Raft's leader completeness). Not the applied index: a new leader
+    /// applies the entries of older terms only once it committed one of its own, so its applied
+    /// index can miss a reassignment the previous leader committed (issue 11, finding 5).
     ///
     /// The leader's regular heartbeats (every 50 ms) normally provide the proof, so a renewal
     /// costs no round of its own; if they do not within two heartbeats (heartbeats are paused
     /// during a leadership transfer, or a voter is slow), an explicit round is run instead.
-    pub async fn confirm_after(&self, since: Instant) -> Result<u64> {
+    pub async fn confirm_after(&self, since: Instant) -> Result<Confirmed> {
         let term = self.leadership().ok_or_else(|| self.not_leader())?;
         // The leader accepts its own appends: a confirmation of term `term` counts as this voter's
         // acknowledgement of that term (a later leader asks for it, see ack_clock.rs), recorded
         // as in flight now and as done when it succeeds.
         let in_flight = AckInFlight::begin(&self.acks, term);
-        let index = self.confirm_leader_after(since).await?;
+        let index = self.confirm_leader_after(since, term).await?;
         in_flight.end(true);
-        Ok(index)
+        Ok(Confirmed { term, index })
     }
 
     /// Sends a heartbeat to every follower now, so that a [`ConsensusNode::confirm_after`] that
@@ -625,29 +640,34 @@ impl ConsensusNode {
         }
     }
 
-    async fn confirm_leader_after(&self, since: Instant) -> Result<u64> {
+    async fn confirm_leader_after(&self, since: Instant, term: u64) -> Result<u64> {
         let wait_for_heartbeats = Instant::now() + self.timing.heartbeat * 2;
         loop {
             let changed = self.peers.leader_clock.changed().notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let (confirmed, applied) = {
+            let (confirmed, last_log_index) = {
                 let metrics = self.raft.metrics();
                 let metrics = metrics.borrow();
-                if metrics.state != ServerState::Leader {
+                if metrics.state != ServerState::Leader || metrics.current_term != term {
                     return Err(self.not_leader());
                 }
                 let configs = metrics.membership_config.membership().get_joint_config();
                 let confirmed = self.peers.leader_clock.confirmed(metrics.current_term, self.id, configs, since);
-                (confirmed, metrics.last_applied.map_or(0, |id| id.index))
+                (confirmed, metrics.last_log_index.unwrap_or(0))
             };
             if confirmed {
-                return Ok(applied);
+                return Ok(last_log_index);
             }
             let deadline = tokio::time::Instant::from_std(wait_for_heartbeats);
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                // A quorum round: its read index is at least the commit index (openraft's
+                // `ensure_linearizable`), and the log's end was read before it.
                 let index = self.confirm_leadership().await?;
-                return Ok(self.applied_index().max(index));
+                if self.leadership() != Some(term) {
+                    return Err(self.not_leader());
+                }
+                return Ok(last_log_index.max(index));
             }
         }
     }

@@ -59,7 +59,9 @@ impl Scenario {
         matches!(self, Scenario::Watchdog | Scenario::Fencing)
     }
 
-    /// Stops that fail and leave resources active (the watchdog or a fence must escalate).
+    /// Stops that fail and leave resources active (the watchdog or a fence must escalate), and
+    /// starts that block for seconds (a mount on a stalled device), whose undoing can outlast the
+    /// stop budget: a lease-only node is not safe against either.
     pub(crate) fn stop_failures(self) -> bool {
         matches!(self, Scenario::Watchdog | Scenario::Fencing)
     }
@@ -111,8 +113,41 @@ pub struct SimConfig {
     /// as clusterd did before it handed them over. Unsafe for lease-only nodes; kept to show why
     /// (see `a_daemon_that_stops_without_handing_over_breaks_s1_in_lease_only_mode`).
     pub leave_without_handing_over: bool,
+    /// Executor variant: a worker that waits for its report's answer (up to 5 s) or a monitor (up
+    /// to its timeout) acts on nothing meanwhile, not even its lease reaching the stop budget, as
+    /// clusterd did before issue 11 (finding 3). Unsafe for lease-only nodes; kept to show why
+    /// (`a_worker_that_sits_out_its_waits_breaks_s1_in_lease_only_mode`).
+    pub waits_ignore_lease: bool,
+    /// Controller variant: fences start as soon as a plan asks for them, without confirming the
+    /// leadership with a quorum first, as clusterd did before issue 11 (trap A): a deposed leader
+    /// that still believes it leads fences the nodes that follow the new one (kept to show why,
+    /// `a_deposed_leader_that_fences_without_confirming_is_caught`).
+    pub fence_without_confirming: bool,
+    /// Membership variant: `node remove` removes a node that owns packages, and the controller
+    /// leaves owners that are not members out of its view, as clusterd did before issue 11 (trap
+    /// B): their packages stay there for ever (`removing_an_owner_used_to_strand_its_packages`).
+    pub remove_undrained: bool,
+    /// Host variant: a start abandoned at the stop budget keeps going unseen (a `mount(2)` in a
+    /// blocking thread); the stop that follows finds nothing and the start lands later, untracked,
+    /// as before issue 11 (finding 2). Unsafe; kept to show why
+    /// (`an_abandoned_start_that_lands_later_breaks_s1`).
+    pub abandoned_starts_land: bool,
+    /// Executor variant: a frozen package is left running when the lease reaches its stop budget,
+    /// as before issue 11 (finding 4); unsafe for lease-only nodes
+    /// (`a_frozen_package_kept_past_the_lease_breaks_s1_in_lease_only_mode`).
+    pub frozen_ignores_lease: bool,
+    /// Leader variant: a grant carries the leader's applied index instead of the end of its log,
+    /// as before issue 11 (finding 5): a new leader that has not applied older entries yet lets a
+    /// stale owner act on a state that misses a reassignment (`a_grant_at_the_applied_index_breaks_s1`).
+    pub grant_applied_index: bool,
+    /// Watchdog variant: a `nowayout` device that cannot be disarmed is no longer petted once
+    /// nothing is active, as before issue 11 (trap C): it resets a healthy node
+    /// (`an_idle_nowayout_watchdog_left_unpetted_resets_healthy_nodes`).
+    pub nowayout_left_unpetted: bool,
     /// Keep a trace of every event (for reproducing a failure; slower).
     pub trace: bool,
+    /// How many trace lines a violation keeps (`None`: the last 200).
+    pub trace_tail: Option<usize>,
 }
 
 impl SimConfig {
@@ -134,7 +169,15 @@ impl SimConfig {
             report_stopped_in_any_phase: false,
             older_leases_bound_early: Duration::ZERO,
             leave_without_handing_over: false,
+            waits_ignore_lease: false,
+            fence_without_confirming: false,
+            remove_undrained: false,
+            abandoned_starts_land: false,
+            frozen_ignores_lease: false,
+            grant_applied_index: false,
+            nowayout_left_unpetted: false,
             trace: false,
+            trace_tail: None,
         }
     }
 

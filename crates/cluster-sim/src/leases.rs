@@ -3,13 +3,13 @@
 //!
 //! ```text
 //!  node N, every heartbeat (own clock):  s = now ──Renewal{s}──> believed leader L
-//!  L at r = its now: confirm leadership with a quorum (else nothing); table.renewed(N, r)
-//!  L ──Grant{s, commit index}──> N: holder.granted(s, commit, settings); wake N at lease_end − stop_budget
+//!  L at r = its now: confirm leadership with a quorum (else nothing); h = table.renewed(N, r, settings)
+//!  L ──Grant{s, term, last log index, h}──> N: holder.granted(s, grant); wake N at lease_end − stop_budget
 //! ```
 
 use std::time::Duration;
 
-use cluster_model::Command;
+use cluster_model::{Command, Grant};
 
 use crate::net::Msg;
 use crate::sim::{Sim, Timer};
@@ -21,6 +21,7 @@ impl Sim {
         self.timer_at(n, now + heartbeat, Timer::Heartbeat);
         if self.nodes[n].lease_given_up() {
             self.evaluate(n);
+            self.tend_watchdog(n);
             return;
         }
         if let Some(leader) = self.nodes[n].leader_hint {
@@ -42,28 +43,39 @@ impl Sim {
             }
         }
         self.evaluate(n);
+        self.tend_watchdog(n);
     }
 
     pub(crate) fn on_renewal(&mut self, l: usize, from: usize, incarnation: u64, sent_at: Duration) {
+        // A removed node gets no lease (clusterd's grant refuses non-members).
+        if self.removed.contains(&from) && !self.config.remove_undrained {
+            return;
+        }
         if !self.confirm(l) {
             return;
         }
         let received = self.local(l);
         let name = self.names[from].clone();
-        self.nodes[l].table.renewed(&name, received);
+        let leader = &mut self.nodes[l];
+        let lease = leader.table.renewed(&name, received, &leader.state.settings);
         self.stats.grants += 1;
-        let commit = self.nodes[l].applied as u64;
-        self.send(l, from, Msg::Grant { incarnation, sent_at, commit });
+        // The leader's last log index, not its applied index: a new leader applies the entries of
+        // older terms only after it committed one of its own, and the holder must not act on a
+        // state that misses a reassignment the previous leader committed (issue 11, finding 5).
+        let commit_index = if self.config.grant_applied_index { self.nodes[l].applied } else { self.log.len() } as u64;
+        let term = self.nodes[l].leader_of.unwrap_or(0);
+        let grant = Grant { term, commit_index, lease: Some(lease) };
+        self.send(l, from, Msg::Grant { incarnation, sent_at, grant });
     }
 
-    pub(crate) fn on_grant(&mut self, n: usize, incarnation: u64, sent_at: Duration, commit: u64) {
+    pub(crate) fn on_grant(&mut self, n: usize, incarnation: u64, sent_at: Duration, grant: Grant) {
         if incarnation != self.nodes[n].incarnation || self.nodes[n].lease_given_up() {
             return;
         }
         let now = self.local(n);
         let node = &mut self.nodes[n];
         let settings = &node.state.settings;
-        node.holder.granted(sent_at, commit, settings);
+        node.holder.granted(sent_at, grant, settings);
         // Wake up exactly when the lease leaves `Valid`, to stop in time.
         if let Some(remaining) = node.holder.remaining(now) {
             let must_stop = (now + remaining).saturating_sub(settings.stop_budget());

@@ -15,7 +15,7 @@ mod leases;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cluster_agents::AgentOptions;
@@ -71,6 +71,8 @@ pub(crate) struct Engine {
     stopping: AtomicBool,
     /// Why the last attempt to arm the watchdog failed (cleared by a successful arm).
     watchdog_fault: Mutex<Option<String>>,
+    /// The stop budget the watchdog was last armed with (its timeout), while armed.
+    watchdog_armed_for: Mutex<Option<Duration>>,
 }
 
 /// Whether `watchdog` protects a node whose stop budget is `stop_budget`: `Ok(its description)`,
@@ -96,10 +98,10 @@ fn fits_stop_budget(watchdog: &dyn Watchdog, stop_budget: Duration) -> bool {
     stop_budget >= watchdog.shortest_timeout()
 }
 
-/// Monotonic time of this process, as a duration since an arbitrary origin.
+/// The lease clock (`CLOCK_BOOTTIME`: it counts a suspend), as a duration since an arbitrary
+/// origin. Every lease decision of this node reads it.
 pub(crate) fn now() -> Duration {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed()
+    cluster_host::lease_clock()
 }
 
 /// Wall clock in ms since the Unix epoch, for events only (never for safety decisions).
@@ -136,6 +138,7 @@ impl Engine {
             controller_wake: Notify::new(),
             stopping: AtomicBool::new(false),
             watchdog_fault: Mutex::new(None),
+            watchdog_armed_for: Mutex::new(None),
         })
     }
 
@@ -144,6 +147,7 @@ impl Engine {
         tokio::spawn(executor::supervise(self.clone()));
         tokio::spawn(executor::watch_lease(self.clone()));
         tokio::spawn(leases::heartbeat_loop(self.clone()));
+        tokio::spawn(leases::announce_loop(self.clone()));
         tokio::spawn(controller::controller_loop(self.clone()));
     }
 
@@ -206,10 +210,6 @@ impl Engine {
         } else {
             set.remove(package);
         }
-    }
-
-    fn any_active(&self) -> bool {
-        !self.active.lock().expect("active lock").is_empty()
     }
 
     /// The controller's view and the lease of every node, for `status` and `pkg plan`.
