@@ -36,7 +36,7 @@ pub use linux_process::{LinuxProcesses, ProcessConfig};
 pub use mounts::{BlockDevices, BlockError, DeviceName, MountEntry, MountError, Mounts};
 pub use net::{format_mac, AddressInfo, LinkInfo, NetError, Network};
 pub use process::{CommandOutput, CommandSpec, KillMode, ProcessError, Processes, ServiceOutput, ServiceSpec, Signal};
-pub use watchdog::{open_watchdog, FakeWatchdog, Watchdog, WatchdogError};
+pub use watchdog::{lab_nowayout_marker, open_watchdog, FakeWatchdog, Watchdog, WatchdogError};
 
 /// One handle to each kind of host operation. Cheap to clone.
 #[derive(Clone)]

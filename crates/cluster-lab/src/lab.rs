@@ -289,6 +289,13 @@ impl LabPaths {
         self.node_run_dir(node).join("watchdog.sock")
     }
 
+    /// While this file exists, the node's emulated watchdog has `nowayout`: the magic close does not
+    /// stop it (clusterd's lab backend reads the same file, `cluster_host::lab_nowayout_marker`, as
+    /// it reads sysfs for a Linux device).
+    pub fn watchdog_nowayout(&self, node: &str) -> PathBuf {
+        self.node_run_dir(node).join("watchdog.sock.nowayout")
+    }
+
     /// The local `clusterd` socket of a node.
     pub fn clusterd_socket(&self, node: &str) -> PathBuf {
         self.node_run_dir(node).join("clusterd.sock")
@@ -1156,6 +1163,22 @@ impl Lab {
             return Err(LabError::Timeout("the watchdog supervisor".into()));
         }
         Ok(())
+    }
+
+    /// Gives the emulated watchdog of `node` the `nowayout` property, or takes it away.
+    pub fn set_watchdog_nowayout(&self, node: &str, nowayout: bool) -> Result<(), LabError> {
+        self.node(node)?;
+        let marker = self.paths.watchdog_nowayout(node);
+        if nowayout {
+            Ok(write_file(&marker, "1\n")?)
+        } else {
+            match std::fs::remove_file(&marker) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    Err(io_error("failed to remove", &marker, error).into())
+                }
+                _ => Ok(()),
+            }
+        }
     }
 
     // ---- faults ----

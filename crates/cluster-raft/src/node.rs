@@ -54,7 +54,7 @@ pub struct NodeOptions {
 }
 
 /// Failures of consensus operations, classified so callers can map them to exit codes.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConsensusError {
     /// This node is not the leader; `leader` is where to send the request, if known.
     #[error("node {me} is not the leader{}", leader.as_ref().map(|l| format!(" (the leader is {})", l.name)).unwrap_or_default())]
@@ -107,7 +107,7 @@ pub struct ConsensusNode {
     timing: Timing,
     recovery: RecoveryReport,
     /// The start and result of the last leadership confirmation (see `confirm_leadership`).
-    read_barrier: tokio::sync::Mutex<Option<(Instant, u64)>>,
+    read_barrier: tokio::sync::Mutex<Option<(Instant, Result<u64>)>>,
 }
 
 impl ConsensusNode {
@@ -574,20 +574,24 @@ impl ConsensusNode {
     /// Confirms leadership with a quorum round; returns the log index every read (and every lease
     /// grant) is linearized after, once it is applied here.
     ///
-    /// Concurrent callers share rounds: a caller reuses the result of a round that *started* after
+    /// Concurrent callers share rounds: a caller reuses the outcome of a round that *started* after
     /// it arrived (so it is still linearizable), and at most one round is in flight. openraft gives a
     /// round only one heartbeat interval to hear a quorum; a round that misses it on a busy host is
     /// retried until the request timeout instead of failing a read on a healthy cluster.
+    ///
+    /// A failed round is shared too: on a leader cut off from the quorum every round fails only at
+    /// the request timeout, and callers that each ran their own, one after the other, piled up
+    /// without bound (a renewal every heartbeat) and held a fence decision back for minutes.
     pub async fn confirm_leadership(&self) -> Result<u64> {
         let arrived = Instant::now();
         let mut last_round = self.read_barrier.lock().await;
-        if let Some((started, index)) = *last_round {
-            if started >= arrived {
-                return Ok(index);
+        if let Some((started, outcome)) = last_round.as_ref() {
+            if *started >= arrived {
+                return outcome.clone();
             }
         }
         let started = Instant::now();
-        let index = self
+        let outcome = self
             .within("linearizable read", self.timing.request_timeout, async {
                 loop {
                     match self.raft.ensure_linearizable().await {
@@ -603,9 +607,9 @@ impl ConsensusNode {
                     }
                 }
             })
-            .await?;
-        *last_round = Some((started, index));
-        Ok(index)
+            .await;
+        *last_round = Some((started, outcome.clone()));
+        outcome
     }
 
     /// Confirms that this node still led after `since` (a lease renewal's arrival): a majority of

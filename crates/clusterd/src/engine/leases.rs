@@ -232,8 +232,20 @@ fn tend_watchdog(engine: &Engine, settings: &cluster_model::Settings) {
                 *armed_for = None;
                 Ok(())
             }
-            Err(WatchdogError::Nowayout { .. }) if can_arm && *armed_for != Some(budget) => arm(&mut armed_for),
-            Err(WatchdogError::Nowayout { .. }) if can_arm => watchdog.pet(),
+            Err(WatchdogError::Nowayout { .. }) => {
+                if !engine.nowayout_noted.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    tracing::warn!(
+                        "watchdog {} has nowayout: it cannot be disarmed, so it stays armed and is petted while \
+                         nothing is active; stopping clusterd now resets the node once its timeout passes",
+                        watchdog.describe()
+                    );
+                }
+                match can_arm {
+                    true if *armed_for != Some(budget) => arm(&mut armed_for),
+                    true => watchdog.pet(),
+                    false => Ok(()),
+                }
+            }
             Err(err) => Err(err),
         }
     } else {

@@ -73,6 +73,8 @@ pub(crate) struct Engine {
     watchdog_fault: Mutex<Option<String>>,
     /// The stop budget the watchdog was last armed with (its timeout), while armed.
     watchdog_armed_for: Mutex<Option<Duration>>,
+    /// The watchdog refused a magic close (`nowayout`) and the log said so.
+    nowayout_noted: AtomicBool,
 }
 
 /// Whether `watchdog` protects a node whose stop budget is `stop_budget`: `Ok(its description)`,
@@ -139,6 +141,7 @@ impl Engine {
             stopping: AtomicBool::new(false),
             watchdog_fault: Mutex::new(None),
             watchdog_armed_for: Mutex::new(None),
+            nowayout_noted: AtomicBool::new(false),
         })
     }
 
