@@ -21,6 +21,7 @@ mod mounts;
 mod net;
 pub mod netns;
 mod process;
+mod process_group;
 mod raw_packets;
 mod watchdog;
 
