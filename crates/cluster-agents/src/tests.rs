@@ -417,6 +417,34 @@ async fn filesystem_start_waits_for_an_abandoned_mount_before_mounting_again() {
 // ------------------------------------------------------------------ process
 
 #[tokio::test(start_paused = true)]
+async fn process_stop_after_a_dropped_start_waits_for_the_process_on_its_way_and_stops_it() {
+    let host = FakeHost::new();
+    let agent = build_agent(&resource("server", ResourceKind::Process(process(&["/usr/sbin/server"]))), &host.host());
+    host.processes.stall_spawns();
+    let context = context();
+    tokio::select! {
+        outcome = agent.start(&context) => panic!("start returned: {outcome:?}"),
+        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+    // Neither running nor stopped while the fork may still land.
+    let mut short = context.clone();
+    short.timeout = Duration::from_secs(1);
+    let error = agent.monitor(&short).await.expect_err("in flight");
+    assert_eq!(
+        error.message,
+        "start of the first process of unit web.server still in flight after 900ms: cannot tell whether it will run"
+    );
+    let resume = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        host.processes.resume_spawns();
+    };
+    let (stopped, ()) = tokio::join!(agent.stop(&context), resume);
+    stopped.expect("stopped once the process appeared");
+    assert!(!host.processes.is_running("web.server"), "the process of the abandoned start was stopped");
+    assert_eq!(host.log.calls_starting_with("process signal"), vec!["process signal web.server SIGTERM".to_string()]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn process_ignoring_sigterm_is_killed_after_kill_after() {
     let host = FakeHost::new();
     host.processes.ignore_term("web.server");

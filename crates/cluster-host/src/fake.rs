@@ -428,6 +428,8 @@ struct ProcessState {
 pub struct FakeProcesses {
     state: Arc<Mutex<ProcessState>>,
     log: CallLog,
+    /// True while spawns block.
+    stalled: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for FakeProcesses {
@@ -440,7 +442,18 @@ impl FakeProcesses {
     /// No units, recording into `log`.
     pub fn new(log: CallLog) -> Self {
         let state = ProcessState { next_pid: 1000, ..ProcessState::default() };
-        FakeProcesses { state: Arc::new(Mutex::new(state)), log }
+        FakeProcesses { state: Arc::new(Mutex::new(state)), log, stalled: Arc::new(watch::channel(false).0) }
+    }
+
+    /// From now on `spawn` blocks before the process exists (as a fork and exec on a stalled host
+    /// can), until [`FakeProcesses::resume_spawns`]; a caller that gives up meanwhile does not stop it.
+    pub fn stall_spawns(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Blocked spawns go on (their processes appear); new ones no longer block.
+    pub fn resume_spawns(&self) {
+        self.stalled.send_replace(false);
     }
 
     /// Processes of `unit` ignore every signal but SIGKILL.
@@ -495,18 +508,24 @@ impl Processes for FakeProcesses {
 
     async fn spawn(&self, spec: &ServiceSpec) -> Result<u32, ProcessError> {
         self.log.push(format!("process spawn {} {}", spec.unit, spec.argv.join(" ")));
-        let mut state = lock(&self.state);
-        let program = spec.argv.first().cloned().unwrap_or_default();
-        if state.missing_programs.contains(&program) {
-            return Err(ProcessError::NotFound { program });
-        }
-        state.next_pid += 1;
-        let pid = state.next_pid;
-        state.specs.insert(spec.unit.clone(), spec.clone());
-        if !state.crashing.contains(&spec.unit) {
-            state.units.entry(spec.unit.clone()).or_default().push(pid);
-        }
-        Ok(pid)
+        // Like the Linux fork and exec on the blocking pool, the spawn goes on if the caller goes away.
+        let (state, mut stalled, spec) = (self.state.clone(), self.stalled.subscribe(), spec.clone());
+        let spawn = tokio::spawn(async move {
+            let _ = stalled.wait_for(|stalled| !*stalled).await;
+            let mut state = lock(&state);
+            let program = spec.argv.first().cloned().unwrap_or_default();
+            if state.missing_programs.contains(&program) {
+                return Err(ProcessError::NotFound { program });
+            }
+            state.next_pid += 1;
+            let pid = state.next_pid;
+            state.specs.insert(spec.unit.clone(), spec.clone());
+            if !state.crashing.contains(&spec.unit) {
+                state.units.entry(spec.unit.clone()).or_default().push(pid);
+            }
+            Ok(pid)
+        });
+        spawn.await.map_err(|error| ProcessError::Failed { action: "spawn".to_string(), message: error.to_string() })?
     }
 
     async fn pids(&self, unit: &str) -> Result<Vec<u32>, ProcessError> {
