@@ -33,6 +33,15 @@ impl FilesystemAgent {
         }
     }
 
+    /// Waits until no mount, unmount or check of the mountpoint is in flight (one abandoned by an
+    /// earlier action, e.g. a start that timed out while `mount(2)` was blocked), at most most of
+    /// this action's timeout, so that the failure names the device and the mountpoint instead of
+    /// being a bare timeout. Only then does the mount table tell whether the filesystem is mounted.
+    async fn settle(&self, context: &ActionContext) -> Result<(), AgentError> {
+        let within = context.timeout.saturating_sub(context.timeout / 10);
+        Ok(self.host.mounts.settle(&self.params.mountpoint, within).await?)
+    }
+
     /// The source mounted at our mountpoint, if any.
     async fn mounted_source(&self) -> Result<Option<String>, AgentError> {
         let mounts = self.host.mounts.mounts().await?;
@@ -124,6 +133,7 @@ impl Agent for FilesystemAgent {
 
     async fn start(&self, context: &ActionContext) -> Result<(), AgentError> {
         self.validate().await?;
+        self.settle(context).await?;
         let device = self.wait_for_device().await?;
         let mountpoint = &self.params.mountpoint;
         if let Some(source) = self.mounted_source().await? {
@@ -148,6 +158,8 @@ impl Agent for FilesystemAgent {
 
     async fn stop(&self, context: &ActionContext) -> Result<(), AgentError> {
         let mountpoint = &self.params.mountpoint;
+        // Never "already stopped" while a mount of it may still land.
+        self.settle(context).await?;
         if self.mounted_source().await?.is_none() {
             return Ok(());
         }
@@ -187,6 +199,9 @@ impl Agent for FilesystemAgent {
     }
 
     async fn monitor(&self, context: &ActionContext) -> Result<MonitorState, AgentError> {
+        // Neither running nor stopped while a mount of it may still land: a probe must not adopt or
+        // dismiss it.
+        self.settle(context).await?;
         if self.mounted_source().await?.is_none() {
             return Ok(MonitorState::NotRunning);
         }

@@ -14,13 +14,16 @@
 mod clock;
 pub mod fake;
 mod fence;
+mod in_flight;
 mod linux_mounts;
 mod linux_net;
 mod linux_process;
+mod mount_records;
 mod mounts;
 mod net;
 pub mod netns;
 mod process;
+mod process_group;
 mod raw_packets;
 mod watchdog;
 

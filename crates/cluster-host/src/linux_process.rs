@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use crate::process::{
     CommandOutput, CommandSpec, KillMode, ProcessError, Processes, ServiceOutput, ServiceSpec, Signal,
 };
+use crate::process_group::GroupKillOnDrop;
 
 /// Where units live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -413,22 +414,21 @@ impl Processes for LinuxProcesses {
             }
             Err(error) => return Err(io_failure(format!("run {program}"), error)),
         };
-        let group = child.id().map(|pid| Pid::from_raw(pid as i32));
+        // The whole group dies with this future unless the command exits by itself: at the timeout
+        // below, and when the caller drops the action (an abandoned start).
+        let group = GroupKillOnDrop::new(child.id());
         match tokio::time::timeout(spec.timeout, child.wait_with_output()).await {
-            Ok(Ok(output)) => Ok(CommandOutput {
-                exit_code: output.status.code(),
-                timed_out: false,
-                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            }),
-            Ok(Err(error)) => Err(io_failure(format!("run {program}"), error)),
-            Err(_) => {
-                // The child itself is killed on drop; kill the rest of its group too.
-                if let Some(group) = group {
-                    let _ = killpg(group, nix::sys::signal::Signal::SIGKILL);
-                }
-                Ok(CommandOutput { exit_code: None, timed_out: true, ..CommandOutput::default() })
+            Ok(Ok(output)) => {
+                group.disarm();
+                Ok(CommandOutput {
+                    exit_code: output.status.code(),
+                    timed_out: false,
+                    stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                })
             }
+            Ok(Err(error)) => Err(io_failure(format!("run {program}"), error)),
+            Err(_) => Ok(CommandOutput { exit_code: None, timed_out: true, ..CommandOutput::default() }),
         }
     }
 }
