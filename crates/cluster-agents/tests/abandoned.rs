@@ -336,11 +336,17 @@ async fn a_dropped_ocf_action_takes_its_whole_process_group_with_it() {
 
     let pids = tokio::select! {
         outcome = runner.start(1) => panic!("the hanging start returned: {outcome:?}"),
-        pids = pids_in(&pid_file) => pids,
+        // Checked inside the branch: `select!` drops the start as soon as a branch is ready.
+        seen = async {
+            let pids = pids_in(&pid_file).await;
+            let running = pids.iter().all(|pid| alive(*pid));
+            (pids, running)
+        } => seen,
     };
+    let (pids, running) = pids;
     let _guard = PidGuard(pids.clone());
     assert_eq!(pids.len(), 2, "{pids:?}");
-    assert!(pids.iter().all(|pid| alive(*pid)), "children running before the drop: {pids:?}");
+    assert!(running, "children running before the drop: {pids:?}");
     // The start future was dropped when `select!` returned.
     assert!(all_gone(&pids).await, "children of the dropped ocf start survived: {pids:?}");
 }

@@ -41,7 +41,7 @@ fn killed_owner_that_leads_raft_fails_over_after_a_new_election() {
     }
     let mut fixture = Fixture::new("folead", false, PackageOptions::default());
     let before = fixture.run_on_n1();
-    fixture.ctl(VIA, &["cluster", "transfer-leader", "n1"]);
+    fixture.lead_from_via("n1");
     let status = fixture.ctl_json(VIA, &["status"]);
     assert_eq!(status["leader"], "n1", "the test needs n1 to lead: {status}");
     let fault_ns = now_ns();
@@ -444,7 +444,7 @@ fn stopped_leader_daemon_hands_over_package_and_leadership_without_a_watchdog_re
         return;
     }
     let mut fixture = Fixture::new("fostopl", true, PackageOptions::default());
-    fixture.ctl(VIA, &["cluster", "transfer-leader", "n1"]);
+    fixture.lead_from_via("n1");
     fixture.run_on_n1();
     assert_eq!(fixture.lab.leader().as_deref(), Some("n1"));
     let fault_ns = now_ns();

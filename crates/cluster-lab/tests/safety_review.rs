@@ -174,7 +174,7 @@ fn a_deposed_leader_does_not_fence_the_nodes_that_follow_the_new_leader() {
     }
     fixture.ctl(VIA, &["pkg", "run", PACKAGE, "--node", "n2"]);
     fixture.wait_running_on("n2", Duration::from_secs(20));
-    fixture.ctl(VIA, &["cluster", "transfer-leader", "n1"]);
+    fixture.lead_from_via("n1");
     let status = fixture.ctl_json(VIA, &["status"]);
     assert_eq!(status["leader"], "n1", "the test needs n1 to lead: {status}");
     let fault_ns = now_ns();

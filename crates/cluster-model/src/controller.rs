@@ -171,6 +171,14 @@ impl<'a> Planner<'a> {
             if Some(target.as_str()) != avoid && !self.excluded(package, target) {
                 return Some(target.as_str());
             }
+            // A requested node whose lease this leader has not confirmed yet (it was just elected)
+            // is waited for, a heartbeat or two, rather than passed over for another.
+            if Some(target.as_str()) != avoid
+                && self.liveness(target) == Liveness::Unknown
+                && !self.statically_excluded(package, target)
+            {
+                return None;
+            }
         }
         let preference = self.preference(package);
         let eligible = |node: &&'a str| Some(*node) != avoid && !self.excluded(package, node);

@@ -165,6 +165,13 @@ fn placement() {
             .lease("n3", Liveness::Unknown),
     );
     check_plan(
+        "run_on_a_named_node_whose_lease_is_unknown_waits_for_it",
+        &Scenario::new()
+            .package("web", "auto_run = false")
+            .with(Command::PkgRun { name: "web".into(), node: Some("n3".into()), at_ms: 3 })
+            .lease("n3", Liveness::Unknown),
+    );
+    check_plan(
         "run_on_a_named_node",
         &Scenario::new().package("web", "auto_run = false").with(Command::PkgRun {
             name: "web".into(),

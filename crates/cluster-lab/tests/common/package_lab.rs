@@ -116,7 +116,7 @@ impl Fixture {
         let mut fixture = Fixture { name, lab, mountpoint, started, observer: None, _guard: guard };
         // The Raft leader lives on VIA, not on the owner the tests fault, unless a test moves it:
         // the leader also runs the fence agents. `killed_owner_that_leads_raft_*` kills both.
-        fixture.ctl(VIA, &["cluster", "transfer-leader", VIA]);
+        fixture.lead_from(VIA);
         fixture.ctl(VIA, &["pkg", "apply", &package_file.display().to_string()]);
         let observer = Observer::start(
             &fixture.lab,
@@ -133,6 +133,30 @@ impl Fixture {
         fixture.observer = Some(observer);
         eprintln!("[{}] lab up and package applied after {:?}", fixture.name, fixture.started.elapsed());
         fixture
+    }
+
+    /// Moves the Raft leadership to `node`: a transfer can lose its election on a loaded machine
+    /// (clusterd retries 3 times itself), so try again a few times before failing the test.
+    pub fn lead_from(&self, node: &str) {
+        self.transfer_leadership(node, node)
+    }
+
+    /// [`Fixture::lead_from`] `node`, asked through `VIA`.
+    pub fn lead_from_via(&self, node: &str) {
+        self.transfer_leadership(VIA, node)
+    }
+
+    fn transfer_leadership(&self, via: &str, node: &str) {
+        let mut last = None;
+        for _ in 0..5 {
+            match self.lab.clusterctl(via, &["cluster", "transfer-leader", node]) {
+                Ok(_) => return,
+                Err(error) => last = Some(error),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.dump();
+        panic!("[{}] leadership never moved to {node}: {last:?}", self.name)
     }
 
     pub fn observer(&self) -> &Observer {
