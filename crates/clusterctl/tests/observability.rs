@@ -101,6 +101,12 @@ async fn metrics_status_page_alerts_and_report_on_a_real_cluster() {
     cluster.wait_leader(Duration::from_secs(10)).await;
     let socket = cluster.nodes[0].socket.clone();
 
+    // The shipped webhook example, called by the leader for package events, posts to this listener.
+    let (webhook_url, posts) = webhook_receiver();
+    let webhook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../alerts/webhook").canonicalize().unwrap();
+    let webhook = webhook.display().to_string();
+    ok(run(&socket, &["cluster", "alert", "add", &webhook, "--events", "package", "--recipient", &webhook_url]));
+
     // A package with a process resource runs somewhere: package gauges and agent actions.
     let dir = tempfile::tempdir().unwrap();
     let package = dir.path().join("sleeper.toml");
@@ -139,6 +145,26 @@ async fn metrics_status_page_alerts_and_report_on_a_real_cluster() {
         assert!(Instant::now() < deadline, "the package never ran: {listed}\n{}", cluster.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+
+    // The webhook received the package's events as JSON, with the kind in a header.
+    let mut received = Vec::new();
+    while let Ok(post) = posts.recv_timeout(Duration::from_secs(10)) {
+        let ran = post.1["what"] == "starting -> running";
+        received.push(post);
+        if ran {
+            break;
+        }
+    }
+    let (headers, document) = received
+        .iter()
+        .find(|(_, document)| document["what"] == "starting -> running")
+        .unwrap_or_else(|| panic!("no webhook post for the package's start: {received:?}\n{}", cluster.logs()));
+    assert_eq!(headers["x-clusterd-alert-kind"], "package", "{headers:?}");
+    assert_eq!(document["package"], "sleeper");
+    assert_eq!(document["node"], owner.as_str());
+    assert_eq!(document["kinds"], serde_json::json!(["package"]));
+    assert!(document["sequence"].as_u64().is_some(), "{document}");
+    ok(run(&socket, &["cluster", "alert", "remove", &webhook]));
 
     // /metrics on every node; the leader's has the lease view and the replication lag.
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
@@ -215,6 +241,9 @@ async fn metrics_status_page_alerts_and_report_on_a_real_cluster() {
     assert_eq!(api["packages"][0]["owner"], owner.as_str());
     assert!(api["events"].as_array().unwrap().iter().any(|e| e["what"] == "starting -> running"), "{api}");
     assert!(!api.to_string().contains("/bin/sleep"), "package definitions stay out of the page: {api}");
+    let (status, headers, _) = http_get(&metrics_addresses[0], "/style.css");
+    assert_eq!((status, headers["content-type"].as_str()), (200, "text/css; charset=utf-8"));
+    assert_eq!(http_get(&metrics_addresses[0], "/app.js").0, 200);
     assert_eq!(http_get(&metrics_addresses[1], "/").0, 404, "the page is off unless status_page = true");
     assert_eq!(http_get(&metrics_addresses[0], "/nothing").0, 404);
 
@@ -261,6 +290,56 @@ async fn metrics_status_page_alerts_and_report_on_a_real_cluster() {
     // Removing the hook.
     ok(run(&socket, &["cluster", "alert", "remove", &hook]));
     assert!(ok(run(&socket, &["cluster", "alert", "list"])).contains("no alert hooks"));
+}
+
+type Post = (BTreeMap<String, String>, serde_json::Value);
+
+/// A one-thread HTTP server on loopback that answers 200 to every POST and passes on its headers
+/// and JSON body; returns its URL.
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<Post>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (head, body) = loop {
+                let read = stream.read(&mut chunk).unwrap_or(0);
+                if read == 0 {
+                    break (String::new(), Vec::new());
+                }
+                buffer.extend_from_slice(&chunk[..read]);
+                let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                let head = text(&buffer[..end]);
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| {
+                        line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                    })
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(0);
+                if buffer.len() >= end + 4 + length {
+                    break (head, buffer[end + 4..end + 4 + length].to_vec());
+                }
+            };
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let headers = head
+                .lines()
+                .skip(1)
+                .filter_map(|line| line.split_once(':'))
+                .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+                .collect();
+            if let Ok(document) = serde_json::from_slice(&body) {
+                if sender.send((headers, document)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (url, receiver)
 }
 
 /// The files of a `.tar.gz`, by path below its single top folder.

@@ -1,5 +1,6 @@
 //! The HTTP listener of the node file's `metrics = "IP:PORT"`: Prometheus metrics at `/metrics`
-//! and, with `status_page = true`, a read-only status page (`/`, `/app.js`, `/api/status`).
+//! and, with `status_page = true`, a read-only status page (`/`, `/app.js`, `/style.css`,
+//! `/api/status`).
 //!
 //! hyper 1 (HTTP/1.1 server only), over plain TCP or, with `metrics_tls = true`, over TLS with a
 //! client certificate of the cluster CA (the same verifier as the peer listener). GET and HEAD
@@ -8,7 +9,7 @@
 //! ```text
 //!   GET /metrics     ──> Metrics::render (gauges built now, counters and histograms kept), as
 //!                        OpenMetrics when asked for (Prometheus does), else the classic text format
-//!   GET /            ──> page.html + app.js (no framework; textContent only, CSP 'self')
+//!   GET /            ──> page.html + app.js + style.css (no framework; textContent only; CSP 'self')
 //!   GET /api/status  ──> `clusterctl status` (the leader's view when reachable) + the last events
 //! ```
 
@@ -38,6 +39,7 @@ use crate::metrics::{to_classic_text, Metrics};
 
 const PAGE: &str = include_str!("web/page.html");
 const SCRIPT: &str = include_str!("web/app.js");
+const STYLE: &str = include_str!("web/style.css");
 /// Connections served at once; more are closed at once (a scraper and a few browsers need few).
 const MAX_CONNECTIONS: usize = 32;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -148,6 +150,7 @@ async fn route<B>(web: &Web, request: HttpRequest<B>) -> Response<Full<Bytes>> {
             response
         }
         ("/app.js", true) => respond(StatusCode::OK, "text/javascript; charset=utf-8", SCRIPT),
+        ("/style.css", true) => respond(StatusCode::OK, "text/css; charset=utf-8", STYLE),
         ("/api/status", true) => respond(StatusCode::OK, "application/json", status_json(web).await.to_string()),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     };
