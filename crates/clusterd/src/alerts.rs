@@ -222,10 +222,18 @@ pub(crate) async fn run(node: Arc<ConsensusNode>, engine: Arc<Engine>, metrics: 
             lost.clear();
         }
         let applied = node.applied_index();
-        let pending = node.read_local(|state| Pending {
-            hooks: state.alerts.hooks.clone(),
-            next: state.alerts.next,
-            events: state.events.iter().filter(|event| event.seq >= state.alerts.next).take(BATCH).cloned().collect(),
+        let pending = node.read_local(|state| {
+            if state.alerts.hooks.is_empty() {
+                return Pending { hooks: BTreeMap::new(), next: state.alerts.next, events: Vec::new() };
+            }
+            // Sequence numbers are consecutive: the first event to deliver is found by position.
+            let oldest = state.events.front().map_or(state.next_event, |event| event.seq);
+            let skip = state.alerts.next.saturating_sub(oldest) as usize;
+            Pending {
+                hooks: state.alerts.hooks.clone(),
+                next: state.alerts.next,
+                events: state.events.iter().skip(skip).take(BATCH).cloned().collect(),
+            }
         });
         let wants_node_lost = pending.hooks.values().any(|hook| hook.events.iter().any(|kind| kind == "node-lost"));
         if wants_node_lost {
