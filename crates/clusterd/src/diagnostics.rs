@@ -67,7 +67,7 @@ pub(crate) async fn serve(
                 }
                 Err(err) => Err(Failure::Api(ApiError::new(
                     ErrorKind::Failed,
-                    format!("cannot reach node {name} at {}: {err:?}", member.address),
+                    format!("cannot reach node {name} at {}: {err}", member.address),
                 ))),
             }
         }

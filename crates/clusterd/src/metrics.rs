@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cluster_agents::{Action, ActionObserver};
-use cluster_api::{ClientRequest, Response};
+use cluster_api::{ClientRequest, NodeRole, Response};
 use cluster_host::{FenceAction, FenceDevice, FenceError, Fencer, Watchdog, WatchdogError};
 use cluster_model::controller::Liveness;
 use cluster_model::{Event, Phase};
@@ -270,9 +270,9 @@ impl Metrics {
             gauge(&mut gauges, name, help, value.unwrap_or(0) as i64);
         }
         let members: Family<Labels, Gauge> = Family::default();
-        for role in ["voter", "learner"] {
-            let count = status.nodes.iter().filter(|n| format!("{:?}", n.role).to_lowercase() == role).count();
-            members.get_or_create(&vec![("role", role.to_owned())]).set(count as i64);
+        for (name, role) in [("voter", NodeRole::Voter), ("learner", NodeRole::Learner)] {
+            let count = status.nodes.iter().filter(|node| node.role == role).count();
+            members.get_or_create(&vec![("role", name.to_owned())]).set(count as i64);
         }
         gauges.register("raft_members", "Members of the cluster by role", members);
         let peer_lag: Family<Labels, Gauge> = Family::default();
