@@ -7,7 +7,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use cluster_tls::rustls::ClientConfig;
 
 use cluster_testkit::TestCluster;
 
@@ -40,17 +43,36 @@ fn text(bytes: &[u8]) -> String {
 
 /// One HTTP/1.1 GET; returns the status code, the headers (lowercase names) and the body.
 fn http_get(address: &str, path: &str) -> (u16, BTreeMap<String, String>, String) {
-    http_get_accepting(address, path, "*/*")
+    http_get_accepting(address, path, "*/*", None)
 }
 
-fn http_get_accepting(address: &str, path: &str, accept: &str) -> (u16, BTreeMap<String, String>, String) {
-    let mut stream = TcpStream::connect(address).unwrap_or_else(|err| panic!("connect {address}: {err}"));
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n").unwrap();
+/// One HTTP/1.1 GET, over TLS with `tls`; the status code, the headers (lowercase names), the body.
+fn http_get_accepting(
+    address: &str,
+    path: &str,
+    accept: &str,
+    tls: Option<Arc<ClientConfig>>,
+) -> (u16, BTreeMap<String, String>, String) {
+    let mut tcp = TcpStream::connect(address).unwrap_or_else(|err| panic!("connect {address}: {err}"));
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n");
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
+    match tls {
+        None => {
+            tcp.write_all(request.as_bytes()).unwrap();
+            tcp.read_to_end(&mut response).unwrap();
+        }
+        Some(config) => {
+            let name = cluster_tls::server_name_for(address).unwrap();
+            let connection = cluster_tls::rustls::ClientConnection::new(config, name).unwrap();
+            let mut stream = cluster_tls::rustls::StreamOwned::new(connection, tcp);
+            stream.write_all(request.as_bytes()).unwrap();
+            // hyper closes without a TLS close_notify: what was read until then is the answer.
+            let _ = stream.read_to_end(&mut response);
+        }
+    }
     let response = text(&response);
-    let (head, body) = response.split_once("\r\n\r\n").expect("a header block");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header block: {response:?}"));
     let mut lines = head.lines();
     let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
     let headers = lines
@@ -85,13 +107,14 @@ async fn metrics_status_page_alerts_and_report_on_a_real_cluster() {
     let mut metrics_addresses = Vec::new();
     for (index, node) in cluster.nodes.iter().enumerate() {
         let address = format!("127.0.{SUBNET}.{}:9464", 11 + index);
-        let extra = if index == 0 {
-            format!(
+        // n1: the status page and a log file; n2: plain metrics; n3: metrics and page over mutual TLS.
+        let extra = match index {
+            0 => format!(
                 "metrics = \"{address}\"\nstatus_page = true\nlog_file = \"{}\"\n",
                 node.log.with_extension("file.log").display()
-            )
-        } else {
-            format!("metrics = \"{address}\"\n")
+            ),
+            1 => format!("metrics = \"{address}\"\n"),
+            _ => format!("metrics = \"{address}\"\nmetrics_tls = true\nstatus_page = true\n"),
         };
         let config = std::fs::read_to_string(&node.config).unwrap();
         std::fs::write(&node.config, format!("{extra}{config}")).unwrap();
@@ -171,12 +194,17 @@ async fn metrics_status_page_alerts_and_report_on_a_real_cluster() {
     let leader_index = cluster.index_of(&leader);
     // Prometheus' Accept header gets OpenMetrics; other clients the classic text format.
     let prometheus = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
-    let (status, headers, openmetrics) = http_get_accepting(&metrics_addresses[leader_index], "/metrics", prometheus);
+    // n3 serves over mutual TLS: the admin certificate of the cluster CA opens it.
+    let admin_tls = cluster_tls::client_config(&cluster.admin_files()).unwrap();
+    let tls_for = |index: usize| (index == 2).then(|| admin_tls.clone());
+    let (status, headers, openmetrics) =
+        http_get_accepting(&metrics_addresses[leader_index], "/metrics", prometheus, tls_for(leader_index));
     assert_eq!(status, 200, "{openmetrics}");
     assert!(headers["content-type"].starts_with("application/openmetrics-text"), "{headers:?}");
     assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
     assert!(openmetrics.contains("# TYPE clusterd_client_requests counter\n"), "{openmetrics}");
-    let (status, headers, metrics) = http_get(&metrics_addresses[leader_index], "/metrics");
+    let (status, headers, metrics) =
+        http_get_accepting(&metrics_addresses[leader_index], "/metrics", "*/*", tls_for(leader_index));
     assert_eq!(status, 200, "{metrics}");
     assert!(headers["content-type"].starts_with("text/plain; version=0.0.4"), "{headers:?}");
     assert!(!metrics.contains("# EOF"), "{metrics}");
@@ -202,7 +230,9 @@ async fn metrics_status_page_alerts_and_report_on_a_real_cluster() {
         "{n1_metrics}"
     );
     // The owner ran the process agent's start.
-    let (_, _, owner_metrics) = http_get(&metrics_addresses[cluster.index_of(&owner)], "/metrics");
+    let owner_index = cluster.index_of(&owner);
+    let (_, _, owner_metrics) =
+        http_get_accepting(&metrics_addresses[owner_index], "/metrics", "*/*", tls_for(owner_index));
     assert!(
         owner_metrics.contains("clusterd_agent_actions_total{type=\"process\",action=\"start\",result=\"success\"} 1"),
         "{owner_metrics}"
@@ -246,6 +276,17 @@ async fn metrics_status_page_alerts_and_report_on_a_real_cluster() {
     assert_eq!(http_get(&metrics_addresses[0], "/app.js").0, 200);
     assert_eq!(http_get(&metrics_addresses[1], "/").0, 404, "the page is off unless status_page = true");
     assert_eq!(http_get(&metrics_addresses[0], "/nothing").0, 404);
+
+    // With metrics_tls, the page and the metrics need a certificate of the cluster CA.
+    let (status, _, api) = http_get_accepting(&metrics_addresses[2], "/api/status", "*/*", tls_for(2));
+    assert_eq!(status, 200, "{api}");
+    assert!(api.contains("\"sleeper\""), "{api}");
+    let mut plain = TcpStream::connect(&metrics_addresses[2]).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = plain.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut refused = Vec::new();
+    let _ = plain.read_to_end(&mut refused);
+    assert!(!text(&refused).contains("clusterd_raft_term"), "plain HTTP to a TLS listener: {}", text(&refused));
 
     // The report: from every node, with its log, and no secret.
     let archive = dir.path().join("report.tar.gz");
