@@ -180,7 +180,10 @@ impl Browser {
             .unwrap_or_default()
     }
 
-    fn screenshot(&self, path: &Path) {
+    /// A PNG of the page into `CLUSTERLAB_SCREENSHOTS` (a folder), when that is set.
+    fn screenshot(&self, lab: &str, when: &str) {
+        let Some(folder) = std::env::var_os("CLUSTERLAB_SCREENSHOTS") else { return };
+        let path = Path::new(&folder).join(format!("{lab}-page-{when}.png"));
         let answer = webdriver(&self.lab, "GET", self.session_path("/screenshot"), None);
         if let Some(png) = answer["value"].as_str() {
             if let Ok(bytes) = decode_base64(png) {
@@ -298,7 +301,7 @@ fn a_failover_runs_the_alert_hook_and_updates_the_status_page_in_chromium() {
     assert_eq!(font, "14px", "style.css not applied");
     let leader_shown = browser.evaluate("return document.getElementById('summary').textContent;");
     assert!(leader_shown.as_str().unwrap_or_default().contains("leader: n"), "{leader_shown}");
-    browser.screenshot(&std::env::temp_dir().join(format!("clusterlab-{name}-page-before.png")));
+    browser.screenshot(&name, "before");
     assert!(recorded(&alerts_dir).is_empty(), "no failover yet: {:?}", recorded(&alerts_dir));
 
     // Power loss of the owner (n1, also the Raft leader after `cluster init`).
@@ -306,7 +309,7 @@ fn a_failover_runs_the_alert_hook_and_updates_the_status_page_in_chromium() {
     lab.kill("n1").unwrap();
     let updated = browser.wait_for("running", "n2", Duration::from_secs(30));
     eprintln!("[{name}] the page showed web running on n2 {updated:?} after n1 was killed, without a reload");
-    browser.screenshot(&std::env::temp_dir().join(format!("clusterlab-{name}-page-after.png")));
+    browser.screenshot(&name, "after");
     let events = browser.evaluate(
         "return Array.from(document.querySelectorAll('#events tbody tr')).map(r => r.innerText).join('\\n');",
     );
