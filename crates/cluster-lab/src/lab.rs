@@ -48,6 +48,8 @@ pub const RUN_ROOT: &str = "/run/clusterlab";
 pub const VAR_ROOT: &str = "/var/lib/clusterlab";
 /// The port `clusterd` listens on in the lab.
 pub const CLUSTERD_PORT: u16 = 7400;
+/// Where every lab `clusterd` serves its metrics and status page, on its own loopback (inside its node).
+pub const LAB_METRICS: &str = "127.0.0.1:9464";
 /// The client namespace's address.
 pub const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
 /// Size of each `clusterd` node's data filesystem (a sparse image: only what is written takes space).
@@ -933,6 +935,9 @@ impl Lab {
             pki.join(format!("{node}.crt")).display(),
             pki.join(format!("{node}.key")).display(),
         );
+        // Metrics and the status page on the node's own loopback (each node has its own network
+        // namespace): reachable only from inside the node, e.g. a browser run with `exec`.
+        config.insert_str(0, &format!("metrics = \"{LAB_METRICS}\"\nstatus_page = true\n"));
         if watchdog {
             config
                 .push_str(&format!("\n[watchdog]\ndevice = \"lab:{}\"\n", self.paths.watchdog_socket(node).display()));

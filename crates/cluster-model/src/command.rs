@@ -59,6 +59,10 @@ pub enum Command {
     /// The leader saw every lease granted with the longer wait `ceiling_us` end (after the lease was
     /// shortened): leaders may judge unheard nodes with the current wait again.
     LeasesSettled { ceiling_us: u64 },
+    /// Add, replace or remove (`None`) the alert hook at `path` (`clusterctl cluster alert`).
+    SetAlert { path: String, hook: Option<crate::alerts::AlertHook> },
+    /// The leader ran the alert hooks for every event before sequence number `next`.
+    AlertsDelivered { next: u64 },
 }
 
 /// An owner's report about its package.

@@ -5,6 +5,7 @@
 //! computes the same state. Node identities are derived from names by [`node_id`] so that every
 //! node agrees on them without a registry.
 
+pub mod alerts;
 mod command;
 pub mod controller;
 mod lease;

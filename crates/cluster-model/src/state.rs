@@ -20,6 +20,8 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeRecord>,
     pub events: VecDeque<Event>,
     pub next_event: u64,
+    /// Alert hooks and their delivery mark.
+    pub alerts: crate::alerts::AlertState,
 }
 
 fn rejected(reason: impl Into<String>) -> CommandOutcome {
@@ -206,6 +208,8 @@ impl ClusterState {
                 self.event(*at_ms, None, Some(node), 0, "fenced", "fence agent confirmed the node is off", None);
                 CommandOutcome::Applied
             }
+            Command::SetAlert { path, hook } => crate::alerts::set_alert(self, path, hook.as_ref()),
+            Command::AlertsDelivered { next } => crate::alerts::delivered(self, *next),
         }
     }
 

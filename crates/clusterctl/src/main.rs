@@ -2,6 +2,7 @@
 //! remote one over mutual TLS; never links the Raft, host or agent code.
 
 mod output;
+mod report;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -80,6 +81,16 @@ enum Command {
         /// Keep printing new events.
         #[arg(long)]
         follow: bool,
+    },
+    /// Write a bug-report archive (OUTPUT.tar.gz): status, settings, events and package
+    /// definitions as JSON, and from every node its node file, log and Raft view; secrets left out.
+    Report {
+        /// Only events and logs of this last period (e.g. `2h`, `30min`); everything when omitted.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// The archive to create (refused if it exists).
+        #[arg(value_name = "OUTPUT.tar.gz")]
+        archive: PathBuf,
     },
 }
 
@@ -160,6 +171,31 @@ enum ClusterCommand {
     /// Fence devices (fence-agents convention).
     #[command(subcommand)]
     Fence(FenceCommand),
+    /// Alert hooks: programs the leader runs for events (docs/monitoring.md).
+    #[command(subcommand)]
+    Alert(AlertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AlertCommand {
+    /// Run PATH (present on every node) for events of the given kinds; replaces PATH's settings.
+    Add {
+        /// Absolute path of the executable.
+        path: String,
+        /// Comma-separated kinds: failover, fence, blocked, failed, node-lost, package, node.
+        #[arg(long, value_delimiter = ',', required = true)]
+        events: Vec<String>,
+        /// Kill the hook (its process group) after this long.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Handed to the hook as CLUSTER_ALERT_RECIPIENT (an address, a channel).
+        #[arg(long)]
+        recipient: Option<String>,
+    },
+    /// Stop running PATH.
+    Remove { path: String },
+    /// The configured hooks.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,7 +261,7 @@ enum KvCommand {
 }
 
 /// Documented exit codes (docs/cli.md).
-mod exit {
+pub(crate) mod exit {
     pub(crate) const ERROR: u8 = 1;
     pub(crate) const USAGE: u8 = 2;
     pub(crate) const NOT_FOUND: u8 = 3;
@@ -285,6 +321,23 @@ async fn run(cli: Cli, mut out: Output) -> ExitCode {
             ClientRequest::FenceSet { node, agent, params }
         }
         Command::Cluster(ClusterCommand::Fence(FenceCommand::Remove { node })) => ClientRequest::FenceRemove { node },
+        Command::Cluster(ClusterCommand::Alert(AlertCommand::Add { path, events, timeout, recipient })) => {
+            let hook = cluster_model::alerts::AlertHook { events, timeout_ms: timeout.as_millis() as u64, recipient };
+            if let Err(err) = cluster_model::alerts::validate_hook(&path, &hook) {
+                return out.failure(exit::USAGE, &err, None);
+            }
+            ClientRequest::AlertSet { path, hook: Some(hook) }
+        }
+        Command::Cluster(ClusterCommand::Alert(AlertCommand::Remove { path })) => {
+            ClientRequest::AlertSet { path, hook: None }
+        }
+        Command::Cluster(ClusterCommand::Alert(AlertCommand::List)) => ClientRequest::AlertList,
+        Command::Report { since, archive } => {
+            return match connect(&cli.connection).await {
+                Ok(mut client) => report::write(&mut client, since, &archive, &out).await,
+                Err(err) => out.failure(exit::ERROR, &err.to_string(), None),
+            }
+        }
         Command::Events { follow } => {
             return match connect(&cli.connection).await {
                 Ok(mut client) => events(&mut client, follow, &out).await,

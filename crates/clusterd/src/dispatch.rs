@@ -50,6 +50,8 @@ fn is_read(request: &ClientRequest) -> bool {
             | ClientRequest::PkgStatus { .. }
             | ClientRequest::PkgPlan { .. }
             | ClientRequest::Events { .. }
+            | ClientRequest::AlertList
+            | ClientRequest::Diagnostics { .. }
     )
 }
 
@@ -310,6 +312,8 @@ impl Dispatcher {
                     .await?;
                 Ok(ClientReply::Events { events })
             }
+            ClientRequest::AlertSet { .. } | ClientRequest::AlertList => crate::alerts::serve(node, request).await,
+            ClientRequest::Diagnostics { .. } => crate::diagnostics::serve(node, request, forwarded).await,
         }
     }
 
@@ -439,7 +443,7 @@ fn cas_mismatch(key: &str, current: Option<String>) -> Failure {
 
 /// Why `execute` did not produce a reply: a consensus failure (possibly "not the leader", which
 /// leads to forwarding) or a definite answer for the client.
-enum Failure {
+pub(crate) enum Failure {
     Consensus(ConsensusError),
     Api(ApiError),
 }
