@@ -16,6 +16,8 @@ pub enum Request {
 }
 
 /// The answer to a [`Request`].
+// A response is built once and moved into the encoder: the size of the status variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Client(Result<ClientReply, ApiError>),
@@ -42,6 +44,18 @@ pub enum PeerRpc {
     /// A new leader asks how long ago this voter last acknowledged a leader of an older term
     /// (bounds every lease an older leader could have granted; see docs/safety.md).
     LastAck,
+    /// Which release does this node run, and which cluster versions can it read? (Since 0.2.0: a
+    /// v0.1.0 node refuses the frame, which is its answer.)
+    Version,
+}
+
+/// The answer to a [`PeerRpc::Version`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeVersion {
+    /// The release (`clusterd --version`).
+    pub release: String,
+    /// The newest cluster version it can run at.
+    pub newest: cluster_model::ClusterVersion,
 }
 
 /// A peer RPC: its kind and its encoded body.
@@ -155,6 +169,41 @@ pub enum ClientRequest {
 }
 
 impl ClientRequest {
+    /// The operation's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientRequest::ClusterInit => "cluster init",
+            ClientRequest::NodeAdd { .. } => "node add",
+            ClientRequest::NodeRemove { .. } => "node remove",
+            ClientRequest::NodePromote { .. } => "node promote",
+            ClientRequest::TransferLeader { .. } => "cluster transfer-leader",
+            ClientRequest::Status => "status",
+            ClientRequest::SettingsSet { .. } => "cluster set",
+            ClientRequest::SettingsGet => "cluster settings",
+            ClientRequest::KvSet { .. } => "kv set",
+            ClientRequest::KvGet { .. } => "kv get",
+            ClientRequest::KvCas { .. } => "kv cas",
+            ClientRequest::KvDel { .. } => "kv del",
+            ClientRequest::KvList { .. } => "kv list",
+            ClientRequest::FenceSet { .. } => "cluster fence set",
+            ClientRequest::FenceRemove { .. } => "cluster fence remove",
+            ClientRequest::PkgApply { .. } => "pkg apply",
+            ClientRequest::PkgRun { .. } => "pkg run",
+            ClientRequest::PkgStop { .. } => "pkg stop",
+            ClientRequest::PkgMove { .. } => "pkg move",
+            ClientRequest::PkgFreeze { .. } => "pkg freeze",
+            ClientRequest::PkgCleanup { .. } => "pkg cleanup",
+            ClientRequest::PkgRemove { .. } => "pkg remove",
+            ClientRequest::PkgStatus { .. } => "pkg status",
+            ClientRequest::PkgPlan { .. } => "pkg plan",
+            ClientRequest::NodeStandby { .. } => "node standby",
+            ClientRequest::Events { .. } => "events",
+            ClientRequest::AlertSet { .. } => "cluster alert",
+            ClientRequest::AlertList => "cluster alert list",
+            ClientRequest::Diagnostics { .. } => "report",
+        }
+    }
+
     /// Whether only the leader can serve this request (writes, membership, linearizable reads).
     pub fn needs_leader(&self) -> bool {
         !matches!(
@@ -264,6 +313,10 @@ pub struct NodeStatus {
     pub protection: String,
     /// The leader's view of its lease: alive, unknown or expired (leader reports only).
     pub lease: Option<String>,
+    /// The release its clusterd runs, as the leader last heard (leader reports only).
+    pub version: Option<String>,
+    /// A witness: a voter that never hosts packages.
+    pub witness: bool,
 }
 
 /// The cluster as seen by one node (the leader when there is one).
@@ -285,4 +338,7 @@ pub struct StatusReport {
     pub packages: Vec<PackageState>,
     /// Things the operator must know: lease-only nodes, blocked packages, failures.
     pub warnings: Vec<String>,
+    /// The cluster version the reporter applied: the formats the cluster uses (`0.1.0` until
+    /// every node runs a newer release).
+    pub cluster_version: String,
 }

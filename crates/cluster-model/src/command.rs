@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::package::{Phase, ResourceStatus};
 use crate::settings::FenceConfig;
+use crate::version::ClusterVersion;
 
 /// A state change, proposed by the leader and applied by every node in log order. Commands that
 /// need a time carry the proposer's wall clock (`at_ms`, ms since the Unix epoch), used only for
@@ -63,6 +64,70 @@ pub enum Command {
     SetAlert { path: String, hook: Option<crate::alerts::AlertHook> },
     /// The leader ran the alert hooks for every event before sequence number `next`.
     AlertsDelivered { next: u64 },
+    /// Every member runs a release that reads `version`'s formats: the cluster uses them from now
+    /// on (proposed by the leader, never lowered; see `crate::version`).
+    ActivateVersion { version: ClusterVersion, at_ms: u64 },
+}
+
+impl Command {
+    /// The variant's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::KvSet { .. } => "KvSet",
+            Command::KvCas { .. } => "KvCas",
+            Command::KvDel { .. } => "KvDel",
+            Command::SetSetting { .. } => "SetSetting",
+            Command::SetFence { .. } => "SetFence",
+            Command::PkgApply { .. } => "PkgApply",
+            Command::PkgRemove { .. } => "PkgRemove",
+            Command::PkgRun { .. } => "PkgRun",
+            Command::PkgStop { .. } => "PkgStop",
+            Command::PkgMove { .. } => "PkgMove",
+            Command::PkgFreeze { .. } => "PkgFreeze",
+            Command::PkgCleanup { .. } => "PkgCleanup",
+            Command::NodeStandby { .. } => "NodeStandby",
+            Command::NodeHello { .. } => "NodeHello",
+            Command::Assign { .. } => "Assign",
+            Command::Report { .. } => "Report",
+            Command::NodeFenced { .. } => "NodeFenced",
+            Command::NodeLeave { .. } => "NodeLeave",
+            Command::NodeWatchdog { .. } => "NodeWatchdog",
+            Command::LeasesSettled { .. } => "LeasesSettled",
+            Command::SetAlert { .. } => "SetAlert",
+            Command::AlertsDelivered { .. } => "AlertsDelivered",
+            Command::ActivateVersion { .. } => "ActivateVersion",
+        }
+    }
+
+    /// The oldest cluster version whose members can decode and apply this command: the leader
+    /// proposes it only at that version or later (`crate::version`).
+    pub fn required_version(&self) -> ClusterVersion {
+        match self {
+            Command::KvSet { .. }
+            | Command::KvCas { .. }
+            | Command::KvDel { .. }
+            | Command::SetSetting { .. }
+            | Command::SetFence { .. }
+            | Command::PkgApply { .. }
+            | Command::PkgRemove { .. }
+            | Command::PkgRun { .. }
+            | Command::PkgStop { .. }
+            | Command::PkgMove { .. }
+            | Command::PkgFreeze { .. }
+            | Command::PkgCleanup { .. }
+            | Command::NodeStandby { .. }
+            | Command::NodeHello { .. }
+            | Command::Assign { .. }
+            | Command::Report { .. }
+            | Command::NodeFenced { .. }
+            | Command::NodeLeave { .. }
+            | Command::NodeWatchdog { .. } => ClusterVersion::V0_1,
+            Command::LeasesSettled { .. }
+            | Command::SetAlert { .. }
+            | Command::AlertsDelivered { .. }
+            | Command::ActivateVersion { .. } => ClusterVersion::V0_2,
+        }
+    }
 }
 
 /// An owner's report about its package.

@@ -7,6 +7,7 @@
 
 pub mod alerts;
 mod command;
+pub mod compat;
 pub mod controller;
 mod lease;
 mod limits;
@@ -14,6 +15,7 @@ mod node;
 mod package;
 mod settings;
 mod state;
+mod version;
 
 pub use command::{Command, CommandOutcome, Report};
 pub use lease::{Grant, LeaseHolder, LeaseStatus, LeaseTable};
@@ -22,3 +24,4 @@ pub use node::{node_id, validate_node_name, NodeInfo};
 pub use package::{Desired, Event, Failure, NodeRecord, PackageState, Phase, Redefinition, ResourceStatus};
 pub use settings::{FenceConfig, SettingError, Settings};
 pub use state::{ClusterState, EVENT_HISTORY};
+pub use version::{ClusterVersion, NeedsVersion};

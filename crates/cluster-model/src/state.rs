@@ -6,13 +6,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Report;
 use crate::package::{Desired, Event, Failure, NodeRecord, PackageState, Phase, Redefinition};
-use crate::{Command, CommandOutcome, Settings};
+use crate::{ClusterVersion, Command, CommandOutcome, Settings};
 
 /// How many events the state keeps (older ones are dropped).
 pub const EVENT_HISTORY: usize = 1_000;
 
 /// Everything the committed log describes, apart from Raft membership (which the Raft layer keeps).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// [`ClusterState::default`] is a state at this binary's cluster version (tests, the simulation);
+/// a log replayed from its beginning starts from [`ClusterState::genesis`] instead, at the oldest
+/// version, so that every release computes the same state from the same log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub settings: Settings,
     pub kv: BTreeMap<String, String>,
@@ -22,6 +26,15 @@ pub struct ClusterState {
     pub next_event: u64,
     /// Alert hooks and their delivery mark.
     pub alerts: crate::alerts::AlertState,
+    /// The formats the cluster uses: the oldest release every member runs, as committed
+    /// (`Command::ActivateVersion`). Commands of later versions are refused below it.
+    pub cluster_version: ClusterVersion,
+}
+
+impl Default for ClusterState {
+    fn default() -> ClusterState {
+        ClusterState { cluster_version: ClusterVersion::CURRENT, ..ClusterState::genesis() }
+    }
 }
 
 fn rejected(reason: impl Into<String>) -> CommandOutcome {
@@ -33,9 +46,37 @@ fn unknown_package(name: &str) -> CommandOutcome {
 }
 
 impl ClusterState {
+    /// The state before the first entry of a log: empty, at the oldest cluster version (a log
+    /// written by v0.1.0 has no `ActivateVersion`, and must apply here as it did there).
+    pub fn genesis() -> ClusterState {
+        ClusterState {
+            settings: Settings::default(),
+            kv: BTreeMap::new(),
+            packages: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            events: VecDeque::new(),
+            next_event: 0,
+            alerts: crate::alerts::AlertState::default(),
+            cluster_version: ClusterVersion::OLDEST,
+        }
+    }
+
     /// Applies one committed command. Deterministic and total: invalid commands are rejected with a
     /// reason and leave the state unchanged.
+    ///
+    /// A command that needs a later cluster version than the state's is rejected (the leader never
+    /// proposes one; a member of the older version could not even decode it), and the commands
+    /// whose meaning changed since v0.1.0 apply as v0.1.0 applied them while the cluster is at
+    /// version 1, so that members of both releases compute the same state.
     pub fn apply(&mut self, command: &Command) -> CommandOutcome {
+        let needs = command.required_version();
+        if needs > self.cluster_version && !matches!(command, Command::ActivateVersion { .. }) {
+            return rejected(format!(
+                "command `{}` needs cluster version {needs}, and the cluster runs at {}",
+                command.name(),
+                self.cluster_version
+            ));
+        }
         match command {
             Command::KvSet { key, value } => {
                 self.kv.insert(key.clone(), value.clone());
@@ -50,7 +91,7 @@ impl ClusterState {
                 CommandOutcome::Applied
             }
             Command::KvDel { key } => CommandOutcome::Deleted { existed: self.kv.remove(key).is_some() },
-            Command::SetSetting { name, value } => match self.settings.set(name, value) {
+            Command::SetSetting { name, value } => match self.settings.set_at(self.cluster_version, name, value) {
                 Ok(()) => CommandOutcome::Applied,
                 Err(err) => rejected(err.to_string()),
             },
@@ -113,7 +154,9 @@ impl ClusterState {
                 // A frozen package stays active when clusterd stops on its owner (maintenance): a
                 // node without a watchdog then has nothing that stops it at its lease's end, so an
                 // unfreeze must not let the controller reassign it on that lease's expiry.
-                let unprotected_owner = self.packages.get(name).and_then(|package| {
+                // (Since 0.2.0: v0.1.0 unfroze it as is.)
+                let v0_1 = self.cluster_version < ClusterVersion::V0_2;
+                let unprotected_owner = self.packages.get(name).filter(|_| !v0_1).and_then(|package| {
                     let owner = package.owner.as_deref()?;
                     let record = self.nodes.get(owner)?;
                     let kept = package.frozen && package.phase.may_be_active() && package.phase != Phase::Blocked;
@@ -210,7 +253,27 @@ impl ClusterState {
             }
             Command::SetAlert { path, hook } => crate::alerts::set_alert(self, path, hook.as_ref()),
             Command::AlertsDelivered { next } => crate::alerts::delivered(self, *next),
+            Command::ActivateVersion { version, at_ms } => self.activate(*version, *at_ms),
         }
+    }
+
+    /// `Command::ActivateVersion`: the version only rises, and only to one this binary knows.
+    fn activate(&mut self, version: ClusterVersion, at_ms: u64) -> CommandOutcome {
+        if !version.supported() {
+            return rejected(format!(
+                "cluster version {} is newer than this clusterd ({}) understands",
+                version.0,
+                ClusterVersion::CURRENT
+            ));
+        }
+        if version <= self.cluster_version {
+            return rejected(format!("the cluster already runs at version {}", self.cluster_version));
+        }
+        let from = self.cluster_version;
+        self.cluster_version = version;
+        let reason = format!("every member runs {version} or later");
+        self.event(at_ms, None, None, 0, &format!("cluster version {from} -> {version}"), &reason, None);
+        CommandOutcome::Applied
     }
 
     /// Why `node` cannot take package `name`, if it cannot.
@@ -863,5 +926,55 @@ mod tests {
         assign(&mut state, Some("n1"), Phase::Stopping);
         report(&mut state, "n1", Report::Stopped, 5);
         assert_eq!(state.removal_refused("n1"), None, "{:?}", state.packages["web"].phase);
+    }
+
+    #[test]
+    fn a_log_replays_from_the_oldest_version_and_rises_only_by_activation() {
+        let mut state = ClusterState::genesis();
+        assert_eq!(state.cluster_version, ClusterVersion::V0_1);
+        let hook = crate::alerts::AlertHook { events: vec!["failover".into()], timeout_ms: 30_000, recipient: None };
+        let set_alert = Command::SetAlert { path: "/usr/lib/hook".into(), hook: Some(hook) };
+        let CommandOutcome::Rejected { reason } = state.apply(&set_alert) else { panic!("must be rejected") };
+        assert_eq!(reason, "command `SetAlert` needs cluster version 0.2.0, and the cluster runs at 0.1.0");
+        assert!(state.alerts.hooks.is_empty());
+        let activate = Command::ActivateVersion { version: ClusterVersion::V0_2, at_ms: 9 };
+        assert_eq!(state.apply(&activate), CommandOutcome::Applied);
+        assert_eq!(state.cluster_version, ClusterVersion::V0_2);
+        assert_eq!(state.events.back().unwrap().what, "cluster version 0.1.0 -> 0.2.0");
+        assert!(matches!(state.apply(&activate), CommandOutcome::Rejected { .. }), "never twice");
+        let newer = Command::ActivateVersion { version: ClusterVersion(3), at_ms: 10 };
+        assert!(matches!(state.apply(&newer), CommandOutcome::Rejected { reason } if reason.contains("newer than")));
+        assert_eq!(state.apply(&set_alert), CommandOutcome::Applied);
+        assert_eq!(ClusterState::default().cluster_version, ClusterVersion::CURRENT);
+    }
+
+    /// Members of v0.1.0 and of this release apply the same log to the same state: at cluster
+    /// version 1 the commands whose meaning changed since apply as v0.1.0 applied them.
+    #[test]
+    fn at_cluster_version_1_settings_and_unfreeze_apply_as_v0_1_applied_them() {
+        let mut old = ClusterState::genesis();
+        let mut new = ClusterState::default();
+        for state in [&mut old, &mut new] {
+            state.apply(&Command::SetSetting { name: "lease".into(), value: "3s".into() });
+            state.apply(&Command::SetSetting { name: "lease".into(), value: "1s".into() });
+        }
+        assert_eq!(old.settings.grantor_wait_ceiling_us, None, "v0.1.0 kept no ceiling");
+        assert!(new.settings.grantor_wait_ceiling_us.is_some());
+        // v0.1.0 had no rule tying the stop budget to two heartbeats.
+        let budget = Command::SetSetting { name: "stop_budget".into(), value: "150ms".into() };
+        assert_eq!(old.apply(&budget), CommandOutcome::Applied);
+        assert!(matches!(new.apply(&budget), CommandOutcome::Rejected { .. }));
+        // Unfreezing a package left running by a stopped lease-only daemon: v0.1.0 did not block it.
+        for state in [&mut old, &mut new] {
+            state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+            state.apply(&Command::NodeHello { name: "n1".into(), watchdog: None, at_ms: 0 });
+            assign(state, Some("n1"), Phase::Starting);
+            report(state, "n1", Report::Running { resources: vec![] }, 1);
+            state.apply(&Command::PkgFreeze { name: "web".into(), frozen: true, at_ms: 2 });
+            state.apply(&Command::NodeLeave { name: "n1".into(), at_ms: 3 });
+            state.apply(&Command::PkgFreeze { name: "web".into(), frozen: false, at_ms: 4 });
+        }
+        assert_eq!(old.packages["web"].phase, Phase::Running);
+        assert_eq!(new.packages["web"].phase, Phase::Blocked);
     }
 }

@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_api::{decode, encode, NodeRole, NodeStatus, PeerRequest, PeerRpc, Request, Response, StatusReport};
-use cluster_model::{node_id, validate_node_name, ClusterState, Command, CommandOutcome, NodeInfo};
+use cluster_api::{
+    decode_body, encode_as, frame_version, NodeRole, NodeStatus, NodeVersion, PeerRequest, PeerRpc, Request, Response,
+    StatusReport, PROTOCOL_V0_1, PROTOCOL_VERSION,
+};
+use cluster_model::{node_id, validate_node_name, ClusterState, ClusterVersion, Command, CommandOutcome, NodeInfo};
 use cluster_tls::rustls::ClientConfig;
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
@@ -15,6 +18,7 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use rand::Rng;
 
 use crate::ack_clock::{AckClock, AckQuorum};
+use crate::compat::{append_from_v0_1, SharedVersion, TypeConfigV01};
 use crate::election::{
     decide_pre_vote, round_is_stale, ElectionClock, PreVoteRequest, PreVoteResponse, PreVoteTally, VoterView,
 };
@@ -108,6 +112,39 @@ pub struct ConsensusNode {
     recovery: RecoveryReport,
     /// The start and result of the last leadership confirmation (see `confirm_leadership`).
     read_barrier: tokio::sync::Mutex<Option<(Instant, Result<u64>)>>,
+    /// The cluster version of the applied state (the formats this node writes).
+    version: SharedVersion,
+}
+
+/// What a member said when asked which release it runs (see [`ConsensusNode::member_versions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberVersion {
+    /// It answered: its release and the newest cluster version it can run at.
+    Known { release: String, newest: ClusterVersion },
+    /// It refused the question's protocol: it runs v0.1.0.
+    V0_1,
+    /// No answer (down, unreachable): unknown.
+    Unknown(String),
+}
+
+impl MemberVersion {
+    /// The newest cluster version the member can run at, if known.
+    pub fn newest(&self) -> Option<ClusterVersion> {
+        match self {
+            MemberVersion::Known { newest, .. } => Some(*newest),
+            MemberVersion::V0_1 => Some(ClusterVersion::V0_1),
+            MemberVersion::Unknown(_) => None,
+        }
+    }
+
+    /// The release, as `status` shows it.
+    pub fn release(&self) -> Option<&str> {
+        match self {
+            MemberVersion::Known { release, .. } => Some(release),
+            MemberVersion::V0_1 => Some("0.1.0"),
+            MemberVersion::Unknown(_) => None,
+        }
+    }
 }
 
 impl ConsensusNode {
@@ -118,6 +155,7 @@ impl ConsensusNode {
         let (log, recovery) = LogStore::open(&raft_dir).map_err(|err| ConsensusError::Fatal(err.to_string()))?;
         let state_machine = StateMachineStore::open(&raft_dir).map_err(|err| ConsensusError::Fatal(err.to_string()))?;
         let view = state_machine.view();
+        let version = state_machine.shared_version();
         let timing = options.timing;
         let config = Config {
             cluster_name: "clusterd".into(),
@@ -138,7 +176,7 @@ impl ConsensusNode {
             ..Config::default()
         };
         let config = Arc::new(config.validate().map_err(|err| ConsensusError::Fatal(format!("raft config: {err}")))?);
-        let peers = Peers::new(options.tls);
+        let peers = Peers::new(options.tls, version.clone());
         let id = node_id(&options.name);
         let raft = Raft::new(id, config, PeerNetwork { peers: peers.clone() }, log.clone(), state_machine)
             .await
@@ -155,6 +193,7 @@ impl ConsensusNode {
             timing,
             recovery,
             read_barrier: tokio::sync::Mutex::new(None),
+            version,
         });
         tokio::spawn(driver(Arc::downgrade(&node)));
         Ok(node)
@@ -173,6 +212,53 @@ impl ConsensusNode {
     /// Timing this node runs with.
     pub fn timing(&self) -> Timing {
         self.timing
+    }
+
+    /// The cluster version of the applied state: what this node writes and speaks.
+    pub fn cluster_version(&self) -> ClusterVersion {
+        self.version.get()
+    }
+
+    /// The protocol this node speaks to its peers now.
+    pub fn protocol(&self) -> u8 {
+        self.version.protocol()
+    }
+
+    /// Asks every other member which release it runs (this node answers for itself). A v0.1.0
+    /// member refuses the question's protocol, which is its answer; a member that does not answer
+    /// within `timeout` is unknown.
+    pub async fn member_versions(&self, timeout: Duration) -> Vec<(String, MemberVersion)> {
+        let asks = self.members().into_iter().map(|member| async move {
+            let version = if member.name == self.me.name {
+                MemberVersion::Known { release: env!("CARGO_PKG_VERSION").to_owned(), newest: ClusterVersion::CURRENT }
+            } else {
+                self.version_of(&member.address, timeout).await
+            };
+            (member.name, version)
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// Asks the node at `address` which release it runs.
+    pub async fn version_of(&self, address: &str, timeout: Duration) -> MemberVersion {
+        let payload = match encode_as(&(), PROTOCOL_VERSION) {
+            Ok(payload) => payload.to_vec(),
+            Err(err) => return MemberVersion::Unknown(err.to_string()),
+        };
+        let request = Request::Peer(PeerRequest { rpc: PeerRpc::Version, payload });
+        match self.peers.request_in(address, &request, timeout, true, PROTOCOL_VERSION).await {
+            Ok(Response::Peer(Ok(bytes))) => match decode_body::<NodeVersion>(&bytes) {
+                Ok(answer) => MemberVersion::Known { release: answer.release, newest: answer.newest },
+                Err(err) => MemberVersion::Unknown(format!("bad answer: {err}")),
+            },
+            Ok(Response::Client(Err(err)))
+                if cluster_api::wire::refused_protocol(PROTOCOL_V0_1, &Response::Client(Err(err.clone()))) =>
+            {
+                MemberVersion::V0_1
+            }
+            Ok(other) => MemberVersion::Unknown(format!("unexpected answer: {other:?}")),
+            Err(err) => MemberVersion::Unknown(err.to_string()),
+        }
     }
 
     /// Whether Raft's core is still running (for the systemd watchdog).
@@ -217,7 +303,19 @@ impl ConsensusNode {
     }
 
     /// Proposes a command and waits until it is committed and applied.
+    ///
+    /// A command that needs a later cluster version than the cluster runs at is refused here,
+    /// before the log: a member of the older release could not decode it.
     pub async fn write(&self, command: Command) -> Result<CommandOutcome> {
+        let version = self.cluster_version();
+        let needs = command.required_version();
+        if needs > version && !matches!(command, Command::ActivateVersion { .. }) {
+            return Err(ConsensusError::Invalid(format!(
+                "command `{}` needs cluster version {needs}, and the cluster runs at {version} until every node \
+                 runs {needs} or later (`clusterctl status` lists the release of each node)",
+                command.name()
+            )));
+        }
         self.within("write", self.timing.request_timeout, async {
             match self.raft.client_write(command).await {
                 Ok(response) => Ok(response.data),
@@ -308,6 +406,16 @@ impl ConsensusNode {
                 return Err(ConsensusError::Invalid(format!(
                     "address {address} is already used by node `{}`",
                     other.name
+                )));
+            }
+        }
+        let cluster_version = self.cluster_version();
+        if let MemberVersion::V0_1 = self.version_of(address, self.timing.request_timeout).await {
+            if cluster_version > ClusterVersion::V0_1 {
+                return Err(ConsensusError::Invalid(format!(
+                    "node `{name}` at {address} runs clusterd 0.1.0 (protocol {PROTOCOL_V0_1}), older than this \
+                     cluster's version {cluster_version}: it could not read the log; install clusterd \
+                     {cluster_version} or later on it first"
                 )));
             }
         }
@@ -551,6 +659,8 @@ impl ConsensusNode {
                     leaving: false,
                     protection: String::new(),
                     lease: None,
+                    version: None,
+                    witness: false,
                 }
             })
             .collect();
@@ -568,6 +678,7 @@ impl ConsensusNode {
             nodes,
             packages: Vec::new(),
             warnings: Vec::new(),
+            cluster_version: self.cluster_version().to_string(),
         }
     }
 
@@ -697,6 +808,11 @@ impl ConsensusNode {
         LeadershipChanges { server: self.raft.server_metrics(), metrics: self.raft.metrics() }
     }
 
+    /// The highest term this node has seen.
+    pub fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     /// Whether this node is the leader now, and in which term.
     pub fn leadership(&self) -> Option<u64> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -736,6 +852,20 @@ impl ConsensusNode {
         self.peers.call(node_id(name), address, rpc, body, timeout).await.map_err(|err| err.to_string())
     }
 
+    /// A peer RPC whose payload the caller encoded (its version byte chosen for the protocol of
+    /// [`ConsensusNode::protocol`]); returns the encoded answer (the engine's leases and proposals,
+    /// whose shapes differ between protocols).
+    pub async fn call_peer_raw(
+        &self,
+        name: &str,
+        address: &str,
+        rpc: PeerRpc,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
+        self.peers.call_raw(node_id(name), address, rpc, payload, timeout).await.map_err(|err| err.to_string())
+    }
+
     /// Sends a request to another node (forwarding to the leader).
     pub async fn forward(&self, address: &str, request: &Request) -> Result<Response, ForwardError> {
         let limit = self.timing.request_timeout + Duration::from_secs(1);
@@ -746,11 +876,20 @@ impl ConsensusNode {
     }
 
     /// Serves a peer RPC; the answer is the encoded result, or a message naming what failed.
+    ///
+    /// The payload's version byte says which protocol the caller speaks (3: v0.1.0, whose entries
+    /// are converted; 4: this release); the answer is written in the same protocol.
     pub async fn handle_peer(&self, request: PeerRequest) -> Result<Vec<u8>, String> {
         let bad = |err: cluster_api::FrameError| format!("malformed {:?} rpc: {err}", request.rpc);
+        let protocol = frame_version(&request.payload).map_err(bad)?;
+        let encoded = |value: &dyn erased::Encode| value.encode_as(protocol);
         match request.rpc {
             PeerRpc::AppendEntries => {
-                let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload).map_err(bad)?;
+                let rpc: AppendEntriesRequest<TypeConfig> = if protocol == PROTOCOL_V0_1 {
+                    append_from_v0_1(decode_body::<AppendEntriesRequest<TypeConfigV01>>(&request.payload).map_err(bad)?)
+                } else {
+                    decode_body(&request.payload).map_err(bad)?
+                };
                 let term = rpc.vote.leader_id().get_term();
                 // A leader of the current term is alive even when this node cannot answer yet (its
                 // disk stalls and the append waits for it): refuse pre-votes meanwhile, or a stalled
@@ -774,7 +913,7 @@ impl ConsensusNode {
                 encoded(&result)
             }
             PeerRpc::Vote => {
-                let rpc: VoteRequest<u64> = decode(&request.payload).map_err(bad)?;
+                let rpc: VoteRequest<u64> = decode_body(&request.payload).map_err(bad)?;
                 let result = self.raft.vote(rpc).await;
                 if matches!(&result, Ok(response) if response.vote_granted) {
                     // Granting a vote restarts our own wait, so we do not compete with the candidate.
@@ -783,7 +922,7 @@ impl ConsensusNode {
                 encoded(&result)
             }
             PeerRpc::InstallSnapshot => {
-                let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.payload).map_err(bad)?;
+                let rpc: InstallSnapshotRequest<TypeConfig> = decode_body(&request.payload).map_err(bad)?;
                 let in_flight = AckInFlight::begin(&self.acks, rpc.vote.leader_id().get_term());
                 let result = self.raft.install_snapshot(rpc).await;
                 if result.is_ok() {
@@ -793,21 +932,27 @@ impl ConsensusNode {
                 encoded(&result)
             }
             PeerRpc::PreVote => {
-                let rpc: PreVoteRequest = decode(&request.payload).map_err(bad)?;
+                let rpc: PreVoteRequest = decode_body(&request.payload).map_err(bad)?;
                 encoded(&self.answer_pre_vote(&rpc))
             }
             PeerRpc::HoldElections => {
-                let millis: u64 = decode(&request.payload).map_err(bad)?;
+                let millis: u64 = decode_body(&request.payload).map_err(bad)?;
                 self.election.hold(Duration::from_millis(millis.min(10_000)));
                 encoded(&())
             }
             PeerRpc::Lease | PeerRpc::Propose => Err(format!("{:?} is served by the daemon, not by raft", request.rpc)),
+            PeerRpc::Version => {
+                decode_body::<()>(&request.payload).map_err(bad)?;
+                let answer =
+                    NodeVersion { release: env!("CARGO_PKG_VERSION").to_owned(), newest: ClusterVersion::CURRENT };
+                encoded(&answer)
+            }
             PeerRpc::LastAck => {
-                let term: u64 = decode(&request.payload).map_err(bad)?;
+                let term: u64 = decode_body(&request.payload).map_err(bad)?;
                 encoded(&self.answer_last_ack(term))
             }
             PeerRpc::Campaign => {
-                decode::<()>(&request.payload).map_err(bad)?;
+                decode_body::<()>(&request.payload).map_err(bad)?;
                 self.election.hold(Duration::ZERO);
                 self.raft.trigger().elect().await.map_err(|err| err.to_string())?;
                 encoded(&())
@@ -983,9 +1128,17 @@ fn openraft_lease(timing: Timing) -> Duration {
     (timing.election_timeout_min * 9 / 10).max(timing.heartbeat * 2 + Duration::from_millis(2))
 }
 
-/// Encodes a peer RPC answer.
-fn encoded<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    encode(value).map(|bytes| bytes.to_vec()).map_err(|err| err.to_string())
+/// Encoding of a peer RPC answer in the protocol of its request, for any serializable answer.
+mod erased {
+    pub(super) trait Encode {
+        fn encode_as(&self, protocol: u8) -> Result<Vec<u8>, String>;
+    }
+
+    impl<T: serde::Serialize> Encode for T {
+        fn encode_as(&self, protocol: u8) -> Result<Vec<u8>, String> {
+            cluster_api::encode_as(self, protocol).map(|bytes| bytes.to_vec()).map_err(|err| err.to_string())
+        }
+    }
 }
 
 fn validate_address(address: &str) -> Result<()> {
@@ -1017,6 +1170,14 @@ async fn driver(node: std::sync::Weak<ConsensusNode>) {
             return;
         }
         node.snapshot_if_due(&mut last_triggered).await;
+        let version = node.version.get();
+        if version > node.log.format() {
+            // The cluster version is committed: v0.1.0 can no longer read what follows.
+            match node.log.raise_format(version).await {
+                Ok(()) => tracing::info!(%version, "raft log: writing the records of cluster version {version}"),
+                Err(err) => tracing::error!(error = %err, "raft log: cannot raise its format"),
+            }
+        }
         let state = node.raft.metrics().borrow().state;
         if state == ServerState::Leader || node.election.held() {
             deadline = None;

@@ -9,29 +9,41 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use cluster_model::{ClusterState, CommandOutcome};
+use cluster_model::compat::{state_to_v0_1, v0_1};
+use cluster_model::{ClusterState, ClusterVersion, CommandOutcome};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
 use serde::{Deserialize, Serialize};
 
+use crate::compat::SharedVersion;
 use crate::files::{read_checked, write_atomic};
 use crate::types::{io_error, Entry, LogId, StorageError, TypeConfig};
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"CLSN";
-/// 3: `ClusterState` ends with `alerts`. 2: the same without it. FIXME(upgrade from v0.1.0): v0.1.0
-/// also wrote version 2, but its `Settings` lacks `grantor_wait_ceiling_us` (added without a new
-/// version): such snapshots are refused as undecodable until the compatibility layer reads them.
-const SNAPSHOT_VERSION: u8 = 3;
+/// Snapshot data versions: 2 is v0.1.0's state (`compat::v0_1::ClusterState`), written while the
+/// cluster runs at version 1 so that a v0.1.0 member can install it; 4 is this release's. 3 was
+/// written only by development builds between the two (v0.1.0's state with a lease ceiling in the
+/// settings and alert hooks at the end): still read.
+const SNAPSHOT_V0_1: u8 = 2;
+const SNAPSHOT_DEV: u8 = 3;
+const SNAPSHOT_VERSION: u8 = 4;
 
 type Meta = SnapshotMeta<u64, cluster_model::NodeInfo>;
 type Membership = StoredMembership<u64, cluster_model::NodeInfo>;
 
 /// What a node knows after applying the committed log.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Applied {
     pub state: ClusterState,
     pub last_applied: Option<LogId>,
     pub membership: Membership,
+}
+
+impl Default for Applied {
+    /// Before the first entry: the genesis state (a log is replayed from the oldest version).
+    fn default() -> Applied {
+        Applied { state: ClusterState::genesis(), last_applied: None, membership: Membership::default() }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -53,6 +65,8 @@ pub struct StateMachineStore {
     snapshot_path: PathBuf,
     current: CurrentSnapshot,
     snapshot_counter: Arc<std::sync::atomic::AtomicU64>,
+    /// The cluster version of the applied state, for the log and the network.
+    version: SharedVersion,
 }
 
 /// Opening the snapshot failed; the node must not start.
@@ -63,36 +77,78 @@ pub struct SnapshotOpenError {
     pub what: String,
 }
 
+/// Snapshot data of `state` in the format of its cluster version (v0.1.0's at version 1).
 fn encode_data(state: &ClusterState) -> Vec<u8> {
-    let body = postcard::to_allocvec(state).expect("cluster state always serializes");
+    let (version, body) = match state.cluster_version {
+        ClusterVersion::V0_1 => match state_to_v0_1(state) {
+            Ok(old) => (SNAPSHOT_V0_1, postcard::to_allocvec(&old)),
+            Err(needs) => {
+                // Only a state written by a development build between the releases holds such
+                // a thing at version 1; no v0.1.0 member can have read it either.
+                tracing::warn!(%needs, "snapshot: written in this release's format at cluster version 0.1.0");
+                (SNAPSHOT_VERSION, postcard::to_allocvec(state))
+            }
+        },
+        _ => (SNAPSHOT_VERSION, postcard::to_allocvec(state)),
+    };
+    let body = body.expect("cluster state always serializes");
     let mut data = Vec::with_capacity(body.len() + 9);
     data.extend_from_slice(SNAPSHOT_MAGIC);
-    data.push(SNAPSHOT_VERSION);
+    data.push(version);
     data.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     data.extend_from_slice(&body);
     data
 }
 
-/// Decodes snapshot data, checking magic, version and checksum.
+/// Decodes snapshot data of any supported version, checking magic, version and checksum.
 pub(crate) fn decode_data(data: &[u8]) -> Result<ClusterState, String> {
     if data.len() < 9 || &data[0..4] != SNAPSHOT_MAGIC {
         return Err("not a clusterd snapshot".into());
     }
-    if data[4] != SNAPSHOT_VERSION && data[4] != 2 {
-        return Err(format!("snapshot version {} is not supported: expected 2 or {SNAPSHOT_VERSION}", data[4]));
+    let version = data[4];
+    if ![SNAPSHOT_V0_1, SNAPSHOT_DEV, SNAPSHOT_VERSION].contains(&version) {
+        return Err(format!(
+            "snapshot version {version} is not supported: this clusterd reads {SNAPSHOT_V0_1} (0.1.0) and \
+             {SNAPSHOT_VERSION} (0.2.0)"
+        ));
     }
     let crc = u32::from_le_bytes(data[5..9].try_into().expect("4 bytes"));
     if crc32fast::hash(&data[9..]) != crc {
         return Err("snapshot checksum mismatch".into());
     }
-    if data[4] == 2 {
-        // postcard writes a struct as its fields in order: a version-2 state followed by the
-        // encoding of empty alerts is the version-3 encoding of the same state.
-        let mut body = data[9..].to_vec();
-        body.extend(postcard::to_allocvec(&cluster_model::alerts::AlertState::default()).expect("alerts serialize"));
-        return postcard::from_bytes(&body).map_err(|err| format!("undecodable version 2 snapshot: {err}"));
+    let body = &data[9..];
+    let exact = |what: &str, trailing: &[u8]| {
+        if trailing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("undecodable {what} snapshot: {} unexpected trailing bytes", trailing.len()))
+        }
+    };
+    match version {
+        SNAPSHOT_V0_1 => {
+            let (old, trailing) = postcard::take_from_bytes::<v0_1::ClusterState>(body)
+                .map_err(|err| format!("undecodable version 2 (0.1.0) snapshot: {err}"))?;
+            exact("version 2 (0.1.0)", trailing)?;
+            Ok(old.into())
+        }
+        SNAPSHOT_DEV => {
+            // postcard writes a struct as its fields in order, and everything this release added
+            // comes after `alerts`: the development state followed by the encoding of those fields
+            // at cluster version 1 is this release's encoding of the same state.
+            let mut body = body.to_vec();
+            body.extend(postcard::to_allocvec(&ClusterVersion::V0_1).expect("versions serialize"));
+            let (state, trailing) = postcard::take_from_bytes::<ClusterState>(&body)
+                .map_err(|err| format!("undecodable version 3 snapshot: {err}"))?;
+            exact("version 3", trailing)?;
+            Ok(state)
+        }
+        _ => {
+            let (state, trailing) = postcard::take_from_bytes::<ClusterState>(body)
+                .map_err(|err| format!("undecodable snapshot: {err}"))?;
+            exact("version 4", trailing)?;
+            Ok(state)
+        }
     }
-    postcard::from_bytes(&data[9..]).map_err(|err| format!("undecodable snapshot: {err}"))
 }
 
 impl StateMachineStore {
@@ -109,17 +165,24 @@ impl StateMachineStore {
             applied.membership = file.meta.last_membership.clone();
             current = Some((file.meta, file.data));
         }
+        let version = SharedVersion::new(applied.state.cluster_version);
         Ok(StateMachineStore {
             applied: Arc::new(RwLock::new(applied)),
             snapshot_path,
             current: Arc::new(RwLock::new(current)),
             snapshot_counter: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            version,
         })
     }
 
     /// The shared applied state, for reads.
     pub fn view(&self) -> StateView {
         self.applied.clone()
+    }
+
+    /// The cluster version of the applied state, kept current as entries apply.
+    pub(crate) fn shared_version(&self) -> SharedVersion {
+        self.version.clone()
     }
 
     /// Writes the snapshot file on a blocking thread: a stalled disk must not block the runtime that
@@ -182,6 +245,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             outcomes.push(outcome);
         }
+        self.version.set(applied.state.cluster_version);
         Ok(outcomes)
     }
 
@@ -202,6 +266,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
+        self.version.set(applied.state.cluster_version);
         Ok(())
     }
 
@@ -214,26 +279,60 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 }
 
 #[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) fn encode(state: &cluster_model::ClusterState) -> Vec<u8> {
+        super::encode_data(state)
+    }
+}
+
+#[cfg(test)]
 mod compat_tests {
     use super::*;
+    use cluster_model::Command;
+
+    fn version_of(data: &[u8]) -> u8 {
+        data[4]
+    }
 
     #[test]
-    fn a_version_2_snapshot_without_alert_hooks_still_decodes() {
-        let mut state = ClusterState::default();
-        state.apply(&cluster_model::Command::KvSet { key: "k".into(), value: "v".into() });
-        let current = encode_data(&state);
-        assert_eq!(current[4], SNAPSHOT_VERSION);
-        // Version 2 is the same fields without the trailing (here empty) alert state: [0, 0].
-        let body = &current[9..current.len() - 2];
-        assert_eq!(&current[current.len() - 2..], &[0, 0]);
-        let mut old = SNAPSHOT_MAGIC.to_vec();
-        old.push(2);
-        old.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-        old.extend_from_slice(body);
-        assert_eq!(decode_data(&old), Ok(state.clone()));
-        assert_eq!(decode_data(&current), Ok(state));
-        let mut future = current.clone();
-        future[4] = 4;
-        assert_eq!(decode_data(&future), Err("snapshot version 4 is not supported: expected 2 or 3".into()));
+    fn a_state_at_cluster_version_1_is_written_as_v0_1_wrote_it_and_read_back() {
+        let mut state = ClusterState::genesis();
+        state.apply(&Command::KvSet { key: "k".into(), value: "v".into() });
+        let data = encode_data(&state);
+        assert_eq!(version_of(&data), SNAPSHOT_V0_1);
+        assert_eq!(decode_data(&data), Ok(state.clone()));
+        // Once the cluster runs at 0.2.0, this release's format.
+        state.apply(&Command::ActivateVersion { version: ClusterVersion::V0_2, at_ms: 5 });
+        let data = encode_data(&state);
+        assert_eq!(version_of(&data), SNAPSHOT_VERSION);
+        assert_eq!(decode_data(&data), Ok(state));
+    }
+
+    #[test]
+    fn a_development_snapshot_of_version_3_still_decodes() {
+        // Version 3 = this release's encoding without what it added after `alerts`.
+        let mut state = ClusterState::genesis();
+        state.apply(&Command::KvSet { key: "k".into(), value: "v".into() });
+        let body = postcard::to_allocvec(&state).unwrap();
+        let added = postcard::to_allocvec(&ClusterVersion::V0_1).unwrap();
+        let body = &body[..body.len() - added.len()];
+        let mut dev = SNAPSHOT_MAGIC.to_vec();
+        dev.push(SNAPSHOT_DEV);
+        dev.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        dev.extend_from_slice(body);
+        assert_eq!(decode_data(&dev), Ok(state));
+    }
+
+    #[test]
+    fn unknown_versions_and_trailing_bytes_are_refused() {
+        let mut data = encode_data(&ClusterState::genesis());
+        data[4] = 5;
+        let err = decode_data(&data).unwrap_err();
+        assert_eq!(err, "snapshot version 5 is not supported: this clusterd reads 2 (0.1.0) and 4 (0.2.0)");
+        let mut data = encode_data(&ClusterState::default());
+        data.push(0);
+        let body = data[9..].to_vec();
+        data[5..9].copy_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        assert!(decode_data(&data).unwrap_err().contains("1 unexpected trailing bytes"));
     }
 }

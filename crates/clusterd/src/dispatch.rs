@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_api::{decode, encode, ApiError, ClientReply, ClientRequest, ErrorKind, PeerRpc, Request, Response};
+use cluster_api::{ApiError, ClientReply, ClientRequest, ErrorKind, PeerRpc, Request, Response};
 use cluster_model::controller::{explain, protection, Liveness, Protection};
 use cluster_model::{validate_key, validate_value, Command, CommandOutcome, FenceConfig, Phase};
 use cluster_raft::{ConsensusError, ConsensusNode, ForwardError};
@@ -14,19 +14,8 @@ use crate::engine::{wall_ms, Engine, LeaseRequest};
 pub(crate) struct Dispatcher {
     pub(crate) node: Arc<ConsensusNode>,
     pub(crate) engine: Arc<Engine>,
-}
-
-/// Runs a peer RPC served by the engine: decode, serve, encode the result.
-async fn serve_engine_rpc<Req, Resp, F, Fut>(payload: &[u8], serve: F) -> Result<Vec<u8>, String>
-where
-    Req: serde::de::DeserializeOwned,
-    Resp: serde::Serialize,
-    F: FnOnce(Req) -> Fut,
-    Fut: std::future::Future<Output = Result<Resp, String>>,
-{
-    let request: Req = decode(payload).map_err(|err| format!("malformed engine rpc: {err}"))?;
-    let answer = serve(request).await;
-    encode(&answer).map(|bytes| bytes.to_vec()).map_err(|err| err.to_string())
+    /// The members' releases, as the leader last learned them (rolling upgrades).
+    pub(crate) versions: Arc<crate::upgrade::Versions>,
 }
 
 fn api_error(err: ConsensusError) -> ApiError {
@@ -60,23 +49,13 @@ impl Dispatcher {
         match request {
             Request::Peer(peer) if peer.rpc == PeerRpc::Lease => {
                 let engine = &self.engine;
-                Response::Peer(
-                    serve_engine_rpc(
-                        &peer.payload,
-                        |request: LeaseRequest| async move { engine.grant(&request).await },
-                    )
-                    .await,
-                )
+                let grant = |request: LeaseRequest| async move { engine.grant(&request).await };
+                Response::Peer(crate::compat::serve_lease(&peer.payload, grant).await)
             }
             Request::Peer(peer) if peer.rpc == PeerRpc::Propose => {
                 let engine = &self.engine;
-                Response::Peer(
-                    serve_engine_rpc(
-                        &peer.payload,
-                        |command: Command| async move { engine.serve_propose(command).await },
-                    )
-                    .await,
-                )
+                let propose = |command: Command| async move { engine.serve_propose(command).await };
+                Response::Peer(crate::compat::serve_propose(&peer.payload, propose).await)
             }
             Request::Peer(peer) => Response::Peer(self.node.handle_peer(peer).await),
             Request::Client { request, forwarded } => Response::Client(self.client(request, forwarded).await),
@@ -86,6 +65,21 @@ impl Dispatcher {
     /// Runs a client request here if this node can, else forwards it to the leader; while there is
     /// no leader it waits (up to the request timeout) for one to be elected.
     async fn client(&self, request: ClientRequest, forwarded: bool) -> Result<ClientReply, ApiError> {
+        let version = self.node.cluster_version();
+        if version < cluster_model::ClusterVersion::CURRENT {
+            // What v0.1.0 does not know is refused on every node alike, whoever leads: while the
+            // cluster runs at its version, a v0.1.0 node may lead or be asked next.
+            if let Err(needs) = cluster_api::v0_1::client_request_to_v0_1(&request) {
+                return Err(ApiError::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "{needs}, and the cluster runs at version {version} until every node runs clusterd {} or \
+                         later (`clusterctl status` lists the release of each node; docs/upgrades.md)",
+                        needs.needs
+                    ),
+                ));
+            }
+        }
         let deadline = Instant::now() + self.node.timing().request_timeout;
         loop {
             let leader = match self.execute(&request, forwarded).await {
@@ -136,6 +130,8 @@ impl Dispatcher {
         match request {
             ClientRequest::ClusterInit => {
                 node.initialize().await?;
+                // A new cluster of this one node uses this release's formats from its first entries.
+                crate::upgrade::activate_new_cluster(node).await;
                 Ok(ClientReply::Done { message: format!("cluster initialized with node {}", node.me().name) })
             }
             ClientRequest::NodeAdd { name, address, learner } => {
@@ -167,8 +163,22 @@ impl Dispatcher {
             }
             ClientRequest::SettingsSet { name, value } => {
                 // Check first so a typo is reported without touching the log.
-                let mut trial = node.read_local(|state| state.settings.clone());
+                let current = node.read_local(|state| state.settings.clone());
+                let mut trial = current.clone();
                 trial.set(name, value).map_err(|err| ConsensusError::Invalid(err.to_string()))?;
+                let version = node.cluster_version();
+                if version < cluster_model::ClusterVersion::V0_2
+                    && trial.lease_for_grantor() < current.lease_for_grantor()
+                {
+                    // v0.1.0 members would judge leases granted before the change with the new,
+                    // shorter wait (they know no lease ceiling): issue 11, finding 1.
+                    return Err(ConsensusError::Invalid(format!(
+                        "refusing to shorten the lease wait ({name} = {value}) while the cluster runs at version \
+                         {version}: nodes of 0.1.0 would judge leases granted before the change by the shorter \
+                         wait; finish the upgrade first (`clusterctl status`)"
+                    ))
+                    .into());
+                }
                 match node.write(Command::SetSetting { name: name.clone(), value: value.clone() }).await? {
                     CommandOutcome::Rejected { reason } => Err(ConsensusError::Invalid(reason).into()),
                     _ => Ok(ClientReply::Done { message: format!("{name} = {value}") }),
@@ -343,10 +353,14 @@ impl Dispatcher {
                 .collect();
             (nodes, state.packages.values().cloned().collect::<Vec<_>>())
         });
+        let leading = self.node.leadership().is_some();
         for (node, (standby, leaving, protection)) in report.nodes.iter_mut().zip(nodes) {
             node.standby = standby;
             node.leaving = leaving;
             node.protection = protection.as_str().to_owned();
+            if leading {
+                node.version = self.versions.release_of(&node.name);
+            }
             if let Some(view) = &view {
                 node.lease = view.nodes.get(&node.name).map(|liveness| {
                     match liveness {
@@ -364,6 +378,9 @@ impl Dispatcher {
                     node.name
                 ));
             }
+        }
+        if leading {
+            report.warnings.extend(self.versions.warning(self.node.cluster_version()));
         }
         for package in &packages {
             let name = &package.def.name;

@@ -2,6 +2,7 @@
 //! Raft, the listeners and the systemd integration.
 
 mod alerts;
+mod compat;
 mod config;
 mod diagnostics;
 mod dispatch;
@@ -9,6 +10,7 @@ mod engine;
 mod metrics;
 mod notify;
 mod server;
+mod upgrade;
 mod web;
 
 use std::path::PathBuf;
@@ -139,7 +141,9 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
         config_path: std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone()),
         log_file: config.log_file.clone(),
     });
-    let dispatcher = Arc::new(Dispatcher { node: node.clone(), engine: engine.clone() });
+    let versions = Arc::new(upgrade::Versions::default());
+    tokio::spawn(upgrade::run(node.clone(), versions.clone()));
+    let dispatcher = Arc::new(Dispatcher { node: node.clone(), engine: engine.clone(), versions });
     let meter = metrics::RequestMeter(measured.then(|| metrics.clone()));
     tokio::spawn(server::serve_tcp(tcp, server_tls.clone(), dispatcher.clone(), meter.clone()));
     tokio::spawn(server::serve_unix(unix, config.socket.clone(), dispatcher.clone(), meter));

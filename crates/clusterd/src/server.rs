@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cluster_api::{decode, encode, framed, ApiError, ErrorKind, Request, Response};
+use cluster_api::wire::{decode_request, encode_response};
+use cluster_api::{framed, ApiError, ErrorKind, Request, Response, PROTOCOL_V0_1};
 use cluster_tls::rustls::ServerConfig;
 use cluster_tls::TlsAcceptor;
 use futures::{SinkExt, StreamExt};
@@ -115,7 +116,13 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
         };
-        let (response, fatal) = match decode::<Request>(&frame) {
+        // Answered in the protocol it came in (v0.1.0's nodes and clients speak 3); a frame this
+        // release cannot read is answered in 3, which every release reads.
+        let (protocol, decoded) = match decode_request(&frame) {
+            Ok((protocol, request)) => (protocol, Ok(request)),
+            Err(err) => (PROTOCOL_V0_1, Err(err)),
+        };
+        let (response, fatal) = match decoded {
             Ok(request) => {
                 // Client requests are counted and timed (metrics); peer RPCs are not.
                 let client = match &request {
@@ -133,7 +140,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 (Response::Client(Err(ApiError::new(ErrorKind::Invalid, format!("malformed request: {err}")))), true)
             }
         };
-        let bytes = match encode(&response) {
+        let bytes = match encode_response(response, protocol) {
             Ok(bytes) => bytes,
             Err(err) => {
                 tracing::error!(%peer, error = %err, "cannot encode a response");

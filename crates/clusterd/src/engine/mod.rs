@@ -27,7 +27,7 @@ use cluster_model::{ClusterState, Command, CommandOutcome, LeaseHolder, LeaseTab
 use cluster_raft::{ConsensusError, ConsensusNode};
 use tokio::sync::{watch, Notify};
 
-pub(crate) use leases::LeaseRequest;
+pub(crate) use leases::{LeaseGrant, LeaseRequest};
 
 /// The applied replicated state (at least as recent as `applied`), as the engine reads it: settings,
 /// packages and nodes. The key-value map and the event history are left empty (the engine never reads
@@ -184,9 +184,10 @@ impl Engine {
             Ok(outcome) => Ok(outcome),
             Err(ConsensusError::NotLeader { leader: Some(leader), .. }) if leader.name != self.me => {
                 let timeout = self.node.timing().request_timeout;
-                let answer: Result<CommandOutcome, String> =
-                    self.node.call_peer(&leader.name, &leader.address, PeerRpc::Propose, &command, timeout).await?;
-                answer
+                let payload = crate::compat::propose_request(&command, self.node.protocol())?;
+                let answer =
+                    self.node.call_peer_raw(&leader.name, &leader.address, PeerRpc::Propose, payload, timeout).await?;
+                crate::compat::propose_answer(&answer)
             }
             Err(err) => Err(err.to_string()),
         }

@@ -1,0 +1,239 @@
+//! Frozen copies of the serialized types of earlier releases, and their conversions to and from
+//! today's types. postcard is not self-describing: bytes written by v0.1.0 decode only with types of
+//! exactly v0.1.0's shape, so those shapes are kept here, unchanged for ever.
+//!
+//! ```text
+//!   v0.1.0 bytes ──postcard──> v0_1::Command ──From──> Command            (always works: reading)
+//!   Command ──to_v0_1──> v0_1::Command ──postcard──> v0.1.0 bytes          (fails with NeedsVersion
+//!                                                                          for what v0.1.0 lacks)
+//! ```
+//!
+//! Types whose encoding has not changed since v0.1.0 are re-exported instead of copied; the fixture
+//! tests (`compat/v0.1.0/fixtures.json`, written by v0.1.0's own code) pin their bytes, so a change
+//! of such a type fails those tests: copy v0.1.0's shape here before changing it.
+
+use crate::version::{ClusterVersion, NeedsVersion};
+use crate::{ClusterState, Command};
+
+/// v0.1.0 (cluster version 1): the types as that release serialized them.
+pub mod v0_1 {
+    use std::collections::{BTreeMap, VecDeque};
+
+    use serde::{Deserialize, Serialize};
+
+    // Unchanged since v0.1.0 (pinned by the fixture tests).
+    pub use crate::package::{Event, NodeRecord, PackageState, Phase, ResourceStatus};
+    pub use crate::settings::FenceConfig;
+    pub use crate::Report;
+    pub use cluster_package::PackageDef;
+
+    /// v0.1.0's `Settings`: no lease ceiling.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Settings {
+        pub snapshot_period: u64,
+        pub heartbeat_ms: u64,
+        pub lease_ms: u64,
+        pub clock_drift_ppm: u64,
+        pub lease_margin_ms: u64,
+        pub stop_budget_ms: Option<u64>,
+        pub fencing: BTreeMap<String, FenceConfig>,
+    }
+
+    /// v0.1.0's `ClusterState` (snapshot data version 2): no alert hooks, no cluster version,
+    /// no witnesses, no join tokens or certificates.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ClusterState {
+        pub settings: Settings,
+        pub kv: BTreeMap<String, String>,
+        pub packages: BTreeMap<String, PackageState>,
+        pub nodes: BTreeMap<String, NodeRecord>,
+        pub events: VecDeque<Event>,
+        pub next_event: u64,
+    }
+
+    /// v0.1.0's `Command`: its 19 variants, in its order.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Command {
+        KvSet { key: String, value: String },
+        KvCas { key: String, expected: Option<String>, new: String },
+        KvDel { key: String },
+        SetSetting { name: String, value: String },
+        SetFence { node: String, fence: Option<FenceConfig> },
+        PkgApply { def: Box<PackageDef>, at_ms: u64 },
+        PkgRemove { name: String, at_ms: u64 },
+        PkgRun { name: String, node: Option<String>, at_ms: u64 },
+        PkgStop { name: String, at_ms: u64 },
+        PkgMove { name: String, to: String, at_ms: u64 },
+        PkgFreeze { name: String, frozen: bool, at_ms: u64 },
+        PkgCleanup { name: String, at_ms: u64 },
+        NodeStandby { name: String, standby: bool, at_ms: u64 },
+        NodeHello { name: String, watchdog: Option<String>, at_ms: u64 },
+        Assign { package: String, expected_epoch: u64, owner: Option<String>, phase: Phase, reason: String, at_ms: u64 },
+        Report { package: String, node: String, epoch: u64, report: Report, at_ms: u64 },
+        NodeFenced { node: String, owned: BTreeMap<String, u64>, at_ms: u64 },
+        NodeLeave { name: String, at_ms: u64 },
+        NodeWatchdog { name: String, watchdog: Option<String>, reason: String, at_ms: u64 },
+    }
+
+    /// v0.1.0's `CommandOutcome` (the answer of a `Propose` peer RPC).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum CommandOutcome {
+        Applied,
+        Deleted { existed: bool },
+        CasMismatch { current: Option<String> },
+        Rejected { reason: String },
+    }
+}
+
+impl From<v0_1::Command> for Command {
+    fn from(command: v0_1::Command) -> Command {
+        use v0_1::Command as Old;
+        match command {
+            Old::KvSet { key, value } => Command::KvSet { key, value },
+            Old::KvCas { key, expected, new } => Command::KvCas { key, expected, new },
+            Old::KvDel { key } => Command::KvDel { key },
+            Old::SetSetting { name, value } => Command::SetSetting { name, value },
+            Old::SetFence { node, fence } => Command::SetFence { node, fence },
+            Old::PkgApply { def, at_ms } => Command::PkgApply { def, at_ms },
+            Old::PkgRemove { name, at_ms } => Command::PkgRemove { name, at_ms },
+            Old::PkgRun { name, node, at_ms } => Command::PkgRun { name, node, at_ms },
+            Old::PkgStop { name, at_ms } => Command::PkgStop { name, at_ms },
+            Old::PkgMove { name, to, at_ms } => Command::PkgMove { name, to, at_ms },
+            Old::PkgFreeze { name, frozen, at_ms } => Command::PkgFreeze { name, frozen, at_ms },
+            Old::PkgCleanup { name, at_ms } => Command::PkgCleanup { name, at_ms },
+            Old::NodeStandby { name, standby, at_ms } => Command::NodeStandby { name, standby, at_ms },
+            Old::NodeHello { name, watchdog, at_ms } => Command::NodeHello { name, watchdog, at_ms },
+            Old::Assign { package, expected_epoch, owner, phase, reason, at_ms } => {
+                Command::Assign { package, expected_epoch, owner, phase, reason, at_ms }
+            }
+            Old::Report { package, node, epoch, report, at_ms } => {
+                Command::Report { package, node, epoch, report, at_ms }
+            }
+            Old::NodeFenced { node, owned, at_ms } => Command::NodeFenced { node, owned, at_ms },
+            Old::NodeLeave { name, at_ms } => Command::NodeLeave { name, at_ms },
+            Old::NodeWatchdog { name, watchdog, reason, at_ms } => {
+                Command::NodeWatchdog { name, watchdog, reason, at_ms }
+            }
+        }
+    }
+}
+
+/// `command` as v0.1.0 encodes it, or what in it v0.1.0 cannot carry.
+pub fn command_to_v0_1(command: &Command) -> Result<v0_1::Command, NeedsVersion> {
+    use v0_1::Command as Old;
+    let needs = command.required_version();
+    if needs > ClusterVersion::V0_1 {
+        return Err(NeedsVersion::new(format!("command `{}`", command.name()), needs));
+    }
+    Ok(match command.clone() {
+        Command::KvSet { key, value } => Old::KvSet { key, value },
+        Command::KvCas { key, expected, new } => Old::KvCas { key, expected, new },
+        Command::KvDel { key } => Old::KvDel { key },
+        Command::SetSetting { name, value } => Old::SetSetting { name, value },
+        Command::SetFence { node, fence } => Old::SetFence { node, fence },
+        Command::PkgApply { def, at_ms } => Old::PkgApply { def, at_ms },
+        Command::PkgRemove { name, at_ms } => Old::PkgRemove { name, at_ms },
+        Command::PkgRun { name, node, at_ms } => Old::PkgRun { name, node, at_ms },
+        Command::PkgStop { name, at_ms } => Old::PkgStop { name, at_ms },
+        Command::PkgMove { name, to, at_ms } => Old::PkgMove { name, to, at_ms },
+        Command::PkgFreeze { name, frozen, at_ms } => Old::PkgFreeze { name, frozen, at_ms },
+        Command::PkgCleanup { name, at_ms } => Old::PkgCleanup { name, at_ms },
+        Command::NodeStandby { name, standby, at_ms } => Old::NodeStandby { name, standby, at_ms },
+        Command::NodeHello { name, watchdog, at_ms } => Old::NodeHello { name, watchdog, at_ms },
+        Command::Assign { package, expected_epoch, owner, phase, reason, at_ms } => {
+            Old::Assign { package, expected_epoch, owner, phase, reason, at_ms }
+        }
+        Command::Report { package, node, epoch, report, at_ms } => Old::Report { package, node, epoch, report, at_ms },
+        Command::NodeFenced { node, owned, at_ms } => Old::NodeFenced { node, owned, at_ms },
+        Command::NodeLeave { name, at_ms } => Old::NodeLeave { name, at_ms },
+        Command::NodeWatchdog { name, watchdog, reason, at_ms } => Old::NodeWatchdog { name, watchdog, reason, at_ms },
+        other => unreachable!("command {} requires version {needs} but has no v0.1.0 form", other.name()),
+    })
+}
+
+impl From<v0_1::CommandOutcome> for crate::CommandOutcome {
+    fn from(outcome: v0_1::CommandOutcome) -> crate::CommandOutcome {
+        match outcome {
+            v0_1::CommandOutcome::Applied => crate::CommandOutcome::Applied,
+            v0_1::CommandOutcome::Deleted { existed } => crate::CommandOutcome::Deleted { existed },
+            v0_1::CommandOutcome::CasMismatch { current } => crate::CommandOutcome::CasMismatch { current },
+            v0_1::CommandOutcome::Rejected { reason } => crate::CommandOutcome::Rejected { reason },
+        }
+    }
+}
+
+/// The outcome as v0.1.0 reads it (every outcome of a v0.1.0 command has a v0.1.0 form).
+pub fn outcome_to_v0_1(outcome: &crate::CommandOutcome) -> v0_1::CommandOutcome {
+    match outcome.clone() {
+        crate::CommandOutcome::Applied => v0_1::CommandOutcome::Applied,
+        crate::CommandOutcome::Deleted { existed } => v0_1::CommandOutcome::Deleted { existed },
+        crate::CommandOutcome::CasMismatch { current } => v0_1::CommandOutcome::CasMismatch { current },
+        crate::CommandOutcome::Rejected { reason } => v0_1::CommandOutcome::Rejected { reason },
+    }
+}
+
+impl From<v0_1::Settings> for crate::Settings {
+    fn from(old: v0_1::Settings) -> crate::Settings {
+        crate::Settings {
+            snapshot_period: old.snapshot_period,
+            heartbeat_ms: old.heartbeat_ms,
+            lease_ms: old.lease_ms,
+            clock_drift_ppm: old.clock_drift_ppm,
+            lease_margin_ms: old.lease_margin_ms,
+            stop_budget_ms: old.stop_budget_ms,
+            fencing: old.fencing,
+            grantor_wait_ceiling_us: None,
+        }
+    }
+}
+
+impl From<v0_1::ClusterState> for ClusterState {
+    /// A v0.1.0 state is at cluster version 1, with nothing v0.1.0 did not have.
+    fn from(old: v0_1::ClusterState) -> ClusterState {
+        ClusterState {
+            settings: old.settings.into(),
+            kv: old.kv,
+            packages: old.packages,
+            nodes: old.nodes,
+            events: old.events,
+            next_event: old.next_event,
+            cluster_version: ClusterVersion::V0_1,
+            ..ClusterState::genesis()
+        }
+    }
+}
+
+/// `state` as v0.1.0 stores it, or what in it v0.1.0 cannot hold. At cluster version 1 nothing
+/// newer can be in the state (the commands that put it there are refused), so this succeeds.
+pub fn state_to_v0_1(state: &ClusterState) -> Result<v0_1::ClusterState, NeedsVersion> {
+    let needs = |what: &str| Err(NeedsVersion::new(what, ClusterVersion::V0_2));
+    if state.cluster_version > ClusterVersion::V0_1 {
+        return Err(NeedsVersion::new(
+            format!("a state at cluster version {}", state.cluster_version),
+            state.cluster_version,
+        ));
+    }
+    if state.settings.grantor_wait_ceiling_us.is_some() {
+        return needs("a lease ceiling");
+    }
+    if state.alerts != crate::alerts::AlertState::default() {
+        return needs("alert hooks");
+    }
+    let settings = &state.settings;
+    Ok(v0_1::ClusterState {
+        settings: v0_1::Settings {
+            snapshot_period: settings.snapshot_period,
+            heartbeat_ms: settings.heartbeat_ms,
+            lease_ms: settings.lease_ms,
+            clock_drift_ppm: settings.clock_drift_ppm,
+            lease_margin_ms: settings.lease_margin_ms,
+            stop_budget_ms: settings.stop_budget_ms,
+            fencing: settings.fencing.clone(),
+        },
+        kv: state.kv.clone(),
+        packages: state.packages.clone(),
+        nodes: state.nodes.clone(),
+        events: state.events.clone(),
+        next_event: state.next_event,
+    })
+}
