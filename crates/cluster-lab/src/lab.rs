@@ -171,6 +171,18 @@ pub struct LabSpec {
     pub reboot_delay: Duration,
     /// Serve an emulated watchdog per node (a supervisor process).
     pub watchdog: bool,
+    /// Nodes that run another `clusterd` than the lab's (an older release: the upgrade test).
+    pub other_clusterd: BTreeMap<String, OtherClusterd>,
+}
+
+/// A node's `clusterd` when it is not the lab's: its binary and the release whose node file keys it
+/// reads (a v0.1.0 daemon refuses the keys added after it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtherClusterd {
+    /// Path of the binary.
+    pub clusterd: PathBuf,
+    /// Its release, e.g. `0.1.0`.
+    pub release: String,
 }
 
 impl LabSpec {
@@ -185,6 +197,7 @@ impl LabSpec {
             tool: None,
             reboot_delay: Duration::from_secs(2),
             watchdog: false,
+            other_clusterd: BTreeMap::new(),
         }
     }
 }
@@ -236,6 +249,9 @@ pub struct LabState {
     pub supervisor_pid: Option<i32>,
     /// Seconds a node stays off after a watchdog reset.
     pub reboot_delay_ms: u64,
+    /// Nodes that run another `clusterd` than the lab's (see [`Lab::set_clusterd`]).
+    #[serde(default)]
+    pub other_clusterd: BTreeMap<String, OtherClusterd>,
 }
 
 /// File and namespace names of one lab.
@@ -574,6 +590,7 @@ impl Lab {
                 partition: None,
                 supervisor_pid: None,
                 reboot_delay_ms: spec.reboot_delay.as_millis() as u64,
+                other_clusterd: spec.other_clusterd.clone(),
             },
         };
         if spec.voters + spec.learners == 0 || spec.voters + spec.learners > 180 {
@@ -919,8 +936,21 @@ impl Lab {
         Ok(())
     }
 
+    /// Runs `other` as `node`'s `clusterd` from its next start on (`None`: the lab's again); the
+    /// upgrade test upgrades a node this way, then restarts its daemon.
+    pub fn set_clusterd(&mut self, node: &str, other: Option<OtherClusterd>) -> Result<(), LabError> {
+        self.node(node)?;
+        match other {
+            Some(other) => self.state.other_clusterd.insert(node.to_owned(), other),
+            None => self.state.other_clusterd.remove(node),
+        };
+        self.save()
+    }
+
     fn start_clusterd(&self, node: &str, clusterd: &Path, watchdog: bool) -> Result<i32, LabError> {
         let record = self.node(node)?;
+        let other = self.state.other_clusterd.get(node);
+        let clusterd = other.map_or(clusterd, |other| other.clusterd.as_path());
         let run_dir = self.paths.node_run_dir(node);
         // The mount point of the node's data filesystem (made by `up`).
         let data_dir = self.paths.data_dir(node);
@@ -936,8 +966,11 @@ impl Lab {
             pki.join(format!("{node}.key")).display(),
         );
         // Metrics and the status page on the node's own loopback (each node has its own network
-        // namespace): reachable only from inside the node, e.g. a browser run with `exec`.
-        config.insert_str(0, &format!("metrics = \"{LAB_METRICS}\"\nstatus_page = true\n"));
+        // namespace): reachable only from inside the node, e.g. a browser run with `exec`. v0.1.0
+        // had neither key.
+        if other.is_none_or(|other| other.release != "0.1.0") {
+            config.insert_str(0, &format!("metrics = \"{LAB_METRICS}\"\nstatus_page = true\n"));
+        }
         if watchdog {
             config
                 .push_str(&format!("\n[watchdog]\ndevice = \"lab:{}\"\n", self.paths.watchdog_socket(node).display()));

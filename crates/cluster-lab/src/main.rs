@@ -368,6 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tool: None,
                 reboot_delay: Duration::from_secs_f64(reboot_delay),
                 watchdog,
+                other_clusterd: Default::default(),
             };
             let lab = Lab::up(&spec).with_context(|| format!("failed to bring lab {name} up"))?;
             print_status(&lab, false);

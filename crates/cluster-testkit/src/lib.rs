@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use previous_release::{
-    previous_commit, previous_release, target_dir, PreviousRelease, PREVIOUS_COMMIT, PREVIOUS_TAG,
-};
+pub use previous_release::{previous_release, PreviousRelease, PREVIOUS_COMMIT, PREVIOUS_TAG};
 
 use cluster_api::{Client, ClientReply, ClientRequest, Endpoint, Request, Response, StatusReport};
 use cluster_tls::TlsFiles;

@@ -94,6 +94,16 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(tag: &str, watchdog: bool, options: PackageOptions) -> Fixture {
+        Fixture::with_nodes(tag, watchdog, options, Default::default())
+    }
+
+    /// [`Fixture::new`] with some nodes running another `clusterd` (the upgrade test).
+    pub fn with_nodes(
+        tag: &str,
+        watchdog: bool,
+        options: PackageOptions,
+        other_clusterd: std::collections::BTreeMap<String, cluster_lab::lab::OtherClusterd>,
+    ) -> Fixture {
         let started = Instant::now();
         let (clusterd, clusterctl) = super::clusterd_binaries();
         let name = lab_name(tag);
@@ -107,6 +117,7 @@ impl Fixture {
             watchdog,
             tool: Some(super::clusterlab()),
             reboot_delay: Duration::from_secs(2),
+            other_clusterd,
             ..LabSpec::bare(&name, 3)
         })
         .unwrap_or_else(|error| panic!("lab {name} with clusterd: {error}"));
