@@ -73,6 +73,8 @@ pub enum ClientRequest {
         name: String,
         address: String,
         learner: bool,
+        /// A witness: a voter that never hosts packages (since 0.2.0).
+        witness: bool,
     },
     NodeRemove {
         name: String,

@@ -165,7 +165,9 @@ impl From<ClientRequest> for crate::ClientRequest {
         use crate::ClientRequest as New;
         match request {
             ClientRequest::ClusterInit => New::ClusterInit,
-            ClientRequest::NodeAdd { name, address, learner } => New::NodeAdd { name, address, learner },
+            ClientRequest::NodeAdd { name, address, learner } => {
+                New::NodeAdd { name, address, learner, witness: false }
+            }
             ClientRequest::NodeRemove { name } => New::NodeRemove { name },
             ClientRequest::NodePromote { name } => New::NodePromote { name },
             ClientRequest::TransferLeader { name } => New::TransferLeader { name },
@@ -199,7 +201,8 @@ pub fn client_request_to_v0_1(request: &crate::ClientRequest) -> Result<ClientRe
     use crate::ClientRequest as New;
     Ok(match request.clone() {
         New::ClusterInit => ClientRequest::ClusterInit,
-        New::NodeAdd { name, address, learner } => ClientRequest::NodeAdd { name, address, learner },
+        New::NodeAdd { witness: true, .. } => return Err(needs("`node add --witness`")),
+        New::NodeAdd { name, address, learner, witness: false } => ClientRequest::NodeAdd { name, address, learner },
         New::NodeRemove { name } => ClientRequest::NodeRemove { name },
         New::NodePromote { name } => ClientRequest::NodePromote { name },
         New::TransferLeader { name } => ClientRequest::TransferLeader { name },

@@ -173,6 +173,8 @@ pub struct LabSpec {
     pub watchdog: bool,
     /// Nodes that run another `clusterd` than the lab's (an older release: the upgrade test).
     pub other_clusterd: BTreeMap<String, OtherClusterd>,
+    /// Nodes whose node file says `role = "witness"` (voters that never host packages).
+    pub witnesses: Vec<String>,
 }
 
 /// A node's `clusterd` when it is not the lab's: its binary and the release whose node file keys it
@@ -198,6 +200,7 @@ impl LabSpec {
             reboot_delay: Duration::from_secs(2),
             watchdog: false,
             other_clusterd: BTreeMap::new(),
+            witnesses: Vec::new(),
         }
     }
 }
@@ -252,6 +255,9 @@ pub struct LabState {
     /// Nodes that run another `clusterd` than the lab's (see [`Lab::set_clusterd`]).
     #[serde(default)]
     pub other_clusterd: BTreeMap<String, OtherClusterd>,
+    /// Nodes whose node file says `role = "witness"`.
+    #[serde(default)]
+    pub witnesses: Vec<String>,
 }
 
 /// File and namespace names of one lab.
@@ -591,6 +597,7 @@ impl Lab {
                 supervisor_pid: None,
                 reboot_delay_ms: spec.reboot_delay.as_millis() as u64,
                 other_clusterd: spec.other_clusterd.clone(),
+                witnesses: spec.witnesses.clone(),
             },
         };
         if spec.voters + spec.learners == 0 || spec.voters + spec.learners > 180 {
@@ -970,6 +977,9 @@ impl Lab {
         // had neither key.
         if other.is_none_or(|other| other.release != "0.1.0") {
             config.insert_str(0, &format!("metrics = \"{LAB_METRICS}\"\nstatus_page = true\n"));
+        }
+        if self.state.witnesses.iter().any(|witness| witness == node) {
+            config.insert_str(0, "role = \"witness\"\n");
         }
         if watchdog {
             config

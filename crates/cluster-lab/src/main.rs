@@ -369,6 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 reboot_delay: Duration::from_secs_f64(reboot_delay),
                 watchdog,
                 other_clusterd: Default::default(),
+                witnesses: Vec::new(),
             };
             let lab = Lab::up(&spec).with_context(|| format!("failed to bring lab {name} up"))?;
             print_status(&lab, false);

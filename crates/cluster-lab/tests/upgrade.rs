@@ -39,7 +39,7 @@ fn a_v0_1_cluster_is_upgraded_one_node_at_a_time_while_its_package_keeps_running
     let old = OtherClusterd { clusterd: previous.clusterd.clone(), release: "0.1.0".into() };
     let nodes: BTreeMap<String, OtherClusterd> =
         ["n1", "n2", "n3"].iter().map(|node| (node.to_string(), old.clone())).collect();
-    let mut fixture = Fixture::with_nodes("upgr", false, PackageOptions::default(), nodes);
+    let mut fixture = Fixture::with_spec("upgr", false, PackageOptions::default(), |spec| spec.other_clusterd = nodes);
     let status = fixture.ctl_json(VIA, &["status"]);
     assert_eq!(status["cluster_version"], "0.1.0", "{status}");
     for node in ["n1", "n2", "n3"] {

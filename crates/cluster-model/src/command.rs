@@ -67,6 +67,9 @@ pub enum Command {
     /// Every member runs a release that reads `version`'s formats: the cluster uses them from now
     /// on (proposed by the leader, never lowered; see `crate::version`).
     ActivateVersion { version: ClusterVersion, at_ms: u64 },
+    /// `name` becomes a witness (a voter that never hosts packages), or a node that may host them
+    /// again (`clusterctl node add --witness`, node file `role = "witness"`).
+    NodeRole { name: String, witness: bool, at_ms: u64 },
 }
 
 impl Command {
@@ -96,6 +99,7 @@ impl Command {
             Command::SetAlert { .. } => "SetAlert",
             Command::AlertsDelivered { .. } => "AlertsDelivered",
             Command::ActivateVersion { .. } => "ActivateVersion",
+            Command::NodeRole { .. } => "NodeRole",
         }
     }
 
@@ -125,7 +129,8 @@ impl Command {
             Command::LeasesSettled { .. }
             | Command::SetAlert { .. }
             | Command::AlertsDelivered { .. }
-            | Command::ActivateVersion { .. } => ClusterVersion::V0_2,
+            | Command::ActivateVersion { .. }
+            | Command::NodeRole { .. } => ClusterVersion::V0_2,
         }
     }
 }

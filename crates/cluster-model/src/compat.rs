@@ -219,6 +219,9 @@ pub fn state_to_v0_1(state: &ClusterState) -> Result<v0_1::ClusterState, NeedsVe
     if state.alerts != crate::alerts::AlertState::default() {
         return needs("alert hooks");
     }
+    if !state.witnesses.is_empty() {
+        return needs("witnesses");
+    }
     let settings = &state.settings;
     Ok(v0_1::ClusterState {
         settings: v0_1::Settings {

@@ -1,6 +1,6 @@
 //! The replicated state machine: what every node holds after applying the committed log.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,8 @@ pub struct ClusterState {
     /// The formats the cluster uses: the oldest release every member runs, as committed
     /// (`Command::ActivateVersion`). Commands of later versions are refused below it.
     pub cluster_version: ClusterVersion,
+    /// Witnesses: voters that never host packages (`Command::NodeRole`).
+    pub witnesses: BTreeSet<String>,
 }
 
 impl Default for ClusterState {
@@ -58,6 +60,7 @@ impl ClusterState {
             next_event: 0,
             alerts: crate::alerts::AlertState::default(),
             cluster_version: ClusterVersion::OLDEST,
+            witnesses: BTreeSet::new(),
         }
     }
 
@@ -254,6 +257,18 @@ impl ClusterState {
             Command::SetAlert { path, hook } => crate::alerts::set_alert(self, path, hook.as_ref()),
             Command::AlertsDelivered { next } => crate::alerts::delivered(self, *next),
             Command::ActivateVersion { version, at_ms } => self.activate(*version, *at_ms),
+            Command::NodeRole { name, witness, at_ms } => {
+                let changed = if *witness { self.witnesses.insert(name.clone()) } else { self.witnesses.remove(name) };
+                if changed {
+                    let (what, reason) = if *witness {
+                        ("witness", "a voter that never hosts packages: its packages move away")
+                    } else {
+                        ("package node", "may host packages again")
+                    };
+                    self.event(*at_ms, None, Some(name), 0, what, reason, None);
+                }
+                CommandOutcome::Applied
+            }
         }
     }
 
@@ -309,6 +324,9 @@ impl ClusterState {
         }
         if self.nodes.get(node).is_some_and(|record| record.standby) {
             return Some(format!("node `{node}` is in standby"));
+        }
+        if self.witnesses.contains(node) {
+            return Some(format!("node `{node}` is a witness: it never hosts packages"));
         }
         if self.nodes.get(node).is_some_and(|record| record.leaving) {
             return Some(format!("clusterd on node `{node}` is stopped or stopping"));

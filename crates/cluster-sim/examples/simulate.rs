@@ -1,7 +1,8 @@
 //! Replays one simulation seed with its trace, or explores many seeds of a variant.
 //!
 //! `SIM_SEED=S [SIM_NODES=3|5] [SIM_SCENARIO=watchdog|fencing|lease-only|lease-only-pauses]
-//!  [SIM_TRACE_TAIL=LINES] cargo run -p cluster-sim --example simulate` replays one run with its trace;
+//!  [SIM_WITNESS=NODE] [SIM_TRACE_TAIL=LINES] cargo run -p cluster-sim --example simulate` replays one
+//! run with its trace (`SIM_WITNESS`: that node is a witness, with `cluster_sim::witness_packages`);
 //! `SIM_EXPLORE=N` (with `SIM_RESOURCE_FAILURES=1`, `SIM_STOPPED_ANY_PHASE=1`,
 //! `SIM_DB_FAILBACK_AUTO=1`, `SIM_NO_LIVENESS=1`, `SIM_WAITS_IGNORE_LEASE=1`,
 //! `SIM_FENCE_WITHOUT_CONFIRMING=1`, `SIM_REMOVE_UNDRAINED=1`, `SIM_ABANDONED_STARTS_LAND=1`,
@@ -22,13 +23,22 @@ fn scenario() -> Scenario {
     })
 }
 
+/// `SIM_WITNESS=NODE`: that node is a witness, with the packages of the witness tests.
+fn with_witness(mut config: SimConfig) -> SimConfig {
+    if let Ok(name) = std::env::var("SIM_WITNESS") {
+        config.witnesses = vec![name];
+        config.packages = cluster_sim::witness_packages();
+    }
+    config
+}
+
 fn main() {
     let nodes = env_u64("SIM_NODES").unwrap_or(3) as usize;
     if let Some(count) = env_u64("SIM_EXPLORE") {
         let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
         let mut failed = 0;
         for seed in 0..count {
-            let mut config = SimConfig::new(seed, nodes, scenario());
+            let mut config = with_witness(SimConfig::new(seed, nodes, scenario()));
             config.resource_failures = on("SIM_RESOURCE_FAILURES") || config.resource_failures;
             config.report_stopped_in_any_phase = on("SIM_STOPPED_ANY_PHASE");
             config.check_liveness = !on("SIM_NO_LIVENESS");
@@ -55,7 +65,7 @@ fn main() {
         std::process::exit(2);
     };
     let trace_tail = env_u64("SIM_TRACE_TAIL").map(|lines| lines as usize);
-    let config = SimConfig { trace: true, trace_tail, ..SimConfig::new(seed, nodes, scenario()) };
+    let config = with_witness(SimConfig { trace: true, trace_tail, ..SimConfig::new(seed, nodes, scenario()) });
     match run(&config) {
         Ok(summary) => println!("seed {seed}: every invariant held: {summary:?}"),
         Err(violation) => {

@@ -33,6 +33,16 @@ pub fn default_packages() -> Vec<String> {
     ]
 }
 
+/// The packages of a run with a witness (`SIM_WITNESS`): the default ones, with `app` preferring
+/// the witness n3 first (it must be passed over).
+pub fn witness_packages() -> Vec<String> {
+    vec![
+        package_text("web", &[], "ordered", "manual"),
+        package_text("db", &[], "least-loaded", "manual"),
+        package_text("app", &["n3", "n2", "n1"], "ordered", "auto"),
+    ]
+}
+
 impl Sim {
     pub(crate) fn bootstrap(&mut self) {
         let mut log = Vec::new();
@@ -51,6 +61,9 @@ impl Sim {
                     }),
                 });
             }
+        }
+        for name in self.config.witnesses.iter().filter(|_| !self.config.witness_not_recorded) {
+            log.push(Command::NodeRole { name: name.clone(), witness: true, at_ms: 0 });
         }
         for text in self.config.packages.clone() {
             let def = cluster_package::parse_package("sim.toml", &text)

@@ -101,6 +101,13 @@ pub struct SimConfig {
     pub resource_failures: bool,
     /// Package files loaded at bootstrap (`pkg apply`).
     pub packages: Vec<String>,
+    /// Nodes recorded as witnesses at bootstrap (`Command::NodeRole`): voters that must never
+    /// host a package (checked after every event).
+    pub witnesses: Vec<String>,
+    /// Bootstrap variant: the witnesses are checked but never recorded in the state, as if the
+    /// controller ignored the role; kept to show that the invariant catches a package on a witness
+    /// (`a_witness_the_controller_ignored_would_host_packages`).
+    pub witness_not_recorded: bool,
     /// Executor variant: after a stop, report `Stopped` whenever the node still owns the package
     /// at that epoch, in any phase (not only `Stopping`). Unsafe; kept to document why
     /// (see the `stopped_report_outside_stopping_*` regression test).
@@ -166,6 +173,8 @@ impl SimConfig {
             check_liveness: true,
             resource_failures: true,
             packages: crate::bootstrap::default_packages(),
+            witnesses: Vec::new(),
+            witness_not_recorded: false,
             report_stopped_in_any_phase: false,
             older_leases_bound_early: Duration::ZERO,
             leave_without_handing_over: false,
@@ -183,8 +192,9 @@ impl SimConfig {
 
     /// The command that replays this run alone, with its trace.
     pub fn reproduce_command(&self) -> String {
+        let witness = self.witnesses.first().map(|name| format!(" SIM_WITNESS={name}")).unwrap_or_default();
         format!(
-            "SIM_SEED={} SIM_NODES={} SIM_SCENARIO={} cargo run -p cluster-sim --example simulate",
+            "SIM_SEED={} SIM_NODES={} SIM_SCENARIO={}{witness} cargo run -p cluster-sim --example simulate",
             self.seed,
             self.nodes,
             self.scenario.name()

@@ -127,8 +127,16 @@ impl Sim {
         let node = &self.nodes[n];
         let Some(leave) = node.leave else { return };
         let me = node.name.as_str();
-        // Frozen (maintenance) and blocked packages stay as they are (clusterd's `wait_until_left`).
-        let blocked = |name: &str| node.state.packages.get(name).is_some_and(|p| p.frozen || p.phase == Phase::Blocked);
+        // Frozen (maintenance) and blocked packages stay as they are (clusterd's `wait_until_left`),
+        // but once the lease is given up frozen ones stop too (the lease outranks the freeze) and
+        // are waited for: exiting in the middle of their stop left them running unknown to the
+        // cluster (seed 19 of the witness test in lease-only mode).
+        let blocked = |name: &str| {
+            node.state
+                .packages
+                .get(name)
+                .is_some_and(|p| p.phase == Phase::Blocked || (!leave.lease_given_up && p.frozen))
+        };
         let owned =
             node.state.packages.iter().any(|(name, package)| package.owner.as_deref() == Some(me) && !blocked(name));
         let active = node.records.iter().any(|(name, record)| record.activity != Activity::Stuck && !blocked(name));

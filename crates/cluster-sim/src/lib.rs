@@ -46,6 +46,6 @@ mod node;
 mod raft;
 mod sim;
 
-pub use bootstrap::{default_packages, package_text};
+pub use bootstrap::{default_packages, package_text, witness_packages};
 pub use config::{Scenario, SimConfig};
 pub use sim::{run, Summary, Violation};

@@ -76,6 +76,13 @@ impl TestCluster {
         self.nodes.len() - 1
     }
 
+    /// Adds `line` at the top of a node's configuration file (before its `[tls]` table).
+    pub fn configure(&mut self, index: usize, line: &str) {
+        let path = &self.nodes[index].config;
+        let text = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, format!("{line}\n{text}")).unwrap();
+    }
+
     pub fn start(&mut self, index: usize) {
         let node = &mut self.nodes[index];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
@@ -124,8 +131,12 @@ impl TestCluster {
         }
         call(&self.nodes[0].socket, ClientRequest::ClusterInit).await.expect("cluster init");
         for node in self.nodes.iter().skip(1) {
-            let request =
-                ClientRequest::NodeAdd { name: node.name.clone(), address: node.address.clone(), learner: false };
+            let request = ClientRequest::NodeAdd {
+                name: node.name.clone(),
+                address: node.address.clone(),
+                learner: false,
+                witness: false,
+            };
             call(&self.nodes[0].socket, request).await.unwrap_or_else(|err| panic!("add {}: {err}", node.name));
         }
     }

@@ -225,8 +225,11 @@ enum NodeCommand {
         name: String,
         /// HOST:PORT the node listens on.
         address: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "witness")]
         learner: bool,
+        /// A witness: a voter that never hosts packages (the third vote of a two-node site).
+        #[arg(long)]
+        witness: bool,
     },
     /// Remove a node (the leader hands over leadership first).
     Remove { name: String },
@@ -348,7 +351,9 @@ async fn run(cli: Cli, mut out: Output) -> ExitCode {
         Command::Cluster(ClusterCommand::TransferLeader { name }) => ClientRequest::TransferLeader { name },
         Command::Cluster(ClusterCommand::Set { name, value }) => ClientRequest::SettingsSet { name, value },
         Command::Cluster(ClusterCommand::Settings) => ClientRequest::SettingsGet,
-        Command::Node(NodeCommand::Add { name, address, learner }) => ClientRequest::NodeAdd { name, address, learner },
+        Command::Node(NodeCommand::Add { name, address, learner, witness }) => {
+            ClientRequest::NodeAdd { name, address, learner, witness }
+        }
         Command::Node(NodeCommand::Remove { name }) => ClientRequest::NodeRemove { name },
         Command::Node(NodeCommand::Promote { name }) => ClientRequest::NodePromote { name },
         Command::Status => ClientRequest::Status,

@@ -41,6 +41,19 @@ pub(crate) struct NodeConfig {
     /// Also append the log to this file (for hosts without the journal; `clusterctl report` reads it).
     #[serde(default)]
     pub(crate) log_file: Option<PathBuf>,
+    /// `node` (the default): may host packages; `witness`: a voter that never hosts packages (the
+    /// third vote of a two-node site).
+    #[serde(default)]
+    pub(crate) role: Role,
+}
+
+/// What a node is for (`role` in the node file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Role {
+    #[default]
+    Node,
+    Witness,
 }
 
 /// The `[watchdog]` table.
@@ -191,6 +204,14 @@ key = "/etc/clusterd/n1.key"
         assert!(err.contains("key `log_file`: expected an absolute path"), "{err}");
         let config = parse(GOOD).unwrap();
         assert!(config.metrics.is_none() && !config.status_page && config.log_file.is_none(), "all off by default");
+    }
+
+    #[test]
+    fn a_witness_says_so_and_other_roles_are_refused() {
+        assert_eq!(parse(GOOD).unwrap().role, Role::Node);
+        assert_eq!(parse(&format!("role = \"witness\"\n{GOOD}")).unwrap().role, Role::Witness);
+        let err = format!("{:#}", parse(&format!("role = \"arbiter\"\n{GOOD}")).unwrap_err());
+        assert!(err.contains("unknown variant `arbiter`, expected `node` or `witness`"), "{err}");
     }
 
     #[test]

@@ -134,9 +134,26 @@ impl Dispatcher {
                 crate::upgrade::activate_new_cluster(node).await;
                 Ok(ClientReply::Done { message: format!("cluster initialized with node {}", node.me().name) })
             }
-            ClientRequest::NodeAdd { name, address, learner } => {
+            ClientRequest::NodeAdd { name, address, learner, witness } => {
+                if *learner && *witness {
+                    return Err(ConsensusError::Invalid(format!(
+                        "node `{name}`: a witness is a voter, not a learner (drop --learner or --witness)"
+                    ))
+                    .into());
+                }
                 node.add_node(name, address, *learner).await?;
-                let role = if *learner { "learner" } else { "voter" };
+                // The role is recorded (or a former witness's cleared) once the node is a member.
+                if *witness || node.read_local(|state| state.witnesses.contains(name)) {
+                    let command = Command::NodeRole { name: name.clone(), witness: *witness, at_ms: wall_ms() };
+                    self.write(command, String::new()).await?;
+                }
+                let role = if *witness {
+                    "witness (a voter that never hosts packages)"
+                } else if *learner {
+                    "learner"
+                } else {
+                    "voter"
+                };
                 Ok(ClientReply::Done { message: format!("node {name} added as a {role}") })
             }
             ClientRequest::NodeRemove { name } => {
@@ -246,6 +263,17 @@ impl Dispatcher {
                     if let Some(warning) = node.read_local(|state| slow_stop_warning(state, &members, def)) {
                         lines.push(format!("package {}: warning: {warning}", def.name));
                     }
+                    let listed: Vec<&str> = node.read_local(|state| {
+                        def.nodes.iter().filter(|n| state.witnesses.contains(*n)).map(String::as_str).collect()
+                    });
+                    if !listed.is_empty() {
+                        lines.push(format!(
+                            "package {}: warning: {} {} a witness, which never hosts packages",
+                            def.name,
+                            listed.join(", "),
+                            if listed.len() == 1 { "is" } else { "are" }
+                        ));
+                    }
                 }
                 Ok(ClientReply::Done { message: lines.join("\n") })
             }
@@ -340,7 +368,7 @@ impl Dispatcher {
         let mut report = self.node.status().await;
         let view = (self.node.leadership().is_some()).then(|| self.engine.view());
         // Only what the report shows is copied out of the state (not the key-value map or the events).
-        let (nodes, packages) = self.node.read_local(|state| {
+        let (nodes, packages, witnesses) = self.node.read_local(|state| {
             let nodes: Vec<(bool, bool, Protection)> = report
                 .nodes
                 .iter()
@@ -351,8 +379,12 @@ impl Dispatcher {
                     (standby, leaving, protection(state, &node.name))
                 })
                 .collect();
-            (nodes, state.packages.values().cloned().collect::<Vec<_>>())
+            (nodes, state.packages.values().cloned().collect::<Vec<_>>(), state.witnesses.clone())
         });
+        for node in report.nodes.iter_mut() {
+            node.witness = witnesses.contains(&node.name);
+        }
+        report.warnings.extend(topology_warning(&report.nodes));
         let leading = self.node.leadership().is_some();
         for (node, (standby, leaving, protection)) in report.nodes.iter_mut().zip(nodes) {
             node.standby = standby;
@@ -371,7 +403,7 @@ impl Dispatcher {
                     .to_owned()
                 });
             }
-            if protection == Protection::LeaseOnly {
+            if protection == Protection::LeaseOnly && !node.witness {
                 report.warnings.push(format!(
                     "node {} runs in lease-only mode (no watchdog, no fencing): safe against crashes and \
                      partitions, not against pauses of its clusterd",
@@ -401,6 +433,26 @@ impl Dispatcher {
         }
         report.packages = packages;
         report
+    }
+}
+
+/// What a cluster of this shape must know about its quorum (DESIGN §4, issue 12): two voters
+/// cannot lose either one, and a witness is what fixes it.
+fn topology_warning(nodes: &[cluster_api::NodeStatus]) -> Option<String> {
+    let voters: Vec<&cluster_api::NodeStatus> =
+        nodes.iter().filter(|node| node.role == cluster_api::NodeRole::Voter).collect();
+    let hosts = nodes.iter().filter(|node| !node.witness).count();
+    match voters.len() {
+        2 => Some(format!(
+            "the cluster has two voters ({}) and no third: losing either node, or the link between them, loses \
+             the quorum, and every package stops once its lease runs out; add a third voter, for instance a \
+             witness on a third machine (`clusterctl node add NAME ADDRESS --witness`, docs/topologies.md)",
+            voters.iter().map(|node| node.name.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+        _ if hosts == 1 && nodes.len() > 1 => {
+            Some("only one node may host packages (the others are witnesses): nothing can fail over".to_owned())
+        }
+        _ => None,
     }
 }
 

@@ -135,7 +135,8 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
         ..cluster_agents::AgentOptions::default()
     };
     let host = cluster_host::Host::linux(cluster_host::ProcessConfig::default());
-    let engine = engine::Engine::new(node.clone(), host, agents, watchdog, fencer);
+    let witness = config.role == config::Role::Witness;
+    let engine = engine::Engine::new(node.clone(), host, agents, watchdog, fencer, witness);
     engine.start();
     diagnostics::init(diagnostics::Context {
         config_path: std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone()),

@@ -165,7 +165,12 @@ async fn a_v0_1_cluster_upgraded_one_node_at_a_time_keeps_its_data_and_raises_it
     cluster.start(added);
     cluster_testkit::wait_for_socket(&cluster.nodes[added].socket).await;
     let node = &cluster.nodes[added];
-    let request = ClientRequest::NodeAdd { name: node.name.clone(), address: node.address.clone(), learner: false };
+    let request = ClientRequest::NodeAdd {
+        name: node.name.clone(),
+        address: node.address.clone(),
+        learner: false,
+        witness: false,
+    };
     let Err(ClientError::Api(err)) = call(&n1, request).await else { panic!("a v0.1.0 node joined") };
     assert!(
         err.message.contains("runs clusterd 0.1.0 (protocol 3), older than this cluster's version 0.2.0"),

@@ -12,6 +12,7 @@
 mod controller;
 mod executor;
 mod leases;
+mod role;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,6 +76,8 @@ pub(crate) struct Engine {
     watchdog_armed_for: Mutex<Option<Duration>>,
     /// The watchdog refused a magic close (`nowayout`) and the log said so.
     nowayout_noted: AtomicBool,
+    /// The node file says `role = "witness"`.
+    witness: bool,
 }
 
 /// Whether `watchdog` protects a node whose stop budget is `stop_budget`: `Ok(its description)`,
@@ -118,6 +121,7 @@ impl Engine {
         agents: AgentOptions,
         watchdog: Option<Arc<dyn Watchdog>>,
         fencer: Arc<dyn Fencer>,
+        witness: bool,
     ) -> Arc<Engine> {
         let me = node.me().name.clone();
         Arc::new(Engine {
@@ -142,6 +146,7 @@ impl Engine {
             watchdog_fault: Mutex::new(None),
             watchdog_armed_for: Mutex::new(None),
             nowayout_noted: AtomicBool::new(false),
+            witness,
         })
     }
 
@@ -152,6 +157,9 @@ impl Engine {
         tokio::spawn(leases::heartbeat_loop(self.clone()));
         tokio::spawn(leases::announce_loop(self.clone()));
         tokio::spawn(controller::controller_loop(self.clone()));
+        if self.witness {
+            tokio::spawn(role::announce_witness(self.clone()));
+        }
     }
 
     /// The applied state as the engine reads it; copied from the state machine only when the applied
@@ -230,8 +238,8 @@ impl Engine {
         self.holder.lock().expect("lease lock").remaining(now())
     }
 
-    /// Stops renewing and forgets the lease: every package that is not frozen stops here at once,
-    /// as at a lease lapse, and nothing starts again.
+    /// Stops renewing and forgets the lease: every package stops here at once, as at a lease lapse
+    /// (frozen ones too: the lease outranks the freeze), and nothing starts again.
     fn give_up_lease(&self) {
         // Under the lease lock: a grant arriving now is either recorded before and revoked here,
         // or sees the flag and is dropped (`leases::heartbeat_loop`).
@@ -266,8 +274,10 @@ impl Engine {
     ///  nothing is active
     /// ```
     ///
-    /// Frozen packages are left running (maintenance). A blocked package (its stop failed) is left
-    /// as it is: it is never started elsewhere until fenced or cleaned up.
+    /// Frozen packages are left running (maintenance) when the cluster was told (`NodeLeave`
+    /// committed: an unfreeze then blocks them on a node without a watchdog); once the lease is
+    /// given up they stop like the others, and the daemon waits for that. A blocked package (its
+    /// stop failed) is left as it is: it is never started elsewhere until fenced or cleaned up.
     pub(crate) async fn leave(&self, limit: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + limit;
@@ -316,11 +326,16 @@ impl Engine {
 
     /// Waits until nothing but frozen or blocked packages is active here and, when `owned`, until
     /// the applied state gives this node no package but those; false if `deadline` came first.
+    /// Without `owned` (the lease was given up) frozen packages are waited for too: the lease
+    /// outranks the freeze, so they are being stopped, and a daemon that exited in the middle left
+    /// them running unknown to the cluster, which reassigned them after an unfreeze (simulation,
+    /// seed 19 of the witness test in lease-only mode).
     async fn wait_until_left(&self, deadline: Instant, owned: bool) -> bool {
         loop {
             let snapshot = self.snapshot();
             let packages = &snapshot.state.packages;
-            let kept = |name: &str| packages.get(name).is_some_and(|p| p.frozen || p.phase == Phase::Blocked);
+            let kept =
+                |name: &str| packages.get(name).is_some_and(|p| p.phase == Phase::Blocked || (owned && p.frozen));
             let active_here = self.active.lock().expect("active lock").iter().any(|name| !kept(name));
             let owned_here = owned
                 && packages.iter().any(|(name, package)| package.owner.as_deref() == Some(&self.me) && !kept(name));
