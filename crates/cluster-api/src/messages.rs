@@ -168,6 +168,23 @@ pub enum ClientRequest {
         node: Option<String>,
         since_ms: Option<u64>,
     },
+    /// Create a join token valid for `ttl_ms` (`clusterctl cluster token`; since 0.2.0).
+    TokenCreate {
+        ttl_ms: u64,
+    },
+    /// Revoke an unused join token (`clusterctl cluster token --revoke TOKEN`).
+    TokenRevoke {
+        token: String,
+    },
+    /// A new node redeems a join token: the only request served on a connection without a client
+    /// certificate. The node serving it signs `csr_pem` with the cluster CA for exactly `node` at
+    /// `address` (`clusterctl join`).
+    Join {
+        token: String,
+        node: String,
+        address: String,
+        csr_pem: String,
+    },
 }
 
 impl ClientRequest {
@@ -203,6 +220,9 @@ impl ClientRequest {
             ClientRequest::AlertSet { .. } => "cluster alert",
             ClientRequest::AlertList => "cluster alert list",
             ClientRequest::Diagnostics { .. } => "report",
+            ClientRequest::TokenCreate { .. } => "cluster token",
+            ClientRequest::TokenRevoke { .. } => "cluster token --revoke",
+            ClientRequest::Join { .. } => "join",
         }
     }
 
@@ -214,6 +234,7 @@ impl ClientRequest {
                 | ClientRequest::Status
                 | ClientRequest::PkgPlan { .. }
                 | ClientRequest::Diagnostics { .. }
+                | ClientRequest::Join { .. }
         )
     }
 }
@@ -221,17 +242,50 @@ impl ClientRequest {
 /// Successful replies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientReply {
-    Done { message: String },
-    Value { key: String, value: String },
-    List { entries: Vec<(String, String)> },
-    Deleted { key: String, existed: bool },
-    Settings { entries: Vec<(String, String)> },
+    Done {
+        message: String,
+    },
+    Value {
+        key: String,
+        value: String,
+    },
+    List {
+        entries: Vec<(String, String)>,
+    },
+    Deleted {
+        key: String,
+        existed: bool,
+    },
+    Settings {
+        entries: Vec<(String, String)>,
+    },
     Status(StatusReport),
-    Packages { packages: Vec<PackageState> },
-    Plan { lines: Vec<String> },
-    Events { events: Vec<Event> },
-    Alerts { hooks: Vec<(String, AlertHook)>, next: u64 },
+    Packages {
+        packages: Vec<PackageState>,
+    },
+    Plan {
+        lines: Vec<String>,
+    },
+    Events {
+        events: Vec<Event>,
+    },
+    Alerts {
+        hooks: Vec<(String, AlertHook)>,
+        next: u64,
+    },
     Diagnostics(NodeDiagnostics),
+    /// A new join token (one line).
+    Token {
+        token: String,
+        expires_ms: u64,
+    },
+    /// A redeemed join token: the node's certificate, the CA certificate, and the members to
+    /// dial (name, address).
+    Joined {
+        cert_pem: String,
+        ca_pem: String,
+        members: Vec<(String, String)>,
+    },
 }
 
 /// One node's part of a `clusterctl report`: named text files (its redacted node file, its log,

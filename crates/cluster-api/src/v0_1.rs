@@ -357,6 +357,8 @@ pub fn client_reply_to_v0_1(reply: crate::ClientReply) -> Result<ClientReply, Ne
         New::Events { events } => ClientReply::Events { events },
         New::Alerts { .. } => return Err(needs("the alert hook list")),
         New::Diagnostics(_) => return Err(needs("a diagnostics report")),
+        New::Token { .. } => return Err(needs("a join token")),
+        New::Joined { .. } => return Err(needs("a join certificate")),
     })
 }
 

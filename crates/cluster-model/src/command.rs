@@ -70,6 +70,21 @@ pub enum Command {
     /// `name` becomes a witness (a voter that never hosts packages), or a node that may host them
     /// again (`clusterctl node add --witness`, node file `role = "witness"`).
     NodeRole { name: String, witness: bool, at_ms: u64 },
+    /// A join token whose secret hashes (SHA-256, hex) to `hash`, valid until `expires_ms`
+    /// (`clusterctl cluster token`; `crate::join`).
+    TokenCreate { hash: String, expires_ms: u64, at_ms: u64 },
+    /// The token `hash` may no longer be redeemed (`clusterctl cluster token --revoke`).
+    TokenRevoke { hash: String, at_ms: u64 },
+    /// The token `hash` was redeemed by node `node` at `address`, which got the certificate
+    /// `fingerprint` (`clusterctl join`); rejected if the token is used, revoked, expired at
+    /// `at_ms`, or the name is taken.
+    TokenRedeem { hash: String, node: String, address: String, fingerprint: String, at_ms: u64 },
+    /// `node` was removed: every certificate issued to it, and certificates bearing its name, are
+    /// refused from now on (`clusterctl node remove`).
+    NodeRevoke { name: String, at_ms: u64 },
+    /// A removed `name` is added again (`clusterctl node add`): certificates bearing it are
+    /// accepted again, except those revoked by fingerprint.
+    NodeAdmit { name: String, at_ms: u64 },
 }
 
 impl Command {
@@ -100,6 +115,11 @@ impl Command {
             Command::AlertsDelivered { .. } => "AlertsDelivered",
             Command::ActivateVersion { .. } => "ActivateVersion",
             Command::NodeRole { .. } => "NodeRole",
+            Command::TokenCreate { .. } => "TokenCreate",
+            Command::TokenRevoke { .. } => "TokenRevoke",
+            Command::TokenRedeem { .. } => "TokenRedeem",
+            Command::NodeRevoke { .. } => "NodeRevoke",
+            Command::NodeAdmit { .. } => "NodeAdmit",
         }
     }
 
@@ -130,7 +150,12 @@ impl Command {
             | Command::SetAlert { .. }
             | Command::AlertsDelivered { .. }
             | Command::ActivateVersion { .. }
-            | Command::NodeRole { .. } => ClusterVersion::V0_2,
+            | Command::NodeRole { .. }
+            | Command::TokenCreate { .. }
+            | Command::TokenRevoke { .. }
+            | Command::TokenRedeem { .. }
+            | Command::NodeRevoke { .. }
+            | Command::NodeAdmit { .. } => ClusterVersion::V0_2,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod alerts;
 mod command;
 pub mod compat;
 pub mod controller;
+pub mod join;
 mod lease;
 mod limits;
 mod node;

@@ -31,6 +31,8 @@ pub struct ClusterState {
     pub cluster_version: ClusterVersion,
     /// Witnesses: voters that never host packages (`Command::NodeRole`).
     pub witnesses: BTreeSet<String>,
+    /// Join tokens, issued certificates and revocations (`crate::join`).
+    pub join: crate::join::JoinState,
 }
 
 impl Default for ClusterState {
@@ -61,6 +63,7 @@ impl ClusterState {
             alerts: crate::alerts::AlertState::default(),
             cluster_version: ClusterVersion::OLDEST,
             witnesses: BTreeSet::new(),
+            join: crate::join::JoinState::default(),
         }
     }
 
@@ -266,6 +269,38 @@ impl ClusterState {
                         ("package node", "may host packages again")
                     };
                     self.event(*at_ms, None, Some(name), 0, what, reason, None);
+                }
+                CommandOutcome::Applied
+            }
+            Command::TokenCreate { hash, expires_ms, at_ms } => match self.join.create(hash, *at_ms, *expires_ms) {
+                Ok(()) => CommandOutcome::Applied,
+                Err(reason) => rejected(reason),
+            },
+            Command::TokenRevoke { hash, at_ms } => match self.join.revoke(hash, *at_ms) {
+                Ok(()) => CommandOutcome::Applied,
+                Err(reason) => rejected(reason),
+            },
+            Command::TokenRedeem { hash, node, address, fingerprint, at_ms } => {
+                let known = self.nodes.contains_key(node);
+                match self.join.redeem(hash, node, known, fingerprint, *at_ms) {
+                    Ok(()) => {
+                        let reason = format!("joined with a token at {address}: certificate {fingerprint}");
+                        self.event(*at_ms, None, Some(node), 0, "joined", &reason, None);
+                        CommandOutcome::Applied
+                    }
+                    Err(reason) => rejected(reason),
+                }
+            }
+            Command::NodeRevoke { name, at_ms } => {
+                self.join.revoke_node(name);
+                let reason = "removed: its certificates are refused";
+                self.event(*at_ms, None, Some(name), 0, "certificates revoked", reason, None);
+                CommandOutcome::Applied
+            }
+            Command::NodeAdmit { name, at_ms } => {
+                if self.join.admit_node(name) {
+                    let reason = "added again: certificates with its name are accepted";
+                    self.event(*at_ms, None, Some(name), 0, "admitted", reason, None);
                 }
                 CommandOutcome::Applied
             }

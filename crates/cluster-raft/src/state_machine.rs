@@ -136,7 +136,7 @@ pub(crate) fn decode_data(data: &[u8]) -> Result<ClusterState, String> {
             // comes after `alerts`: the development state followed by the encoding of those fields
             // at cluster version 1 is this release's encoding of the same state.
             let mut body = body.to_vec();
-            body.extend(postcard::to_allocvec(&ClusterVersion::V0_1).expect("versions serialize"));
+            body.extend(added_since_dev());
             let (state, trailing) = postcard::take_from_bytes::<ClusterState>(&body)
                 .map_err(|err| format!("undecodable version 3 snapshot: {err}"))?;
             exact("version 3", trailing)?;
@@ -149,6 +149,14 @@ pub(crate) fn decode_data(data: &[u8]) -> Result<ClusterState, String> {
             Ok(state)
         }
     }
+}
+
+/// The encoding of what this release added to the state after `alerts` (the cluster version,
+/// witnesses, join tokens and revocations), as a development snapshot of version 3 lacks them.
+fn added_since_dev() -> Vec<u8> {
+    let added =
+        (ClusterVersion::V0_1, std::collections::BTreeSet::<String>::new(), cluster_model::join::JoinState::default());
+    postcard::to_allocvec(&added).expect("the added fields serialize")
 }
 
 impl StateMachineStore {
@@ -314,7 +322,8 @@ mod compat_tests {
         let mut state = ClusterState::genesis();
         state.apply(&Command::KvSet { key: "k".into(), value: "v".into() });
         let body = postcard::to_allocvec(&state).unwrap();
-        let added = postcard::to_allocvec(&ClusterVersion::V0_1).unwrap();
+        let added = added_since_dev();
+        assert!(body.ends_with(&added));
         let body = &body[..body.len() - added.len()];
         let mut dev = SNAPSHOT_MAGIC.to_vec();
         dev.push(SNAPSHOT_DEV);

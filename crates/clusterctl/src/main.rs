@@ -1,6 +1,7 @@
 //! `clusterctl`: the operator CLI. Talks to the local `clusterd` over its Unix socket or to a
 //! remote one over mutual TLS; never links the Raft, host or agent code.
 
+mod join;
 mod output;
 mod report;
 
@@ -84,6 +85,9 @@ enum Command {
     },
     /// Write a bug-report archive (OUTPUT.tar.gz): status, settings, events and package
     /// definitions as JSON, and from every node its node file, log and Raft view; secrets left out.
+    /// Join this machine to a cluster with a token from `clusterctl cluster token`: receives a
+    /// certificate for exactly --node and the IP of --listen, writes the node file and keys (0600).
+    Join(join::JoinArgs),
     Report {
         /// Only events and logs of this last period (e.g. `2h`, `30min`); everything when omitted.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -174,6 +178,16 @@ enum ClusterCommand {
     /// Alert hooks: programs the leader runs for events (docs/monitoring.md).
     #[command(subcommand)]
     Alert(AlertCommand),
+    /// Print a single-use join token for `clusterctl join` (the CA's fingerprint and a secret; the
+    /// cluster stores only the secret's hash), or revoke an unused one.
+    Token {
+        /// How long the token may be redeemed (at most 7 days).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Revoke this unused token instead.
+        #[arg(long, value_name = "TOKEN")]
+        revoke: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -335,6 +349,16 @@ async fn run(cli: Cli, mut out: Output) -> ExitCode {
             ClientRequest::AlertSet { path, hook: None }
         }
         Command::Cluster(ClusterCommand::Alert(AlertCommand::List)) => ClientRequest::AlertList,
+        Command::Join(args) => {
+            return match join::join(args, Duration::from_secs(cli.connection.connect_timeout)).await {
+                Ok(message) => out.done(&message),
+                Err(err) => out.failure(exit::ERROR, &format!("{err:#}"), None),
+            }
+        }
+        Command::Cluster(ClusterCommand::Token { revoke: Some(token), .. }) => ClientRequest::TokenRevoke { token },
+        Command::Cluster(ClusterCommand::Token { ttl, revoke: None }) => {
+            ClientRequest::TokenCreate { ttl_ms: ttl.as_millis() as u64 }
+        }
         Command::Report { since, archive } => {
             return match connect(&cli.connection).await {
                 Ok(mut client) => report::write(&mut client, since, &archive, &out).await,

@@ -110,6 +110,8 @@ impl Output {
                     "files": diagnostics.files.iter().map(|(name, _)| name).collect::<Vec<_>>(),
                     "notes": diagnostics.notes,
                 }),
+                ClientReply::Token { token, expires_ms } => json!({ "token": token, "expires_ms": expires_ms }),
+                ClientReply::Joined { members, .. } => json!({ "members": members }),
             };
             println!("{value}");
             return ExitCode::SUCCESS;
@@ -161,6 +163,12 @@ impl Output {
                     })
                     .collect();
                 print!("{}", table(&["HOOK", "EVENTS", "TIMEOUT", "RECIPIENT"], rows));
+            }
+            // The token alone on stdout, so that `TOKEN=$(clusterctl cluster token)` works.
+            ClientReply::Token { token, .. } => println!("{token}"),
+            ClientReply::Joined { members, .. } => {
+                let members: Vec<String> = members.iter().map(|(name, address)| format!("{name}@{address}")).collect();
+                println!("certificate issued; members: {}", members.join(", "));
             }
             ClientReply::Diagnostics(diagnostics) => {
                 println!("node {} (clusterd {})", diagnostics.node, diagnostics.version);

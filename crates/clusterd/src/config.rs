@@ -45,6 +45,10 @@ pub(crate) struct NodeConfig {
     /// third vote of a two-node site).
     #[serde(default)]
     pub(crate) role: Role,
+    /// A member (`HOST:PORT`) this node asks, with its own certificate, to add it (learner, then
+    /// voter) while it is not a member yet (written by `clusterctl join`).
+    #[serde(default)]
+    pub(crate) join: Option<String>,
 }
 
 /// What a node is for (`role` in the node file).
@@ -71,6 +75,10 @@ pub(crate) struct TlsSection {
     pub(crate) ca: PathBuf,
     pub(crate) cert: PathBuf,
     pub(crate) key: PathBuf,
+    /// The CA's private key, on the members that sign the certificates of nodes joining with a
+    /// token (`clusterctl join`); it never leaves them.
+    #[serde(default)]
+    pub(crate) ca_key: Option<PathBuf>,
 }
 
 fn default_socket() -> PathBuf {

@@ -16,6 +16,11 @@ pub(crate) struct Dispatcher {
     pub(crate) engine: Arc<Engine>,
     /// The members' releases, as the leader last learned them (rolling upgrades).
     pub(crate) versions: Arc<crate::upgrade::Versions>,
+    /// This node's TLS files, and the CA key if it holds it (it then signs joining nodes).
+    pub(crate) tls: cluster_tls::TlsFiles,
+    pub(crate) ca_key: Option<std::path::PathBuf>,
+    /// Certificates refused by the listener (kept equal to the applied state's by `crate::join`).
+    pub(crate) revocations: Arc<cluster_tls::Revocations>,
 }
 
 fn api_error(err: ConsensusError) -> ApiError {
@@ -141,6 +146,10 @@ impl Dispatcher {
                     ))
                     .into());
                 }
+                if node.read_local(|state| state.join.removed.contains(name)) {
+                    // Removed before: its name is accepted again (revoked certificates stay refused).
+                    self.write(Command::NodeAdmit { name: name.clone(), at_ms: wall_ms() }, String::new()).await?;
+                }
                 node.add_node(name, address, *learner).await?;
                 // The role is recorded (or a former witness's cleared) once the node is a member.
                 if *witness || node.read_local(|state| state.witnesses.contains(name)) {
@@ -158,7 +167,13 @@ impl Dispatcher {
             }
             ClientRequest::NodeRemove { name } => {
                 node.remove_node(name).await?;
-                Ok(ClientReply::Done { message: format!("node {name} removed") })
+                let mut message = format!("node {name} removed");
+                if node.cluster_version() >= cluster_model::ClusterVersion::V0_2 {
+                    let command = Command::NodeRevoke { name: name.clone(), at_ms: wall_ms() };
+                    self.write(command, String::new()).await?;
+                    message.push_str(": its certificates are refused from now on");
+                }
+                Ok(ClientReply::Done { message })
             }
             ClientRequest::NodePromote { name } => {
                 node.promote(name).await?;
@@ -352,11 +367,14 @@ impl Dispatcher {
             }
             ClientRequest::AlertSet { .. } | ClientRequest::AlertList => crate::alerts::serve(node, request).await,
             ClientRequest::Diagnostics { .. } => crate::diagnostics::serve(node, request, forwarded).await,
+            ClientRequest::TokenCreate { .. } | ClientRequest::TokenRevoke { .. } | ClientRequest::Join { .. } => {
+                crate::join::serve(self, request).await
+            }
         }
     }
 
     /// Proposes an operator command; a refusal at apply time is the operator's error.
-    async fn write(&self, command: Command, done: String) -> Result<ClientReply, Failure> {
+    pub(crate) async fn write(&self, command: Command, done: String) -> Result<ClientReply, Failure> {
         match self.node.write(command).await? {
             CommandOutcome::Rejected { reason } => Err(ConsensusError::Invalid(reason).into()),
             _ => Ok(ClientReply::Done { message: done }),

@@ -118,6 +118,15 @@ async fn a_v0_1_cluster_upgraded_one_node_at_a_time_keeps_its_data_and_raises_it
             let refused = call(&socket, ClientRequest::AlertList).await;
             let Err(ClientError::Api(err)) = refused else { panic!("{name}: alert list allowed: {refused:?}") };
             assert!(err.message.contains("0.2.0"), "{name}: {}", err.message);
+            // Join tokens (and the revocation of a removed node's certificates) wait for 0.2.0 too.
+            let refused = call(&socket, ClientRequest::TokenCreate { ttl_ms: 60_000 }).await;
+            let Err(ClientError::Api(err)) = refused else { panic!("{name}: token allowed: {refused:?}") };
+            assert!(
+                err.message.contains("request `cluster token` needs cluster version 0.2.0")
+                    && err.message.contains("the cluster runs at version 0.1.0"),
+                "{name}: {}",
+                err.message
+            );
             let report = status(&socket).await;
             assert_eq!(report.cluster_version, "0.1.0", "{name}");
         }
