@@ -370,6 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 watchdog,
                 other_clusterd: Default::default(),
                 witnesses: Vec::new(),
+                joining: Vec::new(),
             };
             let lab = Lab::up(&spec).with_context(|| format!("failed to bring lab {name} up"))?;
             print_status(&lab, false);
