@@ -185,6 +185,17 @@ pub enum ClientRequest {
         address: String,
         csr_pem: String,
     },
+    /// Renew the certificate of member `node` now (`clusterctl ca renew NODE`): served by `node`
+    /// itself, which makes a new key and asks a member holding the CA key to sign it.
+    CertRenew {
+        node: String,
+    },
+    /// Member `node` asks for a renewed certificate (the caller's certificate must name `node`):
+    /// served by a member holding the CA key, for `node`'s name and address in the membership.
+    CertSign {
+        node: String,
+        csr_pem: String,
+    },
 }
 
 impl ClientRequest {
@@ -223,6 +234,8 @@ impl ClientRequest {
             ClientRequest::TokenCreate { .. } => "cluster token",
             ClientRequest::TokenRevoke { .. } => "cluster token --revoke",
             ClientRequest::Join { .. } => "join",
+            ClientRequest::CertRenew { .. } => "ca renew",
+            ClientRequest::CertSign { .. } => "certificate signing",
         }
     }
 
@@ -235,6 +248,8 @@ impl ClientRequest {
                 | ClientRequest::PkgPlan { .. }
                 | ClientRequest::Diagnostics { .. }
                 | ClientRequest::Join { .. }
+                | ClientRequest::CertRenew { .. }
+                | ClientRequest::CertSign { .. }
         )
     }
 }

@@ -85,6 +85,9 @@ pub enum Command {
     /// A removed `name` is added again (`clusterctl node add`): certificates bearing it are
     /// accepted again, except those revoked by fingerprint.
     NodeAdmit { name: String, at_ms: u64 },
+    /// Member `node` renewed its certificate: the new one has `fingerprint` (revoked with the
+    /// others if the node is removed); rejected for a removed node.
+    CertRenewed { node: String, fingerprint: String, at_ms: u64 },
 }
 
 impl Command {
@@ -120,6 +123,7 @@ impl Command {
             Command::TokenRedeem { .. } => "TokenRedeem",
             Command::NodeRevoke { .. } => "NodeRevoke",
             Command::NodeAdmit { .. } => "NodeAdmit",
+            Command::CertRenewed { .. } => "CertRenewed",
         }
     }
 
@@ -155,7 +159,8 @@ impl Command {
             | Command::TokenRevoke { .. }
             | Command::TokenRedeem { .. }
             | Command::NodeRevoke { .. }
-            | Command::NodeAdmit { .. } => ClusterVersion::V0_2,
+            | Command::NodeAdmit { .. }
+            | Command::CertRenewed { .. } => ClusterVersion::V0_2,
         }
     }
 }

@@ -131,6 +131,15 @@ impl JoinState {
         self.removed.insert(node.to_owned());
     }
 
+    /// Member `node` got a renewed certificate.
+    pub(crate) fn renewed(&mut self, node: &str, fingerprint: &str) -> Result<(), String> {
+        if self.removed.contains(node) {
+            return Err(format!("node `{node}` was removed from the cluster: its certificate is not renewed"));
+        }
+        self.certificates.entry(node.to_owned()).or_default().insert(fingerprint.to_owned());
+        Ok(())
+    }
+
     /// `node add` of a name removed before: certificates with that name are accepted again (those
     /// revoked by fingerprint stay refused).
     pub(crate) fn admit_node(&mut self, node: &str) -> bool {
@@ -178,7 +187,10 @@ mod tests {
         join.redeem("h2", "n4", false, "fp-new", 3).unwrap();
         assert!(!join.removed.contains("n4"), "a new certificate for the name admits it again");
         assert!(join.revoked.contains("fp-old"), "the old certificate stays refused");
+        join.renewed("n4", "fp-renewed").unwrap();
         join.revoke_node("n4");
+        assert!(join.revoked.contains("fp-new") && join.revoked.contains("fp-renewed"), "renewed ones too");
+        assert!(join.renewed("n4", "fp-late").unwrap_err().contains("was removed"));
         assert!(join.admit_node("n4") && !join.admit_node("n4"));
     }
 
@@ -211,6 +223,7 @@ mod tests {
             },
             Command::NodeRevoke { name: "n".into(), at_ms: 0 },
             Command::NodeAdmit { name: "n".into(), at_ms: 0 },
+            Command::CertRenewed { node: "n".into(), fingerprint: "f".into(), at_ms: 0 },
         ] {
             assert_eq!(command.required_version(), ClusterVersion::V0_2, "{}", command.name());
             assert!(crate::compat::command_to_v0_1(&command).is_err(), "{}", command.name());

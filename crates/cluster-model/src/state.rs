@@ -297,6 +297,14 @@ impl ClusterState {
                 self.event(*at_ms, None, Some(name), 0, "certificates revoked", reason, None);
                 CommandOutcome::Applied
             }
+            Command::CertRenewed { node, fingerprint, at_ms } => match self.join.renewed(node, fingerprint) {
+                Ok(()) => {
+                    let reason = format!("new certificate {fingerprint}");
+                    self.event(*at_ms, None, Some(node), 0, "certificate renewed", &reason, None);
+                    CommandOutcome::Applied
+                }
+                Err(reason) => rejected(reason),
+            },
             Command::NodeAdmit { name, at_ms } => {
                 if self.join.admit_node(name) {
                     let reason = "added again: certificates with its name are accepted";

@@ -283,7 +283,7 @@ pub fn key_public_sha256(key_pem: &str) -> Result<String, String> {
 
 /// Writes `contents` to `path` with `mode`, replacing it atomically (a temporary file renamed).
 pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
-    let tmp = path.with_extension("tmp");
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
     write_file(&tmp, contents, mode)?;
     fs::rename(&tmp, path).map_err(|source| TlsError::Write { path: path.to_owned(), source })
 }

@@ -60,7 +60,7 @@ struct Connection {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Cluster CA and certificates (offline, no daemon needed).
+    /// Cluster CA and certificates (offline, no daemon needed; `renew` asks the daemon).
     #[command(subcommand)]
     Ca(CaCommand),
     /// Cluster-wide operations.
@@ -160,6 +160,9 @@ enum CaCommand {
         #[arg(long = "dns")]
         dns: Vec<String>,
     },
+    /// Renew the certificate of member NAME now (through the daemon: NAME makes a new key and a
+    /// member holding the CA key signs it; nodes also renew by themselves before expiry).
+    Renew { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -298,6 +301,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, mut out: Output) -> ExitCode {
     let request = match cli.command {
+        Command::Ca(CaCommand::Renew { name }) => ClientRequest::CertRenew { node: name },
         Command::Ca(command) => {
             return match ca(command) {
                 Ok(message) => out.done(&message),
@@ -497,5 +501,6 @@ fn ca(command: CaCommand) -> anyhow::Result<String> {
                 .with_context(|| format!("cannot issue a certificate for {name}"))?;
             Ok(format!("created {} and {}", cert.display(), key.display()))
         }
+        CaCommand::Renew { .. } => unreachable!("sent to the daemon"),
     }
 }

@@ -21,6 +21,11 @@ pub(crate) struct Dispatcher {
     pub(crate) ca_key: Option<std::path::PathBuf>,
     /// Certificates refused by the listener (kept equal to the applied state's by `crate::join`).
     pub(crate) revocations: Arc<cluster_tls::Revocations>,
+    /// What this node presents (replaced by a renewal) and its TLS client towards peers.
+    pub(crate) identity: Arc<cluster_tls::Identity>,
+    pub(crate) client_tls: Arc<cluster_tls::rustls::ClientConfig>,
+    /// One renewal of this node's certificate at a time.
+    pub(crate) renewing: tokio::sync::Mutex<()>,
 }
 
 fn api_error(err: ConsensusError) -> ApiError {
@@ -367,9 +372,11 @@ impl Dispatcher {
             }
             ClientRequest::AlertSet { .. } | ClientRequest::AlertList => crate::alerts::serve(node, request).await,
             ClientRequest::Diagnostics { .. } => crate::diagnostics::serve(node, request, forwarded).await,
-            ClientRequest::TokenCreate { .. } | ClientRequest::TokenRevoke { .. } | ClientRequest::Join { .. } => {
-                crate::join::serve(self, request).await
-            }
+            ClientRequest::TokenCreate { .. }
+            | ClientRequest::TokenRevoke { .. }
+            | ClientRequest::Join { .. }
+            | ClientRequest::CertSign { .. } => crate::join::serve(self, request).await,
+            ClientRequest::CertRenew { node: target } => crate::join::serve_renew(self, target, forwarded).await,
         }
     }
 

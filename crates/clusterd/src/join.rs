@@ -29,6 +29,8 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often a new node asks to be added, and how often the revocation list is refreshed.
 const JOIN_RETRY: Duration = Duration::from_secs(2);
 const REVOCATION_REFRESH: Duration = Duration::from_millis(200);
+/// How often a node checks whether its certificate is due for renewal.
+const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
 
 fn invalid(message: impl Into<String>) -> Failure {
     Failure::Api(ApiError::new(ErrorKind::Invalid, message.into()))
@@ -38,7 +40,7 @@ fn failed(message: impl Into<String>) -> Failure {
     Failure::Api(ApiError::new(ErrorKind::Failed, message.into()))
 }
 
-/// Serves `cluster token`, `cluster token --revoke` and `join`.
+/// Serves `cluster token`, `cluster token --revoke`, `join` and a member's renewal request.
 pub(crate) async fn serve(dispatcher: &Dispatcher, request: &ClientRequest) -> Result<ClientReply, Failure> {
     match request {
         ClientRequest::TokenCreate { ttl_ms } => create(dispatcher, *ttl_ms).await,
@@ -49,6 +51,13 @@ pub(crate) async fn serve(dispatcher: &Dispatcher, request: &ClientRequest) -> R
         }
         ClientRequest::Join { token, node, address, csr_pem } => {
             redeem(dispatcher, token, node, address, csr_pem).await
+        }
+        ClientRequest::CertSign { node, csr_pem } => {
+            let issued = sign_renewal(dispatcher, node, csr_pem).await?;
+            let ca_pem = std::fs::read_to_string(&dispatcher.tls.ca)
+                .map_err(|err| failed(format!("cannot read the cluster CA {}: {err}", dispatcher.tls.ca.display())))?;
+            let members = dispatcher.node.members().into_iter().map(|member| (member.name, member.address)).collect();
+            Ok(ClientReply::Joined { cert_pem: issued.cert_pem, ca_pem, members })
         }
         other => unreachable!("join::serve called for {}", other.name()),
     }
@@ -156,6 +165,158 @@ async fn redeem(
     Ok(ClientReply::Joined { cert_pem: issued.cert_pem, ca_pem, members })
 }
 
+/// `clusterctl ca renew NODE`: served by NODE itself (forwarded there by any other member).
+pub(crate) async fn serve_renew(
+    dispatcher: &Dispatcher,
+    target: &str,
+    forwarded: bool,
+) -> Result<ClientReply, Failure> {
+    let node = &dispatcher.node;
+    if target == node.me().name {
+        return renew_own(dispatcher).await.map(|message| ClientReply::Done { message }).map_err(failed);
+    }
+    let Some(member) = node.members().into_iter().find(|member| member.name == target) else {
+        return Err(invalid(format!("node `{target}` is not a member of the cluster")));
+    };
+    if forwarded {
+        return Err(failed(format!("node {} is not `{target}`", node.me().name)));
+    }
+    let request =
+        cluster_api::Request::Client { request: ClientRequest::CertRenew { node: target.to_owned() }, forwarded: true };
+    match node.forward(&member.address, &request).await {
+        Ok(cluster_api::Response::Client(result)) => result.map_err(Failure::Api),
+        Ok(cluster_api::Response::Peer(_)) => Err(failed(format!("node {target} sent a malformed reply"))),
+        Err(err) => Err(failed(format!("cannot reach node {target} at {}: {err:?}", member.address))),
+    }
+}
+
+/// Signs a renewal for member `name` (its name and the IP of its address in the membership),
+/// and records the new certificate.
+async fn sign_renewal(
+    dispatcher: &Dispatcher,
+    name: &str,
+    csr_pem: &str,
+) -> Result<cluster_tls::join::Issued, Failure> {
+    let node = &dispatcher.node;
+    let Some(member) = node.members().into_iter().find(|member| member.name == name) else {
+        return Err(invalid(format!("node `{name}` is not a member of the cluster: its certificate is not renewed")));
+    };
+    let ip = member.address.parse::<std::net::SocketAddr>().map(|address| address.ip()).map_err(|_| {
+        invalid(format!("node `{name}` is dialled at {}, not IP:PORT: renew its certificate by hand", member.address))
+    })?;
+    let Some(ca_key) = &dispatcher.ca_key else {
+        return Err(invalid(format!("node {} does not hold the CA key (`ca_key` in its [tls] table)", node.me().name)));
+    };
+    let now = wall_ms();
+    let issued = sign_node_request(
+        &dispatcher.tls.ca,
+        ca_key,
+        csr_pem,
+        name,
+        ip,
+        NODE_CERTIFICATE_LIFETIME,
+        (now / 1000) as i64,
+    )
+    .map_err(|err| match err {
+        cluster_tls::TlsError::Refused(why) => invalid(why),
+        other => failed(format!("cannot sign the certificate of node `{name}`: {other}")),
+    })?;
+    let command =
+        Command::CertRenewed { node: name.to_owned(), fingerprint: issued.info.fingerprint.clone(), at_ms: now };
+    match dispatcher.engine.propose(command).await {
+        Ok(CommandOutcome::Rejected { reason }) => Err(invalid(reason)),
+        Ok(_) => Ok(issued),
+        Err(err) => Err(failed(format!("cannot record the renewed certificate of node `{name}`: {err}"))),
+    }
+}
+
+/// Renews this node's certificate: a new key and CSR, signed here if this node holds the CA key,
+/// else by the first member that does; the files are replaced and presented from the next
+/// handshake on. The previous certificate stays valid until it expires.
+pub(crate) async fn renew_own(dispatcher: &Dispatcher) -> Result<String, String> {
+    let _one = dispatcher.renewing.lock().await;
+    let node = &dispatcher.node;
+    let me = node.me().clone();
+    let ip = me.address.parse::<std::net::SocketAddr>().map(|address| address.ip()).map_err(|_| {
+        format!("node {} is dialled at {}, not IP:PORT: renew its certificate by hand", me.name, me.address)
+    })?;
+    let request = cluster_tls::join::node_request(&me.name, ip).map_err(|err| err.to_string())?;
+    let cert_pem =
+        if dispatcher.ca_key.is_some() {
+            sign_renewal(dispatcher, &me.name, &request.csr_pem)
+                .await
+                .map_err(|failure| ApiError::from(failure).message)?
+                .cert_pem
+        } else {
+            let mut refusals = Vec::new();
+            let mut signed = None;
+            for member in node.members().into_iter().filter(|member| member.name != me.name) {
+                let ask = ClientRequest::CertSign { node: me.name.clone(), csr_pem: request.csr_pem.clone() };
+                let answer =
+                    match Client::connect_with(&member.address, dispatcher.client_tls.clone(), Duration::from_secs(5))
+                        .await
+                    {
+                        Ok(mut client) => client.call(ask).await.map_err(|err| err.to_string()),
+                        Err(err) => Err(err.to_string()),
+                    };
+                match answer {
+                    Ok(ClientReply::Joined { cert_pem, .. }) => {
+                        signed = Some(cert_pem);
+                        break;
+                    }
+                    Ok(other) => refusals.push(format!("{}: unexpected reply {other:?}", member.name)),
+                    Err(err) => refusals.push(format!("{}: {err}", member.name)),
+                }
+            }
+            signed
+                .ok_or_else(|| format!("no member signed the renewal of node {}: {}", me.name, refusals.join("; ")))?
+        };
+    let info = cluster_tls::pem_cert_info(&cert_pem, "the renewed certificate")?;
+    if info.common_name.as_deref() != Some(me.name.as_str())
+        || cluster_tls::key_public_sha256(&request.key_pem)? != info.public_key_sha256
+    {
+        return Err(format!("the renewed certificate does not name node {} with its new key", me.name));
+    }
+    let files = &dispatcher.tls;
+    cluster_tls::replace_file(&files.key, request.key_pem.as_bytes(), 0o600).map_err(|err| err.to_string())?;
+    cluster_tls::replace_file(&files.cert, cert_pem.as_bytes(), 0o644).map_err(|err| err.to_string())?;
+    dispatcher.identity.reload(files).map_err(|err| err.to_string())?;
+    tracing::info!(fingerprint = %info.fingerprint, not_after = info.not_after_unix, "certificate renewed");
+    Ok(format!(
+        "certificate of node {} renewed: {} (valid until {} s after the Unix epoch), written to {}",
+        me.name,
+        info.fingerprint,
+        info.not_after_unix,
+        files.cert.display()
+    ))
+}
+
+/// Whether a certificate valid from `not_before` to `not_after` (seconds) is renewed at `now`:
+/// once less than a third of its validity is left.
+pub(crate) fn renewal_due(not_before: i64, not_after: i64, now: i64) -> bool {
+    let lifetime = not_after.saturating_sub(not_before).max(0);
+    not_after.saturating_sub(now) < lifetime / 3
+}
+
+/// Renews this node's certificate automatically before it expires (checked hourly, from cluster
+/// version 0.2.0 on).
+pub(crate) async fn renew_before_expiry(dispatcher: Arc<Dispatcher>) {
+    loop {
+        tokio::time::sleep(RENEWAL_CHECK).await;
+        if dispatcher.node.cluster_version() < cluster_model::ClusterVersion::V0_2 {
+            continue;
+        }
+        let Ok(info) = cluster_tls::read_cert_info(&dispatcher.tls.cert) else { continue };
+        let now = (wall_ms() / 1000) as i64;
+        if renewal_due(info.not_before_unix, info.not_after_unix, now) {
+            match renew_own(&dispatcher).await {
+                Ok(message) => tracing::info!("{message}"),
+                Err(err) => tracing::warn!(error = %err, "certificate renewal failed; retrying in an hour"),
+            }
+        }
+    }
+}
+
 /// Keeps `revocations` equal to the applied state's list, for ever.
 pub(crate) async fn follow_revocations(node: Arc<ConsensusNode>, revocations: Arc<cluster_tls::Revocations>) {
     let mut current = Default::default();
@@ -206,5 +367,19 @@ pub(crate) async fn ask_to_be_added(
             Err(err) => tracing::warn!(%server, error = %err, "asking to be added to the cluster; retrying"),
         }
         tokio::time::sleep(JOIN_RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_is_renewed_once_a_third_of_its_validity_is_left() {
+        let year = 365 * 24 * 3600;
+        assert!(!renewal_due(0, year, 0));
+        assert!(!renewal_due(0, year, year * 2 / 3 - 10));
+        assert!(renewal_due(0, year, year * 2 / 3 + 10));
+        assert!(renewal_due(0, year, year + 1), "an expired one too");
     }
 }

@@ -92,10 +92,11 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
     // join token, nothing else) and refuses revoked certificates; the metrics listener does neither.
     let revocations = Arc::new(cluster_tls::Revocations::default());
     let identity = cluster_tls::Identity::load(&files).context("invalid [tls] section")?;
-    let peer_tls =
-        cluster_tls::node_server_config(&files, identity, revocations.clone()).context("invalid [tls] section")?;
+    let peer_tls = cluster_tls::node_server_config(&files, identity.clone(), revocations.clone())
+        .context("invalid [tls] section")?;
     let server_tls = cluster_tls::server_config(&files).context("invalid [tls] section")?;
-    let client_tls = cluster_tls::client_config(&files).context("invalid [tls] section")?;
+    // Towards peers this node presents its identity, which a renewal replaces in place.
+    let client_tls = cluster_tls::node_client_config(&files, identity.clone()).context("invalid [tls] section")?;
     if let Some(ca_key) = &config.tls.ca_key {
         std::fs::metadata(ca_key)
             .with_context(|| format!("invalid [tls] section: key `ca_key`: cannot read {}", ca_key.display()))?;
@@ -162,7 +163,11 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
         tls: files.clone(),
         ca_key: config.tls.ca_key.clone(),
         revocations: revocations.clone(),
+        identity,
+        client_tls: client_tls.clone(),
+        renewing: tokio::sync::Mutex::new(()),
     });
+    tokio::spawn(join::renew_before_expiry(dispatcher.clone()));
     tokio::spawn(join::follow_revocations(node.clone(), revocations));
     if let Some(server) = &config.join {
         tokio::spawn(join::ask_to_be_added(node.clone(), server.clone(), client_tls.clone(), witness));

@@ -70,7 +70,26 @@ impl Caller {
     fn refusal(&self, request: &Request, revocations: &cluster_tls::Revocations) -> Option<String> {
         match self {
             Caller::Local => None,
-            Caller::Certified { fingerprint, common_name } => revocations.refuses(fingerprint, common_name.as_deref()),
+            Caller::Certified { fingerprint, common_name } => {
+                if let Some(refused) = revocations.refuses(fingerprint, common_name.as_deref()) {
+                    return Some(refused);
+                }
+                match request {
+                    // Only a node renews its own certificate.
+                    Request::Client { request: ClientRequest::CertSign { node, .. }, .. }
+                        if common_name.as_deref() != Some(node.as_str()) =>
+                    {
+                        Some(format!(
+                            "a certificate for node `{node}` is renewed only at the request of `{node}` itself, not \
+                             of {}",
+                            common_name.as_deref().map_or("a certificate without a name".to_owned(), |name| format!(
+                                "`{name}`"
+                            ))
+                        ))
+                    }
+                    _ => None,
+                }
+            }
             Caller::Anonymous => match request {
                 Request::Client { request: ClientRequest::Join { .. }, forwarded: false } => None,
                 _ => Some(

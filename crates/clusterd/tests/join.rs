@@ -210,6 +210,33 @@ async fn a_node_joins_with_a_token_and_every_bad_token_is_refused_without_a_trac
     let n3_files = TlsFiles { ca: n3_dir.join("ca.crt"), cert: n3_dir.join("n3.crt"), key: n3_dir.join("n3.key") };
     assert!(matches!(remote_status(&n1_address, n3_files.clone()).await, Ok(ClientReply::Status(_))));
 
+    // Renewal, asked through n1: n3 makes a new key, n1 (the CA key's holder) signs, n3 replaces
+    // its files and presents the new certificate; only n3 itself may ask for its certificate.
+    let before = cluster_tls::read_cert_info(&n3_files.cert).unwrap();
+    let renewed = run(&["--socket", &n1.display().to_string(), "ca", "renew", "n3"]);
+    if !renewed.status.success() {
+        eprintln!(
+            "{}\n--- n3 ---\n{}",
+            cluster.logs(),
+            std::fs::read_to_string(base.join("n3.log")).unwrap_or_default()
+        );
+    }
+    let said = ok(renewed);
+    assert!(said.contains("certificate of node n3 renewed"), "{said}");
+    let after = cluster_tls::read_cert_info(&n3_files.cert).unwrap();
+    assert_ne!(after.fingerprint, before.fingerprint);
+    assert_ne!(after.public_key_sha256, before.public_key_sha256, "a new key");
+    assert_eq!(after.common_name.as_deref(), Some("n3"));
+    assert_eq!(mode(&n3_files.key), 0o600);
+    assert!(matches!(remote_status(&n2_address, n3_files.clone()).await, Ok(ClientReply::Status(_))));
+    let n3_socket = n3_dir.join("clusterd.sock");
+    call(&n3_socket, ClientRequest::KvSet { key: "renewed".into(), value: "yes".into() }).await.unwrap();
+    let endpoint = Endpoint::Tls { address: n1_address.clone(), files: cluster.admin_files() };
+    let mut admin = Client::connect(&endpoint, Duration::from_secs(3)).await.unwrap();
+    let request = cluster_tls::join::node_request("n3", "127.0.151.13".parse().unwrap()).unwrap();
+    let err = admin.call(ClientRequest::CertSign { node: "n3".into(), csr_pem: request.csr_pem }).await.unwrap_err();
+    assert!(err.to_string().contains("renewed only at the request of `n3` itself, not of `admin`"), "{err}");
+
     // Removed: its certificate, and any other certificate with its name, is refused.
     let done = call(&n1, ClientRequest::NodeRemove { name: "n3".into() }).await.unwrap();
     assert!(format!("{done:?}").contains("its certificates are refused"), "{done:?}");
