@@ -42,6 +42,10 @@ pub enum PeerRpc {
     /// A new leader asks how long ago this voter last acknowledged a leader of an older term
     /// (bounds every lease an older leader could have granted; see docs/safety.md).
     LastAck,
+    /// Keep this node's lease while no leader grants it (served by the daemon).
+    Keep,
+    /// A leader asks whether nodes whose lease ended may still hold a kept lease (served by the daemon).
+    ExpiryCheck,
 }
 
 /// A peer RPC: its kind and its encoded body.

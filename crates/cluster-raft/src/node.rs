@@ -697,6 +697,11 @@ impl ConsensusNode {
         LeadershipChanges { server: self.raft.server_metrics(), metrics: self.raft.metrics() }
     }
 
+    /// The highest term this node has seen.
+    pub fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     /// Whether this node is the leader now, and in which term.
     pub fn leadership(&self) -> Option<u64> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -717,6 +722,12 @@ impl ConsensusNode {
     pub async fn wait_applied_after(&self, index: u64, limit: Duration) -> u64 {
         let _ = self.raft.wait(Some(limit)).applied_index_at_least(Some(index + 1), "state change").await;
         self.applied_index()
+    }
+
+    /// The voters of the current membership (the first config of a joint one, and the second).
+    pub fn voters(&self) -> Vec<NodeInfo> {
+        let membership = self.membership();
+        membership.voter_ids().filter_map(|id| membership.get_node(&id).cloned()).collect()
     }
 
     /// Every member (voters and learners).
@@ -801,7 +812,9 @@ impl ConsensusNode {
                 self.election.hold(Duration::from_millis(millis.min(10_000)));
                 encoded(&())
             }
-            PeerRpc::Lease | PeerRpc::Propose => Err(format!("{:?} is served by the daemon, not by raft", request.rpc)),
+            PeerRpc::Lease | PeerRpc::Propose | PeerRpc::Keep | PeerRpc::ExpiryCheck => {
+                Err(format!("{:?} is served by the daemon, not by raft", request.rpc))
+            }
             PeerRpc::LastAck => {
                 let term: u64 = decode(&request.payload).map_err(bad)?;
                 encoded(&self.answer_last_ack(term))

@@ -5,8 +5,8 @@
 //! `SIM_EXPLORE=N` (with `SIM_RESOURCE_FAILURES=1`, `SIM_STOPPED_ANY_PHASE=1`,
 //! `SIM_DB_FAILBACK_AUTO=1`, `SIM_NO_LIVENESS=1`, `SIM_WAITS_IGNORE_LEASE=1`,
 //! `SIM_FENCE_WITHOUT_CONFIRMING=1`, `SIM_REMOVE_UNDRAINED=1`, `SIM_ABANDONED_STARTS_LAND=1`,
-//! `SIM_FROZEN_IGNORES_LEASE=1`, `SIM_GRANT_APPLIED_INDEX=1`, `SIM_NOWAYOUT_LEFT_UNPETTED=1`) runs N
-//! seeds of a variant and counts violations.
+//! `SIM_FROZEN_IGNORES_LEASE=1`, `SIM_GRANT_APPLIED_INDEX=1`, `SIM_NOWAYOUT_LEFT_UNPETTED=1`,
+//! `SIM_NO_KEEP_RENEWALS=1`, `SIM_TIMINGS=50/300`) runs N seeds of a variant and counts violations.
 
 use cluster_sim::{run, Scenario, SimConfig};
 
@@ -20,6 +20,13 @@ fn scenario() -> Scenario {
     std::env::var("SIM_SCENARIO").map_or(Scenario::Watchdog, |name| {
         Scenario::parse(&name).unwrap_or_else(|| panic!("unknown SIM_SCENARIO `{name}`"))
     })
+}
+
+/// `SIM_TIMINGS=HEARTBEAT_MS/LEASE_MS`, e.g. `50/300`.
+fn timings() -> Option<(u64, u64)> {
+    let text = std::env::var("SIM_TIMINGS").ok()?;
+    let (heartbeat, lease) = text.split_once('/').unwrap_or_else(|| panic!("SIM_TIMINGS is HEARTBEAT_MS/LEASE_MS"));
+    Some((heartbeat.parse().expect("heartbeat ms"), lease.parse().expect("lease ms")))
 }
 
 fn main() {
@@ -39,6 +46,9 @@ fn main() {
             config.frozen_ignores_lease = on("SIM_FROZEN_IGNORES_LEASE");
             config.grant_applied_index = on("SIM_GRANT_APPLIED_INDEX");
             config.nowayout_left_unpetted = on("SIM_NOWAYOUT_LEFT_UNPETTED");
+            config.no_keep_renewals = on("SIM_NO_KEEP_RENEWALS");
+            config.no_lease_restore = on("SIM_NO_LEASE_RESTORE");
+            config.timings = timings();
             if on("SIM_DB_FAILBACK_AUTO") {
                 config.packages[1] = cluster_sim::package_text("db", &[], "least-loaded", "auto");
             }
@@ -55,7 +65,7 @@ fn main() {
         std::process::exit(2);
     };
     let trace_tail = env_u64("SIM_TRACE_TAIL").map(|lines| lines as usize);
-    let config = SimConfig { trace: true, trace_tail, ..SimConfig::new(seed, nodes, scenario()) };
+    let config = SimConfig { trace: true, trace_tail, timings: timings(), ..SimConfig::new(seed, nodes, scenario()) };
     match run(&config) {
         Ok(summary) => println!("seed {seed}: every invariant held: {summary:?}"),
         Err(violation) => {

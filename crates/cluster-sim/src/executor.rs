@@ -56,9 +56,10 @@ impl Sim {
         let lapsed_now = status != LeaseStatus::Valid;
         let may_start = node.holder.may_start(t, node.applied as u64, settings);
         if !node.probed {
-            // A restarted daemon decides nothing before it holds a lease on a recent enough
-            // state; then it probes what runs (adopts its own, stops the rest, below).
-            if !may_start {
+            // A restarted daemon decides nothing before it holds a lease (a grant on a recent enough
+            // state, or its predecessor's lease, keep-only); then it probes what runs (adopts its
+            // own, stops the rest, below).
+            if !may_start && status != LeaseStatus::Valid {
                 if lapsed_now {
                     self.nodes[n].last_lease_lapse = Some(t);
                 }
@@ -177,6 +178,19 @@ impl Sim {
             node.busy.remove(&name);
             self.stats.interrupted_waits += 1;
         }
+        if !lapsed.is_empty() {
+            self.stats.lapse_stops += lapsed.len() as u64;
+            if self.config.scenario.single_fault() {
+                let detail = format!(
+                    "{} stopped {:?} at its stop budget: a leader's loss or a restart of clusterd must stop no \
+                     package on a live node",
+                    node.name,
+                    lapsed.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>()
+                );
+                self.fail("bystander-stop", detail);
+            }
+        }
+        let node = &mut self.nodes[n];
         let state = &node.state;
         node.stopped_for_lease.retain(|name, epoch| state.packages.get(name).is_some_and(|p| p.epoch == *epoch));
         node.stopped_for_lease.extend(lapsed);
@@ -500,6 +514,12 @@ impl Sim {
         );
         if healthy {
             self.fail("healthy-reset", detail);
+        }
+        if self.config.scenario == crate::config::Scenario::DaemonRestart {
+            self.fail(
+                "reset-after-restart",
+                format!("{} reset by its watchdog after a restart of clusterd", self.names[n]),
+            );
         }
         self.stats.watchdog_resets += 1;
         self.trace(|| format!("n{} watchdog reset", n + 1));

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use cluster_model::{ClusterState, LeaseHolder, LeaseTable, PackageState};
+use cluster_model::{ClusterState, KeepLedger, LeaseHolder, LeaseTable, PackageState};
 
 use crate::clock::Clock;
 use crate::sim::Event;
@@ -63,6 +63,14 @@ pub(crate) struct Busy {
     pub(crate) seen: Option<PackageState>,
 }
 
+/// A keep renewal waiting for a majority of voters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeepRound {
+    pub(crate) sent_at: Duration,
+    pub(crate) acked: BTreeSet<usize>,
+    pub(crate) lease: Option<Duration>,
+}
+
 /// `systemctl stop clusterd` in progress (clusterd's `Engine::leave`), times on the node's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Leave {
@@ -114,6 +122,11 @@ pub(crate) struct Node {
     pub(crate) fencing: BTreeSet<String>,
 
     pub(crate) holder: LeaseHolder,
+    /// The keep renewal in flight: its send time, the voters that acknowledged it, the shortest
+    /// lease they named.
+    pub(crate) keep_round: Option<KeepRound>,
+    /// This node as a voter: the keep renewals it acknowledged, the refusals it promised (volatile).
+    pub(crate) ledger: KeepLedger,
     /// The latest instant (own clock) a lease check is scheduled for.
     pub(crate) lease_check_at: Option<Duration>,
     pub(crate) hello_pending: bool,
@@ -123,6 +136,10 @@ pub(crate) struct Node {
     pub(crate) ghosts: BTreeMap<String, u64>,
     /// Power cycles: an abandoned start lands only on the boot it began in.
     pub(crate) boots: u64,
+    /// Global time the machine last powered on.
+    pub(crate) up_since: u64,
+    /// The lease end the daemon last left in its runtime folder (read by the next daemon).
+    pub(crate) persisted_lease_end: Option<Duration>,
     /// Workers waiting for something, by package (volatile: a restarted daemon waits for nothing).
     pub(crate) busy: BTreeMap<String, Busy>,
     /// The restarted daemon probed its packages (it does so once it holds a lease on a recent
@@ -140,6 +157,8 @@ pub(crate) struct Node {
 
 impl Node {
     pub(crate) fn new(name: String, clock: Clock, has_watchdog: bool, nowayout: bool) -> Node {
+        // The daemons of a run's first nodes have run for a while: nothing they forgot matters.
+        let started = clock.local(0).saturating_sub(Duration::from_secs(60));
         Node {
             name,
             clock,
@@ -158,11 +177,15 @@ impl Node {
             last_ack: Duration::ZERO,
             fencing: BTreeSet::new(),
             holder: LeaseHolder::default(),
+            keep_round: None,
+            ledger: KeepLedger::new(started),
             lease_check_at: None,
             hello_pending: false,
             records: BTreeMap::new(),
             ghosts: BTreeMap::new(),
             boots: 0,
+            up_since: 0,
+            persisted_lease_end: None,
             busy: BTreeMap::new(),
             probed: true,
             stopped_reported_us: BTreeMap::new(),
@@ -188,6 +211,7 @@ impl Node {
         self.table = LeaseTable::default();
         self.fencing.clear();
         self.holder = LeaseHolder::default();
+        self.keep_round = None;
         self.lease_check_at = None;
         self.stopped_reported_us.clear();
         self.stopped_for_lease.clear();

@@ -179,6 +179,15 @@ pub struct Summary {
     pub interrupted_waits: u64,
     /// Starts abandoned at the stop budget.
     pub abandoned_starts: u64,
+    /// Keep renewals acknowledged by a majority of voters; expiry checks of the leader, and nodes a
+    /// check found kept by a voter.
+    pub keeps: u64,
+    pub expiry_checks: u64,
+    pub kept_by_voters: u64,
+    /// Packages stopped at the stop budget by a node that was running (not crashed nor paused).
+    pub lapse_stops: u64,
+    /// Daemons restarted with their predecessor's lease (adopting what runs).
+    pub adoptions: u64,
     /// Nodes removed from the cluster (`node remove`), and removals refused because they owned packages.
     pub removals: u64,
     pub removals_refused: u64,
@@ -213,6 +222,11 @@ impl Summary {
         self.freezes += other.freezes;
         self.interrupted_waits += other.interrupted_waits;
         self.abandoned_starts += other.abandoned_starts;
+        self.keeps += other.keeps;
+        self.expiry_checks += other.expiry_checks;
+        self.kept_by_voters += other.kept_by_voters;
+        self.lapse_stops += other.lapse_stops;
+        self.adoptions += other.adoptions;
         self.removals += other.removals;
         self.removals_refused += other.removals_refused;
         self.messages_sent += other.messages_sent;
@@ -334,7 +348,9 @@ impl Sim {
                 Node::new(name.clone(), Clock::new(origin, rate), config.scenario.watchdog(), nowayout)
             })
             .collect();
-        let net = Network::new(config.nodes, config.loss, config.max_delay);
+        let mut net = Network::new(config.nodes, config.loss, config.max_delay);
+        // No loss and no long delays where only leaders die.
+        net.faulty = !config.scenario.single_fault();
         Sim {
             trace: config.trace.then(Vec::new),
             config,
@@ -551,6 +567,8 @@ impl Sim {
             Msg::Renewal { incarnation, sent_at } => self.on_renewal(to, from, incarnation, sent_at),
             Msg::Grant { incarnation, sent_at, grant } => self.on_grant(to, incarnation, sent_at, grant),
             Msg::Append { term, commit } => self.on_append(to, from, term, commit),
+            Msg::Keep { incarnation, sent_at } => self.on_keep(to, from, incarnation, sent_at),
+            Msg::KeepAck { incarnation, sent_at, lease } => self.on_keep_ack(to, from, incarnation, sent_at, lease),
             Msg::Propose { command, reply } => self.on_propose(to, from, command, reply),
             Msg::Proposed { op } => {
                 if let Some(package) =

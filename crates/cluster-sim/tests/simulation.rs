@@ -49,6 +49,8 @@ fn assert_exercised(total: &Summary) {
     assert!(total.settings_changes > 0 && total.leases_settled > 0, "{total:?}");
     assert!(total.freezes > 0 && total.interrupted_waits > 0, "{total:?}");
     assert!(total.removals > 0 && total.removals_refused > 0, "{total:?}");
+    // Issue 14: leases kept by voters while no leader grants, and the leader's expiry checks.
+    assert!(total.keeps > 0 && total.expiry_checks > 0, "{total:?}");
 }
 
 /// The first violation in seeds `0..limit` of the variant `config(seed)`, if any.
@@ -302,4 +304,57 @@ fn an_idle_nowayout_watchdog_left_unpetted_resets_healthy_nodes() {
     let config = |seed| SimConfig { nowayout_left_unpetted: true, ..SimConfig::new(seed, 3, Scenario::Watchdog) };
     let violation = first_violation(100, config).expect("caught within 100 seeds");
     assert_eq!(violation.invariant, "healthy-reset", "{violation}");
+}
+
+/// Runs `count` seeds of `scenario` with `timings`; panics on the first violation.
+fn property_with(scenario: Scenario, timings: Option<(u64, u64)>, count: u64) -> Summary {
+    let mut total = Summary::default();
+    for seed in 0..count {
+        match run(&SimConfig { timings, ..SimConfig::new(seed, 3, scenario) }) {
+            Ok(summary) => total.add(&summary),
+            Err(violation) => panic!("{violation}"),
+        }
+    }
+    total
+}
+
+/// Issue 14, item 1: the death of the Raft leader stops no package on a live node (invariant
+/// `bystander-stop`), at the default timings, at heartbeat 50 ms / lease 300 ms and at 25 ms /
+/// 150 ms: the other nodes keep their leases through a majority of voters until a new leader
+/// renews them.
+#[test]
+fn a_leader_loss_stops_no_package_on_a_live_node() {
+    for timings in [None, Some((50, 300)), Some((25, 150))] {
+        let total = property_with(Scenario::LeaderLoss, timings, seeds(1000) / 4);
+        assert!(total.crashes > 0 && total.elections > total.crashes / 2, "{timings:?}: {total:?}");
+        assert!(total.keeps > 0 && total.lapse_stops == 0, "{timings:?}: {total:?}");
+        assert!(total.expiry_reassignments > 0, "the dead leader's own packages move: {timings:?}: {total:?}");
+    }
+}
+
+/// Negative control of issue 14, item 1: without keep renewals, a leader's death stops the
+/// packages of live nodes whose lease runs out before a new leader renews it.
+#[test]
+fn without_keep_renewals_a_leader_loss_stops_bystanders() {
+    let config = |seed| SimConfig { no_keep_renewals: true, ..SimConfig::new(seed, 3, Scenario::LeaderLoss) };
+    let violation = first_violation(50, config).expect("caught within 50 seeds");
+    assert_eq!(violation.invariant, "bystander-stop", "{violation}");
+}
+
+/// Issue 14, item 2: a crash of clusterd restarted by systemd (100–250 ms) adopts what runs with
+/// its predecessor's lease: no watchdog reset, no running package stopped, at the default timings.
+#[test]
+fn a_restarted_daemon_adopts_its_packages_without_a_reset() {
+    let total = property_with(Scenario::DaemonRestart, None, seeds(1000) / 4);
+    assert!(total.daemon_crashes > 0 && total.adoptions > 0, "{total:?}");
+    assert_eq!((total.watchdog_resets, total.lapse_stops), (0, 0), "{total:?}");
+}
+
+/// Negative control of issue 14, item 2: a restarted daemon that starts without its predecessor's
+/// lease lets the watchdog, still counting, reset the node.
+#[test]
+fn without_its_predecessors_lease_a_restarted_daemon_is_reset() {
+    let config = |seed| SimConfig { no_lease_restore: true, ..SimConfig::new(seed, 3, Scenario::DaemonRestart) };
+    let violation = first_violation(50, config).expect("caught within 50 seeds");
+    assert_eq!(violation.invariant, "reset-after-restart", "{violation}");
 }

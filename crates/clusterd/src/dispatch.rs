@@ -8,7 +8,7 @@ use cluster_model::controller::{explain, protection, Liveness, Protection};
 use cluster_model::{validate_key, validate_value, Command, CommandOutcome, FenceConfig, Phase};
 use cluster_raft::{ConsensusError, ConsensusNode, ForwardError};
 
-use crate::engine::{wall_ms, Engine, LeaseRequest};
+use crate::engine::{wall_ms, Engine, ExpiryCheck, KeepRequest, LeaseRequest};
 
 /// The request handler shared by every listener.
 pub(crate) struct Dispatcher {
@@ -65,6 +65,22 @@ impl Dispatcher {
                         &peer.payload,
                         |request: LeaseRequest| async move { engine.grant(&request).await },
                     )
+                    .await,
+                )
+            }
+            Request::Peer(peer) if peer.rpc == PeerRpc::Keep => {
+                let engine = &self.engine;
+                Response::Peer(
+                    serve_engine_rpc(&peer.payload, |request: KeepRequest| async move { engine.serve_keep(&request) })
+                        .await,
+                )
+            }
+            Request::Peer(peer) if peer.rpc == PeerRpc::ExpiryCheck => {
+                let engine = &self.engine;
+                Response::Peer(
+                    serve_engine_rpc(&peer.payload, |check: ExpiryCheck| async move {
+                        engine.serve_expiry_check(&check).await
+                    })
                     .await,
                 )
             }

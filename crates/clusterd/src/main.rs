@@ -93,6 +93,16 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    // The watchdog first: after a crash of the previous daemon its timer still runs, and must be
+    // petted again before anything slow (opening the log, electing) if that daemon's lease runs.
+    let watchdog = match &config.watchdog {
+        Some(section) => Some(
+            cluster_host::open_watchdog(&section.device)
+                .with_context(|| format!("cannot open the watchdog {}", section.device))?,
+        ),
+        None => None,
+    };
+    engine::rearm_after_restart(&engine::runtime_dir(&config.socket), watchdog.as_ref());
 
     let node = ConsensusNode::start(NodeOptions {
         name: config.node.clone(),
@@ -118,13 +128,6 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
     // watchdog, fences, applied events) are measured only when someone can scrape them.
     let metrics = metrics::Metrics::new();
     let measured = http.is_some();
-    let watchdog = match &config.watchdog {
-        Some(section) => Some(
-            cluster_host::open_watchdog(&section.device)
-                .with_context(|| format!("cannot open the watchdog {}", section.device))?,
-        ),
-        None => None,
-    };
     let watchdog = watchdog.map(|device| if measured { metrics.metered_watchdog(device) } else { device });
     let fencer: Arc<dyn cluster_host::Fencer> = Arc::new(cluster_host::AgentFencer);
     let fencer = if measured { metrics.metered_fencer(fencer) } else { fencer };
@@ -133,7 +136,7 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
         ..cluster_agents::AgentOptions::default()
     };
     let host = cluster_host::Host::linux(cluster_host::ProcessConfig::default());
-    let engine = engine::Engine::new(node.clone(), host, agents, watchdog, fencer);
+    let engine = engine::Engine::new(node.clone(), host, agents, watchdog, fencer, engine::runtime_dir(&config.socket));
     engine.start();
     diagnostics::init(diagnostics::Context {
         config_path: std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone()),

@@ -112,6 +112,7 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
         }
         let snapshot = engine.snapshot();
         settle_leases(&engine).await;
+        confirm_expiries(&engine, &snapshot).await;
         // The view and the plan number are taken under one lock: a renewal recorded after this
         // point is in the view, one recorded before waits for this plan (see `Engine::grant`).
         let viewed_at = std::time::Instant::now();
@@ -152,6 +153,27 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
             () = engine.controller_wake.notified() => {}
             () = tokio::time::sleep(sleep) => {}
         }
+    }
+}
+
+/// Nodes whose lease ended by this leader's table are expired only once a majority of voters
+/// confirmed that none kept their lease since (docs/safety.md, "Leases that survive a leader's
+/// loss"): ask them now, before the view is taken. Members, and owners that are no longer members.
+async fn confirm_expiries(engine: &Engine, snapshot: &super::Snapshot) {
+    let settings = engine.settings();
+    let mut nodes: Vec<String> = engine.node.members().into_iter().map(|member| member.name).collect();
+    for owner in snapshot.state.packages.values().filter_map(|package| package.owner.as_ref()) {
+        if !nodes.contains(owner) {
+            nodes.push(owner.clone());
+        }
+    }
+    nodes.retain(|node| *node != engine.me);
+    let pending = {
+        let table = engine.table.lock().expect("lease table lock");
+        table.awaiting_confirmation(nodes.iter().map(String::as_str), now(), &settings)
+    };
+    if !pending.is_empty() {
+        engine.confirm_expiries(pending, &settings).await;
     }
 }
 

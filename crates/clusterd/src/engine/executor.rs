@@ -66,6 +66,12 @@ pub(crate) async fn supervise(engine: Arc<Engine>) {
             Some(index) => engine.node.wait_applied_after(index, REAP).await,
         };
         if last != Some(applied) {
+            if last.is_none() {
+                // A restarted daemon counts the packages its predecessor may have run as active until
+                // their workers probe them; one that no longer exists has no worker.
+                let known = engine.node.read_local(|state| state.packages.keys().cloned().collect::<BTreeSet<_>>());
+                engine.active.lock().expect("active lock").retain(|name| known.contains(name));
+            }
             next_event = Some(publish(&engine, &mut workers, applied, next_event));
             last = Some(applied);
         }
@@ -428,10 +434,13 @@ impl Worker {
         let me = self.engine.me.clone();
         let holder = *self.engine.holder.lock().expect("lease lock");
         let mut wait = Wait::default();
-        // Nothing is decided before this node holds a lease on a state at least as recent as the
-        // grant: an old or partial state must not make it start or stop anything.
+        // Nothing is decided before this node holds a lease: a grant on a state at least as recent
+        // as the grant (an old or partial state must not make it start anything), or the lease of
+        // the daemon this one replaces, which lets it probe and adopt what runs (keep-only: while it
+        // runs, no package moves away from this node without its own report).
         let may_start = holder.may_start(now(), applied, settings);
-        if !may_start && !self.probed {
+        let lease_valid = holder.status(now(), settings) == LeaseStatus::Valid;
+        if !may_start && !lease_valid && !self.probed {
             wait.may_start = true;
             return wait;
         }
@@ -583,6 +592,8 @@ impl Worker {
         let running = results.iter().filter(|r| matches!(r.state, Ok(MonitorState::Running))).count();
         let mine = package.owner.as_deref() == Some(self.engine.me.as_str());
         if running == 0 && results.iter().all(|r| r.state.is_ok()) {
+            // (A restarted daemon counted it active until now: the previous one may have run it.)
+            self.engine.set_active(&self.name, false);
             return;
         }
         if running == results.len() && mine && matches!(package.phase, Phase::Starting | Phase::Running) {
