@@ -9,6 +9,8 @@ packages=(
   keepalived                                      # the failover anchor in the lab
   etcd-server etcd-client                         # the key-value anchor in the benchmark
   systemd                                         # systemd-analyze verify, systemd-tmpfiles
+  dpkg-dev binutils lintian                       # scripts/build-deb.sh: dpkg-shlibdeps, strip; lintian
+  debootstrap systemd-container curl              # scripts/test-systemd.sh: Debian roots, systemd-nspawn
 )
 missing=()
 for package in "${packages[@]}"; do
