@@ -173,6 +173,44 @@ key = "/etc/clusterd/n1.key"
         assert!(err.contains("key `node`"), "{err}");
     }
 
+    /// The shipped example (`/etc/clusterd/clusterd.toml.example`) parses as it is, and again with its
+    /// optional keys (`#key = …` lines) switched on, and shows every key of the node file.
+    #[test]
+    fn the_shipped_example_parses_and_shows_every_key() {
+        let example = include_str!("../../../packaging/clusterd.toml.example");
+        let config = parse(example).unwrap_or_else(|err| panic!("{err:#}"));
+        assert_eq!(config.watchdog, None);
+        let switched_on: String = example
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let full = parse(&switched_on).unwrap_or_else(|err| panic!("{err:#}"));
+        let NodeConfig {
+            node,
+            listen,
+            advertise,
+            data_dir,
+            socket,
+            tls,
+            watchdog,
+            metrics,
+            metrics_tls,
+            status_page,
+            log_file,
+        } = full;
+        let TlsSection { ca, cert, key } = tls;
+        assert_eq!(node, "node1");
+        assert!(advertise.is_some() && watchdog.is_some(), "an optional key is missing from the example");
+        assert!(metrics.is_some() && metrics_tls && status_page && log_file.is_some(), "an optional key is missing");
+        assert_eq!(socket, PathBuf::from(DEFAULT_SOCKET));
+        assert!(listen.port() != 0 && data_dir.is_absolute());
+        assert!([ca, cert, key].iter().all(|path| path.starts_with("/etc/clusterd")));
+    }
+
     #[test]
     fn the_status_page_needs_loopback_or_client_certificates() {
         let with = |extra: &str| parse(&format!("{extra}\n{GOOD}"));
