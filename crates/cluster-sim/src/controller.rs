@@ -145,6 +145,10 @@ impl Sim {
             actions.push(Action::Propose(Command::LeasesSettled { ceiling_us }));
         }
         for action in actions {
+            // Nothing more once it handed leadership over.
+            if self.nodes[l].leader_of.is_none() {
+                break;
+            }
             match action {
                 Action::Propose(command) if quorum => {
                     if let Command::Assign { package, reason, .. } = &command {
@@ -156,6 +160,8 @@ impl Sim {
                     self.commit(l, command);
                 }
                 Action::Propose(_) => {}
+                // A leader never fences itself: it hands leadership over, the next leader fences it.
+                Action::Fence { node, .. } if node == self.names[l] => self.hand_over(l),
                 Action::Fence { node, .. } if quorum || self.config.fence_without_confirming => {
                     self.start_fence(l, node)
                 }

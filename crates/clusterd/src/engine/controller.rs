@@ -219,6 +219,18 @@ async fn run_actions(
             Action::Fence { node, reason } => fences.push((node, reason)),
         }
     }
+    // A leader never fences itself (it could not record the fence, and the next leader would fence
+    // it again): when a stop failed here and this node has a fence device, it hands leadership over
+    // and the next leader fences it.
+    if let Some(at) = fences.iter().position(|(node, _)| *node == engine.me) {
+        let (_, reason) = fences.remove(at);
+        tracing::warn!(%reason, "this node must be fenced: handing leadership over so that another node fences it");
+        match engine.node.hand_over_leadership().await {
+            Ok(Some(successor)) => tracing::info!(%successor, "leadership handed over"),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "leadership not handed over"),
+        }
+    }
     if !fences.is_empty() {
         engine.node.heartbeat_now().await;
         match engine.node.confirm_after(viewed_at).await {
