@@ -146,7 +146,10 @@ fn a_crashed_daemon_restarted_by_systemd_adopts_its_package_without_a_watchdog_r
         let crashed_ns = now_ns();
         fixture.lab.kill_daemon(OWNER).unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        fixture.lab.start_daemon(OWNER).unwrap();
+        if let Err(err) = fixture.lab.start_daemon(OWNER) {
+            fixture.dump();
+            panic!("[{}] round {round}: clusterd did not start again on {OWNER}: {err}", fixture.name);
+        }
         std::thread::sleep(Duration::from_secs(3));
         let now = fixture.package(VIA).map(|package| {
             (

@@ -172,9 +172,19 @@ async fn confirm_expiries(engine: &Engine, snapshot: &super::Snapshot) {
         let table = engine.table.lock().expect("lease table lock");
         table.awaiting_confirmation(nodes.iter().map(String::as_str), now(), &settings)
     };
-    if !pending.is_empty() {
-        engine.confirm_expiries(pending, &settings).await;
+    if pending.is_empty() {
+        return;
     }
+    // Only a leader a quorum confirmed asks: each answer (its own included) promises refusals, and a
+    // leader restarted into its old term (openraft brings a restarted leader back as leader until it
+    // meets the newer term) would otherwise make itself refuse the keeps of live nodes.
+    let asked = std::time::Instant::now();
+    engine.node.heartbeat_now().await;
+    if engine.node.confirm_after(asked).await.is_err() {
+        tracing::debug!(nodes = %pending.join(", "), "expiry check skipped: leadership not confirmed");
+        return;
+    }
+    engine.confirm_expiries(pending, &settings).await;
 }
 
 /// After a shortening of the lease: once every lease granted with the old, longer wait has ended

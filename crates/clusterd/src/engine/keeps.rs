@@ -127,14 +127,16 @@ impl Engine {
         }
         let engine = self.clone();
         let settings = settings.clone();
-        tokio::spawn(async move { engine.keep_round(sent, &settings).await });
+        // The keep is useful until the lease reaches its stop budget: wait that long (a fresh TLS
+        // connection to a restarted voter, on a loaded host, takes longer than one heartbeat).
+        let timeout = left.max(settings.heartbeat());
+        tokio::spawn(async move { engine.keep_round(sent, &settings, timeout).await });
     }
 
-    async fn keep_round(&self, sent: Duration, settings: &Settings) {
+    async fn keep_round(&self, sent: Duration, settings: &Settings, timeout: Duration) {
         let voters = self.node.voters();
         let majority = voters.len() / 2 + 1;
         let request = KeepRequest { node: self.me.clone() };
-        let timeout = settings.heartbeat();
         let mut asks: futures::stream::FuturesUnordered<_> = voters
             .iter()
             .map(|voter| {
