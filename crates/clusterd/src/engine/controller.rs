@@ -181,7 +181,10 @@ async fn confirm_expiries(engine: &Engine, snapshot: &super::Snapshot) {
     let asked = std::time::Instant::now();
     engine.node.heartbeat_now().await;
     if engine.node.confirm_after(asked).await.is_err() {
-        tracing::debug!(nodes = %pending.join(", "), "expiry check skipped: leadership not confirmed");
+        tracing::info!(
+            nodes = %pending.join(", "),
+            "leases ended here, but their expiry is not confirmed: leadership not confirmed by a quorum (nothing moves)"
+        );
         return;
     }
     engine.confirm_expiries(pending, &settings).await;
