@@ -173,6 +173,9 @@ fn same_except_definition(a: &PackageState, b: &PackageState) -> bool {
         last_failure,
         resources,
         blocked_reason,
+        role,
+        score,
+        retired,
     } = a;
     *epoch == b.epoch
         && *phase == b.phase
@@ -188,6 +191,9 @@ fn same_except_definition(a: &PackageState, b: &PackageState) -> bool {
         && *blocked_reason == b.blocked_reason
         && *failures == b.failures
         && *banned == b.banned
+        && *role == b.role
+        && *score == b.score
+        && *retired == b.retired
 }
 
 /// Publishes whether this node's lease is at its stop budget (or absent), the moment it flips: it
