@@ -125,6 +125,10 @@ impl relations::Occupancy for Planner<'_> {
     fn used_on(&self, _state: &ClusterState, node: &str, _except: &str) -> BTreeMap<String, u64> {
         self.used.get(node).cloned().unwrap_or_default()
     }
+
+    fn dependents_of<'s>(&'s self, _state: &'s ClusterState, name: &str) -> Vec<&'s str> {
+        self.dependents.get(name).cloned().unwrap_or_default()
+    }
 }
 
 // The planner runs on the leader every controller tick over every package: the common cases (a package
@@ -467,34 +471,8 @@ impl<'a> Planner<'a> {
 
     /// The instances of other packages that still need `key` where it is (they depend on it, and no
     /// other instance of it would do): they stop before it leaves.
-    fn dependents_relying(&self, key: &str, package: &'a PackageState, owner: &str) -> Vec<&'a str> {
-        let Some(names) = self.dependents.get(package.def.name.as_str()) else { return Vec::new() };
-        let mut relying = Vec::new();
-        for name in names {
-            for (dependent_key, dependent) in self.state.instances(name) {
-                let Some(at) = relations::Occupancy::occupies(self, dependent_key, dependent) else { continue };
-                let Some(dependency) = dependent.def.dependency_on(&package.def.name) else { continue };
-                let elsewhere = self.state.instances(&package.def.name).any(|(other, other_package)| {
-                    other != key
-                        && relations::Occupancy::runs_on(self, other, other_package).is_some_and(
-                            |node| match dependency.location {
-                                Location::SameNode => node == at,
-                                Location::AnyNode => true,
-                                Location::DifferentNode => node != at,
-                            },
-                        )
-                });
-                let needs_this = match dependency.location {
-                    Location::SameNode => at == owner,
-                    Location::AnyNode => true,
-                    Location::DifferentNode => at != owner,
-                };
-                if needs_this && !elsewhere {
-                    relying.push(dependent_key.as_str());
-                }
-            }
-        }
-        relying
+    fn dependents_relying<'s>(&'s self, key: &str, package: &PackageState, owner: &str) -> Vec<&'s str> {
+        relations::dependents_relying(self.state, self, key, package, owner)
     }
 
     fn plan_package(&mut self, key: &'a str, package: &'a PackageState, actions: &mut Vec<Action>) {

@@ -75,6 +75,17 @@ pub(crate) trait Occupancy {
     fn used_on(&self, state: &ClusterState, node: &str, except: &str) -> BTreeMap<String, u64> {
         capacity_used(state, self, node, except)
     }
+    /// The packages that declare a dependency on package `name`.
+    fn dependents_of<'s>(&'s self, state: &'s ClusterState, name: &str) -> Vec<&'s str> {
+        let mut names: Vec<&str> = state
+            .packages
+            .values()
+            .filter(|other| other.def.dependency_on(name).is_some())
+            .map(|other| other.def.name.as_str())
+            .collect();
+        names.dedup();
+        names
+    }
 }
 
 /// The replicated state as it is.
@@ -88,6 +99,12 @@ impl Occupancy for AsApplied {
     fn runs_on<'s>(&'s self, _key: &str, package: &'s PackageState) -> Option<&'s str> {
         package.running_on()
     }
+}
+
+/// Why `dependency` is not met for an instance on `node` by the replicated state as it is (what
+/// an executor checks before it starts a dependent), or `None`.
+pub fn unmet_dependency(state: &ClusterState, dependency: &cluster_package::Dependency, node: &str) -> Option<String> {
+    dependency_unmet(state, &AsApplied, dependency, node)
 }
 
 /// How a dependency is met, or why not.
@@ -216,6 +233,38 @@ pub(crate) fn shortfall(
         }
     }
     None
+}
+
+/// The instances of other packages that still need instance `key` of `package` on `owner` (they may
+/// be active, depend on it, and no other instance of it would do): an orderly stop of `key` waits
+/// until they have stopped.
+pub(crate) fn dependents_relying<'s, O: Occupancy + ?Sized>(
+    state: &'s ClusterState,
+    occupancy: &'s O,
+    key: &str,
+    package: &PackageState,
+    owner: &str,
+) -> Vec<&'s str> {
+    let name = package.def.name.as_str();
+    let mut relying = Vec::new();
+    for dependent_name in occupancy.dependents_of(state, name) {
+        for (dependent_key, dependent) in state.instances(dependent_name) {
+            let Some(at) = occupancy.occupies(dependent_key, dependent) else { continue };
+            let Some(dependency) = dependent.def.dependency_on(name) else { continue };
+            let serves = |node: &str| match dependency.location {
+                Location::SameNode => node == at,
+                Location::AnyNode => true,
+                Location::DifferentNode => node != at,
+            };
+            let elsewhere = state.instances(name).any(|(other, other_package)| {
+                other != key && occupancy.runs_on(other, other_package).is_some_and(serves)
+            });
+            if serves(owner) && !elsewhere {
+                relying.push(dependent_key.as_str());
+            }
+        }
+    }
+    relying
 }
 
 /// The instances of `name` that may be promoted (every role but replica).

@@ -574,6 +574,28 @@ impl ClusterState {
             ));
         }
         let new_owner = owner.filter(|new_owner| package.owner.as_deref() != Some(*new_owner));
+        if let (Some(node), Phase::Stopping) = (new_owner, phase) {
+            // Only an owner stops its package: a plan made before the package was released (a new
+            // leader's state that lags its log) must not tie it to a node again (found by the
+            // simulation: a removed leader kept a released instance "stopping" on itself for ever).
+            return rejected(format!(
+                "stale assignment of package `{name}`: `stopping` on {node}, which does not own it (owner {})",
+                package.owner.as_deref().unwrap_or("none")
+            ));
+        }
+        if let (Some(owner), None, Phase::Stopping, Phase::Starting | Phase::Running) =
+            (owner, new_owner, phase, package.phase)
+        {
+            // An orderly stop waits for what still needs the package there (dependents stop first),
+            // whoever planned it.
+            let relying = relations::dependents_relying(self, &AsApplied, name, package, owner);
+            if !relying.is_empty() {
+                return rejected(format!(
+                    "refusing to stop package `{name}` on node `{owner}`: {} depend on it and must stop first",
+                    relying.join(", ")
+                ));
+            }
+        }
         if let Some(node) = new_owner.filter(|_| phase.may_be_active()) {
             // Relations are the state machine's to keep, like epochs: a plan made on an older state
             // (or by an older leader) must not put two anti-affine packages, or two instances, on one
@@ -1406,6 +1428,20 @@ mod tests {
             "refusing to place package `other` on node `n2`: not enough slots: needs 1, 0 free of 1"
         );
         assert_eq!(state, before, "a refused assignment changes nothing");
+        // An orderly stop of db:0 waits for app, which needs it on n1.
+        let epoch = state.packages["db:0"].epoch;
+        let stop = Command::Assign {
+            package: "db:0".into(),
+            expected_epoch: epoch,
+            owner: Some("n1".into()),
+            phase: Phase::Stopping,
+            reason: "test".into(),
+            at_ms: 40,
+        };
+        assert_eq!(
+            refusal(state.apply(&stop)),
+            "refusing to stop package `db:0` on node `n1`: app depend on it and must stop first"
+        );
     }
 
     #[test]
