@@ -448,6 +448,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 processes: process,
                 probes: probe,
                 interval: Duration::from_millis(interval_ms),
+                files: Vec::new(),
             };
             let observer = Observer::start(&lab, spec, output.as_deref()).context("failed to start the observer")?;
             std::thread::sleep(Duration::from_secs_f64(duration));

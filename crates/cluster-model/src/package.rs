@@ -161,6 +161,9 @@ pub struct PackageState {
     pub score: Option<i64>,
     /// An instance beyond `instances` after a redefinition: it stops, then it is removed.
     pub retired: bool,
+    /// Which instance this is (`0`, `1` … or the node of an `instances = "all"` instance); `None`
+    /// for a package with one instance. Its key in `ClusterState::packages` is [`PackageState::key`].
+    pub instance: Option<String>,
 }
 
 impl PackageState {
@@ -185,6 +188,15 @@ impl PackageState {
             role: Role::Replica,
             score: None,
             retired: false,
+            instance: None,
+        }
+    }
+
+    /// Its key in `ClusterState::packages`: the package name, or `NAME:INSTANCE`.
+    pub fn key(&self) -> String {
+        match &self.instance {
+            Some(instance) => format!("{}:{instance}", self.def.name),
+            None => self.def.name.clone(),
         }
     }
 

@@ -394,6 +394,7 @@ impl ClusterState {
     /// siblings, if any.
     fn add_instance(&mut self, key: &str, def: &PackageDef, at_ms: u64) {
         let mut package = PackageState::new(def.clone(), at_ms);
+        package.instance = key.split_once(':').map(|(_, instance)| instance.to_owned());
         if let Some((_, sibling)) = self.instances(&def.name).find(|(_, sibling)| !sibling.retired) {
             package.desired = sibling.desired;
             package.frozen = sibling.frozen;

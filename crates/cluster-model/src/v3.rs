@@ -3,7 +3,7 @@
 //! what changed is copied; everything else is the current type (its encoding did not change).
 //!
 //! Changed since version 3: `PackageDef` (ends with `depends`, `instances`, `promotable`, `needs`),
-//! `PackageState` (ends with `role`, `score`, `retired`), `NodeRecord` (ends with `capacity`).
+//! `PackageState` (ends with `role`, `score`, `retired`, `instance`), `NodeRecord` (ends with `capacity`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -102,6 +102,7 @@ impl From<ClusterStateV3> for ClusterState {
                     role: Role::Replica,
                     score: None,
                     retired: false,
+                    instance: None,
                 };
                 (name, state)
             })

@@ -9,6 +9,7 @@
 //! ```
 //! The protocol and its safety argument: docs/safety.md.
 
+mod capacity;
 mod controller;
 mod executor;
 mod leases;
@@ -75,6 +76,8 @@ pub(crate) struct Engine {
     watchdog_armed_for: Mutex<Option<Duration>>,
     /// The watchdog refused a magic close (`nowayout`) and the log said so.
     nowayout_noted: AtomicBool,
+    /// What this node offers to packages' `needs` (node file), announced by `capacity::announce_loop`.
+    capacity: std::collections::BTreeMap<String, u64>,
 }
 
 /// Whether `watchdog` protects a node whose stop budget is `stop_budget`: `Ok(its description)`,
@@ -118,6 +121,7 @@ impl Engine {
         agents: AgentOptions,
         watchdog: Option<Arc<dyn Watchdog>>,
         fencer: Arc<dyn Fencer>,
+        capacity: std::collections::BTreeMap<String, u64>,
     ) -> Arc<Engine> {
         let me = node.me().name.clone();
         Arc::new(Engine {
@@ -142,6 +146,7 @@ impl Engine {
             watchdog_fault: Mutex::new(None),
             watchdog_armed_for: Mutex::new(None),
             nowayout_noted: AtomicBool::new(false),
+            capacity,
         })
     }
 
@@ -151,6 +156,7 @@ impl Engine {
         tokio::spawn(executor::watch_lease(self.clone()));
         tokio::spawn(leases::heartbeat_loop(self.clone()));
         tokio::spawn(leases::announce_loop(self.clone()));
+        tokio::spawn(capacity::announce_loop(self.clone()));
         tokio::spawn(controller::controller_loop(self.clone()));
     }
 
