@@ -18,9 +18,11 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// The stand-in for `crm_master` and `crm_attribute`: `-v N` / `--update N` sets the score, `-D` /
-/// `--delete` removes it, `-G` / `--query` prints it (with `-q` / `--quiet`: the value alone); every
-/// other option (`-l reboot`, `-N node`, `-n name`, `-p`, `-r resource`) is accepted and ignored.
+/// The stand-in for `crm_master` and `crm_attribute --promotion` (`-p`): `-v N` / `--update N` sets the
+/// score, `-D` / `--delete` removes it, `-G` / `--query` prints it (with `-q` / `--quiet`: the value
+/// alone); the other options (`-l reboot`, `-N node`, `-n name`, `-r resource`) are accepted and
+/// ignored. Any other use of `crm_attribute` (a node attribute of Pacemaker's CIB, as `ocf:heartbeat:pgsql`
+/// keeps) fails with a message: clusterd has no CIB.
 pub const STAND_IN: &str = r#"#!/bin/sh
 # clusterd's stand-in for Pacemaker's crm_master and crm_attribute --promotion: the OCF agents clusterd
 # runs set, remove or read the promotion score of their instance with it (see clusterd's docs/agents.md).
@@ -32,8 +34,11 @@ fi
 action=""
 value=""
 quiet=""
+promotion=""
+[ "$(basename "$0")" = crm_master ] && promotion=1
 while [ $# -gt 0 ]; do
   case "$1" in
+    -p|--promotion|--promotion=*) promotion=1; shift ;;
     -v|--update|--attr-value) value="$2"; action=set; shift 2 ;;
     --update=*|--attr-value=*) value="${1#*=}"; action=set; shift ;;
     -v*) value="${1#-v}"; action=set; shift ;;
@@ -44,6 +49,10 @@ while [ $# -gt 0 ]; do
     *) shift ;;
   esac
 done
+if [ -z "$promotion" ]; then
+  echo "$(basename "$0"): clusterd's stand-in keeps promotion scores only (crm_master, crm_attribute --promotion); other node attributes need Pacemaker's CIB" >&2
+  exit 1
+fi
 case "$action" in
   set)
     case "$value" in
@@ -128,5 +137,11 @@ mod tests {
         assert_eq!(run(directory.path(), &score, "crm_master", &["-l", "reboot", "-D"]).0, Some(0));
         assert!(!score.exists());
         assert_eq!(run(directory.path(), &score, "crm_master", &["-G", "-q"]).0, Some(105));
+        // A node attribute, not a promotion score: refused, nothing written.
+        assert_eq!(
+            run(directory.path(), &score, "crm_attribute", &["-N", "n1", "-n", "pgsql-status", "-v", "PRI"]).0,
+            Some(1)
+        );
+        assert!(!score.exists());
     }
 }

@@ -649,29 +649,44 @@ pub fn after_the_others(command: &Command) -> bool {
 /// Why package `key`, desired running, is not running and not being placed (fits nowhere, waits for
 /// what it depends on), in one line; `None` when it runs, is placed by this plan, or is not wanted.
 pub fn waiting_reason(state: &ClusterState, view: &View, key: &str, now_ms: u64) -> Option<String> {
-    let package = state.packages.get(key)?;
-    if package.owner.is_some() || package.desired != Desired::Running || package.frozen || package.retired {
-        return None;
-    }
-    if package.phase == Phase::Blocked {
-        return None;
+    waiting_reasons(state, view, now_ms).into_iter().find(|(waiting, _)| waiting == key).map(|(_, why)| why)
+}
+
+/// [`waiting_reason`] of every package that waits, in key order (one planner for them all).
+pub fn waiting_reasons(state: &ClusterState, view: &View, now_ms: u64) -> Vec<(String, String)> {
+    let candidates: Vec<(&String, &PackageState)> = state
+        .packages
+        .iter()
+        .filter(|(_, package)| {
+            package.owner.is_none()
+                && package.desired == Desired::Running
+                && !package.frozen
+                && !package.retired
+                && package.phase != Phase::Blocked
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Vec::new();
     }
     let mut planner = Planner::new(state, view, now_ms);
     planner.plan_leaving();
-    let key = state.packages.get_key_value(key).map(|(key, _)| key.as_str())?;
-    if planner.choose(key, package, None).is_some() {
-        return None;
-    }
-    let reasons: Vec<String> = planner
-        .preference(key, package)
+    candidates
         .into_iter()
-        .filter_map(|node| planner.exclusion(key, package, node).map(|why| format!("{node}: {why}")))
-        .collect();
-    Some(if reasons.is_empty() {
-        "no eligible node".to_owned()
-    } else {
-        format!("fits nowhere: {}", reasons.join("; "))
-    })
+        .filter(|(key, package)| planner.choose(key, package, None).is_none())
+        .map(|(key, package)| {
+            let reasons: Vec<String> = planner
+                .preference(key, package)
+                .into_iter()
+                .filter_map(|node| planner.exclusion(key, package, node).map(|why| format!("{node}: {why}")))
+                .collect();
+            let why = if reasons.is_empty() {
+                "no eligible node".to_owned()
+            } else {
+                format!("fits nowhere: {}", reasons.join("; "))
+            };
+            (key.clone(), why)
+        })
+        .collect()
 }
 
 /// `clusterctl pkg plan NAME`: where the package (each of its instances) would go and why, in words.

@@ -299,13 +299,10 @@ impl Dispatcher {
                 // Why what should run does not (leader only: it needs the leases).
                 let view = node.leadership().is_some().then(|| self.engine.view());
                 let waiting = match view {
-                    Some(view) => state
-                        .packages
-                        .keys()
-                        .filter(|key| name.as_ref().is_none_or(|wanted| wanted == *key || *wanted == package_of(key)))
-                        .filter_map(|key| {
-                            cluster_model::controller::waiting_reason(&state, &view, key, wall_ms())
-                                .map(|why| (key.clone(), why))
+                    Some(view) => cluster_model::controller::waiting_reasons(&state, &view, wall_ms())
+                        .into_iter()
+                        .filter(|(key, _)| {
+                            name.as_ref().is_none_or(|wanted| wanted == key || wanted == package_of(key))
                         })
                         .collect(),
                     None => Vec::new(),
@@ -351,7 +348,7 @@ impl Dispatcher {
         let mut report = self.node.status().await;
         let view = (self.node.leadership().is_some()).then(|| self.engine.view());
         // Only what the report shows is copied out of the state (not the key-value map or the events).
-        let (nodes, packages) = self.node.read_local(|state| {
+        let (nodes, packages, waiting) = self.node.read_local(|state| {
             let nodes: Vec<(bool, bool, Protection)> = report
                 .nodes
                 .iter()
@@ -362,7 +359,12 @@ impl Dispatcher {
                     (standby, leaving, protection(state, &node.name))
                 })
                 .collect();
-            (nodes, state.packages.values().cloned().collect::<Vec<_>>())
+            // Packages that should run and fit nowhere (or wait for a dependency): leader only.
+            let waiting = match &view {
+                Some(view) => cluster_model::controller::waiting_reasons(state, view, wall_ms()),
+                None => Vec::new(),
+            };
+            (nodes, state.packages.values().cloned().collect::<Vec<_>>(), waiting)
         });
         for (node, (standby, leaving, protection)) in report.nodes.iter_mut().zip(nodes) {
             node.standby = standby;
@@ -386,8 +388,11 @@ impl Dispatcher {
                 ));
             }
         }
+        for (key, why) in waiting {
+            report.warnings.push(format!("package {key} does not run: {why}"));
+        }
         for package in &packages {
-            let name = &package.def.name;
+            let name = &package.key();
             if package.phase == Phase::Blocked {
                 report.warnings.push(format!(
                     "package {name} is BLOCKED: {}",
