@@ -174,17 +174,44 @@ impl ClientRequest {
 /// Successful replies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientReply {
-    Done { message: String },
-    Value { key: String, value: String },
-    List { entries: Vec<(String, String)> },
-    Deleted { key: String, existed: bool },
-    Settings { entries: Vec<(String, String)> },
+    Done {
+        message: String,
+    },
+    Value {
+        key: String,
+        value: String,
+    },
+    List {
+        entries: Vec<(String, String)>,
+    },
+    Deleted {
+        key: String,
+        existed: bool,
+    },
+    Settings {
+        entries: Vec<(String, String)>,
+    },
     Status(StatusReport),
-    Packages { packages: Vec<PackageState> },
-    Plan { lines: Vec<String> },
-    Events { events: Vec<Event> },
-    Alerts { hooks: Vec<(String, AlertHook)>, next: u64 },
+    Packages {
+        packages: Vec<PackageState>,
+    },
+    Plan {
+        lines: Vec<String>,
+    },
+    Events {
+        events: Vec<Event>,
+    },
+    Alerts {
+        hooks: Vec<(String, AlertHook)>,
+        next: u64,
+    },
     Diagnostics(NodeDiagnostics),
+    /// `pkg status`: the packages (every instance), and for those desired running that run nowhere
+    /// and are not being placed, why (`(instance, reason)`: fits nowhere, waits for a dependency).
+    PackageStatus {
+        packages: Vec<PackageState>,
+        waiting: Vec<(String, String)>,
+    },
 }
 
 /// One node's part of a `clusterctl report`: named text files (its redacted node file, its log,

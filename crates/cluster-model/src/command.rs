@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use cluster_package::PackageDef;
 use serde::{Deserialize, Serialize};
 
-use crate::package::{Phase, ResourceStatus};
+use crate::package::{Phase, ResourceStatus, Role};
 use crate::settings::FenceConfig;
 
 /// A state change, proposed by the leader and applied by every node in log order. Commands that
@@ -63,6 +63,12 @@ pub enum Command {
     SetAlert { path: String, hook: Option<crate::alerts::AlertHook> },
     /// The leader ran the alert hooks for every event before sequence number `next`.
     AlertsDelivered { next: u64 },
+    /// Controller decision on an instance of a promotable package: promote it (`Promoting`, refused
+    /// once `primaries` instances may be promoted) or demote it (`Demoting`), valid only at
+    /// `expected_epoch`.
+    SetRole { package: String, expected_epoch: u64, role: Role, reason: String, at_ms: u64 },
+    /// A node announces what it offers to packages' `needs` (its node file's `capacity`).
+    NodeCapacity { name: String, capacity: BTreeMap<String, u64>, at_ms: u64 },
 }
 
 /// An owner's report about its package.
@@ -80,6 +86,13 @@ pub enum Report {
     /// lease reached the stop budget, then came back) and starts it again: `running -> starting`,
     /// not counted against the restart budget.
     Restarting { reason: String },
+    /// The instance is promoted (after `SetRole(Promoting)`): its primary-only resources run.
+    Promoted,
+    /// The instance is no longer promoted here: demoted (after `SetRole(Demoting)`, or a failed
+    /// promotion undone).
+    Demoted { reason: String },
+    /// The promotion score the agents set on this instance (`None`: removed).
+    Score { score: Option<i64> },
 }
 
 /// The result of applying one [`Command`]; identical on every node.

@@ -12,13 +12,15 @@ mod lease;
 mod limits;
 mod node;
 mod package;
+pub mod relations;
 mod settings;
 mod state;
+pub mod v3;
 
 pub use command::{Command, CommandOutcome, Report};
 pub use lease::{Grant, KeepLedger, LeaseHolder, LeaseStatus, LeaseTable};
 pub use limits::{validate_key, validate_value, InvalidInput, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use node::{node_id, validate_node_name, NodeInfo};
-pub use package::{Desired, Event, Failure, NodeRecord, PackageState, Phase, Redefinition, ResourceStatus};
+pub use package::{Desired, Event, Failure, NodeRecord, PackageState, Phase, Redefinition, ResourceStatus, Role};
 pub use settings::{FenceConfig, SettingError, Settings};
 pub use state::{ClusterState, EVENT_HISTORY};

@@ -18,10 +18,12 @@ use crate::files::{read_checked, write_atomic};
 use crate::types::{io_error, Entry, LogId, StorageError, TypeConfig};
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"CLSN";
-/// 3: `ClusterState` ends with `alerts`. 2: the same without it. FIXME(upgrade from v0.1.0): v0.1.0
-/// also wrote version 2, but its `Settings` lacks `grantor_wait_ceiling_us` (added without a new
-/// version): such snapshots are refused as undecodable until the compatibility layer reads them.
-const SNAPSHOT_VERSION: u8 = 3;
+/// 4: packages carry their relations, instance role and score, nodes their capacity (issue 13; read
+/// from 3 and 2 through `cluster_model::v3`). 3: `ClusterState` ends with `alerts`. 2: the same
+/// without it. FIXME(upgrade from v0.1.0): v0.1.0 also wrote version 2, but its `Settings` lacks
+/// `grantor_wait_ceiling_us` (added without a new version): such snapshots are refused as
+/// undecodable until the compatibility layer reads them.
+const SNAPSHOT_VERSION: u8 = 4;
 
 type Meta = SnapshotMeta<u64, cluster_model::NodeInfo>;
 type Membership = StoredMembership<u64, cluster_model::NodeInfo>;
@@ -78,8 +80,8 @@ pub(crate) fn decode_data(data: &[u8]) -> Result<ClusterState, String> {
     if data.len() < 9 || &data[0..4] != SNAPSHOT_MAGIC {
         return Err("not a clusterd snapshot".into());
     }
-    if data[4] != SNAPSHOT_VERSION && data[4] != 2 {
-        return Err(format!("snapshot version {} is not supported: expected 2 or {SNAPSHOT_VERSION}", data[4]));
+    if !(2..=SNAPSHOT_VERSION).contains(&data[4]) {
+        return Err(format!("snapshot version {} is not supported: expected 2 to {SNAPSHOT_VERSION}", data[4]));
     }
     let crc = u32::from_le_bytes(data[5..9].try_into().expect("4 bytes"));
     if crc32fast::hash(&data[9..]) != crc {
@@ -90,7 +92,14 @@ pub(crate) fn decode_data(data: &[u8]) -> Result<ClusterState, String> {
         // encoding of empty alerts is the version-3 encoding of the same state.
         let mut body = data[9..].to_vec();
         body.extend(postcard::to_allocvec(&cluster_model::alerts::AlertState::default()).expect("alerts serialize"));
-        return postcard::from_bytes(&body).map_err(|err| format!("undecodable version 2 snapshot: {err}"));
+        return postcard::from_bytes::<cluster_model::v3::ClusterStateV3>(&body)
+            .map(ClusterState::from)
+            .map_err(|err| format!("undecodable version 2 snapshot: {err}"));
+    }
+    if data[4] == 3 {
+        return postcard::from_bytes::<cluster_model::v3::ClusterStateV3>(&data[9..])
+            .map(ClusterState::from)
+            .map_err(|err| format!("undecodable version 3 snapshot: {err}"));
     }
     postcard::from_bytes(&data[9..]).map_err(|err| format!("undecodable snapshot: {err}"))
 }
@@ -217,23 +226,33 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 mod compat_tests {
     use super::*;
 
+    fn with_version(version: u8, body: &[u8]) -> Vec<u8> {
+        let mut data = SNAPSHOT_MAGIC.to_vec();
+        data.push(version);
+        data.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        data.extend_from_slice(body);
+        data
+    }
+
     #[test]
-    fn a_version_2_snapshot_without_alert_hooks_still_decodes() {
+    fn version_2_and_3_snapshots_still_decode() {
         let mut state = ClusterState::default();
         state.apply(&cluster_model::Command::KvSet { key: "k".into(), value: "v".into() });
+        state.apply(&cluster_model::Command::NodeHello { name: "n1".into(), watchdog: None, at_ms: 1 });
+        let text = "name = \"web\"\n[[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"192.0.2.1/24\"\ninterface = \"eth0\"\n";
+        let def = cluster_package::parse_package("web.toml", text).expect("valid package");
+        state.apply(&cluster_model::Command::PkgApply { def: Box::new(def), at_ms: 2 });
         let current = encode_data(&state);
         assert_eq!(current[4], SNAPSHOT_VERSION);
-        // Version 2 is the same fields without the trailing (here empty) alert state: [0, 0].
-        let body = &current[9..current.len() - 2];
-        assert_eq!(&current[current.len() - 2..], &[0, 0]);
-        let mut old = SNAPSHOT_MAGIC.to_vec();
-        old.push(2);
-        old.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-        old.extend_from_slice(body);
-        assert_eq!(decode_data(&old), Ok(state.clone()));
-        assert_eq!(decode_data(&current), Ok(state));
+        assert_eq!(decode_data(&current), Ok(state.clone()));
+        // Version 3: the state before relations.
+        let v3 = postcard::to_allocvec(&cluster_model::v3::ClusterStateV3::from(&state)).expect("serialize");
+        assert_eq!(decode_data(&with_version(3, &v3)), Ok(state.clone()));
+        // Version 2 is version 3 without the trailing (here empty) alert state: [0, 0].
+        assert_eq!(&v3[v3.len() - 2..], &[0, 0]);
+        assert_eq!(decode_data(&with_version(2, &v3[..v3.len() - 2])), Ok(state));
         let mut future = current.clone();
-        future[4] = 4;
-        assert_eq!(decode_data(&future), Err("snapshot version 4 is not supported: expected 2 or 3".into()));
+        future[4] = 5;
+        assert_eq!(decode_data(&future), Err("snapshot version 5 is not supported: expected 2 to 4".into()));
     }
 }

@@ -122,6 +122,8 @@ pub struct SimConfig {
     pub resource_failures: bool,
     /// Package files loaded at bootstrap (`pkg apply`).
     pub packages: Vec<String>,
+    /// What every node offers to packages' `needs` (`NodeCapacity` at bootstrap; empty: nothing announced).
+    pub node_capacity: std::collections::BTreeMap<String, u64>,
     /// Executor variant: after a stop, report `Stopped` whenever the node still owns the package
     /// at that epoch, in any phase (not only `Stopping`). Unsafe; kept to document why
     /// (see the `stopped_report_outside_stopping_*` regression test).
@@ -174,6 +176,14 @@ pub struct SimConfig {
     pub no_lease_restore: bool,
     /// `heartbeat` and `lease` (ms) set at bootstrap; `None`: the defaults (100 ms, 1 s).
     pub timings: Option<(u64, u64)>,
+    /// Executor variant: a replica of a promotable package promotes itself when it cannot reach the
+    /// node of the primary, as a keepalived-style takeover does, instead of waiting for the
+    /// replicated role (`a_replica_that_promotes_itself_when_the_primary_is_unreachable_is_caught`).
+    pub promote_when_primary_unreachable: bool,
+    /// Executor variant: a dependent starts as soon as its state says so, without checking that
+    /// what it depends on runs on this node (after a lease lapse both restart at once:
+    /// `a_dependent_that_does_not_wait_locally_is_caught`).
+    pub no_local_dependency_guard: bool,
     /// Keep a trace of every event (for reproducing a failure; slower).
     pub trace: bool,
     /// How many trace lines a violation keeps (`None`: the last 200).
@@ -197,6 +207,7 @@ impl SimConfig {
             check_liveness: true,
             resource_failures: true,
             packages: crate::bootstrap::default_packages(),
+            node_capacity: Default::default(),
             report_stopped_in_any_phase: false,
             older_leases_bound_early: Duration::ZERO,
             leave_without_handing_over: false,
@@ -210,18 +221,33 @@ impl SimConfig {
             frozen_ignores_lease: false,
             grant_applied_index: false,
             nowayout_left_unpetted: false,
+            promote_when_primary_unreachable: false,
+            no_local_dependency_guard: false,
             trace: false,
             trace_tail: None,
+        }
+    }
+
+    /// The default run with the packages of [`crate::relation_packages`] and nodes that offer 4 slots.
+    /// The heal phase is longer (15 s): instances bound to a node wait for that node, and a chain of
+    /// dependencies settles one link per start.
+    pub fn with_relations(seed: u64, nodes: usize, scenario: Scenario) -> SimConfig {
+        SimConfig {
+            packages: crate::bootstrap::relation_packages(),
+            node_capacity: [("slots".to_owned(), 4)].into(),
+            heal_phase: Duration::from_secs(15),
+            ..SimConfig::new(seed, nodes, scenario)
         }
     }
 
     /// The command that replays this run alone, with its trace.
     pub fn reproduce_command(&self) -> String {
         format!(
-            "SIM_SEED={} SIM_NODES={} SIM_SCENARIO={} cargo run -p cluster-sim --example simulate",
+            "SIM_SEED={} SIM_NODES={} SIM_SCENARIO={}{} cargo run -p cluster-sim --example simulate",
             self.seed,
             self.nodes,
-            self.scenario.name()
+            self.scenario.name(),
+            if self.packages == crate::bootstrap::relation_packages() { " SIM_PACKAGES=relations" } else { "" }
         )
     }
 }

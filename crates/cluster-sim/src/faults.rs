@@ -202,8 +202,13 @@ impl Sim {
             self.membership_change();
             return;
         }
+        // A move names one instance of a package that has several.
+        let instance = self.leader.and_then(|l| {
+            let keys = self.nodes[l].state.keys_named(&package);
+            (keys.len() > 1).then(|| keys[self.rng.random_range(0..keys.len())].clone())
+        });
         let command = match self.rng.random_range(0..10) {
-            0 | 1 => Command::PkgMove { name: package, to: node, at_ms },
+            0 | 1 => Command::PkgMove { name: instance.unwrap_or(package), to: node, at_ms },
             2 => Command::PkgStop { name: package, at_ms },
             3 => Command::PkgRun { name: package, node: None, at_ms },
             4 => Command::NodeStandby { name: node, standby: true, at_ms },
@@ -280,6 +285,8 @@ impl Sim {
                 record.activity = Activity::Active;
             }
             record.op = 0;
+            // A promotion or demotion cut short leaves the instance promoted (ground truth).
+            record.role_op = None;
         }
         node.lose_daemon_state();
         let incarnation = node.incarnation;

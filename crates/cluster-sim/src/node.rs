@@ -49,6 +49,18 @@ pub(crate) struct Record {
     pub(crate) reported_us: Option<u64>,
     /// Global time at which the operation in flight ends.
     pub(crate) op_end_us: u64,
+    /// Promotable packages: the instance may be promoted here (ground truth: from the first instant
+    /// of a promotion to the end of the demotion or stop that undoes it).
+    pub(crate) promoted: bool,
+    /// A promotion or demotion in flight (its operation id), while the record is `Active`.
+    pub(crate) role_op: Option<(RoleOp, u64)>,
+}
+
+/// A change of role the executor is making.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RoleOp {
+    Promote,
+    Demote,
 }
 
 /// A package's worker is waiting for something (a proposal's answer, a monitor): clusterd's worker

@@ -46,6 +46,12 @@ pub(crate) enum Event {
     WatchdogCheck {
         node: usize,
     },
+    /// A promotion or demotion ends (the agent runs even while `clusterd` is paused).
+    RoleOpDone {
+        node: usize,
+        package: String,
+        op: u64,
+    },
     /// An abandoned start completes on a node that no longer tracks it.
     GhostLands {
         node: usize,
@@ -191,6 +197,10 @@ pub struct Summary {
     /// Nodes removed from the cluster (`node remove`), and removals refused because they owned packages.
     pub removals: u64,
     pub removals_refused: u64,
+    /// Promotions and demotions done by executors; starts a dependent waited for locally.
+    pub promotions: u64,
+    pub demotions: u64,
+    pub dependents_held: u64,
     pub messages_sent: u64,
     pub messages_lost: u64,
     /// FNV-1a of the committed log, to compare runs.
@@ -229,6 +239,9 @@ impl Summary {
         self.adoptions += other.adoptions;
         self.removals += other.removals;
         self.removals_refused += other.removals_refused;
+        self.promotions += other.promotions;
+        self.demotions += other.demotions;
+        self.dependents_held += other.dependents_held;
         self.messages_sent += other.messages_sent;
         self.messages_lost += other.messages_lost;
     }
@@ -302,6 +315,8 @@ pub(crate) struct Sim {
     pub(crate) seq_op: u64,
     pub(crate) stats: Summary,
     pub(crate) epochs: invariants::start_epochs::StartEpochs,
+    /// The relations between the packages of this run (empty when they have none).
+    pub(crate) relations: invariants::Relations,
     trace: Option<Vec<String>>,
     violation: Option<Violation>,
     finished: bool,
@@ -373,6 +388,7 @@ impl Sim {
             seq_op: 0,
             stats: Summary::default(),
             epochs: Default::default(),
+            relations: Default::default(),
             violation: None,
             finished: false,
         }
@@ -388,6 +404,13 @@ impl Sim {
             if self.violation.is_none() {
                 if let Err(detail) = invariants::s1_single_active::check(&self.nodes, self.now) {
                     self.fail("S1", detail);
+                }
+            }
+            if self.violation.is_none() && !self.relations.is_empty() {
+                if let Err(detail) = invariants::anti_affinity::check(&self.relations, &self.nodes, self.now) {
+                    self.fail("anti-affinity", detail);
+                } else if let Err(detail) = invariants::primaries::check(&self.relations, &self.nodes, self.now) {
+                    self.fail("primaries", detail);
                 }
             }
             if let Some(violation) = self.violation.take() {
@@ -491,6 +514,7 @@ impl Sim {
                 }
             }
             Event::WatchdogCheck { node } => self.on_watchdog_check(node),
+            Event::RoleOpDone { node, package, op } => self.on_role_op_done(node, package, op),
             Event::GhostLands { node, boot, package } => {
                 if self.nodes[node].boots == boot && self.nodes[node].power != Power::Off {
                     self.trace(|| format!("n{} {package}: the abandoned start completes, untracked", node + 1));

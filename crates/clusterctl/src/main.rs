@@ -453,10 +453,13 @@ async fn events(client: &mut Client, follow: bool, out: &Output) -> ExitCode {
     }
 }
 
-/// `pkg validate`: every file's result, all errors of every file, exit 0 only if all are valid.
+/// `pkg validate`: every file's result, all errors of every file, then what the valid files get
+/// wrong together (dependencies on packages no file defines, cycles, contradictions); exit 0 only
+/// if all is valid.
 fn validate_packages(paths: &[PathBuf], out: &Output) -> ExitCode {
     let reports = cluster_package::validate_paths(paths);
-    let valid = cluster_package::all_valid(&reports);
+    let set_errors: Vec<String> = cluster_package::set_errors(&reports).iter().map(ToString::to_string).collect();
+    let valid = cluster_package::all_valid(&reports) && set_errors.is_empty();
     if out.is_json() {
         let files: Vec<serde_json::Value> = reports
             .iter()
@@ -467,7 +470,7 @@ fn validate_packages(paths: &[PathBuf], out: &Output) -> ExitCode {
                 _ => serde_json::json!({ "path": report.path, "valid": false, "errors": report.lines() }),
             })
             .collect();
-        println!("{}", serde_json::json!({ "valid": valid, "files": files }));
+        println!("{}", serde_json::json!({ "valid": valid, "files": files, "set_errors": set_errors }));
     } else {
         for report in &reports {
             for line in report.lines() {
@@ -477,6 +480,9 @@ fn validate_packages(paths: &[PathBuf], out: &Output) -> ExitCode {
                     eprintln!("{line}");
                 }
             }
+        }
+        for error in &set_errors {
+            eprintln!("packages together: {error}");
         }
     }
     if valid {

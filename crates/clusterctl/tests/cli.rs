@@ -212,4 +212,27 @@ fn pkg_validate_accepts_the_shipped_examples_and_reports_every_error() {
     assert!(errors.contains("colour"), "{errors}");
     assert!(errors.contains("address"), "{errors}");
     assert!(errors.contains("nodes"), "{errors}");
+
+    // A directory is checked as a set: each file is valid, together they are not.
+    let set = tempfile::tempdir().unwrap();
+    let package = |name: &str, depends: &str| {
+        format!(
+            "name = \"{name}\"\ndepends = [{depends}]\n[[resource]]\nname = \"vip\"\ntype = \"ip\"\n\
+             address = \"192.0.2.1/24\"\ninterface = \"eth0\"\n"
+        )
+    };
+    std::fs::write(set.path().join("app.toml"), package("app", "{ package = \"db\", where = \"same-node\" }")).unwrap();
+    std::fs::write(set.path().join("db.toml"), package("db", "{ package = \"app\", where = \"any-node\" }")).unwrap();
+    std::fs::write(set.path().join("web.toml"), package("web", "{ package = \"cache\", where = \"any-node\" }"))
+        .unwrap();
+    let together = Command::new(clusterctl()).args(["pkg", "validate"]).arg(set.path()).output().unwrap();
+    assert_eq!(together.status.code(), Some(1), "{}", stdout(&together));
+    let errors = stderr(&together);
+    assert!(errors.contains("packages together: package `web` depends on `cache`, which is not defined"), "{errors}");
+    assert!(errors.contains("packages together: dependency cycle: app -> db -> app"), "{errors}");
+    let json =
+        Command::new(clusterctl()).args(["pkg", "validate", "--output", "json"]).arg(set.path()).output().unwrap();
+    let value: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(value["valid"], false);
+    assert_eq!(value["set_errors"].as_array().map(Vec::len), Some(2), "{value}");
 }

@@ -41,6 +41,18 @@ pub(crate) struct NodeConfig {
     /// Also append the log to this file (for hosts without the journal; `clusterctl report` reads it).
     #[serde(default)]
     pub(crate) log_file: Option<PathBuf>,
+    /// What this node offers to packages' `needs` (`capacity = { slots = 10, memory = "32G" }`),
+    /// announced to the cluster (`NodeCapacity`); see [`NodeConfig::capacity`].
+    #[serde(default, rename = "capacity")]
+    capacity_table: std::collections::BTreeMap<String, Quantity>,
+}
+
+/// A quantity in the node file: a number or a size like `"32G"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+enum Quantity {
+    Number(u64),
+    Text(String),
 }
 
 /// The `[watchdog]` table.
@@ -89,6 +101,9 @@ impl NodeConfig {
                 log_file.display()
             );
         }
+        if let Err(err) = config.capacity() {
+            bail!("invalid configuration file {}: key `capacity`: {err}", path.display());
+        }
         match config.metrics {
             Some(metrics) if metrics.port() == 0 => {
                 bail!("invalid configuration file {}: key `metrics`: expected a fixed port, not 0", path.display())
@@ -111,6 +126,21 @@ impl NodeConfig {
             _ => {}
         }
         Ok(config)
+    }
+
+    /// The node's capacities, by name (`capacity` in the node file; checked by `parse`).
+    pub(crate) fn capacity(&self) -> Result<std::collections::BTreeMap<String, u64>, String> {
+        self.capacity_table
+            .iter()
+            .map(|(name, quantity)| {
+                cluster_package::check_capacity_name(name)?;
+                let value = match quantity {
+                    Quantity::Number(number) => *number,
+                    Quantity::Text(text) => cluster_package::parse_quantity(text)?,
+                };
+                Ok((name.clone(), value))
+            })
+            .collect()
     }
 
     /// Reads and parses `path`.
@@ -201,11 +231,13 @@ key = "/etc/clusterd/n1.key"
             metrics_tls,
             status_page,
             log_file,
+            capacity_table,
         } = full;
         let TlsSection { ca, cert, key } = tls;
         assert_eq!(node, "node1");
         assert!(advertise.is_some() && watchdog.is_some(), "an optional key is missing from the example");
         assert!(metrics.is_some() && metrics_tls && status_page && log_file.is_some(), "an optional key is missing");
+        assert!(!capacity_table.is_empty(), "the optional key `capacity` is missing from the example");
         assert_eq!(socket, PathBuf::from(DEFAULT_SOCKET));
         assert!(listen.port() != 0 && data_dir.is_absolute());
         assert!([ca, cert, key].iter().all(|path| path.starts_with("/etc/clusterd")));
@@ -229,6 +261,18 @@ key = "/etc/clusterd/n1.key"
         assert!(err.contains("key `log_file`: expected an absolute path"), "{err}");
         let config = parse(GOOD).unwrap();
         assert!(config.metrics.is_none() && !config.status_page && config.log_file.is_none(), "all off by default");
+    }
+
+    #[test]
+    fn capacities_are_numbers_or_sizes() {
+        let config = parse(&format!("capacity = {{ slots = 10, memory = \"32G\" }}\n{GOOD}")).unwrap();
+        let capacity = config.capacity().unwrap();
+        assert_eq!(capacity, [("memory".to_owned(), 32 << 30), ("slots".to_owned(), 10)].into());
+        assert!(parse(GOOD).unwrap().capacity().unwrap().is_empty());
+        let err = parse(&format!("capacity = {{ memory = \"lots\" }}\n{GOOD}")).unwrap_err().to_string();
+        assert!(err.contains("key `capacity`: expected a quantity like 2 or \"4G\""), "{err}");
+        let err = parse(&format!("capacity = {{ Slots = 1 }}\n{GOOD}")).unwrap_err().to_string();
+        assert!(err.contains("key `capacity`: expected a capacity name"), "{err}");
     }
 
     #[test]

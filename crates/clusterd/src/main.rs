@@ -193,8 +193,15 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
     let watchdog = watchdog.map(|device| if measured { metrics.metered_watchdog(device) } else { device });
     let fencer: Arc<dyn cluster_host::Fencer> = Arc::new(cluster_host::AgentFencer);
     let fencer = if measured { metrics.metered_fencer(fencer) } else { fencer };
+    // Promotion scores of OCF agents (`crm_master`) land beside the socket, on the runtime
+    // filesystem: like Pacemaker's `-l reboot` attributes they end with a reboot.
+    let promotion_dir = config.socket.parent().unwrap_or(std::path::Path::new("/run/clusterd")).join("promotion");
+    cluster_agents::promotion::install(&promotion_dir)
+        .with_context(|| format!("cannot install the crm_master stand-in in {}", promotion_dir.display()))?;
     let agents = cluster_agents::AgentOptions {
         observer: measured.then(|| metrics.clone() as Arc<dyn cluster_agents::ActionObserver>),
+        node: Some(config.node.clone()),
+        promotion_dir: Some(promotion_dir),
         ..cluster_agents::AgentOptions::default()
     };
     // Under systemd (Delegate=yes) leave the service's cgroup to the units: the daemon goes to `daemon`.
@@ -207,7 +214,16 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
         node: Some(config.node.clone()),
         ..cluster_host::ProcessConfig::default()
     });
-    let engine = engine::Engine::new(node.clone(), host, agents, watchdog, fencer, engine::runtime_dir(&config.socket));
+    let capacity = config.capacity().map_err(anyhow::Error::msg).context("invalid node file key `capacity`")?;
+    let engine = engine::Engine::new(
+        node.clone(),
+        host,
+        agents,
+        watchdog,
+        fencer,
+        engine::runtime_dir(&config.socket),
+        capacity,
+    );
     engine.start();
     diagnostics::init(diagnostics::Context {
         config_path: std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone()),

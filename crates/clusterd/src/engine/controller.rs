@@ -261,8 +261,24 @@ async fn run_actions(
     // Each assignment is conditional on its own package's epoch, so their order does not
     // matter: a bounded number in flight relocates a dead node's hundreds of packages in a
     // few Raft rounds, without flooding the log (all at once starved the leases: scale
-    // benchmark, docs/benchmarks-scale.md).
-    let outcomes: Vec<bool> = futures::stream::iter(proposals)
+    // benchmark, docs/benchmarks-scale.md). Promotions go after them: they may count on a
+    // release of the same plan (the state machine refuses one that comes first).
+    let (later, first): (Vec<Command>, Vec<Command>) =
+        proposals.into_iter().partition(cluster_model::controller::after_the_others);
+    let mut outcomes = propose_all(engine, first).await;
+    outcomes.extend(propose_all(engine, later).await);
+    let uncertain = outcomes.contains(&false);
+    if uncertain {
+        // A failed write may still commit: let it apply (or time out) before grants go on.
+        let last = engine.node.last_log_index();
+        engine.node.wait_applied_after(last.saturating_sub(1), UNCERTAIN_WRITE_WAIT).await;
+    }
+    engine.table.lock().expect("lease table lock").end_plan(plan_number);
+}
+
+/// Proposes `proposals`, a bounded number at once; for each, whether it was committed.
+async fn propose_all(engine: &Arc<Engine>, proposals: Vec<Command>) -> Vec<bool> {
+    futures::stream::iter(proposals)
         .map(|command| {
             let engine = engine.clone();
             async move {
@@ -280,14 +296,7 @@ async fn run_actions(
         })
         .buffer_unordered(PROPOSALS_IN_FLIGHT)
         .collect()
-        .await;
-    let uncertain = outcomes.contains(&false);
-    if uncertain {
-        // A failed write may still commit: let it apply (or time out) before grants go on.
-        let last = engine.node.last_log_index();
-        engine.node.wait_applied_after(last.saturating_sub(1), UNCERTAIN_WRITE_WAIT).await;
-    }
-    engine.table.lock().expect("lease table lock").end_plan(plan_number);
+        .await
 }
 
 /// Proposals of one plan in flight at once.
@@ -301,6 +310,7 @@ fn describe(command: &Command) -> String {
         Command::Assign { package, owner, phase, reason, .. } => {
             format!("package {package}: {} on {} ({reason})", phase.as_str(), owner.as_deref().unwrap_or("no node"))
         }
+        Command::SetRole { package, role, reason, .. } => format!("package {package}: {} ({reason})", role.as_str()),
         other => format!("{other:?}"),
     }
 }

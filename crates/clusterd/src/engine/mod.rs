@@ -9,6 +9,7 @@
 //! ```
 //! The protocol and its safety argument: docs/safety.md.
 
+mod capacity;
 mod controller;
 mod executor;
 mod keeps;
@@ -83,6 +84,8 @@ pub(crate) struct Engine {
     /// The runtime folder (tmpfs: the socket's folder): what must outlive a restart of the daemon
     /// but not a reboot.
     runtime_dir: std::path::PathBuf,
+    /// What this node offers to packages' `needs` (node file), announced by `capacity::announce_loop`.
+    capacity: std::collections::BTreeMap<String, u64>,
 }
 
 /// Whether `watchdog` protects a node whose stop budget is `stop_budget`: `Ok(its description)`,
@@ -165,6 +168,7 @@ impl Engine {
         watchdog: Option<Arc<dyn Watchdog>>,
         fencer: Arc<dyn Fencer>,
         runtime_dir: std::path::PathBuf,
+        capacity: std::collections::BTreeMap<String, u64>,
     ) -> Arc<Engine> {
         let me = node.me().name.clone();
         let ledger = keeps::load_ledger(&runtime_dir);
@@ -198,6 +202,7 @@ impl Engine {
             nowayout_noted: AtomicBool::new(false),
             ledger: Mutex::new(ledger),
             runtime_dir,
+            capacity,
         })
     }
 
@@ -207,6 +212,7 @@ impl Engine {
         tokio::spawn(executor::watch_lease(self.clone()));
         tokio::spawn(leases::heartbeat_loop(self.clone()));
         tokio::spawn(leases::announce_loop(self.clone()));
+        tokio::spawn(capacity::announce_loop(self.clone()));
         tokio::spawn(controller::controller_loop(self.clone()));
     }
 
