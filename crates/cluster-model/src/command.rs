@@ -56,6 +56,9 @@ pub enum Command {
     /// The node's watchdog became usable (`Some(device)`) or unusable (`None`: the node protects
     /// itself by its lease only, and `status` says so); `reason` says why.
     NodeWatchdog { name: String, watchdog: Option<String>, reason: String, at_ms: u64 },
+    /// Several commands proposed together (one Raft entry, one log append): applied in order, as
+    /// if each were its own entry; the outcome is [`CommandOutcome::Batch`], one per command.
+    Batch(Vec<Command>),
 }
 
 /// An owner's report about its package.
@@ -86,4 +89,6 @@ pub enum CommandOutcome {
     CasMismatch { current: Option<String> },
     /// The command was refused at apply time; nothing changed.
     Rejected { reason: String },
+    /// The outcomes of a [`Command::Batch`], in order.
+    Batch(Vec<CommandOutcome>),
 }

@@ -181,6 +181,9 @@ impl ClusterState {
                 self.event(*at_ms, None, Some(node), 0, "fenced", "fence agent confirmed the node is off", None);
                 CommandOutcome::Applied
             }
+            Command::Batch(commands) => {
+                CommandOutcome::Batch(commands.iter().map(|command| self.apply(command)).collect())
+            }
         }
     }
 

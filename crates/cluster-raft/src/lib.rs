@@ -23,6 +23,8 @@ mod leader_clock;
 mod log_store;
 mod network;
 mod node;
+mod proposer;
+mod spare_segment;
 mod state_machine;
 mod types;
 

@@ -20,6 +20,7 @@ use crate::election::{
 };
 use crate::log_store::{LogStore, RecoveryReport};
 use crate::network::{CallError, PeerNetwork, Peers};
+use crate::proposer::Proposer;
 use crate::state_machine::{StateMachineStore, StateView};
 use crate::types::{Raft, TypeConfig};
 
@@ -99,6 +100,8 @@ pub struct ConsensusNode {
     recovery: RecoveryReport,
     /// The start and result of the last leadership confirmation (see `confirm_leadership`).
     read_barrier: tokio::sync::Mutex<Option<(Instant, u64)>>,
+    /// Batches concurrent writes into one entry (see proposer.rs).
+    proposer: Proposer,
 }
 
 impl ConsensusNode {
@@ -134,6 +137,7 @@ impl ConsensusNode {
         let raft = Raft::new(id, config, PeerNetwork { peers: peers.clone() }, log.clone(), state_machine)
             .await
             .map_err(|err| ConsensusError::Fatal(format!("failed to start raft: {err}")))?;
+        let proposer = Proposer::start(raft.clone(), log.append_progress(), timing.heartbeat);
         let node = Arc::new(ConsensusNode {
             raft,
             me: NodeInfo { name: options.name, address: options.address },
@@ -146,6 +150,7 @@ impl ConsensusNode {
             timing,
             recovery,
             read_barrier: tokio::sync::Mutex::new(None),
+            proposer,
         });
         tokio::spawn(driver(Arc::downgrade(&node)));
         Ok(node)
@@ -207,13 +212,11 @@ impl ConsensusNode {
         Ok(())
     }
 
-    /// Proposes a command and waits until it is committed and applied.
+    /// Proposes a command and waits until it is committed and applied. Concurrent writes share
+    /// one Raft entry (see proposer.rs).
     pub async fn write(&self, command: Command) -> Result<CommandOutcome> {
         self.within("write", self.timing.request_timeout, async {
-            match self.raft.client_write(command).await {
-                Ok(response) => Ok(response.data),
-                Err(err) => Err(self.map_write_error("write", err)),
-            }
+            self.proposer.propose(command).await.map_err(|err| self.map_write_error("write", err))
         })
         .await
     }
