@@ -931,17 +931,21 @@ impl ConsensusNode {
         }
     }
 
-    /// Builds a snapshot once `snapshot_period` entries were applied since the last one.
-    async fn snapshot_if_due(&self, last_triggered: &mut Option<u64>) {
+    /// Builds a snapshot once `snapshot_period` entries, or as many commands (an entry can carry a
+    /// batch of them, see proposer.rs), were applied since the last one.
+    async fn snapshot_if_due(&self, last_triggered: &mut SnapshotTrigger) {
         let (applied, snapshot) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             (metrics.last_applied.map_or(0, |id| id.index), metrics.snapshot.map_or(0, |id| id.index))
         };
-        let snapshot = snapshot.max(last_triggered.unwrap_or(0));
-        let period = self.read_local(|state| state.settings.snapshot_period);
-        if applied >= snapshot + period {
-            *last_triggered = Some(applied);
+        let (period, commands) = {
+            let view = self.view.read().expect("state lock poisoned");
+            (view.state.settings.snapshot_period, view.commands_applied)
+        };
+        let snapshot = snapshot.max(last_triggered.index);
+        if applied >= snapshot + period || commands >= last_triggered.commands + period {
+            *last_triggered = SnapshotTrigger { index: applied, commands };
             if let Err(err) = self.raft.trigger().snapshot().await {
                 tracing::error!(error = %err, "failed to trigger a snapshot");
             }
@@ -978,13 +982,21 @@ fn validate_address(address: &str) -> Result<()> {
     }
 }
 
+/// Where the last snapshot was triggered: log index and commands applied (see
+/// [`ConsensusNode::snapshot_if_due`]).
+#[derive(Default)]
+struct SnapshotTrigger {
+    index: u64,
+    commands: u64,
+}
+
 /// Longest sleep of the driver: bounds how late a snapshot is triggered or a timeout noticed.
 const IDLE_PAUSE: Duration = Duration::from_millis(50);
 
 /// Background work of every node: the election driver and the snapshot trigger.
 async fn driver(node: std::sync::Weak<ConsensusNode>) {
     let mut deadline: Option<Duration> = None;
-    let mut last_triggered = None;
+    let mut last_triggered = SnapshotTrigger::default();
     let mut last_attempt = Instant::now();
     // Idle wakeups cost CPU on every node: sleep as long as nothing can be due.
     let mut pause = Duration::from_millis(10);

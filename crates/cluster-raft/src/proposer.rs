@@ -21,8 +21,8 @@
 //! caller that gave up (its request timed out) before its command was handed over is dropped
 //! from the batch; after the hand-over its outcome is unknown, as with a direct `client_write`.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cluster_model::{Command, CommandOutcome, NodeInfo};
 use openraft::error::{ClientWriteError, Fatal, RaftError};
@@ -47,6 +47,7 @@ struct Proposal {
     command: Command,
     bytes: usize,
     reply: Reply,
+    queued_at: Instant,
 }
 
 /// The queue of the proposer task (see the module documentation).
@@ -67,7 +68,7 @@ impl Proposer {
     pub(crate) async fn propose(&self, command: Command) -> Result<CommandOutcome, ProposeError> {
         let bytes = encoded_size(&command);
         let (reply, answer) = oneshot::channel();
-        if self.queue.send(Proposal { command, bytes, reply }).is_err() {
+        if self.queue.send(Proposal { command, bytes, reply, queued_at: Instant::now() }).is_err() {
             return Err(RaftError::Fatal(Fatal::Stopped));
         }
         answer.await.unwrap_or(Err(RaftError::Fatal(Fatal::Stopped)))
@@ -110,12 +111,15 @@ async fn run(
 ) {
     let mut carry = None;
     let mut completed = progress.completed();
+    let stats = Arc::new(Mutex::new(Stats::default()));
     while let Some(mut batch) = next_batch(&mut proposals, &mut carry).await {
         // A caller that gave up must not have its command applied later.
         batch.retain(|proposal| !proposal.reply.is_closed());
         if batch.is_empty() {
             continue;
         }
+        let handed_over = Instant::now();
+        stats.lock().expect("proposer stats lock").handed_over(&batch, handed_over);
         let appends_before = progress.received();
         let (commands, replies): (Vec<Command>, Vec<Reply>) =
             batch.into_iter().map(|proposal| (proposal.command, proposal.reply)).unzip();
@@ -133,6 +137,7 @@ async fn run(
             }
         };
         let (answered, mut outcome_arrived) = oneshot::channel::<()>();
+        let committed_stats = stats.clone();
         tokio::spawn(async move {
             // A dropped responder means the core stopped (as openraft's own `client_write` says).
             let result = match answer.await {
@@ -141,16 +146,87 @@ async fn run(
                 Err(_) => Err(RaftError::Fatal(Fatal::Stopped)),
             };
             let _ = answered.send(());
+            committed_stats.lock().expect("proposer stats lock").committed(handed_over.elapsed());
             distribute(result, replies);
         });
         // The core appends this entry next and is busy until it is durable: wait for that, so that
         // what arrives meanwhile goes into the next batch instead of an entry of its own.
         let appended = completed.wait_for(|completed| *completed > appends_before);
-        tokio::select! {
-            _ = appended => {}
-            _ = &mut outcome_arrived => {}
-            _ = tokio::time::sleep(heartbeat) => {}
+        let gate = tokio::select! {
+            _ = appended => Gate::Appended,
+            _ = &mut outcome_arrived => Gate::Answered,
+            _ = tokio::time::sleep(heartbeat) => Gate::Timeout,
+        };
+        stats.lock().expect("proposer stats lock").gate_opened(gate, handed_over.elapsed());
+    }
+}
+
+/// Why the proposer handed over its next batch.
+#[derive(Clone, Copy)]
+enum Gate {
+    /// The log completed the append after the previous hand-over.
+    Appended,
+    /// The previous entry's outcome arrived (typically: not the leader).
+    Answered,
+    /// One heartbeat passed.
+    Timeout,
+}
+
+/// What the proposer did, logged at debug level every [`Stats::PERIOD`]: batches and their size,
+/// how long commands waited in the queue, how long until the log completed the append after a
+/// hand-over, and until the entry was committed and applied.
+#[derive(Default)]
+struct Stats {
+    since: Option<Instant>,
+    batches: u64,
+    commands: u64,
+    max_commands: u64,
+    queued: Duration,
+    appended: Duration,
+    committed: Duration,
+    committed_count: u64,
+    gates: [u64; 3],
+}
+
+impl Stats {
+    const PERIOD: Duration = Duration::from_secs(5);
+
+    fn handed_over(&mut self, batch: &[Proposal], now: Instant) {
+        self.batches += 1;
+        self.commands += batch.len() as u64;
+        self.max_commands = self.max_commands.max(batch.len() as u64);
+        self.queued += batch.iter().map(|proposal| now.saturating_duration_since(proposal.queued_at)).sum::<Duration>();
+    }
+
+    fn committed(&mut self, took: Duration) {
+        self.committed += took;
+        self.committed_count += 1;
+    }
+
+    fn gate_opened(&mut self, gate: Gate, took: Duration) {
+        self.appended += took;
+        self.gates[gate as usize] += 1;
+        let now = Instant::now();
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) < Self::PERIOD {
+            return;
         }
+        let per = |total: Duration, count: u64| total.as_micros() as u64 / count.max(1);
+        tracing::debug!(
+            secs = now.duration_since(since).as_secs_f64(),
+            batches = self.batches,
+            commands = self.commands,
+            commands_per_batch = self.commands as f64 / self.batches.max(1) as f64,
+            max_commands_per_batch = self.max_commands,
+            queued_mean_us = per(self.queued, self.commands),
+            hand_over_to_gate_mean_us = per(self.appended, self.batches),
+            hand_over_to_applied_mean_us = per(self.committed, self.committed_count),
+            gate_appended = self.gates[Gate::Appended as usize],
+            gate_answered = self.gates[Gate::Answered as usize],
+            gate_timeout = self.gates[Gate::Timeout as usize],
+            "raft proposer"
+        );
+        *self = Stats { since: Some(now), ..Stats::default() };
     }
 }
 

@@ -9,7 +9,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use cluster_model::{ClusterState, CommandOutcome};
+use cluster_model::{ClusterState, Command, CommandOutcome};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,9 @@ pub struct Applied {
     pub state: ClusterState,
     pub last_applied: Option<LogId>,
     pub membership: Membership,
+    /// Commands applied since this process started (a batch counts each of its commands; the
+    /// entries replayed at start count too): what `snapshot_period` counts.
+    pub commands_applied: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -162,6 +165,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut outcomes = Vec::new();
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
+            applied.commands_applied += match &entry.payload {
+                EntryPayload::Normal(Command::Batch(commands)) => commands.len() as u64,
+                _ => 1,
+            };
             let outcome = match entry.payload {
                 EntryPayload::Blank => CommandOutcome::Applied,
                 EntryPayload::Normal(command) => applied.state.apply(&command),

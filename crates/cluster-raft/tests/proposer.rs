@@ -101,3 +101,31 @@ async fn a_lone_write_is_its_own_entry() {
     }
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_period_counts_the_commands_of_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = single_node(dir.path()).await;
+    let period = 500u64;
+    node.write(Command::SetSetting { name: "snapshot_period".into(), value: period.to_string() }).await.unwrap();
+    let index_before = node.last_log_index();
+    let writes: Vec<_> = (0..period)
+        .map(|writer| {
+            let node = node.clone();
+            tokio::spawn(
+                async move { node.write(Command::KvSet { key: format!("k{writer}"), value: "v".into() }).await },
+            )
+        })
+        .collect();
+    for write in writes {
+        write.await.unwrap().unwrap();
+    }
+    let entries = node.last_log_index() - index_before;
+    assert!(entries < period, "{entries} entries: the entry count alone would trigger the snapshot");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while node.status().await.snapshot_index.is_none_or(|index| index <= index_before) {
+        assert!(std::time::Instant::now() < deadline, "no snapshot after {period} commands in {entries} entries");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.shutdown().await;
+}
