@@ -134,6 +134,28 @@ impl StateMachineStore {
     }
 }
 
+impl StateMachineStore {
+    /// Takes the state's write lock without ever blocking a runtime thread on it.
+    ///
+    /// While a snapshot is encoded under the read lock (up to ~170 ms), a blocked writer would hold
+    /// this runtime thread, and because waiting writers go first, every reader behind it too:
+    /// `read_local` in the lease and executor code, on the other runtime thread. Both threads stuck
+    /// means no heartbeats, and under load the leader was deposed. Polling keeps the runtime free.
+    async fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        loop {
+            match self.applied.try_write() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(_)) => panic!("state lock poisoned"),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            tokio::time::sleep(WRITE_LOCK_RETRY).await;
+        }
+    }
+}
+
+/// How often a writer retries the state lock while a reader (a snapshot being encoded) holds it.
+const WRITE_LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     /// Encodes the state under its read lock, on a blocking thread (megabytes of state take
     /// 60–170 ms on a busy host, which must not hold a runtime thread), then writes it.
@@ -184,7 +206,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut applied = self.applied.write().expect("state lock poisoned");
+        let mut applied = self.write_state().await;
         let mut outcomes = Vec::new();
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
@@ -218,7 +240,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let state = decode_data(&data)
             .map_err(|err| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, err))?;
         self.persist(meta, data).await?;
-        let mut applied = self.applied.write().expect("state lock poisoned");
+        let mut applied = self.write_state().await;
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
@@ -230,5 +252,53 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(current
             .as_ref()
             .map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(data.clone())) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+    use std::time::{Duration, Instant};
+
+    /// Regression: while a snapshot was encoded under the read lock, `apply` blocked its runtime
+    /// thread on the write lock, and every reader queued behind it; under load the runtime stalled
+    /// and the leader was deposed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn apply_waiting_for_a_snapshot_encoder_does_not_block_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateMachineStore::open(dir.path()).unwrap();
+        let view = store.view();
+        let encoder_view = view.clone();
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let encoder = std::thread::spawn(move || {
+            let _read = encoder_view.read().unwrap();
+            locked.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+        });
+        is_locked.recv().unwrap();
+        let started = Instant::now();
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), 1),
+            payload: EntryPayload::Normal(Command::KvSet { key: "k".into(), value: "v".into() }),
+        };
+        let apply = tokio::spawn(async move { store.apply([entry]).await.map(|_| Instant::now()) });
+        let reader_view = view.clone();
+        // On this single runtime thread: runs only if `apply` yields instead of blocking.
+        let reader = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            let value = reader_view.read().unwrap().state.get("k").cloned();
+            (Instant::now(), value)
+        });
+        let (read_at, value) = reader.await.unwrap();
+        let applied_at = apply.await.unwrap().unwrap();
+        encoder.join().unwrap();
+        assert!(read_at.duration_since(started) < Duration::from_millis(200), "the reader waited for the encoder");
+        assert_eq!(value, None, "read before the write was applied");
+        assert!(
+            applied_at.duration_since(started) >= Duration::from_millis(350),
+            "applied while the encoder held the lock"
+        );
+        assert_eq!(view.read().unwrap().state.get("k").map(String::as_str), Some("v"));
     }
 }
