@@ -24,6 +24,7 @@ mod log_store;
 mod network;
 mod node;
 mod proposer;
+mod snapshot_policy;
 mod spare_segment;
 mod state_machine;
 mod types;

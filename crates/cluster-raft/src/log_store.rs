@@ -138,11 +138,17 @@ pub struct LogStore {
 pub(crate) struct AppendProgress {
     received: std::sync::atomic::AtomicU64,
     completed: tokio::sync::watch::Sender<u64>,
+    /// Bytes of records appended since the log was opened (what a snapshot is weighed against).
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 impl AppendProgress {
     fn new() -> AppendProgress {
-        AppendProgress { received: std::sync::atomic::AtomicU64::new(0), completed: tokio::sync::watch::Sender::new(0) }
+        AppendProgress {
+            received: std::sync::atomic::AtomicU64::new(0),
+            completed: tokio::sync::watch::Sender::new(0),
+            bytes: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     /// Number of `append` calls received so far.
@@ -670,9 +676,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             bytes.extend_from_slice(&encode_record(&entry));
             batch.push(entry);
         }
+        let appended_bytes = bytes.len() as u64;
         let job = {
             let mut inner = self.lock();
-            let (start, offset, create) = inner.place(first_index, bytes.len() as u64);
+            let (start, offset, create) = inner.place(first_index, appended_bytes);
             for entry in batch {
                 inner.entries.insert(entry.log_id.index, entry);
             }
@@ -682,6 +689,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             IoJob::Append { start, create, offset, bytes, entries: records_count, callback }
         };
         self.progress.received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.progress.bytes.fetch_add(appended_bytes, std::sync::atomic::Ordering::Relaxed);
         // Queued under no lock; the I/O thread keeps the order of the queue.
         if let Err(mpsc::SendError(IoJob::Append { callback, .. })) = self.io.send(job) {
             callback.log_io_completed(Err(std::io::Error::other("raft log i/o thread stopped")));
@@ -733,6 +741,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 impl LogStore {
+    /// Bytes of records appended since the log was opened.
+    pub(crate) fn appended_bytes(&self) -> u64 {
+        self.progress.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How far the log's appends got (for the proposer).
     pub(crate) fn append_progress(&self) -> Arc<AppendProgress> {
         self.progress.clone()

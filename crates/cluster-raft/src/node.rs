@@ -21,6 +21,7 @@ use crate::election::{
 use crate::log_store::{LogStore, RecoveryReport};
 use crate::network::{CallError, PeerNetwork, Peers};
 use crate::proposer::Proposer;
+use crate::snapshot_policy::{snapshot_due, SnapshotProgress, SnapshotTrigger};
 use crate::state_machine::{StateMachineStore, StateView};
 use crate::types::{Raft, TypeConfig};
 
@@ -931,21 +932,21 @@ impl ConsensusNode {
         }
     }
 
-    /// Builds a snapshot once `snapshot_period` entries, or as many commands (an entry can carry a
-    /// batch of them, see proposer.rs), were applied since the last one.
+    /// Builds a snapshot when one is due (see snapshot_policy.rs).
     async fn snapshot_if_due(&self, last_triggered: &mut SnapshotTrigger) {
         let (applied, snapshot) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             (metrics.last_applied.map_or(0, |id| id.index), metrics.snapshot.map_or(0, |id| id.index))
         };
-        let (period, commands) = {
+        let (period, commands, snapshot_bytes) = {
             let view = self.view.read().expect("state lock poisoned");
-            (view.state.settings.snapshot_period, view.commands_applied)
+            (view.state.settings.snapshot_period, view.commands_applied, view.snapshot_bytes)
         };
-        let snapshot = snapshot.max(last_triggered.index);
-        if applied >= snapshot + period || commands >= last_triggered.commands + period {
-            *last_triggered = SnapshotTrigger { index: applied, commands };
+        let now =
+            SnapshotProgress { applied, snapshot, commands, log_bytes: self.log.appended_bytes(), snapshot_bytes };
+        if snapshot_due(now, *last_triggered, period) {
+            *last_triggered = SnapshotTrigger { index: applied, commands, log_bytes: now.log_bytes };
             if let Err(err) = self.raft.trigger().snapshot().await {
                 tracing::error!(error = %err, "failed to trigger a snapshot");
             }
@@ -980,14 +981,6 @@ fn validate_address(address: &str) -> Result<()> {
     } else {
         Err(ConsensusError::Invalid(format!("invalid node address `{address}`: expected HOST:PORT")))
     }
-}
-
-/// Where the last snapshot was triggered: log index and commands applied (see
-/// [`ConsensusNode::snapshot_if_due`]).
-#[derive(Default)]
-struct SnapshotTrigger {
-    index: u64,
-    commands: u64,
 }
 
 /// Longest sleep of the driver: bounds how late a snapshot is triggered or a timeout noticed.

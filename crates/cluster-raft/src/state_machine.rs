@@ -32,6 +32,8 @@ pub struct Applied {
     /// Commands applied since this process started (a batch counts each of its commands; the
     /// entries replayed at start count too): what `snapshot_period` counts.
     pub commands_applied: u64,
+    /// Size of the last snapshot built, installed or loaded (bytes of its data).
+    pub snapshot_bytes: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -100,6 +102,7 @@ impl StateMachineStore {
             applied.state = decode_data(&file.data).map_err(fail)?;
             applied.last_applied = file.meta.last_log_id;
             applied.membership = file.meta.last_membership.clone();
+            applied.snapshot_bytes = file.data.len() as u64;
             current = Some((file.meta, file.data));
         }
         Ok(StateMachineStore {
@@ -183,6 +186,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, format!("snapshot encoder failed: {err}"))
         })?;
         let data = self.persist(&meta, data).await?;
+        self.write_state().await.snapshot_bytes = data.len() as u64;
         tracing::debug!(
             bytes = data.len(),
             locked_ms = locked.as_millis() as u64,
@@ -239,11 +243,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let state = decode_data(&data)
             .map_err(|err| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, err))?;
-        self.persist(meta, data).await?;
+        let snapshot_bytes = self.persist(meta, data).await?.len() as u64;
         let mut applied = self.write_state().await;
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
+        applied.snapshot_bytes = snapshot_bytes;
         Ok(())
     }
 
