@@ -22,5 +22,8 @@ echo "== short benchmarks (the full ones: docs/benchmarks.md)"
 "$bin/clusterlab" --name cifail bench-failover --quick
 "$bin/clusterlab" --name ciscale bench-scale --quick
 
+echo "== the Debian package under systemd as PID 1 (short; the full one: scripts/test-systemd.sh)"
+CLUSTERD_DEB_BIN_DIR="$bin" scripts/test-systemd.sh --quick
+
 echo "== tests"
 cargo nextest run --workspace --locked --no-fail-fast

@@ -11,8 +11,8 @@ use crate::status::AgentError;
 
 const DEVICE_POLL: Duration = Duration::from_millis(200);
 /// How long holders get between SIGTERM and SIGKILL.
-const HOLDER_GRACE: Duration = Duration::from_secs(2);
-const UNMOUNT_RETRY_PAUSE: Duration = Duration::from_millis(300);
+pub(crate) const HOLDER_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const UNMOUNT_RETRY_PAUSE: Duration = Duration::from_millis(300);
 
 pub(crate) struct FilesystemAgent {
     name: String,
@@ -31,6 +31,15 @@ impl FilesystemAgent {
             DeviceSpec::Uuid(uuid) => DeviceName::Uuid(uuid.clone()),
             DeviceSpec::Label(label) => DeviceName::Label(label.clone()),
         }
+    }
+
+    /// Waits until no mount, unmount or check of the mountpoint is in flight (one abandoned by an
+    /// earlier action, e.g. a start that timed out while `mount(2)` was blocked), at most most of
+    /// this action's timeout, so that the failure names the device and the mountpoint instead of
+    /// being a bare timeout. Only then does the mount table tell whether the filesystem is mounted.
+    async fn settle(&self, context: &ActionContext) -> Result<(), AgentError> {
+        let within = context.timeout.saturating_sub(context.timeout / 10);
+        Ok(self.host.mounts.settle(&self.params.mountpoint, within).await?)
     }
 
     /// The source mounted at our mountpoint, if any.
@@ -124,6 +133,7 @@ impl Agent for FilesystemAgent {
 
     async fn start(&self, context: &ActionContext) -> Result<(), AgentError> {
         self.validate().await?;
+        self.settle(context).await?;
         let device = self.wait_for_device().await?;
         let mountpoint = &self.params.mountpoint;
         if let Some(source) = self.mounted_source().await? {
@@ -148,6 +158,8 @@ impl Agent for FilesystemAgent {
 
     async fn stop(&self, context: &ActionContext) -> Result<(), AgentError> {
         let mountpoint = &self.params.mountpoint;
+        // Never "already stopped" while a mount of it may still land.
+        self.settle(context).await?;
         if self.mounted_source().await?.is_none() {
             return Ok(());
         }
@@ -187,6 +199,9 @@ impl Agent for FilesystemAgent {
     }
 
     async fn monitor(&self, context: &ActionContext) -> Result<MonitorState, AgentError> {
+        // Neither running nor stopped while a mount of it may still land: a probe must not adopt or
+        // dismiss it.
+        self.settle(context).await?;
         if self.mounted_source().await?.is_none() {
             return Ok(MonitorState::NotRunning);
         }

@@ -25,31 +25,47 @@ mod agent;
 pub mod conformance;
 mod filesystem;
 mod ip;
+mod observed;
 mod ocf;
 mod process;
 mod runner;
 mod status;
+mod stop_time;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cluster_host::Host;
 use cluster_package::{ResourceDef, ResourceKind};
 
 pub use agent::{timed, Action, ActionContext, Agent, MonitorState};
+pub use observed::ActionObserver;
 pub use ocf::DEFAULT_OCF_ROOT;
 pub use runner::{PackageRunner, ProbeResult, ResourceFailure, ResourceOutcome, RunError};
 pub use status::{AgentError, OcfStatus};
+pub use stop_time::{longest_package_stop, longest_stop, SlowStop};
 
 /// Settings shared by every agent of a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct AgentOptions {
     /// `OCF_ROOT` for `provider:type` agents.
     pub ocf_root: PathBuf,
+    /// Told about every action of every agent built with these options (metrics).
+    pub observer: Option<Arc<dyn ActionObserver>>,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        AgentOptions { ocf_root: PathBuf::from(DEFAULT_OCF_ROOT) }
+        AgentOptions { ocf_root: PathBuf::from(DEFAULT_OCF_ROOT), observer: None }
+    }
+}
+
+impl std::fmt::Debug for AgentOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentOptions")
+            .field("ocf_root", &self.ocf_root)
+            .field("observer", &self.observer.is_some())
+            .finish()
     }
 }
 
@@ -60,11 +76,15 @@ pub fn build_agent(resource: &ResourceDef, host: &Host) -> Box<dyn Agent> {
 
 /// The agent for a resource: the one factory that picks a backend.
 pub fn build_agent_with(resource: &ResourceDef, host: &Host, options: &AgentOptions) -> Box<dyn Agent> {
-    match &resource.kind {
+    let agent: Box<dyn Agent> = match &resource.kind {
         ResourceKind::Ip(params) => Box::new(ip::IpAgent::new(&resource.name, params, host)),
         ResourceKind::Filesystem(params) => Box::new(filesystem::FilesystemAgent::new(&resource.name, params, host)),
         ResourceKind::Process(params) => Box::new(process::ProcessAgent::new(&resource.name, params, host)),
         ResourceKind::Ocf(params) => Box::new(ocf::OcfAgent::new(&resource.name, params, host, &options.ocf_root)),
+    };
+    match &options.observer {
+        Some(observer) => Box::new(observed::ObservedAgent { inner: agent, observer: observer.clone() }),
+        None => agent,
     }
 }
 

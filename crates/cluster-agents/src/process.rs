@@ -1,5 +1,6 @@
 //! The `process` agent: a supervised program and its whole process tree (a cgroup v2 or a process group).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_host::{CommandSpec, Host, ServiceOutput, ServiceSpec, Signal};
@@ -8,17 +9,34 @@ use cluster_package::{ProcessOutput, ProcessResource, Readiness};
 use crate::agent::{meta_data_xml, ActionContext, Agent, MonitorState};
 use crate::status::AgentError;
 
-const POLL: Duration = Duration::from_millis(100);
+pub(crate) const POLL: Duration = Duration::from_millis(100);
 
 pub(crate) struct ProcessAgent {
     name: String,
     params: ProcessResource,
     host: Host,
+    /// Held by the task that starts the unit's first process for as long as the fork and exec run,
+    /// also after the start that began it was dropped (they run on the blocking pool and cannot be
+    /// cancelled): stop and monitor take it first, so they never call the unit stopped while its
+    /// first process may still appear, and a new start never forks a second one beside it.
+    spawning: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ProcessAgent {
     pub(crate) fn new(name: &str, params: &ProcessResource, host: &Host) -> Self {
-        ProcessAgent { name: name.to_string(), params: params.clone(), host: host.clone() }
+        ProcessAgent { name: name.to_string(), params: params.clone(), host: host.clone(), spawning: Arc::default() }
+    }
+
+    /// Waits, at most most of the action's timeout, until no start of the unit's first process is
+    /// in flight (one whose start was abandoned).
+    async fn settle(&self, unit: &str, context: &ActionContext) -> Result<(), AgentError> {
+        let within = context.timeout.saturating_sub(context.timeout / 10);
+        match tokio::time::timeout(within, self.spawning.lock()).await {
+            Ok(_idle) => Ok(()),
+            Err(_) => Err(AgentError::generic(format!(
+                "start of the first process of unit {unit} still in flight after {within:?}: cannot tell whether it will run"
+            ))),
+        }
     }
 
     fn unit(&self, context: &ActionContext) -> String {
@@ -119,6 +137,8 @@ impl Agent for ProcessAgent {
     async fn start(&self, context: &ActionContext) -> Result<(), AgentError> {
         self.validate().await?;
         let unit = self.unit(context);
+        // Taken before looking: an abandoned start's process may still be on its way.
+        let spawning = self.spawning.clone().lock_owned().await;
         if self.running(&unit).await? {
             return Ok(());
         }
@@ -138,13 +158,23 @@ impl Agent for ProcessAgent {
                 ProcessOutput::File(path) => ServiceOutput::File(path.clone()),
             },
         };
-        let pid = self.host.processes.spawn(&spec).await?;
+        // In a task of its own, holding `spawning` until the process exists (or failed to), whatever
+        // becomes of this start.
+        let processes = self.host.processes.clone();
+        let spawn = tokio::spawn(async move {
+            let _spawning = spawning;
+            processes.spawn(&spec).await
+        });
+        let pid = spawn
+            .await
+            .map_err(|error| AgentError::generic(format!("start of the first process of unit {unit}: {error}")))??;
         tracing::info!(resource = %self.name, epoch = context.epoch, pid, %unit, "process started");
         self.wait_ready(&unit).await
     }
 
     async fn stop(&self, context: &ActionContext) -> Result<(), AgentError> {
         let unit = self.unit(context);
+        self.settle(&unit, context).await?;
         if self.running(&unit).await? {
             let signal = Signal::from_name(&self.params.stop_signal).unwrap_or(Signal::Term);
             tracing::info!(resource = %self.name, epoch = context.epoch, %signal, %unit, "stopping process");
@@ -167,7 +197,9 @@ impl Agent for ProcessAgent {
     }
 
     async fn monitor(&self, context: &ActionContext) -> Result<MonitorState, AgentError> {
-        if self.running(&self.unit(context)).await? {
+        let unit = self.unit(context);
+        self.settle(&unit, context).await?;
+        if self.running(&unit).await? {
             Ok(MonitorState::Running)
         } else {
             Ok(MonitorState::NotRunning)

@@ -136,7 +136,7 @@ impl From<MountError> for AgentError {
     fn from(error: MountError) -> Self {
         let status = match &error {
             MountError::PermissionDenied { .. } => OcfStatus::ErrPerm,
-            MountError::Busy { .. } | MountError::Failed { .. } => OcfStatus::ErrGeneric,
+            MountError::Busy { .. } | MountError::Failed { .. } | MountError::InFlight { .. } => OcfStatus::ErrGeneric,
         };
         AgentError::new(status, error.to_string())
     }

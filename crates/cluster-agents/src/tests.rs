@@ -320,7 +320,129 @@ async fn filesystem_refuses_a_mountpoint_used_by_another_device() {
     assert_eq!(error.status, OcfStatus::ErrConfigured);
 }
 
+/// A runner over one filesystem resource on `/dev/sdb1` with short timeouts (start 2 s, stop 2 s,
+/// monitor 1 s), against `host`.
+fn stallable_filesystem(host: &FakeHost) -> PackageRunner {
+    host.mounts.add_device("/dev/sdb1", None, None);
+    let mut data = resource("data", ResourceKind::Filesystem(filesystem(DeviceSpec::Path("/dev/sdb1".into()))));
+    data.start_timeout = Duration::from_secs(2);
+    data.stop_timeout = Duration::from_secs(2);
+    data.monitor.timeout = Duration::from_secs(1);
+    let text = "name = \"web\"\n[[resource]]\nname = \"x\"\ntype = \"process\"\ncommand = [\"/bin/true\"]\n";
+    let mut package = parse_package("web.toml", text).expect("valid");
+    package.resources = vec![data];
+    PackageRunner::new(&package, &host.host(), &crate::AgentOptions::default())
+}
+
+#[tokio::test(start_paused = true)]
+async fn filesystem_start_abandoned_at_its_timeout_is_not_called_stopped_and_is_undone_when_it_lands() {
+    let host = FakeHost::new();
+    let runner = stallable_filesystem(&host);
+    host.mounts.stall_mounts();
+    let error = runner.start(7).await.expect_err("the mount blocks");
+    // The rollback stop waited 1.8 s (90 % of its timeout) for the mount, then refused to call it stopped.
+    assert_eq!(
+        error.to_string(),
+        "package web: start of resource data: start of resource data timed out after 2s [OCF_ERR_GENERIC (1)]; \
+         rollback also failed: \
+         stop of resource data: mount of /dev/sdb1 at /srv/data still in flight after 3.8s: cannot tell whether it \
+         will be mounted [OCF_ERR_GENERIC (1)]"
+    );
+    assert!(error.leaves_resources_active(), "the engine must not start it elsewhere");
+    let probe = runner.probe(7).await.remove(0).state.expect_err("neither running nor stopped");
+    assert_eq!(
+        probe.message,
+        "mount of /dev/sdb1 at /srv/data still in flight after 4.7s: cannot tell whether it will be mounted"
+    );
+    assert!(runner.stop(7).await.is_err());
+    assert!(host.log.calls_starting_with("mount unmount").is_empty(), "nothing was unmounted meanwhile");
+
+    // The device answers: the abandoned mount lands and is undone at once; the stop now succeeds.
+    host.mounts.resume_mounts();
+    runner.stop(7).await.expect("stop once the mount was undone");
+    assert!(host.mounts.mounted_targets().is_empty());
+    assert_eq!(host.log.calls_starting_with("mount undo"), vec!["mount undo /srv/data".to_string()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn filesystem_stop_after_a_dropped_start_waits_for_the_mount_and_finds_it_undone() {
+    let host = FakeHost::new();
+    let runner = stallable_filesystem(&host);
+    host.mounts.stall_mounts();
+    // As the executor's select! at the lease's stop budget.
+    tokio::select! {
+        outcome = runner.start(7) => panic!("start returned: {outcome:?}"),
+        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+    let resume = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        host.mounts.resume_mounts();
+    };
+    let began = tokio::time::Instant::now();
+    let (stopped, ()) = tokio::join!(runner.stop(7), resume);
+    stopped.expect("stopped once the mount landed and was undone");
+    assert_eq!(began.elapsed(), Duration::from_secs(1), "the stop waited for the mount");
+    assert!(host.mounts.mounted_targets().is_empty());
+    assert_eq!(host.log.calls_starting_with("mount undo"), vec!["mount undo /srv/data".to_string()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn filesystem_start_waits_for_an_abandoned_mount_before_mounting_again() {
+    let host = FakeHost::new();
+    let runner = stallable_filesystem(&host);
+    host.mounts.stall_mounts();
+    tokio::select! {
+        outcome = runner.start(7) => panic!("start returned: {outcome:?}"),
+        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        host.mounts.resume_mounts();
+    };
+    let (started, ()) = tokio::join!(runner.start(8), resume);
+    started.expect("started after the abandoned mount was undone");
+    assert_eq!(host.mounts.mounted_targets(), vec![PathBuf::from("/srv/data")]);
+    assert_eq!(
+        host.log.calls_starting_with("mount "),
+        vec![
+            "mount mkdir /srv/data",
+            "mount /dev/sdb1 /srv/data ext4 [noatime]",
+            "mount undo /srv/data",
+            "mount mkdir /srv/data",
+            "mount /dev/sdb1 /srv/data ext4 [noatime]",
+        ]
+    );
+}
+
 // ------------------------------------------------------------------ process
+
+#[tokio::test(start_paused = true)]
+async fn process_stop_after_a_dropped_start_waits_for_the_process_on_its_way_and_stops_it() {
+    let host = FakeHost::new();
+    let agent = build_agent(&resource("server", ResourceKind::Process(process(&["/usr/sbin/server"]))), &host.host());
+    host.processes.stall_spawns();
+    let context = context();
+    tokio::select! {
+        outcome = agent.start(&context) => panic!("start returned: {outcome:?}"),
+        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+    // Neither running nor stopped while the fork may still land.
+    let mut short = context.clone();
+    short.timeout = Duration::from_secs(1);
+    let error = agent.monitor(&short).await.expect_err("in flight");
+    assert_eq!(
+        error.message,
+        "start of the first process of unit web.server still in flight after 900ms: cannot tell whether it will run"
+    );
+    let resume = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        host.processes.resume_spawns();
+    };
+    let (stopped, ()) = tokio::join!(agent.stop(&context), resume);
+    stopped.expect("stopped once the process appeared");
+    assert!(!host.processes.is_running("web.server"), "the process of the abandoned start was stopped");
+    assert_eq!(host.log.calls_starting_with("process signal"), vec!["process signal web.server SIGTERM".to_string()]);
+}
 
 #[tokio::test(start_paused = true)]
 async fn process_ignoring_sigterm_is_killed_after_kill_after() {

@@ -34,10 +34,11 @@ fn resource(device: DeviceSpec, mountpoint: PathBuf, kill_holders: bool) -> Reso
     }
 }
 
-/// Real mounts and block devices; fakes for the rest (no cgroup is created).
-fn host() -> Host {
+/// Real mounts and block devices, recording mounts in flight under `state` (not the host's
+/// `/run/clusterd`); fakes for the rest (no cgroup is created).
+fn host(state: &tempfile::TempDir) -> Host {
     let mut host = FakeHost::new().host();
-    host.mounts = Arc::new(LinuxMounts::new());
+    host.mounts = Arc::new(LinuxMounts::with_state_directory(state.path()));
     host.block_devices = Arc::new(LinuxBlockDevices::new());
     host
 }
@@ -70,7 +71,7 @@ async fn ext4_by_label_is_mounted_checked_and_unmounted() {
     let directory = tempfile::tempdir().expect("tempdir");
     let mountpoint = directory.path().join("mnt/data");
     let _mount_guard = MountGuard(mountpoint.clone());
-    let host = host();
+    let host = host(&directory);
     let agent = build_agent(&resource(DeviceSpec::Label(label.clone()), mountpoint.clone(), true), &host);
 
     check_lifecycle(agent.as_ref(), &context()).await.unwrap_or_else(|failures| panic!("{failures:#?}"));
@@ -94,7 +95,7 @@ async fn unmount_kills_a_process_holding_a_file_open() {
     let directory = tempfile::tempdir().expect("tempdir");
     let mountpoint = directory.path().join("data");
     let _mount_guard = MountGuard(mountpoint.clone());
-    let host = host();
+    let host = host(&directory);
     let agent =
         build_agent(&resource(DeviceSpec::Path(PathBuf::from(&device.device)), mountpoint.clone(), true), &host);
     agent.start(&context()).await.expect("start");
@@ -131,7 +132,7 @@ async fn unmount_without_killing_holders_fails_clearly() {
     let directory = tempfile::tempdir().expect("tempdir");
     let mountpoint = directory.path().join("data");
     let _mount_guard = MountGuard(mountpoint.clone());
-    let host = host();
+    let host = host(&directory);
     let agent =
         build_agent(&resource(DeviceSpec::Path(PathBuf::from(&device.device)), mountpoint.clone(), false), &host);
     agent.start(&context()).await.expect("start");

@@ -14,10 +14,11 @@
 mod client;
 mod frame;
 mod messages;
+pub mod redact;
 
 pub use client::{Client, ClientError, Endpoint};
 pub use frame::{decode, encode, framed, FrameError, FramedStream, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 pub use messages::{
-    ApiError, ClientReply, ClientRequest, ErrorKind, NodeRole, NodeStatus, PeerRequest, PeerRpc, Request, Response,
-    StatusReport,
+    ApiError, ClientReply, ClientRequest, ErrorKind, NodeDiagnostics, NodeRole, NodeStatus, PeerRequest, PeerRpc,
+    Request, Response, StatusReport,
 };

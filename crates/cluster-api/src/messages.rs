@@ -1,5 +1,6 @@
 //! Requests and replies of the client API and the envelope of peer RPCs.
 
+use cluster_model::alerts::AlertHook;
 use cluster_model::{Event, PackageState};
 use cluster_package::PackageDef;
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,10 @@ pub enum PeerRpc {
     /// A new leader asks how long ago this voter last acknowledged a leader of an older term
     /// (bounds every lease an older leader could have granted; see docs/safety.md).
     LastAck,
+    /// Keep this node's lease while no leader grants it (served by the daemon).
+    Keep,
+    /// A leader asks whether nodes whose lease ended may still hold a kept lease (served by the daemon).
+    ExpiryCheck,
 }
 
 /// A peer RPC: its kind and its encoded body.
@@ -138,12 +143,31 @@ pub enum ClientRequest {
     Events {
         after: Option<u64>,
     },
+    /// Add or replace (`Some`) or remove (`None`) the alert hook at `path`.
+    AlertSet {
+        path: String,
+        hook: Option<AlertHook>,
+    },
+    /// The alert hooks and their delivery mark.
+    AlertList,
+    /// What `clusterctl report` collects from one node: `node` (`None`: the node asked) serves it
+    /// itself; logs from `since_ms` (ms since the Unix epoch) on.
+    Diagnostics {
+        node: Option<String>,
+        since_ms: Option<u64>,
+    },
 }
 
 impl ClientRequest {
     /// Whether only the leader can serve this request (writes, membership, linearizable reads).
     pub fn needs_leader(&self) -> bool {
-        !matches!(self, ClientRequest::ClusterInit | ClientRequest::Status | ClientRequest::PkgPlan { .. })
+        !matches!(
+            self,
+            ClientRequest::ClusterInit
+                | ClientRequest::Status
+                | ClientRequest::PkgPlan { .. }
+                | ClientRequest::Diagnostics { .. }
+        )
     }
 }
 
@@ -159,6 +183,23 @@ pub enum ClientReply {
     Packages { packages: Vec<PackageState> },
     Plan { lines: Vec<String> },
     Events { events: Vec<Event> },
+    Alerts { hooks: Vec<(String, AlertHook)>, next: u64 },
+    Diagnostics(NodeDiagnostics),
+}
+
+/// One node's part of a `clusterctl report`: named text files (its redacted node file, its log,
+/// its Raft view) and notes on what could not be collected. Secrets are never in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDiagnostics {
+    pub node: String,
+    /// `clusterd` version.
+    pub version: String,
+    /// When it was collected, ms since the Unix epoch (the node's clock).
+    pub collected_at_ms: u64,
+    /// `(file name, contents)`.
+    pub files: Vec<(String, String)>,
+    /// What is missing and why (no journal, no log file, a log cut to its last bytes).
+    pub notes: Vec<String>,
 }
 
 /// Categories of failure, each with its own `clusterctl` exit code.

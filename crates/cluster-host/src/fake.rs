@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
+use crate::in_flight::InFlight;
 use crate::mounts::{BlockDevices, BlockError, DeviceName, MountEntry, MountError, Mounts};
 use crate::net::{AddressInfo, LinkInfo, NetError, Network};
 use crate::process::{CommandOutput, CommandSpec, KillMode, ProcessError, Processes, ServiceSpec, Signal};
@@ -200,16 +203,34 @@ struct MountState {
 }
 
 /// A fake mount table and block device set.
+///
+/// Mounts, unmounts and checks are tracked to completion like the Linux ones (`in_flight.rs`), and
+/// [`FakeMounts::stall_mounts`] makes mounts block as on a device that stopped answering, so unit
+/// tests can abandon a mount and watch it land (and be undone) later.
 #[derive(Debug, Clone)]
 pub struct FakeMounts {
     state: Arc<Mutex<MountState>>,
     log: CallLog,
+    in_flight: Arc<InFlight>,
+    /// True while mounts block.
+    stalled: Arc<watch::Sender<bool>>,
 }
 
 impl FakeMounts {
     /// Empty mount table recording into `log`.
     pub fn new(log: CallLog) -> Self {
-        FakeMounts { state: Arc::default(), log }
+        FakeMounts { state: Arc::default(), log, in_flight: Arc::default(), stalled: Arc::new(watch::channel(false).0) }
+    }
+
+    /// From now on `mount` blocks, as `mount(2)` does on a device that stopped answering, until
+    /// [`FakeMounts::resume_mounts`]; a caller that gives up meanwhile does not stop it.
+    pub fn stall_mounts(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Blocked mounts go on (and land); new ones no longer block.
+    pub fn resume_mounts(&self) {
+        self.stalled.send_replace(false);
     }
 
     /// Make a device exist, findable by path, and by `UUID=`/`LABEL=` when given.
@@ -274,41 +295,63 @@ impl Mounts for FakeMounts {
 
     async fn mount(&self, device: &Path, target: &Path, fstype: &str, options: &[String]) -> Result<(), MountError> {
         self.log.push(format!("mount {} {} {fstype} [{}]", device.display(), target.display(), options.join(",")));
-        let mut state = lock(&self.state);
-        if !state.directories.contains(target) {
-            return Err(MountError::Failed {
-                action: format!("mount {} at {}", device.display(), target.display()),
-                message: "no such file or directory".to_string(),
-            });
-        }
-        state.mounted.push(MountEntry {
+        let description = format!("mount of {} at {}", device.display(), target.display());
+        let entry = MountEntry {
             source: device.display().to_string(),
             target: target.to_path_buf(),
             fstype: fstype.to_string(),
             options: options.join(","),
-        });
-        Ok(())
+        };
+        let (state, mut stalled) = (self.state.clone(), self.stalled.subscribe());
+        let operation = async move {
+            let _ = stalled.wait_for(|stalled| !*stalled).await;
+            let mut state = lock(&state);
+            if !state.directories.contains(&entry.target) {
+                return Err(MountError::Failed {
+                    action: format!("mount {} at {}", entry.source, entry.target.display()),
+                    message: "no such file or directory".to_string(),
+                });
+            }
+            state.mounted.push(entry);
+            Ok(())
+        };
+        let (state, log, owned) = (self.state.clone(), self.log.clone(), target.to_path_buf());
+        let undo = async move {
+            log.push(format!("mount undo {}", owned.display()));
+            lock(&state).mounted.retain(|entry| entry.target != owned);
+            Ok(())
+        };
+        self.in_flight.run(target, description, operation, Some(undo)).await
     }
 
     async fn unmount(&self, target: &Path) -> Result<(), MountError> {
         self.log.push(format!("mount unmount {}", target.display()));
-        let mut state = lock(&self.state);
-        if state.busy_unmounts > 0 {
-            state.busy_unmounts -= 1;
-            return Err(MountError::Busy { target: target.to_path_buf() });
-        }
-        if state.holders.values().any(|(path, _)| path.starts_with(target)) {
-            return Err(MountError::Busy { target: target.to_path_buf() });
-        }
-        let before = state.mounted.len();
-        state.mounted.retain(|entry| entry.target != target);
-        if before == state.mounted.len() {
-            return Err(MountError::Failed {
-                action: format!("unmount {}", target.display()),
-                message: "not mounted".to_string(),
-            });
-        }
-        Ok(())
+        let (state, owned) = (self.state.clone(), target.to_path_buf());
+        let operation = async move {
+            let mut state = lock(&state);
+            if state.busy_unmounts > 0 {
+                state.busy_unmounts -= 1;
+                return Err(MountError::Busy { target: owned });
+            }
+            if state.holders.values().any(|(path, _)| path.starts_with(&owned)) {
+                return Err(MountError::Busy { target: owned });
+            }
+            let before = state.mounted.len();
+            state.mounted.retain(|entry| entry.target != owned);
+            if before == state.mounted.len() {
+                return Err(MountError::Failed {
+                    action: format!("unmount {}", owned.display()),
+                    message: "not mounted".to_string(),
+                });
+            }
+            Ok(())
+        };
+        let description = format!("unmount of {}", target.display());
+        self.in_flight.run(target, description, operation, None::<std::future::Ready<_>>).await
+    }
+
+    async fn settle(&self, target: &Path, within: Duration) -> Result<(), MountError> {
+        self.in_flight.settle(target, within).await
     }
 
     async fn holders(&self, target: &Path) -> Result<Vec<u32>, MountError> {
@@ -385,6 +428,8 @@ struct ProcessState {
 pub struct FakeProcesses {
     state: Arc<Mutex<ProcessState>>,
     log: CallLog,
+    /// True while spawns block.
+    stalled: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for FakeProcesses {
@@ -397,7 +442,18 @@ impl FakeProcesses {
     /// No units, recording into `log`.
     pub fn new(log: CallLog) -> Self {
         let state = ProcessState { next_pid: 1000, ..ProcessState::default() };
-        FakeProcesses { state: Arc::new(Mutex::new(state)), log }
+        FakeProcesses { state: Arc::new(Mutex::new(state)), log, stalled: Arc::new(watch::channel(false).0) }
+    }
+
+    /// From now on `spawn` blocks before the process exists (as a fork and exec on a stalled host
+    /// can), until [`FakeProcesses::resume_spawns`]; a caller that gives up meanwhile does not stop it.
+    pub fn stall_spawns(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Blocked spawns go on (their processes appear); new ones no longer block.
+    pub fn resume_spawns(&self) {
+        self.stalled.send_replace(false);
     }
 
     /// Processes of `unit` ignore every signal but SIGKILL.
@@ -452,18 +508,24 @@ impl Processes for FakeProcesses {
 
     async fn spawn(&self, spec: &ServiceSpec) -> Result<u32, ProcessError> {
         self.log.push(format!("process spawn {} {}", spec.unit, spec.argv.join(" ")));
-        let mut state = lock(&self.state);
-        let program = spec.argv.first().cloned().unwrap_or_default();
-        if state.missing_programs.contains(&program) {
-            return Err(ProcessError::NotFound { program });
-        }
-        state.next_pid += 1;
-        let pid = state.next_pid;
-        state.specs.insert(spec.unit.clone(), spec.clone());
-        if !state.crashing.contains(&spec.unit) {
-            state.units.entry(spec.unit.clone()).or_default().push(pid);
-        }
-        Ok(pid)
+        // Like the Linux fork and exec on the blocking pool, the spawn goes on if the caller goes away.
+        let (state, mut stalled, spec) = (self.state.clone(), self.stalled.subscribe(), spec.clone());
+        let spawn = tokio::spawn(async move {
+            let _ = stalled.wait_for(|stalled| !*stalled).await;
+            let mut state = lock(&state);
+            let program = spec.argv.first().cloned().unwrap_or_default();
+            if state.missing_programs.contains(&program) {
+                return Err(ProcessError::NotFound { program });
+            }
+            state.next_pid += 1;
+            let pid = state.next_pid;
+            state.specs.insert(spec.unit.clone(), spec.clone());
+            if !state.crashing.contains(&spec.unit) {
+                state.units.entry(spec.unit.clone()).or_default().push(pid);
+            }
+            Ok(pid)
+        });
+        spawn.await.map_err(|error| ProcessError::Failed { action: "spawn".to_string(), message: error.to_string() })?
     }
 
     async fn pids(&self, unit: &str) -> Result<Vec<u32>, ProcessError> {

@@ -14,19 +14,23 @@
 mod clock;
 pub mod fake;
 mod fence;
+mod in_flight;
 mod linux_mounts;
 mod linux_net;
 mod linux_process;
+mod mount_records;
 mod mounts;
 mod net;
 pub mod netns;
 mod process;
+mod process_group;
 mod raw_packets;
+mod service_cgroup;
 mod watchdog;
 
 use std::sync::Arc;
 
-pub use clock::{Clock, TokioClock};
+pub use clock::{lease_clock, Clock, TokioClock};
 pub use fence::{
     AgentExit, AgentFencer, FakeFenceOutcome, FakeFencer, FenceAction, FenceCall, FenceDevice, FenceError, Fencer,
 };
@@ -36,7 +40,8 @@ pub use linux_process::{LinuxProcesses, ProcessConfig};
 pub use mounts::{BlockDevices, BlockError, DeviceName, MountEntry, MountError, Mounts};
 pub use net::{format_mac, AddressInfo, LinkInfo, NetError, Network};
 pub use process::{CommandOutput, CommandSpec, KillMode, ProcessError, Processes, ServiceOutput, ServiceSpec, Signal};
-pub use watchdog::{open_watchdog, FakeWatchdog, Watchdog, WatchdogError};
+pub use service_cgroup::{enter_daemon_cgroup, CgroupMoveError};
+pub use watchdog::{lab_nowayout_marker, open_watchdog, FakeWatchdog, Watchdog, WatchdogError};
 
 /// One handle to each kind of host operation. Cheap to clone.
 #[derive(Clone)]

@@ -2,22 +2,71 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nix::mount::{MntFlags, MsFlags};
 
+use crate::in_flight::InFlight;
+use crate::mount_records::{MountRecords, DEFAULT_STATE_DIRECTORY};
 use crate::mounts::{BlockDevices, BlockError, DeviceName, MountEntry, MountError, Mounts};
+use crate::process_group::GroupKillOnDrop;
 
 /// The real mount table.
-#[derive(Debug, Default, Clone)]
+///
+/// Mounts, unmounts and read/write checks run to completion even when their caller goes away (see
+/// `in_flight.rs`): one registry per process, shared by every handle, as the mount table is. Each
+/// mount is also recorded under a state directory while it is in flight, so that a daemon
+/// restarted while an earlier one's mount is still blocked in the kernel does not call the
+/// mountpoint unmounted (see `mount_records.rs`).
+#[derive(Debug, Clone)]
 pub struct LinuxMounts {
-    _private: (),
+    in_flight: Arc<InFlight>,
+    records: MountRecords,
+}
+
+impl Default for LinuxMounts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How often `settle` looks again at a mount an earlier daemon left in flight.
+const FOREIGN_POLL: Duration = Duration::from_millis(100);
+
+fn registry() -> Arc<InFlight> {
+    static REGISTRY: OnceLock<Arc<InFlight>> = OnceLock::new();
+    REGISTRY.get_or_init(Arc::default).clone()
+}
+
+fn no_undo() -> Option<std::future::Ready<Result<(), MountError>>> {
+    None
 }
 
 impl LinuxMounts {
-    /// A new handle.
+    /// A new handle, recording mounts in flight under `/run/clusterd/mounts`.
     pub fn new() -> Self {
-        LinuxMounts { _private: () }
+        Self::with_state_directory(Path::new(DEFAULT_STATE_DIRECTORY))
+    }
+
+    /// A new handle recording mounts in flight under `directory` (created when needed). Every
+    /// daemon of one host must use the same directory.
+    pub fn with_state_directory(directory: &Path) -> Self {
+        LinuxMounts { in_flight: registry(), records: MountRecords::new(directory) }
+    }
+}
+
+/// `umount2(target)` on the blocking pool; busy is [`MountError::Busy`].
+async fn unmount_blocking(target: PathBuf) -> Result<(), MountError> {
+    let owned = target.clone();
+    let result =
+        tokio::task::spawn_blocking(move || nix::mount::umount2(owned.as_path(), MntFlags::empty())).await.map_err(
+            |error| MountError::Failed { action: format!("unmount {}", target.display()), message: error.to_string() },
+        )?;
+    match result {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => Err(MountError::Busy { target }),
+        Err(errno) => Err(errno_failure(format!("unmount {}", target.display()), errno)),
     }
 }
 
@@ -140,29 +189,67 @@ impl Mounts for LinuxMounts {
 
     async fn mount(&self, device: &Path, target: &Path, fstype: &str, options: &[String]) -> Result<(), MountError> {
         let (flags, data) = mount_flags(options);
+        let description = format!("mount of {} at {}", device.display(), target.display());
         let action = format!("mount {} at {} ({fstype})", device.display(), target.display());
-        let (device, target, fstype) = (device.to_path_buf(), target.to_path_buf(), fstype.to_string());
-        let result = tokio::task::spawn_blocking(move || {
-            let data = (!data.is_empty()).then_some(data.as_str());
-            nix::mount::mount(Some(device.as_path()), target.as_path(), Some(fstype.as_str()), flags, data)
-        })
-        .await
-        .map_err(|error| MountError::Failed { action: action.clone(), message: error.to_string() })?;
-        result.map_err(|errno| errno_failure(action, errno))
+        let join_action = action.clone();
+        let records = self.records.clone();
+        let (device, owned_target, fstype) = (device.to_path_buf(), target.to_path_buf(), fstype.to_string());
+        let operation = async move {
+            let result = tokio::task::spawn_blocking(move || {
+                // The record exists exactly while mount(2) may run, in this thread: whatever becomes of
+                // the task awaiting it (its runtime may shut down), a restarted daemon sees either the
+                // record or the mount's outcome in the mount table.
+                records.write(&device, &owned_target)?;
+                let data = (!data.is_empty()).then_some(data.as_str());
+                let result = nix::mount::mount(
+                    Some(device.as_path()),
+                    owned_target.as_path(),
+                    Some(fstype.as_str()),
+                    flags,
+                    data,
+                );
+                records.remove(&owned_target);
+                result.map_err(|errno| errno_failure(action, errno))
+            })
+            .await;
+            result.map_err(|error| MountError::Failed { action: join_action, message: error.to_string() })?
+        };
+        let undo = unmount_blocking(target.to_path_buf());
+        self.in_flight.run(target, description, operation, Some(undo)).await
     }
 
     async fn unmount(&self, target: &Path) -> Result<(), MountError> {
-        let owned = target.to_path_buf();
-        let result = tokio::task::spawn_blocking(move || nix::mount::umount2(owned.as_path(), MntFlags::empty()))
-            .await
-            .map_err(|error| MountError::Failed {
-                action: format!("unmount {}", target.display()),
-                message: error.to_string(),
-            })?;
-        match result {
-            Ok(()) => Ok(()),
-            Err(nix::errno::Errno::EBUSY) => Err(MountError::Busy { target: target.to_path_buf() }),
-            Err(errno) => Err(errno_failure(format!("unmount {}", target.display()), errno)),
+        let description = format!("unmount of {}", target.display());
+        self.in_flight.run(target, description, unmount_blocking(target.to_path_buf()), no_undo()).await
+    }
+
+    async fn settle(&self, target: &Path, within: Duration) -> Result<(), MountError> {
+        let deadline = tokio::time::Instant::now() + within;
+        self.in_flight.settle(target, within).await?;
+        loop {
+            let records = self.records.clone();
+            let owned = target.to_path_buf();
+            let foreign =
+                tokio::task::spawn_blocking(move || records.foreign_in_flight(&owned)).await.map_err(|error| {
+                    MountError::Failed {
+                        action: format!("read the mount records of {}", target.display()),
+                        message: error.to_string(),
+                    }
+                })?;
+            let Some(foreign) = foreign else {
+                return Ok(());
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MountError::InFlight {
+                    operation: format!("mount of {} at {}", foreign.device, target.display()),
+                    waited: Duration::from_millis(foreign.age.as_millis() as u64),
+                    detail: format!(
+                        "process {} (an earlier clusterd) is still inside mount(2); cannot tell whether it will be mounted",
+                        foreign.pid
+                    ),
+                });
+            }
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + FOREIGN_POLL)).await;
         }
     }
 
@@ -198,24 +285,31 @@ impl Mounts for LinuxMounts {
 
     async fn check_read_write(&self, target: &Path) -> Result<(), MountError> {
         let path = target.join(".clusterd-monitor-check");
-        tokio::task::spawn_blocking(move || {
-            let action = format!("read/write check of {}", path.display());
-            let content = format!("clusterd check {}\n", std::process::id());
-            let mut file = std::fs::File::create(&path).map_err(|error| io_failure(action.clone(), error))?;
-            file.write_all(content.as_bytes()).map_err(|error| io_failure(action.clone(), error))?;
-            file.sync_all().map_err(|error| io_failure(action.clone(), error))?;
-            let mut back = String::new();
-            std::fs::File::open(&path)
-                .and_then(|mut file| file.read_to_string(&mut back))
-                .map_err(|error| io_failure(action.clone(), error))?;
-            std::fs::remove_file(&path).map_err(|error| io_failure(action.clone(), error))?;
-            if back != content {
-                return Err(MountError::Failed { action, message: "read back different content".to_string() });
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|error| MountError::Failed { action: "read/write check".to_string(), message: error.to_string() })?
+        let check = async move {
+            tokio::task::spawn_blocking(move || {
+                let action = format!("read/write check of {}", path.display());
+                let content = format!("clusterd check {}\n", std::process::id());
+                let mut file = std::fs::File::create(&path).map_err(|error| io_failure(action.clone(), error))?;
+                file.write_all(content.as_bytes()).map_err(|error| io_failure(action.clone(), error))?;
+                file.sync_all().map_err(|error| io_failure(action.clone(), error))?;
+                let mut back = String::new();
+                std::fs::File::open(&path)
+                    .and_then(|mut file| file.read_to_string(&mut back))
+                    .map_err(|error| io_failure(action.clone(), error))?;
+                std::fs::remove_file(&path).map_err(|error| io_failure(action.clone(), error))?;
+                if back != content {
+                    return Err(MountError::Failed { action, message: "read back different content".to_string() });
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|error| MountError::Failed {
+                action: "read/write check".to_string(),
+                message: error.to_string(),
+            })?
+        };
+        let description = format!("read/write check of {}", target.display());
+        self.in_flight.run(target, description, check, no_undo()).await
     }
 }
 
@@ -271,21 +365,40 @@ impl BlockDevices for LinuxBlockDevices {
 
     async fn fsck(&self, device: &Path, fstype: &str, timeout: Duration) -> Result<(), BlockError> {
         let mut command = tokio::process::Command::new("fsck");
-        command.arg("-a").arg("-t").arg(fstype).arg(device).kill_on_drop(true);
-        let output = match tokio::time::timeout(timeout, command.output()).await {
+        // fsck runs the checker (e2fsck, ...) as a child of its own: the whole process group dies at
+        // the timeout and when this future is dropped, so an abandoned start stops writing to the device.
+        command
+            .arg("-a")
+            .arg("-t")
+            .arg(fstype)
+            .arg(device)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BlockError::NotInstalled { tool: "fsck".to_string() })
+            }
+            Err(error) => return Err(BlockError::Fsck { device: device.to_path_buf(), message: error.to_string() }),
+        };
+        let group = GroupKillOnDrop::new(child.id());
+        let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Err(_) => {
                 return Err(BlockError::Fsck {
                     device: device.to_path_buf(),
                     message: format!("did not finish within {}s", timeout.as_secs()),
                 })
             }
-            Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(BlockError::NotInstalled { tool: "fsck".to_string() })
-            }
             Ok(Err(error)) => {
                 return Err(BlockError::Fsck { device: device.to_path_buf(), message: error.to_string() })
             }
-            Ok(Ok(output)) => output,
+            Ok(Ok(output)) => {
+                group.disarm();
+                output
+            }
         };
         // fsck: 0 clean, 1 corrected, 2 corrected and reboot advised; 4 and above are failures.
         match output.status.code() {

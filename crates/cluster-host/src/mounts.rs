@@ -60,6 +60,18 @@ pub enum MountError {
         /// Why.
         message: String,
     },
+    /// A mount, unmount or check of the mountpoint has not returned yet (its caller may have given up
+    /// on it, or an earlier daemon left it in the kernel): whether the filesystem is, or will be,
+    /// mounted cannot be told until it does.
+    #[error("{operation} still in flight after {waited:?}: {detail}")]
+    InFlight {
+        /// What, e.g. `mount of /dev/sdb at /srv/data`.
+        operation: String,
+        /// How long it has been in flight.
+        waited: Duration,
+        /// Why that matters.
+        detail: String,
+    },
 }
 
 /// A block device operation that failed.
@@ -96,15 +108,25 @@ pub trait Mounts: Send + Sync {
     async fn mounts(&self) -> Result<Vec<MountEntry>, MountError>;
     /// Create `path` and its parents if missing.
     async fn create_directory(&self, path: &Path) -> Result<(), MountError>;
-    /// Mount `device` at `target` with `fstype` and mount(8)-style `options`.
+    /// Mount `device` at `target` with `fstype` and mount(8)-style `options`, once no earlier
+    /// operation on `target` is in flight. The mount is tracked to completion: if this future is
+    /// dropped while the mount is still running (it cannot be cancelled: `mount(2)` on a device that
+    /// stopped answering blocks in the kernel), a mount that succeeds later is unmounted at once.
     async fn mount(&self, device: &Path, target: &Path, fstype: &str, options: &[String]) -> Result<(), MountError>;
-    /// Unmount `target` (not lazily). A busy filesystem is [`MountError::Busy`].
+    /// Unmount `target` (not lazily), once no earlier operation on it is in flight. A busy filesystem
+    /// is [`MountError::Busy`].
     async fn unmount(&self, target: &Path) -> Result<(), MountError>;
+    /// Wait, at most `within`, until no mount, unmount or check of `target` is in flight: one whose
+    /// caller gave up (an abandoned mount that lands is unmounted before this returns), or one that an
+    /// earlier daemon, killed meanwhile, left blocked in the kernel. Call it before reading the mount
+    /// table to tell whether `target` is mounted. After `within`: [`MountError::InFlight`].
+    async fn settle(&self, target: &Path, within: Duration) -> Result<(), MountError>;
     /// Processes with a file, working directory, root or executable under `target`.
     async fn holders(&self, target: &Path) -> Result<Vec<u32>, MountError>;
     /// Send `signal` (e.g. `libc::SIGTERM`) to `pid`; a process that is gone is not an error.
     async fn signal_holder(&self, pid: u32, signal: i32) -> Result<(), MountError>;
-    /// Write, sync, read back and delete a check file under `target`.
+    /// Write, sync, read back and delete a check file under `target` (tracked like a mount, so that a
+    /// stop waits for a check that its caller gave up on).
     async fn check_read_write(&self, target: &Path) -> Result<(), MountError>;
 }
 

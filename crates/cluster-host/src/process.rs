@@ -118,7 +118,7 @@ pub struct CommandSpec {
     pub argv: Vec<String>,
     /// Extra environment.
     pub environment: BTreeMap<String, String>,
-    /// Killed (with its process group) after this long.
+    /// Killed (with its process group) after this long, or when the caller drops the run.
     pub timeout: Duration,
 }
 
@@ -185,6 +185,8 @@ pub trait Processes: Send + Sync {
     async fn release(&self, unit: &str) -> Result<(), ProcessError>;
     /// Whether a TCP connection to `address` is accepted within `timeout`.
     async fn tcp_accepts(&self, address: SocketAddr, timeout: Duration) -> bool;
-    /// Run a command to completion (or its timeout), capturing its output.
+    /// Run a command to completion (or its timeout), capturing its output. The command leads a
+    /// process group of its own, killed as a whole at the timeout and when this future is dropped
+    /// (an abandoned action); a command that exits by itself leaves its group alone.
     async fn run(&self, command: &CommandSpec) -> Result<CommandOutput, ProcessError>;
 }

@@ -122,6 +122,13 @@ pub fn open_watchdog(device: &str) -> Result<Arc<dyn Watchdog>, WatchdogError> {
     Ok(Arc::new(LinuxWatchdog::new(device)?))
 }
 
+/// The file whose presence gives the lab watchdog served at `socket` the `nowayout` property.
+pub fn lab_nowayout_marker(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".nowayout");
+    PathBuf::from(name)
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -400,6 +407,11 @@ impl Watchdog for LabWatchdog {
         let mut armed = lock(&self.timeout);
         if armed.is_none() {
             return Ok(());
+        }
+        // The emulated device's `nowayout`, as sysfs tells it for a Linux device: a file beside the
+        // socket (`clusterlab nowayout NODE on`). The magic close would not stop it.
+        if lab_nowayout_marker(&self.socket_path).exists() {
+            return Err(WatchdogError::Nowayout { device: self.device.clone() });
         }
         self.send("disarm", "disarm")?;
         *armed = None;

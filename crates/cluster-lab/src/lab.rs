@@ -48,6 +48,8 @@ pub const RUN_ROOT: &str = "/run/clusterlab";
 pub const VAR_ROOT: &str = "/var/lib/clusterlab";
 /// The port `clusterd` listens on in the lab.
 pub const CLUSTERD_PORT: u16 = 7400;
+/// Where every lab `clusterd` serves its metrics and status page, on its own loopback (inside its node).
+pub const LAB_METRICS: &str = "127.0.0.1:9464";
 /// The client namespace's address.
 pub const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
 /// Size of each `clusterd` node's data filesystem (a sparse image: only what is written takes space).
@@ -287,6 +289,13 @@ impl LabPaths {
     /// The emulated watchdog socket of a node.
     pub fn watchdog_socket(&self, node: &str) -> PathBuf {
         self.node_run_dir(node).join("watchdog.sock")
+    }
+
+    /// While this file exists, the node's emulated watchdog has `nowayout`: the magic close does not
+    /// stop it (clusterd's lab backend reads the same file, `cluster_host::lab_nowayout_marker`, as
+    /// it reads sysfs for a Linux device).
+    pub fn watchdog_nowayout(&self, node: &str) -> PathBuf {
+        self.node_run_dir(node).join("watchdog.sock.nowayout")
     }
 
     /// The local `clusterd` socket of a node.
@@ -926,6 +935,9 @@ impl Lab {
             pki.join(format!("{node}.crt")).display(),
             pki.join(format!("{node}.key")).display(),
         );
+        // Metrics and the status page on the node's own loopback (each node has its own network
+        // namespace): reachable only from inside the node, e.g. a browser run with `exec`.
+        config.insert_str(0, &format!("metrics = \"{LAB_METRICS}\"\nstatus_page = true\n"));
         if watchdog {
             config
                 .push_str(&format!("\n[watchdog]\ndevice = \"lab:{}\"\n", self.paths.watchdog_socket(node).display()));
@@ -1156,6 +1168,22 @@ impl Lab {
             return Err(LabError::Timeout("the watchdog supervisor".into()));
         }
         Ok(())
+    }
+
+    /// Gives the emulated watchdog of `node` the `nowayout` property, or takes it away.
+    pub fn set_watchdog_nowayout(&self, node: &str, nowayout: bool) -> Result<(), LabError> {
+        self.node(node)?;
+        let marker = self.paths.watchdog_nowayout(node);
+        if nowayout {
+            Ok(write_file(&marker, "1\n")?)
+        } else {
+            match std::fs::remove_file(&marker) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    Err(io_error("failed to remove", &marker, error).into())
+                }
+                _ => Ok(()),
+            }
+        }
     }
 
     // ---- faults ----

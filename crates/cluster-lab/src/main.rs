@@ -104,6 +104,12 @@ enum Command {
         #[arg(long, default_value_t = 120.0)]
         timeout: f64,
     },
+    /// Give a node's emulated watchdog the `nowayout` property (`on`) or take it away (`off`).
+    Nowayout {
+        node: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// SIGSTOP the daemon.
     Pause { node: String },
     /// SIGCONT the daemon.
@@ -401,6 +407,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::StopDaemon { node, timeout } => open(&name)?
             .stop_daemon(&node, Duration::from_secs_f64(timeout))
             .with_context(|| format!("failed to stop the daemon of node {node}"))?,
+        Command::Nowayout { node, state } => open(&name)?
+            .set_watchdog_nowayout(&node, state == "on")
+            .with_context(|| format!("failed to set nowayout of the watchdog of node {node}"))?,
         Command::Pause { node } => open(&name)?.pause(&node).with_context(|| format!("failed to pause node {node}"))?,
         Command::Resume { node } => {
             open(&name)?.resume(&node).with_context(|| format!("failed to resume node {node}"))?

@@ -4,7 +4,8 @@
 //! ```text
 //!   clusterd ──"arm 800"──▶ /run/clusterlab/LAB/NODE/watchdog.sock ──▶ Watchdog::handle
 //!            ──"pet"──────▶                                           (deadline = now + timeout)
-//!            ──"disarm"───▶                                           (magic close)
+//!            ──"disarm"───▶                                           (magic close; ignored when
+//!                                                                      NODE/watchdog.sock.nowayout exists)
 //!   supervisor tick: armed and past the deadline ──▶ reset: Lab::kill(NODE) (every process, link down),
 //!                    wait reboot_delay ──▶ Lab::start(NODE) (clusterd started again)
 //! ```
@@ -78,13 +79,18 @@ fn serve_node(name: String, node: String) -> Result<(), LabError> {
         .set_read_timeout(Some(Duration::from_millis(5)))
         .map_err(|error| crate::sys::io_error("failed to configure", &path, error))?;
     let reboot_delay = Duration::from_millis(lab.state().reboot_delay_ms);
+    let nowayout_marker = lab.paths().watchdog_nowayout(&node);
     drop(lab);
     let mut watchdog = Watchdog::default();
     let mut buffer = [0u8; 256];
     loop {
         if let Ok(length) = socket.recv(&mut buffer) {
             let message = String::from_utf8_lossy(&buffer[..length]).into_owned();
-            if let Err(error) = watchdog.handle(&message, Instant::now()) {
+            // A `nowayout` device ignores the magic close and keeps counting.
+            let nowayout = nowayout_marker.exists();
+            if nowayout && message.trim() == "disarm" {
+                eprintln!("watchdog {node}: nowayout: the magic close does not stop it");
+            } else if let Err(error) = watchdog.handle(&message, Instant::now()) {
                 eprintln!("watchdog {node}: {error}");
             }
         }

@@ -477,7 +477,14 @@ impl Fixture {
                 .map(|package| package["owner"] == node.as_str() && package["phase"] == "running")
                 .unwrap_or(false)
         });
-        assert!(agreed, "[{}] the cluster says the package runs on {node}", self.name);
+        if !agreed {
+            self.dump();
+            let text = self.lab.clusterctl(VIA, &["pkg", "status", PACKAGE]).unwrap_or_default();
+            panic!(
+                "[{}] the observer sees the package on {node} only, but the cluster does not agree:\n{text}",
+                self.name
+            );
+        }
         node
     }
 

@@ -56,6 +56,13 @@ pub enum Command {
     /// The node's watchdog became usable (`Some(device)`) or unusable (`None`: the node protects
     /// itself by its lease only, and `status` says so); `reason` says why.
     NodeWatchdog { name: String, watchdog: Option<String>, reason: String, at_ms: u64 },
+    /// The leader saw every lease granted with the longer wait `ceiling_us` end (after the lease was
+    /// shortened): leaders may judge unheard nodes with the current wait again.
+    LeasesSettled { ceiling_us: u64 },
+    /// Add, replace or remove (`None`) the alert hook at `path` (`clusterctl cluster alert`).
+    SetAlert { path: String, hook: Option<crate::alerts::AlertHook> },
+    /// The leader ran the alert hooks for every event before sequence number `next`.
+    AlertsDelivered { next: u64 },
     /// Several commands proposed together (one Raft entry, one log append): applied in order, as
     /// if each were its own entry; the outcome is [`CommandOutcome::Batch`], one per command.
     Batch(Vec<Command>),

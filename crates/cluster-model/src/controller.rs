@@ -35,6 +35,9 @@ pub enum Liveness {
 pub struct View {
     /// Every member node and its lease.
     pub nodes: BTreeMap<String, Liveness>,
+    /// Owners of packages that are no longer members, and their lease: they take no package, and
+    /// what they own moves once their lease expired, under their protection's rules.
+    pub departed: BTreeMap<String, Liveness>,
     /// Nodes a fence is running against.
     pub fencing: BTreeSet<String>,
 }
@@ -99,7 +102,7 @@ impl<'a> Planner<'a> {
     }
 
     fn liveness(&self, node: &str) -> Liveness {
-        self.view.nodes.get(node).copied().unwrap_or(Liveness::Unknown)
+        self.view.nodes.get(node).or_else(|| self.view.departed.get(node)).copied().unwrap_or(Liveness::Unknown)
     }
 
     /// Nodes the package may run on, in preference order.
@@ -167,6 +170,14 @@ impl<'a> Planner<'a> {
         if let Some(target) = &package.target {
             if Some(target.as_str()) != avoid && !self.excluded(package, target) {
                 return Some(target.as_str());
+            }
+            // A requested node whose lease this leader has not confirmed yet (it was just elected)
+            // is waited for, a heartbeat or two, rather than passed over for another.
+            if Some(target.as_str()) != avoid
+                && self.liveness(target) == Liveness::Unknown
+                && !self.statically_excluded(package, target)
+            {
+                return None;
             }
         }
         let preference = self.preference(package);

@@ -5,6 +5,7 @@
 //! computes the same state. Node identities are derived from names by [`node_id`] so that every
 //! node agrees on them without a registry.
 
+pub mod alerts;
 mod command;
 pub mod controller;
 mod lease;
@@ -15,7 +16,7 @@ mod settings;
 mod state;
 
 pub use command::{Command, CommandOutcome, Report};
-pub use lease::{LeaseHolder, LeaseStatus, LeaseTable};
+pub use lease::{Grant, KeepLedger, LeaseHolder, LeaseStatus, LeaseTable};
 pub use limits::{validate_key, validate_value, InvalidInput, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use node::{node_id, validate_node_name, NodeInfo};
 pub use package::{Desired, Event, Failure, NodeRecord, PackageState, Phase, Redefinition, ResourceStatus};

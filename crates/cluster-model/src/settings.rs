@@ -32,6 +32,11 @@ pub struct Settings {
     pub stop_budget_ms: Option<u64>,
     /// Fence device per node.
     pub fencing: BTreeMap<String, FenceConfig>,
+    /// Not a setting: after `lease`, `clock_drift` or `lease_margin` made [`Settings::lease_for_grantor`]
+    /// shorter, the longest grantor wait (µs) of a lease that may still run, granted before the
+    /// change. Every leader judges nodes it has not heard with at least this wait until
+    /// `Command::LeasesSettled` clears it (docs/safety.md, "Changing timings at runtime").
+    pub grantor_wait_ceiling_us: Option<u64>,
 }
 
 impl Default for Settings {
@@ -44,6 +49,7 @@ impl Default for Settings {
             lease_margin_ms: 50,
             stop_budget_ms: None,
             fencing: BTreeMap::new(),
+            grantor_wait_ceiling_us: None,
         }
     }
 }
@@ -105,11 +111,26 @@ impl Settings {
             _ => return Err(SettingError::Unknown { name: name.to_owned() }),
         }
         next.check().map_err(|why| invalid(&why))?;
+        // Leases granted before this change were judged (and may still run) with the old wait:
+        // keep the longest one until every such lease has certainly ended.
+        let ceiling = self.longest_grantor_wait();
+        next.grantor_wait_ceiling_us = (next.lease_for_grantor() < ceiling).then_some(ceiling.as_micros() as u64);
         *self = next;
         Ok(())
     }
 
-    /// Cross-setting rules: renewals must fit in a lease, and the stop budget must leave room.
+    /// `Command::LeasesSettled`: every lease granted with the wait `ceiling_us` has ended; false
+    /// (nothing changed) if the ceiling is another one by now.
+    pub fn settle_leases(&mut self, ceiling_us: u64) -> bool {
+        let matches = self.grantor_wait_ceiling_us == Some(ceiling_us);
+        if matches {
+            self.grantor_wait_ceiling_us = None;
+        }
+        matches
+    }
+
+    /// Cross-setting rules: renewals must fit in a lease, the stop budget must leave room, and the
+    /// watchdog (timeout = stop budget, petted at every heartbeat) must be petted twice per timeout.
     fn check(&self) -> Result<(), String> {
         if self.heartbeat_ms * 3 > self.lease_ms {
             return Err(format!(
@@ -122,6 +143,14 @@ impl Settings {
                 "a value that keeps stop_budget ({} ms) plus two heartbeats within lease ({} ms)",
                 self.stop_budget().as_millis(),
                 self.lease_ms
+            ));
+        }
+        if 2 * self.heartbeat_ms > self.stop_budget().as_millis() as u64 {
+            return Err(format!(
+                "a value that keeps two heartbeats ({} ms each) within stop_budget ({} ms): the watchdog's \
+                 timeout is the stop budget and it is petted at every heartbeat",
+                self.heartbeat_ms,
+                self.stop_budget().as_millis()
             ));
         }
         Ok(())
@@ -143,6 +172,12 @@ impl Settings {
                 },
             ),
         ];
+        if let Some(ceiling) = self.grantor_wait_ceiling_us {
+            entries.push((
+                "lease_ceiling".to_owned(),
+                format!("{}ms (leases granted before the lease was shortened may still run)", ceiling.div_ceil(1_000)),
+            ));
+        }
         for (node, fence) in &self.fencing {
             let params: Vec<String> = fence.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
             entries.push((format!("fence.{node}"), format!("{} {}", fence.agent, params.join(" ")).trim().to_owned()));
@@ -173,6 +208,13 @@ impl Settings {
     pub fn lease_for_grantor(&self) -> Duration {
         Duration::from_micros(self.lease_ms * (1_000_000 + self.clock_drift_ppm) / 1_000)
             + Duration::from_millis(self.lease_margin_ms)
+    }
+
+    /// The wait that covers every lease that may still run: [`Settings::lease_for_grantor`], or
+    /// longer while leases granted before a shortening may still run.
+    pub fn longest_grantor_wait(&self) -> Duration {
+        let ceiling = Duration::from_micros(self.grantor_wait_ceiling_us.unwrap_or(0));
+        self.lease_for_grantor().max(ceiling)
     }
 }
 
@@ -209,6 +251,41 @@ mod tests {
         settings.set("clock_drift", "0.5%").unwrap();
         assert_eq!(settings.clock_drift_ppm, 5_000);
         assert!(settings.set("clock_drift", "50%").is_err());
+    }
+
+    #[test]
+    fn the_watchdog_is_petted_at_least_twice_per_stop_budget() {
+        let mut settings = Settings::default();
+        let err = settings.set("stop_budget", "150ms").unwrap_err().to_string();
+        assert!(err.contains("two heartbeats (100 ms each) within stop_budget (150 ms)"), "{err}");
+        settings.set("stop_budget", "200ms").unwrap();
+        let err = settings.set("heartbeat", "150ms").unwrap_err().to_string();
+        assert!(err.contains("within stop_budget"), "{err}");
+        assert_eq!(settings.heartbeat_ms, 100);
+    }
+
+    /// Regression (issue 11, finding 1): a shorter lease applied at once made a leader judge
+    /// leases granted under the old, longer one with the new length.
+    #[test]
+    fn a_shorter_lease_keeps_the_old_wait_as_a_ceiling_until_settled() {
+        let mut settings = Settings::default();
+        settings.set("lease", "3s").unwrap();
+        assert_eq!(settings.grantor_wait_ceiling_us, None, "a longer lease needs no ceiling");
+        settings.set("lease", "1s").unwrap();
+        assert_eq!(settings.lease_for_grantor(), Duration::from_millis(1_060));
+        assert_eq!(settings.longest_grantor_wait(), Duration::from_millis(3_080));
+        // A second shortening keeps the longest; a lower drift bound shortens the wait too.
+        settings.set("lease", "600ms").unwrap();
+        settings.set("clock_drift", "0%").unwrap();
+        assert_eq!(settings.longest_grantor_wait(), Duration::from_millis(3_080));
+        assert!(!settings.settle_leases(1), "another ceiling");
+        assert!(settings.settle_leases(3_080_000));
+        assert_eq!(settings.longest_grantor_wait(), settings.lease_for_grantor());
+        // Lengthening past the ceiling clears it: the current wait covers the old leases.
+        settings.set("lease", "400ms").unwrap();
+        assert!(settings.grantor_wait_ceiling_us.is_some());
+        settings.set("lease", "2s").unwrap();
+        assert_eq!(settings.grantor_wait_ceiling_us, None);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeRecord>,
     pub events: VecDeque<Event>,
     pub next_event: u64,
+    /// Alert hooks and their delivery mark.
+    pub alerts: crate::alerts::AlertState,
 }
 
 fn rejected(reason: impl Into<String>) -> CommandOutcome {
@@ -52,6 +54,13 @@ impl ClusterState {
                 Ok(()) => CommandOutcome::Applied,
                 Err(err) => rejected(err.to_string()),
             },
+            Command::LeasesSettled { ceiling_us } => {
+                if self.settings.settle_leases(*ceiling_us) {
+                    CommandOutcome::Applied
+                } else {
+                    rejected("the lease ceiling changed since")
+                }
+            }
             Command::SetFence { node, fence } => {
                 match fence {
                     Some(fence) => self.settings.fencing.insert(node.clone(), fence.clone()),
@@ -101,8 +110,26 @@ impl ClusterState {
                 })
             }
             Command::PkgFreeze { name, frozen, at_ms } => {
+                // A frozen package stays active when clusterd stops on its owner (maintenance): a
+                // node without a watchdog then has nothing that stops it at its lease's end, so an
+                // unfreeze must not let the controller reassign it on that lease's expiry.
+                let unprotected_owner = self.packages.get(name).and_then(|package| {
+                    let owner = package.owner.as_deref()?;
+                    let record = self.nodes.get(owner)?;
+                    let kept = package.frozen && package.phase.may_be_active() && package.phase != Phase::Blocked;
+                    (!*frozen && kept && record.leaving && !record.watchdog).then(|| owner.to_owned())
+                });
                 self.operator(name, *at_ms, if *frozen { "freeze" } else { "unfreeze" }, |package| {
-                    package.frozen = *frozen
+                    package.frozen = *frozen;
+                    if let Some(owner) = unprotected_owner {
+                        package.phase = Phase::Blocked;
+                        package.blocked_reason = Some(format!(
+                            "unfrozen while clusterd on {owner} is stopped: a frozen package stays running when \
+                             clusterd stops, and {owner} has no watchdog to stop it; start clusterd on {owner} \
+                             (it adopts or stops the package), or fence {owner}, or stop the resources there by \
+                             hand and run `clusterctl pkg cleanup {name}`"
+                        ));
+                    }
                 })
             }
             Command::PkgCleanup { name, at_ms } => self.operator(name, *at_ms, "cleanup", |package| {
@@ -181,6 +208,8 @@ impl ClusterState {
                 self.event(*at_ms, None, Some(node), 0, "fenced", "fence agent confirmed the node is off", None);
                 CommandOutcome::Applied
             }
+            Command::SetAlert { path, hook } => crate::alerts::set_alert(self, path, hook.as_ref()),
+            Command::AlertsDelivered { next } => crate::alerts::delivered(self, *next),
             Command::Batch(commands) => {
                 CommandOutcome::Batch(commands.iter().map(|command| self.apply(command)).collect())
             }
@@ -188,6 +217,26 @@ impl ClusterState {
     }
 
     /// Why `node` cannot take package `name`, if it cannot.
+    /// Why `node` must not be removed from the cluster now, if it must not: it owns packages that
+    /// may be active there (a removed owner can no longer report them stopped, so they would wait
+    /// for its lease to expire, or for ever if blocked).
+    pub fn removal_refused(&self, node: &str) -> Option<String> {
+        let owned: Vec<String> = self
+            .packages
+            .iter()
+            .filter(|(_, package)| package.owner.as_deref() == Some(node) && package.phase.may_be_active())
+            .map(|(name, package)| format!("{name} ({})", package.phase.as_str()))
+            .collect();
+        (!owned.is_empty()).then(|| {
+            format!(
+                "refusing to remove node `{node}`: it owns {}: drain it first (`clusterctl node standby {node}`, then \
+                 wait until `clusterctl status` shows them on other nodes or stopped; a blocked package needs \
+                 `clusterctl pkg cleanup` or a fence of {node}), then remove it",
+                owned.join(", ")
+            )
+        })
+    }
+
     fn unusable_node(&self, name: &str, node: &str) -> Option<String> {
         let package = self.packages.get(name)?;
         if !package.def.nodes.is_empty() && !package.def.nodes.iter().any(|n| n == node) {
@@ -761,5 +810,61 @@ mod tests {
         }
         assert_eq!(state.events.len(), EVENT_HISTORY);
         assert_eq!(state.events.front().unwrap().seq, 10);
+    }
+
+    /// Regression (issue 11, finding 4): a package frozen on a lease-only node whose clusterd then
+    /// stopped keeps running there; unfreezing it must not let the controller reassign it when that
+    /// node's lease expires.
+    #[test]
+    fn unfreezing_a_package_left_running_by_a_stopped_lease_only_daemon_blocks_it() {
+        for watchdog in [false, true] {
+            let mut state = ClusterState::default();
+            state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+            state.apply(&Command::NodeHello {
+                name: "n1".into(),
+                watchdog: watchdog.then(|| "/dev/watchdog".into()),
+                at_ms: 0,
+            });
+            assign(&mut state, Some("n1"), Phase::Starting);
+            report(&mut state, "n1", Report::Running { resources: vec![] }, 1);
+            state.apply(&Command::PkgFreeze { name: "web".into(), frozen: true, at_ms: 2 });
+            state.apply(&Command::NodeLeave { name: "n1".into(), at_ms: 3 });
+            state.apply(&Command::PkgFreeze { name: "web".into(), frozen: false, at_ms: 4 });
+            let web = &state.packages["web"];
+            if watchdog {
+                // Its watchdog resets n1 once the lease lapses with the package still active.
+                assert_eq!(web.phase, Phase::Running);
+            } else {
+                assert_eq!(web.phase, Phase::Blocked);
+                let reason = web.blocked_reason.as_deref().unwrap();
+                assert!(reason.contains("unfrozen while clusterd on n1 is stopped"), "{reason}");
+            }
+        }
+        // A node that announced itself again runs its executor: nothing to block.
+        let mut state = ClusterState::default();
+        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        state.apply(&Command::NodeHello { name: "n1".into(), watchdog: None, at_ms: 0 });
+        assign(&mut state, Some("n1"), Phase::Starting);
+        state.apply(&Command::PkgFreeze { name: "web".into(), frozen: true, at_ms: 2 });
+        state.apply(&Command::NodeLeave { name: "n1".into(), at_ms: 3 });
+        state.apply(&Command::NodeHello { name: "n1".into(), watchdog: None, at_ms: 4 });
+        state.apply(&Command::PkgFreeze { name: "web".into(), frozen: false, at_ms: 5 });
+        assert_eq!(state.packages["web"].phase, Phase::Starting);
+    }
+
+    /// Regression (issue 11, trap B): `node remove` of an owner left its packages stuck.
+    #[test]
+    fn a_node_that_owns_packages_may_not_be_removed() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        assert_eq!(state.removal_refused("n1"), None);
+        assign(&mut state, Some("n1"), Phase::Starting);
+        let refused = state.removal_refused("n1").expect("refused");
+        assert!(refused.starts_with("refusing to remove node `n1`: it owns web (starting)"), "{refused}");
+        assert!(refused.contains("clusterctl node standby n1"), "{refused}");
+        assert_eq!(state.removal_refused("n2"), None);
+        assign(&mut state, Some("n1"), Phase::Stopping);
+        report(&mut state, "n1", Report::Stopped, 5);
+        assert_eq!(state.removal_refused("n1"), None, "{:?}", state.packages["web"].phase);
     }
 }

@@ -46,7 +46,8 @@ fn the_batch_variant_comes_last_so_earlier_commands_keep_their_encoding() {
     // entry written by v0.1.0 readable, and a lone write (never wrapped) encodes as before.
     let set = postcard::to_allocvec(&Command::KvSet { key: "k".into(), value: "v".into() }).unwrap();
     assert_eq!(set, [0, 1, b'k', 1, b'v']);
-    // Index 19: the variant after NodeWatchdog (new variants go after Batch).
+    // Index 22: after NodeWatchdog (18) and LeasesSettled, SetAlert, AlertsDelivered (new variants
+    // go after Batch).
     let batch = postcard::to_allocvec(&Command::Batch(Vec::new())).unwrap();
-    assert_eq!(batch, [19, 0]);
+    assert_eq!(batch, [22, 0]);
 }

@@ -28,7 +28,7 @@ impl Scenario {
             state.nodes.insert(node.into(), NodeRecord { watchdog: true, ..NodeRecord::default() });
         }
         let nodes = ["n1", "n2", "n3"].iter().map(|n| (n.to_string(), Liveness::Alive)).collect();
-        Scenario { state, view: View { nodes, fencing: Default::default() } }
+        Scenario { state, view: View { nodes, ..View::default() } }
     }
 
     fn package(mut self, name: &str, extra: &str) -> Scenario {
@@ -70,6 +70,13 @@ impl Scenario {
 
     fn lease(mut self, node: &str, liveness: Liveness) -> Scenario {
         self.view.nodes.insert(node.into(), liveness);
+        self
+    }
+
+    /// `node` is no longer a member (removed), its lease as the leader's table knows it.
+    fn departed(mut self, node: &str, liveness: Liveness) -> Scenario {
+        self.view.nodes.remove(node);
+        self.view.departed.insert(node.into(), liveness);
         self
     }
 
@@ -158,6 +165,13 @@ fn placement() {
             .lease("n3", Liveness::Unknown),
     );
     check_plan(
+        "run_on_a_named_node_whose_lease_is_unknown_waits_for_it",
+        &Scenario::new()
+            .package("web", "auto_run = false")
+            .with(Command::PkgRun { name: "web".into(), node: Some("n3".into()), at_ms: 3 })
+            .lease("n3", Liveness::Unknown),
+    );
+    check_plan(
         "run_on_a_named_node",
         &Scenario::new().package("web", "auto_run = false").with(Command::PkgRun {
             name: "web".into(),
@@ -188,6 +202,10 @@ fn failover() {
     let mut fencing = running().no_watchdog("n1").fence("n1").lease("n1", Liveness::Expired);
     fencing.view.fencing.insert("n1".into());
     check_plan("a_fence_in_progress_is_not_repeated", &fencing);
+    // Regression (issue 11, trap B): a package whose owner was removed from the cluster stayed
+    // there forever (its owner was in no view: "unknown" for ever).
+    check_plan("a_departed_owner_is_waited_for_while_its_lease_may_run", &running().departed("n1", Liveness::Alive));
+    check_plan("a_departed_owner_is_replaced_once_its_lease_expired", &running().departed("n1", Liveness::Expired));
     check_plan(
         "expired_owner_and_nowhere_to_go_stops_the_package",
         &running().lease("n1", Liveness::Expired).lease("n2", Liveness::Expired).lease("n3", Liveness::Expired),

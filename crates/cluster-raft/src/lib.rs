@@ -30,6 +30,6 @@ mod state_machine;
 mod types;
 
 pub use log_store::{LogOpenError, LogStore, RecoveryReport};
-pub use node::{ConsensusError, ConsensusNode, ForwardError, LeadershipChanges, NodeOptions, Timing};
+pub use node::{Confirmed, ConsensusError, ConsensusNode, ForwardError, LeadershipChanges, NodeOptions, Timing};
 pub use state_machine::{Applied, SnapshotOpenError, StateMachineStore, StateView};
 pub use types::TypeConfig;

@@ -56,7 +56,7 @@ pub struct NodeOptions {
 }
 
 /// Failures of consensus operations, classified so callers can map them to exit codes.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConsensusError {
     /// This node is not the leader; `leader` is where to send the request, if known.
     #[error("node {me} is not the leader{}", leader.as_ref().map(|l| format!(" (the leader is {})", l.name)).unwrap_or_default())]
@@ -86,6 +86,15 @@ pub enum ForwardError {
 
 type Result<T, E = ConsensusError> = std::result::Result<T, E>;
 
+/// A leader confirmed it still led after some instant (see [`ConsensusNode::confirm_after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The term it leads.
+    pub term: u64,
+    /// The end of its log at that point: at least every entry committed until then.
+    pub index: u64,
+}
+
 /// A running Raft member: storage, transport, election driver and snapshot trigger.
 pub struct ConsensusNode {
     raft: Raft,
@@ -100,7 +109,7 @@ pub struct ConsensusNode {
     timing: Timing,
     recovery: RecoveryReport,
     /// The start and result of the last leadership confirmation (see `confirm_leadership`).
-    read_barrier: tokio::sync::Mutex<Option<(Instant, u64)>>,
+    read_barrier: tokio::sync::Mutex<Option<(Instant, Result<u64>)>>,
     /// Batches concurrent writes into one entry (see proposer.rs).
     proposer: Proposer,
 }
@@ -370,6 +379,9 @@ impl ConsensusNode {
                 "refusing to remove node `{name}`: it is the last voter and the cluster would lose its state"
             )));
         }
+        if let Some(refused) = self.read_local(|state| state.removal_refused(name)) {
+            return Err(ConsensusError::Invalid(refused));
+        }
         if id == self.id {
             let successor = self.best_successor()?;
             self.transfer_leader(&successor.name).await?;
@@ -566,20 +578,24 @@ impl ConsensusNode {
     /// Confirms leadership with a quorum round; returns the log index every read (and every lease
     /// grant) is linearized after, once it is applied here.
     ///
-    /// Concurrent callers share rounds: a caller reuses the result of a round that *started* after
+    /// Concurrent callers share rounds: a caller reuses the outcome of a round that *started* after
     /// it arrived (so it is still linearizable), and at most one round is in flight. openraft gives a
     /// round only one heartbeat interval to hear a quorum; a round that misses it on a busy host is
     /// retried until the request timeout instead of failing a read on a healthy cluster.
+    ///
+    /// A failed round is shared too: on a leader cut off from the quorum every round fails only at
+    /// the request timeout, and callers that each ran their own, one after the other, piled up
+    /// without bound (a renewal every heartbeat) and held a fence decision back for minutes.
     pub async fn confirm_leadership(&self) -> Result<u64> {
         let arrived = Instant::now();
         let mut last_round = self.read_barrier.lock().await;
-        if let Some((started, index)) = *last_round {
-            if started >= arrived {
-                return Ok(index);
+        if let Some((started, outcome)) = last_round.as_ref() {
+            if *started >= arrived {
+                return outcome.clone();
             }
         }
         let started = Instant::now();
-        let index = self
+        let outcome = self
             .within("linearizable read", self.timing.request_timeout, async {
                 loop {
                     match self.raft.ensure_linearizable().await {
@@ -595,27 +611,30 @@ impl ConsensusNode {
                     }
                 }
             })
-            .await?;
-        *last_round = Some((started, index));
-        Ok(index)
+            .await;
+        *last_round = Some((started, outcome.clone()));
+        outcome
     }
 
     /// Confirms that this node still led after `since` (a lease renewal's arrival): a majority of
-    /// voters accepted an append of this term sent at or after it. Returns the index applied here
-    /// at that point, which includes every write this leader completed before.
+    /// voters accepted an append of this term sent at or after it. Returns the index of the last
+    /// entry in this leader's log at that point: it covers every entry committed so far, by this
+    /// leader or an earlier one (Raft's leader completeness). Not the applied index: a new leader
+    /// applies the entries of older terms only once it committed one of its own, so its applied
+    /// index can miss a reassignment the previous leader committed (issue 11, finding 5).
     ///
     /// The leader's regular heartbeats (every 50 ms) normally provide the proof, so a renewal
     /// costs no round of its own; if they do not within two heartbeats (heartbeats are paused
     /// during a leadership transfer, or a voter is slow), an explicit round is run instead.
-    pub async fn confirm_after(&self, since: Instant) -> Result<u64> {
+    pub async fn confirm_after(&self, since: Instant) -> Result<Confirmed> {
         let term = self.leadership().ok_or_else(|| self.not_leader())?;
         // The leader accepts its own appends: a confirmation of term `term` counts as this voter's
         // acknowledgement of that term (a later leader asks for it, see ack_clock.rs), recorded
         // as in flight now and as done when it succeeds.
         let in_flight = AckInFlight::begin(&self.acks, term);
-        let index = self.confirm_leader_after(since).await?;
+        let index = self.confirm_leader_after(since, term).await?;
         in_flight.end(true);
-        Ok(index)
+        Ok(Confirmed { term, index })
     }
 
     /// Sends a heartbeat to every follower now, so that a [`ConsensusNode::confirm_after`] that
@@ -629,29 +648,34 @@ impl ConsensusNode {
         }
     }
 
-    async fn confirm_leader_after(&self, since: Instant) -> Result<u64> {
+    async fn confirm_leader_after(&self, since: Instant, term: u64) -> Result<u64> {
         let wait_for_heartbeats = Instant::now() + self.timing.heartbeat * 2;
         loop {
             let changed = self.peers.leader_clock.changed().notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let (confirmed, applied) = {
+            let (confirmed, last_log_index) = {
                 let metrics = self.raft.metrics();
                 let metrics = metrics.borrow();
-                if metrics.state != ServerState::Leader {
+                if metrics.state != ServerState::Leader || metrics.current_term != term {
                     return Err(self.not_leader());
                 }
                 let configs = metrics.membership_config.membership().get_joint_config();
                 let confirmed = self.peers.leader_clock.confirmed(metrics.current_term, self.id, configs, since);
-                (confirmed, metrics.last_applied.map_or(0, |id| id.index))
+                (confirmed, metrics.last_log_index.unwrap_or(0))
             };
             if confirmed {
-                return Ok(applied);
+                return Ok(last_log_index);
             }
             let deadline = tokio::time::Instant::from_std(wait_for_heartbeats);
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                // A quorum round: its read index is at least the commit index (openraft's
+                // `ensure_linearizable`), and the log's end was read before it.
                 let index = self.confirm_leadership().await?;
-                return Ok(self.applied_index().max(index));
+                if self.leadership() != Some(term) {
+                    return Err(self.not_leader());
+                }
+                return Ok(last_log_index.max(index));
             }
         }
     }
@@ -677,6 +701,11 @@ impl ConsensusNode {
         LeadershipChanges { server: self.raft.server_metrics(), metrics: self.raft.metrics() }
     }
 
+    /// The highest term this node has seen.
+    pub fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     /// Whether this node is the leader now, and in which term.
     pub fn leadership(&self) -> Option<u64> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -697,6 +726,12 @@ impl ConsensusNode {
     pub async fn wait_applied_after(&self, index: u64, limit: Duration) -> u64 {
         let _ = self.raft.wait(Some(limit)).applied_index_at_least(Some(index + 1), "state change").await;
         self.applied_index()
+    }
+
+    /// The voters of the current membership (the first config of a joint one, and the second).
+    pub fn voters(&self) -> Vec<NodeInfo> {
+        let membership = self.membership();
+        membership.voter_ids().filter_map(|id| membership.get_node(&id).cloned()).collect()
     }
 
     /// Every member (voters and learners).
@@ -781,7 +816,9 @@ impl ConsensusNode {
                 self.election.hold(Duration::from_millis(millis.min(10_000)));
                 encoded(&())
             }
-            PeerRpc::Lease | PeerRpc::Propose => Err(format!("{:?} is served by the daemon, not by raft", request.rpc)),
+            PeerRpc::Lease | PeerRpc::Propose | PeerRpc::Keep | PeerRpc::ExpiryCheck => {
+                Err(format!("{:?} is served by the daemon, not by raft", request.rpc))
+            }
             PeerRpc::LastAck => {
                 let term: u64 = decode(&request.payload).map_err(bad)?;
                 encoded(&self.answer_last_ack(term))

@@ -18,7 +18,10 @@ use crate::files::{read_checked, write_atomic};
 use crate::types::{io_error, Entry, LogId, StorageError, TypeConfig};
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"CLSN";
-const SNAPSHOT_VERSION: u8 = 2;
+/// 3: `ClusterState` ends with `alerts`. 2: the same without it. FIXME(upgrade from v0.1.0): v0.1.0
+/// also wrote version 2, but its `Settings` lacks `grantor_wait_ceiling_us` (added without a new
+/// version): such snapshots are refused as undecodable until the compatibility layer reads them.
+const SNAPSHOT_VERSION: u8 = 3;
 
 type Meta = SnapshotMeta<u64, cluster_model::NodeInfo>;
 type Membership = StoredMembership<u64, cluster_model::NodeInfo>;
@@ -80,12 +83,19 @@ pub(crate) fn decode_data(data: &[u8]) -> Result<ClusterState, String> {
     if data.len() < 9 || &data[0..4] != SNAPSHOT_MAGIC {
         return Err("not a clusterd snapshot".into());
     }
-    if data[4] != SNAPSHOT_VERSION {
-        return Err(format!("snapshot version {} is not supported: expected {SNAPSHOT_VERSION}", data[4]));
+    if data[4] != SNAPSHOT_VERSION && data[4] != 2 {
+        return Err(format!("snapshot version {} is not supported: expected 2 or {SNAPSHOT_VERSION}", data[4]));
     }
     let crc = u32::from_le_bytes(data[5..9].try_into().expect("4 bytes"));
     if crc32fast::hash(&data[9..]) != crc {
         return Err("snapshot checksum mismatch".into());
+    }
+    if data[4] == 2 {
+        // postcard writes a struct as its fields in order: a version-2 state followed by the
+        // encoding of empty alerts is the version-3 encoding of the same state.
+        let mut body = data[9..].to_vec();
+        body.extend(postcard::to_allocvec(&cluster_model::alerts::AlertState::default()).expect("alerts serialize"));
+        return postcard::from_bytes(&body).map_err(|err| format!("undecodable version 2 snapshot: {err}"));
     }
     postcard::from_bytes(&data[9..]).map_err(|err| format!("undecodable snapshot: {err}"))
 }
@@ -305,5 +315,30 @@ mod tests {
             "applied while the encoder held the lock"
         );
         assert_eq!(view.read().unwrap().state.get("k").map(String::as_str), Some("v"));
+    }
+}
+
+#[cfg(test)]
+mod compat_tests {
+    use super::*;
+
+    #[test]
+    fn a_version_2_snapshot_without_alert_hooks_still_decodes() {
+        let mut state = ClusterState::default();
+        state.apply(&cluster_model::Command::KvSet { key: "k".into(), value: "v".into() });
+        let current = encode_data(&state);
+        assert_eq!(current[4], SNAPSHOT_VERSION);
+        // Version 2 is the same fields without the trailing (here empty) alert state: [0, 0].
+        let body = &current[9..current.len() - 2];
+        assert_eq!(&current[current.len() - 2..], &[0, 0]);
+        let mut old = SNAPSHOT_MAGIC.to_vec();
+        old.push(2);
+        old.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        old.extend_from_slice(body);
+        assert_eq!(decode_data(&old), Ok(state.clone()));
+        assert_eq!(decode_data(&current), Ok(state));
+        let mut future = current.clone();
+        future[4] = 4;
+        assert_eq!(decode_data(&future), Err("snapshot version 4 is not supported: expected 2 or 3".into()));
     }
 }

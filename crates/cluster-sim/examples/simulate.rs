@@ -1,9 +1,12 @@
 //! Replays one simulation seed with its trace, or explores many seeds of a variant.
 //!
 //! `SIM_SEED=S [SIM_NODES=3|5] [SIM_SCENARIO=watchdog|fencing|lease-only|lease-only-pauses]
-//!  cargo run -p cluster-sim --example simulate` replays one run with its trace;
+//!  [SIM_TRACE_TAIL=LINES] cargo run -p cluster-sim --example simulate` replays one run with its trace;
 //! `SIM_EXPLORE=N` (with `SIM_RESOURCE_FAILURES=1`, `SIM_STOPPED_ANY_PHASE=1`,
-//! `SIM_DB_FAILBACK_AUTO=1`, `SIM_NO_LIVENESS=1`) runs N seeds of a variant and counts violations.
+//! `SIM_DB_FAILBACK_AUTO=1`, `SIM_NO_LIVENESS=1`, `SIM_WAITS_IGNORE_LEASE=1`,
+//! `SIM_FENCE_WITHOUT_CONFIRMING=1`, `SIM_REMOVE_UNDRAINED=1`, `SIM_ABANDONED_STARTS_LAND=1`,
+//! `SIM_FROZEN_IGNORES_LEASE=1`, `SIM_GRANT_APPLIED_INDEX=1`, `SIM_NOWAYOUT_LEFT_UNPETTED=1`,
+//! `SIM_NO_KEEP_RENEWALS=1`, `SIM_TIMINGS=50/300`) runs N seeds of a variant and counts violations.
 
 use cluster_sim::{run, Scenario, SimConfig};
 
@@ -19,6 +22,13 @@ fn scenario() -> Scenario {
     })
 }
 
+/// `SIM_TIMINGS=HEARTBEAT_MS/LEASE_MS`, e.g. `50/300`.
+fn timings() -> Option<(u64, u64)> {
+    let text = std::env::var("SIM_TIMINGS").ok()?;
+    let (heartbeat, lease) = text.split_once('/').unwrap_or_else(|| panic!("SIM_TIMINGS is HEARTBEAT_MS/LEASE_MS"));
+    Some((heartbeat.parse().expect("heartbeat ms"), lease.parse().expect("lease ms")))
+}
+
 fn main() {
     let nodes = env_u64("SIM_NODES").unwrap_or(3) as usize;
     if let Some(count) = env_u64("SIM_EXPLORE") {
@@ -29,6 +39,16 @@ fn main() {
             config.resource_failures = on("SIM_RESOURCE_FAILURES") || config.resource_failures;
             config.report_stopped_in_any_phase = on("SIM_STOPPED_ANY_PHASE");
             config.check_liveness = !on("SIM_NO_LIVENESS");
+            config.waits_ignore_lease = on("SIM_WAITS_IGNORE_LEASE");
+            config.fence_without_confirming = on("SIM_FENCE_WITHOUT_CONFIRMING");
+            config.remove_undrained = on("SIM_REMOVE_UNDRAINED");
+            config.abandoned_starts_land = on("SIM_ABANDONED_STARTS_LAND");
+            config.frozen_ignores_lease = on("SIM_FROZEN_IGNORES_LEASE");
+            config.grant_applied_index = on("SIM_GRANT_APPLIED_INDEX");
+            config.nowayout_left_unpetted = on("SIM_NOWAYOUT_LEFT_UNPETTED");
+            config.no_keep_renewals = on("SIM_NO_KEEP_RENEWALS");
+            config.no_lease_restore = on("SIM_NO_LEASE_RESTORE");
+            config.timings = timings();
             if on("SIM_DB_FAILBACK_AUTO") {
                 config.packages[1] = cluster_sim::package_text("db", &[], "least-loaded", "auto");
             }
@@ -44,7 +64,8 @@ fn main() {
         eprintln!("set SIM_SEED=S to replay one seed, or SIM_EXPLORE=N to explore N seeds");
         std::process::exit(2);
     };
-    let config = SimConfig { trace: true, ..SimConfig::new(seed, nodes, scenario()) };
+    let trace_tail = env_u64("SIM_TRACE_TAIL").map(|lines| lines as usize);
+    let config = SimConfig { trace: true, trace_tail, timings: timings(), ..SimConfig::new(seed, nodes, scenario()) };
     match run(&config) {
         Ok(summary) => println!("seed {seed}: every invariant held: {summary:?}"),
         Err(violation) => {

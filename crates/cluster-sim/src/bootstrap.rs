@@ -52,6 +52,11 @@ impl Sim {
                 });
             }
         }
+        if let Some((heartbeat, lease)) = self.config.timings {
+            // Heartbeat first: a shorter lease must already fit two heartbeats in its stop budget.
+            log.push(Command::SetSetting { name: "heartbeat".into(), value: format!("{heartbeat}ms") });
+            log.push(Command::SetSetting { name: "lease".into(), value: format!("{lease}ms") });
+        }
         for text in self.config.packages.clone() {
             let def = cluster_package::parse_package("sim.toml", &text)
                 .unwrap_or_else(|errors| panic!("the simulator's package is invalid: {errors:?}"));

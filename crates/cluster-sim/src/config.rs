@@ -18,12 +18,25 @@ pub enum Scenario {
     LeaseOnly,
     /// Lease-only nodes that also pause: the documented limitation, S1 is NOT guaranteed.
     LeaseOnlyWithPauses,
+    /// Watchdog nodes; the only fault is the death of the Raft leader (power crash), on a network
+    /// without loss. S1 must hold, and no live node may stop a package at its stop budget.
+    LeaderLoss,
+    /// Watchdog nodes; the only fault is a crash of `clusterd` that systemd restarts 100–250 ms later
+    /// (leader or not). S1 must hold, no node may be reset by its watchdog, and no running package
+    /// may stop.
+    DaemonRestart,
 }
 
 impl Scenario {
     /// Every scenario, for parsing and listing.
-    pub const ALL: [Scenario; 4] =
-        [Scenario::Watchdog, Scenario::Fencing, Scenario::LeaseOnly, Scenario::LeaseOnlyWithPauses];
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Watchdog,
+        Scenario::Fencing,
+        Scenario::LeaseOnly,
+        Scenario::LeaseOnlyWithPauses,
+        Scenario::LeaderLoss,
+        Scenario::DaemonRestart,
+    ];
 
     /// The name used by `SIM_SCENARIO`.
     pub fn name(self) -> &'static str {
@@ -32,6 +45,8 @@ impl Scenario {
             Scenario::Fencing => "fencing",
             Scenario::LeaseOnly => "lease-only",
             Scenario::LeaseOnlyWithPauses => "lease-only-pauses",
+            Scenario::LeaderLoss => "leader-loss",
+            Scenario::DaemonRestart => "daemon-restart",
         }
     }
 
@@ -41,7 +56,13 @@ impl Scenario {
     }
 
     pub(crate) fn watchdog(self) -> bool {
-        self == Scenario::Watchdog
+        matches!(self, Scenario::Watchdog | Scenario::LeaderLoss | Scenario::DaemonRestart)
+    }
+
+    /// Only one kind of fault, on a LAN without loss or long delays: the checks of what must not
+    /// happen then (stops of running packages, resets) apply.
+    pub(crate) fn single_fault(self) -> bool {
+        matches!(self, Scenario::LeaderLoss | Scenario::DaemonRestart)
     }
 
     pub(crate) fn fencing(self) -> bool {
@@ -59,7 +80,9 @@ impl Scenario {
         matches!(self, Scenario::Watchdog | Scenario::Fencing)
     }
 
-    /// Stops that fail and leave resources active (the watchdog or a fence must escalate).
+    /// Stops that fail and leave resources active (the watchdog or a fence must escalate), and
+    /// starts that block for seconds (a mount on a stalled device), whose undoing can outlast the
+    /// stop budget: a lease-only node is not safe against either.
     pub(crate) fn stop_failures(self) -> bool {
         matches!(self, Scenario::Watchdog | Scenario::Fencing)
     }
@@ -111,8 +134,50 @@ pub struct SimConfig {
     /// as clusterd did before it handed them over. Unsafe for lease-only nodes; kept to show why
     /// (see `a_daemon_that_stops_without_handing_over_breaks_s1_in_lease_only_mode`).
     pub leave_without_handing_over: bool,
+    /// Executor variant: a worker that waits for its report's answer (up to 5 s) or a monitor (up
+    /// to its timeout) acts on nothing meanwhile, not even its lease reaching the stop budget, as
+    /// clusterd did before issue 11 (finding 3). Unsafe for lease-only nodes; kept to show why
+    /// (`a_worker_that_sits_out_its_waits_breaks_s1_in_lease_only_mode`).
+    pub waits_ignore_lease: bool,
+    /// Controller variant: fences start as soon as a plan asks for them, without confirming the
+    /// leadership with a quorum first, as clusterd did before issue 11 (trap A): a deposed leader
+    /// that still believes it leads fences the nodes that follow the new one (kept to show why,
+    /// `a_deposed_leader_that_fences_without_confirming_is_caught`).
+    pub fence_without_confirming: bool,
+    /// Membership variant: `node remove` removes a node that owns packages, and the controller
+    /// leaves owners that are not members out of its view, as clusterd did before issue 11 (trap
+    /// B): their packages stay there for ever (`removing_an_owner_used_to_strand_its_packages`).
+    pub remove_undrained: bool,
+    /// Host variant: a start abandoned at the stop budget keeps going unseen (a `mount(2)` in a
+    /// blocking thread); the stop that follows finds nothing and the start lands later, untracked,
+    /// as before issue 11 (finding 2). Unsafe; kept to show why
+    /// (`an_abandoned_start_that_lands_later_breaks_s1`).
+    pub abandoned_starts_land: bool,
+    /// Executor variant: a frozen package is left running when the lease reaches its stop budget,
+    /// as before issue 11 (finding 4); unsafe for lease-only nodes
+    /// (`a_frozen_package_kept_past_the_lease_breaks_s1_in_lease_only_mode`).
+    pub frozen_ignores_lease: bool,
+    /// Leader variant: a grant carries the leader's applied index instead of the end of its log,
+    /// as before issue 11 (finding 5): a new leader that has not applied older entries yet lets a
+    /// stale owner act on a state that misses a reassignment (`a_grant_at_the_applied_index_breaks_s1`).
+    pub grant_applied_index: bool,
+    /// Watchdog variant: a `nowayout` device that cannot be disarmed is no longer petted once
+    /// nothing is active, as before issue 11 (trap C): it resets a healthy node
+    /// (`an_idle_nowayout_watchdog_left_unpetted_resets_healthy_nodes`).
+    pub nowayout_left_unpetted: bool,
+    /// Lease variant: no keep renewals (a node renews only with a leader), as before issue 14: a
+    /// leader's death stops the packages of live nodes whose lease runs out before a new leader
+    /// renews it (`without_keep_renewals_a_leader_loss_stops_bystanders`).
+    pub no_keep_renewals: bool,
+    /// Daemon variant: a restarted daemon starts without its predecessor's lease, as before issue 14
+    /// (item 2): its watchdog, still counting, resets the node unless a grant comes first.
+    pub no_lease_restore: bool,
+    /// `heartbeat` and `lease` (ms) set at bootstrap; `None`: the defaults (100 ms, 1 s).
+    pub timings: Option<(u64, u64)>,
     /// Keep a trace of every event (for reproducing a failure; slower).
     pub trace: bool,
+    /// How many trace lines a violation keeps (`None`: the last 200).
+    pub trace_tail: Option<usize>,
 }
 
 impl SimConfig {
@@ -124,8 +189,9 @@ impl SimConfig {
             scenario,
             fault_phase: Duration::from_secs(10),
             heal_phase: Duration::from_secs(10),
-            loss: 0.05,
-            max_delay: Duration::from_millis(50),
+            loss: if scenario.single_fault() { 0.0 } else { 0.05 },
+            // A LAN where only the leader dies; the other scenarios' delays are deliberately long.
+            max_delay: Duration::from_millis(if scenario.single_fault() { 5 } else { 50 }),
             max_pause: Duration::from_secs(3),
             stop_failure: 0.02,
             check_liveness: true,
@@ -134,7 +200,18 @@ impl SimConfig {
             report_stopped_in_any_phase: false,
             older_leases_bound_early: Duration::ZERO,
             leave_without_handing_over: false,
+            waits_ignore_lease: false,
+            fence_without_confirming: false,
+            remove_undrained: false,
+            abandoned_starts_land: false,
+            no_keep_renewals: false,
+            no_lease_restore: false,
+            timings: None,
+            frozen_ignores_lease: false,
+            grant_applied_index: false,
+            nowayout_left_unpetted: false,
             trace: false,
+            trace_tail: None,
         }
     }
 

@@ -22,15 +22,20 @@
 use cluster_model::{Command, LeaseStatus, Phase, Report};
 use rand::Rng;
 
-use crate::node::{Activity, Power, Record};
+use crate::node::{Activity, Busy, Power, Record};
 use crate::sim::{ms, Event, OpOutcome, Sim};
 
 /// Reports are resent after this long until the applied state shows them.
 const REPORT_RETRY_MS: u64 = 300;
+/// How often a start blocks for seconds (protected scenarios, fault phase).
+const BLOCKING_START: f64 = 0.03;
+/// The resources' stop timeout (the package format's default).
+const STOP_TIMEOUT_US: u64 = 20_000_000;
 
 enum Step {
     Start { package: String, epoch: u64 },
     Stop { package: String },
+    Abandon { package: String },
     Report { package: String, epoch: u64, report: Report },
 }
 
@@ -48,12 +53,48 @@ impl Sim {
         let node = &self.nodes[n];
         let settings = &node.state.settings;
         let status = node.holder.status(t, settings);
+        let lapsed_now = status != LeaseStatus::Valid;
         let may_start = node.holder.may_start(t, node.applied as u64, settings);
+        if !node.probed {
+            // A restarted daemon decides nothing before it holds a lease (a grant on a recent enough
+            // state, or its predecessor's lease, keep-only); then it probes what runs (adopts its
+            // own, stops the rest, below).
+            if !may_start && status != LeaseStatus::Valid {
+                if lapsed_now {
+                    self.nodes[n].last_lease_lapse = Some(t);
+                }
+                return;
+            }
+            self.nodes[n].probed = true;
+        }
+        let node = &self.nodes[n];
         let me = node.name.as_str();
         let mut steps = Vec::new();
         let mut lapsed = Vec::new();
+        let mut interrupted = Vec::new();
         for (name, package) in &node.state.packages {
+            if let Some(busy) = node.busy.get(name) {
+                // Its worker waits for something (a report's answer, a monitor). The wait ends
+                // early when the package changes, or when the lease reaches its stop budget with
+                // the package active here (issue 11, finding 3); the old executor sat it out.
+                let active = node.records.get(name).is_some_and(|r| r.activity == Activity::Active);
+                let changed = busy.seen.as_ref() != Some(package);
+                if self.config.waits_ignore_lease || !(changed || (active && status != LeaseStatus::Valid)) {
+                    continue;
+                }
+                interrupted.push(name.clone());
+            }
             if package.frozen {
+                // Nothing is started, stopped or monitored, except that the lease outranks the
+                // freeze: at its stop budget the node stops what it runs, frozen or not.
+                let active = node.records.get(name).is_some_and(|record| record.activity == Activity::Active);
+                if active && status != LeaseStatus::Valid && !self.config.frozen_ignores_lease {
+                    let epoch = node.records[name].epoch;
+                    if package.owner.as_deref() == Some(node.name.as_str()) && package.epoch == epoch {
+                        lapsed.push((name.clone(), epoch));
+                    }
+                    steps.push(Step::Stop { package: name.clone() });
+                }
                 continue;
             }
             let mine = package.owner.as_deref() == Some(me);
@@ -114,6 +155,11 @@ impl Sim {
                             });
                         }
                     }
+                    // clusterd races a start against its lease: at the stop budget the start is
+                    // abandoned (its future dropped) and the package stopped.
+                    Activity::Starting if status != LeaseStatus::Valid => {
+                        steps.push(Step::Abandon { package: name.clone() })
+                    }
                     Activity::Starting | Activity::Stopping => {}
                 },
             }
@@ -125,6 +171,26 @@ impl Sim {
             }
         }
         let node = &mut self.nodes[n];
+        if lapsed_now {
+            node.last_lease_lapse = Some(t);
+        }
+        for name in interrupted {
+            node.busy.remove(&name);
+            self.stats.interrupted_waits += 1;
+        }
+        if !lapsed.is_empty() {
+            self.stats.lapse_stops += lapsed.len() as u64;
+            if self.config.scenario.single_fault() {
+                let detail = format!(
+                    "{} stopped {:?} at its stop budget: a leader's loss or a restart of clusterd must stop no \
+                     package on a live node",
+                    node.name,
+                    lapsed.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>()
+                );
+                self.fail("bystander-stop", detail);
+            }
+        }
+        let node = &mut self.nodes[n];
         let state = &node.state;
         node.stopped_for_lease.retain(|name, epoch| state.packages.get(name).is_some_and(|p| p.epoch == *epoch));
         node.stopped_for_lease.extend(lapsed);
@@ -132,10 +198,10 @@ impl Sim {
             match step {
                 Step::Start { package, epoch } => self.start(n, package, epoch),
                 Step::Stop { package } => self.stop(n, package),
+                Step::Abandon { package } => self.abandon(n, package),
                 Step::Report { package, epoch, report } => self.report(n, package, epoch, report),
             }
         }
-        self.tend_watchdog(n, status);
     }
 
     fn start(&mut self, n: usize, package: String, epoch: u64) {
@@ -144,8 +210,15 @@ impl Sim {
         }
         self.stats.starts += 1;
         let op = self.next_op();
-        let duration = self.rng.random_range(ms(5)..=ms(200));
+        // Now and then a start blocks for seconds (a mount on a stalled device): only nodes that a
+        // watchdog or a fence protects are safe against that (its undoing outlasts the stop budget).
+        let blocks = self.stage == crate::sim::Stage::Faults
+            && self.config.scenario.stop_failures()
+            && self.rng.random_bool(BLOCKING_START);
+        let duration =
+            if blocks { self.rng.random_range(ms(1_000)..=ms(6_000)) } else { self.rng.random_range(ms(5)..=ms(200)) };
         self.trace(|| format!("n{} starts {package} at epoch {epoch} ({} ms)", n + 1, duration / 1000));
+        let fresh = !self.nodes[n].records.contains_key(&package);
         self.nodes[n].records.insert(
             package.clone(),
             Record {
@@ -155,9 +228,14 @@ impl Sim {
                 stop_fails: false,
                 since_us: self.now,
                 reported_us: None,
+                op_end_us: self.now + duration,
             },
         );
         self.after(duration, Event::OpDone { node: n, package, op });
+        if fresh {
+            // clusterd marks the package active, then arms or pets the watchdog before the start.
+            self.tend_watchdog(n);
+        }
     }
 
     fn stop(&mut self, n: usize, package: String) {
@@ -170,14 +248,47 @@ impl Sim {
         self.trace(|| {
             format!("n{} stops {package} ({} ms{})", n + 1, duration / 1000, if fails { ", will fail" } else { "" })
         });
+        let now = self.now;
         let record = self.nodes[n].records.get_mut(&package).expect("stopping an active package");
         record.activity = Activity::Stopping;
         record.op = op;
         record.stop_fails = fails;
+        record.op_end_us = now + duration;
         self.after(duration, Event::OpDone { node: n, package, op });
     }
 
-    fn next_op(&mut self) -> u64 {
+    /// The lease reached its stop budget during a start: the start is abandoned and the package
+    /// stopped. The stop waits for the abandoned start to end and undoes it (clusterd's host layer
+    /// tracks abandoned operations), failing if that outlasts the stop timeout; with
+    /// `abandoned_starts_land` it finds nothing yet, ends at once, and the start lands later.
+    fn abandon(&mut self, n: usize, package: String) {
+        self.stats.stops += 1;
+        self.stats.abandoned_starts += 1;
+        let op = self.next_op();
+        let stop = self.rng.random_range(ms(5)..=ms(100));
+        let now = self.now;
+        let land = self.config.abandoned_starts_land;
+        let boot = self.nodes[n].boots;
+        let record = self.nodes[n].records.get_mut(&package).expect("abandoning a start");
+        let remaining = record.op_end_us.saturating_sub(now);
+        record.activity = Activity::Stopping;
+        record.op = op;
+        let duration = if land {
+            let lands_at = record.op_end_us;
+            self.schedule(lands_at, Event::GhostLands { node: n, boot, package: package.clone() });
+            stop
+        } else {
+            record.stop_fails = remaining + stop > STOP_TIMEOUT_US;
+            (remaining + stop).min(STOP_TIMEOUT_US)
+        };
+        self.nodes[n].records.get_mut(&package).expect("abandoning a start").op_end_us = now + duration;
+        self.trace(|| {
+            format!("n{} abandons the start of {package} at its stop budget; stop ({} ms)", n + 1, duration / 1000)
+        });
+        self.after(duration, Event::OpDone { node: n, package, op });
+    }
+
+    pub(crate) fn next_op(&mut self) -> u64 {
         self.seq_op += 1;
         self.seq_op
     }
@@ -190,8 +301,62 @@ impl Sim {
                 self.nodes[n].stopped_reported_us.insert(package.clone(), now);
             }
         }
-        let command = Command::Report { package, node: self.names[n].clone(), epoch, report, at_ms: self.local_ms(n) };
-        self.propose(n, command);
+        let command = Command::Report {
+            package: package.clone(),
+            node: self.names[n].clone(),
+            epoch,
+            report,
+            at_ms: self.local_ms(n),
+        };
+        self.propose_and_wait(n, &package, command);
+    }
+
+    /// The wait `op` of the worker of `package` on node `n` ended (answered, timed out, done).
+    pub(crate) fn end_busy(&mut self, n: usize, package: &str, op: u64) {
+        if self.nodes[n].busy.get(package).is_some_and(|busy| busy.op == op) {
+            self.nodes[n].busy.remove(package);
+            if self.nodes[n].runs() {
+                self.evaluate(n);
+            }
+        }
+    }
+
+    /// The nemesis: a monitor of an active package runs, usually for a moment, sometimes until its
+    /// timeout (a hung OCF agent, up to 20 s); it fails half of the time. The worker waits for it.
+    pub(crate) fn start_monitor(&mut self, n: usize, package: String) {
+        let node = &self.nodes[n];
+        let active = node.records.get(&package).is_some_and(|record| record.activity == Activity::Active);
+        // clusterd monitors a package once it reported it running.
+        let running = node.state.packages.get(&package).is_some_and(|p| p.phase == Phase::Running);
+        if !active || !running || node.busy.contains_key(&package) || !node.runs() {
+            return;
+        }
+        let duration = if self.rng.random_bool(0.75) {
+            self.rng.random_range(ms(10)..=ms(300))
+        } else {
+            self.rng.random_range(ms(1_000)..=ms(20_000))
+        };
+        let fails = self.config.resource_failures && self.rng.random_bool(0.5);
+        let op = self.next_op();
+        self.trace(|| format!("n{} {package}: monitor runs ({} ms)", n + 1, duration / 1000));
+        let seen = self.nodes[n].state.packages.get(&package).cloned();
+        self.nodes[n].busy.insert(package.clone(), Busy { op, why: "waits for a monitor", seen });
+        let incarnation = self.nodes[n].incarnation;
+        self.after(duration, Event::MonitorDone { node: n, incarnation, package, op, fails });
+    }
+
+    pub(crate) fn on_monitor_done(&mut self, n: usize, package: String, op: u64, fails: bool) {
+        if self.nodes[n].busy.get(&package).is_none_or(|busy| busy.op != op) {
+            return;
+        }
+        self.nodes[n].busy.remove(&package);
+        // A failure is a fault: none once the heal phase began.
+        if fails && self.stage == crate::sim::Stage::Faults {
+            self.monitor_failure(n, package);
+        }
+        if self.nodes[n].runs() {
+            self.evaluate(n);
+        }
     }
 
     /// A start or stop ended: the ground truth changes now, even if `clusterd` is paused.
@@ -275,33 +440,52 @@ impl Sim {
         }
     }
 
-    /// Arms the watchdog while anything is active; pets it only while the lease is `Valid`.
-    fn tend_watchdog(&mut self, n: usize, status: LeaseStatus) {
+    /// clusterd's `tend_watchdog`, run at every heartbeat tick and right before a start: armed
+    /// (with the stop budget as timeout) while anything is active and the lease is `Valid`, petted
+    /// only while the lease is `Valid`, disarmed (magic close) once nothing is active.
+    pub(crate) fn tend_watchdog(&mut self, n: usize) {
         let now = self.local(n);
         let node = &mut self.nodes[n];
         if !node.has_watchdog {
             return;
         }
+        let settings = &node.state.settings;
+        let valid = node.holder.status(now, settings) == LeaseStatus::Valid;
         let active = !node.records.is_empty();
-        if !active {
+        if !active && !node.nowayout {
             // Magic close: nothing to protect.
             node.watchdog.armed = false;
             return;
         }
-        // Arming is not a pet: a node that arms without a valid lease is reset at the old deadline.
-        if status == LeaseStatus::Valid {
-            node.watchdog.last_pet = now;
+        // A `nowayout` driver cannot be stopped: with nothing active it is petted whatever the
+        // lease (it protects nothing then), else it would reset a healthy node (issue 11, trap C).
+        let idle_nowayout = !active && node.watchdog.armed && !self.config.nowayout_left_unpetted;
+        if !active && !idle_nowayout {
+            return;
         }
-        node.watchdog.armed = true;
-        if !node.watchdog.check_scheduled {
+        if !valid && !idle_nowayout {
+            return;
+        }
+        // Armed, or re-armed when the stop budget changed: a timeout longer than the budget would
+        // fire after the lease's end (setting the timeout pets too, so only while valid).
+        let mut reschedule = !node.watchdog.check_scheduled;
+        if !node.watchdog.armed || node.watchdog.timeout != settings.stop_budget() {
+            node.watchdog.armed = true;
+            reschedule |= settings.stop_budget() < node.watchdog.timeout;
+            node.watchdog.timeout = settings.stop_budget();
+        }
+        node.watchdog.last_pet = now;
+        if reschedule {
             node.watchdog.check_scheduled = true;
-            let deadline = node.watchdog.last_pet + node.state.settings.stop_budget();
+            let deadline = node.watchdog.last_pet + node.watchdog.timeout;
             let at = node.clock.global_at(deadline);
             self.schedule(at, Event::WatchdogCheck { node: n });
         }
     }
 
-    /// The watchdog timer: resets the node if it was not petted in time.
+    /// The watchdog timer: resets the node if it was not petted in time. A reset of a node whose
+    /// clusterd runs with a valid lease is a liveness bug (`healthy-reset`): it only has to be
+    /// petted in time.
     pub(crate) fn on_watchdog_check(&mut self, n: usize) {
         let now = self.local(n);
         let node = &mut self.nodes[n];
@@ -309,16 +493,37 @@ impl Sim {
         if node.power == Power::Off || !node.watchdog.armed {
             return;
         }
-        let deadline = node.watchdog.last_pet + node.state.settings.stop_budget();
-        if now >= deadline {
-            self.stats.watchdog_resets += 1;
-            self.trace(|| format!("n{} watchdog reset", n + 1));
-            let reboot = self.rng.random_range(ms(500)..=ms(3_000));
-            self.power_off(n, reboot);
-        } else {
+        let deadline = node.watchdog.last_pet + node.watchdog.timeout;
+        if now < deadline {
             node.watchdog.check_scheduled = true;
             let at = node.clock.global_at(deadline);
             self.schedule(at, Event::WatchdogCheck { node: n });
+            return;
         }
+        // Healthy: running, and its lease was valid for the whole timeout (a lease that lapsed
+        // within it rightly stopped the pets).
+        let healthy = node.paused.is_none()
+            && node.power == Power::Up
+            && node.holder.status(now, &node.state.settings) == LeaseStatus::Valid
+            && node.last_lease_lapse.is_none_or(|at| at + node.watchdog.timeout < now);
+        let detail = format!(
+            "{} reset by its watchdog while its clusterd ran with a valid lease (timeout {:?}, last pet {:?} ago)",
+            node.name,
+            node.watchdog.timeout,
+            now - node.watchdog.last_pet
+        );
+        if healthy {
+            self.fail("healthy-reset", detail);
+        }
+        if self.config.scenario == crate::config::Scenario::DaemonRestart {
+            self.fail(
+                "reset-after-restart",
+                format!("{} reset by its watchdog after a restart of clusterd", self.names[n]),
+            );
+        }
+        self.stats.watchdog_resets += 1;
+        self.trace(|| format!("n{} watchdog reset", n + 1));
+        let reboot = self.rng.random_range(ms(500)..=ms(3_000));
+        self.power_off(n, reboot);
     }
 }

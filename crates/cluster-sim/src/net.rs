@@ -17,12 +17,20 @@ use crate::sim::{Event, Sim};
 pub(crate) enum Msg {
     /// Lease renewal, sent at `sent_at` on the sender's clock.
     Renewal { incarnation: u64, sent_at: Duration },
-    /// The leader confirmed its leadership with a quorum after receiving the renewal.
-    Grant { incarnation: u64, sent_at: Duration, commit: u64 },
+    /// The leader confirmed its leadership with a quorum after receiving the renewal, and grants a
+    /// lease of `lease` (its `lease·(1−ρ)` when it recorded the renewal).
+    Grant { incarnation: u64, sent_at: Duration, grant: cluster_model::Grant },
     /// Raft replication and leader heartbeat: entries up to `commit` are committed.
     Append { term: u64, commit: usize },
-    /// A command for the leader to commit.
-    Propose { command: Command },
+    /// Keep my lease (sent to every voter while no leader grants it).
+    Keep { incarnation: u64, sent_at: Duration },
+    /// A voter acknowledged a keep renewal, with its `lease·(1−ρ)`.
+    KeepAck { incarnation: u64, sent_at: Duration, lease: Duration },
+    /// A command for the leader to commit; `reply`: the proposer waits for the answer (its
+    /// worker's operation id), sent back once committed.
+    Propose { command: Command, reply: Option<u64> },
+    /// The leader committed the proposal the proposer waits for.
+    Proposed { op: u64 },
 }
 
 /// Partitions, loss and delay.

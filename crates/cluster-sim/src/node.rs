@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use cluster_model::{ClusterState, LeaseHolder, LeaseTable};
+use cluster_model::{ClusterState, KeepLedger, LeaseHolder, LeaseTable, PackageState};
 
 use crate::clock::Clock;
 use crate::sim::Event;
@@ -47,6 +47,28 @@ pub(crate) struct Record {
     pub(crate) since_us: u64,
     /// Global time of the last report sent about this record.
     pub(crate) reported_us: Option<u64>,
+    /// Global time at which the operation in flight ends.
+    pub(crate) op_end_us: u64,
+}
+
+/// A package's worker is waiting for something (a proposal's answer, a monitor): clusterd's worker
+/// runs one await at a time, so meanwhile it acts on nothing else of that package (except what the
+/// lease watch interrupts, see `Sim::evaluate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Busy {
+    /// The operation waited for; its end (or answer) carries the same id.
+    pub(crate) op: u64,
+    pub(crate) why: &'static str,
+    /// The package as the worker saw it when the wait began: a change ends the wait.
+    pub(crate) seen: Option<PackageState>,
+}
+
+/// A keep renewal waiting for a majority of voters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeepRound {
+    pub(crate) sent_at: Duration,
+    pub(crate) acked: BTreeSet<usize>,
+    pub(crate) lease: Option<Duration>,
 }
 
 /// `systemctl stop clusterd` in progress (clusterd's `Engine::leave`), times on the node's clock.
@@ -60,11 +82,13 @@ pub(crate) struct Leave {
     pub(crate) lease_given_up: bool,
 }
 
-/// A watchdog device (hardware timer on the node's own clock).
+/// A watchdog device (hardware timer on the node's own clock). It keeps the timeout it was armed
+/// with: a later change of the stop budget does not reach it unless the daemon re-arms it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Watchdog {
     pub(crate) armed: bool,
     pub(crate) last_pet: Duration,
+    pub(crate) timeout: Duration,
     pub(crate) check_scheduled: bool,
 }
 
@@ -73,6 +97,9 @@ pub(crate) struct Node {
     pub(crate) name: String,
     pub(crate) clock: Clock,
     pub(crate) has_watchdog: bool,
+    /// The watchdog driver has `nowayout`: once armed, only a reset stops it (the magic close
+    /// does not; with the sysfs attribute present clusterd does not even write it).
+    pub(crate) nowayout: bool,
     pub(crate) power: Power,
     pub(crate) paused: Option<u64>,
     /// Events that reached the paused process, handled in order when it resumes.
@@ -95,24 +122,48 @@ pub(crate) struct Node {
     pub(crate) fencing: BTreeSet<String>,
 
     pub(crate) holder: LeaseHolder,
+    /// The keep renewal in flight: its send time, the voters that acknowledged it, the shortest
+    /// lease they named.
+    pub(crate) keep_round: Option<KeepRound>,
+    /// This node as a voter: the keep renewals it acknowledged, the refusals it promised (volatile).
+    pub(crate) ledger: KeepLedger,
     /// The latest instant (own clock) a lease check is scheduled for.
     pub(crate) lease_check_at: Option<Duration>,
     pub(crate) hello_pending: bool,
     pub(crate) records: BTreeMap<String, Record>,
+    /// Resources active that no record tracks (ground truth): an abandoned start that completed
+    /// after the executor stopped looking (`SimConfig::abandoned_starts_land`). Gone at power off.
+    pub(crate) ghosts: BTreeMap<String, u64>,
+    /// Power cycles: an abandoned start lands only on the boot it began in.
+    pub(crate) boots: u64,
+    /// Global time the machine last powered on.
+    pub(crate) up_since: u64,
+    /// The lease end the daemon last left in its runtime folder (read by the next daemon).
+    pub(crate) persisted_lease_end: Option<Duration>,
+    /// Workers waiting for something, by package (volatile: a restarted daemon waits for nothing).
+    pub(crate) busy: BTreeMap<String, Busy>,
+    /// The restarted daemon probed its packages (it does so once it holds a lease on a recent
+    /// enough state; before that it starts and stops nothing).
+    pub(crate) probed: bool,
     /// Last `Stopped` report for a package this node owns in phase `Stopping` and does not run.
     pub(crate) stopped_reported_us: BTreeMap<String, u64>,
     /// Packages this node stopped at this epoch because its lease left `Valid` while it owned them.
     pub(crate) stopped_for_lease: BTreeMap<String, u64>,
     pub(crate) leave: Option<Leave>,
     pub(crate) watchdog: Watchdog,
+    /// The last instant (own clock) the executor saw its lease not `Valid`.
+    pub(crate) last_lease_lapse: Option<Duration>,
 }
 
 impl Node {
-    pub(crate) fn new(name: String, clock: Clock, has_watchdog: bool) -> Node {
+    pub(crate) fn new(name: String, clock: Clock, has_watchdog: bool, nowayout: bool) -> Node {
+        // The daemons of a run's first nodes have run for a while: nothing they forgot matters.
+        let started = clock.local(0).saturating_sub(Duration::from_secs(60));
         Node {
             name,
             clock,
             has_watchdog,
+            nowayout,
             power: Power::Up,
             paused: None,
             deferred: Vec::new(),
@@ -126,13 +177,22 @@ impl Node {
             last_ack: Duration::ZERO,
             fencing: BTreeSet::new(),
             holder: LeaseHolder::default(),
+            keep_round: None,
+            ledger: KeepLedger::new(started),
             lease_check_at: None,
             hello_pending: false,
             records: BTreeMap::new(),
+            ghosts: BTreeMap::new(),
+            boots: 0,
+            up_since: 0,
+            persisted_lease_end: None,
+            busy: BTreeMap::new(),
+            probed: true,
             stopped_reported_us: BTreeMap::new(),
             stopped_for_lease: BTreeMap::new(),
             leave: None,
             watchdog: Watchdog::default(),
+            last_lease_lapse: None,
         }
     }
 
@@ -151,10 +211,14 @@ impl Node {
         self.table = LeaseTable::default();
         self.fencing.clear();
         self.holder = LeaseHolder::default();
+        self.keep_round = None;
         self.lease_check_at = None;
         self.stopped_reported_us.clear();
         self.stopped_for_lease.clear();
         self.leave = None;
+        self.last_lease_lapse = None;
+        self.busy.clear();
+        self.probed = false;
     }
 
     /// The daemon is stopping and gave its lease up: it renews nothing and ignores grants.

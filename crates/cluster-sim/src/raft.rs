@@ -6,7 +6,8 @@
 //!                          │ log.push(cmd); applies at once
 //!                          └──Append{term, commit}──> every node (lossy, delayed): applies log[..commit]
 //!  leader crashed / paused / cut from the majority ──150–600 ms──> election among the majority side;
-//!  the winner applies the whole log and calls LeaseTable::elected(now) on its own clock.
+//!  the winner calls LeaseTable::elected(now) on its own clock, and applies the rest of the log
+//!  0–150 ms later (its applied index lags its log meanwhile, as openraft's does).
 //!  A deposed leader keeps believing it leads until it reaches a majority (then it learns the new
 //!  term and steps down) or hears an Append of a newer term; it never commits nor confirms.
 //! ```
@@ -17,11 +18,13 @@ use cluster_model::Command;
 use rand::Rng;
 
 use crate::net::Msg;
-use crate::node::Power;
+use crate::node::{Busy, Power};
 use crate::sim::{ms, Event, Sim, Timer};
 
 /// Leader tick: controller run and replication heartbeat.
 pub(crate) const LEADER_TICK_MS: u64 = 50;
+/// clusterd's request timeout: how long a proposal is waited for.
+pub(crate) const REQUEST_TIMEOUT_MS: u64 = 5_000;
 
 impl Sim {
     /// Whether `n` is up, unpaused and reaches a strict majority of up, unpaused nodes (itself included).
@@ -76,6 +79,15 @@ impl Sim {
         }
     }
 
+    /// The leader `l` hands leadership over to the first other node that reaches a majority
+    /// (clusterd's `transfer_leader`, modelled as immediate).
+    pub(crate) fn hand_over(&mut self, l: usize) {
+        let Some(successor) = (0..self.nodes.len()).find(|m| *m != l && self.reaches_majority(*m)) else { return };
+        self.trace(|| format!("n{} hands leadership over to n{}", l + 1, successor + 1));
+        self.step_down(l);
+        self.elect(successor);
+    }
+
     pub(crate) fn on_election(&mut self) {
         self.election_pending = false;
         let healthy = self.leader.is_some_and(|l| self.is_effective(l) && self.reaches_majority(l));
@@ -97,7 +109,11 @@ impl Sim {
         self.stats.elections += 1;
         let term = self.term;
         let now = self.local(n);
-        self.catch_up(n, self.log.len());
+        // Like openraft, the new leader applies the entries of older terms only once an entry of
+        // its own term is committed (a round trip later, longer on a slow disk): until then its
+        // applied index may lag its log.
+        let lag = self.rng.random_range(0..=ms(150));
+        self.timer_at(n, now + Duration::from_micros(lag), Timer::LeaderCatchUp { term });
         let node = &mut self.nodes[n];
         node.leader_of = Some(term);
         node.known_term = term;
@@ -137,13 +153,42 @@ impl Sim {
         }
     }
 
+    /// The new leader of `term` applies the whole log (an entry of its term was committed).
+    pub(crate) fn on_leader_catch_up(&mut self, n: usize, term: u64) {
+        if self.nodes[n].leader_of == Some(term) {
+            self.catch_up(n, self.log.len());
+            self.evaluate(n);
+        }
+    }
+
     /// Appends `command` to the log; the leader `l` applies it at once and replicates.
     pub(crate) fn commit(&mut self, l: usize, command: Command) {
         let index = self.log.len() + 1;
+        self.count(&command, l);
         self.trace(|| format!("n{} commits #{index} {command:?}", l + 1));
         self.log.push(command);
         self.catch_up(l, self.log.len());
         self.broadcast_append(l);
+    }
+
+    /// Counts what the summary reports about a committed command (as the leader `l` saw it).
+    fn count(&mut self, command: &Command, l: usize) {
+        let state = &self.nodes[l].state;
+        match command {
+            Command::SetSetting { name, value } => {
+                let mut settings = state.settings.clone();
+                if settings.set(name, value).is_ok() && settings != state.settings {
+                    self.stats.settings_changes += 1;
+                }
+            }
+            Command::LeasesSettled { .. } => self.stats.leases_settled += 1,
+            Command::PkgFreeze { name, frozen: true, .. }
+                if state.packages.get(name).is_some_and(|p| !p.frozen && p.owner.is_some()) =>
+            {
+                self.stats.freezes += 1
+            }
+            _ => {}
+        }
     }
 
     /// Node `n` applies the log up to `commit`.
@@ -183,16 +228,37 @@ impl Sim {
         self.evaluate(n);
     }
 
-    /// Node `n` asks its leader to commit `command`.
+    /// Node `n` asks its leader to commit `command` (and does not wait for the answer).
     pub(crate) fn propose(&mut self, n: usize, command: Command) {
         if let Some(l) = self.nodes[n].leader_hint {
-            self.send(n, l, Msg::Propose { command });
+            self.send(n, l, Msg::Propose { command, reply: None });
         }
     }
 
-    pub(crate) fn on_propose(&mut self, l: usize, command: Command) {
+    /// Node `n` asks its leader to commit `command`, and its worker for `package` waits for the
+    /// answer, as clusterd's `Engine::propose` does: until the leader committed it and said so, or
+    /// for the request timeout (5 s). `false` when no leader is known (clusterd fails at once).
+    pub(crate) fn propose_and_wait(&mut self, n: usize, package: &str, command: Command) -> bool {
+        let Some(l) = self.nodes[n].leader_hint else { return false };
+        let op = self.next_op();
+        // A leader whose machine is off refuses the connection: the wait ends quickly (the peer
+        // pool's connect timeout, 50 ms); otherwise the request timeout.
+        let wait = if self.nodes[l].power == Power::Off { ms(50) } else { ms(REQUEST_TIMEOUT_MS) };
+        let until = self.now + wait;
+        let seen = self.nodes[n].state.packages.get(package).cloned();
+        self.nodes[n].busy.insert(package.to_owned(), Busy { op, why: "waits for its report to commit", seen });
+        let incarnation = self.nodes[n].incarnation;
+        self.schedule(until, Event::BusyEnd { node: n, incarnation, package: package.to_owned(), op });
+        self.send(n, l, Msg::Propose { command, reply: Some(op) });
+        true
+    }
+
+    pub(crate) fn on_propose(&mut self, l: usize, from: usize, command: Command, reply: Option<u64>) {
         if self.confirm(l) {
             self.commit(l, command);
+            if let Some(op) = reply {
+                self.send(l, from, Msg::Proposed { op });
+            }
         }
     }
 

@@ -46,6 +46,27 @@ pub(crate) enum Event {
     WatchdogCheck {
         node: usize,
     },
+    /// An abandoned start completes on a node that no longer tracks it.
+    GhostLands {
+        node: usize,
+        boot: u64,
+        package: String,
+    },
+    /// A worker's wait ends by itself (a proposal's request timeout, a monitor that ran its time).
+    BusyEnd {
+        node: usize,
+        incarnation: u64,
+        package: String,
+        op: u64,
+    },
+    /// A slow monitor of an active package ends, failing or not.
+    MonitorDone {
+        node: usize,
+        incarnation: u64,
+        package: String,
+        op: u64,
+        fails: bool,
+    },
     Restart {
         node: usize,
         incarnation: u64,
@@ -81,6 +102,10 @@ pub(crate) enum Timer {
     },
     /// A stopping daemon looks whether it may exit (`Leave`).
     LeaveCheck,
+    /// A new leader applies the entries of older terms.
+    LeaderCatchUp {
+        term: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +170,27 @@ pub struct Summary {
     pub pauses: u64,
     pub partitions: u64,
     pub operator_commands: u64,
+    /// Timing changes applied (`lease`, `stop_budget`), and lease ceilings settled after them.
+    pub settings_changes: u64,
+    pub leases_settled: u64,
+    /// Packages frozen while running somewhere.
+    pub freezes: u64,
+    /// Workers' waits (report answers, monitors) cut short by a package change or the lease.
+    pub interrupted_waits: u64,
+    /// Starts abandoned at the stop budget.
+    pub abandoned_starts: u64,
+    /// Keep renewals acknowledged by a majority of voters; expiry checks of the leader, and nodes a
+    /// check found kept by a voter.
+    pub keeps: u64,
+    pub expiry_checks: u64,
+    pub kept_by_voters: u64,
+    /// Packages stopped at the stop budget by a node that was running (not crashed nor paused).
+    pub lapse_stops: u64,
+    /// Daemons restarted with their predecessor's lease (adopting what runs).
+    pub adoptions: u64,
+    /// Nodes removed from the cluster (`node remove`), and removals refused because they owned packages.
+    pub removals: u64,
+    pub removals_refused: u64,
     pub messages_sent: u64,
     pub messages_lost: u64,
     /// FNV-1a of the committed log, to compare runs.
@@ -171,6 +217,18 @@ impl Summary {
         self.pauses += other.pauses;
         self.partitions += other.partitions;
         self.operator_commands += other.operator_commands;
+        self.settings_changes += other.settings_changes;
+        self.leases_settled += other.leases_settled;
+        self.freezes += other.freezes;
+        self.interrupted_waits += other.interrupted_waits;
+        self.abandoned_starts += other.abandoned_starts;
+        self.keeps += other.keeps;
+        self.expiry_checks += other.expiry_checks;
+        self.kept_by_voters += other.kept_by_voters;
+        self.lapse_stops += other.lapse_stops;
+        self.adoptions += other.adoptions;
+        self.removals += other.removals;
+        self.removals_refused += other.removals_refused;
         self.messages_sent += other.messages_sent;
         self.messages_lost += other.messages_lost;
     }
@@ -233,6 +291,10 @@ pub(crate) struct Sim {
     pub(crate) term: u64,
     /// The effective leader (the one a quorum follows), if any.
     pub(crate) leader: Option<usize>,
+    /// Nodes removed from the cluster (`node remove`) and not added back. The simulation keeps
+    /// them in the Raft quorum's arithmetic (a change of the voter set is openraft's business); it
+    /// models what removal means for packages: no lease, no placement.
+    pub(crate) removed: std::collections::BTreeSet<usize>,
     pub(crate) election_pending: bool,
     pub(crate) net: Network,
     pub(crate) stage: Stage,
@@ -282,10 +344,13 @@ impl Sim {
                     _ => rng.random_range(1_000_000 - drift..=1_000_000 + drift),
                 };
                 let origin = rng.random_range(0..ms(1_000_000));
-                Node::new(name.clone(), Clock::new(origin, rate), config.scenario.watchdog())
+                let nowayout = config.scenario.watchdog() && rng.random_bool(0.5);
+                Node::new(name.clone(), Clock::new(origin, rate), config.scenario.watchdog(), nowayout)
             })
             .collect();
-        let net = Network::new(config.nodes, config.loss, config.max_delay);
+        let mut net = Network::new(config.nodes, config.loss, config.max_delay);
+        // No loss and no long delays where only leaders die.
+        net.faulty = !config.scenario.single_fault();
         Sim {
             trace: config.trace.then(Vec::new),
             config,
@@ -300,6 +365,7 @@ impl Sim {
             log: Vec::new(),
             term: 0,
             leader: None,
+            removed: Default::default(),
             election_pending: false,
             net,
             stage: Stage::Faults,
@@ -344,7 +410,7 @@ impl Sim {
         let trace = self
             .trace
             .as_ref()
-            .map(|lines| lines[lines.len().saturating_sub(TRACE_TAIL)..].to_vec())
+            .map(|lines| lines[lines.len().saturating_sub(self.config.trace_tail.unwrap_or(TRACE_TAIL))..].to_vec())
             .unwrap_or_default();
         self.violation = Some(Violation {
             config: self.config.clone(),
@@ -425,6 +491,32 @@ impl Sim {
                 }
             }
             Event::WatchdogCheck { node } => self.on_watchdog_check(node),
+            Event::GhostLands { node, boot, package } => {
+                if self.nodes[node].boots == boot && self.nodes[node].power != Power::Off {
+                    self.trace(|| format!("n{} {package}: the abandoned start completes, untracked", node + 1));
+                    let now = self.now;
+                    self.nodes[node].ghosts.entry(package).or_insert(now);
+                }
+            }
+            Event::BusyEnd { node, incarnation, package, op } => {
+                if self.nodes[node].incarnation == incarnation {
+                    if self.nodes[node].paused.is_some() {
+                        self.nodes[node].deferred.push(Event::BusyEnd { node, incarnation, package, op });
+                    } else {
+                        self.end_busy(node, &package, op);
+                    }
+                }
+            }
+            Event::MonitorDone { node, incarnation, package, op, fails } => {
+                if self.nodes[node].incarnation == incarnation {
+                    if self.nodes[node].paused.is_some() {
+                        let event = Event::MonitorDone { node, incarnation, package, op, fails };
+                        self.nodes[node].deferred.push(event);
+                    } else {
+                        self.on_monitor_done(node, package, op, fails);
+                    }
+                }
+            }
             Event::Restart { node, incarnation } => {
                 if self.nodes[node].incarnation == incarnation && self.nodes[node].power != Power::Up {
                     self.restart(node);
@@ -465,6 +557,7 @@ impl Sim {
             Timer::LeaderTick { term } => self.on_leader_tick(n, term),
             Timer::ControllerWake { term } => self.on_controller_wake(n, term),
             Timer::LeaveCheck => self.on_leave_check(n),
+            Timer::LeaderCatchUp { term } => self.on_leader_catch_up(n, term),
         }
     }
 
@@ -472,9 +565,18 @@ impl Sim {
         self.trace(|| format!("n{} -> n{}: {msg:?}", from + 1, to + 1));
         match msg {
             Msg::Renewal { incarnation, sent_at } => self.on_renewal(to, from, incarnation, sent_at),
-            Msg::Grant { incarnation, sent_at, commit } => self.on_grant(to, incarnation, sent_at, commit),
+            Msg::Grant { incarnation, sent_at, grant } => self.on_grant(to, incarnation, sent_at, grant),
             Msg::Append { term, commit } => self.on_append(to, from, term, commit),
-            Msg::Propose { command } => self.on_propose(to, command),
+            Msg::Keep { incarnation, sent_at } => self.on_keep(to, from, incarnation, sent_at),
+            Msg::KeepAck { incarnation, sent_at, lease } => self.on_keep_ack(to, from, incarnation, sent_at, lease),
+            Msg::Propose { command, reply } => self.on_propose(to, from, command, reply),
+            Msg::Proposed { op } => {
+                if let Some(package) =
+                    self.nodes[to].busy.iter().find(|(_, busy)| busy.op == op).map(|(p, _)| p.clone())
+                {
+                    self.end_busy(to, &package, op);
+                }
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! remote one over mutual TLS; never links the Raft, host or agent code.
 
 mod output;
+mod report;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use cluster_api::{Client, ClientError, ClientReply, ClientRequest, Endpoint, ErrorKind};
 use cluster_tls::TlsFiles;
 
@@ -17,7 +18,15 @@ use crate::output::Output;
 
 /// Operate a clusterd cluster.
 #[derive(Debug, Parser)]
-#[command(version, about, propagate_version = true)]
+#[command(
+    version,
+    about = "Operate a clusterd failover cluster",
+    long_about = "clusterctl operates a clusterd cluster: certificates, membership, cluster settings, packages \
+and the replicated key-value store. It talks to the clusterd of this host over its Unix socket (root only), or \
+to any node over TCP with mutual TLS (--endpoint, --ca, --cert, --key); any node answers any command. Every \
+command has --output json.",
+    propagate_version = true
+)]
 struct Cli {
     #[command(flatten)]
     connection: Connection,
@@ -43,13 +52,13 @@ struct Connection {
     #[arg(long, global = true, env = "CLUSTERCTL_ENDPOINT", requires_all = ["tls_ca", "tls_cert", "tls_key"])]
     endpoint: Option<String>,
     /// Cluster CA certificate (remote only).
-    #[arg(id = "tls_ca", long = "ca", global = true, env = "CLUSTERCTL_CA")]
+    #[arg(id = "tls_ca", long = "ca", value_name = "FILE", global = true, env = "CLUSTERCTL_CA")]
     ca: Option<PathBuf>,
     /// Client certificate issued by the cluster CA (remote only).
-    #[arg(id = "tls_cert", long = "cert", global = true, env = "CLUSTERCTL_CERT")]
+    #[arg(id = "tls_cert", long = "cert", value_name = "FILE", global = true, env = "CLUSTERCTL_CERT")]
     cert: Option<PathBuf>,
     /// Client key (remote only).
-    #[arg(id = "tls_key", long = "key", global = true, env = "CLUSTERCTL_KEY")]
+    #[arg(id = "tls_key", long = "key", value_name = "FILE", global = true, env = "CLUSTERCTL_KEY")]
     key: Option<PathBuf>,
     /// Seconds to wait for a connection.
     #[arg(long, global = true, default_value_t = 5)]
@@ -80,6 +89,24 @@ enum Command {
         /// Keep printing new events.
         #[arg(long)]
         follow: bool,
+    },
+    /// Write a bug-report archive (OUTPUT.tar.gz): status, settings, events and package
+    /// definitions as JSON, and from every node its node file, log and Raft view; secrets left out.
+    Report {
+        /// Only events and logs of this last period (e.g. `2h`, `30min`); everything when omitted.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// The archive to create (refused if it exists).
+        #[arg(value_name = "OUTPUT.tar.gz")]
+        archive: PathBuf,
+    },
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (clusterctl.1 and clusterctl-COMMAND.1 for every command) into DIR.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
@@ -160,6 +187,31 @@ enum ClusterCommand {
     /// Fence devices (fence-agents convention).
     #[command(subcommand)]
     Fence(FenceCommand),
+    /// Alert hooks: programs the leader runs for events (docs/monitoring.md).
+    #[command(subcommand)]
+    Alert(AlertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AlertCommand {
+    /// Run PATH (present on every node) for events of the given kinds; replaces PATH's settings.
+    Add {
+        /// Absolute path of the executable.
+        path: String,
+        /// Comma-separated kinds: failover, fence, blocked, failed, node-lost, package, node.
+        #[arg(long, value_delimiter = ',', required = true)]
+        events: Vec<String>,
+        /// Kill the hook (its process group) after this long.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Handed to the hook as CLUSTER_ALERT_RECIPIENT (an address, a channel).
+        #[arg(long)]
+        recipient: Option<String>,
+    },
+    /// Stop running PATH.
+    Remove { path: String },
+    /// The configured hooks.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,7 +277,7 @@ enum KvCommand {
 }
 
 /// Documented exit codes (docs/cli.md).
-mod exit {
+pub(crate) mod exit {
     pub(crate) const ERROR: u8 = 1;
     pub(crate) const USAGE: u8 = 2;
     pub(crate) const NOT_FOUND: u8 = 3;
@@ -248,6 +300,20 @@ async fn run(cli: Cli, mut out: Output) -> ExitCode {
         Command::Ca(command) => {
             return match ca(command) {
                 Ok(message) => out.done(&message),
+                Err(err) => out.failure(exit::ERROR, &format!("{err:#}"), None),
+            }
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "clusterctl", &mut script);
+            return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => out.failure(exit::ERROR, &format!("cannot write the completion script: {err}"), None),
+            };
+        }
+        Command::Man { dir } => {
+            return match write_man_pages(&dir) {
+                Ok(count) => out.done(&format!("wrote {count} man pages into {}", dir.display())),
                 Err(err) => out.failure(exit::ERROR, &format!("{err:#}"), None),
             }
         }
@@ -285,6 +351,23 @@ async fn run(cli: Cli, mut out: Output) -> ExitCode {
             ClientRequest::FenceSet { node, agent, params }
         }
         Command::Cluster(ClusterCommand::Fence(FenceCommand::Remove { node })) => ClientRequest::FenceRemove { node },
+        Command::Cluster(ClusterCommand::Alert(AlertCommand::Add { path, events, timeout, recipient })) => {
+            let hook = cluster_model::alerts::AlertHook { events, timeout_ms: timeout.as_millis() as u64, recipient };
+            if let Err(err) = cluster_model::alerts::validate_hook(&path, &hook) {
+                return out.failure(exit::USAGE, &err, None);
+            }
+            ClientRequest::AlertSet { path, hook: Some(hook) }
+        }
+        Command::Cluster(ClusterCommand::Alert(AlertCommand::Remove { path })) => {
+            ClientRequest::AlertSet { path, hook: None }
+        }
+        Command::Cluster(ClusterCommand::Alert(AlertCommand::List)) => ClientRequest::AlertList,
+        Command::Report { since, archive } => {
+            return match connect(&cli.connection).await {
+                Ok(mut client) => report::write(&mut client, since, &archive, &out).await,
+                Err(err) => out.failure(exit::ERROR, &err.to_string(), None),
+            }
+        }
         Command::Events { follow } => {
             return match connect(&cli.connection).await {
                 Ok(mut client) => events(&mut client, follow, &out).await,
@@ -416,4 +499,68 @@ fn ca(command: CaCommand) -> anyhow::Result<String> {
             Ok(format!("created {} and {}", cert.display(), key.display()))
         }
     }
+}
+
+/// The sections of clusterctl.1 that the parser does not know (the exit codes of the `exit` module).
+const MAN_PAGE_END: &str = r#".SH EXIT STATUS
+.TP
+0
+success
+.TP
+1
+error (the message names the object: node, key, file, setting)
+.TP
+2
+usage error (unknown command, missing or malformed argument)
+.TP
+3
+key or package not found
+.TP
+4
+compare\-and\-set mismatch (kv cas); the current value is printed on stdout
+.TP
+5
+no leader or no quorum within the timeout; for a write the outcome is unknown
+.SH FILES
+.TP
+/run/clusterd/clusterd.sock
+The local clusterd's control socket (root only).
+.SH SEE ALSO
+clusterd(8), /usr/share/doc/clusterd/cli.md
+"#;
+
+/// Writes clusterctl.1 and one page per command (`clusterctl-pkg-apply.1`), generated from the parser
+/// itself so that they never drift from it. Returns how many pages were written.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create man page directory {}", dir.display()))?;
+    let mut command = Cli::command();
+    command.build();
+    let mut written = 0;
+    write_man_page(dir, &command, &mut written)?;
+    Ok(written)
+}
+
+fn write_man_page(dir: &std::path::Path, command: &clap::Command, written: &mut usize) -> anyhow::Result<()> {
+    if command.is_hide_set() || command.get_name() == "help" {
+        return Ok(());
+    }
+    let name = command.get_display_name().unwrap_or_else(|| command.get_name()).to_string();
+    let path = dir.join(format!("{name}.1"));
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone())
+        .title(name.to_uppercase())
+        .section("1")
+        .source(format!("clusterd {}", env!("CARGO_PKG_VERSION")))
+        .manual("clusterd")
+        .render(&mut page)
+        .with_context(|| format!("cannot render man page {}", path.display()))?;
+    if command.get_name() == "clusterctl" {
+        page.extend_from_slice(MAN_PAGE_END.as_bytes());
+    }
+    std::fs::write(&path, page).with_context(|| format!("cannot write man page {}", path.display()))?;
+    *written += 1;
+    for subcommand in command.get_subcommands() {
+        write_man_page(dir, subcommand, written)?;
+    }
+    Ok(())
 }

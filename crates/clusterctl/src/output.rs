@@ -95,6 +95,21 @@ impl Output {
                 }
                 ClientReply::Plan { lines } => json!({ "plan": lines }),
                 ClientReply::Events { events } => serde_json::to_value(events).expect("events serialize"),
+                ClientReply::Alerts { hooks, next } => json!({
+                    "hooks": hooks.iter().map(|(path, hook)| json!({
+                        "path": path,
+                        "events": hook.events,
+                        "timeout_ms": hook.timeout_ms,
+                        "recipient": hook.recipient,
+                    })).collect::<Vec<_>>(),
+                    "next_event": next,
+                }),
+                ClientReply::Diagnostics(diagnostics) => json!({
+                    "node": diagnostics.node,
+                    "version": diagnostics.version,
+                    "files": diagnostics.files.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+                    "notes": diagnostics.notes,
+                }),
             };
             println!("{value}");
             return ExitCode::SUCCESS;
@@ -130,6 +145,30 @@ impl Output {
             ClientReply::Events { events } => {
                 for event in events {
                     println!("{}", render_event(event));
+                }
+            }
+            ClientReply::Alerts { hooks, .. } if hooks.is_empty() => println!("no alert hooks"),
+            ClientReply::Alerts { hooks, .. } => {
+                let rows = hooks
+                    .iter()
+                    .map(|(path, hook)| {
+                        vec![
+                            path.clone(),
+                            hook.events.join(","),
+                            format!("{}s", hook.timeout_ms as f64 / 1_000.0),
+                            hook.recipient.clone().unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["HOOK", "EVENTS", "TIMEOUT", "RECIPIENT"], rows));
+            }
+            ClientReply::Diagnostics(diagnostics) => {
+                println!("node {} (clusterd {})", diagnostics.node, diagnostics.version);
+                for (name, text) in &diagnostics.files {
+                    println!("  {name}: {} bytes", text.len());
+                }
+                for note in &diagnostics.notes {
+                    println!("  {note}");
                 }
             }
         }
@@ -296,7 +335,7 @@ fn resource_type(kind: &cluster_package::ResourceKind) -> &'static str {
 }
 
 /// One line of `events`.
-fn render_event(event: &Event) -> String {
+pub(crate) fn render_event(event: &Event) -> String {
     let seconds = event.at_ms / 1000;
     let (hours, minutes, secs) = ((seconds / 3600) % 24, (seconds / 60) % 60, seconds % 60);
     let mut text = format!("{hours:02}:{minutes:02}:{secs:02}.{:03}Z", event.at_ms % 1000);

@@ -29,6 +29,18 @@ pub(crate) struct NodeConfig {
     /// Optional watchdog device, armed while this node runs packages.
     #[serde(default)]
     pub(crate) watchdog: Option<WatchdogSection>,
+    /// HTTP listener for Prometheus metrics (`/metrics`) and, with `status_page`, the status page.
+    #[serde(default)]
+    pub(crate) metrics: Option<SocketAddr>,
+    /// Serve the metrics listener over TLS and require a client certificate of the cluster CA.
+    #[serde(default)]
+    pub(crate) metrics_tls: bool,
+    /// Serve the read-only status page on the metrics listener.
+    #[serde(default)]
+    pub(crate) status_page: bool,
+    /// Also append the log to this file (for hosts without the journal; `clusterctl report` reads it).
+    #[serde(default)]
+    pub(crate) log_file: Option<PathBuf>,
 }
 
 /// The `[watchdog]` table.
@@ -69,6 +81,34 @@ impl NodeConfig {
                 path.display(),
                 config.data_dir.display()
             );
+        }
+        if let Some(log_file) = config.log_file.as_ref().filter(|path| !path.is_absolute()) {
+            bail!(
+                "invalid configuration file {}: key `log_file`: expected an absolute path, got `{}`",
+                path.display(),
+                log_file.display()
+            );
+        }
+        match config.metrics {
+            Some(metrics) if metrics.port() == 0 => {
+                bail!("invalid configuration file {}: key `metrics`: expected a fixed port, not 0", path.display())
+            }
+            Some(metrics) if metrics == config.listen => bail!(
+                "invalid configuration file {}: key `metrics`: expected another address than `listen` ({metrics})",
+                path.display()
+            ),
+            Some(metrics) if config.status_page && !config.metrics_tls && !metrics.ip().is_loopback() => bail!(
+                "invalid configuration file {}: key `status_page`: the status page is served only on a loopback \
+                 address or with `metrics_tls = true` (client certificates of the cluster CA), and `metrics` is \
+                 {metrics}",
+                path.display()
+            ),
+            None if config.status_page || config.metrics_tls => bail!(
+                "invalid configuration file {}: key `{}`: expected `metrics = \"IP:PORT\"` too (the listener it uses)",
+                path.display(),
+                if config.status_page { "status_page" } else { "metrics_tls" }
+            ),
+            _ => {}
         }
         Ok(config)
     }
@@ -131,6 +171,64 @@ key = "/etc/clusterd/n1.key"
         assert!(err.contains("key `data_dir`: expected an absolute path"), "{err}");
         let err = parse(&GOOD.replace("\"n1\"", "\"bad name\"")).unwrap_err().to_string();
         assert!(err.contains("key `node`"), "{err}");
+    }
+
+    /// The shipped example (`/etc/clusterd/clusterd.toml.example`) parses as it is, and again with its
+    /// optional keys (`#key = …` lines) switched on, and shows every key of the node file.
+    #[test]
+    fn the_shipped_example_parses_and_shows_every_key() {
+        let example = include_str!("../../../packaging/clusterd.toml.example");
+        let config = parse(example).unwrap_or_else(|err| panic!("{err:#}"));
+        assert_eq!(config.watchdog, None);
+        let switched_on: String = example
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let full = parse(&switched_on).unwrap_or_else(|err| panic!("{err:#}"));
+        let NodeConfig {
+            node,
+            listen,
+            advertise,
+            data_dir,
+            socket,
+            tls,
+            watchdog,
+            metrics,
+            metrics_tls,
+            status_page,
+            log_file,
+        } = full;
+        let TlsSection { ca, cert, key } = tls;
+        assert_eq!(node, "node1");
+        assert!(advertise.is_some() && watchdog.is_some(), "an optional key is missing from the example");
+        assert!(metrics.is_some() && metrics_tls && status_page && log_file.is_some(), "an optional key is missing");
+        assert_eq!(socket, PathBuf::from(DEFAULT_SOCKET));
+        assert!(listen.port() != 0 && data_dir.is_absolute());
+        assert!([ca, cert, key].iter().all(|path| path.starts_with("/etc/clusterd")));
+    }
+
+    #[test]
+    fn the_status_page_needs_loopback_or_client_certificates() {
+        let with = |extra: &str| parse(&format!("{extra}\n{GOOD}"));
+        let config = with("metrics = \"127.0.0.1:9464\"\nstatus_page = true").unwrap();
+        assert_eq!(config.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(config.status_page && !config.metrics_tls);
+        assert!(with("metrics = \"0.0.0.0:9464\"").is_ok(), "metrics alone may listen everywhere");
+        let err = with("metrics = \"0.0.0.0:9464\"\nstatus_page = true").unwrap_err().to_string();
+        assert!(err.contains("key `status_page`: the status page is served only on a loopback address"), "{err}");
+        assert!(with("metrics = \"0.0.0.0:9464\"\nstatus_page = true\nmetrics_tls = true").is_ok());
+        let err = with("status_page = true").unwrap_err().to_string();
+        assert!(err.contains("key `status_page`: expected `metrics = \"IP:PORT\"` too"), "{err}");
+        let err = with("metrics = \"127.0.0.1:7400\"").unwrap_err().to_string();
+        assert!(err.contains("key `metrics`: expected another address than `listen`"), "{err}");
+        let err = with("log_file = \"clusterd.log\"").unwrap_err().to_string();
+        assert!(err.contains("key `log_file`: expected an absolute path"), "{err}");
+        let config = parse(GOOD).unwrap();
+        assert!(config.metrics.is_none() && !config.status_page && config.log_file.is_none(), "all off by default");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use cluster_model::controller::{explain, protection, Liveness, Protection};
 use cluster_model::{validate_key, validate_value, Command, CommandOutcome, FenceConfig, Phase};
 use cluster_raft::{ConsensusError, ConsensusNode, ForwardError};
 
-use crate::engine::{wall_ms, Engine, LeaseRequest};
+use crate::engine::{wall_ms, Engine, ExpiryCheck, KeepRequest, LeaseRequest};
 
 /// The request handler shared by every listener.
 pub(crate) struct Dispatcher {
@@ -50,6 +50,8 @@ fn is_read(request: &ClientRequest) -> bool {
             | ClientRequest::PkgStatus { .. }
             | ClientRequest::PkgPlan { .. }
             | ClientRequest::Events { .. }
+            | ClientRequest::AlertList
+            | ClientRequest::Diagnostics { .. }
     )
 }
 
@@ -63,6 +65,22 @@ impl Dispatcher {
                         &peer.payload,
                         |request: LeaseRequest| async move { engine.grant(&request).await },
                     )
+                    .await,
+                )
+            }
+            Request::Peer(peer) if peer.rpc == PeerRpc::Keep => {
+                let engine = &self.engine;
+                Response::Peer(
+                    serve_engine_rpc(&peer.payload, |request: KeepRequest| async move { engine.serve_keep(&request) })
+                        .await,
+                )
+            }
+            Request::Peer(peer) if peer.rpc == PeerRpc::ExpiryCheck => {
+                let engine = &self.engine;
+                Response::Peer(
+                    serve_engine_rpc(&peer.payload, |check: ExpiryCheck| async move {
+                        engine.serve_expiry_check(&check).await
+                    })
                     .await,
                 )
             }
@@ -230,6 +248,10 @@ impl Dispatcher {
                     self.write(Command::PkgApply { def: Box::new(def.clone()), at_ms: wall_ms() }, String::new())
                         .await?;
                     lines.push(format!("package {}: {what}", def.name));
+                    let members: Vec<String> = node.members().into_iter().map(|member| member.name).collect();
+                    if let Some(warning) = node.read_local(|state| slow_stop_warning(state, &members, def)) {
+                        lines.push(format!("package {}: warning: {warning}", def.name));
+                    }
                 }
                 Ok(ClientReply::Done { message: lines.join("\n") })
             }
@@ -306,6 +328,8 @@ impl Dispatcher {
                     .await?;
                 Ok(ClientReply::Events { events })
             }
+            ClientRequest::AlertSet { .. } | ClientRequest::AlertList => crate::alerts::serve(node, request).await,
+            ClientRequest::Diagnostics { .. } => crate::diagnostics::serve(node, request, forwarded).await,
         }
     }
 
@@ -380,6 +404,43 @@ impl Dispatcher {
 }
 
 /// What `pkg apply` of `new` does to the package as it is (the model's rule, in words).
+/// When `package` may take longer to stop than the stop budget: what that means on the nodes it
+/// may run on (issue 11: with the defaults a process's `kill_after` of 10 s is 20 times the stop
+/// budget, and nothing said so). `None` when its stop fits.
+fn slow_stop_warning(
+    state: &cluster_model::ClusterState,
+    members: &[String],
+    package: &cluster_package::PackageDef,
+) -> Option<String> {
+    let budget = state.settings.stop_budget();
+    let (longest, slow) = cluster_agents::longest_package_stop(package);
+    if longest <= budget {
+        return None;
+    }
+    let candidates = if package.nodes.is_empty() { members } else { &package.nodes[..] };
+    let lease_only: Vec<&str> =
+        candidates.iter().filter(|node| protection(state, node) == Protection::LeaseOnly).map(String::as_str).collect();
+    let causes: Vec<String> =
+        slow.iter().map(|stop| format!("{} up to {:?}: {}", stop.resource, stop.up_to, stop.why)).collect();
+    let risk = if lease_only.is_empty() {
+        "a node whose lease lapses while it stops the package is reset by its watchdog (or fenced) instead of \
+         stopping it cleanly"
+            .to_owned()
+    } else {
+        format!(
+            "on {} (no watchdog, no fencing: lease-only) a lease lapse can leave it running while another node \
+             starts it",
+            lease_only.join(", ")
+        )
+    };
+    Some(format!(
+        "its stop may take up to {longest:?} ({}), longer than the stop budget of {budget:?}: {risk}; shorten \
+         those stops (kill_after, stop_timeout) or raise the stop budget (`clusterctl cluster set stop_budget`, \
+         with a longer lease)",
+        causes.join("; ")
+    ))
+}
+
 fn apply_effect(current: Option<&cluster_model::PackageState>, new: &cluster_package::PackageDef) -> String {
     cluster_model::Redefinition::of(current, new).describe()
 }
@@ -398,7 +459,7 @@ fn cas_mismatch(key: &str, current: Option<String>) -> Failure {
 
 /// Why `execute` did not produce a reply: a consensus failure (possibly "not the leader", which
 /// leads to forwarding) or a definite answer for the client.
-enum Failure {
+pub(crate) enum Failure {
     Consensus(ConsensusError),
     Api(ApiError),
 }
@@ -458,5 +519,26 @@ mod tests {
             apply_effect(Some(&stopped), &def("\"n1\"", &["/bin/c"])),
             "definition replaced (resources redefined: takes effect at its next start)"
         );
+    }
+
+    /// Regression (issue 11): nothing warned that a package's stop can outlast the stop budget.
+    #[test]
+    fn a_stop_longer_than_the_budget_is_pointed_out_with_the_lease_only_nodes_at_risk() {
+        let mut state = cluster_model::ClusterState::default();
+        for (node, watchdog) in [("n1", true), ("n2", false), ("n3", false)] {
+            let watchdog = watchdog.then(|| "/dev/watchdog".to_owned());
+            state.apply(&Command::NodeHello { name: node.into(), watchdog, at_ms: 0 });
+        }
+        let members: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+        let slow = def("\"n1\", \"n2\"", &["/bin/sleep"]);
+        let warning = slow_stop_warning(&state, &members, &slow).expect("default kill_after is 10 s");
+        assert!(warning.starts_with("its stop may take up to 10.1s (r0 up to 10.1s: SIGTERM then 10s"), "{warning}");
+        assert!(warning.contains("longer than the stop budget of 500ms: on n2 (no watchdog"), "{warning}");
+        // Only watchdog nodes: reset rather than overlap.
+        let guarded = def("\"n1\"", &["/bin/sleep"]);
+        assert!(slow_stop_warning(&state, &members, &guarded).unwrap().contains("reset by its watchdog"));
+        // A stop that fits says nothing.
+        state.apply(&Command::SetSetting { name: "lease".into(), value: "30s".into() });
+        assert_eq!(slow_stop_warning(&state, &members, &slow), None);
     }
 }

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::dispatch::Dispatcher;
+use crate::metrics::{request_name, RequestMeter};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -43,7 +44,12 @@ pub(crate) fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Accepts TLS connections forever; a failed handshake (no certificate from the cluster CA)
 /// closes that connection only.
-pub(crate) async fn serve_tcp(listener: TcpListener, tls: Arc<ServerConfig>, dispatcher: Arc<Dispatcher>) {
+pub(crate) async fn serve_tcp(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    dispatcher: Arc<Dispatcher>,
+    meter: RequestMeter,
+) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -57,9 +63,10 @@ pub(crate) async fn serve_tcp(listener: TcpListener, tls: Arc<ServerConfig>, dis
         tcp.set_nodelay(true).ok();
         let acceptor = acceptor.clone();
         let dispatcher = dispatcher.clone();
+        let meter = meter.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => serve_connection(stream, &peer.to_string(), dispatcher).await,
+                Ok(Ok(stream)) => serve_connection(stream, &peer.to_string(), dispatcher, meter).await,
                 Ok(Err(err)) => tracing::warn!(%peer, error = %err, "refused tls connection"),
                 Err(_) => tracing::warn!(%peer, "tls handshake timed out"),
             }
@@ -68,13 +75,19 @@ pub(crate) async fn serve_tcp(listener: TcpListener, tls: Arc<ServerConfig>, dis
 }
 
 /// Accepts local connections forever.
-pub(crate) async fn serve_unix(listener: UnixListener, path: PathBuf, dispatcher: Arc<Dispatcher>) {
+pub(crate) async fn serve_unix(
+    listener: UnixListener,
+    path: PathBuf,
+    dispatcher: Arc<Dispatcher>,
+    meter: RequestMeter,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let dispatcher = dispatcher.clone();
                 let name = path.display().to_string();
-                tokio::spawn(async move { serve_connection(stream, &name, dispatcher).await });
+                let meter = meter.clone();
+                tokio::spawn(async move { serve_connection(stream, &name, dispatcher, meter).await });
             }
             Err(err) => {
                 tracing::warn!(error = %err, "accept on {} failed", path.display());
@@ -86,7 +99,12 @@ pub(crate) async fn serve_unix(listener: UnixListener, path: PathBuf, dispatcher
 
 /// Answers requests on one connection in order. A malformed frame gets an error reply and closes
 /// the connection; nothing else is affected.
-async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: &str, dispatcher: Arc<Dispatcher>) {
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: &str,
+    dispatcher: Arc<Dispatcher>,
+    meter: RequestMeter,
+) {
     let mut stream = framed(stream);
     while let Some(frame) = stream.next().await {
         let frame = match frame {
@@ -98,7 +116,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: &s
             }
         };
         let (response, fatal) = match decode::<Request>(&frame) {
-            Ok(request) => (dispatcher.handle(request).await, false),
+            Ok(request) => {
+                // Client requests are counted and timed (metrics); peer RPCs are not.
+                let client = match &request {
+                    Request::Client { request, .. } => Some((request_name(request), std::time::Instant::now())),
+                    Request::Peer(_) => None,
+                };
+                let response = dispatcher.handle(request).await;
+                if let Some((name, began)) = client {
+                    meter.record(name, &response, began.elapsed());
+                }
+                (response, false)
+            }
             Err(err) => {
                 tracing::warn!(%peer, error = %err, "closing connection: malformed request");
                 (Response::Client(Err(ApiError::new(ErrorKind::Invalid, format!("malformed request: {err}")))), true)

@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod package_lab;
+
 use std::path::{Path, PathBuf};
 
 use cluster_lab::lab::{self, LabPaths};

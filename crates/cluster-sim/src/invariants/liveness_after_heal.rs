@@ -12,8 +12,12 @@ pub(crate) fn check(sim: &Sim) -> Result<(), String> {
     };
     let state = &sim.nodes[leader].state;
     for (name, package) in &state.packages {
-        let active: Vec<&str> =
-            sim.nodes.iter().filter(|node| node.records.contains_key(name)).map(|node| node.name.as_str()).collect();
+        let active: Vec<&str> = sim
+            .nodes
+            .iter()
+            .filter(|node| node.records.contains_key(name) || node.ghosts.contains_key(name))
+            .map(|node| node.name.as_str())
+            .collect();
         let settled = match package.desired {
             Desired::Running => {
                 active.len() == 1 && package.owner.as_deref() == Some(active[0]) && package.phase == Phase::Running

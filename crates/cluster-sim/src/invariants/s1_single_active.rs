@@ -14,20 +14,25 @@ fn describe(activity: Activity) -> &'static str {
     }
 }
 
+/// What is active on `node`: the executor's records and any untracked resources.
+fn active(node: &Node) -> impl Iterator<Item = (&String, u64, &'static str)> {
+    let tracked = node.records.iter().map(|(package, r)| (package, r.since_us, describe(r.activity)));
+    let ghosts = node.ghosts.iter().map(|(package, since)| (package, *since, "left by an abandoned start"));
+    tracked.chain(ghosts)
+}
+
 /// Fails with the package, both nodes, since when each was active, and the time.
 pub(crate) fn check(nodes: &[Node], now: u64) -> Result<(), String> {
     for (i, first) in nodes.iter().enumerate() {
-        for (package, a) in &first.records {
+        for (package, a_since, a_what) in active(first) {
             for second in &nodes[i + 1..] {
-                if let Some(b) = second.records.get(package) {
+                if let Some((_, b_since, b_what)) = active(second).find(|(other, _, _)| *other == package) {
                     return Err(format!(
-                        "package {package} active on {} (since {}, {}) and on {} (since {}, {}) at {}",
+                        "package {package} active on {} (since {}, {a_what}) and on {} (since {}, {b_what}) at {}",
                         first.name,
-                        secs(a.since_us),
-                        describe(a.activity),
+                        secs(a_since),
                         second.name,
-                        secs(b.since_us),
-                        describe(b.activity),
+                        secs(b_since),
                         secs(now)
                     ));
                 }

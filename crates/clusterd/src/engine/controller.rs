@@ -43,21 +43,29 @@ fn view_of(engine: &Engine, table: &mut cluster_model::LeaseTable) -> View {
     }
     let snapshot = engine.snapshot();
     let at = now();
-    let nodes = engine
+    let settings = &snapshot.state.settings;
+    let nodes: std::collections::BTreeMap<String, Liveness> = engine
         .node
         .members()
         .into_iter()
         .map(|member| {
             // The leader runs this code: it never judges (or fences) itself from its own table.
-            let liveness = if member.name == engine.me {
-                Liveness::Alive
-            } else {
-                table.liveness(&member.name, at, &snapshot.state.settings)
-            };
+            let liveness =
+                if member.name == engine.me { Liveness::Alive } else { table.liveness(&member.name, at, settings) };
             (member.name, liveness)
         })
         .collect();
-    View { nodes, fencing: engine.fencing.lock().expect("fencing lock").clone() }
+    // Owners that are no longer members (`node remove` refuses an undrained node, so only an older
+    // cluster or a race leaves them): judged by their lease, which they can no longer renew.
+    let departed = snapshot
+        .state
+        .packages
+        .values()
+        .filter_map(|package| package.owner.as_ref())
+        .filter(|owner| !nodes.contains_key(*owner))
+        .map(|owner| (owner.clone(), table.liveness(owner, at, settings)))
+        .collect();
+    View { nodes, departed, fencing: engine.fencing.lock().expect("fencing lock").clone() }
 }
 
 /// Runs while this node leads: resets the lease table on every new term, then plans whenever
@@ -103,8 +111,11 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
             }
         }
         let snapshot = engine.snapshot();
+        settle_leases(&engine).await;
+        confirm_expiries(&engine, &snapshot).await;
         // The view and the plan number are taken under one lock: a renewal recorded after this
         // point is in the view, one recorded before waits for this plan (see `Engine::grant`).
+        let viewed_at = std::time::Instant::now();
         let (view, plan_number) = {
             let mut table = engine.table.lock().expect("lease table lock");
             let view = view_of(&engine, &mut table);
@@ -120,7 +131,7 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
             // An empty plan is final for these inputs; a plan with actions is redone.
             let redo = !actions.is_empty();
             last_planned = if redo { None } else { Some(inputs) };
-            run_actions(&engine, actions, plan_number, &snapshot.state.settings).await;
+            run_actions(&engine, actions, plan_number, &snapshot.state.settings, viewed_at).await;
             if redo {
                 tokio::time::sleep_until(started + RETRY).await;
                 continue;
@@ -145,14 +156,106 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
     }
 }
 
+/// Nodes whose lease ended by this leader's table are expired only once a majority of voters
+/// confirmed that none kept their lease since (docs/safety.md, "Leases that survive a leader's
+/// loss"): ask them now, before the view is taken. Members, and owners that are no longer members.
+async fn confirm_expiries(engine: &Engine, snapshot: &super::Snapshot) {
+    let settings = engine.settings();
+    let mut nodes: Vec<String> = engine.node.members().into_iter().map(|member| member.name).collect();
+    for owner in snapshot.state.packages.values().filter_map(|package| package.owner.as_ref()) {
+        if !nodes.contains(owner) {
+            nodes.push(owner.clone());
+        }
+    }
+    nodes.retain(|node| *node != engine.me);
+    let pending = {
+        let table = engine.table.lock().expect("lease table lock");
+        table.awaiting_confirmation(nodes.iter().map(String::as_str), now(), &settings)
+    };
+    if pending.is_empty() {
+        return;
+    }
+    // Only a leader a quorum confirmed asks: each answer (its own included) promises refusals, and a
+    // leader restarted into its old term (openraft brings a restarted leader back as leader until it
+    // meets the newer term) would otherwise make itself refuse the keeps of live nodes.
+    let asked = std::time::Instant::now();
+    engine.node.heartbeat_now().await;
+    if engine.node.confirm_after(asked).await.is_err() {
+        tracing::info!(
+            nodes = %pending.join(", "),
+            "leases ended here, but their expiry is not confirmed: leadership not confirmed by a quorum (nothing moves)"
+        );
+        return;
+    }
+    engine.confirm_expiries(pending, &settings).await;
+}
+
+/// After a shortening of the lease: once every lease granted with the old, longer wait has ended
+/// by this leader's clock, commit that, so that leaders judge unheard nodes with the current wait
+/// again (docs/safety.md, "Changing timings at runtime"). Judged with the settings grants use.
+async fn settle_leases(engine: &Engine) {
+    let due = {
+        let table = engine.table.lock().expect("lease table lock");
+        table.leases_settled(now(), &engine.settings())
+    };
+    if let Some(ceiling_us) = due {
+        match engine.node.write(Command::LeasesSettled { ceiling_us }).await {
+            Ok(CommandOutcome::Applied) => tracing::info!(
+                ceiling_ms = ceiling_us / 1_000,
+                "every lease granted before the lease was shortened has ended"
+            ),
+            Ok(other) => tracing::debug!(?other, "lease ceiling not settled"),
+            Err(err) => tracing::debug!(error = %err, "lease ceiling not settled"),
+        }
+    }
+}
+
 /// Proposes a plan's commands and starts its fences; the plan is marked done (for waiting
 /// grants) once every proposal was answered.
-async fn run_actions(engine: &Arc<Engine>, actions: Vec<Action>, plan_number: u64, settings: &cluster_model::Settings) {
+///
+/// Fences run only once a quorum confirmed, after the view was taken, that this node still leads:
+/// openraft 0.9 does not step down a leader cut off from the quorum, and such a leader sees every
+/// node expire and would power off the nodes that follow the new leader (issue 11, trap A).
+/// Proposals need no such step: Raft commits them only with a quorum of this leader's term.
+async fn run_actions(
+    engine: &Arc<Engine>,
+    actions: Vec<Action>,
+    plan_number: u64,
+    settings: &cluster_model::Settings,
+    viewed_at: std::time::Instant,
+) {
     let mut proposals = Vec::new();
+    let mut fences = Vec::new();
     for action in actions {
         match action {
             Action::Propose(command) => proposals.push(command),
-            Action::Fence { node, reason } => start_fence(engine, node, reason, settings),
+            Action::Fence { node, reason } => fences.push((node, reason)),
+        }
+    }
+    // A leader never fences itself (it could not record the fence, and the next leader would fence
+    // it again): when a stop failed here and this node has a fence device, it hands leadership over
+    // and the next leader fences it.
+    if let Some(at) = fences.iter().position(|(node, _)| *node == engine.me) {
+        let (_, reason) = fences.remove(at);
+        tracing::warn!(%reason, "this node must be fenced: handing leadership over so that another node fences it");
+        match engine.node.hand_over_leadership().await {
+            Ok(Some(successor)) => tracing::info!(%successor, "leadership handed over"),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "leadership not handed over"),
+        }
+    }
+    if !fences.is_empty() {
+        engine.node.heartbeat_now().await;
+        match engine.node.confirm_after(viewed_at).await {
+            Ok(_) => {
+                for (node, reason) in fences {
+                    start_fence(engine, node, reason, settings);
+                }
+            }
+            Err(err) => {
+                let nodes: Vec<&str> = fences.iter().map(|(node, _)| node.as_str()).collect();
+                tracing::warn!(nodes = %nodes.join(", "), error = %err, "not fencing: leadership not confirmed by a quorum");
+            }
         }
     }
     // Each assignment is conditional on its own package's epoch, so their order does not

@@ -50,7 +50,7 @@ struct WorkerHandle {
 
 fn spawn_worker(engine: &Arc<Engine>, name: &str, package: PackageSlot) -> WorkerHandle {
     let (slot, updates) = watch::channel(package);
-    let task = tokio::spawn(Worker::new(engine.clone(), name.to_owned()).run(updates));
+    let task = tokio::spawn(Worker::new(engine.clone(), name.to_owned(), updates).run());
     WorkerHandle { slot, task }
 }
 
@@ -66,6 +66,12 @@ pub(crate) async fn supervise(engine: Arc<Engine>) {
             Some(index) => engine.node.wait_applied_after(index, REAP).await,
         };
         if last != Some(applied) {
+            if last.is_none() {
+                // A restarted daemon counts the packages its predecessor may have run as active until
+                // their workers probe them; one that no longer exists has no worker.
+                let known = engine.node.read_local(|state| state.packages.keys().cloned().collect::<BTreeSet<_>>());
+                engine.active.lock().expect("active lock").retain(|name| known.contains(name));
+            }
             next_event = Some(publish(&engine, &mut workers, applied, next_event));
             last = Some(applied);
         }
@@ -211,10 +217,13 @@ pub(crate) async fn watch_lease(engine: Arc<Engine>) {
             (true, false) => tracing::info!("lease valid: packages may start"),
             (false, _) => {}
         }
+        // Timers run on the monotonic clock, which stops during a suspend while the lease clock
+        // does not: wake at least every heartbeat, so that a resumed node sees at once that its
+        // lease ran out.
         let wait = if must_stop {
             LEASE_POLL
         } else {
-            holder.remaining(at).unwrap_or_default().saturating_sub(settings.stop_budget())
+            holder.remaining(at).unwrap_or_default().saturating_sub(settings.stop_budget()).min(settings.heartbeat())
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -242,7 +251,16 @@ struct Wait {
 struct Worker {
     engine: Arc<Engine>,
     name: String,
-    runner: Option<(PackageDef, PackageRunner)>,
+    /// The package as applied here (`None` once removed).
+    updates: watch::Receiver<PackageSlot>,
+    /// Whether this node's lease is at its stop budget (`Engine::must_stop`).
+    lease_updates: watch::Receiver<bool>,
+    /// The index up to which every worker has its package (`Engine::applied`).
+    applied_updates: watch::Receiver<u64>,
+    /// A wait of this round ended early (the package changed, or the lease reached its stop
+    /// budget): the round is cut short and another one runs at once, on the new state.
+    interrupted: bool,
+    runner: Option<(PackageDef, Arc<PackageRunner>)>,
     /// Resources may be active here, started (or adopted) at this epoch.
     active: Option<u64>,
     probed: bool,
@@ -254,11 +272,24 @@ struct Worker {
     stopped_for_lease: Option<u64>,
 }
 
+/// How a wait of a worker ended.
+enum Waited<T> {
+    Done(T),
+    /// The package changed meanwhile, or the lease reached its stop budget.
+    Interrupted,
+}
+
 impl Worker {
-    fn new(engine: Arc<Engine>, name: String) -> Worker {
+    fn new(engine: Arc<Engine>, name: String, updates: watch::Receiver<PackageSlot>) -> Worker {
+        let lease_updates = engine.must_stop.subscribe();
+        let applied_updates = engine.applied.subscribe();
         Worker {
             engine,
             name,
+            updates,
+            lease_updates,
+            applied_updates,
+            interrupted: false,
             runner: None,
             active: None,
             probed: false,
@@ -268,15 +299,14 @@ impl Worker {
         }
     }
 
-    async fn run(mut self, mut updates: watch::Receiver<PackageSlot>) {
-        let mut applied_updates = self.engine.applied.subscribe();
-        let mut lease_updates = self.engine.must_stop.subscribe();
+    async fn run(mut self) {
         loop {
             // The applied index first: the package is then at least as recent as that index.
-            let applied = *applied_updates.borrow_and_update();
-            let package = updates.borrow_and_update().clone();
-            lease_updates.borrow_and_update();
+            let applied = *self.applied_updates.borrow_and_update();
+            let package = self.updates.borrow_and_update().clone();
+            self.lease_updates.borrow_and_update();
             self.retry_at = None;
+            self.interrupted = false;
             let wait = match package {
                 Some(package) => self.reconcile(&package, applied).await,
                 None => {
@@ -290,24 +320,24 @@ impl Worker {
                     Wait::default()
                 }
             };
-            if wait.again {
+            if wait.again || self.interrupted {
                 continue;
             }
             let deadline = [wait.at, self.retry_at].into_iter().flatten().min();
             let sleep = deadline.map_or(Duration::from_secs(3600), |at| at.saturating_sub(now()));
             let lease_matters = self.active.is_some() || wait.may_start;
             tokio::select! {
-                changed = updates.changed() => {
+                changed = self.updates.changed() => {
                     if changed.is_err() {
                         return;
                     }
                 }
-                changed = lease_updates.changed(), if lease_matters => {
+                changed = self.lease_updates.changed(), if lease_matters => {
                     if changed.is_err() {
                         return;
                     }
                 }
-                changed = applied_updates.changed(), if wait.may_start => {
+                changed = self.applied_updates.changed(), if wait.may_start => {
                     if changed.is_err() {
                         return;
                     }
@@ -320,25 +350,61 @@ impl Worker {
     /// The runner of the current definition. A definition whose resources changed gets a new
     /// runner once the package is no longer active here (the old runner stops what the old
     /// definition started; see `redefine`); a change of placement or policy only keeps the runner.
-    fn runner(&mut self, def: &PackageDef) -> &PackageRunner {
+    fn runner(&mut self, def: &PackageDef) -> Arc<PackageRunner> {
         match &mut self.runner {
             Some((current, _)) if current == def => {}
             Some((current, _)) if current.first_redefined_resource(def).is_none() => *current = def.clone(),
             Some(_) if self.active.is_some() => {}
             _ => self.replace_runner(def),
         }
-        &self.runner.as_ref().expect("runner").1
+        self.runner.as_ref().expect("runner").1.clone()
     }
 
     fn replace_runner(&mut self, def: &PackageDef) {
-        self.runner = Some((def.clone(), PackageRunner::new(def, &self.engine.host, &self.engine.agents)));
+        let runner = PackageRunner::new(def, &self.engine.host, &self.engine.agents);
+        self.runner = Some((def.clone(), Arc::new(runner)));
     }
 
     fn retry_soon(&mut self) {
         self.retry_at = Some(now() + RETRY);
     }
 
+    /// Waits for `work` (a report's answer, a monitor, a probe), but not past a change of the
+    /// package nor, while something may be active here, past the lease reaching its stop budget:
+    /// a worker runs one await at a time, and one that sat out a 5 s proposal or a hung monitor
+    /// kept its package running after its lease lapsed (issue 11, finding 3). Dropping `work` is
+    /// harmless: a proposal commits or not (the next round sees which), and an agent action's
+    /// process group is killed when its future is dropped.
+    async fn interruptible<T>(&mut self, work: impl std::future::Future<Output = T>) -> Waited<T> {
+        let watch_lease = self.active.is_some();
+        self.interruptible_by(work, watch_lease).await
+    }
+
+    /// [`Worker::interruptible`], by the lease only when `watch_lease`.
+    async fn interruptible_by<T>(
+        &mut self,
+        work: impl std::future::Future<Output = T>,
+        watch_lease: bool,
+    ) -> Waited<T> {
+        let updates = &mut self.updates;
+        let lease_updates = &mut self.lease_updates;
+        let outcome = tokio::select! {
+            biased;
+            _ = lease_updates.wait_for(|must_stop| *must_stop), if watch_lease => None,
+            _ = updates.changed() => None,
+            done = work => Some(done),
+        };
+        match outcome {
+            Some(done) => Waited::Done(done),
+            None => {
+                self.interrupted = true;
+                Waited::Interrupted
+            }
+        }
+    }
+
     async fn report(&mut self, package: &PackageState, report: Report) {
+        let stop_failed = matches!(report, Report::StopFailed { .. });
         let command = Command::Report {
             package: self.name.clone(),
             node: self.engine.me.clone(),
@@ -346,9 +412,19 @@ impl Worker {
             report,
             at_ms: wall_ms(),
         };
-        if let Err(err) = self.engine.propose(command).await {
-            tracing::warn!(package = %self.name, error = %err, "report not committed, will retry");
-            self.retry_soon();
+        // A failed stop is reported whatever the lease: it blocks the package (a lease-only node's
+        // expiry must not free it), and the lease reaching its stop budget changes nothing here.
+        let watch_lease = self.active.is_some() && !stop_failed;
+        let engine = self.engine.clone();
+        match self.interruptible_by(engine.propose(command), watch_lease).await {
+            Waited::Done(Ok(_)) => {}
+            Waited::Done(Err(err)) => {
+                tracing::warn!(package = %self.name, error = %err, "report not committed, will retry");
+                self.retry_soon();
+            }
+            Waited::Interrupted => {
+                tracing::debug!(package = %self.name, "report not waited for: the package or the lease changed")
+            }
         }
     }
 
@@ -358,22 +434,40 @@ impl Worker {
         let me = self.engine.me.clone();
         let holder = *self.engine.holder.lock().expect("lease lock");
         let mut wait = Wait::default();
-        // Nothing is decided before this node holds a lease on a state at least as recent as the
-        // grant: an old or partial state must not make it start or stop anything.
+        // Nothing is decided before this node holds a lease: a grant on a state at least as recent
+        // as the grant (an old or partial state must not make it start anything), or the lease of
+        // the daemon this one replaces, which lets it probe and adopt what runs (keep-only: while it
+        // runs, no package moves away from this node without its own report).
         let may_start = holder.may_start(now(), applied, settings);
-        if !may_start && !self.probed {
+        let lease_valid = holder.status(now(), settings) == LeaseStatus::Valid;
+        if !may_start && !lease_valid && !self.probed {
             wait.may_start = true;
             return wait;
         }
         if !self.probed {
             self.probe(package).await;
-            self.probed = true;
-        }
-        if package.frozen {
-            return wait;
+            if !self.probed {
+                return wait;
+            }
         }
         let mine = package.owner.as_deref() == Some(me.as_str());
         let lease_lapsed = must_stop_now(&self.engine, settings);
+        if package.frozen {
+            // Nothing is started, stopped or monitored, except that the lease outranks the freeze:
+            // at its stop budget the node stops what it runs, frozen or not, since nothing else
+            // would once the majority reassigns it (issue 11, finding 4). It restarts after the
+            // unfreeze if the node still owns it.
+            if let (Some(epoch), true) = (self.active, lease_lapsed) {
+                tracing::warn!(package = %self.name, epoch, "frozen, but the lease reached its stop budget: stopping");
+                if self.stop(epoch, "lease at its stop budget (frozen package)").await.is_ok()
+                    && mine
+                    && epoch == package.epoch
+                {
+                    self.stopped_for_lease = Some(epoch);
+                }
+            }
+            return wait;
+        }
         let keep = mine && matches!(package.phase, Phase::Starting | Phase::Running) && !lease_lapsed;
         if self.stopped_for_lease.is_some_and(|epoch| epoch != package.epoch || !mine) {
             self.stopped_for_lease = None;
@@ -480,10 +574,26 @@ impl Worker {
     /// First look after the daemon starts: adopt what runs correctly and is ours, stop the rest.
     async fn probe(&mut self, package: &PackageState) {
         let epoch = package.epoch;
-        let results = self.runner(&package.def).probe(epoch).await;
+        let runner = self.runner(&package.def);
+        let results = match self.interruptible_by(runner.probe(epoch), true).await {
+            Waited::Done(results) => results,
+            Waited::Interrupted if must_stop_now(&self.engine, &self.engine.settings()) => {
+                // Cut short by the lease: whatever runs must stop, so count it as active.
+                tracing::warn!(package = %self.name, "probe cut short by the lease's stop budget: stopping");
+                self.engine.set_active(&self.name, true);
+                self.active = Some(epoch);
+                self.probed = true;
+                return;
+            }
+            // The package changed: probe it again as it is now.
+            Waited::Interrupted => return,
+        };
+        self.probed = true;
         let running = results.iter().filter(|r| matches!(r.state, Ok(MonitorState::Running))).count();
         let mine = package.owner.as_deref() == Some(self.engine.me.as_str());
         if running == 0 && results.iter().all(|r| r.state.is_ok()) {
+            // (A restarted daemon counted it active until now: the previous one may have run it.)
+            self.engine.set_active(&self.name, false);
             return;
         }
         if running == results.len() && mine && matches!(package.phase, Phase::Starting | Phase::Running) {
@@ -508,9 +618,13 @@ impl Worker {
         tracing::info!(package = %self.name, epoch, "starting");
         let engine = self.engine.clone();
         let runner = self.runner(&package.def);
+        // The lease is looked at again now that the package counts as active: a pet of an idle
+        // `nowayout` watchdog just before (see `tend_watchdog`) then never outlasts the lease of
+        // a package that starts.
         let outcome = tokio::select! {
-            outcome = runner.start(epoch) => Some(outcome),
+            biased;
             _ = lease_lapse(&engine, settings) => None,
+            outcome = runner.start(epoch) => Some(outcome),
         };
         match outcome {
             Some(Ok(_)) => {
@@ -586,8 +700,13 @@ impl Worker {
             .collect();
         for (resource, interval) in due {
             self.next_monitor.insert(resource.clone(), at + interval);
-            let runner = &self.runner.as_ref().expect("runner of an active package").1;
-            let failure = match runner.monitor(&resource, epoch).await {
+            let runner = self.runner.as_ref().expect("runner of an active package").1.clone();
+            let result = match self.interruptible(runner.monitor(&resource, epoch)).await {
+                Waited::Done(result) => result,
+                // Dropped (its agent's process group is killed); the next round acts on the change.
+                Waited::Interrupted => return,
+            };
+            let failure = match result {
                 Ok(MonitorState::Running) => continue,
                 Ok(MonitorState::NotRunning) => "not running".to_owned(),
                 Err(err) => err.to_string(),

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_api::PeerRpc;
+use cluster_host::WatchdogError;
 use cluster_model::controller::Liveness;
-use cluster_model::{Command, LeaseStatus};
+use cluster_model::{Command, Grant, LeaseStatus};
 use serde::{Deserialize, Serialize};
 
 use super::{now, wall_ms, Engine};
@@ -21,8 +22,14 @@ pub(crate) struct LeaseRequest {
 /// voters accepted its appends sent after that).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct LeaseGrant {
-    /// The holder may start packages only once it has applied this index.
+    /// The holder may start packages only once it has applied this index (the end of the leader's
+    /// log at the confirmation, covering every committed entry).
     pub(crate) commit_index: u64,
+    /// The leader's term (a newer leader's index replaces an older one's at the holder).
+    pub(crate) term: u64,
+    /// The lease granted, `lease·(1−ρ)` of the leader's settings when it recorded the renewal: the
+    /// length its lease table counts (issue 11, finding 1).
+    pub(crate) lease: Duration,
 }
 
 impl Engine {
@@ -38,6 +45,10 @@ impl Engine {
     /// it expired.)
     pub(crate) async fn grant(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
         let received = now();
+        if !self.node.members().iter().any(|member| member.name == request.node) {
+            // A removed node must lose its lease, so that what it may still own can move.
+            return Err(format!("node {} is not a member of the cluster: no lease", request.node));
+        }
         let arrived = std::time::Instant::now();
         let settings = self.settings();
         let alive = self.table.lock().expect("lease table lock").liveness(&request.node, received, &settings);
@@ -47,11 +58,14 @@ impl Engine {
             self.node.heartbeat_now().await;
         }
         let confirmed = self.node.confirm_after(arrived).await.map_err(|err| err.to_string())?;
-        let (plan, revived) = {
+        let (plan, revived, lease) = {
             let mut table = self.table.lock().expect("lease table lock");
+            // The settings applied now give both the length granted and the length counted: read
+            // once, under the table's lock (the controller settles a shortened lease under it too).
+            let settings = self.settings();
             let was_alive = table.liveness(&request.node, now(), &settings) == Liveness::Alive;
-            table.renewed(&request.node, received);
-            (table.plan_to_wait_for(&request.node), !was_alive)
+            let lease = table.renewed(&request.node, received, &settings);
+            (table.plan_to_wait_for(&request.node), !was_alive, lease)
         };
         if revived {
             // The node can take packages again (or a package waits for its lease to be known).
@@ -65,25 +79,29 @@ impl Engine {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        Ok(LeaseGrant { commit_index: confirmed.max(self.node.applied_index()) })
+        Ok(LeaseGrant { commit_index: confirmed.index, term: confirmed.term, lease })
     }
 }
 
 /// Every heartbeat: send a renewal to the leader (without waiting for the previous one), record
 /// grants, keep the watchdog armed while packages are active and pet it only while the lease is
-/// valid. Also announces the node (`NodeHello`) once the cluster answers, and announces again
-/// (`NodeWatchdog`) whenever its watchdog becomes usable or unusable.
+/// valid. Nothing in this loop waits for the cluster: renewals run in their own tasks, and
+/// announcements in [`announce_loop`] (a proposal can wait up to 5 s for a slow leader, which once
+/// held renewals and pets back long enough to lose the lease: issue 11, trap E).
 pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
-    // What the cluster was told of this node's watchdog; `None` before the first announcement.
-    let mut announced: Option<Option<String>> = None;
+    let mut persisted = super::runtime::LeaseFile::default();
+    // The first round at once: a daemon restarted with its predecessor's lease has little of it left.
+    let mut first = true;
     loop {
-        let snapshot = engine.snapshot();
-        let settings = snapshot.state.settings.clone();
-        tokio::time::sleep(settings.heartbeat()).await;
+        let settings = engine.snapshot().state.settings.clone();
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(settings.heartbeat()).await;
+        }
         if engine.lease_given_up() {
             tend_watchdog(&engine, &settings);
             continue;
         }
+        engine.keep_if_no_grant(now(), &settings);
         if let Some(leader) = engine.node.leader() {
             let engine = engine.clone();
             let settings = settings.clone();
@@ -109,7 +127,9 @@ pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
                     Ok(grant) => {
                         let mut holder = engine.holder.lock().expect("lease lock");
                         if !engine.lease_given_up() {
-                            holder.granted(sent, grant.commit_index, &settings);
+                            let grant =
+                                Grant { term: grant.term, commit_index: grant.commit_index, lease: Some(grant.lease) };
+                            holder.granted(sent, grant, &engine.settings());
                         }
                     }
                     Err(err) => tracing::debug!(leader = %leader.name, error = %err, "lease renewal failed"),
@@ -117,7 +137,42 @@ pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
             });
         }
         tend_watchdog(&engine, &settings);
-        if engine.lease_remaining().is_some() && !engine.stopping() {
+        persisted = persist_lease(&engine, &settings, persisted);
+    }
+}
+
+/// Leaves the lease in the runtime folder for a daemon restarted after a crash (`runtime.rs`),
+/// when it changed since the last write.
+pub(super) fn persist_lease(
+    engine: &Engine,
+    settings: &cluster_model::Settings,
+    last: super::runtime::LeaseFile,
+) -> super::runtime::LeaseFile {
+    let current = super::runtime::LeaseFile {
+        end: engine.holder.lock().expect("lease lock").end(),
+        stop_budget: settings.stop_budget(),
+        watchdog_armed: engine.watchdog.as_ref().is_some_and(|watchdog| watchdog.is_armed()),
+        active: engine.active.lock().expect("active lock").iter().cloned().collect(),
+    };
+    if current == last {
+        return last;
+    }
+    if let Err(err) = super::runtime::write(&engine.runtime_dir, super::runtime::LEASE_FILE, &current) {
+        tracing::warn!(dir = %engine.runtime_dir.display(), error = %err, "cannot record the lease for a restart");
+    }
+    current
+}
+
+/// Announces the node (`NodeHello`) once it holds a lease, and again (`NodeWatchdog`) whenever its
+/// watchdog becomes usable or unusable; checked every heartbeat, each proposal awaited here, away
+/// from renewals and pets.
+pub(crate) async fn announce_loop(engine: Arc<Engine>) {
+    // What the cluster was told of this node's watchdog; `None` before the first announcement.
+    let mut announced: Option<Option<String>> = None;
+    loop {
+        let settings = engine.snapshot().state.settings.clone();
+        tokio::time::sleep(settings.heartbeat()).await;
+        if engine.lease_remaining().is_some() && !engine.stopping() && !engine.lease_given_up() {
             announced = announce(&engine, &settings, announced).await;
         }
     }
@@ -165,29 +220,63 @@ impl Engine {
 
 /// Armed while packages are active here, petted only while the lease is valid with the stop
 /// budget left; disarmed (magic close) once nothing is active.
+///
+/// - The timeout is the stop budget: when the budget changes the watchdog is armed again with the
+///   new one before its next pet (a longer timeout than the budget would reset the node after its
+///   lease ended: issue 11, finding 1). Setting a timeout pets, so only while the lease is valid.
+/// - A driver with `nowayout` cannot be disarmed: once nothing is active it is petted whatever the
+///   lease (it protects nothing then), else it would reset a healthy node (issue 11, trap C). The
+///   decision is taken under the `active` lock, and a start checks its lease after it marked its
+///   package active (`Worker::start`), so such a pet never outlasts the lease of a started package.
+/// - A device that cannot time out within the stop budget is not armed (the node announces itself
+///   lease-only instead); one armed before the budget shrank below what it can do is disarmed.
 fn tend_watchdog(engine: &Engine, settings: &cluster_model::Settings) {
     let Some(watchdog) = &engine.watchdog else { return };
+    let budget = settings.stop_budget();
+    let active = engine.active.lock().expect("active lock");
     let lease_valid = engine.holder.lock().expect("lease lock").status(now(), settings) == LeaseStatus::Valid;
-    // A device that cannot time out within the stop budget is not armed at all (the node announces
-    // itself lease-only instead); arming it anyway would only spread errors.
-    let can_arm = super::fits_stop_budget(watchdog.as_ref(), settings.stop_budget());
-    let result = if engine.any_active() {
-        if !watchdog.is_armed() {
-            if lease_valid && can_arm {
-                let armed = watchdog.arm(settings.stop_budget());
-                *engine.watchdog_fault.lock().expect("watchdog fault lock") =
-                    armed.as_ref().err().map(ToString::to_string);
-                armed
-            } else {
-                Ok(())
+    let can_arm = super::fits_stop_budget(watchdog.as_ref(), budget);
+    let mut armed_for = engine.watchdog_armed_for.lock().expect("watchdog lock");
+    let arm = |armed_for: &mut Option<Duration>| {
+        let armed = watchdog.arm(budget);
+        *engine.watchdog_fault.lock().expect("watchdog fault lock") = armed.as_ref().err().map(ToString::to_string);
+        *armed_for = armed.is_ok().then_some(budget);
+        armed
+    };
+    let result = if !active.is_empty() {
+        match (watchdog.is_armed(), lease_valid, can_arm) {
+            (false, true, true) => arm(&mut armed_for),
+            (true, true, true) if *armed_for == Some(budget) => watchdog.pet(),
+            (true, true, true) => arm(&mut armed_for),
+            (true, _, false) => {
+                tracing::error!("the stop budget is shorter than the watchdog can time out: disarming it (lease-only)");
+                watchdog.disarm().map(|()| *armed_for = None)
             }
-        } else if lease_valid {
-            watchdog.pet()
-        } else {
-            Ok(())
+            // Not valid: no pet; the timer runs out unless the lease comes back (or stops finish).
+            _ => Ok(()),
         }
     } else if watchdog.is_armed() {
-        watchdog.disarm()
+        match watchdog.disarm() {
+            Ok(()) => {
+                *armed_for = None;
+                Ok(())
+            }
+            Err(WatchdogError::Nowayout { .. }) => {
+                if !engine.nowayout_noted.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    tracing::warn!(
+                        "watchdog {} has nowayout: it cannot be disarmed, so it stays armed and is petted while \
+                         nothing is active; stopping clusterd now resets the node once its timeout passes",
+                        watchdog.describe()
+                    );
+                }
+                match can_arm {
+                    true if *armed_for != Some(budget) => arm(&mut armed_for),
+                    true => watchdog.pet(),
+                    false => Ok(()),
+                }
+            }
+            Err(err) => Err(err),
+        }
     } else {
         Ok(())
     };

@@ -11,11 +11,13 @@
 
 mod controller;
 mod executor;
+mod keeps;
 mod leases;
+mod runtime;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cluster_agents::AgentOptions;
@@ -23,10 +25,11 @@ use cluster_api::PeerRpc;
 use cluster_host::Fencer;
 use cluster_host::Host;
 use cluster_host::Watchdog;
-use cluster_model::{ClusterState, Command, CommandOutcome, LeaseHolder, LeaseTable, Phase, Settings};
+use cluster_model::{ClusterState, Command, CommandOutcome, KeepLedger, LeaseHolder, LeaseTable, Phase, Settings};
 use cluster_raft::{ConsensusError, ConsensusNode};
 use tokio::sync::{watch, Notify};
 
+pub(crate) use keeps::{runtime_dir, ExpiryCheck, KeepRequest};
 pub(crate) use leases::LeaseRequest;
 
 /// The applied replicated state (at least as recent as `applied`), as the engine reads it: settings,
@@ -71,6 +74,15 @@ pub(crate) struct Engine {
     stopping: AtomicBool,
     /// Why the last attempt to arm the watchdog failed (cleared by a successful arm).
     watchdog_fault: Mutex<Option<String>>,
+    /// The stop budget the watchdog was last armed with (its timeout), while armed.
+    watchdog_armed_for: Mutex<Option<Duration>>,
+    /// The watchdog refused a magic close (`nowayout`) and the log said so.
+    nowayout_noted: AtomicBool,
+    /// This node as a voter: the keep renewals it acknowledged, the refusals it promised.
+    ledger: Mutex<KeepLedger>,
+    /// The runtime folder (tmpfs: the socket's folder): what must outlive a restart of the daemon
+    /// but not a reboot.
+    runtime_dir: std::path::PathBuf,
 }
 
 /// Whether `watchdog` protects a node whose stop budget is `stop_budget`: `Ok(its description)`,
@@ -96,10 +108,48 @@ fn fits_stop_budget(watchdog: &dyn Watchdog, stop_budget: Duration) -> bool {
     stop_budget >= watchdog.shortest_timeout()
 }
 
-/// Monotonic time of this process, as a duration since an arbitrary origin.
+/// The lease of the previous daemon of this boot, from the runtime folder, if it still runs with
+/// its stop budget left: its end and the packages that may be active here.
+fn restored_lease(runtime_dir: &std::path::Path) -> Option<(Duration, BTreeSet<String>)> {
+    let file = match runtime::read::<runtime::LeaseFile>(runtime_dir, runtime::LEASE_FILE) {
+        Ok(file) => file?,
+        Err(err) => {
+            tracing::warn!(error = %err, "unreadable lease of the previous daemon: starting without a lease");
+            return None;
+        }
+    };
+    let end = file.end.filter(|end| now() + file.stop_budget < *end)?;
+    tracing::info!(
+        remaining_ms = end.saturating_sub(now()).as_millis() as u64,
+        packages = %file.active.join(", "),
+        "the previous daemon's lease still runs: adopting what runs, starting nothing before a grant"
+    );
+    Some((end, file.active.into_iter().collect()))
+}
+
+/// Right after a restart of the daemon, before anything slow: if the previous daemon of this boot
+/// armed the watchdog and its lease still runs with the stop budget left, arm (hence pet) the
+/// watchdog again now, so that it does not reset the node while this daemon starts (issue 14,
+/// item 2). The engine takes the armed device over.
+pub(crate) fn rearm_after_restart(runtime_dir: &std::path::Path, watchdog: Option<&Arc<dyn Watchdog>>) {
+    let Some(watchdog) = watchdog else { return };
+    let Ok(Some(file)) = runtime::read::<runtime::LeaseFile>(runtime_dir, runtime::LEASE_FILE) else { return };
+    let valid = file.end.is_some_and(|end| now() + file.stop_budget < end);
+    if !(valid && file.watchdog_armed) {
+        return;
+    }
+    match watchdog.arm(file.stop_budget) {
+        Ok(()) => {
+            tracing::info!(device = %watchdog.describe(), "watchdog re-armed: the previous daemon's lease still runs")
+        }
+        Err(err) => tracing::error!(error = %err, "watchdog could not be re-armed after the restart"),
+    }
+}
+
+/// The lease clock (`CLOCK_BOOTTIME`: it counts a suspend), as a duration since an arbitrary
+/// origin. Every lease decision of this node reads it.
 pub(crate) fn now() -> Duration {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed()
+    cluster_host::lease_clock()
 }
 
 /// Wall clock in ms since the Unix epoch, for events only (never for safety decisions).
@@ -114,19 +164,27 @@ impl Engine {
         agents: AgentOptions,
         watchdog: Option<Arc<dyn Watchdog>>,
         fencer: Arc<dyn Fencer>,
+        runtime_dir: std::path::PathBuf,
     ) -> Arc<Engine> {
         let me = node.me().name.clone();
+        let ledger = keeps::load_ledger(&runtime_dir);
+        // The lease of the daemon this one replaces (same boot), while it still runs: keep what runs
+        // (those packages count as active until probed), start nothing before a grant.
+        let (holder, active) = match restored_lease(&runtime_dir) {
+            Some((end, active)) => (LeaseHolder::restored(end), active),
+            None => (LeaseHolder::default(), BTreeSet::new()),
+        };
         Arc::new(Engine {
             node,
             me,
             host,
             agents,
-            holder: Mutex::new(LeaseHolder::default()),
+            holder: Mutex::new(holder),
             table: Mutex::new(LeaseTable::default()),
             watchdog,
             fencer,
             fencing: Mutex::new(BTreeSet::new()),
-            active: Mutex::new(BTreeSet::new()),
+            active: Mutex::new(active),
             snapshot: Mutex::new(None),
             settings: watch::channel(Arc::new(Settings::default())).0,
             applied: watch::channel(0).0,
@@ -136,6 +194,10 @@ impl Engine {
             controller_wake: Notify::new(),
             stopping: AtomicBool::new(false),
             watchdog_fault: Mutex::new(None),
+            watchdog_armed_for: Mutex::new(None),
+            nowayout_noted: AtomicBool::new(false),
+            ledger: Mutex::new(ledger),
+            runtime_dir,
         })
     }
 
@@ -144,6 +206,7 @@ impl Engine {
         tokio::spawn(executor::supervise(self.clone()));
         tokio::spawn(executor::watch_lease(self.clone()));
         tokio::spawn(leases::heartbeat_loop(self.clone()));
+        tokio::spawn(leases::announce_loop(self.clone()));
         tokio::spawn(controller::controller_loop(self.clone()));
     }
 
@@ -206,10 +269,6 @@ impl Engine {
         } else {
             set.remove(package);
         }
-    }
-
-    fn any_active(&self) -> bool {
-        !self.active.lock().expect("active lock").is_empty()
     }
 
     /// The controller's view and the lease of every node, for `status` and `pkg plan`.
@@ -297,6 +356,8 @@ impl Engine {
             Err(err) => tracing::warn!(error = %err, "stopping: leadership not handed over"),
         }
         self.tend_watchdog_now();
+        let settings = self.settings();
+        leases::persist_lease(self, &settings, runtime::LeaseFile::default());
         let left: Vec<String> = self.active.lock().expect("active lock").iter().cloned().collect();
         if left.is_empty() {
             tracing::info!("stopping: no package is active here");
@@ -312,11 +373,15 @@ impl Engine {
 
     /// Waits until nothing but frozen or blocked packages is active here and, when `owned`, until
     /// the applied state gives this node no package but those; false if `deadline` came first.
+    /// Once the lease is given up (`owned` false) frozen packages are stopped too (the lease
+    /// outranks the freeze), and waited for: exiting during their stop would leave them running
+    /// with nothing to stop them, on a node the cluster may not even know is leaving.
     async fn wait_until_left(&self, deadline: Instant, owned: bool) -> bool {
         loop {
             let snapshot = self.snapshot();
             let packages = &snapshot.state.packages;
-            let kept = |name: &str| packages.get(name).is_some_and(|p| p.frozen || p.phase == Phase::Blocked);
+            let kept =
+                |name: &str| packages.get(name).is_some_and(|p| (owned && p.frozen) || p.phase == Phase::Blocked);
             let active_here = self.active.lock().expect("active lock").iter().any(|name| !kept(name));
             let owned_here = owned
                 && packages.iter().any(|(name, package)| package.owner.as_deref() == Some(&self.me) && !kept(name));
