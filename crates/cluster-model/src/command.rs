@@ -69,6 +69,9 @@ pub enum Command {
     SetRole { package: String, expected_epoch: u64, role: Role, reason: String, at_ms: u64 },
     /// A node announces what it offers to packages' `needs` (its node file's `capacity`).
     NodeCapacity { name: String, capacity: BTreeMap<String, u64>, at_ms: u64 },
+    /// Several commands proposed together (one Raft entry, one log append): applied in order, as
+    /// if each were its own entry; the outcome is [`CommandOutcome::Batch`], one per command.
+    Batch(Vec<Command>),
 }
 
 /// An owner's report about its package.
@@ -106,4 +109,6 @@ pub enum CommandOutcome {
     CasMismatch { current: Option<String> },
     /// The command was refused at apply time; nothing changed.
     Rejected { reason: String },
+    /// The outcomes of a [`Command::Batch`], in order.
+    Batch(Vec<CommandOutcome>),
 }

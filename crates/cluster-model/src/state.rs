@@ -239,6 +239,9 @@ impl ClusterState {
                 self.event(*at_ms, None, Some(name), 0, "capacity", &reason, None);
                 CommandOutcome::Applied
             }
+            Command::Batch(commands) => {
+                CommandOutcome::Batch(commands.iter().map(|command| self.apply(command)).collect())
+            }
         }
     }
 

@@ -152,13 +152,56 @@ pub(crate) struct PeerConnection {
     peers: Arc<Peers>,
     target: u64,
     address: String,
+    stats: AppendStats,
+}
+
+/// Append requests of one replication stream, logged at debug level every [`AppendStats::PERIOD`]:
+/// how many, how many entries each carried, and their round trip (the follower's fsync included).
+#[derive(Default)]
+struct AppendStats {
+    since: Option<Instant>,
+    requests: u64,
+    entries: u64,
+    round_trip: Duration,
+    round_trip_max: Duration,
+}
+
+impl AppendStats {
+    const PERIOD: Duration = Duration::from_secs(5);
+
+    fn record(&mut self, target: u64, entries: usize, sent: Instant) {
+        let now = Instant::now();
+        let took = now.saturating_duration_since(sent);
+        self.requests += 1;
+        self.entries += entries as u64;
+        self.round_trip += took;
+        self.round_trip_max = self.round_trip_max.max(took);
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) >= Self::PERIOD {
+            tracing::debug!(
+                target_node = target,
+                secs = now.duration_since(since).as_secs_f64(),
+                requests = self.requests,
+                entries_per_request = self.entries as f64 / self.requests.max(1) as f64,
+                round_trip_mean_us = self.round_trip.as_micros() as u64 / self.requests.max(1),
+                round_trip_max_us = self.round_trip_max.as_micros() as u64,
+                "raft append requests"
+            );
+            *self = AppendStats { since: Some(now), ..AppendStats::default() };
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> PeerConnection {
-        PeerConnection { peers: self.peers.clone(), target, address: node.address.clone() }
+        PeerConnection {
+            peers: self.peers.clone(),
+            target,
+            address: node.address.clone(),
+            stats: AppendStats::default(),
+        }
     }
 }
 
@@ -198,7 +241,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         let sent = Instant::now();
         let term = rpc.vote.leader_id().get_term();
         let leading = rpc.vote.is_committed();
+        let entries = rpc.entries.len();
         let result = self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await;
+        self.stats.record(self.target, entries, sent);
         if leading && matches!(result, Ok(ref response) if !matches!(response, AppendEntriesResponse::HigherVote(_))) {
             self.peers.leader_clock.accepted(term, self.target, sent);
         }

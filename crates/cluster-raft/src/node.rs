@@ -20,6 +20,8 @@ use crate::election::{
 };
 use crate::log_store::{LogStore, RecoveryReport};
 use crate::network::{CallError, PeerNetwork, Peers};
+use crate::proposer::Proposer;
+use crate::snapshot_policy::{snapshot_due, SnapshotProgress, SnapshotTrigger};
 use crate::state_machine::{StateMachineStore, StateView};
 use crate::types::{Raft, TypeConfig};
 
@@ -108,6 +110,8 @@ pub struct ConsensusNode {
     recovery: RecoveryReport,
     /// The start and result of the last leadership confirmation (see `confirm_leadership`).
     read_barrier: tokio::sync::Mutex<Option<(Instant, Result<u64>)>>,
+    /// Batches concurrent writes into one entry (see proposer.rs).
+    proposer: Proposer,
 }
 
 impl ConsensusNode {
@@ -143,6 +147,7 @@ impl ConsensusNode {
         let raft = Raft::new(id, config, PeerNetwork { peers: peers.clone() }, log.clone(), state_machine)
             .await
             .map_err(|err| ConsensusError::Fatal(format!("failed to start raft: {err}")))?;
+        let proposer = Proposer::start(raft.clone(), log.append_progress(), timing.heartbeat);
         let node = Arc::new(ConsensusNode {
             raft,
             me: NodeInfo { name: options.name, address: options.address },
@@ -155,6 +160,7 @@ impl ConsensusNode {
             timing,
             recovery,
             read_barrier: tokio::sync::Mutex::new(None),
+            proposer,
         });
         tokio::spawn(driver(Arc::downgrade(&node)));
         Ok(node)
@@ -216,13 +222,11 @@ impl ConsensusNode {
         Ok(())
     }
 
-    /// Proposes a command and waits until it is committed and applied.
+    /// Proposes a command and waits until it is committed and applied. Concurrent writes share
+    /// one Raft entry (see proposer.rs).
     pub async fn write(&self, command: Command) -> Result<CommandOutcome> {
         self.within("write", self.timing.request_timeout, async {
-            match self.raft.client_write(command).await {
-                Ok(response) => Ok(response.data),
-                Err(err) => Err(self.map_write_error("write", err)),
-            }
+            self.proposer.propose(command).await.map_err(|err| self.map_write_error("write", err))
         })
         .await
     }
@@ -965,17 +969,21 @@ impl ConsensusNode {
         }
     }
 
-    /// Builds a snapshot once `snapshot_period` entries were applied since the last one.
-    async fn snapshot_if_due(&self, last_triggered: &mut Option<u64>) {
+    /// Builds a snapshot when one is due (see snapshot_policy.rs).
+    async fn snapshot_if_due(&self, last_triggered: &mut SnapshotTrigger) {
         let (applied, snapshot) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             (metrics.last_applied.map_or(0, |id| id.index), metrics.snapshot.map_or(0, |id| id.index))
         };
-        let snapshot = snapshot.max(last_triggered.unwrap_or(0));
-        let period = self.read_local(|state| state.settings.snapshot_period);
-        if applied >= snapshot + period {
-            *last_triggered = Some(applied);
+        let (period, commands, snapshot_bytes) = {
+            let view = self.view.read().expect("state lock poisoned");
+            (view.state.settings.snapshot_period, view.commands_applied, view.snapshot_bytes)
+        };
+        let now =
+            SnapshotProgress { applied, snapshot, commands, log_bytes: self.log.appended_bytes(), snapshot_bytes };
+        if snapshot_due(now, *last_triggered, period) {
+            *last_triggered = SnapshotTrigger { index: applied, commands, log_bytes: now.log_bytes };
             if let Err(err) = self.raft.trigger().snapshot().await {
                 tracing::error!(error = %err, "failed to trigger a snapshot");
             }
@@ -1018,7 +1026,7 @@ const IDLE_PAUSE: Duration = Duration::from_millis(50);
 /// Background work of every node: the election driver and the snapshot trigger.
 async fn driver(node: std::sync::Weak<ConsensusNode>) {
     let mut deadline: Option<Duration> = None;
-    let mut last_triggered = None;
+    let mut last_triggered = SnapshotTrigger::default();
     let mut last_attempt = Instant::now();
     // Idle wakeups cost CPU on every node: sleep as long as nothing can be due.
     let mut pause = Duration::from_millis(10);
