@@ -10,7 +10,9 @@ packages=(
   etcd-server etcd-client                         # the key-value anchor in the benchmark
   systemd                                         # systemd-analyze verify, systemd-tmpfiles
   chromium chromium-driver                        # the status page in a real browser (lab test)
-  curl                                            # the example alert hook, WebDriver calls in the lab
+  curl                                            # the example alert hook, WebDriver calls, nspawn test
+  dpkg-dev binutils lintian                       # scripts/build-deb.sh: dpkg-shlibdeps, strip; lintian
+  debootstrap systemd-container                   # scripts/test-systemd.sh: Debian roots, systemd-nspawn
 )
 missing=()
 for package in "${packages[@]}"; do

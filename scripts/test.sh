@@ -24,7 +24,11 @@ echo "== short benchmarks (the full ones: docs/benchmarks.md)"
 "$bin/clusterlab" --name cibench down >/dev/null 2>&1 || true
 "$bin/clusterlab" --name cibench bench-keepalived --trials 2 --advert-int 1 --split-hold 2
 "$bin/clusterlab" --name cifail bench-failover --quick
+"$bin/clusterlab" --name cipromo bench-promotion --quick
 "$bin/clusterlab" --name ciscale bench-scale --quick
+
+echo "== the Debian package under systemd as PID 1 (short; the full one: scripts/test-systemd.sh)"
+CLUSTERD_DEB_BIN_DIR="$bin" scripts/test-systemd.sh --quick
 
 echo "== tests"
 cargo nextest run --workspace --locked --no-fail-fast

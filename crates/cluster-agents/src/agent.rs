@@ -4,12 +4,14 @@
 //!            validate ──► Ok | ERR_CONFIGURED/ERR_ARGS (static parameters only)
 //!   stopped ──start──► running      start: idempotent, returns when fully up
 //!   running ──stop───► stopped      stop:  idempotent, returns when fully down
-//!   monitor: Running | NotRunning | Err(class)   (a probe is a monitor before acting)
+//!   monitor: Running | RunningPromoted | NotRunning | Err(class)   (a probe is a monitor before acting)
+//!   running ──promote──► promoted ──demote──► running   (promotable OCF agents only; others: ERR_UNIMPLEMENTED)
 //! ```
 //!
 //! Every action receives an [`ActionContext`] with the package's epoch (the fencing token) and the
 //! action's timeout; the runner enforces the timeout with [`timed`].
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -28,6 +30,10 @@ pub enum Action {
     Validate,
     /// meta-data
     MetaData,
+    /// promote (promotable packages)
+    Promote,
+    /// demote (promotable packages)
+    Demote,
 }
 
 impl Action {
@@ -39,6 +45,8 @@ impl Action {
             Action::Monitor => "monitor",
             Action::Validate => "validate-all",
             Action::MetaData => "meta-data",
+            Action::Promote => "promote",
+            Action::Demote => "demote",
         }
     }
 }
@@ -56,12 +64,23 @@ pub struct ActionContext {
     pub interval: Duration,
     /// OCF check level for monitor (0 or 10).
     pub depth: u32,
+    /// More environment for the action, set by the runner: the instance (`CLUSTER_INSTANCE`), and
+    /// for OCF agents of several instances Pacemaker's clone and promotion meta attributes and the
+    /// promotion score file (see `PackageRunner::for_instance`).
+    pub environment: BTreeMap<String, String>,
 }
 
 impl ActionContext {
     /// A context with the given package, epoch and timeout (interval and depth zero).
     pub fn new(package: impl Into<String>, epoch: u64, timeout: Duration) -> Self {
-        ActionContext { package: package.into(), epoch, timeout, interval: Duration::ZERO, depth: 0 }
+        ActionContext {
+            package: package.into(),
+            epoch,
+            timeout,
+            interval: Duration::ZERO,
+            depth: 0,
+            environment: BTreeMap::new(),
+        }
     }
 }
 
@@ -70,6 +89,8 @@ impl ActionContext {
 pub enum MonitorState {
     /// Fully up.
     Running,
+    /// Fully up and promoted (`OCF_RUNNING_PROMOTED`, 8).
+    RunningPromoted,
     /// Cleanly down.
     NotRunning,
 }
@@ -91,6 +112,14 @@ pub trait Agent: Send + Sync {
     async fn monitor(&self, context: &ActionContext) -> Result<MonitorState, AgentError>;
     /// OCF meta-data XML describing the agent and its parameters.
     async fn meta_data(&self) -> Result<String, AgentError>;
+    /// Promote a running resource (promotable packages); only OCF agents have it.
+    async fn promote(&self, _context: &ActionContext) -> Result<(), AgentError> {
+        Err(AgentError::new(OcfStatus::ErrUnimplemented, format!("resource {} has no promote action", self.name())))
+    }
+    /// Demote a promoted resource back to running; only OCF agents have it.
+    async fn demote(&self, _context: &ActionContext) -> Result<(), AgentError> {
+        Err(AgentError::new(OcfStatus::ErrUnimplemented, format!("resource {} has no demote action", self.name())))
+    }
 }
 
 /// Run `action` of `resource` under `timeout`; a timeout is OCF_ERR_GENERIC naming the resource.

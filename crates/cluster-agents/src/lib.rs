@@ -28,6 +28,7 @@ mod ip;
 mod observed;
 mod ocf;
 mod process;
+pub mod promotion;
 mod runner;
 mod status;
 mod stop_time;
@@ -41,7 +42,7 @@ use cluster_package::{ResourceDef, ResourceKind};
 pub use agent::{timed, Action, ActionContext, Agent, MonitorState};
 pub use observed::ActionObserver;
 pub use ocf::DEFAULT_OCF_ROOT;
-pub use runner::{PackageRunner, ProbeResult, ResourceFailure, ResourceOutcome, RunError};
+pub use runner::{parse_promotion_score, PackageRunner, ProbeResult, ResourceFailure, ResourceOutcome, RunError};
 pub use status::{AgentError, OcfStatus};
 pub use stop_time::{longest_package_stop, longest_stop, SlowStop};
 
@@ -52,11 +53,16 @@ pub struct AgentOptions {
     pub ocf_root: PathBuf,
     /// Told about every action of every agent built with these options (metrics).
     pub observer: Option<Arc<dyn ActionObserver>>,
+    /// This node's name (`OCF_RESKEY_CRM_meta_on_node`).
+    pub node: Option<String>,
+    /// Where the `crm_master` / `crm_attribute` stand-in lives (`bin/`) and where promotion scores
+    /// land (`scores/`): see [`promotion`]. `None`: agents' scores are not collected.
+    pub promotion_dir: Option<PathBuf>,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        AgentOptions { ocf_root: PathBuf::from(DEFAULT_OCF_ROOT), observer: None }
+        AgentOptions { ocf_root: PathBuf::from(DEFAULT_OCF_ROOT), observer: None, node: None, promotion_dir: None }
     }
 }
 
@@ -65,6 +71,8 @@ impl std::fmt::Debug for AgentOptions {
         f.debug_struct("AgentOptions")
             .field("ocf_root", &self.ocf_root)
             .field("observer", &self.observer.is_some())
+            .field("node", &self.node)
+            .field("promotion_dir", &self.promotion_dir)
             .finish()
     }
 }

@@ -114,6 +114,20 @@ impl Agent for ObservedAgent {
     async fn meta_data(&self) -> Result<String, AgentError> {
         self.inner.meta_data().await
     }
+
+    async fn promote(&self, context: &ActionContext) -> Result<(), AgentError> {
+        let pending = self.begin(Action::Promote);
+        let result = self.inner.promote(context).await;
+        pending.finish(&label_of(&result));
+        result
+    }
+
+    async fn demote(&self, context: &ActionContext) -> Result<(), AgentError> {
+        let pending = self.begin(Action::Demote);
+        let result = self.inner.demote(context).await;
+        pending.finish(&label_of(&result));
+        result
+    }
 }
 
 #[cfg(test)]

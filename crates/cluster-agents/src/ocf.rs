@@ -70,6 +70,7 @@ impl OcfAgent {
             environment.insert("CLUSTER_EPOCH".to_string(), context.epoch.to_string());
             environment.insert("CLUSTER_PACKAGE".to_string(), context.package.clone());
             environment.insert("OCF_CHECK_LEVEL".to_string(), context.depth.to_string());
+            environment.extend(context.environment.iter().map(|(key, value)| (key.clone(), value.clone())));
         }
         environment
     }
@@ -159,8 +160,25 @@ impl Agent for OcfAgent {
     async fn monitor(&self, context: &ActionContext) -> Result<MonitorState, AgentError> {
         match self.run(Action::Monitor, Some(context)).await? {
             (OcfStatus::Success, _) => Ok(MonitorState::Running),
+            (OcfStatus::RunningPromoted, _) => Ok(MonitorState::RunningPromoted),
             (OcfStatus::NotRunning, _) => Ok(MonitorState::NotRunning),
+            // OCF_FAILED_PROMOTED (9) is a failure like any other, of a promoted instance.
             (status, detail) => Err(self.failure(Action::Monitor, status, &detail)),
+        }
+    }
+
+    async fn promote(&self, context: &ActionContext) -> Result<(), AgentError> {
+        match self.run(Action::Promote, Some(context)).await? {
+            (OcfStatus::Success, _) => Ok(()),
+            (status, detail) => Err(self.failure(Action::Promote, status, &detail)),
+        }
+    }
+
+    async fn demote(&self, context: &ActionContext) -> Result<(), AgentError> {
+        match self.run(Action::Demote, Some(context)).await? {
+            // Demoting what is not promoted (or not running: Stateful says NOT_RUNNING) is done.
+            (OcfStatus::Success | OcfStatus::NotRunning, _) => Ok(()),
+            (status, detail) => Err(self.failure(Action::Demote, status, &detail)),
         }
     }
 

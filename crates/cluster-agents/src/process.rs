@@ -145,6 +145,7 @@ impl Agent for ProcessAgent {
         let mut environment = self.params.environment.clone();
         environment.insert("CLUSTER_EPOCH".to_string(), context.epoch.to_string());
         environment.insert("CLUSTER_PACKAGE".to_string(), context.package.clone());
+        environment.extend(context.environment.iter().map(|(key, value)| (key.clone(), value.clone())));
         environment.insert("CLUSTER_RESOURCE".to_string(), self.name.clone());
         let spec = ServiceSpec {
             unit: unit.clone(),

@@ -281,6 +281,7 @@ fn processes_host(state: &Path) -> Host {
     let mut host = FakeHost::new().host();
     host.processes = Arc::new(LinuxProcesses::new(ProcessConfig {
         cgroup_parent: None,
+        node: None,
         force_process_groups: true,
         state_directory: state.to_path_buf(),
     }));

@@ -1,6 +1,7 @@
 //! Root test: real OCF agents we did not write (Debian's `resource-agents`: `ocf:heartbeat:Dummy`,
-//! `ocf:heartbeat:IPaddr2` inside a network namespace) driven through the `ocf` agent, and `ocf-tester`
-//! on every agent in `resource-agents/`.
+//! `ocf:heartbeat:IPaddr2` inside a network namespace, `ocf:heartbeat:Stateful` promoted and demoted
+//! with its promotion score) driven through the `ocf` agent, and `ocf-tester` on every agent in
+//! `resource-agents/`.
 
 mod common;
 
@@ -40,6 +41,7 @@ fn host(state: &Path) -> Host {
     let mut host = FakeHost::new().host();
     host.processes = Arc::new(LinuxProcesses::new(ProcessConfig {
         cgroup_parent: None,
+        node: None,
         force_process_groups: true,
         state_directory: state.to_path_buf(),
     }));
@@ -55,6 +57,62 @@ fn require_resource_agents() {
         Path::new("/usr/lib/ocf/resource.d/heartbeat/Dummy").exists(),
         "Debian's resource-agents package is required (apt-get install resource-agents)"
     );
+}
+
+/// `ocf:heartbeat:Stateful` as the promoted resource of a promotable package: started as a replica
+/// (score 5, set through the `crm_attribute` stand-in), promoted (monitor `OCF_RUNNING_PROMOTED`,
+/// score 10), demoted, promoted again and stopped (demoted first: Stateful refuses to stop promoted;
+/// its stop removes the score).
+#[tokio::test]
+async fn heartbeat_stateful_is_promoted_demoted_and_scored_through_the_ocf_agent() {
+    if !require_root("ocf:heartbeat:Stateful") {
+        return;
+    }
+    require_resource_agents();
+    assert!(
+        Path::new("/usr/lib/ocf/resource.d/heartbeat/Stateful").exists(),
+        "ocf:heartbeat:Stateful (Debian's resource-agents) is required"
+    );
+    let directory = tempfile::tempdir().expect("tempdir");
+    let state = directory.path().join("stateful.state");
+    let promotion = directory.path().join("promotion");
+    cluster_agents::promotion::install(&promotion).expect("install the crm_master stand-in");
+    let text = format!(
+        "name = \"db\"\ninstances = 2\npromotable = {{ primaries = 1 }}\n\
+         [[resource]]\nname = \"data\"\ntype = \"ocf\"\nagent = \"heartbeat:Stateful\"\nparams = {{ state = \"{}\" }}\n",
+        state.display()
+    );
+    let def = cluster_package::parse_package("db.toml", &text).expect("valid package");
+    let host = host(directory.path());
+    let options = cluster_agents::AgentOptions {
+        node: Some("n1".into()),
+        promotion_dir: Some(promotion.clone()),
+        ..cluster_agents::AgentOptions::default()
+    };
+    let runner = cluster_agents::PackageRunner::for_instance(&def, "db:1", &host, &options);
+    let monitor = || async { runner.monitor("data", 3).await };
+    runner.start(3).await.unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(monitor().await, Ok(MonitorState::Running));
+    assert_eq!(runner.promotion_score(), Some(5), "Stateful sets 5 at start");
+    assert!(promotion.join("scores").join("db:1.data").exists());
+    runner.promote(3).await.unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(monitor().await, Ok(MonitorState::RunningPromoted));
+    assert_eq!(std::fs::read_to_string(&state).unwrap().trim(), "master");
+    assert_eq!(runner.promotion_score(), Some(10));
+    assert!(runner.promoted());
+    runner.demote(3).await.unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(monitor().await, Ok(MonitorState::Running));
+    assert_eq!(runner.promotion_score(), Some(5));
+    runner.promote(3).await.unwrap_or_else(|error| panic!("{error}"));
+    // A probe after a daemon restart sees the promotion.
+    let again = cluster_agents::PackageRunner::for_instance(&def, "db:1", &host, &options);
+    let found = again.probe(3).await;
+    assert_eq!(found[0].state, Ok(MonitorState::RunningPromoted));
+    assert!(again.promoted());
+    again.stop(3).await.unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(monitor().await, Ok(MonitorState::NotRunning));
+    assert_eq!(runner.promotion_score(), None, "Stateful removes its score when it stops");
+    assert!(!state.exists());
 }
 
 #[tokio::test]

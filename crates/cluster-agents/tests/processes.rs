@@ -1,5 +1,6 @@
 //! Root test: the `process` agent on the real host: a daemonizing service is fully stopped (cgroup v2
-//! and process-group modes), a service ignoring SIGTERM is killed after the timeout, readiness by TCP.
+//! and process-group modes), a service ignoring SIGTERM is killed after the timeout, readiness by TCP,
+//! and two nodes' daemons sharing one host never see each other's units.
 
 mod common;
 
@@ -29,10 +30,21 @@ impl Units {
             if force_process_groups { None } else { cgroup_mount().map(|mount| mount.join(unique("clusterd-test"))) };
         let processes = Arc::new(LinuxProcesses::new(ProcessConfig {
             cgroup_parent: cgroup_parent.clone(),
+            node: None,
             force_process_groups,
             state_directory: state.path().to_path_buf(),
         }));
         Units { processes, cgroup_parent, _state: state }
+    }
+
+    /// The units of `node`, sharing this one's cgroup parent and pid-file directory (two daemons on one host).
+    fn of_node(&self, node: &str, force_process_groups: bool) -> Arc<LinuxProcesses> {
+        Arc::new(LinuxProcesses::new(ProcessConfig {
+            cgroup_parent: self.cgroup_parent.clone(),
+            node: Some(node.to_string()),
+            force_process_groups,
+            state_directory: self._state.path().to_path_buf(),
+        }))
     }
 
     fn host(&self) -> Host {
@@ -215,4 +227,65 @@ async fn process_agent_passes_the_conformance_suite_on_the_real_host() {
         &units.host(),
     );
     check_lifecycle(agent.as_ref(), &context(&package)).await.unwrap_or_else(|failures| panic!("{failures:#?}"));
+}
+
+/// Two daemons on one host (two nodes of a lab, or `clusterd@n1` and `clusterd@n2`) share the parent cgroup
+/// and the pid-file directory; each runs the same package's resource. Neither sees, signals or stops the
+/// other's unit, in cgroup v2 mode and in process-group mode (where units are also found by environment).
+async fn two_nodes_on_one_host_never_see_each_others_units(force_process_groups: bool) {
+    let units = Units::new(force_process_groups);
+    let (n1, n2) = (units.of_node("n1", force_process_groups), units.of_node("n2", force_process_groups));
+    let expected_mode = if force_process_groups { KillMode::ProcessGroup } else { KillMode::Cgroup };
+    assert_eq!(n1.kill_mode(), expected_mode);
+    let package = unique("pkg");
+    let unit = format!("{package}.server");
+    let resource =
+        service("server", DAEMONIZING, Readiness::AliveFor(Duration::from_millis(200)), Duration::from_secs(2));
+    let host_of = |processes: &Arc<LinuxProcesses>| {
+        let mut host = FakeHost::new().host();
+        host.processes = processes.clone();
+        host
+    };
+    let (agent1, agent2) = (build_agent(&resource, &host_of(&n1)), build_agent(&resource, &host_of(&n2)));
+
+    agent1.start(&context(&package)).await.expect("start on n1");
+    let pids1 = pids_after_daemonizing(&n1, &unit).await;
+    assert!(pids1.len() >= 2, "n1's unit: {pids1:?}");
+    assert_eq!(n2.pids(&unit).await.expect("pids"), Vec::<u32>::new(), "n2 sees n1's unit");
+    assert_eq!(agent2.monitor(&context(&package)).await, Ok(MonitorState::NotRunning));
+    // Stopping on n2 (a probe finding nothing) leaves n1's unit alone.
+    agent2.stop(&context(&package)).await.expect("stop on n2");
+    assert!(pids1.iter().all(|pid| alive(*pid)), "n2's stop touched n1's unit {pids1:?}");
+
+    agent2.start(&context(&package)).await.expect("start on n2");
+    let pids2 = pids_after_daemonizing(&n2, &unit).await;
+    assert!(pids2.iter().all(|pid| !pids1.contains(pid)), "n2 adopted n1's processes: {pids1:?} {pids2:?}");
+    let mut seen1 = n1.pids(&unit).await.expect("pids");
+    seen1.sort();
+    let mut expected1 = pids1.clone();
+    expected1.sort();
+    assert_eq!(seen1, expected1, "n1 sees n2's processes");
+
+    agent1.stop(&context(&package)).await.expect("stop on n1");
+    assert!(pids1.iter().all(|pid| !alive(*pid)), "n1's unit survived its stop");
+    assert!(pids2.iter().all(|pid| alive(*pid)), "n1's stop killed n2's unit {pids2:?}");
+    assert_eq!(agent2.monitor(&context(&package)).await, Ok(MonitorState::Running));
+    agent2.stop(&context(&package)).await.expect("stop on n2");
+    assert!(pids2.iter().all(|pid| !alive(*pid)), "n2's unit survived its stop");
+}
+
+#[tokio::test]
+async fn two_nodes_on_one_host_never_see_each_others_units_with_cgroup_v2() {
+    if !require_root("two nodes, cgroup v2") {
+        return;
+    }
+    two_nodes_on_one_host_never_see_each_others_units(false).await;
+}
+
+#[tokio::test]
+async fn two_nodes_on_one_host_never_see_each_others_units_with_process_groups() {
+    if !require_root("two nodes, process groups") {
+        return;
+    }
+    two_nodes_on_one_host_never_see_each_others_units(true).await;
 }

@@ -44,6 +44,10 @@ pub enum PeerRpc {
     /// A new leader asks how long ago this voter last acknowledged a leader of an older term
     /// (bounds every lease an older leader could have granted; see docs/safety.md).
     LastAck,
+    /// Keep this node's lease while no leader grants it (served by the daemon).
+    Keep,
+    /// A leader asks whether nodes whose lease ended may still hold a kept lease (served by the daemon).
+    ExpiryCheck,
     /// Which release does this node run, and which cluster versions can it read? (Since 0.2.0: a
     /// v0.1.0 node refuses the frame, which is its answer.)
     Version,
@@ -289,6 +293,12 @@ pub enum ClientReply {
         next: u64,
     },
     Diagnostics(NodeDiagnostics),
+    /// `pkg status`: the packages (every instance), and for those desired running that run nowhere
+    /// and are not being placed, why (`(instance, reason)`: fits nowhere, waits for a dependency).
+    PackageStatus {
+        packages: Vec<PackageState>,
+        waiting: Vec<(String, String)>,
+    },
     /// A new join token (one line).
     Token {
         token: String,

@@ -181,7 +181,9 @@ impl From<ClientRequest> for crate::ClientRequest {
             ClientRequest::KvList { prefix } => New::KvList { prefix },
             ClientRequest::FenceSet { node, agent, params } => New::FenceSet { node, agent, params },
             ClientRequest::FenceRemove { node } => New::FenceRemove { node },
-            ClientRequest::PkgApply { packages } => New::PkgApply { packages },
+            ClientRequest::PkgApply { packages } => {
+                New::PkgApply { packages: packages.into_iter().map(Into::into).collect() }
+            }
             ClientRequest::PkgRun { name, node } => New::PkgRun { name, node },
             ClientRequest::PkgStop { name } => New::PkgStop { name },
             ClientRequest::PkgMove { name, to } => New::PkgMove { name, to },
@@ -216,7 +218,9 @@ pub fn client_request_to_v0_1(request: &crate::ClientRequest) -> Result<ClientRe
         New::KvList { prefix } => ClientRequest::KvList { prefix },
         New::FenceSet { node, agent, params } => ClientRequest::FenceSet { node, agent, params },
         New::FenceRemove { node } => ClientRequest::FenceRemove { node },
-        New::PkgApply { packages } => ClientRequest::PkgApply { packages },
+        New::PkgApply { packages } => ClientRequest::PkgApply {
+            packages: packages.iter().map(cluster_model::compat::def_to_v0_1).collect::<Result<_, _>>()?,
+        },
         New::PkgRun { name, node } => ClientRequest::PkgRun { name, node },
         New::PkgStop { name } => ClientRequest::PkgStop { name },
         New::PkgMove { name, to } => ClientRequest::PkgMove { name, to },
@@ -285,7 +289,7 @@ impl From<StatusReport> for crate::StatusReport {
             last_log_index: report.last_log_index,
             snapshot_index: report.snapshot_index,
             nodes: report.nodes.into_iter().map(Into::into).collect(),
-            packages: report.packages,
+            packages: report.packages.into_iter().map(Into::into).collect(),
             warnings: report.warnings,
             cluster_version: cluster_model::ClusterVersion::V0_1.to_string(),
         }
@@ -320,7 +324,7 @@ pub fn status_to_v0_1(report: crate::StatusReport) -> StatusReport {
                 lease: node.lease,
             })
             .collect(),
-        packages: report.packages,
+        packages: report.packages.iter().map(Into::into).collect(),
         warnings: report.warnings,
     }
 }
@@ -335,7 +339,9 @@ impl From<ClientReply> for crate::ClientReply {
             ClientReply::Deleted { key, existed } => New::Deleted { key, existed },
             ClientReply::Settings { entries } => New::Settings { entries },
             ClientReply::Status(report) => New::Status(report.into()),
-            ClientReply::Packages { packages } => New::Packages { packages },
+            ClientReply::Packages { packages } => {
+                New::Packages { packages: packages.into_iter().map(Into::into).collect() }
+            }
             ClientReply::Plan { lines } => New::Plan { lines },
             ClientReply::Events { events } => New::Events { events },
         }
@@ -352,7 +358,11 @@ pub fn client_reply_to_v0_1(reply: crate::ClientReply) -> Result<ClientReply, Ne
         New::Deleted { key, existed } => ClientReply::Deleted { key, existed },
         New::Settings { entries } => ClientReply::Settings { entries },
         New::Status(report) => ClientReply::Status(status_to_v0_1(report)),
-        New::Packages { packages } => ClientReply::Packages { packages },
+        New::Packages { packages } => ClientReply::Packages { packages: packages.iter().map(Into::into).collect() },
+        // v0.1.0's `pkg status` reads the packages; why some wait is left out.
+        New::PackageStatus { packages, .. } => {
+            ClientReply::Packages { packages: packages.iter().map(Into::into).collect() }
+        }
         New::Plan { lines } => ClientReply::Plan { lines },
         New::Events { events } => ClientReply::Events { events },
         New::Alerts { .. } => return Err(needs("the alert hook list")),

@@ -51,7 +51,7 @@ struct Cli {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "set,get")]
     ops: Vec<Op>,
     /// Concurrent clients per point (one connection each), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
     /// Measured window per point [default: 10s; --quick: 1s].
     #[arg(long, value_parser = humantime::parse_duration)]

@@ -25,6 +25,7 @@ pub mod netns;
 mod process;
 mod process_group;
 mod raw_packets;
+mod service_cgroup;
 mod watchdog;
 
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub use linux_process::{LinuxProcesses, ProcessConfig};
 pub use mounts::{BlockDevices, BlockError, DeviceName, MountEntry, MountError, Mounts};
 pub use net::{format_mac, AddressInfo, LinkInfo, NetError, Network};
 pub use process::{CommandOutput, CommandSpec, KillMode, ProcessError, Processes, ServiceOutput, ServiceSpec, Signal};
+pub use service_cgroup::{enter_daemon_cgroup, CgroupMoveError};
 pub use watchdog::{lab_nowayout_marker, open_watchdog, FakeWatchdog, Watchdog, WatchdogError};
 
 /// One handle to each kind of host operation. Cheap to clone.

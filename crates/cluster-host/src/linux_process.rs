@@ -1,4 +1,6 @@
 //! Linux processes: one cgroup v2 per unit (found through `/proc/self/mountinfo`), else a process group.
+//! Where the cgroups go (beside the daemon in a delegated systemd service, or below it) is decided in
+//! `service_cgroup.rs`; every unit's name carries the node (`UNIT@NODE`).
 
 use std::ffi::CString;
 use std::net::SocketAddr;
@@ -18,8 +20,12 @@ use crate::process_group::GroupKillOnDrop;
 /// Where units live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessConfig {
-    /// Parent cgroup of the units; `None` detects `<cgroup2 mount><own cgroup>/clusterd-units`.
+    /// Parent cgroup of the units; `None` detects it: the service's cgroup when systemd delegated it
+    /// (`Delegate=yes`), else `<cgroup2 mount><own cgroup>/clusterd-units`.
     pub cgroup_parent: Option<PathBuf>,
+    /// The node whose units these are: part of every unit's cgroup, pid file and `CLUSTERD_UNIT`, so that
+    /// two daemons on one host never see each other's units. `None` only in tests.
+    pub node: Option<String>,
     /// Use process groups even when cgroup v2 is available.
     pub force_process_groups: bool,
     /// Directory for pid files (process-group mode).
@@ -30,6 +36,7 @@ impl Default for ProcessConfig {
     fn default() -> Self {
         ProcessConfig {
             cgroup_parent: None,
+            node: None,
             force_process_groups: false,
             state_directory: PathBuf::from("/run/clusterd/units"),
         }
@@ -43,6 +50,9 @@ const CONCURRENT_SPAWNS: usize = 4;
 #[derive(Debug, Clone)]
 pub struct LinuxProcesses {
     cgroup_parent: Option<PathBuf>,
+    /// Where clusterd 0.1.0 put its units (`<parent>/<unit>`, without the node), still looked at.
+    legacy_cgroup_parent: Option<PathBuf>,
+    node: Option<String>,
     state_directory: PathBuf,
     /// Bounds the forks in flight: a node taking over hundreds of packages must not start hundreds of
     /// blocking threads that fork at once.
@@ -62,13 +72,11 @@ pub(crate) fn own_cgroup(proc_cgroup: &str) -> Option<String> {
     proc_cgroup.lines().find_map(|line| line.strip_prefix("0::")).map(str::to_string)
 }
 
-fn detect_cgroup_parent() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = cgroup2_mount(&mountinfo)?;
-    let own = own_cgroup(&std::fs::read_to_string("/proc/self/cgroup").ok()?)?;
-    let parent = mount.join(own.trim_start_matches('/')).join("clusterd-units");
-    std::fs::create_dir_all(&parent).ok()?;
-    parent.join("cgroup.procs").exists().then_some(parent)
+fn detect_cgroup_parent() -> Option<crate::service_cgroup::UnitCgroups> {
+    let (mount, own) = crate::service_cgroup::own_cgroup_v2()?;
+    let units = crate::service_cgroup::unit_cgroups(&mount, &own, crate::service_cgroup::systemd_delegated);
+    std::fs::create_dir_all(&units.parent).ok()?;
+    units.parent.join("cgroup.procs").exists().then_some(units)
 }
 
 fn unit_file_name(unit: &str) -> String {
@@ -130,30 +138,54 @@ fn resolve_group(name: &str) -> Result<u32, ProcessError> {
 impl LinuxProcesses {
     /// Detect cgroup v2 (unless disabled) and fall back to process groups.
     pub fn new(config: ProcessConfig) -> Self {
-        let cgroup_parent = if config.force_process_groups {
-            None
+        let (cgroup_parent, legacy_cgroup_parent) = if config.force_process_groups {
+            (None, None)
         } else {
             match config.cgroup_parent {
-                Some(parent) => std::fs::create_dir_all(&parent).ok().map(|_| parent),
-                None => detect_cgroup_parent(),
+                Some(parent) => (std::fs::create_dir_all(&parent).ok().map(|_| parent), None),
+                None => match detect_cgroup_parent() {
+                    Some(units) => (Some(units.parent), Some(units.legacy_parent)),
+                    None => (None, None),
+                },
             }
         };
         if cgroup_parent.is_none() {
             tracing::info!("cgroup v2 not usable, supervising units by process group");
         }
+        if let Some(parent) = &cgroup_parent {
+            tracing::info!(cgroup = %parent.display(), "supervising units in cgroups");
+        }
         LinuxProcesses {
             cgroup_parent,
+            legacy_cgroup_parent,
+            node: config.node,
             state_directory: config.state_directory,
             spawns: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SPAWNS)),
         }
     }
 
+    /// `UNIT@NODE`: the unit's cgroup, pid file and `CLUSTERD_UNIT`.
+    fn unit_name(&self, unit: &str) -> String {
+        crate::service_cgroup::unit_cgroup_name(unit, self.node.as_deref())
+    }
+
     fn cgroup(&self, unit: &str) -> Option<PathBuf> {
-        self.cgroup_parent.as_ref().map(|parent| parent.join(unit_file_name(unit)))
+        self.cgroup_parent.as_ref().map(|parent| parent.join(self.unit_name(unit)))
+    }
+
+    /// The cgroup clusterd 0.1.0 gave this unit, when it differs from today's.
+    fn legacy_cgroup(&self, unit: &str) -> Option<PathBuf> {
+        let legacy = self.legacy_cgroup_parent.as_ref()?.join(unit_file_name(unit));
+        (Some(&legacy) != self.cgroup(unit).as_ref()).then_some(legacy)
+    }
+
+    /// Today's cgroup of the unit, then clusterd 0.1.0's.
+    fn cgroups(&self, unit: &str) -> Vec<PathBuf> {
+        self.cgroup(unit).into_iter().chain(self.legacy_cgroup(unit)).collect()
     }
 
     fn pid_file(&self, unit: &str) -> PathBuf {
-        self.state_directory.join(format!("{}.pgid", unit_file_name(unit)))
+        self.state_directory.join(format!("{}.pgid", self.unit_name(unit)))
     }
 
     /// The blocking part of a start, run on the blocking pool: the unit's cgroup, fork, exec.
@@ -161,7 +193,11 @@ impl LinuxProcesses {
         let program = spec.argv.first().cloned().unwrap_or_default();
         let action = format!("start {} for unit {}", program, spec.unit);
         let mut command = tokio::process::Command::new(&program);
-        command.args(&spec.argv[1..]).envs(&spec.environment).env("CLUSTERD_UNIT", &spec.unit).stdin(Stdio::null());
+        command
+            .args(&spec.argv[1..])
+            .envs(&spec.environment)
+            .env("CLUSTERD_UNIT", self.unit_name(&spec.unit))
+            .stdin(Stdio::null());
         if let Some(directory) = &spec.working_directory {
             command.current_dir(directory);
         }
@@ -249,13 +285,19 @@ impl LinuxProcesses {
         Ok((child, pid))
     }
 
-    fn unit_pids_blocking(cgroup: Option<&Path>, pid_file: &Path, unit: &str) -> Result<Vec<u32>, ProcessError> {
-        if let Some(cgroup) = cgroup {
-            return match std::fs::read_to_string(cgroup.join("cgroup.procs")) {
-                Ok(text) => Ok(text.lines().filter_map(|line| line.trim().parse().ok()).collect()),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-                Err(error) => Err(io_failure(format!("read {}", cgroup.display()), error)),
-            };
+    /// The unit's processes: those of its cgroups, or (without cgroups) of its process group and those
+    /// carrying `CLUSTERD_UNIT=<unit name>`.
+    fn unit_pids_blocking(cgroups: &[PathBuf], pid_file: &Path, unit: &str) -> Result<Vec<u32>, ProcessError> {
+        if !cgroups.is_empty() {
+            let mut pids = Vec::new();
+            for cgroup in cgroups {
+                match std::fs::read_to_string(cgroup.join("cgroup.procs")) {
+                    Ok(text) => pids.extend(text.lines().filter_map(|line| line.trim().parse::<u32>().ok())),
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(io_failure(format!("read {}", cgroup.display()), error)),
+                }
+            }
+            return Ok(pids);
         }
         let group: Option<i32> = std::fs::read_to_string(pid_file).ok().and_then(|text| text.trim().parse().ok());
         let needle = format!("CLUSTERD_UNIT={unit}").into_bytes();
@@ -280,6 +322,39 @@ impl LinuxProcesses {
             }
         }
         Ok(pids)
+    }
+    /// `cgroup.kill` of one of the unit's cgroups: done when the cgroup does not exist, an error when the
+    /// kernel has no `cgroup.kill` (before 5.14: the caller signals every process instead).
+    fn kill_cgroup(&self, cgroup: &Path) -> Result<(), ProcessError> {
+        if !cgroup.exists() {
+            return Ok(());
+        }
+        let kill_file = cgroup.join("cgroup.kill");
+        if !kill_file.exists() {
+            return Err(ProcessError::Failed {
+                action: format!("kill cgroup {}", cgroup.display()),
+                message: "the kernel has no cgroup.kill".to_string(),
+            });
+        }
+        std::fs::write(&kill_file, "1").map_err(|error| io_failure(format!("kill cgroup {}", cgroup.display()), error))
+    }
+
+    /// Removes an emptied unit cgroup (done when it does not exist).
+    async fn remove_cgroup(cgroup: &Path) -> Result<(), ProcessError> {
+        // A process that just exited leaves `cgroup.procs` before the cgroup stops being
+        // populated: rmdir fails with EBUSY for a few milliseconds. Retry for up to a
+        // second before calling the stop failed (the lab saw ~1 stop in 25 fail here).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match std::fs::remove_dir(cgroup) {
+                Ok(()) => return Ok(()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(error) if error.raw_os_error() == Some(libc::EBUSY) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => return Err(io_failure(format!("remove cgroup {}", cgroup.display()), error)),
+            }
+        }
     }
 }
 
@@ -317,15 +392,12 @@ impl Processes for LinuxProcesses {
     }
 
     async fn pids(&self, unit: &str) -> Result<Vec<u32>, ProcessError> {
-        let cgroup = self.cgroup(unit);
+        let cgroups = self.cgroups(unit);
         let pid_file = self.pid_file(unit);
-        let unit = unit.to_string();
-        tokio::task::spawn_blocking(move || Self::unit_pids_blocking(cgroup.as_deref(), &pid_file, &unit))
-            .await
-            .map_err(|error| ProcessError::Failed {
-                action: "list unit processes".to_string(),
-                message: error.to_string(),
-            })?
+        let unit = self.unit_name(unit);
+        tokio::task::spawn_blocking(move || Self::unit_pids_blocking(&cgroups, &pid_file, &unit)).await.map_err(
+            |error| ProcessError::Failed { action: "list unit processes".to_string(), message: error.to_string() },
+        )?
     }
 
     async fn signal(&self, unit: &str, signal: Signal) -> Result<(), ProcessError> {
@@ -353,40 +425,23 @@ impl Processes for LinuxProcesses {
     }
 
     async fn kill(&self, unit: &str) -> Result<(), ProcessError> {
-        if let Some(cgroup) = self.cgroup(unit) {
-            let kill_file = cgroup.join("cgroup.kill");
-            if kill_file.exists() {
-                return std::fs::write(&kill_file, "1").map_err(|error| io_failure(format!("kill unit {unit}"), error));
-            }
+        if self.cgroup_parent.is_some() && self.cgroups(unit).iter().all(|cgroup| self.kill_cgroup(cgroup).is_ok()) {
+            return Ok(());
         }
         self.signal(unit, Signal::Kill).await
     }
 
     async fn release(&self, unit: &str) -> Result<(), ProcessError> {
-        match self.cgroup(unit) {
-            Some(cgroup) => {
-                // A process that just exited leaves `cgroup.procs` before the cgroup stops being
-                // populated: rmdir fails with EBUSY for a few milliseconds. Retry for up to a
-                // second before calling the stop failed (the lab saw ~1 stop in 25 fail here).
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-                loop {
-                    match std::fs::remove_dir(&cgroup) {
-                        Ok(()) => return Ok(()),
-                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                        Err(error)
-                            if error.raw_os_error() == Some(libc::EBUSY) && tokio::time::Instant::now() < deadline =>
-                        {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                        Err(error) => return Err(io_failure(format!("remove cgroup {}", cgroup.display()), error)),
-                    }
-                }
+        if self.cgroup_parent.is_some() {
+            for cgroup in self.cgroups(unit) {
+                Self::remove_cgroup(&cgroup).await?;
             }
-            None => match std::fs::remove_file(self.pid_file(unit)) {
-                Ok(()) => Ok(()),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(error) => Err(io_failure(format!("remove pid file of unit {unit}"), error)),
-            },
+            return Ok(());
+        }
+        match std::fs::remove_file(self.pid_file(unit)) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(io_failure(format!("remove pid file of unit {unit}"), error)),
         }
     }
 

@@ -470,6 +470,7 @@ fn run_subject(
             vips: vec![vip.into()],
             processes: if clusterd { vec![SERVER_COMM.to_string()] } else { Vec::new() },
             interval: options.interval,
+            files: Vec::new(),
             ..ObserverSpec::default()
         },
         None,
@@ -948,6 +949,7 @@ pub fn run_package_nemesis(
             vips: vec![package.vip.into()],
             processes: vec![SERVER_COMM.to_string()],
             interval: Duration::from_millis(5),
+            files: Vec::new(),
             ..ObserverSpec::default()
         },
         None,

@@ -25,6 +25,8 @@ pub enum Kind {
     Client,
     /// A fault injected by the lab (`resource` is the fault's name).
     Fault,
+    /// A file of the node holding a text (`resource` is `PATH=TEXT`): a promoted instance's state.
+    File,
 }
 
 /// One line of the history.

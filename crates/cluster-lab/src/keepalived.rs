@@ -155,6 +155,7 @@ pub fn run_failover_bench(
             vips: vec![vip.into()],
             probes: vec![probe],
             interval: options.interval,
+            files: Vec::new(),
             ..ObserverSpec::default()
         },
         options.history.as_deref(),

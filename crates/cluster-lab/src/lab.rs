@@ -44,6 +44,8 @@ use crate::sys::{self, io_error, SysError};
 
 /// Where the lab keeps runtime state (one folder per lab).
 pub const RUN_ROOT: &str = "/run/clusterlab";
+/// The runtime folder of OCF agents (`HA_RSCTMP`): every node mounts its own (a tmpfs in its mount namespace).
+pub const RESOURCE_AGENTS_RUN: &str = "/run/resource-agents";
 /// Where the lab keeps node data, certificates and the LUN image (one folder per lab).
 pub const VAR_ROOT: &str = "/var/lib/clusterlab";
 /// The port `clusterd` listens on in the lab.
@@ -922,9 +924,19 @@ impl Lab {
         sys::ip(&["-n", &netns, "link", "set", "dev", "lo", "up"])?;
         sys::ip(&["-n", &netns, "link", "set", "dev", "eth0", "up"])?;
         sys::ip(&["-n", &netns, "addr", "replace", &format!("{address}/24"), "dev", "eth0"])?;
-        // The holder owns the node's mount namespace; every node process joins it.
+        // The holder owns the node's mount namespace; every node process joins it. Like a machine,
+        // the node gets its own `/run/resource-agents` (OCF agents keep their state there, e.g.
+        // `ocf:heartbeat:Stateful`), empty at every power on.
+        create_dir(Path::new(RESOURCE_AGENTS_RUN))?;
         let mut holder = Command::new("unshare");
-        holder.args(["--mount", "--propagation", "slave", "sleep", "infinity"]);
+        holder.args([
+            "--mount",
+            "--propagation",
+            "slave",
+            "sh",
+            "-c",
+            &format!("mount -t tmpfs -o mode=0755,size=16m clusterlab {RESOURCE_AGENTS_RUN} && exec sleep infinity"),
+        ]);
         let log = self.paths.node_run_dir(node).join("holder.log");
         let holder_pid = self.spawn_detached(node, false, holder, &log)?;
         let own_mnt = fs::read_link("/proc/self/ns/mnt").ok();

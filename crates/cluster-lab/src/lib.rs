@@ -27,6 +27,7 @@ pub mod linearizability;
 pub mod nemesis;
 pub mod observer;
 pub mod partition;
+pub mod promotion_bench;
 pub mod scale_bench;
 pub mod sys;
 pub mod watchdog;

@@ -236,6 +236,26 @@ enum Command {
         #[command(flatten)]
         binaries: Binaries,
     },
+    /// Promotion benchmark (issue 13): kill the node of a promotable package's primary (ocf:heartbeat:Stateful,
+    /// the primary holds a VIP) which also owns a plain VIP package; both VIPs measured in the same trial.
+    BenchPromotion {
+        /// Kill trials.
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        #[arg(long, default_value_t = 5)]
+        interval_ms: u64,
+        /// Seed of the kill phases.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// CI mode: 2 trials.
+        #[arg(long)]
+        quick: bool,
+        /// Write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        #[command(flatten)]
+        binaries: Binaries,
+    },
     /// Scale benchmark: many one-process packages on a clusterd lab; request times, idle CPU, relocation of the
     /// packages of a killed node (lab NAME, removed at the end).
     BenchScale {
@@ -451,6 +471,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 processes: process,
                 probes: probe,
                 interval: Duration::from_millis(interval_ms),
+                files: Vec::new(),
             };
             let observer = Observer::start(&lab, spec, output.as_deref()).context("failed to start the observer")?;
             std::thread::sleep(Duration::from_secs_f64(duration));
@@ -613,6 +634,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(path) = report {
                 std::fs::write(&path, serde_json::to_string_pretty(&result)?)
                     .with_context(|| format!("failed to write {}", path.display()))?;
+            }
+        }
+        Command::BenchPromotion { trials, interval_ms, seed, quick, report, binaries } => {
+            let (clusterd, clusterctl) = binaries.resolve()?;
+            let options = cluster_lab::promotion_bench::PromotionBenchOptions {
+                lab: name.clone(),
+                trials: if quick { 2 } else { trials },
+                interval: Duration::from_millis(interval_ms),
+                seed,
+                clusterd,
+                clusterctl,
+            };
+            let result = cluster_lab::promotion_bench::run(&options, &mut |line| println!("{line}"))
+                .context("promotion benchmark failed")?;
+            print!("{}", cluster_lab::promotion_bench::render(&result));
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_string_pretty(&result)?)
+                    .with_context(|| format!("failed to write {}", path.display()))?;
+            }
+            if result.failed_trials > 0 || result.split_brain > 0 {
+                bail!("{} failed trial(s), {} split-brain violation(s)", result.failed_trials, result.split_brain);
             }
         }
         Command::BenchScale {

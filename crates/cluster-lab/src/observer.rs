@@ -3,7 +3,7 @@
 //! probes the VIPs with TCP connects. All samples use `CLOCK_MONOTONIC`; changes become history records.
 //!
 //! ```text
-//!   thread n1 (netns n1) ─┐ RTM_GETADDR dump, /proc/HOLDER/mountinfo, cgroup.procs + comm
+//!   thread n1 (netns n1) ─┐ RTM_GETADDR dump, /proc/HOLDER/mountinfo, cgroup.procs + comm, /proc/HOLDER/root/FILE
 //!   thread n2 (netns n2) ─┼─▶ transitions ─▶ history (memory + JSON lines file) + current holders
 //!   thread client        ─┘ connect(VIP:port): connected or refused = reached
 //! ```
@@ -53,6 +53,10 @@ pub struct ObserverSpec {
     pub probes: Vec<SocketAddr>,
     /// Sampling period.
     pub interval: Duration,
+    /// Files of a node's own filesystem view (its mount namespace) that count as active while they
+    /// hold this text (its first line), e.g. `ocf:heartbeat:Stateful`'s state file holding `master`:
+    /// resource `PATH=TEXT`, kind `file`.
+    pub files: Vec<(PathBuf, String)>,
 }
 
 impl Default for ObserverSpec {
@@ -63,6 +67,7 @@ impl Default for ObserverSpec {
             processes: Vec::new(),
             probes: Vec::new(),
             interval: Duration::from_millis(5),
+            files: Vec::new(),
         }
     }
 }
@@ -292,6 +297,17 @@ fn node_loop(
             let found = mounted(holder_pid(&paths, &node), &spec.mounts);
             for (mount, active) in spec.mounts.iter().zip(found) {
                 states.push((Kind::Mount, mount.display().to_string(), active));
+            }
+        }
+        if !spec.files.is_empty() {
+            // Through the holder's root: the node's own mount namespace.
+            let root = holder_pid(&paths, &node).map(|pid| PathBuf::from(format!("/proc/{pid}/root")));
+            for (path, text) in &spec.files {
+                let held = root
+                    .as_ref()
+                    .and_then(|root| fs::read_to_string(root.join(path.strip_prefix("/").unwrap_or(path))).ok());
+                let active = held.is_some_and(|content| content.lines().next().map(str::trim) == Some(text.as_str()));
+                states.push((Kind::File, format!("{}={text}", path.display()), active));
             }
         }
         if !spec.processes.is_empty() {

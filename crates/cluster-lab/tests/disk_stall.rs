@@ -404,6 +404,7 @@ impl Fixture {
                 processes: vec![PROCESS.into()],
                 probes: vec![PROBE.parse().unwrap()],
                 interval: Duration::from_millis(10),
+                files: Vec::new(),
                 ..ObserverSpec::default()
             },
             None,
@@ -477,7 +478,14 @@ impl Fixture {
                 .map(|package| package["owner"] == node.as_str() && package["phase"] == "running")
                 .unwrap_or(false)
         });
-        assert!(agreed, "[{}] the cluster says the package runs on {node}", self.name);
+        if !agreed {
+            self.dump();
+            let text = self.lab.clusterctl(VIA, &["pkg", "status", PACKAGE]).unwrap_or_default();
+            panic!(
+                "[{}] the observer sees the package on {node} only, but the cluster does not agree:\n{text}",
+                self.name
+            );
+        }
         node
     }
 

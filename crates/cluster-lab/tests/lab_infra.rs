@@ -146,6 +146,7 @@ fn observer_sees_an_address_mount_and_process_within_one_sampling_period() {
             processes: vec!["tail".into()],
             probes: vec!["192.0.2.150:80".parse().unwrap()],
             interval,
+            files: Vec::new(),
         },
         None,
     )

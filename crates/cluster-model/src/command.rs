@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use cluster_package::PackageDef;
 use serde::{Deserialize, Serialize};
 
-use crate::package::{Phase, ResourceStatus};
+use crate::package::{Phase, ResourceStatus, Role};
 use crate::settings::FenceConfig;
-use crate::version::ClusterVersion;
+use crate::version::{ClusterVersion, NeedsVersion};
 
 /// A state change, proposed by the leader and applied by every node in log order. Commands that
 /// need a time carry the proposer's wall clock (`at_ms`, ms since the Unix epoch), used only for
@@ -64,6 +64,15 @@ pub enum Command {
     SetAlert { path: String, hook: Option<crate::alerts::AlertHook> },
     /// The leader ran the alert hooks for every event before sequence number `next`.
     AlertsDelivered { next: u64 },
+    /// Controller decision on an instance of a promotable package: promote it (`Promoting`, refused
+    /// once `primaries` instances may be promoted) or demote it (`Demoting`), valid only at
+    /// `expected_epoch`.
+    SetRole { package: String, expected_epoch: u64, role: Role, reason: String, at_ms: u64 },
+    /// A node announces what it offers to packages' `needs` (its node file's `capacity`).
+    NodeCapacity { name: String, capacity: BTreeMap<String, u64>, at_ms: u64 },
+    /// Several commands proposed together (one Raft entry, one log append): applied in order, as
+    /// if each were its own entry; the outcome is [`CommandOutcome::Batch`], one per command.
+    Batch(Vec<Command>),
     /// Every member runs a release that reads `version`'s formats: the cluster uses them from now
     /// on (proposed by the leader, never lowered; see `crate::version`).
     ActivateVersion { version: ClusterVersion, at_ms: u64 },
@@ -124,12 +133,40 @@ impl Command {
             Command::NodeRevoke { .. } => "NodeRevoke",
             Command::NodeAdmit { .. } => "NodeAdmit",
             Command::CertRenewed { .. } => "CertRenewed",
+            Command::SetRole { .. } => "SetRole",
+            Command::NodeCapacity { .. } => "NodeCapacity",
+            Command::Batch(_) => "Batch",
         }
     }
 
     /// The oldest cluster version whose members can decode and apply this command: the leader
     /// proposes it only at that version or later (`crate::version`).
     pub fn required_version(&self) -> ClusterVersion {
+        self.version_need().needs
+    }
+
+    /// What in this command needs the newest version, and that version: a package definition that
+    /// uses relations, a promotion report, or the command itself.
+    pub fn version_need(&self) -> NeedsVersion {
+        match self {
+            Command::PkgApply { def, .. } => {
+                if let Some(field) = crate::compat::relation_in_use(def) {
+                    return NeedsVersion::new(
+                        format!("package `{}` uses `{field}`, which", def.name),
+                        ClusterVersion::V0_2,
+                    );
+                }
+            }
+            Command::Report { report, .. } if crate::compat::report_to_v0_1(report).is_err() => {
+                return NeedsVersion::new("a promotion report", ClusterVersion::V0_2);
+            }
+            _ => {}
+        }
+        NeedsVersion::new(format!("command `{}`", self.name()), self.variant_version())
+    }
+
+    /// The oldest cluster version that knows this variant.
+    fn variant_version(&self) -> ClusterVersion {
         match self {
             Command::KvSet { .. }
             | Command::KvCas { .. }
@@ -160,7 +197,10 @@ impl Command {
             | Command::TokenRedeem { .. }
             | Command::NodeRevoke { .. }
             | Command::NodeAdmit { .. }
-            | Command::CertRenewed { .. } => ClusterVersion::V0_2,
+            | Command::CertRenewed { .. }
+            | Command::SetRole { .. }
+            | Command::NodeCapacity { .. }
+            | Command::Batch(_) => ClusterVersion::V0_2,
         }
     }
 }
@@ -180,6 +220,13 @@ pub enum Report {
     /// lease reached the stop budget, then came back) and starts it again: `running -> starting`,
     /// not counted against the restart budget.
     Restarting { reason: String },
+    /// The instance is promoted (after `SetRole(Promoting)`): its primary-only resources run.
+    Promoted,
+    /// The instance is no longer promoted here: demoted (after `SetRole(Demoting)`, or a failed
+    /// promotion undone).
+    Demoted { reason: String },
+    /// The promotion score the agents set on this instance (`None`: removed).
+    Score { score: Option<i64> },
 }
 
 /// The result of applying one [`Command`]; identical on every node.
@@ -193,4 +240,6 @@ pub enum CommandOutcome {
     CasMismatch { current: Option<String> },
     /// The command was refused at apply time; nothing changed.
     Rejected { reason: String },
+    /// The outcomes of a [`Command::Batch`], in order.
+    Batch(Vec<CommandOutcome>),
 }

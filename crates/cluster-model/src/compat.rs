@@ -22,10 +22,20 @@ pub mod v0_1 {
     use serde::{Deserialize, Serialize};
 
     // Unchanged since v0.1.0 (pinned by the fixture tests).
-    pub use crate::package::{Event, NodeRecord, PackageState, Phase, ResourceStatus};
+    pub use crate::package::{Event, Phase, ResourceStatus};
     pub use crate::settings::FenceConfig;
-    pub use crate::Report;
-    pub use cluster_package::PackageDef;
+    // v0.1.0's shapes, which development snapshots of version 3 stored too (before relations).
+    pub use crate::v3::{NodeRecordV3 as NodeRecord, PackageDefV3 as PackageDef, PackageStateV3 as PackageState};
+
+    /// v0.1.0's `Report`: no promotion reports.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Report {
+        Running { resources: Vec<ResourceStatus> },
+        Stopped,
+        StopFailed { reason: String },
+        ResourceFailed { resource: String, reason: String },
+        Restarting { reason: String },
+    }
 
     /// v0.1.0's `Settings`: no lease ceiling.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +104,7 @@ impl From<v0_1::Command> for Command {
             Old::KvDel { key } => Command::KvDel { key },
             Old::SetSetting { name, value } => Command::SetSetting { name, value },
             Old::SetFence { node, fence } => Command::SetFence { node, fence },
-            Old::PkgApply { def, at_ms } => Command::PkgApply { def, at_ms },
+            Old::PkgApply { def, at_ms } => Command::PkgApply { def: Box::new((*def).into()), at_ms },
             Old::PkgRemove { name, at_ms } => Command::PkgRemove { name, at_ms },
             Old::PkgRun { name, node, at_ms } => Command::PkgRun { name, node, at_ms },
             Old::PkgStop { name, at_ms } => Command::PkgStop { name, at_ms },
@@ -107,7 +117,7 @@ impl From<v0_1::Command> for Command {
                 Command::Assign { package, expected_epoch, owner, phase, reason, at_ms }
             }
             Old::Report { package, node, epoch, report, at_ms } => {
-                Command::Report { package, node, epoch, report, at_ms }
+                Command::Report { package, node, epoch, report: report.into(), at_ms }
             }
             Old::NodeFenced { node, owned, at_ms } => Command::NodeFenced { node, owned, at_ms },
             Old::NodeLeave { name, at_ms } => Command::NodeLeave { name, at_ms },
@@ -121,17 +131,18 @@ impl From<v0_1::Command> for Command {
 /// `command` as v0.1.0 encodes it, or what in it v0.1.0 cannot carry.
 pub fn command_to_v0_1(command: &Command) -> Result<v0_1::Command, NeedsVersion> {
     use v0_1::Command as Old;
-    let needs = command.required_version();
-    if needs > ClusterVersion::V0_1 {
-        return Err(NeedsVersion::new(format!("command `{}`", command.name()), needs));
+    let needs = command.version_need();
+    if needs.needs > ClusterVersion::V0_1 {
+        return Err(needs);
     }
+    let needs = needs.needs;
     Ok(match command.clone() {
         Command::KvSet { key, value } => Old::KvSet { key, value },
         Command::KvCas { key, expected, new } => Old::KvCas { key, expected, new },
         Command::KvDel { key } => Old::KvDel { key },
         Command::SetSetting { name, value } => Old::SetSetting { name, value },
         Command::SetFence { node, fence } => Old::SetFence { node, fence },
-        Command::PkgApply { def, at_ms } => Old::PkgApply { def, at_ms },
+        Command::PkgApply { def, at_ms } => Old::PkgApply { def: Box::new(def_to_v0_1(&def)?), at_ms },
         Command::PkgRemove { name, at_ms } => Old::PkgRemove { name, at_ms },
         Command::PkgRun { name, node, at_ms } => Old::PkgRun { name, node, at_ms },
         Command::PkgStop { name, at_ms } => Old::PkgStop { name, at_ms },
@@ -143,7 +154,9 @@ pub fn command_to_v0_1(command: &Command) -> Result<v0_1::Command, NeedsVersion>
         Command::Assign { package, expected_epoch, owner, phase, reason, at_ms } => {
             Old::Assign { package, expected_epoch, owner, phase, reason, at_ms }
         }
-        Command::Report { package, node, epoch, report, at_ms } => Old::Report { package, node, epoch, report, at_ms },
+        Command::Report { package, node, epoch, report, at_ms } => {
+            Old::Report { package, node, epoch, report: report_to_v0_1(&report)?, at_ms }
+        }
         Command::NodeFenced { node, owned, at_ms } => Old::NodeFenced { node, owned, at_ms },
         Command::NodeLeave { name, at_ms } => Old::NodeLeave { name, at_ms },
         Command::NodeWatchdog { name, watchdog, reason, at_ms } => Old::NodeWatchdog { name, watchdog, reason, at_ms },
@@ -169,7 +182,75 @@ pub fn outcome_to_v0_1(outcome: &crate::CommandOutcome) -> v0_1::CommandOutcome 
         crate::CommandOutcome::Deleted { existed } => v0_1::CommandOutcome::Deleted { existed },
         crate::CommandOutcome::CasMismatch { current } => v0_1::CommandOutcome::CasMismatch { current },
         crate::CommandOutcome::Rejected { reason } => v0_1::CommandOutcome::Rejected { reason },
+        // Only a batch has a batch outcome, and no v0.1.0 node proposes one (the proposer answers
+        // each command of a batch with its own outcome).
+        crate::CommandOutcome::Batch(_) => {
+            v0_1::CommandOutcome::Rejected { reason: "a batch outcome has no form in clusterd 0.1.0".into() }
+        }
     }
+}
+
+impl From<v0_1::Report> for crate::Report {
+    fn from(report: v0_1::Report) -> crate::Report {
+        match report {
+            v0_1::Report::Running { resources } => crate::Report::Running { resources },
+            v0_1::Report::Stopped => crate::Report::Stopped,
+            v0_1::Report::StopFailed { reason } => crate::Report::StopFailed { reason },
+            v0_1::Report::ResourceFailed { resource, reason } => crate::Report::ResourceFailed { resource, reason },
+            v0_1::Report::Restarting { reason } => crate::Report::Restarting { reason },
+        }
+    }
+}
+
+/// A report as v0.1.0 reads it, or the version its promotion reports need.
+pub fn report_to_v0_1(report: &crate::Report) -> Result<v0_1::Report, NeedsVersion> {
+    Ok(match report.clone() {
+        crate::Report::Running { resources } => v0_1::Report::Running { resources },
+        crate::Report::Stopped => v0_1::Report::Stopped,
+        crate::Report::StopFailed { reason } => v0_1::Report::StopFailed { reason },
+        crate::Report::ResourceFailed { resource, reason } => v0_1::Report::ResourceFailed { resource, reason },
+        crate::Report::Restarting { reason } => v0_1::Report::Restarting { reason },
+        crate::Report::Promoted | crate::Report::Demoted { .. } | crate::Report::Score { .. } => {
+            return Err(NeedsVersion::new("a promotion report", ClusterVersion::V0_2))
+        }
+    })
+}
+
+/// The relation of `def` that v0.1.0 lacks, if it uses one (`depends`, `instances`, `promotable`,
+/// `needs`).
+pub fn relation_in_use(def: &cluster_package::PackageDef) -> Option<&'static str> {
+    if !def.depends.is_empty() {
+        Some("depends")
+    } else if def.instances != cluster_package::Instances::Count(1) {
+        Some("instances")
+    } else if def.promotable.is_some() {
+        Some("promotable")
+    } else if !def.needs.is_empty() {
+        Some("needs")
+    } else {
+        None
+    }
+}
+
+/// A package definition as v0.1.0 reads it, or the relation it uses that needs a newer version.
+pub fn def_to_v0_1(def: &cluster_package::PackageDef) -> Result<v0_1::PackageDef, NeedsVersion> {
+    match relation_in_use(def) {
+        Some(field) => {
+            Err(NeedsVersion::new(format!("package `{}` uses `{field}`, which", def.name), ClusterVersion::V0_2))
+        }
+        None => Ok(def.into()),
+    }
+}
+
+/// A package's state as v0.1.0 stores it, or what in it needs a newer version.
+pub fn package_to_v0_1(package: &crate::PackageState) -> Result<v0_1::PackageState, NeedsVersion> {
+    def_to_v0_1(&package.def)?;
+    let name = &package.def.name;
+    if package.role != crate::Role::Replica || package.score.is_some() || package.retired || package.instance.is_some()
+    {
+        return Err(NeedsVersion::new(format!("package `{name}`'s instance, role or score"), ClusterVersion::V0_2));
+    }
+    Ok(package.into())
 }
 
 impl From<v0_1::Settings> for crate::Settings {
@@ -193,8 +274,8 @@ impl From<v0_1::ClusterState> for ClusterState {
         ClusterState {
             settings: old.settings.into(),
             kv: old.kv,
-            packages: old.packages,
-            nodes: old.nodes,
+            packages: old.packages.into_iter().map(|(name, package)| (name, package.into())).collect(),
+            nodes: old.nodes.into_iter().map(|(name, record)| (name, record.into())).collect(),
             events: old.events,
             next_event: old.next_event,
             cluster_version: ClusterVersion::V0_1,
@@ -222,6 +303,17 @@ pub fn state_to_v0_1(state: &ClusterState) -> Result<v0_1::ClusterState, NeedsVe
     if !state.witnesses.is_empty() {
         return needs("witnesses");
     }
+    if state.join != crate::join::JoinState::default() {
+        return needs("join tokens and certificates");
+    }
+    if state.nodes.values().any(|record| !record.capacity.is_empty()) {
+        return needs("node capacities");
+    }
+    let packages = state
+        .packages
+        .iter()
+        .map(|(name, package)| package_to_v0_1(package).map(|old| (name.clone(), old)))
+        .collect::<Result<_, _>>()?;
     let settings = &state.settings;
     Ok(v0_1::ClusterState {
         settings: v0_1::Settings {
@@ -234,8 +326,8 @@ pub fn state_to_v0_1(state: &ClusterState) -> Result<v0_1::ClusterState, NeedsVe
             fencing: settings.fencing.clone(),
         },
         kv: state.kv.clone(),
-        packages: state.packages.clone(),
-        nodes: state.nodes.clone(),
+        packages,
+        nodes: state.nodes.iter().map(|(name, record)| (name.clone(), record.into())).collect(),
         events: state.events.clone(),
         next_event: state.next_event,
     })

@@ -25,9 +25,16 @@ use crate::controller::{Liveness, View};
 use crate::Settings;
 
 /// The node side: when its lease ends, and which log index it must have applied before it acts.
+///
+/// Two kinds of lease: one **granted** by a leader (it may start packages on a state at least as
+/// recent as the grant's index), and one **kept** by a majority of voters while the node cannot
+/// renew with a leader (during an election, say): a kept lease lets the node keep what runs and pet
+/// its watchdog, never start anything (docs/safety.md, "Leases that survive a leader's loss").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LeaseHolder {
     lease_end: Option<Duration>,
+    /// End of the lease kept by voters (or restored after a daemon restart): keep-only.
+    keep_end: Option<Duration>,
     /// The highest index carried by the grants of the newest leader term seen.
     commit_index: u64,
     commit_term: u64,
@@ -76,31 +83,147 @@ impl LeaseHolder {
         }
     }
 
-    /// Forget the lease (the daemon restarted, or the node learned it was removed).
-    pub fn revoke(&mut self) {
-        self.lease_end = None;
+    /// A majority of voters acknowledged a keep renewal sent at `sent_at`, each with the lease
+    /// length of its settings (`lease·(1−ρ)`): the node may keep what runs until
+    /// `sent_at + min(those, its own)`, counted by the leader from the latest acknowledgement.
+    pub fn kept(&mut self, sent_at: Duration, lease: Option<Duration>, settings: &Settings) {
+        let own = settings.lease_for_holder();
+        let end = sent_at + lease.map_or(own, |lease| lease.min(own));
+        if self.keep_end.is_none_or(|current| end > current) {
+            self.keep_end = Some(end);
+        }
     }
 
+    /// A daemon restarted on a node whose previous daemon held a lease ending at `end` (on the lease
+    /// clock, which a restart of the daemon does not reset): keep what runs until then, start nothing
+    /// before a leader grants a lease (issue 14, item 2).
+    pub fn restored(end: Duration) -> LeaseHolder {
+        LeaseHolder { keep_end: Some(end), ..LeaseHolder::default() }
+    }
+
+    /// Forget the lease (the daemon gives it up, or the node learned it was removed).
+    pub fn revoke(&mut self) {
+        self.lease_end = None;
+        self.keep_end = None;
+    }
+
+    /// Keep or stop: valid while the granted or the kept lease runs, with the stop budget left.
     pub fn status(&self, now: Duration, settings: &Settings) -> LeaseStatus {
-        match self.lease_end {
+        match self.end() {
             Some(end) if now + settings.stop_budget() < end => LeaseStatus::Valid,
             _ => LeaseStatus::MustStop,
         }
     }
 
-    /// Whether the node may start packages: a valid lease and the state it acts on is at least as
-    /// recent as the commit index of its last grant.
+    /// Whether the node may start packages: a valid **granted** lease, and the state it acts on is
+    /// at least as recent as the commit index of its last grant. A kept lease never allows it.
     pub fn may_start(&self, now: Duration, applied_index: u64, settings: &Settings) -> bool {
-        self.status(now, settings) == LeaseStatus::Valid && applied_index >= self.commit_index
+        let granted = self.lease_end.is_some_and(|end| now + settings.stop_budget() < end);
+        granted && applied_index >= self.commit_index
     }
 
-    /// Remaining lease time, for status.
+    /// Whether the node holds only a kept lease (no valid grant): it keeps, starts nothing.
+    pub fn keep_only(&self, now: Duration, settings: &Settings) -> bool {
+        self.status(now, settings) == LeaseStatus::Valid && !self.may_start(now, u64::MAX, settings)
+    }
+
+    /// When the lease (granted or kept) ends.
+    pub fn end(&self) -> Option<Duration> {
+        self.lease_end.max(self.keep_end)
+    }
+
+    /// When the granted lease ends.
+    pub fn granted_end(&self) -> Option<Duration> {
+        self.lease_end
+    }
+
+    /// Remaining lease time (granted or kept), for status.
     pub fn remaining(&self, now: Duration) -> Option<Duration> {
-        self.lease_end.map(|end| end.saturating_sub(now))
+        self.end().map(|end| end.saturating_sub(now))
     }
 
     pub fn commit_index(&self) -> u64 {
         self.commit_index
+    }
+}
+
+/// The voter side of kept leases: when this voter last acknowledged a keep renewal of each node,
+/// and until when it refuses them because a leader asked whether that node's lease had ended.
+///
+/// ```text
+///  node N (lease still valid, no leader answers)        every voter v (KeepLedger)
+///  s := now ──keep(N)──────────────────────────────────> acknowledges unless refusing N: acked(N) := now_v
+///  a majority acknowledged: keep_end := s + lease·(1−ρ)
+///                                                      leader L, before acting on N's expiry:
+///                                                      check(N) ──> v: time since acked(N);
+///                                                                    refuses N's keeps for W from now
+///  L treats N as expired only if a majority answered and none acknowledged a keep in the last W.
+/// ```
+///
+/// A keep that a majority acknowledged is seen by any majority that answers a check (they share a
+/// voter); a keep still in flight meets the refusal, or is acknowledged so late that its sender's lease,
+/// counted from its sending, has already ended (docs/safety.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepLedger {
+    /// When this voter's memory of its acknowledgements begins (its process start): it may have
+    /// acknowledged keeps before that and forgotten them.
+    started: Duration,
+    /// Until one longest wait after this, it may have forgotten refusals it promised (`None`: its
+    /// refusals were restored from the previous daemon's record).
+    forgetful_from: Option<Duration>,
+    acked: BTreeMap<String, Duration>,
+    refused_until: BTreeMap<String, Duration>,
+}
+
+impl KeepLedger {
+    /// A ledger that remembers nothing before `started`: it refuses every keep for one longest wait
+    /// (a refusal promised before may still be due).
+    pub fn new(started: Duration) -> KeepLedger {
+        KeepLedger { started, forgetful_from: Some(started), acked: BTreeMap::new(), refused_until: BTreeMap::new() }
+    }
+
+    /// A ledger of a daemon restarted at `started` that found the refusals its predecessor promised
+    /// (`KeepLedger::refusals`, kept on the same boot): it acknowledges keeps at once, and answers
+    /// checks as if it had acknowledged every node at `started` (acknowledgements are not kept).
+    pub fn restored(started: Duration, refusals: impl IntoIterator<Item = (String, Duration)>) -> KeepLedger {
+        KeepLedger {
+            started,
+            forgetful_from: None,
+            acked: BTreeMap::new(),
+            refused_until: refusals.into_iter().collect(),
+        }
+    }
+
+    /// The refusals in force (node, until), to keep across a restart of the daemon.
+    pub fn refusals(&self) -> Vec<(String, Duration)> {
+        self.refused_until.iter().map(|(node, until)| (node.clone(), *until)).collect()
+    }
+
+    /// A keep renewal of `node` arrived at `now`: acknowledged (`true`) unless this voter promised
+    /// to refuse them, or may have forgotten such a promise (restarted without its record less than
+    /// one longest wait ago).
+    pub fn keep(&mut self, node: &str, now: Duration, settings: &Settings) -> bool {
+        let forgetful = self.forgetful_from.is_some_and(|from| now < from + settings.longest_grantor_wait());
+        let refused = self.refused_until.get(node).is_some_and(|until| now < *until);
+        if forgetful || refused {
+            return false;
+        }
+        self.acked.insert(node.to_owned(), now);
+        true
+    }
+
+    /// A leader asks at `now` whether `node` may still hold a kept lease: the time since this voter
+    /// last acknowledged one (its process start stands in for what it forgot), `None` if longer
+    /// ago than any lease may last. From now on it refuses `node`'s keeps for one longest wait.
+    pub fn check(&mut self, node: &str, now: Duration, settings: &Settings) -> Option<Duration> {
+        let wait = settings.longest_grantor_wait();
+        self.refused_until.insert(node.to_owned(), now + wait);
+        let last = self.acked.get(node).copied().unwrap_or(self.started).max(self.started);
+        let elapsed = now.saturating_sub(last);
+        // Forget what no lease can outlast any more.
+        self.acked.retain(|_, at| now.saturating_sub(*at) < wait);
+        self.refused_until.retain(|_, until| *until > now);
+        (elapsed < wait).then_some(elapsed)
     }
 }
 
@@ -139,6 +262,11 @@ pub struct LeaseTable {
     judged_expired: BTreeMap<String, u64>,
     /// Nodes that accepted an append of this leader's term (alive at the Raft level).
     acknowledged: BTreeSet<String>,
+    /// Nodes whose expiry a majority of voters confirmed (no kept lease may run): expired until
+    /// they renew again.
+    confirmed: BTreeSet<String>,
+    /// Nodes a voter kept alive (a keep renewal it acknowledged): not expired before then.
+    kept_until: BTreeMap<String, Duration>,
 }
 
 impl LeaseTable {
@@ -150,6 +278,8 @@ impl LeaseTable {
         self.renewed.clear();
         self.fenced.clear();
         self.acknowledged.clear();
+        self.confirmed.clear();
+        self.kept_until.clear();
     }
 
     /// `node` accepted an append of this leader's term: it is alive and reaches this leader, so it
@@ -206,6 +336,7 @@ impl LeaseTable {
             return granted;
         }
         self.fenced.remove(node);
+        self.confirmed.remove(node);
         let ends = received_at + settings.lease_for_grantor();
         let slot = self.renewed.entry(node.to_owned()).or_insert(Renewed { last: received_at, ends });
         slot.last = slot.last.max(received_at);
@@ -263,10 +394,55 @@ impl LeaseTable {
         self.plans_done
     }
 
-    /// The lease of `node` as the controller must treat it.
+    /// The lease of `node` as the controller must treat it: expired only once a majority of voters
+    /// confirmed that no kept lease of it may run (see [`LeaseTable::awaiting_confirmation`]).
     pub fn liveness(&self, node: &str, now: Duration, settings: &Settings) -> Liveness {
+        match self.lease_liveness(node, now, settings) {
+            Liveness::Expired if self.fenced.contains_key(node) || self.confirmed.contains(node) => Liveness::Expired,
+            Liveness::Expired => Liveness::Unknown,
+            other => other,
+        }
+    }
+
+    /// Nodes whose lease, granted by this leader or an older one, has ended by this leader's clock,
+    /// but whose expiry no majority of voters confirmed yet (and no voter reported a kept lease
+    /// still running): the controller asks the voters (`KeepLedger::check`) before it acts on them.
+    pub fn awaiting_confirmation<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = &'a str>,
+        now: Duration,
+        settings: &Settings,
+    ) -> Vec<String> {
+        nodes
+            .into_iter()
+            .filter(|node| !self.fenced.contains_key(*node) && !self.confirmed.contains(*node))
+            .filter(|node| self.lease_liveness(node, now, settings) == Liveness::Expired)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A majority of voters answered a check of `node` asked at or after its lease ended: none
+    /// acknowledged a keep that may still run. It is expired until it renews again.
+    pub fn confirm_expired(&mut self, node: &str) {
+        self.confirmed.insert(node.to_owned());
+        self.kept_until.remove(node);
+    }
+
+    /// A voter acknowledged a keep renewal of `node` recently enough that a kept lease may run until
+    /// `until` (the leader's clock): not expired before then.
+    pub fn kept(&mut self, node: &str, until: Duration) {
+        let slot = self.kept_until.entry(node.to_owned()).or_insert(until);
+        *slot = (*slot).max(until);
+    }
+
+    /// The lease of `node` by this leader's table alone (renewals, older leases, fences, kept
+    /// leases reported by voters), before any confirmation of its expiry.
+    fn lease_liveness(&self, node: &str, now: Duration, settings: &Settings) -> Liveness {
         if self.fenced.contains_key(node) {
             return Liveness::Expired;
+        }
+        if self.kept_until.get(node).is_some_and(|until| now < *until) {
+            return Liveness::Unknown;
         }
         let heard = self.acknowledged.contains(node) || self.renewed.contains_key(node);
         let Some(unheard_expire_at) = self.unheard_expire_at(heard, settings) else { return Liveness::Unknown };
@@ -289,9 +465,11 @@ impl LeaseTable {
         let heard_expire_at = self.unheard_expire_at(true, settings)?;
         let unheard_expire_at = self.unheard_expire_at(false, settings)?;
         let leases_end = self.renewed.values().flat_map(|renewed| [renewed.ends, renewed.ends.max(heard_expire_at)]);
+        let kept_end = self.kept_until.values().copied();
         [heard_expire_at, unheard_expire_at]
             .into_iter()
             .chain(leases_end)
+            .chain(kept_end)
             .chain(self.settles_at(settings))
             .filter(|at| *at > now)
             .min()
@@ -327,8 +505,8 @@ mod tests {
         table.elected(ms(0));
         // The leader received that renewal no earlier than it was sent.
         table.renewed("n1", ms(1_000), &settings);
-        assert_eq!(table.liveness("n1", ms(2_059), &settings), Liveness::Alive);
-        assert_eq!(table.liveness("n1", ms(2_060), &settings), Liveness::Expired);
+        assert_eq!(table.lease_liveness("n1", ms(2_059), &settings), Liveness::Alive);
+        assert_eq!(table.lease_liveness("n1", ms(2_060), &settings), Liveness::Expired);
     }
 
     #[test]
@@ -360,27 +538,27 @@ mod tests {
         table.elected(ms(0));
         table.renewed("n1", ms(100), &settings);
         table.fenced("n1", ms(200));
-        assert_eq!(table.liveness("n1", ms(201), &settings), Liveness::Expired);
+        assert_eq!(table.lease_liveness("n1", ms(201), &settings), Liveness::Expired);
         // A renewal received before the fence does not revive it; one after does.
         table.renewed("n1", ms(150), &settings);
-        assert_eq!(table.liveness("n1", ms(300), &settings), Liveness::Expired);
+        assert_eq!(table.lease_liveness("n1", ms(300), &settings), Liveness::Expired);
         table.renewed("n1", ms(400), &settings);
-        assert_eq!(table.liveness("n1", ms(401), &settings), Liveness::Alive);
+        assert_eq!(table.lease_liveness("n1", ms(401), &settings), Liveness::Alive);
     }
 
     #[test]
     fn a_new_leader_waits_a_full_lease_for_nodes_it_has_not_heard() {
         let settings = Settings::default();
         let mut table = LeaseTable::default();
-        assert_eq!(table.liveness("n1", ms(10_000), &settings), Liveness::Unknown);
+        assert_eq!(table.lease_liveness("n1", ms(10_000), &settings), Liveness::Unknown);
         table.elected(ms(10_000));
-        assert_eq!(table.liveness("n1", ms(11_059), &settings), Liveness::Unknown);
-        assert_eq!(table.liveness("n1", ms(11_060), &settings), Liveness::Expired);
+        assert_eq!(table.lease_liveness("n1", ms(11_059), &settings), Liveness::Unknown);
+        assert_eq!(table.lease_liveness("n1", ms(11_060), &settings), Liveness::Expired);
         table.renewed("n2", ms(10_010), &settings);
-        assert_eq!(table.liveness("n2", ms(10_500), &settings), Liveness::Alive);
+        assert_eq!(table.lease_liveness("n2", ms(10_500), &settings), Liveness::Alive);
         // Re-election forgets renewals from the previous term.
         table.elected(ms(20_000));
-        assert_eq!(table.liveness("n2", ms(20_001), &settings), Liveness::Unknown);
+        assert_eq!(table.lease_liveness("n2", ms(20_001), &settings), Liveness::Unknown);
     }
 
     fn view(nodes: &[(&str, Liveness)]) -> View {
@@ -425,7 +603,7 @@ mod tests {
     /// the instant it names, something changes at it, and it is `None` only when nothing ever will.
     fn assert_next_change_is_exact(table: &LeaseTable, from: Duration, settings: &Settings) {
         let nodes = ["n1", "n2", "n3", "answered", "never-heard"];
-        let view = |at: Duration| nodes.map(|node| table.liveness(node, at, settings));
+        let view = |at: Duration| nodes.map(|node| table.lease_liveness(node, at, settings));
         let horizon = from + ms(5_000);
         let mut now = from;
         while now < horizon {
@@ -490,21 +668,25 @@ mod tests {
         table.elected(ms(10_000));
         // The older leases ended long ago (the old leader died well before this election).
         table.older_leases_began_before(ms(8_000));
-        assert_eq!(table.liveness("n2", ms(10_100), &settings), Liveness::Expired, "it answered an earlier leader");
+        assert_eq!(
+            table.lease_liveness("n2", ms(10_100), &settings),
+            Liveness::Expired,
+            "it answered an earlier leader"
+        );
         table.acknowledged("n2");
         // n1 never answered: judged one heartbeat after the election; n2 answered: two.
-        assert_eq!(table.liveness("n1", ms(10_099), &settings), Liveness::Unknown);
-        assert_eq!(table.liveness("n1", ms(10_100), &settings), Liveness::Expired);
-        assert_eq!(table.liveness("n2", ms(10_199), &settings), Liveness::Unknown);
-        assert_eq!(table.liveness("n2", ms(10_200), &settings), Liveness::Expired);
+        assert_eq!(table.lease_liveness("n1", ms(10_099), &settings), Liveness::Unknown);
+        assert_eq!(table.lease_liveness("n1", ms(10_100), &settings), Liveness::Expired);
+        assert_eq!(table.lease_liveness("n2", ms(10_199), &settings), Liveness::Unknown);
+        assert_eq!(table.lease_liveness("n2", ms(10_200), &settings), Liveness::Expired);
         // Whatever it answered, no node is judged before the leases of older leaders ended.
         let mut table = LeaseTable::default();
         table.elected(ms(10_000));
         table.older_leases_began_before(ms(9_900));
         table.acknowledged("n2");
         for node in ["n1", "n2"] {
-            assert_eq!(table.liveness(node, ms(10_959), &settings), Liveness::Unknown, "{node}");
-            assert_eq!(table.liveness(node, ms(10_960), &settings), Liveness::Expired, "{node}");
+            assert_eq!(table.lease_liveness(node, ms(10_959), &settings), Liveness::Unknown, "{node}");
+            assert_eq!(table.lease_liveness(node, ms(10_960), &settings), Liveness::Expired, "{node}");
         }
     }
 
@@ -514,21 +696,21 @@ mod tests {
         let mut table = LeaseTable::default();
         table.elected(ms(10_000));
         table.older_leases_began_before(ms(9_600));
-        assert_eq!(table.liveness("n1", ms(10_659), &settings), Liveness::Unknown);
-        assert_eq!(table.liveness("n1", ms(10_660), &settings), Liveness::Expired);
+        assert_eq!(table.lease_liveness("n1", ms(10_659), &settings), Liveness::Unknown);
+        assert_eq!(table.lease_liveness("n1", ms(10_660), &settings), Liveness::Expired);
         table.older_leases_began_before(ms(12_000));
-        assert_eq!(table.liveness("n1", ms(10_660), &settings), Liveness::Expired, "a later bound is ignored");
+        assert_eq!(table.lease_liveness("n1", ms(10_660), &settings), Liveness::Expired, "a later bound is ignored");
         // Long ago: live nodes still get a few heartbeats to renew with the new leader.
         table.older_leases_began_before(ms(1_000));
         table.acknowledged("n1");
-        assert_eq!(table.liveness("n1", ms(10_199), &settings), Liveness::Unknown);
-        assert_eq!(table.liveness("n1", ms(10_200), &settings), Liveness::Expired);
+        assert_eq!(table.lease_liveness("n1", ms(10_199), &settings), Liveness::Unknown);
+        assert_eq!(table.lease_liveness("n1", ms(10_200), &settings), Liveness::Expired);
         // A new election forgets the bound.
         table.elected(ms(20_000));
-        assert_eq!(table.liveness("n1", ms(20_200), &settings), Liveness::Unknown);
+        assert_eq!(table.lease_liveness("n1", ms(20_200), &settings), Liveness::Unknown);
         // A renewal under this leadership still keeps its node alive for a full lease.
         table.renewed("n2", ms(10_200), &settings);
-        assert_eq!(table.liveness("n2", ms(11_000), &settings), Liveness::Alive);
+        assert_eq!(table.lease_liveness("n2", ms(11_000), &settings), Liveness::Alive);
     }
 
     /// Regression (issue 11, finding 1): with `lease` cut from 10 s to 1 s, the leader judged a
@@ -548,12 +730,12 @@ mod tests {
         // The holder's lease still ends 9.9 s after it sent the renewal (it got the grant before
         // it applied the change), and the leader waits 10.15 s from receipt, not 1.06 s.
         assert_eq!(holder.remaining(ms(1_000)), Some(ms(9_900)));
-        assert_eq!(table.liveness("n1", ms(2_100), &settings), Liveness::Alive);
-        assert_eq!(table.liveness("n1", ms(11_149), &settings), Liveness::Alive);
-        assert_eq!(table.liveness("n1", ms(11_150), &settings), Liveness::Expired);
+        assert_eq!(table.lease_liveness("n1", ms(2_100), &settings), Liveness::Alive);
+        assert_eq!(table.lease_liveness("n1", ms(11_149), &settings), Liveness::Alive);
+        assert_eq!(table.lease_liveness("n1", ms(11_150), &settings), Liveness::Expired);
         // Renewals granted after the change are short, but never cut an earlier long grant.
         assert_eq!(table.renewed("n1", ms(2_000), &settings), ms(990));
-        assert_eq!(table.liveness("n1", ms(11_149), &settings), Liveness::Alive);
+        assert_eq!(table.lease_liveness("n1", ms(11_149), &settings), Liveness::Alive);
         // A holder given a longer lease than its own settings allow keeps the shorter one.
         let mut short = LeaseHolder::default();
         short.granted(ms(0), grant(1, 1, Some(ms(9_900))), &settings);
@@ -571,8 +753,8 @@ mod tests {
         let mut table = LeaseTable::default();
         table.elected(ms(10_000));
         table.older_leases_began_before(ms(9_900));
-        assert_eq!(table.liveness("n1", ms(12_979), &settings), Liveness::Unknown);
-        assert_eq!(table.liveness("n1", ms(12_980), &settings), Liveness::Expired);
+        assert_eq!(table.lease_liveness("n1", ms(12_979), &settings), Liveness::Unknown);
+        assert_eq!(table.lease_liveness("n1", ms(12_980), &settings), Liveness::Expired);
         assert_eq!(table.leases_settled(ms(12_979), &settings), None);
         assert_eq!(table.leases_settled(ms(12_980), &settings), Some(3_080_000));
         // A 3 s grant this leader made (before it applied the change) holds the ceiling longer.
@@ -585,5 +767,79 @@ mod tests {
         assert_eq!(table.leases_settled(ms(20_000), &settings), None, "nothing left to settle");
         // Not leading: nothing is judged, nothing settled.
         assert_eq!(LeaseTable::default().leases_settled(ms(1), &long), None);
+    }
+
+    /// Issue 14, item 1: a node that keeps its lease through a majority of voters while no leader
+    /// answers is not treated as expired before a check of the voters finds no kept lease.
+    #[test]
+    fn a_kept_lease_holds_the_expiry_back_until_a_majority_confirms() {
+        let settings = Settings::default();
+        let mut table = LeaseTable::default();
+        table.elected(ms(0));
+        table.older_leases_began_before(ms(0));
+        table.renewed("n1", ms(100), &settings);
+        // Its grant ran out at 1,160: without a confirmation it is not expired, only waited for.
+        assert_eq!(table.lease_liveness("n1", ms(1_160), &settings), Liveness::Expired);
+        assert_eq!(table.liveness("n1", ms(1_160), &settings), Liveness::Unknown);
+        assert_eq!(table.awaiting_confirmation(["n1", "n2"], ms(1_160), &settings), ["n1", "n2"]);
+        // A voter acknowledged a keep 300 ms ago: kept until that acknowledgement plus a full wait.
+        table.kept("n1", ms(860) + settings.longest_grantor_wait());
+        assert_eq!(table.liveness("n1", ms(1_919), &settings), Liveness::Unknown);
+        assert!(table.awaiting_confirmation(["n1"], ms(1_919), &settings).is_empty());
+        assert_eq!(table.next_change(ms(1_900), &settings), Some(ms(1_920)));
+        assert_eq!(table.awaiting_confirmation(["n1"], ms(1_920), &settings), ["n1"]);
+        table.confirm_expired("n1");
+        assert_eq!(table.liveness("n1", ms(1_920), &settings), Liveness::Expired);
+        // A renewal revives it; the next expiry needs a confirmation again.
+        table.renewed("n1", ms(2_000), &settings);
+        assert_eq!(table.liveness("n1", ms(2_100), &settings), Liveness::Alive);
+        assert_eq!(table.liveness("n1", ms(3_060), &settings), Liveness::Unknown);
+        // A fence confirms by itself.
+        table.fenced("n2", ms(3_100));
+        assert_eq!(table.liveness("n2", ms(3_100), &settings), Liveness::Expired);
+    }
+
+    #[test]
+    fn a_voter_reports_its_keeps_and_refuses_them_after_a_check() {
+        let settings = Settings::default();
+        let wait = settings.longest_grantor_wait();
+        let mut ledger = KeepLedger::new(ms(0));
+        // Just started: it may have forgotten promises, so it refuses for one wait and reports its
+        // start as an acknowledgement.
+        assert!(!ledger.keep("n1", ms(1_000), &settings));
+        assert_eq!(ledger.check("n2", ms(1_000), &settings), Some(ms(1_000)));
+        // Restarted with its predecessor's refusals: it keeps its promises and acknowledges others.
+        let mut restored = KeepLedger::restored(ms(1_000), ledger.refusals());
+        assert!(!restored.keep("n2", ms(1_100), &settings), "refusal of n2 promised at 1,000");
+        assert!(restored.keep("n1", ms(1_100), &settings));
+        assert_eq!(restored.check("n3", ms(1_200), &settings), Some(ms(200)), "counted from its restart");
+        assert!(ledger.keep("n1", ms(5_000), &settings));
+        assert_eq!(ledger.check("n1", ms(5_400), &settings), Some(ms(400)));
+        // The check is a promise: no keep of n1 for one wait.
+        assert!(!ledger.keep("n1", ms(5_400) + wait - ms(1), &settings));
+        assert!(ledger.keep("n1", ms(5_400) + wait, &settings));
+        assert!(ledger.keep("n2", ms(5_500), &settings), "other nodes are not refused");
+        // Long after its last keep: nothing may run.
+        assert_eq!(ledger.check("n2", ms(5_500) + wait, &settings), None);
+    }
+
+    #[test]
+    fn a_kept_lease_keeps_what_runs_but_starts_nothing() {
+        let settings = Settings::default();
+        let mut holder = LeaseHolder::default();
+        holder.granted(ms(0), grant(1, 5, None), &settings);
+        holder.kept(ms(400), None, &settings);
+        assert_eq!(holder.status(ms(600), &settings), LeaseStatus::Valid, "kept until 400 + 990 - 500");
+        assert!(!holder.may_start(ms(600), 5, &settings), "the grant is at its stop budget since 490");
+        assert!(holder.keep_only(ms(600), &settings));
+        assert_eq!(holder.status(ms(890), &settings), LeaseStatus::MustStop);
+        // A grant again: starting allowed.
+        holder.granted(ms(850), grant(1, 5, None), &settings);
+        assert!(holder.may_start(ms(900), 5, &settings));
+        // A restarted daemon adopts with the lease its predecessor held, and starts nothing.
+        let restored = LeaseHolder::restored(ms(2_000));
+        assert_eq!(restored.status(ms(1_400), &settings), LeaseStatus::Valid);
+        assert!(!restored.may_start(ms(1_400), 0, &settings));
+        assert_eq!(restored.status(ms(1_500), &settings), LeaseStatus::MustStop);
     }
 }

@@ -66,6 +66,52 @@ impl Phase {
     }
 }
 
+/// The role of an instance of a promotable package. Like ownership, the primary role changes only
+/// through committed commands: the controller's `SetRole` (conditional on the instance's epoch, and
+/// refused beyond `primaries`), and the owner's own reports (docs/safety.md, "Promotable packages").
+///
+/// ```text
+///   Replica ──SetRole(Promoting)──> Promoting ──Report Promoted──> Primary
+///      ^                                │                              │ SetRole(Demoting)
+///      │                                v                              v
+///      └──── Report Demoted / Stopped, a new owner (Assign), fence, cleanup ──── Demoting
+/// ```
+/// Every role but `Replica` counts against `primaries`: the instance may be promoted on its owner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Not promoted (every instance of a package that is not promotable).
+    #[default]
+    Replica,
+    /// Chosen as primary: its owner promotes it.
+    Promoting,
+    /// Promoted on its owner.
+    Primary,
+    /// Its owner demotes it.
+    Demoting,
+}
+
+impl Role {
+    /// Whether the instance may be promoted on its owner (counts against `primaries`).
+    pub fn may_be_primary(self) -> bool {
+        self != Role::Replica
+    }
+
+    /// Whether the owner should hold it promoted.
+    pub fn wants_promoted(self) -> bool {
+        matches!(self, Role::Promoting | Role::Primary)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Replica => "replica",
+            Role::Promoting => "promoting",
+            Role::Primary => "primary",
+            Role::Demoting => "demoting",
+        }
+    }
+}
+
 /// The last failure of a package.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
@@ -109,6 +155,15 @@ pub struct PackageState {
     pub resources: Vec<ResourceStatus>,
     /// Why the package is blocked, and how to resolve it.
     pub blocked_reason: Option<String>,
+    /// Promotable packages: this instance's role.
+    pub role: Role,
+    /// Promotable packages: the promotion score its owner's agents set (`crm_master`), at this epoch.
+    pub score: Option<i64>,
+    /// An instance beyond `instances` after a redefinition: it stops, then it is removed.
+    pub retired: bool,
+    /// Which instance this is (`0`, `1` … or the node of an `instances = "all"` instance); `None`
+    /// for a package with one instance. Its key in `ClusterState::packages` is [`PackageState::key`].
+    pub instance: Option<String>,
 }
 
 impl PackageState {
@@ -130,7 +185,34 @@ impl PackageState {
             last_failure: None,
             resources: Vec::new(),
             blocked_reason: None,
+            role: Role::Replica,
+            score: None,
+            retired: false,
+            instance: None,
         }
+    }
+
+    /// Its key in `ClusterState::packages`: the package name, or `NAME:INSTANCE`.
+    pub fn key(&self) -> String {
+        match &self.instance {
+            Some(instance) => format!("{}:{instance}", self.def.name),
+            None => self.def.name.clone(),
+        }
+    }
+
+    /// The package this state belongs to (`web` for the instances `web:0` and `web:1`).
+    pub fn package_name(&self) -> &str {
+        &self.def.name
+    }
+
+    /// The node this instance may be active on, if any (owner in a phase where resources may run).
+    pub fn occupies(&self) -> Option<&str> {
+        self.owner.as_deref().filter(|_| self.phase.may_be_active())
+    }
+
+    /// The node this instance runs on (phase `running`), if any.
+    pub fn running_on(&self) -> Option<&str> {
+        self.owner.as_deref().filter(|_| self.phase == Phase::Running)
     }
 
     /// Failures on `node` within the restart window ending at `now_ms`.
@@ -220,4 +302,7 @@ pub struct NodeRecord {
     /// `clusterd` on this node is stopping or stopped cleanly (`NodeLeave`): nothing is placed here
     /// until it announces itself again.
     pub leaving: bool,
+    /// What the node offers to packages' `needs`, by capacity name (node file `capacity`, announced
+    /// with `NodeCapacity`). A capacity a node does not declare is unlimited there.
+    pub capacity: BTreeMap<String, u64>,
 }

@@ -4,8 +4,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use cluster_package::{Instances, PackageDef};
+
 use crate::command::Report;
-use crate::package::{Desired, Event, Failure, NodeRecord, PackageState, Phase, Redefinition};
+use crate::package::{Desired, Event, Failure, NodeRecord, PackageState, Phase, Redefinition, Role};
+use crate::relations::{self, AsApplied};
 use crate::{ClusterVersion, Command, CommandOutcome, Settings};
 
 /// How many events the state keeps (older ones are dropped).
@@ -75,13 +78,9 @@ impl ClusterState {
     /// whose meaning changed since v0.1.0 apply as v0.1.0 applied them while the cluster is at
     /// version 1, so that members of both releases compute the same state.
     pub fn apply(&mut self, command: &Command) -> CommandOutcome {
-        let needs = command.required_version();
-        if needs > self.cluster_version && !matches!(command, Command::ActivateVersion { .. }) {
-            return rejected(format!(
-                "command `{}` needs cluster version {needs}, and the cluster runs at {}",
-                command.name(),
-                self.cluster_version
-            ));
+        let need = command.version_need();
+        if need.needs > self.cluster_version && !matches!(command, Command::ActivateVersion { .. }) {
+            return rejected(format!("{need}, and the cluster runs at {}", self.cluster_version));
         }
         match command {
             Command::KvSet { key, value } => {
@@ -116,34 +115,19 @@ impl ClusterState {
                 CommandOutcome::Applied
             }
             Command::PkgApply { def, at_ms } => self.apply_definition(def, *at_ms),
-            Command::PkgRemove { name, at_ms } => {
-                let Some(package) = self.packages.get(name) else {
-                    return unknown_package(name);
-                };
-                if package.owner.is_some() || package.phase.may_be_active() {
-                    return rejected(format!(
-                        "package `{name}` is {} on {}: stop it first (`clusterctl pkg stop {name}`)",
-                        package.phase.as_str(),
-                        package.owner.as_deref().unwrap_or("no node")
-                    ));
-                }
-                let epoch = package.epoch;
-                self.packages.remove(name);
-                self.event(*at_ms, Some(name), None, epoch, "removed", "pkg remove", None);
-                CommandOutcome::Applied
-            }
+            Command::PkgRemove { name, at_ms } => self.remove_package(name, *at_ms),
             Command::PkgRun { name, node, at_ms } => {
                 if let Some(node) = node {
                     if let Some(reason) = self.unusable_node(name, node) {
                         return rejected(reason);
                     }
                 }
-                self.operator(name, *at_ms, "run", |package| {
+                self.operator(name, *at_ms, "run", |_, package| {
                     package.desired = Desired::Running;
                     package.target = node.clone();
                 })
             }
-            Command::PkgStop { name, at_ms } => self.operator(name, *at_ms, "stop", |package| {
+            Command::PkgStop { name, at_ms } => self.operator(name, *at_ms, "stop", |_, package| {
                 package.desired = Desired::Stopped;
                 package.target = None;
             }),
@@ -151,7 +135,7 @@ impl ClusterState {
                 if let Some(reason) = self.unusable_node(name, to) {
                     return rejected(reason);
                 }
-                self.operator(name, *at_ms, "move", |package| {
+                self.operator(name, *at_ms, "move", |_, package| {
                     package.desired = Desired::Running;
                     package.target = Some(to.clone());
                 })
@@ -162,15 +146,23 @@ impl ClusterState {
                 // unfreeze must not let the controller reassign it on that lease's expiry.
                 // (Since 0.2.0: v0.1.0 unfroze it as is.)
                 let v0_1 = self.cluster_version < ClusterVersion::V0_2;
-                let unprotected_owner = self.packages.get(name).filter(|_| !v0_1).and_then(|package| {
+                let nodes = &self.nodes;
+                let unprotected_owner = |package: &PackageState| {
+                    if v0_1 {
+                        return None;
+                    }
                     let owner = package.owner.as_deref()?;
-                    let record = self.nodes.get(owner)?;
+                    let record = nodes.get(owner)?;
                     let kept = package.frozen && package.phase.may_be_active() && package.phase != Phase::Blocked;
                     (!*frozen && kept && record.leaving && !record.watchdog).then(|| owner.to_owned())
-                });
-                self.operator(name, *at_ms, if *frozen { "freeze" } else { "unfreeze" }, |package| {
+                };
+                let unprotected: BTreeMap<String, String> = self
+                    .instances(name)
+                    .filter_map(|(key, package)| unprotected_owner(package).map(|owner| (key.clone(), owner)))
+                    .collect();
+                self.operator(name, *at_ms, if *frozen { "freeze" } else { "unfreeze" }, |key, package| {
                     package.frozen = *frozen;
-                    if let Some(owner) = unprotected_owner {
+                    if let Some(owner) = unprotected.get(key) {
                         package.phase = Phase::Blocked;
                         package.blocked_reason = Some(format!(
                             "unfrozen while clusterd on {owner} is stopped: a frozen package stays running when \
@@ -181,18 +173,26 @@ impl ClusterState {
                     }
                 })
             }
-            Command::PkgCleanup { name, at_ms } => self.operator(name, *at_ms, "cleanup", |package| {
-                package.failures.clear();
-                package.banned.clear();
-                package.restarts = 0;
-                package.stopping_after_failure = false;
-                if matches!(package.phase, Phase::Blocked | Phase::Failed) {
-                    package.owner = None;
-                    package.phase = Phase::Stopped;
-                    package.blocked_reason = None;
-                    package.resources.clear();
+            Command::PkgCleanup { name, at_ms } => {
+                let outcome = self.operator(name, *at_ms, "cleanup", |_, package| {
+                    package.failures.clear();
+                    package.banned.clear();
+                    package.restarts = 0;
+                    package.stopping_after_failure = false;
+                    if matches!(package.phase, Phase::Blocked | Phase::Failed) {
+                        package.owner = None;
+                        package.phase = Phase::Stopped;
+                        package.blocked_reason = None;
+                        package.resources.clear();
+                        package.role = Role::Replica;
+                        package.score = None;
+                    }
+                });
+                for key in self.keys_named(name) {
+                    self.reap_retired(&key, *at_ms);
                 }
-            }),
+                outcome
+            }
             Command::NodeStandby { name, standby, at_ms } => {
                 self.nodes.entry(name.clone()).or_default().standby = *standby;
                 let what = if *standby { "standby" } else { "online" };
@@ -209,6 +209,7 @@ impl ClusterState {
                     None => "no watchdog".to_owned(),
                 };
                 self.event(*at_ms, None, Some(name), 0, "node started", &reason, None);
+                self.add_node_instances(name, *at_ms);
                 CommandOutcome::Applied
             }
             Command::NodeWatchdog { name, watchdog, reason, at_ms } => {
@@ -249,16 +250,46 @@ impl ClusterState {
                     package.blocked_reason = None;
                     package.stopping_after_failure = false;
                     package.resources.clear();
+                    package.role = Role::Replica;
+                    package.score = None;
                     package.since_ms = *at_ms;
                     let (epoch, to) = (package.epoch, package.phase);
                     let what = format!("{} -> {}", from.as_str(), to.as_str());
                     self.event(*at_ms, Some(&name), Some(node), epoch, &what, "node fenced", Some(phase_ms));
+                    self.reap_retired(&name, *at_ms);
                 }
                 self.event(*at_ms, None, Some(node), 0, "fenced", "fence agent confirmed the node is off", None);
                 CommandOutcome::Applied
             }
             Command::SetAlert { path, hook } => crate::alerts::set_alert(self, path, hook.as_ref()),
             Command::AlertsDelivered { next } => crate::alerts::delivered(self, *next),
+            Command::SetRole { package, expected_epoch, role, reason, at_ms } => {
+                self.set_role(package, *expected_epoch, *role, reason, *at_ms)
+            }
+            Command::NodeCapacity { name, capacity, at_ms } => {
+                for capacity_name in capacity.keys() {
+                    if let Err(reason) = cluster_package::check_capacity_name(capacity_name) {
+                        return rejected(format!("capacity of node `{name}`: {reason}"));
+                    }
+                }
+                let record = self.nodes.entry(name.clone()).or_default();
+                if record.capacity == *capacity {
+                    return CommandOutcome::Applied;
+                }
+                record.capacity = capacity.clone();
+                let described: Vec<String> = capacity
+                    .iter()
+                    .map(|(capacity_name, value)| {
+                        format!("{capacity_name} {}", cluster_package::format_quantity(*value))
+                    })
+                    .collect();
+                let reason = if described.is_empty() { "unlimited".to_owned() } else { described.join(", ") };
+                self.event(*at_ms, None, Some(name), 0, "capacity", &reason, None);
+                CommandOutcome::Applied
+            }
+            Command::Batch(commands) => {
+                CommandOutcome::Batch(commands.iter().map(|command| self.apply(command)).collect())
+            }
             Command::ActivateVersion { version, at_ms } => self.activate(*version, *at_ms),
             Command::NodeRole { name, witness, at_ms } => {
                 let changed = if *witness { self.witnesses.insert(name.clone()) } else { self.witnesses.remove(name) };
@@ -356,9 +387,23 @@ impl ClusterState {
     }
 
     fn unusable_node(&self, name: &str, node: &str) -> Option<String> {
-        let package = self.packages.get(name)?;
+        let keys = self.keys_named(name);
+        let key = match keys.as_slice() {
+            [] => return None,
+            [key] => key.as_str(),
+            [first, ..] => {
+                return Some(format!(
+                    "package `{name}` has {} instances: name the one to place, e.g. `{first}`",
+                    keys.len()
+                ))
+            }
+        };
+        let package = &self.packages[key];
         if !package.def.nodes.is_empty() && !package.def.nodes.iter().any(|n| n == node) {
             return Some(format!("node `{node}` is not in the nodes list of package `{name}`"));
+        }
+        if let Some(bound) = relations::bound_node(package, key).filter(|bound| *bound != node) {
+            return Some(format!("instance `{key}` runs only on its node `{bound}`"));
         }
         if package.banned.contains(node) {
             return Some(format!(
@@ -374,18 +419,213 @@ impl ClusterState {
         if self.nodes.get(node).is_some_and(|record| record.leaving) {
             return Some(format!("clusterd on node `{node}` is stopped or stopping"));
         }
-        None
+        if package.occupies() == Some(node) {
+            return None;
+        }
+        relations::placement_refusal(self, &AsApplied, key, &package.def, node)
+            .map(|why| format!("package `{key}` cannot run on node `{node}`: {why}"))
     }
 
-    /// `pkg apply`: a new package, or a new definition of an existing one ([`Redefinition`]). A
-    /// definition whose resources changed restarts, on its owner and at the same epoch, the first
-    /// changed resource and every one after it (a running package goes `running -> starting`; it is
-    /// not a failure); a change of placement or policy only restarts nothing (the controller moves
-    /// the package if it must); an identical definition changes nothing and records nothing.
-    fn apply_definition(&mut self, def: &cluster_package::PackageDef, at_ms: u64) -> CommandOutcome {
+    /// `pkg remove`: every instance, once none may be active and no other package depends on it.
+    fn remove_package(&mut self, name: &str, at_ms: u64) -> CommandOutcome {
+        let keys = self.keys_named(name);
+        let Some(first) = keys.first() else {
+            return unknown_package(name);
+        };
+        let package_name = self.packages[first].def.name.clone();
+        if package_name != name {
+            return rejected(format!(
+                "`{name}` is an instance of package `{package_name}`: remove the package, or lower its `instances`"
+            ));
+        }
+        let active: Vec<String> = keys
+            .iter()
+            .filter_map(|key| {
+                let package = &self.packages[key];
+                (package.owner.is_some() || package.phase.may_be_active()).then(|| {
+                    format!(
+                        "`{key}` is {} on {}",
+                        package.phase.as_str(),
+                        package.owner.as_deref().unwrap_or("no node")
+                    )
+                })
+            })
+            .collect();
+        if !active.is_empty() {
+            return rejected(format!(
+                "package {}: stop it first (`clusterctl pkg stop {name}`)",
+                active.join(", package ")
+            ));
+        }
+        let dependents: BTreeSet<&str> = self
+            .packages
+            .values()
+            .filter(|other| other.def.name != name && other.def.dependency_on(name).is_some())
+            .map(|other| other.def.name.as_str())
+            .collect();
+        if !dependents.is_empty() {
+            let list: Vec<String> = dependents.iter().map(|dependent| format!("`{dependent}`")).collect();
+            return rejected(format!(
+                "package `{name}` is needed by {} (`depends`): remove them, or apply them without the dependency, first",
+                list.join(", ")
+            ));
+        }
+        for key in keys {
+            let epoch = self.packages.remove(&key).map_or(0, |package| package.epoch);
+            self.event(at_ms, Some(&key), None, epoch, "removed", "pkg remove", None);
+        }
+        CommandOutcome::Applied
+    }
+
+    /// Removes a retired instance once nothing of it may be active.
+    fn reap_retired(&mut self, key: &str, at_ms: u64) {
+        let Some(package) = self.packages.get(key) else { return };
+        if package.retired && package.owner.is_none() && !package.phase.may_be_active() {
+            let epoch = package.epoch;
+            self.packages.remove(key);
+            self.event(at_ms, Some(key), None, epoch, "removed", "instance beyond `instances`", None);
+        }
+    }
+
+    /// The instances a definition asks for: `name`, `name:0`.., or `name:NODE` per node.
+    fn wanted_instances(&self, def: &PackageDef) -> Vec<String> {
+        match def.instances {
+            Instances::Count(1) => vec![def.name.clone()],
+            Instances::Count(count) => (0..count).map(|i| relations::instance_key(&def.name, &i.to_string())).collect(),
+            Instances::All if !def.nodes.is_empty() => {
+                def.nodes.iter().map(|node| relations::instance_key(&def.name, node)).collect()
+            }
+            Instances::All => self.nodes.keys().map(|node| relations::instance_key(&def.name, node)).collect(),
+        }
+    }
+
+    /// A node announced itself: packages with an instance on every node (`instances = "all"`, no
+    /// `nodes` list) get one there.
+    fn add_node_instances(&mut self, node: &str, at_ms: u64) {
+        let mut defs: BTreeMap<String, PackageDef> = BTreeMap::new();
+        for package in self.packages.values() {
+            if package.def.instances == Instances::All && package.def.nodes.is_empty() {
+                defs.entry(package.def.name.clone()).or_insert_with(|| package.def.clone());
+            }
+        }
+        for (name, def) in defs {
+            let key = relations::instance_key(&name, node);
+            if !self.packages.contains_key(&key) {
+                self.add_instance(&key, &def, at_ms);
+            }
+        }
+    }
+
+    /// A new instance of a package: it takes the operator's choices (desired state, freeze) of its
+    /// siblings, if any.
+    fn add_instance(&mut self, key: &str, def: &PackageDef, at_ms: u64) {
+        let mut package = PackageState::new(def.clone(), at_ms);
+        package.instance = key.split_once(':').map(|(_, instance)| instance.to_owned());
+        if let Some((_, sibling)) = self.instances(&def.name).find(|(_, sibling)| !sibling.retired) {
+            package.desired = sibling.desired;
+            package.frozen = sibling.frozen;
+        }
+        self.packages.insert(key.to_owned(), package);
+        self.event(at_ms, Some(key), None, 0, "applied", "pkg apply", None);
+    }
+
+    /// `pkg apply`: a new package, or a new definition of an existing one. The definition must hold
+    /// together with the other packages (dependencies defined, no cycle, no contradiction). Each
+    /// instance is redefined as [`Redefinition`] says; instances are added or retired when
+    /// `instances` changes (a change between one, N and one per node needs the package stopped).
+    fn apply_definition(&mut self, def: &PackageDef, at_ms: u64) -> CommandOutcome {
         let name = def.name.clone();
+        if let Some(reason) = self.set_refusal(def) {
+            return rejected(reason);
+        }
+        let existing = self.keys_named(&name);
+        let wanted = self.wanted_instances(def);
+        if let Some(first) = existing.first() {
+            let old = &self.packages[first].def;
+            let shape = |def: &PackageDef| match def.instances {
+                Instances::Count(1) => 0,
+                Instances::Count(_) => 1,
+                Instances::All => 2,
+            };
+            if shape(old) != shape(def) {
+                let busy: Vec<&String> = existing
+                    .iter()
+                    .filter(|key| {
+                        let package = &self.packages[*key];
+                        package.owner.is_some() || package.phase.may_be_active()
+                    })
+                    .collect();
+                if !busy.is_empty() {
+                    return rejected(format!(
+                        "package `{name}` may be active ({}): stop it first (`clusterctl pkg stop {name}`) to change \
+                         `instances` from {} to {}",
+                        busy.iter().map(|key| key.as_str()).collect::<Vec<_>>().join(", "),
+                        describe_instances(old.instances),
+                        describe_instances(def.instances)
+                    ));
+                }
+                for key in &existing {
+                    let epoch = self.packages.remove(key).map_or(0, |package| package.epoch);
+                    self.event(at_ms, Some(key), None, epoch, "removed", "pkg apply: `instances` changed", None);
+                }
+                for key in &wanted {
+                    self.add_instance(key, def, at_ms);
+                }
+                return CommandOutcome::Applied;
+            }
+        }
+        for key in &wanted {
+            if self.packages.contains_key(key) {
+                self.redefine(key, def, at_ms);
+            } else {
+                self.add_instance(key, def, at_ms);
+            }
+        }
+        for key in existing.iter().filter(|key| !wanted.contains(key)) {
+            let package = self.packages.get_mut(key).expect("listed instance");
+            if !package.retired {
+                package.retired = true;
+                package.desired = Desired::Stopped;
+                package.target = None;
+                let epoch = package.epoch;
+                self.event(at_ms, Some(key), None, epoch, "retired", "pkg apply: beyond `instances`", None);
+            }
+            self.reap_retired(key, at_ms);
+        }
+        CommandOutcome::Applied
+    }
+
+    /// Why `def` cannot join the other packages, naming them (see `cluster_package::validate_set`).
+    fn set_refusal(&self, def: &PackageDef) -> Option<String> {
+        let mut set: BTreeMap<&str, &PackageDef> = BTreeMap::new();
+        for package in self.packages.values() {
+            let slot = set.entry(package.def.name.as_str()).or_insert(&package.def);
+            if !package.retired {
+                *slot = &package.def;
+            }
+        }
+        set.insert(def.name.as_str(), def);
+        let name = def.name.as_str();
+        let errors: Vec<String> = cluster_package::validate_set(set.into_values())
+            .into_iter()
+            .filter(|error| match error {
+                cluster_package::SetError::UnknownPackage { package, .. } => package == name,
+                cluster_package::SetError::Cycle { cycle } => cycle.iter().any(|step| step == name),
+                cluster_package::SetError::Contradiction { packages, .. } => packages.iter().any(|p| p == name),
+            })
+            .map(|error| error.to_string())
+            .collect();
+        (!errors.is_empty()).then(|| format!("package `{name}` refused: {}", errors.join("; ")))
+    }
+
+    /// A new definition of the existing instance `key` (see [`Redefinition`]). A definition whose
+    /// resources changed restarts, on its owner and at the same epoch, the first changed resource and
+    /// every one after it (a running package goes `running -> starting`; it is not a failure); a
+    /// change of placement or policy only restarts nothing (the controller moves the package if it
+    /// must); an identical definition changes nothing and records nothing.
+    fn redefine(&mut self, key: &str, def: &PackageDef, at_ms: u64) {
         let (unchanged, policy_only, restarts, from) = {
-            let redefinition = Redefinition::of(self.packages.get(&name), def);
+            let redefinition = Redefinition::of(self.packages.get(key), def);
             let from = match &redefinition {
                 Redefinition::Restart { from: Some(from), .. } => format!("resource {from} and every later one"),
                 _ => "the removed resources".to_owned(),
@@ -393,15 +633,17 @@ impl ClusterState {
             let restarts = matches!(redefinition, Redefinition::Restart { .. });
             (redefinition == Redefinition::Unchanged, redefinition == Redefinition::PolicyOnly, restarts, from)
         };
-        // Every change of a definition records an event naming the package: clusterd's executor
+        // Every change of a definition records an event naming the instance: clusterd's executor
         // compares definitions only for packages named by new events.
-        let Some(package) = self.packages.get_mut(&name) else {
-            self.packages.insert(name.clone(), PackageState::new(def.clone(), at_ms));
-            self.event(at_ms, Some(&name), None, 0, "applied", "pkg apply", None);
-            return CommandOutcome::Applied;
-        };
+        let siblings_desired = self.instances(&def.name).find(|(_, sibling)| !sibling.retired).map(|(_, p)| p.desired);
+        let Some(package) = self.packages.get_mut(key) else { return };
+        if package.retired {
+            // Wanted again before it was gone.
+            package.retired = false;
+            package.desired = siblings_desired.unwrap_or(package.desired);
+        }
         if unchanged {
-            return CommandOutcome::Applied;
+            return;
         }
         let restart = restarts && package.phase == Phase::Running;
         package.def = def.clone();
@@ -416,23 +658,27 @@ impl ClusterState {
         } else {
             ("definition replaced", "pkg apply: resources redefined".to_owned(), None)
         };
-        self.event(at_ms, Some(&name), owner.as_deref(), epoch, what, &reason, phase_ms);
-        CommandOutcome::Applied
+        self.event(at_ms, Some(key), owner.as_deref(), epoch, what, &reason, phase_ms);
     }
 
+    /// An operator's command on package `name` (every instance) or on one instance.
     fn operator(
         &mut self,
         name: &str,
         at_ms: u64,
         what: &str,
-        change: impl FnOnce(&mut PackageState),
+        mut change: impl FnMut(&str, &mut PackageState),
     ) -> CommandOutcome {
-        let Some(package) = self.packages.get_mut(name) else {
+        let keys = self.keys_named(name);
+        if keys.is_empty() {
             return unknown_package(name);
-        };
-        change(package);
-        let epoch = package.epoch;
-        self.event(at_ms, Some(name), None, epoch, what, "operator", None);
+        }
+        for key in keys {
+            let package = self.packages.get_mut(&key).expect("named instance");
+            change(&key, package);
+            let epoch = package.epoch;
+            self.event(at_ms, Some(&key), None, epoch, what, "operator", None);
+        }
         CommandOutcome::Applied
     }
 
@@ -445,7 +691,7 @@ impl ClusterState {
         reason: &str,
         at_ms: u64,
     ) -> CommandOutcome {
-        let Some(package) = self.packages.get_mut(name) else {
+        let Some(package) = self.packages.get(name) else {
             return unknown_package(name);
         };
         if package.epoch != expected_epoch {
@@ -454,14 +700,59 @@ impl ClusterState {
                 package.epoch
             ));
         }
+        let new_owner = owner.filter(|new_owner| package.owner.as_deref() != Some(*new_owner));
+        if let (Some(node), Phase::Stopping) = (new_owner, phase) {
+            // Only an owner stops its package: a plan made before the package was released (a new
+            // leader's state that lags its log) must not tie it to a node again (found by the
+            // simulation: a removed leader kept a released instance "stopping" on itself for ever).
+            return rejected(format!(
+                "stale assignment of package `{name}`: `stopping` on {node}, which does not own it (owner {})",
+                package.owner.as_deref().unwrap_or("none")
+            ));
+        }
+        if let (Some(owner), None, Phase::Stopping, Phase::Starting | Phase::Running) =
+            (owner, new_owner, phase, package.phase)
+        {
+            // An orderly stop waits for what still needs the package there (dependents stop first),
+            // whoever planned it.
+            let relying = relations::dependents_relying(self, &AsApplied, name, package, owner);
+            if !relying.is_empty() {
+                return rejected(format!(
+                    "refusing to stop package `{name}` on node `{owner}`: {} depend on it and must stop first",
+                    relying.join(", ")
+                ));
+            }
+        }
+        if let Some(node) = new_owner.filter(|_| phase.may_be_active()) {
+            // Relations are the state machine's to keep, like epochs: a plan made on an older state
+            // (or by an older leader) must not put two anti-affine packages, or two instances, on one
+            // node, start a dependent before what it needs runs, or overfill a node.
+            let bound = relations::bound_node(package, name).filter(|bound| *bound != node);
+            let refusal = match bound {
+                Some(bound) => Some(format!("instance bound to node {bound}")),
+                None => relations::placement_refusal(self, &AsApplied, name, &package.def, node),
+            };
+            if let Some(why) = refusal {
+                return rejected(format!("refusing to place package `{name}` on node `{node}`: {why}"));
+            }
+        }
+        let package = self.packages.get_mut(name).expect("checked above");
         let from = package.phase;
         let phase_ms = at_ms.saturating_sub(package.since_ms);
-        if owner.is_some_and(|new_owner| package.owner.as_deref() != Some(new_owner)) {
+        if new_owner.is_some() {
             package.epoch += 1;
             package.restarts = 0;
             package.resources.clear();
+            // A failure on the old owner does not make the new owner's stop end in `failed`.
+            package.stopping_after_failure = false;
             // A placement intent is one-shot: used now, or dropped because the package went elsewhere.
             package.target = None;
+        }
+        if new_owner.is_some() || owner.is_none() {
+            // A new owner starts as a replica: the old owner's primary role ended with its ownership,
+            // under the same rules (docs/safety.md, "Promotable packages").
+            package.role = Role::Replica;
+            package.score = None;
         }
         if owner.is_none() {
             package.resources.clear();
@@ -472,10 +763,68 @@ impl ClusterState {
         let epoch = package.epoch;
         let what = format!("{} -> {}", from.as_str(), phase.as_str());
         self.event(at_ms, Some(name), owner, epoch, &what, reason, Some(phase_ms));
+        self.reap_retired(name, at_ms);
+        CommandOutcome::Applied
+    }
+
+    /// The controller promotes or demotes an instance (see [`Role`]). A promotion is refused unless
+    /// the instance runs as a replica and fewer than `primaries` instances may be promoted.
+    fn set_role(&mut self, key: &str, expected_epoch: u64, role: Role, reason: &str, at_ms: u64) -> CommandOutcome {
+        let Some(package) = self.packages.get(key) else {
+            return unknown_package(key);
+        };
+        if package.epoch != expected_epoch {
+            return rejected(format!(
+                "stale role change of package `{key}`: epoch {expected_epoch}, current {}",
+                package.epoch
+            ));
+        }
+        let Some(promotable) = &package.def.promotable else {
+            return rejected(format!("package `{key}` is not promotable"));
+        };
+        let from = package.role;
+        match role {
+            Role::Promoting => {
+                if package.phase != Phase::Running
+                    || package.owner.is_none()
+                    || from != Role::Replica
+                    || package.retired
+                {
+                    return rejected(format!(
+                        "package `{key}` cannot be promoted while {} as {}",
+                        package.phase.as_str(),
+                        from.as_str()
+                    ));
+                }
+                let name = package.def.name.clone();
+                let promoted = relations::primaries(self, &name);
+                if promoted >= promotable.primaries as usize {
+                    return rejected(format!(
+                        "package `{name}` has {promoted} of {} primaries already: `{key}` is not promoted",
+                        promotable.primaries
+                    ));
+                }
+            }
+            Role::Demoting if matches!(from, Role::Promoting | Role::Primary) => {}
+            Role::Demoting | Role::Primary | Role::Replica => {
+                return rejected(format!("package `{key}` cannot go from {} to {}", from.as_str(), role.as_str()));
+            }
+        }
+        let package = self.packages.get_mut(key).expect("checked above");
+        package.role = role;
+        let owner = package.owner.clone();
+        let what = format!("{} -> {}", from.as_str(), role.as_str());
+        self.event(at_ms, Some(key), owner.as_deref(), expected_epoch, &what, reason, None);
         CommandOutcome::Applied
     }
 
     fn report(&mut self, name: &str, node: &str, epoch: u64, report: &Report, at_ms: u64) -> CommandOutcome {
+        // Whether packages that depend on this one still need it on `node`: a failure beyond the
+        // restart budget then bans the node and lets the controller stop them first (below).
+        let relied_on = matches!(report, Report::ResourceFailed { .. })
+            && self.packages.get(name).is_some_and(|package| {
+                !relations::dependents_relying(self, &AsApplied, name, package, node).is_empty()
+            });
         let Some(package) = self.packages.get_mut(name) else {
             return unknown_package(name);
         };
@@ -510,7 +859,34 @@ impl ClusterState {
                 package.owner = None;
                 package.stopping_after_failure = false;
                 package.resources.clear();
+                package.role = Role::Replica;
+                package.score = None;
                 "all resources stopped".to_owned()
+            }
+            Report::Promoted | Report::Demoted { .. } => {
+                let to = match report {
+                    Report::Promoted if package.role == Role::Promoting => Role::Primary,
+                    Report::Demoted { .. } if package.role != Role::Replica => Role::Replica,
+                    _ => {
+                        return rejected(format!(
+                            "{report:?} for package `{name}` from node `{node}` while {}: ignored",
+                            package.role.as_str()
+                        ))
+                    }
+                };
+                let role_from = package.role;
+                package.role = to;
+                let why = match report {
+                    Report::Demoted { reason } => reason.clone(),
+                    _ => "promoted".to_owned(),
+                };
+                let what = format!("{} -> {}", role_from.as_str(), to.as_str());
+                self.event(at_ms, Some(name), Some(node), epoch, &what, &why, None);
+                return CommandOutcome::Applied;
+            }
+            Report::Score { score } => {
+                package.score = *score;
+                return CommandOutcome::Applied;
             }
             Report::Restarting { reason } if from == Phase::Running => {
                 package.phase = Phase::Starting;
@@ -553,8 +929,18 @@ impl ClusterState {
                 } else if package.recent_failures(node, at_ms) > package.def.restart.max as usize {
                     package.banned.insert(node.to_owned());
                     package.stopping_after_failure = true;
-                    package.phase = Phase::Stopping;
-                    format!("resource {resource} failed ({reason}); restart budget exhausted on {node}: relocating")
+                    if relied_on {
+                        // Dependents stop first: the ban makes the controller move them, then this
+                        // package (an orderly stop, docs/packages.md "Dependencies"); its stop
+                        // still ends in `failed`.
+                        format!(
+                            "resource {resource} failed ({reason}); restart budget exhausted on {node}: relocating \
+                             once the packages that depend on it have stopped"
+                        )
+                    } else {
+                        package.phase = Phase::Stopping;
+                        format!("resource {resource} failed ({reason}); restart budget exhausted on {node}: relocating")
+                    }
                 } else {
                     package.restarts += 1;
                     package.phase = Phase::Starting;
@@ -567,6 +953,7 @@ impl ClusterState {
             let what = format!("{} -> {}", from.as_str(), package.phase.as_str());
             self.event(at_ms, Some(name), Some(node), epoch, &what, &reason, Some(phase_ms));
         }
+        self.reap_retired(name, at_ms);
         CommandOutcome::Applied
     }
 
@@ -609,6 +996,14 @@ impl ClusterState {
             .take_while(|(key, _)| key.starts_with(prefix))
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect()
+    }
+}
+
+/// `instances` in words.
+fn describe_instances(instances: Instances) -> String {
+    match instances {
+        Instances::Count(count) => count.to_string(),
+        Instances::All => "\"all\"".to_owned(),
     }
 }
 
@@ -1037,5 +1432,261 @@ mod tests {
         }
         assert_eq!(old.packages["web"].phase, Phase::Running);
         assert_eq!(new.packages["web"].phase, Phase::Blocked);
+    }
+
+    // ---- relations (issue 13) ----
+
+    fn related(name: &str, extra: &str) -> cluster_package::PackageDef {
+        let text = format!(
+            "name = \"{name}\"\n{extra}\n[[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"192.0.2.1/24\"\ninterface = \"eth0\"\n"
+        );
+        cluster_package::parse_package("p.toml", &text).expect("valid package")
+    }
+
+    fn apply_def(state: &mut ClusterState, def: cluster_package::PackageDef) -> CommandOutcome {
+        state.apply(&Command::PkgApply { def: Box::new(def), at_ms: 10 })
+    }
+
+    fn place(state: &mut ClusterState, key: &str, node: &str) -> CommandOutcome {
+        let epoch = state.packages[key].epoch;
+        state.apply(&Command::Assign {
+            package: key.into(),
+            expected_epoch: epoch,
+            owner: Some(node.into()),
+            phase: Phase::Starting,
+            reason: "test".into(),
+            at_ms: 20,
+        })
+    }
+
+    fn report_on(state: &mut ClusterState, key: &str, report: Report) -> CommandOutcome {
+        let package = &state.packages[key];
+        let (node, epoch) = (package.owner.clone().expect("an owner"), package.epoch);
+        state.apply(&Command::Report { package: key.into(), node, epoch, report, at_ms: 30 })
+    }
+
+    fn run_on(state: &mut ClusterState, key: &str, node: &str) {
+        assert_eq!(place(state, key, node), CommandOutcome::Applied);
+        assert_eq!(report_on(state, key, Report::Running { resources: vec![] }), CommandOutcome::Applied);
+    }
+
+    fn refusal(outcome: CommandOutcome) -> String {
+        match outcome {
+            CommandOutcome::Rejected { reason } => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pkg_apply_refuses_a_dependency_on_a_missing_package_and_a_cycle_naming_them() {
+        let mut state = ClusterState::default();
+        let app = related("app", "depends = [{ package = \"db\", where = \"same-node\" }]");
+        assert_eq!(
+            refusal(apply_def(&mut state, app.clone())),
+            "package `app` refused: package `app` depends on `db`, which is not defined"
+        );
+        assert!(state.packages.is_empty());
+        assert_eq!(apply_def(&mut state, related("db", "")), CommandOutcome::Applied);
+        assert_eq!(apply_def(&mut state, app), CommandOutcome::Applied);
+        let cyclic = related("db", "depends = [{ package = \"app\", where = \"any-node\" }]");
+        assert_eq!(refusal(apply_def(&mut state, cyclic)), "package `db` refused: dependency cycle: app -> db -> app");
+        assert!(state.packages["db"].def.depends.is_empty(), "nothing changed");
+        // A package others depend on is not removed.
+        assert_eq!(
+            refusal(state.apply(&Command::PkgRemove { name: "db".into(), at_ms: 40 })),
+            "package `db` is needed by `app` (`depends`): remove them, or apply them without the dependency, first"
+        );
+    }
+
+    #[test]
+    fn instances_are_added_retired_and_reshaped_only_when_stopped() {
+        let mut state = ClusterState::default();
+        apply_def(&mut state, related("db", "instances = 2"));
+        assert_eq!(state.keys_named("db"), ["db:0", "db:1"]);
+        run_on(&mut state, "db:0", "n1");
+        run_on(&mut state, "db:1", "n2");
+        // Operator commands by package name reach every instance.
+        state.apply(&Command::PkgFreeze { name: "db".into(), frozen: true, at_ms: 31 });
+        assert!(state.instances("db").all(|(_, package)| package.frozen));
+        state.apply(&Command::PkgFreeze { name: "db".into(), frozen: false, at_ms: 32 });
+        // One more: a new instance, taking the siblings' desired state.
+        apply_def(&mut state, related("db", "instances = 3"));
+        assert_eq!(state.keys_named("db"), ["db:0", "db:1", "db:2"]);
+        assert_eq!(state.packages["db:2"].desired, Desired::Running);
+        // Two again: db:2, stopped, goes at once.
+        apply_def(&mut state, related("db", "instances = 2"));
+        assert_eq!(state.keys_named("db"), ["db:0", "db:1"]);
+        // From 2 to 1 changes the keys: refused while instances may be active.
+        let reason = refusal(apply_def(&mut state, related("db", "")));
+        assert!(reason.contains("stop it first") && reason.contains("from 2 to 1"), "{reason}");
+        // Stopped everywhere, the package may become a single-instance one.
+        state.apply(&Command::PkgStop { name: "db".into(), at_ms: 40 });
+        for key in ["db:0", "db:1"] {
+            let node = state.packages[key].owner.clone().unwrap();
+            let epoch = state.packages[key].epoch;
+            state.apply(&Command::Assign {
+                package: key.into(),
+                expected_epoch: epoch,
+                owner: Some(node),
+                phase: Phase::Stopping,
+                reason: "test".into(),
+                at_ms: 41,
+            });
+            report_on(&mut state, key, Report::Stopped);
+        }
+        assert_eq!(apply_def(&mut state, related("db", "")), CommandOutcome::Applied);
+        assert_eq!(state.keys_named("db"), ["db"]);
+    }
+
+    #[test]
+    fn a_running_instance_beyond_the_count_stops_then_goes() {
+        let mut state = ClusterState::default();
+        apply_def(&mut state, related("db", "instances = 3"));
+        run_on(&mut state, "db:2", "n3");
+        apply_def(&mut state, related("db", "instances = 2"));
+        let retired = &state.packages["db:2"];
+        assert!(retired.retired && retired.desired == Desired::Stopped);
+        let epoch = retired.epoch;
+        state.apply(&Command::Assign {
+            package: "db:2".into(),
+            expected_epoch: epoch,
+            owner: Some("n3".into()),
+            phase: Phase::Stopping,
+            reason: "test".into(),
+            at_ms: 50,
+        });
+        report_on(&mut state, "db:2", Report::Stopped);
+        assert!(!state.packages.contains_key("db:2"));
+    }
+
+    #[test]
+    fn instances_on_every_node_follow_the_nodes_that_announce_themselves() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::NodeHello { name: "n1".into(), watchdog: None, at_ms: 0 });
+        apply_def(&mut state, related("agent", "instances = \"all\""));
+        assert_eq!(state.keys_named("agent"), ["agent:n1"]);
+        state.apply(&Command::NodeHello { name: "n2".into(), watchdog: None, at_ms: 1 });
+        assert_eq!(state.keys_named("agent"), ["agent:n1", "agent:n2"]);
+        // An instance is bound to its node.
+        assert_eq!(
+            refusal(place(&mut state, "agent:n1", "n2")),
+            "refusing to place package `agent:n1` on node `n2`: instance bound to node n1"
+        );
+        assert_eq!(
+            refusal(state.apply(&Command::PkgMove { name: "agent".into(), to: "n2".into(), at_ms: 2 })),
+            "package `agent` has 2 instances: name the one to place, e.g. `agent:n1`"
+        );
+    }
+
+    #[test]
+    fn the_state_machine_refuses_an_assignment_that_breaks_a_relation() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::NodeCapacity {
+            name: "n3".into(),
+            capacity: BTreeMap::from([("slots".into(), 1)]),
+            at_ms: 0,
+        });
+        apply_def(&mut state, related("db", "instances = 2\nneeds = { slots = 1 }"));
+        apply_def(&mut state, related("app", "depends = [{ package = \"db\", where = \"same-node\" }]"));
+        apply_def(&mut state, related("batch", "depends = [{ package = \"db\", where = \"different-node\" }]"));
+        // A dependent is not started before what it depends on runs where it must.
+        assert_eq!(
+            refusal(place(&mut state, "app", "n1")),
+            "refusing to place package `app` on node `n1`: depends on db (same-node), which is not running"
+        );
+        run_on(&mut state, "db:0", "n1");
+        assert_eq!(
+            refusal(place(&mut state, "db:1", "n1")),
+            "refusing to place package `db:1` on node `n1`: instance db:0 of db is there"
+        );
+        assert_eq!(
+            refusal(place(&mut state, "batch", "n1")),
+            "refusing to place package `batch` on node `n1`: db:0 is there, and batch must not share a node with db"
+        );
+        run_on(&mut state, "batch", "n3");
+        assert_eq!(
+            refusal(place(&mut state, "db:1", "n3")),
+            "refusing to place package `db:1` on node `n3`: batch is there, and db must not share a node with batch"
+        );
+        run_on(&mut state, "app", "n1");
+        // Capacity: n3 has one slot.
+        apply_def(&mut state, related("other", "needs = { slots = 1 }"));
+        state.apply(&Command::NodeCapacity {
+            name: "n2".into(),
+            capacity: BTreeMap::from([("slots".into(), 1)]),
+            at_ms: 1,
+        });
+        run_on(&mut state, "db:1", "n2");
+        let before = state.clone();
+        assert_eq!(
+            refusal(place(&mut state, "other", "n2")),
+            "refusing to place package `other` on node `n2`: not enough slots: needs 1, 0 free of 1"
+        );
+        assert_eq!(state, before, "a refused assignment changes nothing");
+        // An orderly stop of db:0 waits for app, which needs it on n1.
+        let epoch = state.packages["db:0"].epoch;
+        let stop = Command::Assign {
+            package: "db:0".into(),
+            expected_epoch: epoch,
+            owner: Some("n1".into()),
+            phase: Phase::Stopping,
+            reason: "test".into(),
+            at_ms: 40,
+        };
+        assert_eq!(
+            refusal(state.apply(&stop)),
+            "refusing to stop package `db:0` on node `n1`: app depend on it and must stop first"
+        );
+    }
+
+    #[test]
+    fn at_most_primaries_instances_may_be_promoted_and_a_new_owner_starts_as_a_replica() {
+        let mut state = ClusterState::default();
+        apply_def(
+            &mut state,
+            related("db", "instances = 3\npromotable = { primaries = 1, primary_only = [\"extra\"] }\n[[resource]]\nname = \"extra\"\ntype = \"ip\"\naddress = \"192.0.2.2/24\"\ninterface = \"eth0\""),
+        );
+        run_on(&mut state, "db:0", "n1");
+        run_on(&mut state, "db:1", "n2");
+        let promote = |state: &mut ClusterState, key: &str| {
+            let epoch = state.packages[key].epoch;
+            state.apply(&Command::SetRole {
+                package: key.into(),
+                expected_epoch: epoch,
+                role: Role::Promoting,
+                reason: "test".into(),
+                at_ms: 60,
+            })
+        };
+        assert_eq!(refusal(promote(&mut state, "db:2")), "package `db:2` cannot be promoted while stopped as replica");
+        assert_eq!(promote(&mut state, "db:0"), CommandOutcome::Applied);
+        assert_eq!(
+            refusal(promote(&mut state, "db:1")),
+            "package `db` has 1 of 1 primaries already: `db:1` is not promoted"
+        );
+        // Only from promoting: a late or stray report changes nothing.
+        assert!(matches!(report_on(&mut state, "db:1", Report::Promoted), CommandOutcome::Rejected { .. }));
+        assert_eq!(report_on(&mut state, "db:0", Report::Promoted), CommandOutcome::Applied);
+        assert_eq!(state.packages["db:0"].role, Role::Primary);
+        assert_eq!(report_on(&mut state, "db:0", Report::Score { score: Some(10) }), CommandOutcome::Applied);
+        assert_eq!(state.packages["db:0"].score, Some(10));
+        // Its own report of a demotion frees the role.
+        let demoted = Report::Demoted { reason: "test".into() };
+        assert_eq!(report_on(&mut state, "db:0", demoted), CommandOutcome::Applied);
+        assert_eq!(state.packages["db:0"].role, Role::Replica);
+        assert_eq!(promote(&mut state, "db:1"), CommandOutcome::Applied);
+        // A new owner (the old one's lease expired) starts as a replica: the role is free again.
+        let epoch = state.packages["db:1"].epoch;
+        state.apply(&Command::Assign {
+            package: "db:1".into(),
+            expected_epoch: epoch,
+            owner: Some("n3".into()),
+            phase: Phase::Starting,
+            reason: "test".into(),
+            at_ms: 70,
+        });
+        let moved = &state.packages["db:1"];
+        assert_eq!((moved.role, moved.score, moved.epoch), (Role::Replica, None, epoch + 1));
+        assert_eq!(promote(&mut state, "db:0"), CommandOutcome::Applied);
     }
 }

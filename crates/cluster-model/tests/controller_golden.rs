@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cluster_model::controller::{explain, plan, Action, Liveness, View};
-use cluster_model::{ClusterState, Command, FenceConfig, NodeRecord, Phase, Report};
+use cluster_model::controller::{explain, plan, waiting_reason, Action, Liveness, View};
+use cluster_model::{ClusterState, Command, FenceConfig, NodeRecord, Phase, Report, Role};
 
 const NOW: u64 = 1_000_000;
 
@@ -58,6 +58,58 @@ impl Scenario {
         self
     }
 
+    /// `name` on `owner`, started and reported running, then stopped by a stop of the package.
+    fn stopped(mut self, name: &str) -> Scenario {
+        self.apply(Command::PkgStop { name: name.into(), at_ms: 3 });
+        let epoch = self.state.packages[name].epoch;
+        let owner = self.state.packages[name].owner.clone().expect("an owner");
+        self.apply(Command::Assign {
+            package: name.into(),
+            expected_epoch: epoch,
+            owner: Some(owner.clone()),
+            phase: Phase::Stopping,
+            reason: "setup".into(),
+            at_ms: 4,
+        });
+        self.apply(Command::Report { package: name.into(), node: owner, epoch, report: Report::Stopped, at_ms: 5 });
+        self
+    }
+
+    /// The owner of instance `key` reports a promotion score.
+    fn score(mut self, key: &str, score: i64) -> Scenario {
+        let package = &self.state.packages[key];
+        let (node, epoch) = (package.owner.clone().expect("an owner"), package.epoch);
+        self.apply(Command::Report {
+            package: key.into(),
+            node,
+            epoch,
+            report: Report::Score { score: Some(score) },
+            at_ms: 6,
+        });
+        self
+    }
+
+    /// Instance `key` promoted by the controller and by its owner.
+    fn primary(mut self, key: &str) -> Scenario {
+        let package = &self.state.packages[key];
+        let (node, epoch) = (package.owner.clone().expect("an owner"), package.epoch);
+        self.apply(Command::SetRole {
+            package: key.into(),
+            expected_epoch: epoch,
+            role: Role::Promoting,
+            reason: "setup".into(),
+            at_ms: 7,
+        });
+        self.apply(Command::Report { package: key.into(), node, epoch, report: Report::Promoted, at_ms: 8 });
+        self
+    }
+
+    fn capacity(mut self, node: &str, capacity: &[(&str, u64)]) -> Scenario {
+        let capacity = capacity.iter().map(|(name, value)| (name.to_string(), *value)).collect();
+        self.apply(Command::NodeCapacity { name: node.into(), capacity, at_ms: 0 });
+        self
+    }
+
     fn apply(&mut self, command: Command) {
         let outcome = self.state.apply(&command);
         assert_eq!(outcome, cluster_model::CommandOutcome::Applied, "{command:?}");
@@ -96,6 +148,9 @@ fn render(actions: &[Action]) -> String {
     let mut text = String::new();
     for action in actions {
         match action {
+            Action::Propose(Command::SetRole { package, expected_epoch, role, reason, .. }) => {
+                text.push_str(&format!("role {package} at epoch {expected_epoch}: {} — {reason}\n", role.as_str()));
+            }
             Action::Propose(Command::Assign { package, expected_epoch, owner, phase, reason, .. }) => {
                 text.push_str(&format!(
                     "assign {package} at epoch {expected_epoch}: {} on {} — {reason}\n",
@@ -323,4 +378,178 @@ fn explanations() {
         .no_watchdog("n3");
     check("explain_failover", &(explain(&scenario.state, &scenario.view, "web", NOW).unwrap().join("\n") + "\n"));
     assert!(explain(&scenario.state, &scenario.view, "nope", NOW).is_none());
+}
+
+const SAME_NODE_DB: &str = "depends = [{ package = \"db\", where = \"same-node\" }]";
+const ANY_NODE_DB: &str = "depends = [{ package = \"db\", where = \"any-node\" }]";
+const DIFFERENT_NODE_DB: &str = "depends = [{ package = \"db\", where = \"different-node\" }]";
+
+fn explained(scenario: &Scenario, name: &str) -> String {
+    explain(&scenario.state, &scenario.view, name, NOW).unwrap().join("\n") + "\n"
+}
+
+#[test]
+fn dependencies() {
+    let pair = |where_: &str| Scenario::new().package("db", "").package("app", where_);
+    check_plan("a_dependent_waits_for_what_it_depends_on", &pair(SAME_NODE_DB));
+    check_plan("a_dependent_is_placed_where_its_dependency_runs", &pair(SAME_NODE_DB).running_on("db", "n2"));
+    check_plan(
+        "an_any_node_dependent_takes_its_own_first_node_once_the_dependency_runs",
+        &pair(ANY_NODE_DB).running_on("db", "n2"),
+    );
+    check_plan(
+        "a_different_node_dependent_avoids_the_node_of_its_dependency",
+        &pair(DIFFERENT_NODE_DB).running_on("db", "n1"),
+    );
+    check_plan(
+        "a_package_is_not_placed_where_a_package_that_must_avoid_it_runs",
+        &pair(DIFFERENT_NODE_DB).running_on("db", "n2").running_on("app", "n1").lease("n2", Liveness::Expired),
+    );
+    let both_on_n1 = || pair(SAME_NODE_DB).running_on("db", "n1").running_on("app", "n1");
+    check_plan("a_running_same_node_pair_stays", &both_on_n1());
+    check_plan(
+        "stopping_a_dependency_stops_its_dependents_first",
+        &both_on_n1().with(Command::PkgStop { name: "db".into(), at_ms: 3 }),
+    );
+    check_plan(
+        "the_dependency_stops_once_its_dependents_have_stopped",
+        &both_on_n1()
+            .stopped("app")
+            .with(Command::PkgRun { name: "app".into(), node: None, at_ms: 4 })
+            .with(Command::PkgStop { name: "db".into(), at_ms: 5 }),
+    );
+    check_plan(
+        "moving_a_dependency_stops_its_dependents_first",
+        &both_on_n1().with(Command::PkgMove { name: "db".into(), to: "n3".into(), at_ms: 3 }),
+    );
+    check_plan(
+        "standby_drains_the_dependent_of_a_pair_first",
+        &both_on_n1().with(Command::NodeStandby { name: "n1".into(), standby: true, at_ms: 3 }),
+    );
+    check_plan("a_dead_node_of_a_same_node_pair_moves_the_dependency_and_stops_the_dependent", &{
+        both_on_n1().lease("n1", Liveness::Expired)
+    });
+    check_plan(
+        "a_dependent_on_another_node_stops_when_its_dependency_is_lost",
+        &pair(ANY_NODE_DB).running_on("db", "n1").running_on("app", "n2").lease("n1", Liveness::Expired),
+    );
+    check_plan(
+        "a_dependency_stops_only_after_the_whole_chain_above_it",
+        &Scenario::new()
+            .package("db", "")
+            .package("app", SAME_NODE_DB)
+            .package("web", "depends = [{ package = \"app\", where = \"any-node\" }]")
+            .running_on("db", "n1")
+            .running_on("app", "n1")
+            .running_on("web", "n2")
+            .with(Command::PkgStop { name: "db".into(), at_ms: 3 }),
+    );
+    check_plan(
+        "a_dependent_must_leave_a_node_shared_with_a_package_it_must_avoid",
+        &pair(ANY_NODE_DB).running_on("db", "n2").running_on("app", "n2").package("app", DIFFERENT_NODE_DB),
+    );
+    check("explain_dependencies", &explained(&pair(SAME_NODE_DB).running_on("db", "n2"), "app"));
+    check(
+        "explain_a_dependency_waiting_for_its_dependents",
+        &explained(&both_on_n1().with(Command::PkgStop { name: "db".into(), at_ms: 3 }), "db"),
+    );
+}
+
+#[test]
+fn capacity() {
+    let memory = |gib: u64| gib << 30;
+    let full = || {
+        Scenario::new()
+            .capacity("n1", &[("memory", memory(8))])
+            .capacity("n2", &[("memory", memory(4)), ("slots", 1)])
+            .package("big", "needs = { memory = \"6G\" }")
+            .running_on("big", "n1")
+    };
+    check_plan("capacity_keeps_a_package_off_a_full_node", &full().package("web", "needs = { memory = \"4G\" }"));
+    check_plan(
+        "a_node_without_a_declared_capacity_is_unlimited",
+        &full().package("web", "needs = { memory = \"64G\" }"),
+    );
+    let nowhere = full().package("web", "needs = { memory = \"4G\", slots = 2 }").with(Command::NodeStandby {
+        name: "n3".into(),
+        standby: true,
+        at_ms: 3,
+    });
+    check_plan("a_package_that_fits_nowhere_is_not_placed", &nowhere);
+    check("explain_a_package_that_fits_nowhere", &explained(&nowhere, "web"));
+    assert_eq!(
+        waiting_reason(&nowhere.state, &nowhere.view, "web", NOW).as_deref(),
+        Some(
+            "fits nowhere: n1: not enough memory: needs 4G, 2G free of 8G; n2: not enough slots: needs 2, 1 free of 1; \
+             n3: in standby"
+        )
+    );
+    assert_eq!(waiting_reason(&full().state, &full().view, "big", NOW), None);
+    // Two packages placed by one plan count against each other.
+    check_plan(
+        "one_plan_does_not_overfill_a_node",
+        &Scenario::new()
+            .capacity("n1", &[("slots", 1)])
+            .package("a", "needs = { slots = 1 }")
+            .package("b", "needs = { slots = 1 }"),
+    );
+}
+
+#[test]
+fn instances() {
+    check_plan("instances_are_placed_on_different_nodes", &Scenario::new().package("db", "instances = 2"));
+    let two = || Scenario::new().package("db", "instances = 2").running_on("db:0", "n1").running_on("db:1", "n2");
+    check_plan("running_instances_stay", &two());
+    check_plan("the_instance_of_a_dead_node_moves_to_a_node_without_one", &two().lease("n1", Liveness::Expired));
+    check_plan(
+        "with_an_instance_on_every_node_the_instance_of_a_dead_node_stops",
+        &Scenario::new()
+            .package("db", "instances = 3")
+            .running_on("db:0", "n1")
+            .running_on("db:1", "n2")
+            .running_on("db:2", "n3")
+            .lease("n1", Liveness::Expired),
+    );
+    check_plan("instances_on_all_nodes_are_bound_to_their_node", &{
+        Scenario::new().package("agent", "instances = \"all\"").lease("n3", Liveness::Expired)
+    });
+    check("explain_instances", &explained(&two().lease("n2", Liveness::Expired), "db"));
+}
+
+fn promotable(extra: &str) -> String {
+    format!(
+        "instances = 2\npromotable = {{ primaries = 1 }}\n{extra}\n[[resource]]\nname = \"data\"\ntype = \"ocf\"\nagent = \"heartbeat:Stateful\"\n"
+    )
+}
+
+#[test]
+fn promotion() {
+    let replicas = || Scenario::new().package("db", &promotable("")).running_on("db:0", "n1").running_on("db:1", "n2");
+    check_plan("no_promotion_before_the_agents_set_a_score", &replicas());
+    check_plan("the_replica_with_the_highest_score_is_promoted", &replicas().score("db:0", 5).score("db:1", 10));
+    check_plan("a_negative_score_is_never_promoted", &replicas().score("db:0", -1).score("db:1", -5));
+    let with_primary = || replicas().score("db:0", 10).score("db:1", 5).primary("db:0");
+    check_plan("one_primary_is_enough", &with_primary());
+    check_plan(
+        "a_lost_primary_is_replaced_in_the_same_plan",
+        &with_primary()
+            .with(Command::NodeStandby { name: "n3".into(), standby: true, at_ms: 9 })
+            .lease("n1", Liveness::Expired),
+    );
+    check_plan("a_primary_whose_lease_is_unknown_is_waited_for", &with_primary().lease("n1", Liveness::Unknown));
+    check_plan(
+        "a_stopping_primary_still_counts",
+        &with_primary().with(Command::NodeStandby { name: "n1".into(), standby: true, at_ms: 9 }),
+    );
+    // A promotion by built-in resources only (a VIP) needs no score.
+    let vip_only = Scenario::new()
+        .package("vip", "instances = 2\npromotable = { primary_only = [\"extra\"] }\n[[resource]]\nname = \"extra\"\ntype = \"ip\"\naddress = \"192.0.2.101/24\"\ninterface = \"eth0\"")
+        .running_on("vip:0", "n1")
+        .running_on("vip:1", "n2");
+    check_plan("primary_only_resources_need_no_score", &vip_only);
+    // Two primaries (as after a redefinition lowered `primaries` from 2 to 1): the lower score is demoted.
+    let mut lowered = with_primary();
+    lowered.state.packages.get_mut("db:1").unwrap().role = Role::Primary;
+    check_plan("more_primaries_than_wanted_demotes_the_lowest_score", &lowered);
+    check("explain_promotion", &explained(&with_primary().lease("n1", Liveness::Expired), "db"));
 }

@@ -21,6 +21,8 @@
 //!   (each directory contributes its `*.toml` files, sorted, not recursive) and returns one [`FileReport`]
 //!   per file. `clusterctl pkg validate PATH...` is a thin wrapper: print every diagnostic (or `FILE: ok`),
 //!   exit 0 when [`all_valid`] is true, 1 otherwise.
+//! - [`validate_set`] checks packages taken together (dependencies exist, no cycle, no contradiction);
+//!   [`start_order`] puts dependencies first.
 //! - The model types derive `Serialize`/`Deserialize` so they can be stored in the replicated state.
 //!
 //! Every field and its default is documented in `docs/packages.md`.
@@ -28,10 +30,15 @@
 mod model;
 mod parse;
 mod paths;
+mod quantity;
+mod set;
 
 pub use model::{
-    DeviceSpec, Failback, Failover, FilesystemResource, IpResource, Monitor, OcfAgentRef, OcfResource, PackageDef,
-    ProcessOutput, ProcessResource, Readiness, ResourceDef, ResourceKind, Restart,
+    Dependency, DeviceSpec, Failback, Failover, FilesystemResource, Instances, IpResource, Location, Monitor,
+    OcfAgentRef, OcfResource, PackageDef, ProcessOutput, ProcessResource, Promotable, Readiness, ResourceDef,
+    ResourceKind, Restart,
 };
-pub use parse::{parse_package, Diagnostic};
-pub use paths::{all_valid, validate_paths, FileReport, FileResult, PathError};
+pub use parse::{parse_package, Diagnostic, MAX_INSTANCES};
+pub use paths::{all_valid, set_errors, validate_paths, FileReport, FileResult, PathError};
+pub use quantity::{check_capacity_name, format_quantity, parse_quantity};
+pub use set::{start_order, validate_set, SetError};

@@ -27,6 +27,14 @@ pub struct PackageDef {
     pub restart: Restart,
     /// Resources in start order (stop order is the reverse).
     pub resources: Vec<ResourceDef>,
+    /// Packages this one needs running, and where (`depends`).
+    pub depends: Vec<Dependency>,
+    /// How many instances run (`instances`): one by default.
+    pub instances: Instances,
+    /// Instances run as replicas, some of them promoted (`promotable`).
+    pub promotable: Option<Promotable>,
+    /// What one instance takes of a node's capacity (`needs`), by capacity name.
+    pub needs: BTreeMap<String, u64>,
 }
 
 impl PackageDef {
@@ -38,6 +46,81 @@ impl PackageDef {
         let common = self.resources.iter().zip(&new.resources).take_while(|(old, new)| old == new).count();
         (common < self.resources.len().max(new.resources.len())).then_some(common)
     }
+}
+
+impl PackageDef {
+    /// Whether the package runs as several instances (one replicated state each, `NAME:INSTANCE`).
+    pub fn multi_instance(&self) -> bool {
+        self.instances != Instances::Count(1)
+    }
+
+    /// Whether a resource is started only on a promoted instance (`promotable.primary_only`).
+    pub fn primary_only(&self, resource: &str) -> bool {
+        self.promotable.as_ref().is_some_and(|promotable| promotable.primary_only.iter().any(|name| name == resource))
+    }
+
+    /// Whether a resource is promoted and demoted with its instance (`promotable.promote`).
+    pub fn promoted_with_instance(&self, resource: &str) -> bool {
+        self.promotable.as_ref().is_some_and(|promotable| promotable.promote.iter().any(|name| name == resource))
+    }
+
+    /// The dependency on `package`, if this package declares one.
+    pub fn dependency_on(&self, package: &str) -> Option<&Dependency> {
+        self.depends.iter().find(|dependency| dependency.package == package)
+    }
+}
+
+/// A package this one needs (`depends = [{ package = "db", where = "same-node" }]`): it starts only
+/// once that package runs where `location` says, stops before it, and moves with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    /// The package depended on.
+    pub package: String,
+    /// Where it must run, relative to this package's node.
+    pub location: Location,
+}
+
+/// Where a package depended on must run (Serviceguard's dependency locations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Location {
+    /// On the same node (colocation).
+    SameNode,
+    /// On another node; the two are never active on one node (anti-affinity).
+    DifferentNode,
+    /// Anywhere in the cluster.
+    AnyNode,
+}
+
+impl Location {
+    /// The word used in package files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Location::SameNode => "same-node",
+            Location::DifferentNode => "different-node",
+            Location::AnyNode => "any-node",
+        }
+    }
+}
+
+/// How many instances of a package run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Instances {
+    /// This many, each on its own node (1: an ordinary package).
+    Count(u32),
+    /// One per node of `nodes` (every node when `nodes` is omitted), each bound to its node.
+    All,
+}
+
+/// A promotable package: every instance runs as a replica and `primaries` of them are promoted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotable {
+    /// How many instances are promoted at most (and at least, when enough replicas run).
+    pub primaries: u32,
+    /// OCF resources called with `promote` and `demote` (default: every `ocf` resource not in `primary_only`).
+    pub promote: Vec<String>,
+    /// Resources started only on a promoted instance, after the promotion, and stopped before a demotion
+    /// (a VIP that follows the primary).
+    pub primary_only: Vec<String>,
 }
 
 /// Placement policy on failover.

@@ -55,7 +55,21 @@ pub(crate) const DEFAULT_MONITOR_TIMEOUT: Duration = Duration::from_secs(20);
 /// 500 ms this was) would only slow every failover down. Raise it per resource on slow segments.
 pub(crate) const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(50);
 
-const PACKAGE_FIELDS: &[&str] = &["name", "nodes", "failover", "failback", "auto_run", "restart", "resource"];
+const PACKAGE_FIELDS: &[&str] = &[
+    "name",
+    "nodes",
+    "failover",
+    "failback",
+    "auto_run",
+    "restart",
+    "depends",
+    "instances",
+    "promotable",
+    "needs",
+    "resource",
+];
+/// Most instances of one package (`instances = N`).
+pub const MAX_INSTANCES: u32 = 64;
 const COMMON_RESOURCE_FIELDS: &[&str] = &["name", "type", "start_timeout", "stop_timeout", "monitor"];
 const IP_FIELDS: &[&str] =
     &["address", "interface", "check_duplicate", "probe_timeout", "announce_count", "announce_interval"];
@@ -348,7 +362,18 @@ impl<'a> Checker<'a> {
         );
         let auto_run = self.boolean(&section, "auto_run", true);
         let restart = self.restart(&section);
+        let depends = self.depends(&section, name.as_ref().map(|(name, _)| name.as_str()));
+        let instances = self.instances(&section);
+        let needs = self.needs(&section);
         let resources = self.resources(&section);
+        let promotable = self.promotable(&section, instances, resources.as_deref());
+        let instances = match (instances, &promotable) {
+            // A promotable package without `instances` runs one instance per node, as Pacemaker's
+            // promotable clones do.
+            (Some(None), Some(Some(_))) => Some(Instances::All),
+            (Some(instances), _) => Some(instances.unwrap_or(Instances::Count(1))),
+            (None, _) => None,
+        };
         Some(PackageDef {
             name: name?.0,
             nodes: nodes?,
@@ -357,7 +382,245 @@ impl<'a> Checker<'a> {
             auto_run: auto_run?,
             restart: restart?,
             resources: resources?,
+            depends: depends?,
+            instances: instances?,
+            promotable: promotable?,
+            needs: needs?,
         })
+    }
+
+    /// `depends = [{ package = "db", where = "same-node" }, ...]`.
+    fn depends(&mut self, section: &Section<'_, '_>, own_name: Option<&str>) -> Option<Vec<Dependency>> {
+        let Some(value) = section.get("depends") else {
+            return Some(Vec::new());
+        };
+        let expected = "an array of tables like { package = \"db\", where = \"same-node\" }";
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(section, "depends", value, expected);
+            return None;
+        };
+        let mut depends: Vec<(usize, Dependency)> = Vec::new();
+        let mut ok = true;
+        for (index, item) in items.iter().enumerate() {
+            let prefix = format!("depends[{}]", index + 1);
+            let DeValue::Table(table) = item.get_ref() else {
+                self.report(item.span(), prefix, format!("expected {expected}, found {}", type_name(item.get_ref())));
+                ok = false;
+                continue;
+            };
+            let entry = Section { table, span: item.span(), prefix };
+            self.check_unknown(&entry, &["package", "where"], "");
+            let package = self.name(&entry, "package", "a package name");
+            let location = if entry.get("where").is_none() {
+                self.missing(&entry, "where", "one of \"same-node\", \"different-node\", \"any-node\"");
+                None
+            } else {
+                self.choice(
+                    &entry,
+                    "where",
+                    &[
+                        ("same-node", Location::SameNode),
+                        ("different-node", Location::DifferentNode),
+                        ("any-node", Location::AnyNode),
+                    ],
+                    Location::AnyNode,
+                )
+            };
+            let (Some((package, span)), Some(location)) = (package, location) else {
+                ok = false;
+                continue;
+            };
+            if Some(package.as_str()) == own_name {
+                self.report(span, entry.field("package"), format!("a package cannot depend on itself ({package:?})"));
+                ok = false;
+            } else if let Some((first, _)) = depends.iter().find(|(_, dependency)| dependency.package == package) {
+                self.report(
+                    span,
+                    entry.field("package"),
+                    format!("duplicate dependency on {package:?} (also depends[{}])", first + 1),
+                );
+                ok = false;
+            } else {
+                depends.push((index, Dependency { package, location }));
+            }
+        }
+        ok.then(|| depends.into_iter().map(|(_, dependency)| dependency).collect())
+    }
+
+    /// `instances = N` or `instances = "all"`; `Some(None)` when absent.
+    fn instances(&mut self, section: &Section<'_, '_>) -> Option<Option<Instances>> {
+        let Some(value) = section.get("instances") else {
+            return Some(None);
+        };
+        let expected = format!("an integer from 1 to {MAX_INSTANCES} or \"all\"");
+        match value.get_ref() {
+            DeValue::String(text) if text.as_ref() == "all" => Some(Some(Instances::All)),
+            DeValue::Integer(_) => self
+                .unsigned(section, "instances", 1, 1..u64::from(MAX_INSTANCES) + 1)
+                .map(|n| Some(Instances::Count(n))),
+            DeValue::String(text) => {
+                self.report(value.span(), "instances", format!("expected {expected}, found {text:?}"));
+                None
+            }
+            other => {
+                self.report(value.span(), "instances", format!("expected {expected}, found {}", type_name(other)));
+                None
+            }
+        }
+    }
+
+    /// `needs = { slots = 1, memory = "4G" }`.
+    fn needs(&mut self, section: &Section<'_, '_>) -> Option<BTreeMap<String, u64>> {
+        if section.get("needs").is_none() {
+            return Some(BTreeMap::new());
+        }
+        let table = self.sub_table(section, "needs")?;
+        self.quantities(&table)
+    }
+
+    /// A table of capacity names and quantities (`needs`, a node's `capacity`).
+    fn quantities(&mut self, table: &Section<'_, '_>) -> Option<BTreeMap<String, u64>> {
+        let mut quantities = BTreeMap::new();
+        let mut ok = true;
+        for (name, value) in table.table.iter() {
+            let field = table.field(name.get_ref());
+            if let Err(message) = crate::quantity::check_capacity_name(name.get_ref()) {
+                self.report(name.span(), field.clone(), message);
+                ok = false;
+            }
+            let quantity = match value.get_ref() {
+                DeValue::Integer(integer) => u64::from_str_radix(integer.as_str(), integer.radix()).map_err(|_| {
+                    format!("expected a quantity like 2 or \"4G\" (a non-negative integer), found {}", integer.as_str())
+                }),
+                DeValue::String(text) => crate::quantity::parse_quantity(text),
+                other => Err(format!("expected a quantity like 2 or \"4G\", found {}", type_name(other))),
+            };
+            match quantity {
+                Ok(quantity) => {
+                    quantities.insert(name.get_ref().to_string(), quantity);
+                }
+                Err(message) => {
+                    self.report(value.span(), field, message);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(quantities)
+    }
+
+    /// `promotable = { primaries = 1, promote = [...], primary_only = [...] }`, checked against the
+    /// resources and the instance count; `Some(None)` when absent.
+    fn promotable(
+        &mut self,
+        section: &Section<'_, '_>,
+        instances: Option<Option<Instances>>,
+        resources: Option<&[ResourceDef]>,
+    ) -> Option<Option<Promotable>> {
+        if section.get("promotable").is_none() {
+            return Some(None);
+        }
+        let table = self.sub_table(section, "promotable")?;
+        self.check_unknown(&table, &["primaries", "promote", "primary_only"], "");
+        let primaries = self.unsigned(&table, "primaries", 1, 1..u64::from(MAX_INSTANCES) + 1);
+        let mut lists = Vec::new();
+        for key in ["promote", "primary_only"] {
+            lists.push(match table.get(key) {
+                None => Some(None),
+                Some(_) => self.string_list(&table, key).map(|(list, span)| Some((list, span))),
+            });
+        }
+        let primary_only = lists.pop().expect("two lists");
+        let promote = lists.pop().expect("two lists");
+        let (promote, primary_only, resources) = (promote?, primary_only?, resources?);
+        let mut ok = primaries.is_some();
+        if let (Some(Some(Instances::Count(count))), Some(primaries)) = (instances, primaries) {
+            if primaries > count {
+                let span = table.get("primaries").map(|value| value.span()).unwrap_or(table.span.clone());
+                self.report(
+                    span,
+                    table.field("primaries"),
+                    format!("expected at most `instances` ({count}) primaries, found {primaries}"),
+                );
+                ok = false;
+            }
+        }
+        let mut check_names = |checker: &mut Self, list: &Option<(Vec<String>, Range<usize>)>, key: &str| {
+            let Some((names, span)) = list else { return };
+            for (index, name) in names.iter().enumerate() {
+                let field = format!("{}[{}]", table.field(key), index + 1);
+                match resources.iter().find(|resource| resource.name == *name) {
+                    None => {
+                        let known: Vec<&str> = resources.iter().map(|resource| resource.name.as_str()).collect();
+                        checker.report(
+                            span.clone(),
+                            field,
+                            format!("no resource named {name:?} in this package (resources: {})", known.join(", ")),
+                        );
+                        ok = false;
+                    }
+                    Some(resource) if key == "promote" && !matches!(resource.kind, ResourceKind::Ocf(_)) => {
+                        checker.report(
+                            span.clone(),
+                            field,
+                            format!(
+                                "resource {name:?} is of type \"{}\": only \"ocf\" resources have promote and demote actions \
+                                 (list it in primary_only to start it on the primary only)",
+                                resource.kind.type_name()
+                            ),
+                        );
+                        ok = false;
+                    }
+                    Some(_) => {}
+                }
+                if names[..index].contains(name) {
+                    checker.report(
+                        span.clone(),
+                        format!("{}[{}]", table.field(key), index + 1),
+                        format!("duplicate resource {name:?}"),
+                    );
+                    ok = false;
+                }
+            }
+        };
+        check_names(self, &promote, "promote");
+        check_names(self, &primary_only, "primary_only");
+        let primary_only: Vec<String> = primary_only.map(|(list, _)| list).unwrap_or_default();
+        let promote: Vec<String> = match promote {
+            Some((list, _)) => list,
+            None => resources
+                .iter()
+                .filter(|resource| {
+                    matches!(resource.kind, ResourceKind::Ocf(_)) && !primary_only.contains(&resource.name)
+                })
+                .map(|resource| resource.name.clone())
+                .collect(),
+        };
+        if let Some(both) = promote.iter().find(|name| primary_only.contains(name)) {
+            self.report(
+                table.span.clone(),
+                table.field("primary_only"),
+                format!("resource {both:?} is listed in both promote and primary_only"),
+            );
+            ok = false;
+        }
+        if ok && promote.is_empty() && primary_only.is_empty() {
+            self.report(
+                table.span.clone(),
+                "promotable",
+                "expected at least one resource that a promotion changes: an \"ocf\" resource to promote, or `primary_only` resources",
+            );
+            ok = false;
+        }
+        if ok && primary_only.len() == resources.len() {
+            self.report(
+                table.span.clone(),
+                table.field("primary_only"),
+                "expected at least one resource that runs on every instance, not only on the primary",
+            );
+            ok = false;
+        }
+        let primaries = primaries?;
+        ok.then_some(Some(Promotable { primaries, promote, primary_only }))
     }
 
     fn choice<T: Copy>(
@@ -912,7 +1175,7 @@ mod tests {
             (
                 "unknown top-level field",
                 format!("{HEADER}colour = \"red\"\n{VIP}"),
-                &["p.toml:2:1: field `colour`: unknown field, expected one of: name, nodes, failover, failback, auto_run, restart, resource"],
+                &["p.toml:2:1: field `colour`: unknown field, expected one of: name, nodes, failover, failback, auto_run, restart, depends, instances, promotable, needs, resource"],
             ),
             (
                 "unknown resource field names the type",
@@ -1036,6 +1299,71 @@ mod tests {
                 &["p.toml:7:21: field `resource[1].monitor.depth`: expected 0 or 10"],
             ),
             (
+                "dependency without where",
+                format!("{HEADER}depends = [{{ package = \"db\" }}]\n{VIP}"),
+                &["p.toml:2:12: field `depends[1].where`: missing required field, expected one of \"same-node\", \"different-node\", \"any-node\""],
+            ),
+            (
+                "unknown dependency location",
+                format!("{HEADER}depends = [{{ package = \"db\", where = \"same-rack\" }}]\n{VIP}"),
+                &["p.toml:2:38: field `depends[1].where`: expected one of \"same-node\", \"different-node\", \"any-node\", found \"same-rack\""],
+            ),
+            (
+                "dependency on itself and twice on one package",
+                format!("{HEADER}depends = [{{ package = \"web\", where = \"any-node\" }}, {{ package = \"db\", where = \"any-node\" }}, {{ package = \"db\", where = \"same-node\" }}]\n{VIP}"),
+                &[
+                    "p.toml:2:24: field `depends[1].package`: a package cannot depend on itself (\"web\")",
+                    "p.toml:2:105: field `depends[3].package`: duplicate dependency on \"db\" (also depends[2])",
+                ],
+            ),
+            (
+                "dependency not a table",
+                format!("{HEADER}depends = [\"db\"]\n{VIP}"),
+                &["p.toml:2:12: field `depends[1]`: expected an array of tables like { package = \"db\", where = \"same-node\" }, found a string"],
+            ),
+            (
+                "bad instances",
+                format!("{HEADER}instances = \"every\"\n{VIP}"),
+                &["p.toml:2:13: field `instances`: expected an integer from 1 to 64 or \"all\", found \"every\""],
+            ),
+            (
+                "too many instances",
+                format!("{HEADER}instances = 65\n{VIP}"),
+                &["p.toml:2:13: field `instances`: expected an integer from 1 to 64"],
+            ),
+            (
+                "bad needs",
+                format!("{HEADER}needs = {{ Memory = \"4X\", slots = 1.5 }}\n{VIP}"),
+                &[
+                    "p.toml:2:11: field `needs.Memory`: expected a capacity name of 1 to 32 lowercase letters, digits, `_` or `-`, starting with a letter, found \"Memory\"",
+                    "p.toml:2:20: field `needs.Memory`: expected a quantity like 2 or \"4G\" (K, M, G, T: powers of 1024), found \"4X\"",
+                    "p.toml:2:34: field `needs.slots`: expected a quantity like 2 or \"4G\", found a float",
+                ],
+            ),
+            (
+                "more primaries than instances",
+                format!("{HEADER}instances = 2\npromotable = {{ primaries = 3, primary_only = [\"vip\"] }}\n{VIP}[[resource]]\nname = \"db\"\ntype = \"ocf\"\nagent = \"heartbeat:Stateful\"\n"),
+                &["p.toml:3:28: field `promotable.primaries`: expected at most `instances` (2) primaries, found 3"],
+            ),
+            (
+                "promote names a resource that is not ocf, and an unknown one",
+                format!("{HEADER}promotable = {{ promote = [\"vip\", \"nope\"] }}\n{VIP}"),
+                &[
+                    "p.toml:2:26: field `promotable.promote[1]`: resource \"vip\" is of type \"ip\": only \"ocf\" resources have promote and demote actions (list it in primary_only to start it on the primary only)",
+                    "p.toml:2:26: field `promotable.promote[2]`: no resource named \"nope\" in this package (resources: vip)",
+                ],
+            ),
+            (
+                "a promotion that changes nothing",
+                format!("{HEADER}promotable = {{ primaries = 1 }}\n{VIP}"),
+                &["p.toml:2:14: field `promotable`: expected at least one resource that a promotion changes: an \"ocf\" resource to promote, or `primary_only` resources"],
+            ),
+            (
+                "every resource primary only",
+                format!("{HEADER}promotable = {{ primary_only = [\"vip\"] }}\n{VIP}"),
+                &["p.toml:2:14: field `promotable.primary_only`: expected at least one resource that runs on every instance, not only on the primary"],
+            ),
+            (
                 "toml syntax error",
                 "name = \"web\nnodes = 3\n".to_string(),
                 &["p.toml:1:12: toml syntax: invalid basic string, expected `\"`"],
@@ -1078,6 +1406,33 @@ mod tests {
         let ResourceKind::Ip(ip) = &resource.kind else { panic!("ip expected") };
         assert_eq!((ip.announce_count, ip.announce_interval), (5, Duration::from_millis(200)));
         assert!(ip.check_duplicate);
+    }
+
+    #[test]
+    fn relations_are_read_with_their_defaults() {
+        let text = format!(
+            "{HEADER}depends = [{{ package = \"db\", where = \"same-node\" }}]\nneeds = {{ slots = 2, memory = \"512M\" }}\n\
+             promotable = {{ primary_only = [\"vip\"] }}\n{VIP}[[resource]]\nname = \"data\"\ntype = \"ocf\"\n\
+             agent = \"heartbeat:Stateful\"\n"
+        );
+        let package = parse_package("p.toml", &text).expect("valid");
+        assert_eq!(package.depends, [Dependency { package: "db".into(), location: Location::SameNode }]);
+        assert_eq!(package.needs, BTreeMap::from([("memory".into(), 512 << 20), ("slots".into(), 2)]));
+        // A promotable package runs on every node by default; its ocf resources are promoted.
+        assert_eq!(package.instances, Instances::All);
+        let promotable = package.promotable.expect("promotable");
+        assert_eq!(
+            (promotable.primaries, promotable.promote, promotable.primary_only),
+            (1, vec!["data".into()], vec!["vip".into()])
+        );
+        let plain = parse_package("p.toml", &format!("{HEADER}{VIP}")).expect("valid");
+        assert_eq!(
+            (plain.instances, plain.promotable.clone(), plain.depends.len(), plain.needs.len()),
+            (Instances::Count(1), None, 0, 0)
+        );
+        assert!(!plain.multi_instance());
+        let three = parse_package("p.toml", &format!("{HEADER}instances = 3\n{VIP}")).expect("valid");
+        assert_eq!(three.instances, Instances::Count(3));
     }
 
     #[test]

@@ -86,6 +86,15 @@ pub fn validate_paths<P: AsRef<Path>>(paths: &[P]) -> Vec<FileReport> {
     reports
 }
 
+/// What the valid files of `reports` get wrong taken together (see [`crate::validate_set`]): a
+/// dependency on a package no file defines, a cycle, a contradiction.
+pub fn set_errors(reports: &[FileReport]) -> Vec<crate::SetError> {
+    crate::validate_set(reports.iter().filter_map(|report| match &report.result {
+        FileResult::Valid(package) => Some(package.as_ref()),
+        _ => None,
+    }))
+}
+
 /// True when every report is valid.
 pub fn all_valid(reports: &[FileReport]) -> bool {
     reports.iter().all(|report| matches!(report.result, FileResult::Valid(_)))
@@ -190,5 +199,21 @@ mod tests {
         let directory = tempfile::tempdir().expect("tempdir");
         let reports = validate_paths(&[directory.path()]);
         assert!(matches!(reports[0].result, FileResult::Unreadable(PathError::EmptyDirectory { .. })));
+    }
+
+    #[test]
+    fn a_directory_is_checked_as_a_set() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let app =
+            VALID.replace("name = \"web\"", "name = \"app\"\ndepends = [{ package = \"db\", where = \"same-node\" }]");
+        std::fs::write(directory.path().join("app.toml"), &app).expect("write");
+        std::fs::write(directory.path().join("web.toml"), VALID).expect("write");
+        let reports = validate_paths(&[directory.path()]);
+        assert!(all_valid(&reports));
+        let errors: Vec<String> = set_errors(&reports).iter().map(ToString::to_string).collect();
+        assert_eq!(errors, ["package `app` depends on `db`, which is not defined"]);
+        let db = VALID.replace("name = \"web\"", "name = \"db\"");
+        std::fs::write(directory.path().join("db.toml"), db).expect("write");
+        assert!(set_errors(&validate_paths(&[directory.path()])).is_empty());
     }
 }

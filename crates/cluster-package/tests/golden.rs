@@ -51,7 +51,9 @@ fn shipped_examples_are_valid_and_match_their_golden_output() {
     let reports = cluster_package::validate_paths(&[&examples]);
     let lines: Vec<String> = reports.iter().flat_map(|report| report.lines()).collect();
     assert!(cluster_package::all_valid(&reports), "{lines:#?}");
-    assert_eq!(reports.len(), 4, "{lines:#?}");
+    let set_errors: Vec<String> = cluster_package::set_errors(&reports).iter().map(ToString::to_string).collect();
+    assert!(set_errors.is_empty(), "the examples do not hold together: {set_errors:#?}");
+    assert_eq!(reports.len(), 7, "{lines:#?}");
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/examples");
     std::fs::create_dir_all(&golden).expect("create golden/examples");
     check_directory(&examples, &golden);

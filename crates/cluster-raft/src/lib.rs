@@ -24,6 +24,9 @@ mod leader_clock;
 mod log_store;
 mod network;
 mod node;
+mod proposer;
+mod snapshot_policy;
+mod spare_segment;
 mod state_machine;
 mod types;
 

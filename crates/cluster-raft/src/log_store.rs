@@ -51,6 +51,7 @@ use cluster_model::ClusterVersion;
 
 use crate::compat::{entry_from_v0_1, entry_to_v0_1, EntryV01};
 use crate::files::{read_checked, sync_dir, write_atomic};
+use crate::spare_segment::{create_zeroed, SpareSegment};
 use crate::types::{io_error, Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// Size of a preallocated segment; a record that does not fit starts a new one.
@@ -107,6 +108,8 @@ struct LogInner {
     locations: BTreeMap<u64, (u64, u64)>,
     /// segment start -> segment; the last one is the active segment
     segments: BTreeMap<u64, Segment>,
+    /// Size of a new segment.
+    segment_bytes: u64,
 }
 
 /// A new segment to create and preallocate before writing into it.
@@ -119,7 +122,14 @@ struct NewSegment {
 enum IoJob {
     /// Write `bytes` at `offset` of segment `start` (created first when `create` is set); durable
     /// (and `callback` called) at the end of the batch.
-    Append { start: u64, create: Option<NewSegment>, offset: u64, bytes: Vec<u8>, callback: LogFlushed<TypeConfig> },
+    Append {
+        start: u64,
+        create: Option<NewSegment>,
+        offset: u64,
+        bytes: Vec<u8>,
+        entries: u64,
+        callback: LogFlushed<TypeConfig>,
+    },
     /// Cut segment `start` at `offset` and delete the segments after it.
     Truncate { start: u64, offset: u64, remove: Vec<(u64, PathBuf)>, done: oneshot::Sender<std::io::Result<()>> },
     /// Write the purge mark, then delete the segments that hold only purged entries.
@@ -133,6 +143,48 @@ enum IoJob {
 pub struct LogStore {
     inner: Arc<Mutex<LogInner>>,
     io: mpsc::Sender<IoJob>,
+    progress: Arc<AppendProgress>,
+    /// How many segments were prepared ahead of time (the rest were created when needed).
+    #[cfg(test)]
+    spares_taken: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How many `append` calls the log received and how many it completed (made durable, or failed).
+///
+/// openraft 0.9's core waits for each append to be durable before it does anything else, so
+/// "every append received so far has completed" means the core is free to append again: the
+/// proposer (`proposer.rs`) uses it to decide when to hand over its next batch.
+pub(crate) struct AppendProgress {
+    received: std::sync::atomic::AtomicU64,
+    completed: tokio::sync::watch::Sender<u64>,
+    /// Bytes of records appended since the log was opened (what a snapshot is weighed against).
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl AppendProgress {
+    fn new() -> AppendProgress {
+        AppendProgress {
+            received: std::sync::atomic::AtomicU64::new(0),
+            completed: tokio::sync::watch::Sender::new(0),
+            bytes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Number of `append` calls received so far.
+    pub(crate) fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Watches the number of `append` calls completed.
+    pub(crate) fn completed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.completed.subscribe()
+    }
+
+    fn complete(&self, appends: u64) {
+        if appends > 0 {
+            self.completed.send_modify(|completed| *completed += appends);
+        }
+    }
 }
 
 /// A reader sharing the in-memory entries of a [`LogStore`].
@@ -239,6 +291,11 @@ fn valid_record_after(bytes: &[u8], from: usize) -> bool {
 impl LogStore {
     /// Opens (or creates) the log under `dir`, recovering a torn tail and refusing corruption.
     pub fn open(dir: &Path) -> Result<(LogStore, RecoveryReport), LogOpenError> {
+        LogStore::open_with(dir, SEGMENT_BYTES)
+    }
+
+    /// [`LogStore::open`] with segments of `segment_bytes` (tests use small ones).
+    fn open_with(dir: &Path, segment_bytes: u64) -> Result<(LogStore, RecoveryReport), LogOpenError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| LogOpenError::Io { path, source }
@@ -281,6 +338,7 @@ impl LogStore {
             entries: BTreeMap::new(),
             locations: BTreeMap::new(),
             segments: BTreeMap::new(),
+            segment_bytes,
         };
         let mut expected: Option<u64> = None;
         for (position, start) in starts.iter().enumerate() {
@@ -340,11 +398,30 @@ impl LogStore {
 
         let (sender, jobs) = mpsc::channel::<IoJob>();
         let raft_dir = dir.to_owned();
-        std::thread::Builder::new()
-            .name("raft-log-io".into())
-            .spawn(move || IoThread { log_dir, raft_dir, files, failure: None }.run(jobs))
-            .map_err(io(dir))?;
-        Ok((LogStore { inner: Arc::new(Mutex::new(inner)), io: sender }, report))
+        let progress = Arc::new(AppendProgress::new());
+        let spare = SpareSegment::start(&log_dir, segment_bytes).map_err(io(&log_dir))?;
+        #[cfg(test)]
+        let spares_taken = spare.taken();
+        let thread = IoThread {
+            log_dir,
+            raft_dir,
+            files,
+            failure: None,
+            stats: IoStats::default(),
+            progress: progress.clone(),
+            spare,
+            spare_requested_for: None,
+            segment_bytes,
+        };
+        std::thread::Builder::new().name("raft-log-io".into()).spawn(move || thread.run(jobs)).map_err(io(dir))?;
+        let log = LogStore {
+            inner: Arc::new(Mutex::new(inner)),
+            io: sender,
+            progress,
+            #[cfg(test)]
+            spares_taken,
+        };
+        Ok((log, report))
     }
 
     /// Queues `job` for the I/O thread.
@@ -372,6 +449,68 @@ struct IoThread {
     files: BTreeMap<u64, File>,
     /// The first write error: every later append fails too (the log on disk has a hole).
     failure: Option<std::io::ErrorKind>,
+    stats: IoStats,
+    progress: Arc<AppendProgress>,
+    /// The next segment, prepared ahead of time.
+    spare: SpareSegment,
+    /// The active segment for which a spare was last requested.
+    spare_requested_for: Option<u64>,
+    segment_bytes: u64,
+}
+
+/// How the log's writes are grouped, logged at debug level every [`IoStats::PERIOD`]: appends
+/// (openraft `append` calls) and entries per `fdatasync`, and what the syncs cost.
+#[derive(Default)]
+struct IoStats {
+    since: Option<std::time::Instant>,
+    flushes: u64,
+    appends: u64,
+    entries: u64,
+    bytes: u64,
+    max_appends_per_flush: u64,
+    fsyncs: u64,
+    fsync_total: std::time::Duration,
+    fsync_max: std::time::Duration,
+}
+
+impl IoStats {
+    const PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn append(&mut self, entries: u64, bytes: u64) {
+        self.appends += 1;
+        self.entries += entries;
+        self.bytes += bytes;
+    }
+
+    fn fsync(&mut self, took: std::time::Duration) {
+        self.fsyncs += 1;
+        self.fsync_total += took;
+        self.fsync_max = self.fsync_max.max(took);
+    }
+
+    fn flushed(&mut self, appends: u64) {
+        self.flushes += 1;
+        self.max_appends_per_flush = self.max_appends_per_flush.max(appends);
+        let now = std::time::Instant::now();
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) >= Self::PERIOD {
+            let flushes = self.flushes.max(1) as f64;
+            tracing::debug!(
+                secs = now.duration_since(since).as_secs_f64(),
+                flushes = self.flushes,
+                appends = self.appends,
+                entries = self.entries,
+                bytes = self.bytes,
+                appends_per_flush = self.appends as f64 / flushes,
+                entries_per_flush = self.entries as f64 / flushes,
+                max_appends_per_flush = self.max_appends_per_flush,
+                fsync_mean_us = self.fsync_total.as_micros() as u64 / self.fsyncs.max(1),
+                fsync_max_us = self.fsync_max.as_micros() as u64,
+                "raft log i/o"
+            );
+            *self = IoStats { since: Some(now), ..IoStats::default() };
+        }
+    }
 }
 
 impl IoThread {
@@ -384,7 +523,8 @@ impl IoThread {
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
-                    IoJob::Append { start, create, offset, bytes, callback } => {
+                    IoJob::Append { start, create, offset, bytes, entries, callback } => {
+                        self.stats.append(entries, bytes.len() as u64);
                         if self.failure.is_none() {
                             if let Err(err) = self.write(start, create, offset, &bytes) {
                                 tracing::error!(error = %err, "raft log write failed");
@@ -409,29 +549,37 @@ impl IoThread {
 
     fn write(&mut self, start: u64, create: Option<NewSegment>, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
         if let Some(segment) = create {
-            let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&segment.path)?;
-            // Real zeros, not a sparse or fallocated range: writing into unwritten extents would
-            // make every fdatasync commit metadata again.
-            let zeros = vec![0u8; 1024 * 1024];
-            let mut done = 0;
-            while done < segment.capacity {
-                let chunk = zeros.len().min((segment.capacity - done) as usize);
-                file.write_all_at(&zeros[..chunk], done)?;
-                done += chunk as u64;
-            }
-            file.sync_all()?;
+            let started = std::time::Instant::now();
+            let (file, spare) = match self.spare.take(&segment.path, segment.capacity)? {
+                Some(file) => (file, true),
+                None => (create_zeroed(&segment.path, segment.capacity)?, false),
+            };
             sync_dir(&self.log_dir)?;
             self.files.insert(start, file);
+            tracing::debug!(start, spare, took_us = started.elapsed().as_micros() as u64, "new raft log segment");
         }
         let file = self.files.get(&start).ok_or_else(|| std::io::Error::other(format!("no segment {start}")))?;
-        file.write_all_at(bytes, offset)
+        file.write_all_at(bytes, offset)?;
+        // Past half of the active segment, the next one is prepared in the background (once).
+        if offset + bytes.len() as u64 > self.segment_bytes / 2 && self.spare_requested_for != Some(start) {
+            self.spare_requested_for = Some(start);
+            self.spare.request();
+        }
+        Ok(())
     }
 
     /// Makes the written segments durable, then tells openraft, in order.
     fn flush(&mut self, pending: &mut Vec<LogFlushed<TypeConfig>>, written: &mut Vec<u64>) {
+        if pending.is_empty() && written.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let pending_count = pending.len() as u64;
         for start in written.drain(..) {
             if let Some(file) = self.files.get(&start) {
-                if let Err(err) = file.sync_data() {
+                let result = file.sync_data();
+                self.stats.fsync(started.elapsed());
+                if let Err(err) = result {
                     tracing::error!(error = %err, "raft log fdatasync failed");
                     self.failure.get_or_insert(err.kind());
                 }
@@ -444,6 +592,8 @@ impl IoThread {
             };
             callback.log_io_completed(outcome);
         }
+        self.progress.complete(pending_count);
+        self.stats.flushed(pending_count);
     }
 
     fn other(&mut self, job: IoJob) {
@@ -507,7 +657,7 @@ impl LogInner {
         let mut create = None;
         if full {
             let path = segment_path(&self.dir, next_index);
-            let capacity = SEGMENT_BYTES.max(needed);
+            let capacity = self.segment_bytes.max(needed);
             create = Some(NewSegment { path: path.clone(), capacity });
             self.segments.insert(next_index, Segment { path, len: 0, capacity });
         }
@@ -588,24 +738,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let format = self.raise(needed).map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Write, err))?;
         let mut bytes = Vec::new();
         let mut records = Vec::new();
+        let records_count = batch.len() as u64;
         for entry in &batch {
             records.push((entry.log_id.index, bytes.len() as u64));
             bytes.extend_from_slice(&encode_record(entry, format));
         }
+        let appended_bytes = bytes.len() as u64;
         let job = {
             let mut inner = self.lock();
-            let (start, offset, create) = inner.place(first_index, bytes.len() as u64);
+            let (start, offset, create) = inner.place(first_index, appended_bytes);
             for entry in batch {
                 inner.entries.insert(entry.log_id.index, entry);
             }
             for (index, at) in records {
                 inner.locations.insert(index, (start, offset + at));
             }
-            IoJob::Append { start, create, offset, bytes, callback }
+            IoJob::Append { start, create, offset, bytes, entries: records_count, callback }
         };
+        self.progress.received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.progress.bytes.fetch_add(appended_bytes, std::sync::atomic::Ordering::Relaxed);
         // Queued under no lock; the I/O thread keeps the order of the queue.
         if let Err(mpsc::SendError(IoJob::Append { callback, .. })) = self.io.send(job) {
             callback.log_io_completed(Err(std::io::Error::other("raft log i/o thread stopped")));
+            self.progress.complete(1);
         }
         Ok(())
     }
@@ -695,6 +850,16 @@ impl LogStore {
     /// The format records are written in.
     pub(crate) fn format(&self) -> ClusterVersion {
         self.lock().format
+    }
+
+    /// Bytes of records appended since the log was opened.
+    pub(crate) fn appended_bytes(&self) -> u64 {
+        self.progress.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How far the log's appends got (for the proposer).
+    pub(crate) fn append_progress(&self) -> Arc<AppendProgress> {
+        self.progress.clone()
     }
 
     /// The id of the last entry in the log (or the last purged one).
@@ -823,6 +988,49 @@ mod tests {
         assert!(err.contains(&segment.display().to_string()), "{err}");
         // Nothing was modified.
         assert_eq!(fs::read(&segment).unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn entries_survive_a_reopen_across_segments_prepared_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment_bytes = 16 * 1024;
+        {
+            let (mut log, _) = LogStore::open_with(dir.path(), segment_bytes).unwrap();
+            for batch in 0..100u64 {
+                log.blocking_append((batch * 20 + 1..=batch * 20 + 20).map(entry)).await.unwrap();
+                // Leave the spare thread time to prepare before the active segment fills.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            let taken = log.spares_taken.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(taken >= 1, "no segment was prepared ahead of time");
+        }
+        let mut segments: Vec<PathBuf> = fs::read_dir(dir.path().join("log"))
+            .unwrap()
+            .map(|item| item.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+            .collect();
+        segments.sort();
+        assert!(segments.len() >= 4, "{segments:?}");
+        for segment in &segments {
+            assert_eq!(fs::metadata(segment).unwrap().len(), segment_bytes, "{}", segment.display());
+        }
+        let (mut log, report) = LogStore::open_with(dir.path(), segment_bytes).unwrap();
+        assert_eq!(report, RecoveryReport { entries: 2000, truncated_tail: None });
+        assert_eq!(log.try_get_log_entries(1..=2000).await.unwrap(), (1..=2000).map(entry).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_leftover_spare_segment_is_not_read_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        write_entries(dir.path(), 5).await;
+        let spare = dir.path().join("log").join(crate::spare_segment::SPARE_NAME);
+        // A spare cut short by a crash: garbage that must never be taken for records.
+        fs::write(&spare, [0xffu8; 100]).unwrap();
+        let (mut log, report) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(report, RecoveryReport { entries: 5, truncated_tail: None });
+        assert!(!spare.exists());
+        log.blocking_append([entry(6)]).await.unwrap();
+        assert_eq!(log.try_get_log_entries(1..=6).await.unwrap().len(), 6);
     }
 
     #[tokio::test]

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster_api::{
-    decode_body, encode_as, frame_version, Client, ClientError, PeerRequest, PeerRpc, Request, Response,
+    decode_body, encode_as, frame_version, Client, ClientError, PeerRequest, PeerRpc, Request, Response, PROTOCOL_V0_1,
+    PROTOCOL_VERSION,
 };
 use cluster_model::NodeInfo;
 use cluster_tls::rustls::ClientConfig;
@@ -182,6 +183,39 @@ impl Peers {
         decode_body(&answer).map_err(|err| CallError::Remote(format!("bad answer from {address}: {err}")))
     }
 
+    /// A typed peer RPC that v0.1.0 lacks, in this release's protocol whatever the cluster version;
+    /// `Ok(None)` when the node runs v0.1.0 (it refused the protocol: that is its answer). While
+    /// the cluster runs at version 1 the connection is not pooled (v0.1.0 closes it).
+    pub(crate) async fn call_newest<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: u64,
+        address: &str,
+        rpc: PeerRpc,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Option<Resp>, CallError> {
+        let payload = encode_as(body, PROTOCOL_VERSION).map_err(|err| CallError::Remote(err.to_string()))?.to_vec();
+        let request = Request::Peer(PeerRequest { rpc, payload });
+        let pooled = self.protocol() == PROTOCOL_VERSION;
+        match self.request_in(address, &request, timeout, pooled, PROTOCOL_VERSION).await? {
+            Response::Peer(Ok(bytes)) => {
+                self.record_contact(target);
+                decode_body(&bytes)
+                    .map(Some)
+                    .map_err(|err| CallError::Remote(format!("bad answer from {address}: {err}")))
+            }
+            Response::Peer(Err(message)) => {
+                self.note_refusal(target, address, &message);
+                Err(CallError::Remote(message))
+            }
+            refused @ Response::Client(Err(_)) if cluster_api::wire::refused_protocol(PROTOCOL_V0_1, &refused) => {
+                Ok(None)
+            }
+            Response::Client(Err(err)) => Err(CallError::Remote(err.message)),
+            Response::Client(_) => Err(CallError::Remote(format!("{address} answered a peer rpc as a client request"))),
+        }
+    }
+
     /// A peer RPC with an encoded payload (its version byte chosen by the caller); returns the
     /// encoded answer, whose version byte is checked to be one this release reads.
     pub(crate) async fn call_raw(
@@ -223,13 +257,56 @@ pub(crate) struct PeerConnection {
     peers: Arc<Peers>,
     target: u64,
     address: String,
+    stats: AppendStats,
+}
+
+/// Append requests of one replication stream, logged at debug level every [`AppendStats::PERIOD`]:
+/// how many, how many entries each carried, and their round trip (the follower's fsync included).
+#[derive(Default)]
+struct AppendStats {
+    since: Option<Instant>,
+    requests: u64,
+    entries: u64,
+    round_trip: Duration,
+    round_trip_max: Duration,
+}
+
+impl AppendStats {
+    const PERIOD: Duration = Duration::from_secs(5);
+
+    fn record(&mut self, target: u64, entries: usize, sent: Instant) {
+        let now = Instant::now();
+        let took = now.saturating_duration_since(sent);
+        self.requests += 1;
+        self.entries += entries as u64;
+        self.round_trip += took;
+        self.round_trip_max = self.round_trip_max.max(took);
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) >= Self::PERIOD {
+            tracing::debug!(
+                target_node = target,
+                secs = now.duration_since(since).as_secs_f64(),
+                requests = self.requests,
+                entries_per_request = self.entries as f64 / self.requests.max(1) as f64,
+                round_trip_mean_us = self.round_trip.as_micros() as u64 / self.requests.max(1),
+                round_trip_max_us = self.round_trip_max.as_micros() as u64,
+                "raft append requests"
+            );
+            *self = AppendStats { since: Some(now), ..AppendStats::default() };
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> PeerConnection {
-        PeerConnection { peers: self.peers.clone(), target, address: node.address.clone() }
+        PeerConnection {
+            peers: self.peers.clone(),
+            target,
+            address: node.address.clone(),
+            stats: AppendStats::default(),
+        }
     }
 }
 
@@ -291,6 +368,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         let sent = Instant::now();
         let term = rpc.vote.leader_id().get_term();
         let leading = rpc.vote.is_committed();
+        let entries = rpc.entries.len();
         let result = if self.peers.protocol() == cluster_api::PROTOCOL_V0_1 {
             // At cluster version 1 every entry has a v0.1.0 form (newer commands are refused),
             // except the `ActivateVersion` that ends it, proposed once every member was seen to run
@@ -305,6 +383,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         } else {
             self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await
         };
+        self.stats.record(self.target, entries, sent);
         if leading && matches!(result, Ok(ref response) if !matches!(response, AppendEntriesResponse::HigherVote(_))) {
             self.peers.leader_clock.accepted(term, self.target, sent);
         }

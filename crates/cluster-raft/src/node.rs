@@ -24,6 +24,8 @@ use crate::election::{
 };
 use crate::log_store::{LogStore, RecoveryReport};
 use crate::network::{CallError, PeerNetwork, Peers};
+use crate::proposer::Proposer;
+use crate::snapshot_policy::{snapshot_due, SnapshotProgress, SnapshotTrigger};
 use crate::state_machine::{StateMachineStore, StateView};
 use crate::types::{Raft, TypeConfig};
 
@@ -114,6 +116,8 @@ pub struct ConsensusNode {
     read_barrier: tokio::sync::Mutex<Option<(Instant, Result<u64>)>>,
     /// The cluster version of the applied state (the formats this node writes).
     version: SharedVersion,
+    /// Batches concurrent writes into one entry (see proposer.rs).
+    proposer: Proposer,
 }
 
 /// What a member said when asked which release it runs (see [`ConsensusNode::member_versions`]).
@@ -181,6 +185,7 @@ impl ConsensusNode {
         let raft = Raft::new(id, config, PeerNetwork { peers: peers.clone() }, log.clone(), state_machine)
             .await
             .map_err(|err| ConsensusError::Fatal(format!("failed to start raft: {err}")))?;
+        let proposer = Proposer::start(raft.clone(), log.append_progress(), timing.heartbeat, version.clone());
         let node = Arc::new(ConsensusNode {
             raft,
             me: NodeInfo { name: options.name, address: options.address },
@@ -194,6 +199,7 @@ impl ConsensusNode {
             recovery,
             read_barrier: tokio::sync::Mutex::new(None),
             version,
+            proposer,
         });
         tokio::spawn(driver(Arc::downgrade(&node)));
         Ok(node)
@@ -302,25 +308,23 @@ impl ConsensusNode {
         Ok(())
     }
 
-    /// Proposes a command and waits until it is committed and applied.
+    /// Proposes a command and waits until it is committed and applied. Concurrent writes share
+    /// one Raft entry (see proposer.rs), from cluster version 0.2.0 on (v0.1.0 has no batches).
     ///
     /// A command that needs a later cluster version than the cluster runs at is refused here,
     /// before the log: a member of the older release could not decode it.
     pub async fn write(&self, command: Command) -> Result<CommandOutcome> {
         let version = self.cluster_version();
-        let needs = command.required_version();
-        if needs > version && !matches!(command, Command::ActivateVersion { .. }) {
+        let need = command.version_need();
+        if need.needs > version && !matches!(command, Command::ActivateVersion { .. }) {
             return Err(ConsensusError::Invalid(format!(
-                "command `{}` needs cluster version {needs}, and the cluster runs at {version} until every node \
-                 runs {needs} or later (`clusterctl status` lists the release of each node)",
-                command.name()
+                "{need}, and the cluster runs at {version} until every node runs {} or later (`clusterctl status` \
+                 lists the release of each node)",
+                need.needs
             )));
         }
         self.within("write", self.timing.request_timeout, async {
-            match self.raft.client_write(command).await {
-                Ok(response) => Ok(response.data),
-                Err(err) => Err(self.map_write_error("write", err)),
-            }
+            self.proposer.propose(command).await.map_err(|err| self.map_write_error("write", err))
         })
         .await
     }
@@ -835,6 +839,12 @@ impl ConsensusNode {
         self.applied_index()
     }
 
+    /// The voters of the current membership (the first config of a joint one, and the second).
+    pub fn voters(&self) -> Vec<NodeInfo> {
+        let membership = self.membership();
+        membership.voter_ids().filter_map(|id| membership.get_node(&id).cloned()).collect()
+    }
+
     /// Every member (voters and learners).
     pub fn members(&self) -> Vec<NodeInfo> {
         self.membership().nodes().map(|(_, node)| node.clone()).collect()
@@ -850,6 +860,19 @@ impl ConsensusNode {
         timeout: Duration,
     ) -> Result<Resp, String> {
         self.peers.call(node_id(name), address, rpc, body, timeout).await.map_err(|err| err.to_string())
+    }
+
+    /// A peer RPC that v0.1.0 lacks (the engine's keeps and expiry checks): sent in this release's
+    /// protocol even while the cluster runs at version 1; `Ok(None)` when the node runs v0.1.0.
+    pub async fn call_peer_newest<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        address: &str,
+        rpc: PeerRpc,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Option<Resp>, String> {
+        self.peers.call_newest(node_id(name), address, rpc, body, timeout).await.map_err(|err| err.to_string())
     }
 
     /// A peer RPC whose payload the caller encoded (its version byte chosen for the protocol of
@@ -940,7 +963,9 @@ impl ConsensusNode {
                 self.election.hold(Duration::from_millis(millis.min(10_000)));
                 encoded(&())
             }
-            PeerRpc::Lease | PeerRpc::Propose => Err(format!("{:?} is served by the daemon, not by raft", request.rpc)),
+            PeerRpc::Lease | PeerRpc::Propose | PeerRpc::Keep | PeerRpc::ExpiryCheck => {
+                Err(format!("{:?} is served by the daemon, not by raft", request.rpc))
+            }
             PeerRpc::Version => {
                 decode_body::<()>(&request.payload).map_err(bad)?;
                 let answer =
@@ -1097,17 +1122,21 @@ impl ConsensusNode {
         }
     }
 
-    /// Builds a snapshot once `snapshot_period` entries were applied since the last one.
-    async fn snapshot_if_due(&self, last_triggered: &mut Option<u64>) {
+    /// Builds a snapshot when one is due (see snapshot_policy.rs).
+    async fn snapshot_if_due(&self, last_triggered: &mut SnapshotTrigger) {
         let (applied, snapshot) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             (metrics.last_applied.map_or(0, |id| id.index), metrics.snapshot.map_or(0, |id| id.index))
         };
-        let snapshot = snapshot.max(last_triggered.unwrap_or(0));
-        let period = self.read_local(|state| state.settings.snapshot_period);
-        if applied >= snapshot + period {
-            *last_triggered = Some(applied);
+        let (period, commands, snapshot_bytes) = {
+            let view = self.view.read().expect("state lock poisoned");
+            (view.state.settings.snapshot_period, view.commands_applied, view.snapshot_bytes)
+        };
+        let now =
+            SnapshotProgress { applied, snapshot, commands, log_bytes: self.log.appended_bytes(), snapshot_bytes };
+        if snapshot_due(now, *last_triggered, period) {
+            *last_triggered = SnapshotTrigger { index: applied, commands, log_bytes: now.log_bytes };
             if let Err(err) = self.raft.trigger().snapshot().await {
                 tracing::error!(error = %err, "failed to trigger a snapshot");
             }
@@ -1158,7 +1187,7 @@ const IDLE_PAUSE: Duration = Duration::from_millis(50);
 /// Background work of every node: the election driver and the snapshot trigger.
 async fn driver(node: std::sync::Weak<ConsensusNode>) {
     let mut deadline: Option<Duration> = None;
-    let mut last_triggered = None;
+    let mut last_triggered = SnapshotTrigger::default();
     let mut last_attempt = Instant::now();
     // Idle wakeups cost CPU on every node: sleep as long as nothing can be due.
     let mut pause = Duration::from_millis(10);

@@ -23,6 +23,37 @@ pub fn package_text(name: &str, nodes: &[&str], failover: &str, failback: &str) 
     )
 }
 
+/// Packages with relations (`SimConfig::relations`): a promotable database with two instances whose
+/// primary holds a VIP (its agent sets promotion scores); an application on the same node as a
+/// database instance; a web front end anywhere the application runs; a batch job never on the web
+/// front end's node; an agent on every node. Every package needs a slot (nodes offer 4).
+pub fn relation_packages() -> Vec<String> {
+    let vip = |address: &str| {
+        format!("[[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"{address}/24\"\ninterface = \"eth0\"\n")
+    };
+    vec![
+        format!(
+            "name = \"db\"\ninstances = 2\npromotable = {{ primaries = 1, primary_only = [\"vip\"] }}\n\
+             needs = {{ slots = 1 }}\n[[resource]]\nname = \"data\"\ntype = \"ocf\"\nagent = \"heartbeat:Stateful\"\n{}",
+            vip("192.0.2.20")
+        ),
+        format!(
+            "name = \"app\"\ndepends = [{{ package = \"db\", where = \"same-node\" }}]\nneeds = {{ slots = 1 }}\n{}",
+            vip("192.0.2.21")
+        ),
+        format!(
+            "name = \"web\"\nfailover = \"least-loaded\"\ndepends = [{{ package = \"app\", where = \"any-node\" }}]\n\
+             needs = {{ slots = 1 }}\n{}",
+            vip("192.0.2.22")
+        ),
+        format!(
+            "name = \"batch\"\ndepends = [{{ package = \"web\", where = \"different-node\" }}]\nneeds = {{ slots = 1 }}\n{}",
+            vip("192.0.2.23")
+        ),
+        format!("name = \"agent\"\ninstances = \"all\"\nneeds = {{ slots = 1 }}\n{}", vip("192.0.2.24")),
+    ]
+}
+
 /// The packages of a default run: ordered on every node, least-loaded on every node, and one
 /// limited to two nodes with automatic failback.
 pub fn default_packages() -> Vec<String> {
@@ -65,11 +96,30 @@ impl Sim {
         for name in self.config.witnesses.iter().filter(|_| !self.config.witness_not_recorded) {
             log.push(Command::NodeRole { name: name.clone(), witness: true, at_ms: 0 });
         }
+        if let Some((heartbeat, lease)) = self.config.timings {
+            // Heartbeat first: a shorter lease must already fit two heartbeats in its stop budget.
+            log.push(Command::SetSetting { name: "heartbeat".into(), value: format!("{heartbeat}ms") });
+            log.push(Command::SetSetting { name: "lease".into(), value: format!("{lease}ms") });
+        }
+        if !self.config.node_capacity.is_empty() {
+            for name in &self.names {
+                let capacity = self.config.node_capacity.clone();
+                log.push(Command::NodeCapacity { name: name.clone(), capacity, at_ms: 0 });
+            }
+        }
+        let mut defs = Vec::new();
         for text in self.config.packages.clone() {
             let def = cluster_package::parse_package("sim.toml", &text)
                 .unwrap_or_else(|errors| panic!("the simulator's package is invalid: {errors:?}"));
+            defs.push(def);
+        }
+        let errors = cluster_package::validate_set(&defs);
+        assert!(errors.is_empty(), "the simulator's packages do not hold together: {errors:?}");
+        self.relations = crate::invariants::Relations::of(&defs);
+        let refs: Vec<&cluster_package::PackageDef> = defs.iter().collect();
+        for def in cluster_package::start_order(&refs) {
             self.packages.push(def.name.clone());
-            log.push(Command::PkgApply { def: Box::new(def), at_ms: 0 });
+            log.push(Command::PkgApply { def: Box::new(def.clone()), at_ms: 0 });
         }
         self.log = log;
         for n in 0..self.nodes.len() {

@@ -18,12 +18,25 @@ pub enum Scenario {
     LeaseOnly,
     /// Lease-only nodes that also pause: the documented limitation, S1 is NOT guaranteed.
     LeaseOnlyWithPauses,
+    /// Watchdog nodes; the only fault is the death of the Raft leader (power crash), on a network
+    /// without loss. S1 must hold, and no live node may stop a package at its stop budget.
+    LeaderLoss,
+    /// Watchdog nodes; the only fault is a crash of `clusterd` that systemd restarts 100–250 ms later
+    /// (leader or not). S1 must hold, no node may be reset by its watchdog, and no running package
+    /// may stop.
+    DaemonRestart,
 }
 
 impl Scenario {
     /// Every scenario, for parsing and listing.
-    pub const ALL: [Scenario; 4] =
-        [Scenario::Watchdog, Scenario::Fencing, Scenario::LeaseOnly, Scenario::LeaseOnlyWithPauses];
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Watchdog,
+        Scenario::Fencing,
+        Scenario::LeaseOnly,
+        Scenario::LeaseOnlyWithPauses,
+        Scenario::LeaderLoss,
+        Scenario::DaemonRestart,
+    ];
 
     /// The name used by `SIM_SCENARIO`.
     pub fn name(self) -> &'static str {
@@ -32,6 +45,8 @@ impl Scenario {
             Scenario::Fencing => "fencing",
             Scenario::LeaseOnly => "lease-only",
             Scenario::LeaseOnlyWithPauses => "lease-only-pauses",
+            Scenario::LeaderLoss => "leader-loss",
+            Scenario::DaemonRestart => "daemon-restart",
         }
     }
 
@@ -41,7 +56,13 @@ impl Scenario {
     }
 
     pub(crate) fn watchdog(self) -> bool {
-        self == Scenario::Watchdog
+        matches!(self, Scenario::Watchdog | Scenario::LeaderLoss | Scenario::DaemonRestart)
+    }
+
+    /// Only one kind of fault, on a LAN without loss or long delays: the checks of what must not
+    /// happen then (stops of running packages, resets) apply.
+    pub(crate) fn single_fault(self) -> bool {
+        matches!(self, Scenario::LeaderLoss | Scenario::DaemonRestart)
     }
 
     pub(crate) fn fencing(self) -> bool {
@@ -108,6 +129,8 @@ pub struct SimConfig {
     /// controller ignored the role; kept to show that the invariant catches a package on a witness
     /// (`a_witness_the_controller_ignored_would_host_packages`).
     pub witness_not_recorded: bool,
+    /// What every node offers to packages' `needs` (`NodeCapacity` at bootstrap; empty: nothing announced).
+    pub node_capacity: std::collections::BTreeMap<String, u64>,
     /// Executor variant: after a stop, report `Stopped` whenever the node still owns the package
     /// at that epoch, in any phase (not only `Stopping`). Unsafe; kept to document why
     /// (see the `stopped_report_outside_stopping_*` regression test).
@@ -151,6 +174,23 @@ pub struct SimConfig {
     /// nothing is active, as before issue 11 (trap C): it resets a healthy node
     /// (`an_idle_nowayout_watchdog_left_unpetted_resets_healthy_nodes`).
     pub nowayout_left_unpetted: bool,
+    /// Lease variant: no keep renewals (a node renews only with a leader), as before issue 14: a
+    /// leader's death stops the packages of live nodes whose lease runs out before a new leader
+    /// renews it (`without_keep_renewals_a_leader_loss_stops_bystanders`).
+    pub no_keep_renewals: bool,
+    /// Daemon variant: a restarted daemon starts without its predecessor's lease, as before issue 14
+    /// (item 2): its watchdog, still counting, resets the node unless a grant comes first.
+    pub no_lease_restore: bool,
+    /// `heartbeat` and `lease` (ms) set at bootstrap; `None`: the defaults (100 ms, 1 s).
+    pub timings: Option<(u64, u64)>,
+    /// Executor variant: a replica of a promotable package promotes itself when it cannot reach the
+    /// node of the primary, as a keepalived-style takeover does, instead of waiting for the
+    /// replicated role (`a_replica_that_promotes_itself_when_the_primary_is_unreachable_is_caught`).
+    pub promote_when_primary_unreachable: bool,
+    /// Executor variant: a dependent starts as soon as its state says so, without checking that
+    /// what it depends on runs on this node (after a lease lapse both restart at once:
+    /// `a_dependent_that_does_not_wait_locally_is_caught`).
+    pub no_local_dependency_guard: bool,
     /// Keep a trace of every event (for reproducing a failure; slower).
     pub trace: bool,
     /// How many trace lines a violation keeps (`None`: the last 200).
@@ -166,8 +206,9 @@ impl SimConfig {
             scenario,
             fault_phase: Duration::from_secs(10),
             heal_phase: Duration::from_secs(10),
-            loss: 0.05,
-            max_delay: Duration::from_millis(50),
+            loss: if scenario.single_fault() { 0.0 } else { 0.05 },
+            // A LAN where only the leader dies; the other scenarios' delays are deliberately long.
+            max_delay: Duration::from_millis(if scenario.single_fault() { 5 } else { 50 }),
             max_pause: Duration::from_secs(3),
             stop_failure: 0.02,
             check_liveness: true,
@@ -175,6 +216,7 @@ impl SimConfig {
             packages: crate::bootstrap::default_packages(),
             witnesses: Vec::new(),
             witness_not_recorded: false,
+            node_capacity: Default::default(),
             report_stopped_in_any_phase: false,
             older_leases_bound_early: Duration::ZERO,
             leave_without_handing_over: false,
@@ -182,11 +224,28 @@ impl SimConfig {
             fence_without_confirming: false,
             remove_undrained: false,
             abandoned_starts_land: false,
+            no_keep_renewals: false,
+            no_lease_restore: false,
+            timings: None,
             frozen_ignores_lease: false,
             grant_applied_index: false,
             nowayout_left_unpetted: false,
+            promote_when_primary_unreachable: false,
+            no_local_dependency_guard: false,
             trace: false,
             trace_tail: None,
+        }
+    }
+
+    /// The default run with the packages of [`crate::relation_packages`] and nodes that offer 4 slots.
+    /// The heal phase is longer (15 s): instances bound to a node wait for that node, and a chain of
+    /// dependencies settles one link per start.
+    pub fn with_relations(seed: u64, nodes: usize, scenario: Scenario) -> SimConfig {
+        SimConfig {
+            packages: crate::bootstrap::relation_packages(),
+            node_capacity: [("slots".to_owned(), 4)].into(),
+            heal_phase: Duration::from_secs(15),
+            ..SimConfig::new(seed, nodes, scenario)
         }
     }
 
@@ -194,10 +253,11 @@ impl SimConfig {
     pub fn reproduce_command(&self) -> String {
         let witness = self.witnesses.first().map(|name| format!(" SIM_WITNESS={name}")).unwrap_or_default();
         format!(
-            "SIM_SEED={} SIM_NODES={} SIM_SCENARIO={}{witness} cargo run -p cluster-sim --example simulate",
+            "SIM_SEED={} SIM_NODES={} SIM_SCENARIO={}{}{witness} cargo run -p cluster-sim --example simulate",
             self.seed,
             self.nodes,
-            self.scenario.name()
+            self.scenario.name(),
+            if self.packages == crate::bootstrap::relation_packages() { " SIM_PACKAGES=relations" } else { "" }
         )
     }
 }

@@ -52,6 +52,54 @@ impl Sim {
         self.evaluate(l);
     }
 
+    /// clusterd's expiry check: before it acts on nodes whose lease ended by its table, the leader
+    /// asks every voter it reaches when it last kept their lease (each voter then refuses their keeps
+    /// for one longest wait); with a majority of answers, a node none of them kept recently is
+    /// confirmed expired, one a voter kept is waited for until that keep ends (issue 14, item 1).
+    fn confirm_expiries(&mut self, l: usize, now: Duration) {
+        let settings = self.nodes[l].state.settings.clone();
+        let pending = self.nodes[l].table.awaiting_confirmation(self.names.iter().map(String::as_str), now, &settings);
+        if pending.is_empty() {
+            return;
+        }
+        self.stats.expiry_checks += 1;
+        let drift_ppm = settings.clock_drift_ppm;
+        let mut answers = 0;
+        let mut kept: std::collections::BTreeMap<String, Duration> = Default::default();
+        for v in 0..self.nodes.len() {
+            if !(self.nodes[v].runs() && self.net.reachable(l, v)) {
+                continue;
+            }
+            answers += 1;
+            let voter_now = self.local(v);
+            let voter = &mut self.nodes[v];
+            let wait = voter.state.settings.longest_grantor_wait().max(settings.longest_grantor_wait());
+            for node in &pending {
+                if let Some(elapsed) = voter.ledger.check(node, voter_now, &voter.state.settings) {
+                    // Counted back from the leader's now, shortened by the drift bound (in whole ms,
+                    // rounded down, as on the wire): the keep is placed late, never early.
+                    let elapsed_ms = elapsed.as_millis() as u64;
+                    let shortened = Duration::from_micros(elapsed_ms * (1_000_000 - drift_ppm) / 1_000);
+                    let until = now.saturating_sub(shortened) + wait;
+                    let slot = kept.entry(node.clone()).or_insert(until);
+                    *slot = (*slot).max(until);
+                }
+            }
+        }
+        if answers * 2 <= self.nodes.len() {
+            return;
+        }
+        for node in pending {
+            match kept.get(&node) {
+                Some(until) => {
+                    self.stats.kept_by_voters += 1;
+                    self.nodes[l].table.kept(&node, *until);
+                }
+                None => self.nodes[l].table.confirm_expired(&node),
+            }
+        }
+    }
+
     fn run_controller(&mut self, l: usize, now: Duration) {
         // Like the daemon, a node plans whenever it believes it leads. Its appends this tick reach
         // a quorum or not (a deposed leader that reaches one learns the newer term and steps down);
@@ -70,6 +118,9 @@ impl Sim {
                     self.nodes[l].table.acknowledged(&name);
                 }
             }
+        }
+        if quorum {
+            self.confirm_expiries(l, now);
         }
         let node = &self.nodes[l];
         let settings = &node.state.settings;
@@ -94,6 +145,10 @@ impl Sim {
             actions.push(Action::Propose(Command::LeasesSettled { ceiling_us }));
         }
         for action in actions {
+            // Nothing more once it handed leadership over.
+            if self.nodes[l].leader_of.is_none() {
+                break;
+            }
             match action {
                 Action::Propose(command) if quorum => {
                     if let Command::Assign { package, reason, .. } = &command {
@@ -105,6 +160,8 @@ impl Sim {
                     self.commit(l, command);
                 }
                 Action::Propose(_) => {}
+                // A leader never fences itself: it hands leadership over, the next leader fences it.
+                Action::Fence { node, .. } if node == self.names[l] => self.hand_over(l),
                 Action::Fence { node, .. } if quorum || self.config.fence_without_confirming => {
                     self.start_fence(l, node)
                 }

@@ -15,14 +15,20 @@
 //!                        with `resource_failures` off it starts again at that epoch instead), or
 //!                        Report Restarting if it stopped it at that epoch when its lease lapsed
 //!    monitor failure (nemesis, `resource_failures` on) → Report ResourceFailed; still active
+//!    a dependent starts only once what it depends on on the same node runs here, and the rest
+//!                        runs where it must by S (clusterd's executor checks the same)
+//!    promotable, active, Running, lease Valid: promote while S says promoting/primary (Report
+//!                        Promoted), demote while it says replica/demoting (Report Demoted); a
+//!                        stop of a promoted instance demotes first (promoted until it ends)
 //!  watchdog: armed while anything is active, petted only while status = Valid,
 //!            timeout = stop_budget; expiry resets the node (everything inactive at once)
 //! ```
 
-use cluster_model::{Command, LeaseStatus, Phase, Report};
+use cluster_model::{Command, LeaseStatus, Phase, Report, Role};
+use cluster_package::Location;
 use rand::Rng;
 
-use crate::node::{Activity, Busy, Power, Record};
+use crate::node::{Activity, Busy, Power, Record, RoleOp};
 use crate::sim::{ms, Event, OpOutcome, Sim};
 
 /// Reports are resent after this long until the applied state shows them.
@@ -34,7 +40,9 @@ const STOP_TIMEOUT_US: u64 = 20_000_000;
 
 enum Step {
     Start { package: String, epoch: u64 },
-    Stop { package: String },
+    Stop { package: String, orderly: bool },
+    Promote { package: String },
+    Demote { package: String },
     Abandon { package: String },
     Report { package: String, epoch: u64, report: Report },
 }
@@ -56,9 +64,10 @@ impl Sim {
         let lapsed_now = status != LeaseStatus::Valid;
         let may_start = node.holder.may_start(t, node.applied as u64, settings);
         if !node.probed {
-            // A restarted daemon decides nothing before it holds a lease on a recent enough
-            // state; then it probes what runs (adopts its own, stops the rest, below).
-            if !may_start {
+            // A restarted daemon decides nothing before it holds a lease (a grant on a recent enough
+            // state, or its predecessor's lease, keep-only); then it probes what runs (adopts its
+            // own, stops the rest, below).
+            if !may_start && status != LeaseStatus::Valid {
                 if lapsed_now {
                     self.nodes[n].last_lease_lapse = Some(t);
                 }
@@ -71,6 +80,8 @@ impl Sim {
         let mut steps = Vec::new();
         let mut lapsed = Vec::new();
         let mut interrupted = Vec::new();
+        let mut scores = Vec::new();
+        let mut held = 0;
         for (name, package) in &node.state.packages {
             if let Some(busy) = node.busy.get(name) {
                 // Its worker waits for something (a report's answer, a monitor). The wait ends
@@ -92,7 +103,7 @@ impl Sim {
                     if package.owner.as_deref() == Some(node.name.as_str()) && package.epoch == epoch {
                         lapsed.push((name.clone(), epoch));
                     }
-                    steps.push(Step::Stop { package: name.clone() });
+                    steps.push(Step::Stop { package: name.clone(), orderly: false });
                 }
                 continue;
             }
@@ -104,7 +115,11 @@ impl Sim {
                     && (package.phase == Phase::Starting
                         || (package.phase == Phase::Running && !self.config.resource_failures)) =>
                 {
-                    steps.push(Step::Start { package: name.clone(), epoch: package.epoch })
+                    if self.config.no_local_dependency_guard || dependencies_ready(node, &package.def) {
+                        steps.push(Step::Start { package: name.clone(), epoch: package.epoch })
+                    } else {
+                        held += 1;
+                    }
                 }
                 None if mine
                     && package.phase == Phase::Running
@@ -132,13 +147,55 @@ impl Sim {
                             if wanted && record.epoch == package.epoch {
                                 lapsed.push((name.clone(), record.epoch));
                             }
-                            steps.push(Step::Stop { package: name.clone() });
+                            let orderly = mine
+                                && package.phase == Phase::Stopping
+                                && status == LeaseStatus::Valid
+                                && record.epoch == package.epoch;
+                            steps.push(Step::Stop { package: name.clone(), orderly });
                         } else if package.phase == Phase::Starting && self.due(record.reported_us) {
                             steps.push(Step::Report {
                                 package: name.clone(),
                                 epoch: record.epoch,
                                 report: Report::Running { resources: vec![] },
                             });
+                        } else if let Some(promotable) = &package.def.promotable {
+                            let want = package.role.wants_promoted() && package.phase == Phase::Running;
+                            let due = self.due(record.reported_us);
+                            let epoch = record.epoch;
+                            let report = |report| Step::Report { package: name.clone(), epoch, report };
+                            // The negative control: a replica that cannot reach the primary's node takes over.
+                            let takeover = self.config.promote_when_primary_unreachable
+                                && package.phase == Phase::Running
+                                && node.state.instances(&package.def.name).any(|(other, other_package)| {
+                                    other != name
+                                        && other_package.role.may_be_primary()
+                                        && other_package.owner.as_deref().is_some_and(|owner| {
+                                            self.names
+                                                .iter()
+                                                .position(|n| n == owner)
+                                                .is_some_and(|m| !self.net.reachable(n, m))
+                                        })
+                                });
+                            let want = want || takeover;
+                            match (want, record.promoted, record.role_op) {
+                                (true, false, None) => steps.push(Step::Promote { package: name.clone() }),
+                                (false, true, None) => steps.push(Step::Demote { package: name.clone() }),
+                                (true, true, None) if package.role == Role::Promoting && due => {
+                                    steps.push(report(Report::Promoted))
+                                }
+                                (false, false, None) if package.role == Role::Demoting && due => {
+                                    steps.push(report(Report::Demoted { reason: "demoted (simulated)".into() }))
+                                }
+                                _ if !promotable.promote.is_empty()
+                                    && package.phase == Phase::Running
+                                    && package.score.is_none()
+                                    && due =>
+                                {
+                                    // Its agents set a promotion score (as `crm_master` in a start).
+                                    scores.push((name.clone(), epoch));
+                                }
+                                _ => {}
+                            }
                         }
                     }
                     Activity::Stuck => {
@@ -166,9 +223,14 @@ impl Sim {
         // Anything active that the state no longer knows is stopped.
         for (name, record) in &node.records {
             if record.activity == Activity::Active && !node.state.packages.contains_key(name) {
-                steps.push(Step::Stop { package: name.clone() });
+                steps.push(Step::Stop { package: name.clone(), orderly: false });
             }
         }
+        for (package, epoch) in scores {
+            let score = Some(self.rng.random_range(0..=10));
+            steps.push(Step::Report { package, epoch, report: Report::Score { score } });
+        }
+        self.stats.dependents_held += held;
         let node = &mut self.nodes[n];
         if lapsed_now {
             node.last_lease_lapse = Some(t);
@@ -177,13 +239,28 @@ impl Sim {
             node.busy.remove(&name);
             self.stats.interrupted_waits += 1;
         }
+        if !lapsed.is_empty() {
+            self.stats.lapse_stops += lapsed.len() as u64;
+            if self.config.scenario.single_fault() {
+                let detail = format!(
+                    "{} stopped {:?} at its stop budget: a leader's loss or a restart of clusterd must stop no \
+                     package on a live node",
+                    node.name,
+                    lapsed.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>()
+                );
+                self.fail("bystander-stop", detail);
+            }
+        }
+        let node = &mut self.nodes[n];
         let state = &node.state;
         node.stopped_for_lease.retain(|name, epoch| state.packages.get(name).is_some_and(|p| p.epoch == *epoch));
         node.stopped_for_lease.extend(lapsed);
         for step in steps {
             match step {
                 Step::Start { package, epoch } => self.start(n, package, epoch),
-                Step::Stop { package } => self.stop(n, package),
+                Step::Stop { package, orderly } => self.stop(n, package, orderly),
+                Step::Promote { package } => self.change_role(n, package, RoleOp::Promote),
+                Step::Demote { package } => self.change_role(n, package, RoleOp::Demote),
                 Step::Abandon { package } => self.abandon(n, package),
                 Step::Report { package, epoch, report } => self.report(n, package, epoch, report),
             }
@@ -193,6 +270,16 @@ impl Sim {
     fn start(&mut self, n: usize, package: String, epoch: u64) {
         if let Err(detail) = self.epochs.on_start(&self.names[n], &package, epoch) {
             self.fail("start-epochs", detail);
+        }
+        let order = crate::invariants::dependency_order::on_start(
+            &self.relations,
+            &self.nodes,
+            n,
+            &package,
+            &self.nodes[n].state,
+        );
+        if let Err(detail) = order {
+            self.fail("dependency-order", detail);
         }
         self.stats.starts += 1;
         let op = self.next_op();
@@ -215,6 +302,8 @@ impl Sim {
                 since_us: self.now,
                 reported_us: None,
                 op_end_us: self.now + duration,
+                promoted: false,
+                role_op: None,
             },
         );
         self.after(duration, Event::OpDone { node: n, package, op });
@@ -224,7 +313,14 @@ impl Sim {
         }
     }
 
-    fn stop(&mut self, n: usize, package: String) {
+    fn stop(&mut self, n: usize, package: String, orderly: bool) {
+        if orderly {
+            if let Err(detail) =
+                crate::invariants::dependency_order::on_orderly_stop(&self.relations, &self.nodes, n, &package)
+            {
+                self.fail("dependency-order", detail);
+            }
+        }
         self.stats.stops += 1;
         let op = self.next_op();
         let duration = self.rng.random_range(ms(5)..=ms(100));
@@ -240,7 +336,44 @@ impl Sim {
         record.op = op;
         record.stop_fails = fails;
         record.op_end_us = now + duration;
+        // A promoted instance is demoted first, within the stop: promoted until the stop ends.
+        record.role_op = None;
         self.after(duration, Event::OpDone { node: n, package, op });
+    }
+
+    /// Promotes (primary-only resources and the agents' `promote`) or demotes an active instance.
+    /// Promoted counts from the first instant of a promotion to the end of a demotion.
+    fn change_role(&mut self, n: usize, package: String, change: RoleOp) {
+        let op = self.next_op();
+        let duration = self.rng.random_range(ms(5)..=ms(100));
+        self.trace(|| format!("n{} {change:?} {package} ({} ms)", n + 1, duration / 1000));
+        let record = self.nodes[n].records.get_mut(&package).expect("an active package");
+        record.role_op = Some((change, op));
+        if change == RoleOp::Promote {
+            record.promoted = true;
+            self.stats.promotions += 1;
+        } else {
+            self.stats.demotions += 1;
+        }
+        self.after(duration, Event::RoleOpDone { node: n, package, op });
+    }
+
+    /// A promotion or demotion ended: the ground truth changes now, even if `clusterd` is paused;
+    /// the executor reports it when it runs.
+    pub(crate) fn on_role_op_done(&mut self, n: usize, package: String, op: u64) {
+        let Some(record) = self.nodes[n].records.get_mut(&package) else { return };
+        let Some((change, current)) = record.role_op else { return };
+        if current != op || record.activity != Activity::Active {
+            return;
+        }
+        record.role_op = None;
+        if change == RoleOp::Demote {
+            record.promoted = false;
+        }
+        self.trace(|| format!("n{} {package}: {change:?} done", n + 1));
+        if self.nodes[n].runs() {
+            self.evaluate(n);
+        }
     }
 
     /// The lease reached its stop budget during a start: the start is abandoned and the package
@@ -259,6 +392,7 @@ impl Sim {
         let remaining = record.op_end_us.saturating_sub(now);
         record.activity = Activity::Stopping;
         record.op = op;
+        record.role_op = None;
         let duration = if land {
             let lands_at = record.op_end_us;
             self.schedule(lands_at, Event::GhostLands { node: n, boot, package: package.clone() });
@@ -501,9 +635,34 @@ impl Sim {
         if healthy {
             self.fail("healthy-reset", detail);
         }
+        if self.config.scenario == crate::config::Scenario::DaemonRestart {
+            self.fail(
+                "reset-after-restart",
+                format!("{} reset by its watchdog after a restart of clusterd", self.names[n]),
+            );
+        }
         self.stats.watchdog_resets += 1;
         self.trace(|| format!("n{} watchdog reset", n + 1));
         let reboot = self.rng.random_range(ms(500)..=ms(3_000));
         self.power_off(n, reboot);
     }
+}
+
+/// Whether what `def` depends on runs where it must for a start on `node`: on the same node, really
+/// active here (clusterd asks its own workers); elsewhere, by the applied state.
+fn dependencies_ready(node: &crate::node::Node, def: &cluster_package::PackageDef) -> bool {
+    def.depends.iter().all(|dependency| match dependency.location {
+        Location::SameNode => node.records.iter().any(|(key, record)| {
+            cluster_model::relations::package_of(key) == dependency.package
+                && record.activity == Activity::Active
+                && node
+                    .state
+                    .packages
+                    .get(key)
+                    .is_some_and(|p| p.phase == Phase::Running && p.owner.as_deref() == Some(node.name.as_str()))
+        }),
+        Location::AnyNode | Location::DifferentNode => {
+            cluster_model::relations::unmet_dependency(&node.state, dependency, &node.name).is_none()
+        }
+    })
 }

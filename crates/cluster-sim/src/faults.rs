@@ -34,9 +34,37 @@ impl Sim {
         if self.stage != Stage::Faults {
             return;
         }
+        let scenario = self.config.scenario;
+        if scenario.single_fault() {
+            let next = self.rng.random_range(ms(1_500)..=ms(3_000));
+            self.after(next, Event::Fault);
+            // Only in a settled cluster, every node up for a while (a node that just booted helps no
+            // keep for one lease): the survivors always form a quorum and renew the leases.
+            let now = self.now;
+            let all_up = self.nodes.iter().all(|node| node.runs() && now >= node.up_since + ms(3_000));
+            if !all_up {
+                return;
+            }
+            if scenario == crate::config::Scenario::LeaderLoss {
+                // Only the Raft leader dies.
+                if let Some(l) = self.leader.filter(|l| self.nodes[*l].runs()) {
+                    self.stats.crashes += 1;
+                    let down = self.rng.random_range(ms(200)..=ms(3_000));
+                    self.trace(|| format!("FAULT n{} (the leader) power crash for {} ms", l + 1, down / 1000));
+                    self.power_off(l, down);
+                }
+            } else {
+                // clusterd dies on any node; systemd starts it again (RestartSec=100ms, plus its start).
+                let n = self.rng.random_range(0..self.nodes.len());
+                self.stats.daemon_crashes += 1;
+                let down = self.rng.random_range(ms(100)..=ms(250));
+                self.trace(|| format!("FAULT n{} clusterd crash, restarted after {} ms", n + 1, down / 1000));
+                self.daemon_crash(n, down);
+            }
+            return;
+        }
         let next = self.rng.random_range(ms(150)..=ms(900));
         self.after(next, Event::Fault);
-        let scenario = self.config.scenario;
         match self.rng.random_range(0..12) {
             0 | 1 => {
                 if let Some(n) = self.pick_runner() {
@@ -127,15 +155,11 @@ impl Sim {
         let node = &self.nodes[n];
         let Some(leave) = node.leave else { return };
         let me = node.name.as_str();
-        // Frozen (maintenance) and blocked packages stay as they are (clusterd's `wait_until_left`),
-        // but once the lease is given up frozen ones stop too (the lease outranks the freeze) and
-        // are waited for: exiting in the middle of their stop left them running unknown to the
-        // cluster (seed 19 of the witness test in lease-only mode).
+        // Blocked packages stay as they are, and frozen ones while the lease is kept (clusterd's
+        // `wait_until_left`); once the lease is given up, frozen ones stop too and are waited for.
+        let given_up = leave.lease_given_up;
         let blocked = |name: &str| {
-            node.state
-                .packages
-                .get(name)
-                .is_some_and(|p| p.phase == Phase::Blocked || (!leave.lease_given_up && p.frozen))
+            node.state.packages.get(name).is_some_and(|p| (p.frozen && !given_up) || p.phase == Phase::Blocked)
         };
         let owned =
             node.state.packages.iter().any(|(name, package)| package.owner.as_deref() == Some(me) && !blocked(name));
@@ -178,8 +202,13 @@ impl Sim {
             self.membership_change();
             return;
         }
+        // A move names one instance of a package that has several.
+        let instance = self.leader.and_then(|l| {
+            let keys = self.nodes[l].state.keys_named(&package);
+            (keys.len() > 1).then(|| keys[self.rng.random_range(0..keys.len())].clone())
+        });
         let command = match self.rng.random_range(0..10) {
-            0 | 1 => Command::PkgMove { name: package, to: node, at_ms },
+            0 | 1 => Command::PkgMove { name: instance.unwrap_or(package), to: node, at_ms },
             2 => Command::PkgStop { name: package, at_ms },
             3 => Command::PkgRun { name: package, node: None, at_ms },
             4 => Command::NodeStandby { name: node, standby: true, at_ms },
@@ -248,12 +277,16 @@ impl Sim {
     /// they touched active), the watchdog keeps counting.
     fn daemon_crash(&mut self, n: usize, down_us: u64) {
         let node = &mut self.nodes[n];
+        // What the daemon last wrote to its runtime folder (every heartbeat).
+        node.persisted_lease_end = node.holder.end();
         node.power = Power::DaemonDown;
         for record in node.records.values_mut() {
             if matches!(record.activity, Activity::Starting | Activity::Stopping) {
                 record.activity = Activity::Active;
             }
             record.op = 0;
+            // A promotion or demotion cut short leaves the instance promoted (ground truth).
+            record.role_op = None;
         }
         node.lose_daemon_state();
         let incarnation = node.incarnation;
@@ -263,13 +296,40 @@ impl Sim {
 
     /// The machine boots or `clusterd` is restarted: empty lease, announce itself.
     pub(crate) fn restart(&mut self, n: usize) {
+        let started = self.local(n);
+        let now = self.now;
         let node = &mut self.nodes[n];
+        // A daemon that restarts on a running machine finds its predecessor's lease in the runtime
+        // folder: while it runs with the stop budget left, it keeps (adopts) what runs, pets the
+        // watchdog at once, and starts nothing before a grant (issue 14, item 2).
+        let restored = (node.power == Power::DaemonDown && !self.config.no_lease_restore)
+            .then_some(node.persisted_lease_end)
+            .flatten()
+            .filter(|end| started + node.state.settings.stop_budget() < *end);
+        // A restarted daemon finds the refusals its predecessor promised (kept under /run, per
+        // boot); a machine that boots has none, and refuses keeps for one wait.
+        node.ledger = match node.power {
+            Power::DaemonDown => cluster_model::KeepLedger::restored(started, node.ledger.refusals()),
+            _ => cluster_model::KeepLedger::new(started),
+        };
+        if node.power == Power::Off {
+            node.up_since = now;
+        }
         node.power = Power::Up;
         node.lose_daemon_state();
+        if let Some(end) = restored {
+            node.holder = cluster_model::LeaseHolder::restored(end);
+            self.stats.adoptions += 1;
+        }
+        let node = &mut self.nodes[n];
         node.hello_pending = true;
-        self.trace(|| format!("n{} restarts", n + 1));
+        self.trace(|| format!("n{} restarts{}", n + 1, if restored.is_some() { " with its lease" } else { "" }));
         let now = self.local(n);
         self.timer_at(n, now, crate::sim::Timer::Heartbeat);
+        if restored.is_some() {
+            // The watchdog first, before anything slow.
+            self.tend_watchdog(n);
+        }
         self.evaluate(n);
         self.check_leader();
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use cluster_model::{Command, Grant};
 
 use crate::net::Msg;
+use crate::node::KeepRound;
 use crate::sim::{Sim, Timer};
 
 impl Sim {
@@ -24,6 +25,7 @@ impl Sim {
             self.tend_watchdog(n);
             return;
         }
+        self.keep_if_no_grant(n, now, heartbeat);
         if let Some(leader) = self.nodes[n].leader_hint {
             let incarnation = self.nodes[n].incarnation;
             self.send(n, leader, Msg::Renewal { incarnation, sent_at: now });
@@ -44,6 +46,57 @@ impl Sim {
         }
         self.evaluate(n);
         self.tend_watchdog(n);
+    }
+
+    /// clusterd's keep renewals: while its lease is valid but would reach its stop budget before
+    /// the next heartbeat could act on a grant (less than 1.5 heartbeats left: no leader granted
+    /// lately), a node asks every voter to keep its lease; a majority of acknowledgements extends a
+    /// keep-only lease from the send time (issue 14, item 1).
+    fn keep_if_no_grant(&mut self, n: usize, now: Duration, heartbeat: Duration) {
+        let node = &self.nodes[n];
+        let settings = &node.state.settings;
+        let valid = node.holder.status(now, settings) == cluster_model::LeaseStatus::Valid;
+        let left = node.holder.end().map_or(Duration::ZERO, |end| end.saturating_sub(now + settings.stop_budget()));
+        if !valid || left >= heartbeat * 3 / 2 || self.config.no_keep_renewals {
+            return;
+        }
+        let incarnation = node.incarnation;
+        self.nodes[n].keep_round = Some(KeepRound { sent_at: now, acked: Default::default(), lease: None });
+        for m in 0..self.nodes.len() {
+            if !self.removed.contains(&m) {
+                self.send(n, m, Msg::Keep { incarnation, sent_at: now });
+            }
+        }
+    }
+
+    /// Voter `v` receives a keep renewal of `from`.
+    pub(crate) fn on_keep(&mut self, v: usize, from: usize, incarnation: u64, sent_at: Duration) {
+        let now = self.local(v);
+        let name = self.names[from].clone();
+        let voter = &mut self.nodes[v];
+        if voter.ledger.keep(&name, now, &voter.state.settings) {
+            let lease = voter.state.settings.lease_for_holder();
+            self.send(v, from, Msg::KeepAck { incarnation, sent_at, lease });
+        }
+    }
+
+    /// A voter acknowledged node `n`'s keep renewal: at a majority, the lease is kept.
+    pub(crate) fn on_keep_ack(&mut self, n: usize, voter: usize, incarnation: u64, sent_at: Duration, lease: Duration) {
+        let majority = self.nodes.len() / 2 + 1;
+        let node = &mut self.nodes[n];
+        if node.incarnation != incarnation || node.lease_given_up() {
+            return;
+        }
+        let Some(round) = node.keep_round.as_mut().filter(|round| round.sent_at == sent_at) else { return };
+        round.acked.insert(voter);
+        round.lease = Some(round.lease.map_or(lease, |shortest| shortest.min(lease)));
+        if round.acked.len() >= majority {
+            let round = node.keep_round.take().expect("round");
+            node.holder.kept(round.sent_at, round.lease, &node.state.settings);
+            self.stats.keeps += 1;
+            self.trace(|| format!("n{} lease kept by a majority of voters", n + 1));
+            self.schedule_lease_check(n);
+        }
     }
 
     pub(crate) fn on_renewal(&mut self, l: usize, from: usize, incarnation: u64, sent_at: Duration) {
@@ -72,11 +125,19 @@ impl Sim {
         if incarnation != self.nodes[n].incarnation || self.nodes[n].lease_given_up() {
             return;
         }
-        let now = self.local(n);
+
         let node = &mut self.nodes[n];
         let settings = &node.state.settings;
         node.holder.granted(sent_at, grant, settings);
-        // Wake up exactly when the lease leaves `Valid`, to stop in time.
+        self.schedule_lease_check(n);
+        self.evaluate(n);
+    }
+
+    /// Wake node `n` exactly when its lease leaves `Valid`, to stop in time.
+    fn schedule_lease_check(&mut self, n: usize) {
+        let now = self.local(n);
+        let node = &mut self.nodes[n];
+        let settings = &node.state.settings;
         if let Some(remaining) = node.holder.remaining(now) {
             let must_stop = (now + remaining).saturating_sub(settings.stop_budget());
             if node.lease_check_at.is_none_or(|at| must_stop > at) {
@@ -84,6 +145,5 @@ impl Sim {
                 self.timer_at(n, must_stop, Timer::LeaseCheck);
             }
         }
-        self.evaluate(n);
     }
 }

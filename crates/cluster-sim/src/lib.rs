@@ -26,9 +26,14 @@
 //!                     │   └──────────────────────────────┘                                                │
 //!                     │          │ records = ground truth of active resources                             │
 //!                     │          v                                                                        │
-//!                     │  invariants/: S1 after every event · start epochs monotonic · liveness after heal │
+//!                     │  invariants/: S1, anti-affinity, primaries after every event · start epochs and  │
+//!                     │  dependency order at starts and orderly stops · liveness after heal               │
 //!                     └─────────────────────────────────────────────────────────────────────────────────────┘
 //! ```
+//!
+//! Package relations (issue 13) run with [`SimConfig::with_relations`] ([`relation_packages`]): the
+//! executor promotes and demotes instances as the replicated role says and starts a dependent
+//! only once what it needs runs on its node.
 //!
 //! Entry point: [`run`] with a [`SimConfig`]; a failure is a [`Violation`] that prints the seed,
 //! the step, the simulated time, the last events, and the command that replays it.
@@ -46,6 +51,6 @@ mod node;
 mod raft;
 mod sim;
 
-pub use bootstrap::{default_packages, package_text, witness_packages};
+pub use bootstrap::{default_packages, package_text, relation_packages, witness_packages};
 pub use config::{Scenario, SimConfig};
 pub use sim::{run, Summary, Violation};

@@ -22,6 +22,10 @@ pub(crate) enum Msg {
     Grant { incarnation: u64, sent_at: Duration, grant: cluster_model::Grant },
     /// Raft replication and leader heartbeat: entries up to `commit` are committed.
     Append { term: u64, commit: usize },
+    /// Keep my lease (sent to every voter while no leader grants it).
+    Keep { incarnation: u64, sent_at: Duration },
+    /// A voter acknowledged a keep renewal, with its `lease·(1−ρ)`.
+    KeepAck { incarnation: u64, sent_at: Duration, lease: Duration },
     /// A command for the leader to commit; `reply`: the proposer waits for the answer (its
     /// worker's operation id), sent back once committed.
     Propose { command: Command, reply: Option<u64> },

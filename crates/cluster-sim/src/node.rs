@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use cluster_model::{ClusterState, LeaseHolder, LeaseTable, PackageState};
+use cluster_model::{ClusterState, KeepLedger, LeaseHolder, LeaseTable, PackageState};
 
 use crate::clock::Clock;
 use crate::sim::Event;
@@ -49,6 +49,18 @@ pub(crate) struct Record {
     pub(crate) reported_us: Option<u64>,
     /// Global time at which the operation in flight ends.
     pub(crate) op_end_us: u64,
+    /// Promotable packages: the instance may be promoted here (ground truth: from the first instant
+    /// of a promotion to the end of the demotion or stop that undoes it).
+    pub(crate) promoted: bool,
+    /// A promotion or demotion in flight (its operation id), while the record is `Active`.
+    pub(crate) role_op: Option<(RoleOp, u64)>,
+}
+
+/// A change of role the executor is making.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RoleOp {
+    Promote,
+    Demote,
 }
 
 /// A package's worker is waiting for something (a proposal's answer, a monitor): clusterd's worker
@@ -61,6 +73,14 @@ pub(crate) struct Busy {
     pub(crate) why: &'static str,
     /// The package as the worker saw it when the wait began: a change ends the wait.
     pub(crate) seen: Option<PackageState>,
+}
+
+/// A keep renewal waiting for a majority of voters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeepRound {
+    pub(crate) sent_at: Duration,
+    pub(crate) acked: BTreeSet<usize>,
+    pub(crate) lease: Option<Duration>,
 }
 
 /// `systemctl stop clusterd` in progress (clusterd's `Engine::leave`), times on the node's clock.
@@ -114,6 +134,11 @@ pub(crate) struct Node {
     pub(crate) fencing: BTreeSet<String>,
 
     pub(crate) holder: LeaseHolder,
+    /// The keep renewal in flight: its send time, the voters that acknowledged it, the shortest
+    /// lease they named.
+    pub(crate) keep_round: Option<KeepRound>,
+    /// This node as a voter: the keep renewals it acknowledged, the refusals it promised (volatile).
+    pub(crate) ledger: KeepLedger,
     /// The latest instant (own clock) a lease check is scheduled for.
     pub(crate) lease_check_at: Option<Duration>,
     pub(crate) hello_pending: bool,
@@ -123,6 +148,10 @@ pub(crate) struct Node {
     pub(crate) ghosts: BTreeMap<String, u64>,
     /// Power cycles: an abandoned start lands only on the boot it began in.
     pub(crate) boots: u64,
+    /// Global time the machine last powered on.
+    pub(crate) up_since: u64,
+    /// The lease end the daemon last left in its runtime folder (read by the next daemon).
+    pub(crate) persisted_lease_end: Option<Duration>,
     /// Workers waiting for something, by package (volatile: a restarted daemon waits for nothing).
     pub(crate) busy: BTreeMap<String, Busy>,
     /// The restarted daemon probed its packages (it does so once it holds a lease on a recent
@@ -140,6 +169,8 @@ pub(crate) struct Node {
 
 impl Node {
     pub(crate) fn new(name: String, clock: Clock, has_watchdog: bool, nowayout: bool) -> Node {
+        // The daemons of a run's first nodes have run for a while: nothing they forgot matters.
+        let started = clock.local(0).saturating_sub(Duration::from_secs(60));
         Node {
             name,
             clock,
@@ -158,11 +189,15 @@ impl Node {
             last_ack: Duration::ZERO,
             fencing: BTreeSet::new(),
             holder: LeaseHolder::default(),
+            keep_round: None,
+            ledger: KeepLedger::new(started),
             lease_check_at: None,
             hello_pending: false,
             records: BTreeMap::new(),
             ghosts: BTreeMap::new(),
             boots: 0,
+            up_since: 0,
+            persisted_lease_end: None,
             busy: BTreeMap::new(),
             probed: true,
             stopped_reported_us: BTreeMap::new(),
@@ -188,6 +223,7 @@ impl Node {
         self.table = LeaseTable::default();
         self.fencing.clear();
         self.holder = LeaseHolder::default();
+        self.keep_round = None;
         self.lease_check_at = None;
         self.stopped_reported_us.clear();
         self.stopped_for_lease.clear();

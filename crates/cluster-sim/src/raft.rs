@@ -79,6 +79,15 @@ impl Sim {
         }
     }
 
+    /// The leader `l` hands leadership over to the first other node that reaches a majority
+    /// (clusterd's `transfer_leader`, modelled as immediate).
+    pub(crate) fn hand_over(&mut self, l: usize) {
+        let Some(successor) = (0..self.nodes.len()).find(|m| *m != l && self.reaches_majority(*m)) else { return };
+        self.trace(|| format!("n{} hands leadership over to n{}", l + 1, successor + 1));
+        self.step_down(l);
+        self.elect(successor);
+    }
+
     pub(crate) fn on_election(&mut self) {
         self.election_pending = false;
         let healthy = self.leader.is_some_and(|l| self.is_effective(l) && self.reaches_majority(l));
@@ -232,7 +241,10 @@ impl Sim {
     pub(crate) fn propose_and_wait(&mut self, n: usize, package: &str, command: Command) -> bool {
         let Some(l) = self.nodes[n].leader_hint else { return false };
         let op = self.next_op();
-        let until = self.now + ms(REQUEST_TIMEOUT_MS);
+        // A leader whose machine is off refuses the connection: the wait ends quickly (the peer
+        // pool's connect timeout, 50 ms); otherwise the request timeout.
+        let wait = if self.nodes[l].power == Power::Off { ms(50) } else { ms(REQUEST_TIMEOUT_MS) };
+        let until = self.now + wait;
         let seen = self.nodes[n].state.packages.get(package).cloned();
         self.nodes[n].busy.insert(package.to_owned(), Busy { op, why: "waits for its report to commit", seen });
         let incarnation = self.nodes[n].incarnation;

@@ -46,6 +46,12 @@ pub(crate) enum Event {
     WatchdogCheck {
         node: usize,
     },
+    /// A promotion or demotion ends (the agent runs even while `clusterd` is paused).
+    RoleOpDone {
+        node: usize,
+        package: String,
+        op: u64,
+    },
     /// An abandoned start completes on a node that no longer tracks it.
     GhostLands {
         node: usize,
@@ -179,9 +185,22 @@ pub struct Summary {
     pub interrupted_waits: u64,
     /// Starts abandoned at the stop budget.
     pub abandoned_starts: u64,
+    /// Keep renewals acknowledged by a majority of voters; expiry checks of the leader, and nodes a
+    /// check found kept by a voter.
+    pub keeps: u64,
+    pub expiry_checks: u64,
+    pub kept_by_voters: u64,
+    /// Packages stopped at the stop budget by a node that was running (not crashed nor paused).
+    pub lapse_stops: u64,
+    /// Daemons restarted with their predecessor's lease (adopting what runs).
+    pub adoptions: u64,
     /// Nodes removed from the cluster (`node remove`), and removals refused because they owned packages.
     pub removals: u64,
     pub removals_refused: u64,
+    /// Promotions and demotions done by executors; starts a dependent waited for locally.
+    pub promotions: u64,
+    pub demotions: u64,
+    pub dependents_held: u64,
     pub messages_sent: u64,
     pub messages_lost: u64,
     /// FNV-1a of the committed log, to compare runs.
@@ -213,8 +232,16 @@ impl Summary {
         self.freezes += other.freezes;
         self.interrupted_waits += other.interrupted_waits;
         self.abandoned_starts += other.abandoned_starts;
+        self.keeps += other.keeps;
+        self.expiry_checks += other.expiry_checks;
+        self.kept_by_voters += other.kept_by_voters;
+        self.lapse_stops += other.lapse_stops;
+        self.adoptions += other.adoptions;
         self.removals += other.removals;
         self.removals_refused += other.removals_refused;
+        self.promotions += other.promotions;
+        self.demotions += other.demotions;
+        self.dependents_held += other.dependents_held;
         self.messages_sent += other.messages_sent;
         self.messages_lost += other.messages_lost;
     }
@@ -288,6 +315,8 @@ pub(crate) struct Sim {
     pub(crate) seq_op: u64,
     pub(crate) stats: Summary,
     pub(crate) epochs: invariants::start_epochs::StartEpochs,
+    /// The relations between the packages of this run (empty when they have none).
+    pub(crate) relations: invariants::Relations,
     trace: Option<Vec<String>>,
     violation: Option<Violation>,
     finished: bool,
@@ -334,7 +363,9 @@ impl Sim {
                 Node::new(name.clone(), Clock::new(origin, rate), config.scenario.watchdog(), nowayout)
             })
             .collect();
-        let net = Network::new(config.nodes, config.loss, config.max_delay);
+        let mut net = Network::new(config.nodes, config.loss, config.max_delay);
+        // No loss and no long delays where only leaders die.
+        net.faulty = !config.scenario.single_fault();
         Sim {
             trace: config.trace.then(Vec::new),
             config,
@@ -357,6 +388,7 @@ impl Sim {
             seq_op: 0,
             stats: Summary::default(),
             epochs: Default::default(),
+            relations: Default::default(),
             violation: None,
             finished: false,
         }
@@ -376,6 +408,13 @@ impl Sim {
                     invariants::witness_hosts_nothing::check(&self.nodes, &self.config.witnesses, self.now)
                 {
                     self.fail("witness", detail);
+                }
+            }
+            if self.violation.is_none() && !self.relations.is_empty() {
+                if let Err(detail) = invariants::anti_affinity::check(&self.relations, &self.nodes, self.now) {
+                    self.fail("anti-affinity", detail);
+                } else if let Err(detail) = invariants::primaries::check(&self.relations, &self.nodes, self.now) {
+                    self.fail("primaries", detail);
                 }
             }
             if let Some(violation) = self.violation.take() {
@@ -479,6 +518,7 @@ impl Sim {
                 }
             }
             Event::WatchdogCheck { node } => self.on_watchdog_check(node),
+            Event::RoleOpDone { node, package, op } => self.on_role_op_done(node, package, op),
             Event::GhostLands { node, boot, package } => {
                 if self.nodes[node].boots == boot && self.nodes[node].power != Power::Off {
                     self.trace(|| format!("n{} {package}: the abandoned start completes, untracked", node + 1));
@@ -555,6 +595,8 @@ impl Sim {
             Msg::Renewal { incarnation, sent_at } => self.on_renewal(to, from, incarnation, sent_at),
             Msg::Grant { incarnation, sent_at, grant } => self.on_grant(to, incarnation, sent_at, grant),
             Msg::Append { term, commit } => self.on_append(to, from, term, commit),
+            Msg::Keep { incarnation, sent_at } => self.on_keep(to, from, incarnation, sent_at),
+            Msg::KeepAck { incarnation, sent_at, lease } => self.on_keep_ack(to, from, incarnation, sent_at, lease),
             Msg::Propose { command, reply } => self.on_propose(to, from, command, reply),
             Msg::Proposed { op } => {
                 if let Some(package) =

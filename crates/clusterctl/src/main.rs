@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use cluster_api::{Client, ClientError, ClientReply, ClientRequest, Endpoint, ErrorKind};
 use cluster_tls::TlsFiles;
 
@@ -19,7 +19,15 @@ use crate::output::Output;
 
 /// Operate a clusterd cluster.
 #[derive(Debug, Parser)]
-#[command(version, about, propagate_version = true)]
+#[command(
+    version,
+    about = "Operate a clusterd failover cluster",
+    long_about = "clusterctl operates a clusterd cluster: certificates, membership, cluster settings, packages \
+and the replicated key-value store. It talks to the clusterd of this host over its Unix socket (root only), or \
+to any node over TCP with mutual TLS (--endpoint, --ca, --cert, --key); any node answers any command. Every \
+command has --output json.",
+    propagate_version = true
+)]
 struct Cli {
     #[command(flatten)]
     connection: Connection,
@@ -45,13 +53,13 @@ struct Connection {
     #[arg(long, global = true, env = "CLUSTERCTL_ENDPOINT", requires_all = ["tls_ca", "tls_cert", "tls_key"])]
     endpoint: Option<String>,
     /// Cluster CA certificate (remote only).
-    #[arg(id = "tls_ca", long = "ca", global = true, env = "CLUSTERCTL_CA")]
+    #[arg(id = "tls_ca", long = "ca", value_name = "FILE", global = true, env = "CLUSTERCTL_CA")]
     ca: Option<PathBuf>,
     /// Client certificate issued by the cluster CA (remote only).
-    #[arg(id = "tls_cert", long = "cert", global = true, env = "CLUSTERCTL_CERT")]
+    #[arg(id = "tls_cert", long = "cert", value_name = "FILE", global = true, env = "CLUSTERCTL_CERT")]
     cert: Option<PathBuf>,
     /// Client key (remote only).
-    #[arg(id = "tls_key", long = "key", global = true, env = "CLUSTERCTL_KEY")]
+    #[arg(id = "tls_key", long = "key", value_name = "FILE", global = true, env = "CLUSTERCTL_KEY")]
     key: Option<PathBuf>,
     /// Seconds to wait for a connection.
     #[arg(long, global = true, default_value_t = 5)]
@@ -95,6 +103,14 @@ enum Command {
         /// The archive to create (refused if it exists).
         #[arg(value_name = "OUTPUT.tar.gz")]
         archive: PathBuf,
+    },
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (clusterctl.1 and clusterctl-COMMAND.1 for every command) into DIR.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
@@ -308,6 +324,20 @@ async fn run(cli: Cli, mut out: Output) -> ExitCode {
                 Err(err) => out.failure(exit::ERROR, &format!("{err:#}"), None),
             }
         }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "clusterctl", &mut script);
+            return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => out.failure(exit::ERROR, &format!("cannot write the completion script: {err}"), None),
+            };
+        }
+        Command::Man { dir } => {
+            return match write_man_pages(&dir) {
+                Ok(count) => out.done(&format!("wrote {count} man pages into {}", dir.display())),
+                Err(err) => out.failure(exit::ERROR, &format!("{err:#}"), None),
+            }
+        }
         Command::Pkg(PkgCommand::Validate { paths }) => return validate_packages(&paths, &out),
         Command::Pkg(PkgCommand::Apply { paths }) => {
             let reports = cluster_package::validate_paths(&paths);
@@ -456,10 +486,13 @@ async fn events(client: &mut Client, follow: bool, out: &Output) -> ExitCode {
     }
 }
 
-/// `pkg validate`: every file's result, all errors of every file, exit 0 only if all are valid.
+/// `pkg validate`: every file's result, all errors of every file, then what the valid files get
+/// wrong together (dependencies on packages no file defines, cycles, contradictions); exit 0 only
+/// if all is valid.
 fn validate_packages(paths: &[PathBuf], out: &Output) -> ExitCode {
     let reports = cluster_package::validate_paths(paths);
-    let valid = cluster_package::all_valid(&reports);
+    let set_errors: Vec<String> = cluster_package::set_errors(&reports).iter().map(ToString::to_string).collect();
+    let valid = cluster_package::all_valid(&reports) && set_errors.is_empty();
     if out.is_json() {
         let files: Vec<serde_json::Value> = reports
             .iter()
@@ -470,7 +503,7 @@ fn validate_packages(paths: &[PathBuf], out: &Output) -> ExitCode {
                 _ => serde_json::json!({ "path": report.path, "valid": false, "errors": report.lines() }),
             })
             .collect();
-        println!("{}", serde_json::json!({ "valid": valid, "files": files }));
+        println!("{}", serde_json::json!({ "valid": valid, "files": files, "set_errors": set_errors }));
     } else {
         for report in &reports {
             for line in report.lines() {
@@ -480,6 +513,9 @@ fn validate_packages(paths: &[PathBuf], out: &Output) -> ExitCode {
                     eprintln!("{line}");
                 }
             }
+        }
+        for error in &set_errors {
+            eprintln!("packages together: {error}");
         }
     }
     if valid {
@@ -503,4 +539,68 @@ fn ca(command: CaCommand) -> anyhow::Result<String> {
         }
         CaCommand::Renew { .. } => unreachable!("sent to the daemon"),
     }
+}
+
+/// The sections of clusterctl.1 that the parser does not know (the exit codes of the `exit` module).
+const MAN_PAGE_END: &str = r#".SH EXIT STATUS
+.TP
+0
+success
+.TP
+1
+error (the message names the object: node, key, file, setting)
+.TP
+2
+usage error (unknown command, missing or malformed argument)
+.TP
+3
+key or package not found
+.TP
+4
+compare\-and\-set mismatch (kv cas); the current value is printed on stdout
+.TP
+5
+no leader or no quorum within the timeout; for a write the outcome is unknown
+.SH FILES
+.TP
+/run/clusterd/clusterd.sock
+The local clusterd's control socket (root only).
+.SH SEE ALSO
+clusterd(8), /usr/share/doc/clusterd/cli.md
+"#;
+
+/// Writes clusterctl.1 and one page per command (`clusterctl-pkg-apply.1`), generated from the parser
+/// itself so that they never drift from it. Returns how many pages were written.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create man page directory {}", dir.display()))?;
+    let mut command = Cli::command();
+    command.build();
+    let mut written = 0;
+    write_man_page(dir, &command, &mut written)?;
+    Ok(written)
+}
+
+fn write_man_page(dir: &std::path::Path, command: &clap::Command, written: &mut usize) -> anyhow::Result<()> {
+    if command.is_hide_set() || command.get_name() == "help" {
+        return Ok(());
+    }
+    let name = command.get_display_name().unwrap_or_else(|| command.get_name()).to_string();
+    let path = dir.join(format!("{name}.1"));
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone())
+        .title(name.to_uppercase())
+        .section("1")
+        .source(format!("clusterd {}", env!("CARGO_PKG_VERSION")))
+        .manual("clusterd")
+        .render(&mut page)
+        .with_context(|| format!("cannot render man page {}", path.display()))?;
+    if command.get_name() == "clusterctl" {
+        page.extend_from_slice(MAN_PAGE_END.as_bytes());
+    }
+    std::fs::write(&path, page).with_context(|| format!("cannot write man page {}", path.display()))?;
+    *written += 1;
+    for subcommand in command.get_subcommands() {
+        write_man_page(dir, subcommand, written)?;
+    }
+    Ok(())
 }

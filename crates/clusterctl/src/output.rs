@@ -93,6 +93,23 @@ impl Output {
                     println!("{}", serde_json::to_string(packages).expect("packages serialize"));
                     return ExitCode::SUCCESS;
                 }
+                ClientReply::PackageStatus { packages, waiting } => {
+                    // Each package with its key (`db:1`) and, if it waits, why.
+                    let with_key = |package: &PackageState| {
+                        let mut value = serde_json::to_value(package).expect("packages serialize");
+                        let key = package.key();
+                        if let Some(why) = waiting.iter().find(|(waiting, _)| *waiting == key).map(|(_, why)| why) {
+                            value["waiting"] = json!(why);
+                        }
+                        value["key"] = json!(key);
+                        value
+                    };
+                    if self.detail && packages.len() == 1 {
+                        with_key(&packages[0])
+                    } else {
+                        json!(packages.iter().map(with_key).collect::<Vec<_>>())
+                    }
+                }
                 ClientReply::Plan { lines } => json!({ "plan": lines }),
                 ClientReply::Events { events } => serde_json::to_value(events).expect("events serialize"),
                 ClientReply::Alerts { hooks, next } => json!({
@@ -139,6 +156,18 @@ impl Output {
                 print!("{}", render_package(&packages[0]))
             }
             ClientReply::Packages { packages } => print!("{}", render_packages(packages)),
+            ClientReply::PackageStatus { packages, waiting } if self.detail && packages.len() == 1 => {
+                print!("{}", render_package(&packages[0]));
+                for (_, why) in waiting {
+                    println!("  {:<13}{why}", "waiting");
+                }
+            }
+            ClientReply::PackageStatus { packages, waiting } => {
+                print!("{}", render_packages(packages));
+                for (key, why) in waiting {
+                    println!("{key}: {why}");
+                }
+            }
             ClientReply::Plan { lines } => {
                 for line in lines {
                     println!("{line}");
@@ -287,8 +316,8 @@ pub(crate) fn render_packages(packages: &[PackageState]) -> String {
             let failure =
                 package.last_failure.as_ref().map_or_else(|| "-".to_owned(), |f| format!("{} on {}", f.reason, f.node));
             vec![
-                package.def.name.clone(),
-                package.phase.as_str().to_owned() + if package.frozen { " (frozen)" } else { "" },
+                package.key(),
+                phase_words(package),
                 package.owner.clone().unwrap_or_else(|| "-".to_owned()),
                 package.epoch.to_string(),
                 ago(package.since_ms),
@@ -300,12 +329,46 @@ pub(crate) fn render_packages(packages: &[PackageState]) -> String {
     table(&["PACKAGE", "PHASE", "OWNER", "EPOCH", "SINCE", "RESTARTS", "LAST FAILURE"], rows)
 }
 
+/// The phase, with the role of an instance of a promotable package and a freeze.
+fn phase_words(package: &PackageState) -> String {
+    let mut words = package.phase.as_str().to_owned();
+    if package.def.promotable.is_some() && package.owner.is_some() {
+        words.push_str(&format!(" ({})", package.role.as_str()));
+    }
+    if package.frozen {
+        words.push_str(" (frozen)");
+    }
+    words
+}
+
 /// `pkg status NAME`.
 fn render_package(package: &PackageState) -> String {
-    let mut text = format!("package {}\n", package.def.name);
+    let mut text = format!("package {}\n", package.key());
     let line = |name: &str, value: String| format!("  {name:<13}{value}\n");
     text.push_str(&line("desired", format!("{:?}", package.desired).to_lowercase()));
-    text.push_str(&line("phase", package.phase.as_str().to_owned() + if package.frozen { " (frozen)" } else { "" }));
+    text.push_str(&line("phase", phase_words(package)));
+    if let Some(promotable) = &package.def.promotable {
+        let score = package.score.map_or_else(|| "none".to_owned(), |score| score.to_string());
+        text.push_str(&line(
+            "role",
+            format!("{} (promotion score {score}; {} primaries wanted)", package.role.as_str(), promotable.primaries),
+        ));
+    }
+    for dependency in &package.def.depends {
+        text.push_str(&line("depends on", format!("{} ({})", dependency.package, dependency.location.as_str())));
+    }
+    if !package.def.needs.is_empty() {
+        let needs: Vec<String> = package
+            .def
+            .needs
+            .iter()
+            .map(|(name, need)| format!("{name} {}", cluster_package::format_quantity(*need)))
+            .collect();
+        text.push_str(&line("needs", needs.join(", ")));
+    }
+    if package.retired {
+        text.push_str(&line("retired", "beyond `instances`: it stops, then it is removed".to_owned()));
+    }
     text.push_str(&line("owner", package.owner.clone().unwrap_or_else(|| "-".to_owned())));
     text.push_str(&line("epoch", package.epoch.to_string()));
     text.push_str(&line("since", ago(package.since_ms)));

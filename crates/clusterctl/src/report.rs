@@ -155,7 +155,7 @@ async fn collect(client: &mut Client, since_ms: Option<u64>) -> (Files, Vec<Stri
         other => problems.push(format!("events: {}", failure(other))),
     }
     match client.call(ClientRequest::PkgStatus { name: None }).await {
-        Ok(ClientReply::Packages { packages }) => {
+        Ok(ClientReply::Packages { packages } | ClientReply::PackageStatus { packages, .. }) => {
             let mut value = serde_json::to_value(&packages).unwrap_or_default();
             redact_json(&mut value);
             files.push(("cluster/packages.json".into(), pretty(&value)));

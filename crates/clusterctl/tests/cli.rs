@@ -57,6 +57,36 @@ fn ca_init_and_issue_write_certificates_with_private_keys() {
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
 }
 
+/// Completion scripts and man pages come from the parser: every command is in them, an unknown shell
+/// is a usage error.
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let bash = Command::new(clusterctl()).args(["completions", "bash"]).output().unwrap();
+    assert!(bash.status.success(), "{}", stderr(&bash));
+    let script = stdout(&bash);
+    assert!(script.contains("complete -F _clusterctl"), "not a bash completion script:\n{script}");
+    for word in ["pkg", "apply", "transfer-leader", "completions", "--endpoint"] {
+        assert!(script.contains(word), "bash completion lacks {word}");
+    }
+    let zsh = Command::new(clusterctl()).args(["completions", "zsh"]).output().unwrap();
+    assert!(zsh.status.success() && stdout(&zsh).starts_with("#compdef clusterctl"), "{}", stdout(&zsh));
+    let bad = Command::new(clusterctl()).args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+
+    let dir = tempfile::tempdir().unwrap();
+    let man = Command::new(clusterctl()).args(["man", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(man.status.success(), "{}", stderr(&man));
+    let main_page = std::fs::read_to_string(dir.path().join("clusterctl.1")).unwrap();
+    assert!(main_page.contains(".TH CLUSTERCTL 1"), "{main_page}");
+    for section in [".SH SYNOPSIS", ".SH EXIT STATUS", "clusterctl\\-pkg(1)"] {
+        assert!(main_page.contains(section), "clusterctl.1 lacks {section}");
+    }
+    let apply = std::fs::read_to_string(dir.path().join("clusterctl-pkg-apply.1")).unwrap();
+    assert!(apply.contains("Validate, then load package definitions"), "{apply}");
+    // Hidden commands and clap's own `help` get no page.
+    assert!(!dir.path().join("clusterctl-man.1").exists() && !dir.path().join("clusterctl-help.1").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_commands_print_values_and_use_the_documented_exit_codes() {
     let mut cluster = TestCluster::new(clusterd(), 131, 1);
@@ -182,4 +212,27 @@ fn pkg_validate_accepts_the_shipped_examples_and_reports_every_error() {
     assert!(errors.contains("colour"), "{errors}");
     assert!(errors.contains("address"), "{errors}");
     assert!(errors.contains("nodes"), "{errors}");
+
+    // A directory is checked as a set: each file is valid, together they are not.
+    let set = tempfile::tempdir().unwrap();
+    let package = |name: &str, depends: &str| {
+        format!(
+            "name = \"{name}\"\ndepends = [{depends}]\n[[resource]]\nname = \"vip\"\ntype = \"ip\"\n\
+             address = \"192.0.2.1/24\"\ninterface = \"eth0\"\n"
+        )
+    };
+    std::fs::write(set.path().join("app.toml"), package("app", "{ package = \"db\", where = \"same-node\" }")).unwrap();
+    std::fs::write(set.path().join("db.toml"), package("db", "{ package = \"app\", where = \"any-node\" }")).unwrap();
+    std::fs::write(set.path().join("web.toml"), package("web", "{ package = \"cache\", where = \"any-node\" }"))
+        .unwrap();
+    let together = Command::new(clusterctl()).args(["pkg", "validate"]).arg(set.path()).output().unwrap();
+    assert_eq!(together.status.code(), Some(1), "{}", stdout(&together));
+    let errors = stderr(&together);
+    assert!(errors.contains("packages together: package `web` depends on `cache`, which is not defined"), "{errors}");
+    assert!(errors.contains("packages together: dependency cycle: app -> db -> app"), "{errors}");
+    let json =
+        Command::new(clusterctl()).args(["pkg", "validate", "--output", "json"]).arg(set.path()).output().unwrap();
+    let value: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(value["valid"], false);
+    assert_eq!(value["set_errors"].as_array().map(Vec::len), Some(2), "{value}");
 }

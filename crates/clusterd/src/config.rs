@@ -49,6 +49,10 @@ pub(crate) struct NodeConfig {
     /// voter) while it is not a member yet (written by `clusterctl join`).
     #[serde(default)]
     pub(crate) join: Option<String>,
+    /// What this node offers to packages' `needs` (`capacity = { slots = 10, memory = "32G" }`),
+    /// announced to the cluster (`NodeCapacity`); see [`NodeConfig::capacity`].
+    #[serde(default, rename = "capacity")]
+    capacity_table: std::collections::BTreeMap<String, Quantity>,
 }
 
 /// What a node is for (`role` in the node file).
@@ -58,6 +62,14 @@ pub(crate) enum Role {
     #[default]
     Node,
     Witness,
+}
+
+/// A quantity in the node file: a number or a size like `"32G"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+enum Quantity {
+    Number(u64),
+    Text(String),
 }
 
 /// The `[watchdog]` table.
@@ -110,6 +122,9 @@ impl NodeConfig {
                 log_file.display()
             );
         }
+        if let Err(err) = config.capacity() {
+            bail!("invalid configuration file {}: key `capacity`: {err}", path.display());
+        }
         match config.metrics {
             Some(metrics) if metrics.port() == 0 => {
                 bail!("invalid configuration file {}: key `metrics`: expected a fixed port, not 0", path.display())
@@ -132,6 +147,21 @@ impl NodeConfig {
             _ => {}
         }
         Ok(config)
+    }
+
+    /// The node's capacities, by name (`capacity` in the node file; checked by `parse`).
+    pub(crate) fn capacity(&self) -> Result<std::collections::BTreeMap<String, u64>, String> {
+        self.capacity_table
+            .iter()
+            .map(|(name, quantity)| {
+                cluster_package::check_capacity_name(name)?;
+                let value = match quantity {
+                    Quantity::Number(number) => *number,
+                    Quantity::Text(text) => cluster_package::parse_quantity(text)?,
+                };
+                Ok((name.clone(), value))
+            })
+            .collect()
     }
 
     /// Reads and parses `path`.
@@ -194,6 +224,50 @@ key = "/etc/clusterd/n1.key"
         assert!(err.contains("key `node`"), "{err}");
     }
 
+    /// The shipped example (`/etc/clusterd/clusterd.toml.example`) parses as it is, and again with its
+    /// optional keys (`#key = …` lines) switched on, and shows every key of the node file.
+    #[test]
+    fn the_shipped_example_parses_and_shows_every_key() {
+        let example = include_str!("../../../packaging/clusterd.toml.example");
+        let config = parse(example).unwrap_or_else(|err| panic!("{err:#}"));
+        assert_eq!(config.watchdog, None);
+        let switched_on: String = example
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let full = parse(&switched_on).unwrap_or_else(|err| panic!("{err:#}"));
+        let NodeConfig {
+            node,
+            listen,
+            advertise,
+            data_dir,
+            socket,
+            tls,
+            watchdog,
+            metrics,
+            metrics_tls,
+            status_page,
+            log_file,
+            capacity_table,
+            role,
+            join,
+        } = full;
+        let TlsSection { ca, cert, key, ca_key } = tls;
+        assert_eq!(role, Role::Witness, "the optional key `role` is missing from the example");
+        assert!(join.is_some() && ca_key.is_some(), "the optional keys `join` and `[tls] ca_key` are missing");
+        assert_eq!(node, "node1");
+        assert!(advertise.is_some() && watchdog.is_some(), "an optional key is missing from the example");
+        assert!(metrics.is_some() && metrics_tls && status_page && log_file.is_some(), "an optional key is missing");
+        assert!(!capacity_table.is_empty(), "the optional key `capacity` is missing from the example");
+        assert_eq!(socket, PathBuf::from(DEFAULT_SOCKET));
+        assert!(listen.port() != 0 && data_dir.is_absolute());
+        assert!([ca, cert, key].iter().all(|path| path.starts_with("/etc/clusterd")));
+    }
+
     #[test]
     fn the_status_page_needs_loopback_or_client_certificates() {
         let with = |extra: &str| parse(&format!("{extra}\n{GOOD}"));
@@ -220,6 +294,18 @@ key = "/etc/clusterd/n1.key"
         assert_eq!(parse(&format!("role = \"witness\"\n{GOOD}")).unwrap().role, Role::Witness);
         let err = format!("{:#}", parse(&format!("role = \"arbiter\"\n{GOOD}")).unwrap_err());
         assert!(err.contains("unknown variant `arbiter`, expected `node` or `witness`"), "{err}");
+    }
+
+    #[test]
+    fn capacities_are_numbers_or_sizes() {
+        let config = parse(&format!("capacity = {{ slots = 10, memory = \"32G\" }}\n{GOOD}")).unwrap();
+        let capacity = config.capacity().unwrap();
+        assert_eq!(capacity, [("memory".to_owned(), 32 << 30), ("slots".to_owned(), 10)].into());
+        assert!(parse(GOOD).unwrap().capacity().unwrap().is_empty());
+        let err = parse(&format!("capacity = {{ memory = \"lots\" }}\n{GOOD}")).unwrap_err().to_string();
+        assert!(err.contains("key `capacity`: expected a quantity like 2 or \"4G\""), "{err}");
+        let err = parse(&format!("capacity = {{ Slots = 1 }}\n{GOOD}")).unwrap_err().to_string();
+        assert!(err.contains("key `capacity`: expected a capacity name"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use cluster_model::controller::{explain, protection, Liveness, Protection};
 use cluster_model::{validate_key, validate_value, Command, CommandOutcome, FenceConfig, Phase};
 use cluster_raft::{ConsensusError, ConsensusNode, ForwardError};
 
-use crate::engine::{wall_ms, Engine, LeaseRequest};
+use crate::engine::{wall_ms, Engine, ExpiryCheck, KeepRequest, LeaseRequest};
 
 /// The request handler shared by every listener.
 pub(crate) struct Dispatcher {
@@ -26,6 +26,22 @@ pub(crate) struct Dispatcher {
     pub(crate) client_tls: Arc<cluster_tls::rustls::ClientConfig>,
     /// One renewal of this node's certificate at a time.
     pub(crate) renewing: tokio::sync::Mutex<()>,
+}
+
+/// Runs a peer RPC served by the engine (keeps, expiry checks: since 0.2.0): decode, serve, encode
+/// the result in the caller's protocol.
+async fn serve_engine_rpc<Req, Resp, F, Fut>(payload: &[u8], serve: F) -> Result<Vec<u8>, String>
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: serde::Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: std::future::Future<Output = Result<Resp, String>>,
+{
+    let malformed = |err: cluster_api::FrameError| format!("malformed engine rpc: {err}");
+    let protocol = cluster_api::frame_version(payload).map_err(malformed)?;
+    let request: Req = cluster_api::decode_body(payload).map_err(malformed)?;
+    let answer = serve(request).await;
+    cluster_api::encode_as(&answer, protocol).map(|bytes| bytes.to_vec()).map_err(|err| err.to_string())
 }
 
 fn api_error(err: ConsensusError) -> ApiError {
@@ -61,6 +77,22 @@ impl Dispatcher {
                 let engine = &self.engine;
                 let grant = |request: LeaseRequest| async move { engine.grant(&request).await };
                 Response::Peer(crate::compat::serve_lease(&peer.payload, grant).await)
+            }
+            Request::Peer(peer) if peer.rpc == PeerRpc::Keep => {
+                let engine = &self.engine;
+                Response::Peer(
+                    serve_engine_rpc(&peer.payload, |request: KeepRequest| async move { engine.serve_keep(&request) })
+                        .await,
+                )
+            }
+            Request::Peer(peer) if peer.rpc == PeerRpc::ExpiryCheck => {
+                let engine = &self.engine;
+                Response::Peer(
+                    serve_engine_rpc(&peer.payload, |check: ExpiryCheck| async move {
+                        engine.serve_expiry_check(&check).await
+                    })
+                    .await,
+                )
             }
             Request::Peer(peer) if peer.rpc == PeerRpc::Propose => {
                 let engine = &self.engine;
@@ -272,10 +304,18 @@ impl Dispatcher {
                 .await
             }
             ClientRequest::PkgApply { packages } => {
+                // The definitions must hold together with the cluster's other packages (every
+                // dependency defined, no cycle, no contradiction): checked here for the whole set
+                // before anything is written, and by the state machine for each as it applies.
+                let refused = node.read_local(|state| apply_set_errors(state, packages));
+                if !refused.is_empty() {
+                    return Err(ConsensusError::Invalid(format!("pkg apply refused: {}", refused.join("; "))).into());
+                }
                 let mut lines = Vec::new();
-                for def in packages {
+                let ordered: Vec<&cluster_package::PackageDef> = packages.iter().collect();
+                for def in cluster_package::start_order(&ordered) {
                     // Writes run on the leader (others forward the request), whose state is current.
-                    let what = node.read_local(|state| apply_effect(state.packages.get(&def.name), def));
+                    let what = node.read_local(|state| apply_effect(state, def));
                     self.write(Command::PkgApply { def: Box::new(def.clone()), at_ms: wall_ms() }, String::new())
                         .await?;
                     lines.push(format!("package {}: {what}", def.name));
@@ -331,23 +371,33 @@ impl Dispatcher {
                 self.write(command, format!("node {name} {what}")).await
             }
             ClientRequest::PkgStatus { name } => {
-                let packages = node
-                    .read(|state| {
-                        state
-                            .packages
-                            .iter()
-                            .filter(|(package, _)| name.as_ref().is_none_or(|wanted| wanted == *package))
-                            .map(|(_, package)| package.clone())
-                            .collect::<Vec<_>>()
+                let state = node.read(|state| state.clone()).await?;
+                let packages: Vec<cluster_model::PackageState> = state
+                    .packages
+                    .iter()
+                    .filter(|(key, package)| {
+                        name.as_ref().is_none_or(|wanted| wanted == *key || *wanted == package.def.name)
                     })
-                    .await?;
+                    .map(|(_, package)| package.clone())
+                    .collect();
                 if let (Some(name), true) = (name, packages.is_empty()) {
                     return Err(Failure::Api(ApiError::new(
                         ErrorKind::NotFound,
                         format!("package `{name}` does not exist"),
                     )));
                 }
-                Ok(ClientReply::Packages { packages })
+                // Why what should run does not (leader only: it needs the leases).
+                let view = node.leadership().is_some().then(|| self.engine.view());
+                let waiting = match view {
+                    Some(view) => cluster_model::controller::waiting_reasons(&state, &view, wall_ms())
+                        .into_iter()
+                        .filter(|(key, _)| {
+                            name.as_ref().is_none_or(|wanted| wanted == key || wanted == package_of(key))
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
+                Ok(ClientReply::PackageStatus { packages, waiting })
             }
             ClientRequest::PkgPlan { name } => {
                 if node.leadership().is_none() {
@@ -393,7 +443,7 @@ impl Dispatcher {
         let mut report = self.node.status().await;
         let view = (self.node.leadership().is_some()).then(|| self.engine.view());
         // Only what the report shows is copied out of the state (not the key-value map or the events).
-        let (nodes, packages, witnesses) = self.node.read_local(|state| {
+        let (nodes, packages, witnesses, waiting) = self.node.read_local(|state| {
             let nodes: Vec<(bool, bool, Protection)> = report
                 .nodes
                 .iter()
@@ -404,7 +454,12 @@ impl Dispatcher {
                     (standby, leaving, protection(state, &node.name))
                 })
                 .collect();
-            (nodes, state.packages.values().cloned().collect::<Vec<_>>(), state.witnesses.clone())
+            // Packages that should run and fit nowhere (or wait for a dependency): leader only.
+            let waiting = match &view {
+                Some(view) => cluster_model::controller::waiting_reasons(state, view, wall_ms()),
+                None => Vec::new(),
+            };
+            (nodes, state.packages.values().cloned().collect::<Vec<_>>(), state.witnesses.clone(), waiting)
         });
         for node in report.nodes.iter_mut() {
             node.witness = witnesses.contains(&node.name);
@@ -439,8 +494,11 @@ impl Dispatcher {
         if leading {
             report.warnings.extend(self.versions.warning(self.node.cluster_version()));
         }
+        for (key, why) in waiting {
+            report.warnings.push(format!("package {key} does not run: {why}"));
+        }
         for package in &packages {
-            let name = &package.def.name;
+            let name = &package.key();
             if package.phase == Phase::Blocked {
                 report.warnings.push(format!(
                     "package {name} is BLOCKED: {}",
@@ -519,8 +577,49 @@ fn slow_stop_warning(
     ))
 }
 
-fn apply_effect(current: Option<&cluster_model::PackageState>, new: &cluster_package::PackageDef) -> String {
-    cluster_model::Redefinition::of(current, new).describe()
+/// What `pkg apply` of `new` does, in words: for a package with one instance, its
+/// [`cluster_model::Redefinition`]; for several, each instance's, and those added or retired.
+fn apply_effect(state: &cluster_model::ClusterState, new: &cluster_package::PackageDef) -> String {
+    let instances: Vec<(&String, &cluster_model::PackageState)> = state.instances(&new.name).collect();
+    if !new.multi_instance() && instances.len() <= 1 {
+        return cluster_model::Redefinition::of(instances.first().map(|(_, package)| *package), new).describe();
+    }
+    if instances.is_empty() {
+        return "applied".into();
+    }
+    let effects: Vec<String> = instances
+        .iter()
+        .map(|(key, package)| format!("{key}: {}", cluster_model::Redefinition::of(Some(package), new).describe()))
+        .collect();
+    effects.join("; ")
+}
+
+/// The problems of `packages` taken with the cluster's other packages (the new definitions replace
+/// the applied ones of the same name), naming the packages.
+fn apply_set_errors(state: &cluster_model::ClusterState, packages: &[cluster_package::PackageDef]) -> Vec<String> {
+    let mut set: std::collections::BTreeMap<&str, &cluster_package::PackageDef> = std::collections::BTreeMap::new();
+    for package in state.packages.values() {
+        set.entry(package.def.name.as_str()).or_insert(&package.def);
+    }
+    for def in packages {
+        set.insert(def.name.as_str(), def);
+    }
+    let new: std::collections::BTreeSet<&str> = packages.iter().map(|def| def.name.as_str()).collect();
+    cluster_package::validate_set(set.into_values())
+        .into_iter()
+        .filter(|error| match error {
+            cluster_package::SetError::UnknownPackage { package, .. } => new.contains(package.as_str()),
+            cluster_package::SetError::Cycle { cycle } => cycle.iter().any(|step| new.contains(step.as_str())),
+            cluster_package::SetError::Contradiction { packages, .. } => {
+                packages.iter().any(|package| new.contains(package.as_str()))
+            }
+        })
+        .map(|error| error.to_string())
+        .collect()
+}
+
+fn package_of(key: &str) -> &str {
+    cluster_model::relations::package_of(key)
 }
 
 fn not_found(key: &str) -> Failure {
@@ -572,31 +671,66 @@ mod tests {
         cluster_package::parse_package("web.toml", &text).expect("valid package")
     }
 
+    fn state_with(package: Option<PackageState>) -> cluster_model::ClusterState {
+        let mut state = cluster_model::ClusterState::default();
+        if let Some(package) = package {
+            state.packages.insert(package.def.name.clone(), package);
+        }
+        state
+    }
+
     #[test]
     fn pkg_apply_says_what_it_restarts() {
         let old = def("\"n1\"", &["/bin/a", "/bin/b"]);
         let mut running = PackageState::new(old.clone(), 0);
         running.owner = Some("n1".into());
         running.phase = Phase::Running;
-        assert_eq!(apply_effect(None, &old), "applied");
-        assert_eq!(apply_effect(Some(&running), &old), "unchanged");
+        let running = state_with(Some(running));
+        assert_eq!(apply_effect(&state_with(None), &old), "applied");
+        assert_eq!(apply_effect(&running, &old), "unchanged");
         assert_eq!(
-            apply_effect(Some(&running), &def("\"n2\"", &["/bin/a", "/bin/b"])),
+            apply_effect(&running, &def("\"n2\"", &["/bin/a", "/bin/b"])),
             "definition replaced (placement or policy only: nothing restarts)"
         );
         assert_eq!(
-            apply_effect(Some(&running), &def("\"n1\"", &["/bin/a", "/bin/c"])),
+            apply_effect(&running, &def("\"n1\"", &["/bin/a", "/bin/c"])),
             "resources redefined: resource r1 and every later one restart on n1"
         );
         assert_eq!(
-            apply_effect(Some(&running), &def("\"n1\"", &["/bin/a"])),
+            apply_effect(&running, &def("\"n1\"", &["/bin/a"])),
             "resources redefined: the removed resources stop on n1"
         );
-        let stopped = PackageState::new(old, 0);
+        let stopped = state_with(Some(PackageState::new(old, 0)));
         assert_eq!(
-            apply_effect(Some(&stopped), &def("\"n1\"", &["/bin/c"])),
+            apply_effect(&stopped, &def("\"n1\"", &["/bin/c"])),
             "definition replaced (resources redefined: takes effect at its next start)"
         );
+    }
+
+    #[test]
+    fn pkg_apply_checks_the_new_packages_with_the_others_and_speaks_of_every_instance() {
+        let mut state = cluster_model::ClusterState::default();
+        let db = |extra: &str| {
+            let text = format!(
+                "name = \"db\"\n{extra}\n[[resource]]\nname = \"r\"\ntype = \"process\"\ncommand = [\"/bin/db\"]\n"
+            );
+            cluster_package::parse_package("db.toml", &text).expect("valid package")
+        };
+        let app_text = "name = \"app\"\ndepends = [{ package = \"db\", where = \"same-node\" }]\n[[resource]]\nname = \"r\"\ntype = \"process\"\ncommand = [\"/bin/app\"]\n";
+        let app = cluster_package::parse_package("app.toml", app_text).expect("valid package");
+        assert_eq!(
+            apply_set_errors(&state, std::slice::from_ref(&app)),
+            ["package `app` depends on `db`, which is not defined"]
+        );
+        assert!(apply_set_errors(&state, &[app.clone(), db("")]).is_empty(), "applied together");
+        state.apply(&Command::PkgApply { def: Box::new(db("instances = 2")), at_ms: 0 });
+        assert!(apply_set_errors(&state, &[app]).is_empty(), "db is in the cluster");
+        assert_eq!(
+            apply_effect(&state, &db("instances = 2\nfailback = \"auto\"")),
+            "db:0: definition replaced (placement or policy only: nothing restarts); db:1: definition replaced \
+             (placement or policy only: nothing restarts)"
+        );
+        assert_eq!(apply_effect(&cluster_model::ClusterState::default(), &db("instances = 2")), "applied");
     }
 
     /// Regression (issue 11): nothing warned that a package's stop can outlast the stop budget.

@@ -29,7 +29,16 @@ use crate::dispatch::Dispatcher;
 
 /// The clusterd node daemon.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "clusterd failover cluster manager: the node daemon",
+    long_about = "clusterd runs on every node of a cluster. It holds a member of the Raft quorum that keeps the \
+cluster's replicated state (settings, nodes, packages, their owner and epoch, events, a key-value map), serves \
+peers and remote clusterctl clients over mutual TLS and local ones over a root-only Unix socket, renews this \
+node's lease, and starts, monitors and stops the packages this node owns through their resource agents. It is \
+run by systemd (clusterd.service: Type=notify, WatchdogSec=, Delegate=yes); on SIGTERM it hands its packages \
+over to other nodes before it exits. Operate the cluster with clusterctl(1)."
+)]
 struct Args {
     /// Node configuration file.
     #[arg(long, default_value = "/etc/clusterd/clusterd.toml")]
@@ -40,10 +49,57 @@ struct Args {
     /// Log level: error, warn, info, debug or trace (also CLUSTERD_LOG).
     #[arg(long, env = "CLUSTERD_LOG", default_value = "info")]
     log_level: LevelFilter,
+    /// Write the man page clusterd.8, generated from these options, into DIR and exit (packaging).
+    #[arg(long, hide = true, value_name = "DIR")]
+    man_dir: Option<PathBuf>,
+}
+
+/// The sections of clusterd.8 that the option parser does not know.
+const MAN_PAGE_END: &str = r#".SH FILES
+.TP
+/etc/clusterd/clusterd.toml
+The node file (an example: /etc/clusterd/clusterd.toml.example).
+.TP
+/var/lib/clusterd
+The Raft log, vote and snapshots (data_dir).
+.TP
+/run/clusterd/clusterd.sock
+The local control socket used by clusterctl.
+.SH SEE ALSO
+clusterctl(1), systemd.service(5), /usr/share/doc/clusterd/
+"#;
+
+/// Writes DIR/clusterd.8 from the option parser itself, so that it never drifts from it.
+fn write_man_page(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create man page directory {}", dir.display()))?;
+    let path = dir.join("clusterd.8");
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Args::command())
+        .section("8")
+        .source(format!("clusterd {}", env!("CARGO_PKG_VERSION")))
+        .manual("clusterd")
+        .render(&mut page)
+        .with_context(|| format!("cannot render man page {}", path.display()))?;
+    page.extend_from_slice(MAN_PAGE_END.as_bytes());
+    std::fs::write(&path, page).with_context(|| format!("cannot write man page {}", path.display()))?;
+    Ok(path)
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(dir) = &args.man_dir {
+        return match write_man_page(dir) {
+            Ok(path) => {
+                println!("wrote {}", path.display());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("clusterd: {err:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     // The node file is read before logging starts: its `log_file` is where the log also goes.
     let config = NodeConfig::load(&args.config);
     let log_file = match config.as_ref().ok().and_then(|config| config.log_file.as_ref()) {
@@ -57,8 +113,14 @@ fn main() -> std::process::ExitCode {
         None => None,
     };
     let filter = Targets::new().with_default(args.log_level).with_target("openraft", LevelFilter::WARN);
+    // Under systemd stderr goes to the journal (JOURNAL_STREAM is set), which stamps every line
+    // itself and shows colour codes as text: plain lines without a time there.
+    let to_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let to_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(to_terminal);
+    let layer = if to_journal { layer.without_time().boxed() } else { layer.boxed() };
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(layer)
         .with(
             log_file.map(|file| tracing_subscriber::fmt::layer().with_writer(file).with_ansi(false).with_target(false)),
         )
@@ -107,6 +169,16 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    // The watchdog first: after a crash of the previous daemon its timer still runs, and must be
+    // petted again before anything slow (opening the log, electing) if that daemon's lease runs.
+    let watchdog = match &config.watchdog {
+        Some(section) => Some(
+            cluster_host::open_watchdog(&section.device)
+                .with_context(|| format!("cannot open the watchdog {}", section.device))?,
+        ),
+        None => None,
+    };
+    engine::rearm_after_restart(&engine::runtime_dir(&config.socket), watchdog.as_ref());
 
     let node = ConsensusNode::start(NodeOptions {
         name: config.node.clone(),
@@ -132,23 +204,42 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
     // watchdog, fences, applied events) are measured only when someone can scrape them.
     let metrics = metrics::Metrics::new();
     let measured = http.is_some();
-    let watchdog = match &config.watchdog {
-        Some(section) => Some(
-            cluster_host::open_watchdog(&section.device)
-                .with_context(|| format!("cannot open the watchdog {}", section.device))?,
-        ),
-        None => None,
-    };
     let watchdog = watchdog.map(|device| if measured { metrics.metered_watchdog(device) } else { device });
     let fencer: Arc<dyn cluster_host::Fencer> = Arc::new(cluster_host::AgentFencer);
     let fencer = if measured { metrics.metered_fencer(fencer) } else { fencer };
+    // Promotion scores of OCF agents (`crm_master`) land beside the socket, on the runtime
+    // filesystem: like Pacemaker's `-l reboot` attributes they end with a reboot.
+    let promotion_dir = config.socket.parent().unwrap_or(std::path::Path::new("/run/clusterd")).join("promotion");
+    cluster_agents::promotion::install(&promotion_dir)
+        .with_context(|| format!("cannot install the crm_master stand-in in {}", promotion_dir.display()))?;
     let agents = cluster_agents::AgentOptions {
         observer: measured.then(|| metrics.clone() as Arc<dyn cluster_agents::ActionObserver>),
+        node: Some(config.node.clone()),
+        promotion_dir: Some(promotion_dir),
         ..cluster_agents::AgentOptions::default()
     };
-    let host = cluster_host::Host::linux(cluster_host::ProcessConfig::default());
+    // Under systemd (Delegate=yes) leave the service's cgroup to the units: the daemon goes to `daemon`.
+    match cluster_host::enter_daemon_cgroup() {
+        Ok(Some(leaf)) => tracing::info!(cgroup = %leaf.display(), "moved into the daemon's cgroup"),
+        Ok(None) => {}
+        Err(err) => tracing::warn!("{err}; units may not be adopted after a restart"),
+    }
+    let host = cluster_host::Host::linux(cluster_host::ProcessConfig {
+        node: Some(config.node.clone()),
+        ..cluster_host::ProcessConfig::default()
+    });
     let witness = config.role == config::Role::Witness;
-    let engine = engine::Engine::new(node.clone(), host, agents, watchdog, fencer, witness);
+    let capacity = config.capacity().map_err(anyhow::Error::msg).context("invalid node file key `capacity`")?;
+    let engine = engine::Engine::new(
+        node.clone(),
+        host,
+        agents,
+        watchdog,
+        fencer,
+        engine::runtime_dir(&config.socket),
+        capacity,
+        witness,
+    );
     engine.start();
     diagnostics::init(diagnostics::Context {
         config_path: std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone()),

@@ -220,6 +220,11 @@ impl Metrics {
             }
             return;
         };
+        // Changes of role of promotable packages (`replica -> promoting`) are not phases.
+        let phases = ["stopped", "starting", "running", "stopping", "failed", "blocked"];
+        if !phases.contains(&from) || !phases.contains(&to) {
+            return;
+        }
         self.transitions.get_or_create(&vec![("from", from.to_owned()), ("to", to.to_owned())]).inc();
         if let Some(phase_ms) = event.phase_ms {
             self.phase_seconds.get_or_create(&vec![("phase", from.to_owned())]).observe(phase_ms as f64 / 1_000.0);
@@ -332,10 +337,11 @@ impl Metrics {
         let (packages, nodes, hooks, backlog) = node.read_local(|state| {
             let packages: Vec<PackageGauges> = state
                 .packages
-                .values()
-                .map(|package| PackageGauges {
-                    name: package.def.name.clone(),
+                .iter()
+                .map(|(key, package)| PackageGauges {
+                    name: key.clone(),
                     phase: package.phase,
+                    role: package.def.promotable.as_ref().map(|_| package.role),
                     owner: package.owner.clone(),
                     epoch: package.epoch,
                     restarts: package.restarts,
@@ -367,6 +373,7 @@ impl Metrics {
         let failures: Family<Labels, Gauge> = Family::default();
         let frozen: Family<Labels, Gauge> = Family::default();
         let desired: Family<Labels, Gauge> = Family::default();
+        let roles: Family<Labels, Gauge> = Family::default();
         let phases = [Phase::Stopped, Phase::Starting, Phase::Running, Phase::Stopping, Phase::Failed, Phase::Blocked];
         for package in &packages {
             let labels = vec![("package", package.name.clone())];
@@ -383,8 +390,24 @@ impl Metrics {
             failures.get_or_create(&labels).set(package.failures as i64);
             frozen.get_or_create(&labels).set(i64::from(package.frozen));
             desired.get_or_create(&labels).set(i64::from(package.desired_running));
+            if let Some(role) = package.role {
+                use cluster_model::Role;
+                for candidate in [Role::Replica, Role::Promoting, Role::Primary, Role::Demoting] {
+                    roles
+                        .get_or_create(&vec![
+                            ("package", package.name.clone()),
+                            ("role", candidate.as_str().to_owned()),
+                        ])
+                        .set(i64::from(role == candidate));
+                }
+            }
         }
         gauges.register("package_phase", "Each package's phase (1 for the current one)", phase);
+        gauges.register(
+            "package_role",
+            "Each instance of a promotable package: its role (1 for the current one)",
+            roles,
+        );
         gauges.register("package_owner", "Each package's owner (1; no series while it has none)", owner);
         gauges.register("package_epoch", "Each package's epoch (its fencing token; +1 per owner change)", epoch);
         gauges.register("package_restarts", "Local restarts of the package at its current owner", restarts);
@@ -461,8 +484,11 @@ impl Metrics {
 }
 
 struct PackageGauges {
+    /// The instance's key (`web`, `db:1`).
     name: String,
     phase: Phase,
+    /// Promotable packages: the instance's role.
+    role: Option<cluster_model::Role>,
     owner: Option<String>,
     epoch: u64,
     restarts: u32,

@@ -181,9 +181,14 @@ async fn status_json(web: &Web) -> serde_json::Value {
                 .packages
                 .iter()
                 .map(|package| {
+                    // An instance of a promotable package shows its role with the phase.
+                    let phase = match (&package.def.promotable, &package.owner) {
+                        (Some(_), Some(_)) => format!("{} ({})", package.phase.as_str(), package.role.as_str()),
+                        _ => package.phase.as_str().to_owned(),
+                    };
                     json!({
-                        "name": package.def.name,
-                        "phase": package.phase.as_str(),
+                        "name": package.key(),
+                        "phase": phase,
                         "owner": package.owner,
                         "epoch": package.epoch,
                         "since_ms": package.since_ms,

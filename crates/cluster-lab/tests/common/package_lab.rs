@@ -138,6 +138,7 @@ impl Fixture {
                 processes: vec![PROCESS.into()],
                 probes: vec![PROBE.parse().unwrap()],
                 interval: Duration::from_millis(10),
+                files: Vec::new(),
             },
             None,
         )

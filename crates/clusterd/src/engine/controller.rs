@@ -112,6 +112,7 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
         }
         let snapshot = engine.snapshot();
         settle_leases(&engine).await;
+        confirm_expiries(&engine, &snapshot).await;
         // The view and the plan number are taken under one lock: a renewal recorded after this
         // point is in the view, one recorded before waits for this plan (see `Engine::grant`).
         let viewed_at = std::time::Instant::now();
@@ -153,6 +154,40 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
             () = tokio::time::sleep(sleep) => {}
         }
     }
+}
+
+/// Nodes whose lease ended by this leader's table are expired only once a majority of voters
+/// confirmed that none kept their lease since (docs/safety.md, "Leases that survive a leader's
+/// loss"): ask them now, before the view is taken. Members, and owners that are no longer members.
+async fn confirm_expiries(engine: &Engine, snapshot: &super::Snapshot) {
+    let settings = engine.settings();
+    let mut nodes: Vec<String> = engine.node.members().into_iter().map(|member| member.name).collect();
+    for owner in snapshot.state.packages.values().filter_map(|package| package.owner.as_ref()) {
+        if !nodes.contains(owner) {
+            nodes.push(owner.clone());
+        }
+    }
+    nodes.retain(|node| *node != engine.me);
+    let pending = {
+        let table = engine.table.lock().expect("lease table lock");
+        table.awaiting_confirmation(nodes.iter().map(String::as_str), now(), &settings)
+    };
+    if pending.is_empty() {
+        return;
+    }
+    // Only a leader a quorum confirmed asks: each answer (its own included) promises refusals, and a
+    // leader restarted into its old term (openraft brings a restarted leader back as leader until it
+    // meets the newer term) would otherwise make itself refuse the keeps of live nodes.
+    let asked = std::time::Instant::now();
+    engine.node.heartbeat_now().await;
+    if engine.node.confirm_after(asked).await.is_err() {
+        tracing::info!(
+            nodes = %pending.join(", "),
+            "leases ended here, but their expiry is not confirmed: leadership not confirmed by a quorum (nothing moves)"
+        );
+        return;
+    }
+    engine.confirm_expiries(pending, &settings).await;
 }
 
 /// After a shortening of the lease: once every lease granted with the old, longer wait has ended
@@ -197,6 +232,18 @@ async fn run_actions(
             Action::Fence { node, reason } => fences.push((node, reason)),
         }
     }
+    // A leader never fences itself (it could not record the fence, and the next leader would fence
+    // it again): when a stop failed here and this node has a fence device, it hands leadership over
+    // and the next leader fences it.
+    if let Some(at) = fences.iter().position(|(node, _)| *node == engine.me) {
+        let (_, reason) = fences.remove(at);
+        tracing::warn!(%reason, "this node must be fenced: handing leadership over so that another node fences it");
+        match engine.node.hand_over_leadership().await {
+            Ok(Some(successor)) => tracing::info!(%successor, "leadership handed over"),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "leadership not handed over"),
+        }
+    }
     if !fences.is_empty() {
         engine.node.heartbeat_now().await;
         match engine.node.confirm_after(viewed_at).await {
@@ -214,8 +261,24 @@ async fn run_actions(
     // Each assignment is conditional on its own package's epoch, so their order does not
     // matter: a bounded number in flight relocates a dead node's hundreds of packages in a
     // few Raft rounds, without flooding the log (all at once starved the leases: scale
-    // benchmark, docs/benchmarks-scale.md).
-    let outcomes: Vec<bool> = futures::stream::iter(proposals)
+    // benchmark, docs/benchmarks-scale.md). Promotions go after them: they may count on a
+    // release of the same plan (the state machine refuses one that comes first).
+    let (later, first): (Vec<Command>, Vec<Command>) =
+        proposals.into_iter().partition(cluster_model::controller::after_the_others);
+    let mut outcomes = propose_all(engine, first).await;
+    outcomes.extend(propose_all(engine, later).await);
+    let uncertain = outcomes.contains(&false);
+    if uncertain {
+        // A failed write may still commit: let it apply (or time out) before grants go on.
+        let last = engine.node.last_log_index();
+        engine.node.wait_applied_after(last.saturating_sub(1), UNCERTAIN_WRITE_WAIT).await;
+    }
+    engine.table.lock().expect("lease table lock").end_plan(plan_number);
+}
+
+/// Proposes `proposals`, a bounded number at once; for each, whether it was committed.
+async fn propose_all(engine: &Arc<Engine>, proposals: Vec<Command>) -> Vec<bool> {
+    futures::stream::iter(proposals)
         .map(|command| {
             let engine = engine.clone();
             async move {
@@ -233,14 +296,7 @@ async fn run_actions(
         })
         .buffer_unordered(PROPOSALS_IN_FLIGHT)
         .collect()
-        .await;
-    let uncertain = outcomes.contains(&false);
-    if uncertain {
-        // A failed write may still commit: let it apply (or time out) before grants go on.
-        let last = engine.node.last_log_index();
-        engine.node.wait_applied_after(last.saturating_sub(1), UNCERTAIN_WRITE_WAIT).await;
-    }
-    engine.table.lock().expect("lease table lock").end_plan(plan_number);
+        .await
 }
 
 /// Proposals of one plan in flight at once.
@@ -254,6 +310,7 @@ fn describe(command: &Command) -> String {
         Command::Assign { package, owner, phase, reason, .. } => {
             format!("package {package}: {} on {} ({reason})", phase.as_str(), owner.as_deref().unwrap_or("no node"))
         }
+        Command::SetRole { package, role, reason, .. } => format!("package {package}: {} ({reason})", role.as_str()),
         other => format!("{other:?}"),
     }
 }

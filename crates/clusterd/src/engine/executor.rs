@@ -16,6 +16,11 @@
 //!    anything else while active (not owner, stopping, lease at its stop budget) ──> stop it
 //!    owner = me, phase stopping, nothing active ──> report Stopped
 //!  a start is aborted (and the package stopped) if the lease reaches its stop budget meanwhile
+//!  a dependent starts only once what it depends on runs here (same-node: its worker here runs it and
+//!  reported it running) or where it must by the applied state (any-node, different-node)
+//!  promotable, running here: promote while the state says promoting/primary (report Promoted), demote
+//!  while it says replica/demoting (report Demoted); a stop demotes first; the agents' promotion
+//!  score is reported when it changes
 //! ```
 //!
 //! An idle node therefore does no work per package apart from the monitors it runs.
@@ -24,8 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_agents::{MonitorState, PackageRunner, RunError};
-use cluster_model::{ClusterState, Command, LeaseStatus, PackageState, Phase, Report, ResourceStatus, Settings};
+use cluster_agents::{PackageRunner, RunError};
+use cluster_model::{ClusterState, Command, LeaseStatus, PackageState, Phase, Report, ResourceStatus, Role, Settings};
 use cluster_package::PackageDef;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -66,6 +71,12 @@ pub(crate) async fn supervise(engine: Arc<Engine>) {
             Some(index) => engine.node.wait_applied_after(index, REAP).await,
         };
         if last != Some(applied) {
+            if last.is_none() {
+                // A restarted daemon counts the packages its predecessor may have run as active until
+                // their workers probe them; one that no longer exists has no worker.
+                let known = engine.node.read_local(|state| state.packages.keys().cloned().collect::<BTreeSet<_>>());
+                engine.active.lock().expect("active lock").retain(|name| known.contains(name));
+            }
             next_event = Some(publish(&engine, &mut workers, applied, next_event));
             last = Some(applied);
         }
@@ -173,6 +184,10 @@ fn same_except_definition(a: &PackageState, b: &PackageState) -> bool {
         last_failure,
         resources,
         blocked_reason,
+        role,
+        score,
+        retired,
+        instance,
     } = a;
     *epoch == b.epoch
         && *phase == b.phase
@@ -188,6 +203,10 @@ fn same_except_definition(a: &PackageState, b: &PackageState) -> bool {
         && *blocked_reason == b.blocked_reason
         && *failures == b.failures
         && *banned == b.banned
+        && *role == b.role
+        && *score == b.score
+        && *retired == b.retired
+        && *instance == b.instance
 }
 
 /// Publishes whether this node's lease is at its stop budget (or absent), the moment it flips: it
@@ -355,7 +374,7 @@ impl Worker {
     }
 
     fn replace_runner(&mut self, def: &PackageDef) {
-        let runner = PackageRunner::new(def, &self.engine.host, &self.engine.agents);
+        let runner = PackageRunner::for_instance(def, &self.name, &self.engine.host, &self.engine.agents);
         self.runner = Some((def.clone(), Arc::new(runner)));
     }
 
@@ -428,10 +447,13 @@ impl Worker {
         let me = self.engine.me.clone();
         let holder = *self.engine.holder.lock().expect("lease lock");
         let mut wait = Wait::default();
-        // Nothing is decided before this node holds a lease on a state at least as recent as the
-        // grant: an old or partial state must not make it start or stop anything.
+        // Nothing is decided before this node holds a lease: a grant on a state at least as recent
+        // as the grant (an old or partial state must not make it start anything), or the lease of
+        // the daemon this one replaces, which lets it probe and adopt what runs (keep-only: while it
+        // runs, no package moves away from this node without its own report).
         let may_start = holder.may_start(now(), applied, settings);
-        if !may_start && !self.probed {
+        let lease_valid = holder.status(now(), settings) == LeaseStatus::Valid;
+        if !may_start && !lease_valid && !self.probed {
             wait.may_start = true;
             return wait;
         }
@@ -499,8 +521,12 @@ impl Worker {
             Some(_) => {
                 if package.phase == Phase::Starting {
                     self.report(package, Report::Running { resources: self.resource_states(package) }).await;
+                } else if package.def.promotable.is_some() && self.reconcile_role(package, settings).await {
+                    wait.again = true;
+                    return wait;
                 }
                 self.monitor(package).await;
+                self.report_score(package).await;
                 if self.active.is_some() {
                     wait.at = self.next_monitor.values().min().copied();
                 }
@@ -520,6 +546,11 @@ impl Worker {
                 let report =
                     Report::ResourceFailed { resource: "package".into(), reason: format!("not running on {me}") };
                 self.report(package, report).await;
+            }
+            None if mine && package.phase == Phase::Starting && !self.dependencies_ready(package) => {
+                // Woken again by the applied entry that says what it needs runs (its worker here
+                // reports it running only once it started it).
+                wait.may_start = true;
             }
             None if mine && package.phase == Phase::Starting => {
                 if self.start(package, settings).await {
@@ -559,7 +590,123 @@ impl Worker {
     }
 
     fn resource_states(&self, package: &PackageState) -> Vec<ResourceStatus> {
-        package.def.resources.iter().map(|r| ResourceStatus { name: r.name.clone(), state: "running".into() }).collect()
+        let promoted = self.runner.as_ref().is_some_and(|(_, runner)| runner.promoted());
+        let state = |resource: &str| match (package.def.primary_only(resource), promoted) {
+            (true, false) => "stopped (primary only)",
+            _ => "running",
+        };
+        package
+            .def
+            .resources
+            .iter()
+            .map(|r| ResourceStatus { name: r.name.clone(), state: state(&r.name).into() })
+            .collect()
+    }
+
+    /// Whether what `package` depends on runs where it must, for a start here: on this node, an
+    /// instance this node runs (its worker started it: the state says `running`) and keeps active;
+    /// elsewhere, by the applied state. After a lease lapse every package restarts at once: a
+    /// dependent must not start before what it needs here (simulation: `no_local_dependency_guard`).
+    fn dependencies_ready(&self, package: &PackageState) -> bool {
+        if package.def.depends.is_empty() {
+            return true;
+        }
+        let me = self.engine.me.as_str();
+        let active = self.engine.active.lock().expect("active lock").clone();
+        self.engine.node.read_local(|state| {
+            package.def.depends.iter().all(|dependency| match dependency.location {
+                cluster_package::Location::SameNode => state.instances(&dependency.package).any(|(key, other)| {
+                    other.owner.as_deref() == Some(me) && other.phase == Phase::Running && active.contains(key)
+                }),
+                _ => cluster_model::relations::unmet_dependency(state, dependency, me).is_none(),
+            })
+        })
+    }
+
+    /// Promotes or demotes a package active here as its replicated role says (only while it runs
+    /// here on a valid lease: the caller keeps it), and reports what it did. Returns true when the
+    /// package was stopped (a failed promotion or demotion, or the lease at its stop budget meanwhile):
+    /// the caller looks again.
+    async fn reconcile_role(&mut self, package: &PackageState, settings: &Settings) -> bool {
+        let Some((_, runner)) = &self.runner else { return false };
+        let runner = runner.clone();
+        let Some(epoch) = self.active else { return false };
+        let want = package.role.wants_promoted() && package.phase == Phase::Running;
+        let promoted = runner.promoted();
+        if want == promoted {
+            match package.role {
+                Role::Promoting if promoted => self.report(package, Report::Promoted).await,
+                Role::Demoting if !promoted => {
+                    self.report(package, Report::Demoted { reason: "demoted".into() }).await;
+                }
+                _ => {}
+            }
+            return false;
+        }
+        let engine = self.engine.clone();
+        let what = if want { "promoting" } else { "demoting" };
+        tracing::info!(package = %self.name, epoch, "{what}");
+        let outcome = tokio::select! {
+            biased;
+            _ = lease_lapse(&engine, settings) => None,
+            outcome = async { if want { runner.promote(epoch).await } else { runner.demote(epoch).await } } => Some(outcome),
+        };
+        self.report_score(package).await;
+        match outcome {
+            Some(Ok(_)) if want => {
+                // Its primary-only resources are monitored from now on.
+                self.next_monitor.clear();
+                if package.role == Role::Promoting {
+                    self.report(package, Report::Promoted).await;
+                }
+                false
+            }
+            Some(Ok(_)) => {
+                if package.role != Role::Replica {
+                    self.report(package, Report::Demoted { reason: "demoted".into() }).await;
+                }
+                false
+            }
+            None => {
+                tracing::warn!(package = %self.name, epoch, "lease reached its stop budget while {what}: stopping");
+                self.stop(epoch, "lease at its stop budget").await.is_ok()
+            }
+            Some(Err(err)) => {
+                // A failed promotion was undone (or not: then it may still be promoted), a failed
+                // demotion leaves it possibly promoted: either way it stops here (demoted first),
+                // and the restart budget decides what comes next; its role is freed only by its
+                // own Demoted or Stopped report, or under the lease rules.
+                tracing::warn!(package = %self.name, epoch, error = %err, "{what} failed: stopping");
+                let resource = match &err {
+                    RunError::StartFailed { failure, .. } => failure.resource.clone(),
+                    RunError::StopFailed { failures, .. } => {
+                        failures.first().map_or("package".to_owned(), |failure| failure.resource.clone())
+                    }
+                    _ => "package".to_owned(),
+                };
+                match self.stop(epoch, "promotion or demotion failed").await {
+                    Ok(()) => {
+                        let report = Report::ResourceFailed { resource, reason: format!("{what} failed: {err}") };
+                        self.report(package, report).await;
+                    }
+                    Err(reason) => self.report(package, Report::StopFailed { reason }).await,
+                }
+                true
+            }
+        }
+    }
+
+    /// Reports the promotion score the agents set, when it differs from the replicated one.
+    async fn report_score(&mut self, package: &PackageState) {
+        let Some(promotable) = &package.def.promotable else { return };
+        if promotable.promote.is_empty() || package.owner.as_deref() != Some(self.engine.me.as_str()) {
+            return;
+        }
+        let Some((_, runner)) = &self.runner else { return };
+        let score = if self.active.is_some() { runner.promotion_score() } else { None };
+        if score != package.score && matches!(package.phase, Phase::Starting | Phase::Running) {
+            self.report(package, Report::Score { score }).await;
+        }
     }
 
     /// First look after the daemon starts: adopt what runs correctly and is ours, stop the rest.
@@ -580,12 +727,23 @@ impl Worker {
             Waited::Interrupted => return,
         };
         self.probed = true;
-        let running = results.iter().filter(|r| matches!(r.state, Ok(MonitorState::Running))).count();
+        let is_running = |result: &cluster_agents::ProbeResult| {
+            matches!(
+                result.state,
+                Ok(cluster_agents::MonitorState::Running | cluster_agents::MonitorState::RunningPromoted)
+            )
+        };
+        // Primary-only resources run on a promoted instance only: the rest decides the adoption
+        // (a promoted instance the state does not want promoted is then demoted).
+        let running = results.iter().filter(|r| !r.primary_only && is_running(r)).count();
+        let started = results.iter().filter(|r| !r.primary_only).count();
         let mine = package.owner.as_deref() == Some(self.engine.me.as_str());
-        if running == 0 && results.iter().all(|r| r.state.is_ok()) {
+        if running == 0 && !results.iter().any(is_running) && results.iter().all(|r| r.state.is_ok()) {
+            // (A restarted daemon counted it active until now: the previous one may have run it.)
+            self.engine.set_active(&self.name, false);
             return;
         }
-        if running == results.len() && mine && matches!(package.phase, Phase::Starting | Phase::Running) {
+        if running == started && mine && matches!(package.phase, Phase::Starting | Phase::Running) {
             tracing::info!(package = %self.name, epoch, "adopted: every resource already runs here");
             self.engine.set_active(&self.name, true);
             self.engine.tend_watchdog_now();
@@ -680,24 +838,28 @@ impl Worker {
         }
         let Some(epoch) = self.active else { return };
         let at = now();
+        let runner = self.runner.as_ref().expect("runner of an active package").1.clone();
+        let promoted = runner.promoted();
         let due: Vec<(String, Duration)> = package
             .def
             .resources
             .iter()
             .filter(|r| self.next_monitor.get(&r.name).is_some_and(|next| *next <= at))
+            .filter(|r| runner.monitored(&r.name, promoted))
             .map(|r| (r.name.clone(), r.monitor.interval))
             .collect();
         for (resource, interval) in due {
             self.next_monitor.insert(resource.clone(), at + interval);
-            let runner = self.runner.as_ref().expect("runner of an active package").1.clone();
             let result = match self.interruptible(runner.monitor(&resource, epoch)).await {
                 Waited::Done(result) => result,
                 // Dropped (its agent's process group is killed); the next round acts on the change.
                 Waited::Interrupted => return,
             };
             let failure = match result {
-                Ok(MonitorState::Running) => continue,
-                Ok(MonitorState::NotRunning) => "not running".to_owned(),
+                Ok(state) => match runner.monitor_failure(&resource, state) {
+                    None => continue,
+                    Some(failure) => failure,
+                },
                 Err(err) => err.to_string(),
             };
             tracing::warn!(package = %self.name, %resource, %failure, "monitor failed");

@@ -89,13 +89,19 @@ impl Engine {
 /// announcements in [`announce_loop`] (a proposal can wait up to 5 s for a slow leader, which once
 /// held renewals and pets back long enough to lose the lease: issue 11, trap E).
 pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
+    let mut persisted = super::runtime::LeaseFile::default();
+    // The first round at once: a daemon restarted with its predecessor's lease has little of it left.
+    let mut first = true;
     loop {
         let settings = engine.snapshot().state.settings.clone();
-        tokio::time::sleep(settings.heartbeat()).await;
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(settings.heartbeat()).await;
+        }
         if engine.lease_given_up() {
             tend_watchdog(&engine, &settings);
             continue;
         }
+        engine.keep_if_no_grant(now(), &settings);
         if let Some(leader) = engine.node.leader() {
             let engine = engine.clone();
             let settings = settings.clone();
@@ -133,7 +139,30 @@ pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
             });
         }
         tend_watchdog(&engine, &settings);
+        persisted = persist_lease(&engine, &settings, persisted);
     }
+}
+
+/// Leaves the lease in the runtime folder for a daemon restarted after a crash (`runtime.rs`),
+/// when it changed since the last write.
+pub(super) fn persist_lease(
+    engine: &Engine,
+    settings: &cluster_model::Settings,
+    last: super::runtime::LeaseFile,
+) -> super::runtime::LeaseFile {
+    let current = super::runtime::LeaseFile {
+        end: engine.holder.lock().expect("lease lock").end(),
+        stop_budget: settings.stop_budget(),
+        watchdog_armed: engine.watchdog.as_ref().is_some_and(|watchdog| watchdog.is_armed()),
+        active: engine.active.lock().expect("active lock").iter().cloned().collect(),
+    };
+    if current == last {
+        return last;
+    }
+    if let Err(err) = super::runtime::write(&engine.runtime_dir, super::runtime::LEASE_FILE, &current) {
+        tracing::warn!(dir = %engine.runtime_dir.display(), error = %err, "cannot record the lease for a restart");
+    }
+    current
 }
 
 /// Announces the node (`NodeHello`) once it holds a lease, and again (`NodeWatchdog`) whenever its

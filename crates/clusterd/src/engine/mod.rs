@@ -9,10 +9,13 @@
 //! ```
 //! The protocol and its safety argument: docs/safety.md.
 
+mod capacity;
 mod controller;
 mod executor;
+mod keeps;
 mod leases;
 mod role;
+mod runtime;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,10 +27,11 @@ use cluster_api::PeerRpc;
 use cluster_host::Fencer;
 use cluster_host::Host;
 use cluster_host::Watchdog;
-use cluster_model::{ClusterState, Command, CommandOutcome, LeaseHolder, LeaseTable, Phase, Settings};
+use cluster_model::{ClusterState, Command, CommandOutcome, KeepLedger, LeaseHolder, LeaseTable, Phase, Settings};
 use cluster_raft::{ConsensusError, ConsensusNode};
 use tokio::sync::{watch, Notify};
 
+pub(crate) use keeps::{runtime_dir, ExpiryCheck, KeepRequest};
 pub(crate) use leases::{LeaseGrant, LeaseRequest};
 
 /// The applied replicated state (at least as recent as `applied`), as the engine reads it: settings,
@@ -78,6 +82,13 @@ pub(crate) struct Engine {
     nowayout_noted: AtomicBool,
     /// The node file says `role = "witness"`.
     witness: bool,
+    /// This node as a voter: the keep renewals it acknowledged, the refusals it promised.
+    ledger: Mutex<KeepLedger>,
+    /// The runtime folder (tmpfs: the socket's folder): what must outlive a restart of the daemon
+    /// but not a reboot.
+    runtime_dir: std::path::PathBuf,
+    /// What this node offers to packages' `needs` (node file), announced by `capacity::announce_loop`.
+    capacity: std::collections::BTreeMap<String, u64>,
 }
 
 /// Whether `watchdog` protects a node whose stop budget is `stop_budget`: `Ok(its description)`,
@@ -103,6 +114,44 @@ fn fits_stop_budget(watchdog: &dyn Watchdog, stop_budget: Duration) -> bool {
     stop_budget >= watchdog.shortest_timeout()
 }
 
+/// The lease of the previous daemon of this boot, from the runtime folder, if it still runs with
+/// its stop budget left: its end and the packages that may be active here.
+fn restored_lease(runtime_dir: &std::path::Path) -> Option<(Duration, BTreeSet<String>)> {
+    let file = match runtime::read::<runtime::LeaseFile>(runtime_dir, runtime::LEASE_FILE) {
+        Ok(file) => file?,
+        Err(err) => {
+            tracing::warn!(error = %err, "unreadable lease of the previous daemon: starting without a lease");
+            return None;
+        }
+    };
+    let end = file.end.filter(|end| now() + file.stop_budget < *end)?;
+    tracing::info!(
+        remaining_ms = end.saturating_sub(now()).as_millis() as u64,
+        packages = %file.active.join(", "),
+        "the previous daemon's lease still runs: adopting what runs, starting nothing before a grant"
+    );
+    Some((end, file.active.into_iter().collect()))
+}
+
+/// Right after a restart of the daemon, before anything slow: if the previous daemon of this boot
+/// armed the watchdog and its lease still runs with the stop budget left, arm (hence pet) the
+/// watchdog again now, so that it does not reset the node while this daemon starts (issue 14,
+/// item 2). The engine takes the armed device over.
+pub(crate) fn rearm_after_restart(runtime_dir: &std::path::Path, watchdog: Option<&Arc<dyn Watchdog>>) {
+    let Some(watchdog) = watchdog else { return };
+    let Ok(Some(file)) = runtime::read::<runtime::LeaseFile>(runtime_dir, runtime::LEASE_FILE) else { return };
+    let valid = file.end.is_some_and(|end| now() + file.stop_budget < end);
+    if !(valid && file.watchdog_armed) {
+        return;
+    }
+    match watchdog.arm(file.stop_budget) {
+        Ok(()) => {
+            tracing::info!(device = %watchdog.describe(), "watchdog re-armed: the previous daemon's lease still runs")
+        }
+        Err(err) => tracing::error!(error = %err, "watchdog could not be re-armed after the restart"),
+    }
+}
+
 /// The lease clock (`CLOCK_BOOTTIME`: it counts a suspend), as a duration since an arbitrary
 /// origin. Every lease decision of this node reads it.
 pub(crate) fn now() -> Duration {
@@ -115,26 +164,36 @@ pub(crate) fn wall_ms() -> u64 {
 }
 
 impl Engine {
+    #[allow(clippy::too_many_arguments)] // the composition root's parts, each named
     pub(crate) fn new(
         node: Arc<ConsensusNode>,
         host: Host,
         agents: AgentOptions,
         watchdog: Option<Arc<dyn Watchdog>>,
         fencer: Arc<dyn Fencer>,
+        runtime_dir: std::path::PathBuf,
+        capacity: std::collections::BTreeMap<String, u64>,
         witness: bool,
     ) -> Arc<Engine> {
         let me = node.me().name.clone();
+        let ledger = keeps::load_ledger(&runtime_dir);
+        // The lease of the daemon this one replaces (same boot), while it still runs: keep what runs
+        // (those packages count as active until probed), start nothing before a grant.
+        let (holder, active) = match restored_lease(&runtime_dir) {
+            Some((end, active)) => (LeaseHolder::restored(end), active),
+            None => (LeaseHolder::default(), BTreeSet::new()),
+        };
         Arc::new(Engine {
             node,
             me,
             host,
             agents,
-            holder: Mutex::new(LeaseHolder::default()),
+            holder: Mutex::new(holder),
             table: Mutex::new(LeaseTable::default()),
             watchdog,
             fencer,
             fencing: Mutex::new(BTreeSet::new()),
-            active: Mutex::new(BTreeSet::new()),
+            active: Mutex::new(active),
             snapshot: Mutex::new(None),
             settings: watch::channel(Arc::new(Settings::default())).0,
             applied: watch::channel(0).0,
@@ -147,6 +206,9 @@ impl Engine {
             watchdog_armed_for: Mutex::new(None),
             nowayout_noted: AtomicBool::new(false),
             witness,
+            ledger: Mutex::new(ledger),
+            runtime_dir,
+            capacity,
         })
     }
 
@@ -156,6 +218,7 @@ impl Engine {
         tokio::spawn(executor::watch_lease(self.clone()));
         tokio::spawn(leases::heartbeat_loop(self.clone()));
         tokio::spawn(leases::announce_loop(self.clone()));
+        tokio::spawn(capacity::announce_loop(self.clone()));
         tokio::spawn(controller::controller_loop(self.clone()));
         if self.witness {
             tokio::spawn(role::announce_witness(self.clone()));
@@ -311,6 +374,8 @@ impl Engine {
             Err(err) => tracing::warn!(error = %err, "stopping: leadership not handed over"),
         }
         self.tend_watchdog_now();
+        let settings = self.settings();
+        leases::persist_lease(self, &settings, runtime::LeaseFile::default());
         let left: Vec<String> = self.active.lock().expect("active lock").iter().cloned().collect();
         if left.is_empty() {
             tracing::info!("stopping: no package is active here");
@@ -326,16 +391,15 @@ impl Engine {
 
     /// Waits until nothing but frozen or blocked packages is active here and, when `owned`, until
     /// the applied state gives this node no package but those; false if `deadline` came first.
-    /// Without `owned` (the lease was given up) frozen packages are waited for too: the lease
-    /// outranks the freeze, so they are being stopped, and a daemon that exited in the middle left
-    /// them running unknown to the cluster, which reassigned them after an unfreeze (simulation,
-    /// seed 19 of the witness test in lease-only mode).
+    /// Once the lease is given up (`owned` false) frozen packages are stopped too (the lease
+    /// outranks the freeze), and waited for: exiting during their stop would leave them running
+    /// with nothing to stop them, on a node the cluster may not even know is leaving.
     async fn wait_until_left(&self, deadline: Instant, owned: bool) -> bool {
         loop {
             let snapshot = self.snapshot();
             let packages = &snapshot.state.packages;
             let kept =
-                |name: &str| packages.get(name).is_some_and(|p| p.phase == Phase::Blocked || (owned && p.frozen));
+                |name: &str| packages.get(name).is_some_and(|p| (owned && p.frozen) || p.phase == Phase::Blocked);
             let active_here = self.active.lock().expect("active lock").iter().any(|name| !kept(name));
             let owned_here = owned
                 && packages.iter().any(|(name, package)| package.owner.as_deref() == Some(&self.me) && !kept(name));
