@@ -58,3 +58,30 @@ fn every_v0_1_response_frame_decodes_and_encodes_back_to_the_same_bytes() {
     let Response::Client(Err(err)) = response else { panic!("{response:?}") };
     assert_eq!((err.kind, err.current.as_deref()), (ErrorKind::CasMismatch, Some("v")));
 }
+
+/// Package relations (issue 13) never reach v0.1.0: a `pkg apply` that uses one is refused in its
+/// protocol, naming the field and the version; a plain one travels unchanged; the new `pkg
+/// status` reply reaches a v0.1.0 client as the packages it knows (why some wait left out).
+#[test]
+fn package_relations_are_refused_in_v0_1s_protocol_and_left_out_of_its_replies() {
+    let parse = |extra: &str| {
+        let text = format!(
+            "name = \"app\"\n{extra}\n[[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"192.0.2.1/24\"\n\
+             interface = \"eth0\"\n"
+        );
+        cluster_package::parse_package("app.toml", &text).expect("valid package")
+    };
+    let apply = |def| Request::Client { request: ClientRequest::PkgApply { packages: vec![def] }, forwarded: false };
+    let err = encode_request(&apply(parse("needs = { slots = 1 }")), PROTOCOL_V0_1).unwrap_err().to_string();
+    assert_eq!(err, "package `app` uses `needs`, which needs cluster version 0.2.0");
+    let plain = apply(parse(""));
+    let frame = encode_request(&plain, PROTOCOL_V0_1).unwrap();
+    assert_eq!(decode_request(&frame).unwrap(), (PROTOCOL_V0_1, plain));
+
+    let package = cluster_model::PackageState::new(parse(""), 5);
+    let reply =
+        ClientReply::PackageStatus { packages: vec![package.clone()], waiting: vec![("app".into(), "x".into())] };
+    let frame = encode_response(Response::Client(Ok(reply)), PROTOCOL_V0_1).unwrap();
+    let (_, response) = decode_response(&frame).unwrap();
+    assert_eq!(response, Response::Client(Ok(ClientReply::Packages { packages: vec![package] })));
+}

@@ -332,3 +332,98 @@ pub fn state_to_v0_1(state: &ClusterState) -> Result<v0_1::ClusterState, NeedsVe
         next_event: state.next_event,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CommandOutcome, Report, Role};
+
+    fn def(extra: &str) -> cluster_package::PackageDef {
+        let text = format!(
+            "name = \"app\"\n{extra}\n[[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"192.0.2.1/24\"\n\
+             interface = \"eth0\"\n"
+        );
+        cluster_package::parse_package("app.toml", &text).expect("valid package")
+    }
+
+    /// What package relations (issue 13) add cannot reach a v0.1.0 member: a definition using one
+    /// and a promotion report need 0.2.0, are refused before the log at cluster version 1 and
+    /// rejected if applied there; a plain definition travels in v0.1.0's shape and back unchanged.
+    #[test]
+    fn relations_and_promotion_reports_need_version_0_2_and_plain_packages_travel_unchanged() {
+        for (extra, field) in [
+            ("depends = [{ package = \"db\", where = \"same-node\" }]", "depends"),
+            ("instances = 2", "instances"),
+            ("needs = { slots = 1 }", "needs"),
+        ] {
+            let command = Command::PkgApply { def: Box::new(def(extra)), at_ms: 1 };
+            assert_eq!(command.required_version(), ClusterVersion::V0_2, "{field}");
+            let err = command_to_v0_1(&command).unwrap_err().to_string();
+            assert_eq!(err, format!("package `app` uses `{field}`, which needs cluster version 0.2.0"));
+            let mut state = ClusterState::genesis();
+            let CommandOutcome::Rejected { reason } = state.apply(&command) else { panic!("{field} applied") };
+            assert_eq!(
+                reason,
+                format!(
+                    "package `app` uses `{field}`, which needs cluster version 0.2.0, and the cluster runs at 0.1.0"
+                )
+            );
+            assert!(state.packages.is_empty());
+        }
+        let plain = Command::PkgApply { def: Box::new(def("")), at_ms: 1 };
+        assert_eq!(plain.required_version(), ClusterVersion::V0_1);
+        let old = command_to_v0_1(&plain).unwrap();
+        assert_eq!(
+            Command::from(postcard::from_bytes::<v0_1::Command>(&postcard::to_allocvec(&old).unwrap()).unwrap()),
+            plain
+        );
+
+        let report = |report| Command::Report { package: "app".into(), node: "n1".into(), epoch: 1, report, at_ms: 2 };
+        for promotion in [Report::Promoted, Report::Demoted { reason: "x".into() }, Report::Score { score: Some(1) }] {
+            let command = report(promotion);
+            assert_eq!(
+                command_to_v0_1(&command).unwrap_err().to_string(),
+                "a promotion report needs cluster version 0.2.0"
+            );
+        }
+        let stopped = report(Report::Stopped);
+        assert_eq!(Command::from(command_to_v0_1(&stopped).unwrap()), stopped);
+        for new in [
+            Command::SetRole {
+                package: "app".into(),
+                expected_epoch: 1,
+                role: Role::Promoting,
+                reason: "r".into(),
+                at_ms: 3,
+            },
+            Command::NodeCapacity { name: "n1".into(), capacity: [("slots".into(), 1)].into(), at_ms: 3 },
+            Command::Batch(vec![Command::KvDel { key: "k".into() }]),
+        ] {
+            let err = command_to_v0_1(&new).unwrap_err().to_string();
+            assert_eq!(err, format!("command `{}` needs cluster version 0.2.0", new.name()));
+        }
+    }
+
+    /// A state at cluster version 1 is stored in v0.1.0's shape and read back equal; what v0.1.0
+    /// cannot hold (a node's capacity, an instance's role) is named instead of being dropped.
+    #[test]
+    fn a_v0_1_state_round_trips_and_what_it_cannot_hold_is_named() {
+        let mut state = ClusterState::genesis();
+        state.apply(&Command::NodeHello { name: "n1".into(), watchdog: None, at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Box::new(def("")), at_ms: 1 });
+        let old = state_to_v0_1(&state).unwrap();
+        assert_eq!(ClusterState::from(old), state);
+        let mut with_capacity = state.clone();
+        with_capacity.nodes.get_mut("n1").unwrap().capacity.insert("slots".into(), 1);
+        assert_eq!(
+            state_to_v0_1(&with_capacity).unwrap_err().to_string(),
+            "node capacities needs cluster version 0.2.0"
+        );
+        let mut promoted = state.clone();
+        promoted.packages.get_mut("app").unwrap().role = Role::Primary;
+        assert_eq!(
+            state_to_v0_1(&promoted).unwrap_err().to_string(),
+            "package `app`'s instance, role or score needs cluster version 0.2.0"
+        );
+    }
+}

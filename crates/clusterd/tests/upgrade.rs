@@ -127,8 +127,43 @@ async fn a_v0_1_cluster_upgraded_one_node_at_a_time_keeps_its_data_and_raises_it
                 "{name}: {}",
                 err.message
             );
+            // Package relations too (issue 13), naming the field and both versions.
+            let text = "name = \"rel\"\nneeds = { slots = 1 }\n[[resource]]\nname = \"p\"\ntype = \"process\"\n\
+                        command = [\"/bin/sleep\", \"1000\"]\n";
+            let def = cluster_package::parse_package("rel.toml", text).unwrap();
+            let refused = call(&socket, ClientRequest::PkgApply { packages: vec![def] }).await;
+            let Err(ClientError::Api(err)) = refused else { panic!("{name}: relations allowed: {refused:?}") };
+            assert!(
+                err.message.starts_with(
+                    "package `rel` uses `needs`, which needs cluster version 0.2.0, and the cluster runs at version \
+                     0.1.0"
+                ),
+                "{name}: {}",
+                err.message
+            );
             let report = status(&socket).await;
             assert_eq!(report.cluster_version, "0.1.0", "{name}");
+        }
+        if index == 1 {
+            // A leader of this release with a v0.1.0 follower (n1): concurrent writes are not
+            // batched into one entry (`Command::Batch`, which v0.1.0 cannot decode), and n1
+            // applies them all.
+            transfer(&cluster, "n2").await;
+            let writes: Vec<_> = (0..40)
+                .map(|i| {
+                    let socket = cluster.nodes[1].socket.clone();
+                    tokio::spawn(async move { kv_set(&socket, &format!("concurrent/{i}"), "mixed").await })
+                })
+                .collect();
+            for write in writes {
+                write.await.unwrap();
+            }
+            let leader = local_status(&cluster.nodes[1].socket).await.unwrap();
+            wait_until(&cluster, Duration::from_secs(10), "v0.1.0's n1 applies the concurrent writes", || {
+                let n1 = n1.clone();
+                async move { local_status(&n1).await.is_ok_and(|n1| n1.applied_index >= leader.commit_index) }
+            })
+            .await;
         }
     }
 
