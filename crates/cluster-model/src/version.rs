@@ -10,7 +10,7 @@
 //! ```text
 //!   cluster version   wire protocol   log record   snapshot data   written by
 //!   1 (0.1.0)         3               1            2               v0.1.0, and newer releases while a 0.1.0 member may exist
-//!   2 (0.2.0)         4               2            4               0.2.0 once every member runs it
+//!   2 (0.2.0)         4               2            5               0.2.0 once every member runs it
 //! ```
 
 use serde::{Deserialize, Serialize};
