@@ -898,6 +898,16 @@ impl ConsensusNode {
         })
     }
 
+    /// [`ConsensusNode::forward`] in this release's protocol whatever the cluster version (a
+    /// request v0.1.0 lacks, to a leader that may run this release; a v0.1.0 leader refuses it).
+    pub async fn forward_newest(&self, address: &str, request: &Request) -> Result<Response, ForwardError> {
+        let limit = self.timing.request_timeout + Duration::from_secs(1);
+        self.peers.request_in(address, request, limit, false, PROTOCOL_VERSION).await.map_err(|err| match err {
+            CallError::Unreachable(detail) => ForwardError::NotSent(detail),
+            CallError::Lost(detail) | CallError::Remote(detail) => ForwardError::Unknown(detail),
+        })
+    }
+
     /// Serves a peer RPC; the answer is the encoded result, or a message naming what failed.
     ///
     /// The payload's version byte says which protocol the caller speaks (3: v0.1.0, whose entries

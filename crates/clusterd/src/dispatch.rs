@@ -112,14 +112,15 @@ impl Dispatcher {
             // What v0.1.0 does not know is refused on every node alike, whoever leads: while the
             // cluster runs at its version, a v0.1.0 node may lead or be asked next.
             if let Err(needs) = cluster_api::v0_1::client_request_to_v0_1(&request) {
-                return Err(ApiError::new(
+                let refusal = ApiError::new(
                     ErrorKind::Invalid,
                     format!(
                         "{needs}, and the cluster runs at version {version} until every node runs clusterd {} or \
                          later (`clusterctl status` lists the release of each node; docs/upgrades.md)",
                         needs.needs
                     ),
-                ));
+                );
+                return self.refused_here_or_by_the_leader(request, forwarded, refusal).await;
             }
         }
         let deadline = Instant::now() + self.node.timing().request_timeout;
@@ -163,6 +164,36 @@ impl Dispatcher {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A request this node's applied cluster version refuses. A follower may lag behind the
+    /// leader's version (a node just added, catching up): the leader decides, unless it runs
+    /// v0.1.0 (it refuses this release's protocol) or cannot be reached; then the refusal stands.
+    async fn refused_here_or_by_the_leader(
+        &self,
+        request: ClientRequest,
+        forwarded: bool,
+        refusal: ApiError,
+    ) -> Result<ClientReply, ApiError> {
+        let me = &self.node.me().name;
+        let leader = self.node.leader().filter(|leader| &leader.name != me);
+        let (Some(leader), false) = (leader, forwarded) else { return Err(refusal) };
+        let forward = Request::Client { request: request.clone(), forwarded: true };
+        match self.node.forward_newest(&leader.address, &forward).await {
+            Ok(refused)
+                if cluster_api::wire::refused_protocol(cluster_api::PROTOCOL_V0_1, &refused)
+                    || !matches!(refused, Response::Client(_)) =>
+            {
+                Err(refusal)
+            }
+            Ok(Response::Client(result)) => result,
+            Ok(Response::Peer(_)) => Err(refusal),
+            Err(ForwardError::Unknown(detail)) if !is_read(&request) => Err(ApiError::new(
+                ErrorKind::Failed,
+                format!("lost the answer of leader {} ({detail}): the outcome of the request is unknown", leader.name),
+            )),
+            Err(_) => Err(refusal),
         }
     }
 
