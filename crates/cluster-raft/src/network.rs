@@ -109,11 +109,12 @@ impl Peers {
         self.contact.lock().expect("contact lock").get(&node).map(Instant::elapsed)
     }
 
-    async fn connect(&self, address: &str) -> Result<Client, ClientError> {
+    /// A connection to `address`: an idle one from the pool (`true`: reused), else a new one.
+    async fn connect(&self, address: &str) -> Result<(Client, bool), ClientError> {
         let pooled = self.idle.lock().expect("pool lock").get_mut(address).and_then(Vec::pop);
         match pooled {
-            Some(client) => Ok(client),
-            None => Client::connect_with(address, self.tls.clone(), CONNECT_TIMEOUT).await,
+            Some(client) => Ok((client, true)),
+            None => Ok((Client::connect_with(address, self.tls.clone(), CONNECT_TIMEOUT).await?, false)),
         }
     }
 
@@ -125,9 +126,18 @@ impl Peers {
         }
     }
 
+    /// Drops the idle connections to `address`: one of them failed, so the peer behind them has
+    /// probably restarted (or lost its link), and every other one would fail the same way.
+    fn forget(&self, address: &str) {
+        self.idle.lock().expect("pool lock").remove(address);
+    }
+
     /// Sends any request to `address` within `timeout`. With `pooled`, an idle connection may be
-    /// reused; a reused connection that the peer closed meanwhile fails as [`CallError::Lost`], so
-    /// requests whose outcome matters (forwarded writes) use a fresh connection.
+    /// reused; a reused connection that fails (the peer restarted since: a powered-off machine
+    /// sends no FIN, so the first use of each stale connection meets a reset) is dropped with the
+    /// other idle ones, and the request is sent once more on a fresh connection within the same
+    /// deadline. Only idempotent requests are pooled (peer RPCs); requests whose outcome matters
+    /// (forwarded writes) use a fresh connection and are never resent.
     pub(crate) async fn request(
         &self,
         address: &str,
@@ -152,18 +162,34 @@ impl Peers {
             if pooled {
                 self.connect(address).await
             } else {
-                Client::connect_with(address, self.tls.clone(), CONNECT_TIMEOUT).await
+                Ok((Client::connect_with(address, self.tls.clone(), CONNECT_TIMEOUT).await?, false))
             }
         };
-        let mut client = tokio::time::timeout_at(deadline, connect)
+        let (mut client, reused) = tokio::time::timeout_at(deadline, connect)
             .await
             .map_err(|_| CallError::Unreachable(format!("cannot connect to {address} within {timeout:?}")))?
             .map_err(|err| CallError::Unreachable(err.to_string()))?;
         client.set_protocol(protocol);
-        let response = tokio::time::timeout_at(deadline, client.round_trip(request))
-            .await
-            .map_err(|_| CallError::Lost(format!("{address} did not answer within {timeout:?}")))?
-            .map_err(|err| CallError::Lost(err.to_string()))?;
+        let lost = |_| CallError::Lost(format!("{address} did not answer within {timeout:?}"));
+        let response = match tokio::time::timeout_at(deadline, client.round_trip(request)).await.map_err(lost)? {
+            Ok(response) => response,
+            Err(stale) if reused => {
+                self.forget(address);
+                let fresh = async {
+                    let mut client = Client::connect_with(address, self.tls.clone(), CONNECT_TIMEOUT).await?;
+                    client.set_protocol(protocol);
+                    let response = client.round_trip(request).await?;
+                    Ok::<_, ClientError>((client, response))
+                };
+                let (fresh_client, response) = tokio::time::timeout_at(deadline, fresh)
+                    .await
+                    .map_err(lost)?
+                    .map_err(|err| CallError::Lost(format!("{err} (after a reused connection failed: {stale})")))?;
+                client = fresh_client;
+                response
+            }
+            Err(err) => return Err(CallError::Lost(err.to_string())),
+        };
         self.give_back(address, client);
         Ok(response)
     }
@@ -404,5 +430,85 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, NodeInfo, RaftError<u64>>> {
         self.raft_call(PeerRpc::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use cluster_api::{decode, encode, framed};
+    use cluster_tls::{TlsAcceptor, TlsFiles};
+    use futures::{SinkExt, StreamExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A stand-in peer on `address`: answers every peer RPC with its payload; `serving` counts the
+    /// requests answered. Aborting the task closes the listener and every connection it accepted.
+    fn echo_peer(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        serving: Arc<AtomicUsize>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, serving) = (acceptor.clone(), serving.clone());
+                connections.spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else { return };
+                    let mut stream = framed(stream);
+                    while let Some(Ok(frame)) = stream.next().await {
+                        let Ok(Request::Peer(peer)) = decode::<Request>(&frame) else { return };
+                        serving.fetch_add(1, Ordering::SeqCst);
+                        let answer = encode(&Response::Peer(Ok(peer.payload))).unwrap();
+                        if stream.send(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        })
+    }
+
+    /// A peer that restarted behind pooled connections (a new process on the same address): the
+    /// first call after the restart meets a dead pooled connection, drops the pool and goes through
+    /// on a fresh one. Before, each stale connection failed one call, and a renewal or a keep sent
+    /// on one could make a live node stop its packages (leader-loss lab test).
+    #[tokio::test]
+    async fn a_call_after_the_peer_restarted_goes_through_on_a_fresh_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls_dir = dir.path().join("tls");
+        cluster_tls::init_ca(&tls_dir).unwrap();
+        let ip = ["127.0.0.1".parse().unwrap()];
+        let (cert, key) = cluster_tls::issue_certificate(&tls_dir, "n2", &ip, &[]).unwrap();
+        let files = TlsFiles { ca: cluster_tls::ca_paths(&tls_dir).0, cert, key };
+        let acceptor = TlsAcceptor::from(cluster_tls::server_config(&files).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let served = Arc::new(AtomicUsize::new(0));
+        let first = echo_peer(listener, acceptor.clone(), served.clone());
+        let version = SharedVersion::new(cluster_model::ClusterVersion::CURRENT);
+        let peers = Peers::new(cluster_tls::client_config(&files).unwrap(), version);
+        let call = |value: u64| {
+            let (peers, address) = (peers.clone(), address.clone());
+            async move { peers.call::<u64, u64>(2, &address, PeerRpc::Keep, &value, Duration::from_secs(2)).await }
+        };
+        // Three calls at once leave three idle connections in the pool.
+        let answers = futures::future::join_all((0..3).map(call)).await;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert_eq!(peers.idle.lock().unwrap()[&address].len(), 3);
+        // The peer's process dies (its connections with it) and a new one listens on the address.
+        first.abort();
+        let _ = first.await;
+        let listener = TcpListener::bind(&address).await.unwrap();
+        let second = echo_peer(listener, acceptor, served.clone());
+        for value in [7, 8] {
+            let answer = call(value).await;
+            assert_eq!(answer.as_ref().ok(), Some(&value), "call {value} after the restart: {answer:?}");
+        }
+        assert_eq!(served.load(Ordering::SeqCst), 5, "each call answered once by a live peer");
+        assert_eq!(peers.idle.lock().unwrap()[&address].len(), 1, "the stale connections were dropped");
+        second.abort();
     }
 }
