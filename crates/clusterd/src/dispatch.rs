@@ -107,10 +107,21 @@ impl Dispatcher {
     /// Runs a client request here if this node can, else forwards it to the leader; while there is
     /// no leader it waits (up to the request timeout) for one to be elected.
     async fn client(&self, request: ClientRequest, forwarded: bool) -> Result<ClientReply, ApiError> {
-        let version = self.node.cluster_version();
+        let mut version = self.node.cluster_version();
         if version < cluster_model::ClusterVersion::CURRENT {
             // What v0.1.0 does not know is refused on every node alike, whoever leads: while the
             // cluster runs at its version, a v0.1.0 node may lead or be asked next.
+            if cluster_api::v0_1::client_request_to_v0_1(&request).is_err() {
+                // A node holding entries it has not applied yet (just added, catching up) applies
+                // them first: the version may have risen in them.
+                let last = self.node.last_log_index();
+                if self.node.applied_index() < last {
+                    self.node.wait_applied_after(last.saturating_sub(1), Duration::from_secs(2)).await;
+                    version = self.node.cluster_version();
+                }
+            }
+        }
+        if version < cluster_model::ClusterVersion::CURRENT {
             if let Err(needs) = cluster_api::v0_1::client_request_to_v0_1(&request) {
                 let refusal = ApiError::new(
                     ErrorKind::Invalid,
@@ -180,7 +191,9 @@ impl Dispatcher {
         let leader = self.node.leader().filter(|leader| &leader.name != me);
         let (Some(leader), false) = (leader, forwarded) else { return Err(refusal) };
         let forward = Request::Client { request: request.clone(), forwarded: true };
-        match self.node.forward_newest(&leader.address, &forward).await {
+        let answer = self.node.forward_newest(&leader.address, &forward).await;
+        tracing::debug!(leader = %leader.name, ?answer, "asked the leader about a request this node's version refuses");
+        match answer {
             Ok(refused)
                 if cluster_api::wire::refused_protocol(cluster_api::PROTOCOL_V0_1, &refused)
                     || !matches!(refused, Response::Client(_)) =>
