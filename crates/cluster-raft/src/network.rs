@@ -4,6 +4,14 @@
 //! Short calls (pre-vote, hold, campaign, forwarded client requests) borrow a connection from a
 //! small per-address pool. Every successful exchange records the time of last contact, which
 //! `status` shows.
+//!
+//! A replication stream's exchange runs in its own task: when its caller stops waiting (openraft
+//! gives an append one heartbeat, 50 ms), the exchange still completes, up to
+//! [`LATE_ANSWER_LIMIT`], and the stream keeps its connection; the stream's next call waits for it
+//! (within its own deadline) rather than opening another. Tearing the connection down at the
+//! deadline instead meant a TLS handshake on both sides for the next heartbeat; on a loaded host
+//! with 50 nodes those handshakes missed the 50 ms in turn, the leader reconnected thousands of
+//! times a minute and its voters held elections (docs/benchmarks-scale.md).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +34,9 @@ use crate::types::TypeConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const POOL_PER_ADDRESS: usize = 8;
+/// How long a replication stream's exchange whose caller gave up may still run, so that the
+/// stream keeps its connection (see the module's documentation).
+const LATE_ANSWER_LIMIT: Duration = Duration::from_secs(2);
 
 /// Connections to peers and when each peer last answered.
 pub(crate) struct Peers {
@@ -166,6 +177,83 @@ impl Peers {
     }
 }
 
+/// One connection owned by one replication stream: `None` before the first exchange and after a
+/// failure. An exchange holds the lock from sending to its answer, so a late one delays the next.
+type OwnConnection = Arc<tokio::sync::Mutex<Option<Client>>>;
+
+impl Peers {
+    /// A typed peer RPC on the stream's own connection (see the module's documentation). A call
+    /// that finds the connection still busy with a late answer waits for it until `timeout`; a call
+    /// whose caller is gone by the time the connection is free is not sent.
+    async fn call_on<Req: Serialize, Resp: DeserializeOwned>(
+        self: &Arc<Self>,
+        connection: &OwnConnection,
+        target: u64,
+        address: &str,
+        rpc: PeerRpc,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let payload = encode(body).map_err(|err| CallError::Remote(err.to_string()))?.to_vec();
+        let request = Request::Peer(PeerRequest { rpc, payload });
+        let deadline = tokio::time::Instant::now() + timeout;
+        let limit = deadline.max(tokio::time::Instant::now() + LATE_ANSWER_LIMIT);
+        // Whether the exchange was connecting when the caller stopped waiting (then nothing was sent).
+        let connecting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let exchange = tokio::spawn({
+            let (tls, connection, owned_address, connecting) =
+                (self.tls.clone(), connection.clone(), address.to_owned(), connecting.clone());
+            async move {
+                let address = owned_address;
+                let mut slot = tokio::time::timeout_at(deadline, connection.lock_owned())
+                    .await
+                    .map_err(|_| CallError::Lost(format!("{address}: the previous call has not returned")))?;
+                if slot.is_none() {
+                    connecting.store(true, std::sync::atomic::Ordering::Release);
+                    let client = tokio::time::timeout_at(limit, Client::connect_with(&address, tls, CONNECT_TIMEOUT))
+                        .await
+                        .map_err(|_| CallError::Unreachable(format!("cannot connect to {address}")))?
+                        .map_err(|err| CallError::Unreachable(err.to_string()))?;
+                    *slot = Some(client);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    // The caller is gone: the connection is kept for the next call, nothing is sent.
+                    return Err(CallError::Unreachable(format!("{address}: connected too late to send")));
+                }
+                connecting.store(false, std::sync::atomic::Ordering::Release);
+                let client = slot.as_mut().expect("connected above");
+                match tokio::time::timeout_at(limit, client.round_trip(&request)).await {
+                    Ok(Ok(response)) => Ok(response),
+                    Ok(Err(err)) => {
+                        *slot = None;
+                        Err(CallError::Lost(err.to_string()))
+                    }
+                    Err(_) => {
+                        *slot = None;
+                        Err(CallError::Lost(format!("{address} did not answer within {LATE_ANSWER_LIMIT:?}")))
+                    }
+                }
+            }
+        });
+        let response = match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(join)) => return Err(CallError::Lost(format!("call to {address} failed: {join}"))),
+            Err(_) if connecting.load(std::sync::atomic::Ordering::Acquire) => {
+                return Err(CallError::Unreachable(format!("cannot connect to {address} within {timeout:?}")))
+            }
+            Err(_) => return Err(CallError::Lost(format!("{address} did not answer within {timeout:?}"))),
+        };
+        match response {
+            Response::Peer(Ok(bytes)) => {
+                self.record_contact(target);
+                decode(&bytes).map_err(|err| CallError::Remote(format!("bad answer from {address}: {err}")))
+            }
+            Response::Peer(Err(message)) => Err(CallError::Remote(message)),
+            Response::Client(_) => Err(CallError::Remote(format!("{address} answered a peer rpc as a client request"))),
+        }
+    }
+}
+
 /// openraft's network factory: one [`PeerConnection`] per replication target.
 #[derive(Clone)]
 pub(crate) struct PeerNetwork {
@@ -178,6 +266,7 @@ pub(crate) struct PeerConnection {
     target: u64,
     address: String,
     stats: AppendStats,
+    connection: OwnConnection,
 }
 
 /// Append requests of one replication stream, logged at debug level every [`AppendStats::PERIOD`]:
@@ -226,6 +315,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             address: node.address.clone(),
             stats: AppendStats::default(),
+            connection: Arc::new(tokio::sync::Mutex::new(None)),
         }
     }
 }
@@ -243,7 +333,7 @@ impl PeerConnection {
         E: std::error::Error + DeserializeOwned,
     {
         let answer: Result<Result<Resp, RaftError<u64, E>>, CallError> =
-            self.peers.call(self.target, &self.address, rpc, body, option.hard_ttl()).await;
+            self.peers.call_on(&self.connection, self.target, &self.address, rpc, body, option.hard_ttl()).await;
         match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
