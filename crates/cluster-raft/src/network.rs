@@ -12,6 +12,12 @@
 //! deadline instead meant a TLS handshake on both sides for the next heartbeat; on a loaded host
 //! with 50 nodes those handshakes missed the 50 ms in turn, the leader reconnected thousands of
 //! times a minute and its voters held elections (docs/benchmarks-scale.md).
+//!
+//! The stream's connection belongs to [`Peers`], by target and address, not to the stream:
+//! openraft 0.9 rebuilds every replication stream at each membership change, and the new stream
+//! goes on with the old one's connection (joining 45 learners one by one otherwise cost about
+//! 1,000 TLS handshakes on the leader). A connection to a node that left stays idle until the
+//! daemon restarts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +50,8 @@ pub(crate) struct Peers {
     /// Which voters accepted this node's appends as leader, by send time.
     pub(crate) leader_clock: LeaderClock,
     idle: Mutex<HashMap<String, Vec<Client>>>,
+    /// The connection of the replication stream to each target (see the module's documentation).
+    streams: Mutex<HashMap<(u64, String), OwnConnection>>,
     contact: Mutex<HashMap<u64, Instant>>,
 }
 
@@ -73,6 +81,7 @@ impl Peers {
             tls,
             leader_clock: LeaderClock::default(),
             idle: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
             contact: Mutex::new(HashMap::new()),
         })
     }
@@ -177,11 +186,19 @@ impl Peers {
     }
 }
 
-/// One connection owned by one replication stream: `None` before the first exchange and after a
-/// failure. An exchange holds the lock from sending to its answer, so a late one delays the next.
+/// The replication connection to one target: `None` before the first exchange and after a
+/// failure. An exchange holds the lock from sending to its answer, so a late one delays the next
+/// (also the first exchange of the stream that replaced the one that sent it).
 type OwnConnection = Arc<tokio::sync::Mutex<Option<Client>>>;
 
 impl Peers {
+    /// The replication connection to `target` at `address`, shared by the streams openraft builds
+    /// for it one after the other.
+    fn stream_connection(&self, target: u64, address: &str) -> OwnConnection {
+        let mut streams = self.streams.lock().expect("streams lock");
+        streams.entry((target, address.to_owned())).or_default().clone()
+    }
+
     /// A typed peer RPC on the stream's own connection (see the module's documentation). A call
     /// that finds the connection still busy with a late answer waits for it until `timeout`; a call
     /// whose caller is gone by the time the connection is free is not sent.
@@ -315,7 +332,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             address: node.address.clone(),
             stats: AppendStats::default(),
-            connection: Arc::new(tokio::sync::Mutex::new(None)),
+            connection: self.peers.stream_connection(target, &node.address),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! A replication stream keeps its connection when a peer answers after openraft's deadline (one
 //! heartbeat): the late answer completes, no new TLS connection is opened, and replication goes
 //! on. A peer that does not answer within the late-answer limit costs one new connection, and
-//! replication recovers on it.
+//! replication recovers on it. The streams openraft rebuilds at a membership change go on with
+//! the connections of the old ones.
 //!
 //! Two real nodes over TCP + mutual TLS on 127.0.0.1; the test serves their peer RPCs itself so
 //! that it can count n1's connections to n2 and hold n2's answers to appends.
@@ -73,7 +74,7 @@ fn serve(listener: TcpListener, acceptor: TlsAcceptor, node: Arc<ConsensusNode>,
 }
 
 struct Pair {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     n1: Arc<ConsensusNode>,
     n2: Arc<ConsensusNode>,
     n2_listener: Arc<Listener>,
@@ -120,7 +121,7 @@ async fn pair() -> Pair {
     n1.add_node("n2", &n2_address, true).await.unwrap();
     write(&n1, "warm").await;
     caught_up(&n1, &n2, Duration::from_secs(10)).await;
-    Pair { _dir: dir, n1, n2, n2_listener }
+    Pair { dir, n1, n2, n2_listener }
 }
 
 async fn write(node: &ConsensusNode, key: &str) {
@@ -193,4 +194,31 @@ async fn a_peer_silent_beyond_the_late_answer_limit_costs_one_new_connection_and
     write(&pair.n1, "after").await;
     caught_up(&pair.n1, &pair.n2, Duration::from_secs(5)).await;
     assert_eq!(stats.append_connections.load(Ordering::SeqCst), before + 1, "one new connection, not a storm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_keeps_the_replication_connections() {
+    let pair = pair().await;
+    let stats = &pair.n2_listener;
+    let before = stats.append_connections.load(Ordering::SeqCst);
+    let tls_dir = pair.dir.path().join("tls");
+    // Each learner added rebuilds every replication stream of n1 (openraft 0.9).
+    let mut others = Vec::new();
+    for name in ["n3", "n4", "n5"] {
+        let (node, acceptor, listener) = start_node(pair.dir.path(), &tls_dir, name).await;
+        let address = listener.local_addr().unwrap().to_string();
+        serve(listener, acceptor, node.clone(), Arc::new(Listener::default()));
+        pair.n1.add_node(name, &address, true).await.unwrap();
+        others.push(node);
+    }
+    write(&pair.n1, "after").await;
+    caught_up(&pair.n1, &pair.n2, Duration::from_secs(5)).await;
+    for node in &others {
+        caught_up(&pair.n1, node, Duration::from_secs(5)).await;
+    }
+    assert_eq!(
+        stats.append_connections.load(Ordering::SeqCst),
+        before,
+        "n1 opened another replication connection to n2 when its streams were rebuilt"
+    );
 }
