@@ -16,8 +16,10 @@
 //! The stream's connection belongs to [`Peers`], by target and address, not to the stream:
 //! openraft 0.9 rebuilds every replication stream at each membership change, and the new stream
 //! goes on with the old one's connection (joining 45 learners one by one otherwise cost about
-//! 1,000 TLS handshakes on the leader). A connection to a node that left stays idle until the
-//! daemon restarts.
+//! 1,000 TLS handshakes on the leader). Only appends use it (openraft's leadership confirmations
+//! are appends too, sent on a client of their own each time); snapshot chunks and votes borrow
+//! from the pool as before, so neither waits behind the other. A connection to a node that left
+//! stays idle until the daemon restarts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -349,8 +351,12 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let answer: Result<Result<Resp, RaftError<u64, E>>, CallError> =
-            self.peers.call_on(&self.connection, self.target, &self.address, rpc, body, option.hard_ttl()).await;
+        // Appends use the target's connection, anything else the pool (see the module's documentation).
+        let answer: Result<Result<Resp, RaftError<u64, E>>, CallError> = if rpc == PeerRpc::AppendEntries {
+            self.peers.call_on(&self.connection, self.target, &self.address, rpc, body, option.hard_ttl()).await
+        } else {
+            self.peers.call(self.target, &self.address, rpc, body, option.hard_ttl()).await
+        };
         match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
