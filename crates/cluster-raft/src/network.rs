@@ -9,9 +9,9 @@
 //! gives an append one heartbeat, 50 ms), the exchange still completes, up to
 //! [`LATE_ANSWER_LIMIT`], and the stream keeps its connection; the stream's next call waits for it
 //! (within its own deadline) rather than opening another. Tearing the connection down at the
-//! deadline instead meant a TLS handshake on both sides for the next heartbeat; on a loaded host
-//! with 50 nodes those handshakes missed the 50 ms in turn, the leader reconnected thousands of
-//! times a minute and its voters held elections (docs/benchmarks-scale.md).
+//! deadline instead meant a TLS handshake on both sides for the next heartbeat, which on a loaded
+//! host misses the 50 ms in turn. The price: a heartbeat waits behind a late answer on the same
+//! connection (docs/benchmarks-scale.md, "head-of-line blocking").
 //!
 //! The stream's connection belongs to [`Peers`], by target and address, not to the stream:
 //! openraft 0.9 rebuilds every replication stream at each membership change, and the new stream
