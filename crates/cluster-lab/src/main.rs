@@ -259,25 +259,34 @@ enum Command {
     /// Scale benchmark: many one-process packages on a clusterd lab; request times, idle CPU, relocation of the
     /// packages of a killed node (lab NAME, removed at the end).
     BenchScale {
-        /// Voting nodes.
+        /// Nodes in all.
         #[arg(long, default_value_t = 5)]
         nodes: usize,
+        /// Voting nodes among them (n1..nV; the others are Raft learners) [default: the nodes, at most 5].
+        #[arg(long)]
+        voters: Option<usize>,
         /// Packages.
         #[arg(long, default_value_t = 1000)]
         packages: usize,
         /// Kill trials of a node that is not the Raft leader.
         #[arg(long, default_value_t = 3)]
         trials: usize,
+        /// One more trial that kills this many nodes at once (not the leader; learners first).
+        #[arg(long, default_value_t = 0)]
+        rack: usize,
         /// Skip the kill trial of the leader.
         #[arg(long)]
         no_leader_trial: bool,
+        /// Sampling period of the observer during the kill trials (ms).
+        #[arg(long, default_value_t = 50)]
+        observe_ms: u64,
         /// Timed runs of each request.
         #[arg(long, default_value_t = 20)]
         status_runs: usize,
         /// Seconds of the idle CPU measurement.
         #[arg(long, default_value_t = 10.0)]
         idle_secs: f64,
-        /// CI mode: 3 nodes, 60 packages, 1 trial, short windows (overrides the other options).
+        /// CI mode: 3 voters and 1 learner, 60 packages, 1 trial, short windows (overrides the other options).
         #[arg(long)]
         quick: bool,
         /// Bring the lab up with every package running, then stop and leave it up (to explore it).
@@ -659,9 +668,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::BenchScale {
             nodes,
+            voters,
             packages,
             trials,
+            rack,
             no_leader_trial,
+            observe_ms,
             status_runs,
             idle_secs,
             quick,
@@ -675,9 +687,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 scale_bench::ScaleBenchOptions {
                     nodes,
+                    voters: voters.unwrap_or(nodes.min(5)),
                     packages,
                     trials,
+                    rack,
                     leader_trial: !no_leader_trial,
+                    observe_interval: Duration::from_millis(observe_ms.max(1)),
                     status_runs,
                     idle_window: Duration::from_secs_f64(idle_secs),
                     ..scale_bench::ScaleBenchOptions::full(&name, clusterd, clusterctl)
@@ -686,6 +701,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             options.setup_only = setup_only;
             if options.nodes == 0 || options.packages == 0 {
                 bail!("bench-scale needs at least one node and one package");
+            }
+            if options.voters == 0 || options.voters > options.nodes {
+                bail!("bench-scale needs between 1 and {} voters (--nodes), not {}", options.nodes, options.voters);
             }
             let result = scale_bench::run(&options, &mut |line| println!("{line}"))
                 .with_context(|| format!("scale benchmark in lab {name} failed"))?;

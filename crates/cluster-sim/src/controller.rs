@@ -73,9 +73,11 @@ impl Sim {
             answers += 1;
             let voter_now = self.local(v);
             let voter = &mut self.nodes[v];
-            let wait = voter.state.settings.longest_grantor_wait().max(settings.longest_grantor_wait());
-            for node in &pending {
-                if let Some(elapsed) = voter.ledger.check(node, voter_now, &voter.state.settings) {
+            let checked: Vec<Option<Duration>> =
+                pending.iter().map(|node| voter.ledger.check(node, voter_now, &voter.state.settings)).collect();
+            let wait = voter.ledger.answer_wait(voter_now, &voter.state.settings).max(settings.longest_grantor_wait());
+            for (node, elapsed) in pending.iter().zip(checked) {
+                if let Some(elapsed) = elapsed {
                     // Counted back from the leader's now, shortened by the drift bound (in whole ms,
                     // rounded down, as on the wire): the keep is placed late, never early.
                     let elapsed_ms = elapsed.as_millis() as u64;

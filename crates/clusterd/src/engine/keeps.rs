@@ -105,7 +105,7 @@ impl Engine {
                 .iter()
                 .map(|node| ledger.check(node, at, &settings).map(|elapsed| elapsed.as_millis() as u64))
                 .collect();
-            (ExpiryAnswer { since_keep_ms: since, wait: settings.longest_grantor_wait() }, ledger.refusals())
+            (ExpiryAnswer { since_keep_ms: since, wait: ledger.answer_wait(at, &settings) }, ledger.refusals())
         };
         let dir = self.runtime_dir.clone();
         tokio::task::spawn_blocking(move || runtime::write(&dir, REFUSALS_FILE, &RefusalsFile { refusals }))
