@@ -15,6 +15,10 @@ cargo build --workspace --all-targets --locked
 bin=target/debug
 
 export CLUSTERD_BIN="$PWD/$bin/clusterd" CLUSTERCTL_BIN="$PWD/$bin/clusterctl"
+
+echo "== the previous release, v0.1.0, for the upgrade tests (built once into target/v0.1.0)"
+previous=$(scripts/build-previous-release.sh)
+export CLUSTERD_V0_1_BIN="$previous/clusterd" CLUSTERCTL_V0_1_BIN="$previous/clusterctl"
 echo "== short benchmarks (the full ones: docs/benchmarks.md)"
 "$bin/clusterbench" --quick
 "$bin/clusterlab" --name cibench down >/dev/null 2>&1 || true

@@ -8,8 +8,9 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::frame::{decode, encode, framed, FrameError, FramedStream};
-use crate::{ApiError, ClientReply, ClientRequest, Request, Response};
+use crate::frame::{framed, FramedStream, PROTOCOL_V0_1, PROTOCOL_VERSION};
+use crate::wire::{decode_response, encode_request, refused_protocol};
+use crate::{ApiError, ClientReply, ClientRequest, ErrorKind, Request, Response};
 
 /// Where to reach `clusterd`.
 #[derive(Debug, Clone)]
@@ -46,9 +47,17 @@ trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// An open connection; requests are answered in order.
+///
+/// A client made by [`Client::connect`] speaks this release's protocol and, when the node refuses
+/// it (a v0.1.0 node, mid-upgrade), reconnects once and speaks v0.1.0's from then on; a request
+/// v0.1.0 does not know is then refused with a message naming both releases. Peers choose their
+/// protocol themselves ([`Client::set_protocol`]).
 pub struct Client {
     endpoint: String,
     stream: FramedStream<Box<dyn Stream>>,
+    protocol: u8,
+    /// Where to reconnect when the node speaks only protocol 3, and within what time.
+    fallback: Option<Box<(Endpoint, Duration)>>,
 }
 
 impl Client {
@@ -68,12 +77,30 @@ impl Client {
                     return Client::connect_with(address, config, timeout).await;
                 }
             };
-            Ok::<_, ClientError>(Client { endpoint: name.clone(), stream: framed(stream) })
+            Ok::<_, ClientError>(Client {
+                endpoint: name.clone(),
+                stream: framed(stream),
+                protocol: PROTOCOL_VERSION,
+                fallback: None,
+            })
         };
-        tokio::time::timeout(timeout, connect).await.map_err(|_| ClientError::Connect {
+        let mut client = tokio::time::timeout(timeout, connect).await.map_err(|_| ClientError::Connect {
             endpoint: name.clone(),
             source: std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}")),
-        })?
+        })??;
+        client.fallback = Some(Box::new((endpoint.clone(), timeout)));
+        Ok(client)
+    }
+
+    /// The protocol this client writes.
+    pub fn protocol(&self) -> u8 {
+        self.protocol
+    }
+
+    /// Writes `protocol` from now on (3 or 4), without falling back.
+    pub fn set_protocol(&mut self, protocol: u8) {
+        self.protocol = protocol;
+        self.fallback = None;
     }
 
     /// Connects to a peer with an already built TLS configuration (node-to-node traffic).
@@ -99,7 +126,12 @@ impl Client {
             endpoint: address.to_owned(),
             source: std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}")),
         })??;
-        Ok(Client { endpoint: address.to_owned(), stream: framed(Box::new(stream)) })
+        Ok(Client {
+            endpoint: address.to_owned(),
+            stream: framed(Box::new(stream)),
+            protocol: PROTOCOL_VERSION,
+            fallback: None,
+        })
     }
 
     /// Sends one request and waits for its reply.
@@ -113,14 +145,38 @@ impl Client {
 
     /// Sends any request and returns the raw response (used for forwarding between nodes).
     pub async fn round_trip(&mut self, request: &Request) -> Result<Response, ClientError> {
-        let frame = encode(request).map_err(|err| self.transport(err))?;
+        let (protocol, response) = self.exchange(request).await?;
+        if protocol == self.protocol || !refused_protocol(protocol, &response) {
+            return Ok(response);
+        }
+        let Some((endpoint, timeout)) = self.fallback.as_deref().cloned() else { return Ok(response) };
+        // A v0.1.0 node refused this protocol before reading the request (nothing was executed)
+        // and closed the connection: reconnect and speak its protocol from now on.
+        let mut older = Client::connect(&endpoint, timeout).await?;
+        older.set_protocol(PROTOCOL_V0_1);
+        *self = older;
+        Ok(self.exchange(request).await?.1)
+    }
+
+    async fn exchange(&mut self, request: &Request) -> Result<(u8, Response), ClientError> {
+        let frame = encode_request(request, self.protocol).map_err(|err| {
+            ClientError::Api(ApiError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "clusterd at {} runs {} (protocol {}): {err}; upgrade it first",
+                    self.endpoint,
+                    crate::protocol_release(self.protocol),
+                    self.protocol
+                ),
+            ))
+        })?;
         self.stream.send(frame).await.map_err(|err| self.transport(err))?;
         let reply = match self.stream.next().await {
             Some(Ok(frame)) => frame,
             Some(Err(err)) => return Err(self.transport(err)),
             None => return Err(self.transport("closed by the server")),
         };
-        decode::<Response>(&reply).map_err(|err: FrameError| self.transport(err))
+        decode_response(&reply).map_err(|err| self.transport(err))
     }
 
     fn transport(&self, detail: impl std::fmt::Display) -> ClientError {

@@ -1,4 +1,9 @@
 //! Framing and versioned encoding of every message on the wire.
+//!
+//! Every frame and every peer payload starts with a protocol version byte. A sender writes the
+//! version of its cluster (see [`protocol_for`]); a receiver reads every version it supports and
+//! answers in the version it was asked in, so a node of the previous release always understands
+//! the answer ([`crate::wire`] converts to and from the frozen types of [`crate::v0_1`]).
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -7,8 +12,30 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-/// Version byte at the start of every frame; a peer speaking another version is refused.
-pub const PROTOCOL_VERSION: u8 = 3;
+/// Version byte of this release (cluster version 0.2.0).
+pub const PROTOCOL_VERSION: u8 = 4;
+
+/// Version byte of v0.1.0 (cluster version 1), still read and written by this release.
+pub const PROTOCOL_V0_1: u8 = 3;
+
+/// The protocol a member of a cluster at `version` speaks to its peers.
+pub fn protocol_for(version: cluster_model::ClusterVersion) -> u8 {
+    if version >= cluster_model::ClusterVersion::V0_2 {
+        PROTOCOL_VERSION
+    } else {
+        PROTOCOL_V0_1
+    }
+}
+
+/// The first release that speaks `protocol`, for messages.
+pub fn protocol_release(protocol: u8) -> &'static str {
+    match protocol {
+        PROTOCOL_V0_1 => "0.1.0",
+        PROTOCOL_VERSION => "0.2.0",
+        0..PROTOCOL_V0_1 => "a development build older than 0.1.0",
+        _ => "a release newer than this one",
+    }
+}
 
 /// Largest frame accepted (snapshot chunks are sent well below this).
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
@@ -18,30 +45,54 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 pub enum FrameError {
     #[error("empty frame: expected a version byte and a message")]
     Empty,
-    #[error("protocol version {got} is not supported: expected {PROTOCOL_VERSION}")]
+    #[error(
+        "protocol version {got} ({}) is not supported: this clusterd speaks {PROTOCOL_V0_1} (0.1.0) and {PROTOCOL_VERSION} (0.2.0)",
+        protocol_release(*got)
+    )]
     Version { got: u8 },
+    /// The message cannot be written in the protocol the receiver speaks.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("malformed message: {0}")]
     Malformed(String),
     #[error("message of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte frame limit")]
     TooLarge(usize),
 }
 
-/// Encodes `message` as a versioned frame body.
+/// Encodes `message` as a frame body of this release's protocol.
 pub fn encode<T: Serialize>(message: &T) -> Result<Bytes, FrameError> {
-    let body =
-        postcard::to_extend(message, vec![PROTOCOL_VERSION]).map_err(|err| FrameError::Malformed(err.to_string()))?;
+    encode_as(message, PROTOCOL_VERSION)
+}
+
+/// Encodes `message` (already of the shape `protocol` expects) behind the version byte `protocol`.
+pub fn encode_as<T: Serialize>(message: &T, protocol: u8) -> Result<Bytes, FrameError> {
+    let body = postcard::to_extend(message, vec![protocol]).map_err(|err| FrameError::Malformed(err.to_string()))?;
     if body.len() > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(body.len()));
     }
     Ok(Bytes::from(body))
 }
 
-/// Decodes a versioned frame body; trailing bytes after the message are an error.
+/// Decodes a frame body of this release's protocol; trailing bytes after the message are an error.
 pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError> {
-    let (&version, rest) = frame.split_first().ok_or(FrameError::Empty)?;
-    if version != PROTOCOL_VERSION {
-        return Err(FrameError::Version { got: version });
+    match frame_version(frame)? {
+        PROTOCOL_VERSION => decode_body(frame),
+        other => Err(FrameError::Version { got: other }),
     }
+}
+
+/// The version byte of a frame or payload; an error for a version this release does not speak.
+pub fn frame_version(frame: &[u8]) -> Result<u8, FrameError> {
+    match frame.first() {
+        None => Err(FrameError::Empty),
+        Some(&version) if version == PROTOCOL_VERSION || version == PROTOCOL_V0_1 => Ok(version),
+        Some(&version) => Err(FrameError::Version { got: version }),
+    }
+}
+
+/// Decodes what follows the version byte (the caller chose `T` by that version).
+pub fn decode_body<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError> {
+    let rest = frame.get(1..).ok_or(FrameError::Empty)?;
     let (message, trailing) = postcard::take_from_bytes(rest).map_err(|err| FrameError::Malformed(err.to_string()))?;
     if !trailing.is_empty() {
         return Err(FrameError::Malformed(format!("{} unexpected trailing bytes", trailing.len())));
@@ -80,6 +131,13 @@ mod tests {
         assert!(matches!(decode::<Request>(&frame), Err(FrameError::Malformed(_))));
         frame[0] = 9;
         assert_eq!(decode::<Request>(&frame), Err(FrameError::Version { got: 9 }));
+        assert_eq!(
+            FrameError::Version { got: 9 }.to_string(),
+            "protocol version 9 (a release newer than this one) is not supported: this clusterd speaks 3 (0.1.0) and 4 (0.2.0)"
+        );
+        frame[0] = PROTOCOL_V0_1;
+        assert_eq!(decode::<Request>(&frame), Err(FrameError::Version { got: PROTOCOL_V0_1 }), "not this protocol");
+        assert_eq!(frame_version(&frame), Ok(PROTOCOL_V0_1));
         assert_eq!(decode::<Request>(&[]), Err(FrameError::Empty));
     }
 

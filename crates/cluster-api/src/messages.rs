@@ -16,6 +16,8 @@ pub enum Request {
 }
 
 /// The answer to a [`Request`].
+// A response is built once and moved into the encoder: the size of the status variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Client(Result<ClientReply, ApiError>),
@@ -46,6 +48,18 @@ pub enum PeerRpc {
     Keep,
     /// A leader asks whether nodes whose lease ended may still hold a kept lease (served by the daemon).
     ExpiryCheck,
+    /// Which release does this node run, and which cluster versions can it read? (Since 0.2.0: a
+    /// v0.1.0 node refuses the frame, which is its answer.)
+    Version,
+}
+
+/// The answer to a [`PeerRpc::Version`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeVersion {
+    /// The release (`clusterd --version`).
+    pub release: String,
+    /// The newest cluster version it can run at.
+    pub newest: cluster_model::ClusterVersion,
 }
 
 /// A peer RPC: its kind and its encoded body.
@@ -63,6 +77,8 @@ pub enum ClientRequest {
         name: String,
         address: String,
         learner: bool,
+        /// A witness: a voter that never hosts packages (since 0.2.0).
+        witness: bool,
     },
     NodeRemove {
         name: String,
@@ -156,9 +172,77 @@ pub enum ClientRequest {
         node: Option<String>,
         since_ms: Option<u64>,
     },
+    /// Create a join token valid for `ttl_ms` (`clusterctl cluster token`; since 0.2.0).
+    TokenCreate {
+        ttl_ms: u64,
+    },
+    /// Revoke an unused join token (`clusterctl cluster token --revoke TOKEN`).
+    TokenRevoke {
+        token: String,
+    },
+    /// A new node redeems a join token: the only request served on a connection without a client
+    /// certificate. The node serving it signs `csr_pem` with the cluster CA for exactly `node` at
+    /// `address` (`clusterctl join`).
+    Join {
+        token: String,
+        node: String,
+        address: String,
+        csr_pem: String,
+    },
+    /// Renew the certificate of member `node` now (`clusterctl ca renew NODE`): served by `node`
+    /// itself, which makes a new key and asks a member holding the CA key to sign it.
+    CertRenew {
+        node: String,
+    },
+    /// Member `node` asks for a renewed certificate (the caller's certificate must name `node`):
+    /// served by a member holding the CA key, for `node`'s name and address in the membership.
+    CertSign {
+        node: String,
+        csr_pem: String,
+    },
 }
 
 impl ClientRequest {
+    /// The operation's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientRequest::ClusterInit => "cluster init",
+            ClientRequest::NodeAdd { .. } => "node add",
+            ClientRequest::NodeRemove { .. } => "node remove",
+            ClientRequest::NodePromote { .. } => "node promote",
+            ClientRequest::TransferLeader { .. } => "cluster transfer-leader",
+            ClientRequest::Status => "status",
+            ClientRequest::SettingsSet { .. } => "cluster set",
+            ClientRequest::SettingsGet => "cluster settings",
+            ClientRequest::KvSet { .. } => "kv set",
+            ClientRequest::KvGet { .. } => "kv get",
+            ClientRequest::KvCas { .. } => "kv cas",
+            ClientRequest::KvDel { .. } => "kv del",
+            ClientRequest::KvList { .. } => "kv list",
+            ClientRequest::FenceSet { .. } => "cluster fence set",
+            ClientRequest::FenceRemove { .. } => "cluster fence remove",
+            ClientRequest::PkgApply { .. } => "pkg apply",
+            ClientRequest::PkgRun { .. } => "pkg run",
+            ClientRequest::PkgStop { .. } => "pkg stop",
+            ClientRequest::PkgMove { .. } => "pkg move",
+            ClientRequest::PkgFreeze { .. } => "pkg freeze",
+            ClientRequest::PkgCleanup { .. } => "pkg cleanup",
+            ClientRequest::PkgRemove { .. } => "pkg remove",
+            ClientRequest::PkgStatus { .. } => "pkg status",
+            ClientRequest::PkgPlan { .. } => "pkg plan",
+            ClientRequest::NodeStandby { .. } => "node standby",
+            ClientRequest::Events { .. } => "events",
+            ClientRequest::AlertSet { .. } => "cluster alert",
+            ClientRequest::AlertList => "cluster alert list",
+            ClientRequest::Diagnostics { .. } => "report",
+            ClientRequest::TokenCreate { .. } => "cluster token",
+            ClientRequest::TokenRevoke { .. } => "cluster token --revoke",
+            ClientRequest::Join { .. } => "join",
+            ClientRequest::CertRenew { .. } => "ca renew",
+            ClientRequest::CertSign { .. } => "certificate signing",
+        }
+    }
+
     /// Whether only the leader can serve this request (writes, membership, linearizable reads).
     pub fn needs_leader(&self) -> bool {
         !matches!(
@@ -167,6 +251,9 @@ impl ClientRequest {
                 | ClientRequest::Status
                 | ClientRequest::PkgPlan { .. }
                 | ClientRequest::Diagnostics { .. }
+                | ClientRequest::Join { .. }
+                | ClientRequest::CertRenew { .. }
+                | ClientRequest::CertSign { .. }
         )
     }
 }
@@ -211,6 +298,18 @@ pub enum ClientReply {
     PackageStatus {
         packages: Vec<PackageState>,
         waiting: Vec<(String, String)>,
+    },
+    /// A new join token (one line).
+    Token {
+        token: String,
+        expires_ms: u64,
+    },
+    /// A redeemed join token: the node's certificate, the CA certificate, and the members to
+    /// dial (name, address).
+    Joined {
+        cert_pem: String,
+        ca_pem: String,
+        members: Vec<(String, String)>,
     },
 }
 
@@ -295,6 +394,10 @@ pub struct NodeStatus {
     pub protection: String,
     /// The leader's view of its lease: alive, unknown or expired (leader reports only).
     pub lease: Option<String>,
+    /// The release its clusterd runs, as the leader last heard (leader reports only).
+    pub version: Option<String>,
+    /// A witness: a voter that never hosts packages.
+    pub witness: bool,
 }
 
 /// The cluster as seen by one node (the leader when there is one).
@@ -316,4 +419,7 @@ pub struct StatusReport {
     pub packages: Vec<PackageState>,
     /// Things the operator must know: lease-only nodes, blocked packages, failures.
     pub warnings: Vec<String>,
+    /// The cluster version the reporter applied: the formats the cluster uses (`0.1.0` until
+    /// every node runs a newer release).
+    pub cluster_version: String,
 }

@@ -173,6 +173,24 @@ pub struct LabSpec {
     pub reboot_delay: Duration,
     /// Serve an emulated watchdog per node (a supervisor process).
     pub watchdog: bool,
+    /// Nodes that run another `clusterd` than the lab's (an older release: the upgrade test).
+    pub other_clusterd: BTreeMap<String, OtherClusterd>,
+    /// Nodes whose node file says `role = "witness"` (voters that never host packages).
+    pub witnesses: Vec<String>,
+    /// Nodes that join with a token: the lab issues them no certificate, writes them no node file
+    /// and does not add them; their daemon starts (`start_daemon`) once `clusterctl join` wrote
+    /// its node file into [`LabPaths::join_dir`].
+    pub joining: Vec<String>,
+}
+
+/// A node's `clusterd` when it is not the lab's: its binary and the release whose node file keys it
+/// reads (a v0.1.0 daemon refuses the keys added after it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtherClusterd {
+    /// Path of the binary.
+    pub clusterd: PathBuf,
+    /// Its release, e.g. `0.1.0`.
+    pub release: String,
 }
 
 impl LabSpec {
@@ -187,6 +205,9 @@ impl LabSpec {
             tool: None,
             reboot_delay: Duration::from_secs(2),
             watchdog: false,
+            other_clusterd: BTreeMap::new(),
+            witnesses: Vec::new(),
+            joining: Vec::new(),
         }
     }
 }
@@ -238,6 +259,15 @@ pub struct LabState {
     pub supervisor_pid: Option<i32>,
     /// Seconds a node stays off after a watchdog reset.
     pub reboot_delay_ms: u64,
+    /// Nodes that run another `clusterd` than the lab's (see [`Lab::set_clusterd`]).
+    #[serde(default)]
+    pub other_clusterd: BTreeMap<String, OtherClusterd>,
+    /// Nodes whose node file says `role = "witness"`.
+    #[serde(default)]
+    pub witnesses: Vec<String>,
+    /// Nodes that join with a token (see [`LabSpec::joining`]).
+    #[serde(default)]
+    pub joining: Vec<String>,
 }
 
 /// File and namespace names of one lab.
@@ -271,6 +301,11 @@ impl LabPaths {
     /// Runtime folder of one node.
     pub fn node_run_dir(&self, node: &str) -> PathBuf {
         self.run_dir().join(node)
+    }
+
+    /// Where `clusterctl join` writes the node file and keys of a joining node.
+    pub fn join_dir(&self, node: &str) -> PathBuf {
+        self.node_run_dir(node).join("join")
     }
 
     /// The lab's cgroup.
@@ -576,6 +611,9 @@ impl Lab {
                 partition: None,
                 supervisor_pid: None,
                 reboot_delay_ms: spec.reboot_delay.as_millis() as u64,
+                other_clusterd: spec.other_clusterd.clone(),
+                witnesses: spec.witnesses.clone(),
+                joining: spec.joining.clone(),
             },
         };
         if spec.voters + spec.learners == 0 || spec.voters + spec.learners > 180 {
@@ -923,6 +961,12 @@ impl Lab {
     fn start_daemon_inner(&mut self, node: &str) -> Result<(), LabError> {
         let pid = match self.state.daemon.clone() {
             Daemon::None => return Ok(()),
+            // A joining node has no node file until `clusterctl join` wrote it.
+            Daemon::Clusterd { .. }
+                if self.joining(node) && !self.paths.join_dir(node).join("clusterd.toml").exists() =>
+            {
+                return Ok(())
+            }
             Daemon::Clusterd { clusterd, watchdog, .. } => self.start_clusterd(node, &clusterd, watchdog)?,
             Daemon::Keepalived(config) => self.start_keepalived(node, &config)?,
         };
@@ -931,9 +975,30 @@ impl Lab {
         Ok(())
     }
 
+    /// Runs `other` as `node`'s `clusterd` from its next start on (`None`: the lab's again); the
+    /// upgrade test upgrades a node this way, then restarts its daemon.
+    pub fn set_clusterd(&mut self, node: &str, other: Option<OtherClusterd>) -> Result<(), LabError> {
+        self.node(node)?;
+        match other {
+            Some(other) => self.state.other_clusterd.insert(node.to_owned(), other),
+            None => self.state.other_clusterd.remove(node),
+        };
+        self.save()
+    }
+
+    fn joining(&self, node: &str) -> bool {
+        self.state.joining.iter().any(|joining| joining == node)
+    }
+
     fn start_clusterd(&self, node: &str, clusterd: &Path, watchdog: bool) -> Result<i32, LabError> {
         let record = self.node(node)?;
+        let other = self.state.other_clusterd.get(node);
+        let clusterd = other.map_or(clusterd, |other| other.clusterd.as_path());
         let run_dir = self.paths.node_run_dir(node);
+        if self.joining(node) {
+            // The node file `clusterctl join` wrote, as it is.
+            return self.spawn_clusterd(node, clusterd, &self.paths.join_dir(node).join("clusterd.toml"));
+        }
         // The mount point of the node's data filesystem (made by `up`).
         let data_dir = self.paths.data_dir(node);
         create_dir(&data_dir)?;
@@ -948,14 +1013,28 @@ impl Lab {
             pki.join(format!("{node}.key")).display(),
         );
         // Metrics and the status page on the node's own loopback (each node has its own network
-        // namespace): reachable only from inside the node, e.g. a browser run with `exec`.
-        config.insert_str(0, &format!("metrics = \"{LAB_METRICS}\"\nstatus_page = true\n"));
+        // namespace): reachable only from inside the node, e.g. a browser run with `exec`. v0.1.0
+        // had neither key.
+        if other.is_none_or(|other| other.release != "0.1.0") {
+            config.insert_str(0, &format!("metrics = \"{LAB_METRICS}\"\nstatus_page = true\n"));
+            // Every node the lab made holds the CA key: nodes joining with a token may redeem it anywhere.
+            config = config.replace("[tls]\n", &format!("[tls]\nca_key = \"{}\"\n", pki.join("ca.key").display()));
+        }
+        if self.state.witnesses.iter().any(|witness| witness == node) {
+            config.insert_str(0, "role = \"witness\"\n");
+        }
         if watchdog {
             config
                 .push_str(&format!("\n[watchdog]\ndevice = \"lab:{}\"\n", self.paths.watchdog_socket(node).display()));
         }
         let config_path = run_dir.join("clusterd.toml");
         write_file(&config_path, &config)?;
+        self.spawn_clusterd(node, clusterd, &config_path)
+    }
+
+    /// Starts `clusterd --config CONFIG_PATH` in `node` and waits for its READY=1.
+    fn spawn_clusterd(&self, node: &str, clusterd: &Path, config_path: &Path) -> Result<i32, LabError> {
+        let run_dir = self.paths.node_run_dir(node);
         let notify_path = run_dir.join("notify.sock");
         let _ = fs::remove_file(&notify_path);
         let notify =
@@ -964,7 +1043,7 @@ impl Lab {
             .set_read_timeout(Some(Duration::from_millis(200)))
             .map_err(|error| io_error("failed to configure", &notify_path, error))?;
         let mut command = Command::new(clusterd);
-        command.arg("--config").arg(&config_path).env("NOTIFY_SOCKET", &notify_path);
+        command.arg("--config").arg(config_path).env("NOTIFY_SOCKET", &notify_path);
         let log = run_dir.join("clusterd.log");
         let pid = self.spawn_detached(node, true, command, &log)?;
         let mut buffer = [0u8; 512];
@@ -1020,7 +1099,7 @@ impl Lab {
         let pki = self.paths.pki_dir();
         create_dir(&pki)?;
         sys::run(Command::new(clusterctl).args(["ca", "init", "--dir"]).arg(&pki))?;
-        for node in &self.state.nodes {
+        for node in self.state.nodes.iter().filter(|node| !self.joining(&node.name)) {
             sys::run(Command::new(clusterctl).args(["ca", "issue", &node.name, "--dir"]).arg(&pki).args([
                 "--ip",
                 &node.address.to_string(),
@@ -1044,7 +1123,7 @@ impl Lab {
     fn form_cluster(&self) -> Result<(), LabError> {
         let first = self.state.nodes[0].name.clone();
         self.clusterctl(&first, &["cluster", "init"])?;
-        for node in &self.state.nodes[1..] {
+        for node in self.state.nodes[1..].iter().filter(|node| !self.joining(&node.name)) {
             let endpoint = format!("{}:{CLUSTERD_PORT}", node.address);
             let mut args = vec!["node", "add", node.name.as_str(), endpoint.as_str()];
             if node.role == Role::Learner {
@@ -1064,7 +1143,7 @@ impl Lab {
                 return Err(last_error.unwrap_or_else(|| LabError::Timeout(format!("adding node {}", node.name))));
             }
         }
-        let total = self.state.nodes.len();
+        let total = self.state.nodes.iter().filter(|node| !self.joining(&node.name)).count();
         let formed = sys::wait_until(Duration::from_secs(30), || {
             self.cluster_status(&first)
                 .map(|status| status["leader"].is_string() && status["nodes"].as_array().map(Vec::len) == Some(total))

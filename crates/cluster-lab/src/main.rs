@@ -397,6 +397,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tool: None,
                 reboot_delay: Duration::from_secs_f64(reboot_delay),
                 watchdog,
+                other_clusterd: Default::default(),
+                witnesses: Vec::new(),
+                joining: Vec::new(),
             };
             let lab = Lab::up(&spec).with_context(|| format!("failed to bring lab {name} up"))?;
             print_status(&lab, false);

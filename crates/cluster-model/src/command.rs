@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::package::{Phase, ResourceStatus, Role};
 use crate::settings::FenceConfig;
+use crate::version::{ClusterVersion, NeedsVersion};
 
 /// A state change, proposed by the leader and applied by every node in log order. Commands that
 /// need a time carry the proposer's wall clock (`at_ms`, ms since the Unix epoch), used only for
@@ -72,6 +73,136 @@ pub enum Command {
     /// Several commands proposed together (one Raft entry, one log append): applied in order, as
     /// if each were its own entry; the outcome is [`CommandOutcome::Batch`], one per command.
     Batch(Vec<Command>),
+    /// Every member runs a release that reads `version`'s formats: the cluster uses them from now
+    /// on (proposed by the leader, never lowered; see `crate::version`).
+    ActivateVersion { version: ClusterVersion, at_ms: u64 },
+    /// `name` becomes a witness (a voter that never hosts packages), or a node that may host them
+    /// again (`clusterctl node add --witness`, node file `role = "witness"`).
+    NodeRole { name: String, witness: bool, at_ms: u64 },
+    /// A join token whose secret hashes (SHA-256, hex) to `hash`, valid until `expires_ms`
+    /// (`clusterctl cluster token`; `crate::join`).
+    TokenCreate { hash: String, expires_ms: u64, at_ms: u64 },
+    /// The token `hash` may no longer be redeemed (`clusterctl cluster token --revoke`).
+    TokenRevoke { hash: String, at_ms: u64 },
+    /// The token `hash` was redeemed by node `node` at `address`, which got the certificate
+    /// `fingerprint` (`clusterctl join`); rejected if the token is used, revoked, expired at
+    /// `at_ms`, or the name is taken.
+    TokenRedeem { hash: String, node: String, address: String, fingerprint: String, at_ms: u64 },
+    /// `node` was removed: every certificate issued to it, and certificates bearing its name, are
+    /// refused from now on (`clusterctl node remove`).
+    NodeRevoke { name: String, at_ms: u64 },
+    /// A removed `name` is added again (`clusterctl node add`): certificates bearing it are
+    /// accepted again, except those revoked by fingerprint.
+    NodeAdmit { name: String, at_ms: u64 },
+    /// Member `node` renewed its certificate: the new one has `fingerprint` (revoked with the
+    /// others if the node is removed); rejected for a removed node.
+    CertRenewed { node: String, fingerprint: String, at_ms: u64 },
+}
+
+impl Command {
+    /// The variant's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::KvSet { .. } => "KvSet",
+            Command::KvCas { .. } => "KvCas",
+            Command::KvDel { .. } => "KvDel",
+            Command::SetSetting { .. } => "SetSetting",
+            Command::SetFence { .. } => "SetFence",
+            Command::PkgApply { .. } => "PkgApply",
+            Command::PkgRemove { .. } => "PkgRemove",
+            Command::PkgRun { .. } => "PkgRun",
+            Command::PkgStop { .. } => "PkgStop",
+            Command::PkgMove { .. } => "PkgMove",
+            Command::PkgFreeze { .. } => "PkgFreeze",
+            Command::PkgCleanup { .. } => "PkgCleanup",
+            Command::NodeStandby { .. } => "NodeStandby",
+            Command::NodeHello { .. } => "NodeHello",
+            Command::Assign { .. } => "Assign",
+            Command::Report { .. } => "Report",
+            Command::NodeFenced { .. } => "NodeFenced",
+            Command::NodeLeave { .. } => "NodeLeave",
+            Command::NodeWatchdog { .. } => "NodeWatchdog",
+            Command::LeasesSettled { .. } => "LeasesSettled",
+            Command::SetAlert { .. } => "SetAlert",
+            Command::AlertsDelivered { .. } => "AlertsDelivered",
+            Command::ActivateVersion { .. } => "ActivateVersion",
+            Command::NodeRole { .. } => "NodeRole",
+            Command::TokenCreate { .. } => "TokenCreate",
+            Command::TokenRevoke { .. } => "TokenRevoke",
+            Command::TokenRedeem { .. } => "TokenRedeem",
+            Command::NodeRevoke { .. } => "NodeRevoke",
+            Command::NodeAdmit { .. } => "NodeAdmit",
+            Command::CertRenewed { .. } => "CertRenewed",
+            Command::SetRole { .. } => "SetRole",
+            Command::NodeCapacity { .. } => "NodeCapacity",
+            Command::Batch(_) => "Batch",
+        }
+    }
+
+    /// The oldest cluster version whose members can decode and apply this command: the leader
+    /// proposes it only at that version or later (`crate::version`).
+    pub fn required_version(&self) -> ClusterVersion {
+        self.version_need().needs
+    }
+
+    /// What in this command needs the newest version, and that version: a package definition that
+    /// uses relations, a promotion report, or the command itself.
+    pub fn version_need(&self) -> NeedsVersion {
+        match self {
+            Command::PkgApply { def, .. } => {
+                if let Some(field) = crate::compat::relation_in_use(def) {
+                    return NeedsVersion::new(
+                        format!("package `{}` uses `{field}`, which", def.name),
+                        ClusterVersion::V0_2,
+                    );
+                }
+            }
+            Command::Report { report, .. } if crate::compat::report_to_v0_1(report).is_err() => {
+                return NeedsVersion::new("a promotion report", ClusterVersion::V0_2);
+            }
+            _ => {}
+        }
+        NeedsVersion::new(format!("command `{}`", self.name()), self.variant_version())
+    }
+
+    /// The oldest cluster version that knows this variant.
+    fn variant_version(&self) -> ClusterVersion {
+        match self {
+            Command::KvSet { .. }
+            | Command::KvCas { .. }
+            | Command::KvDel { .. }
+            | Command::SetSetting { .. }
+            | Command::SetFence { .. }
+            | Command::PkgApply { .. }
+            | Command::PkgRemove { .. }
+            | Command::PkgRun { .. }
+            | Command::PkgStop { .. }
+            | Command::PkgMove { .. }
+            | Command::PkgFreeze { .. }
+            | Command::PkgCleanup { .. }
+            | Command::NodeStandby { .. }
+            | Command::NodeHello { .. }
+            | Command::Assign { .. }
+            | Command::Report { .. }
+            | Command::NodeFenced { .. }
+            | Command::NodeLeave { .. }
+            | Command::NodeWatchdog { .. } => ClusterVersion::V0_1,
+            Command::LeasesSettled { .. }
+            | Command::SetAlert { .. }
+            | Command::AlertsDelivered { .. }
+            | Command::ActivateVersion { .. }
+            | Command::NodeRole { .. }
+            | Command::TokenCreate { .. }
+            | Command::TokenRevoke { .. }
+            | Command::TokenRedeem { .. }
+            | Command::NodeRevoke { .. }
+            | Command::NodeAdmit { .. }
+            | Command::CertRenewed { .. }
+            | Command::SetRole { .. }
+            | Command::NodeCapacity { .. }
+            | Command::Batch(_) => ClusterVersion::V0_2,
+        }
+    }
 }
 
 /// An owner's report about its package.

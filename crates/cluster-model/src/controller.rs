@@ -217,6 +217,7 @@ impl<'a> Planner<'a> {
             || !self.view.nodes.contains_key(node)
             || package.banned.contains(node)
             || self.state.nodes.get(node).is_some_and(|record| record.standby || record.leaving)
+            || self.state.witnesses.contains(node)
     }
 
     /// Why `node` cannot take `package` whatever its lease, or `None`.
@@ -238,6 +239,9 @@ impl<'a> Planner<'a> {
         }
         if self.state.nodes.get(node).is_some_and(|record| record.standby) {
             return Some("in standby".into());
+        }
+        if self.state.witnesses.contains(node) {
+            return Some("is a witness (it never hosts packages)".into());
         }
         Some("has clusterd stopping or stopped".into())
     }

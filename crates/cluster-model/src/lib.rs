@@ -7,7 +7,9 @@
 
 pub mod alerts;
 mod command;
+pub mod compat;
 pub mod controller;
+pub mod join;
 mod lease;
 mod limits;
 mod node;
@@ -16,6 +18,7 @@ pub mod relations;
 mod settings;
 mod state;
 pub mod v3;
+mod version;
 
 pub use command::{Command, CommandOutcome, Report};
 pub use lease::{Grant, KeepLedger, LeaseHolder, LeaseStatus, LeaseTable};
@@ -24,3 +27,4 @@ pub use node::{node_id, validate_node_name, NodeInfo};
 pub use package::{Desired, Event, Failure, NodeRecord, PackageState, Phase, Redefinition, ResourceStatus, Role};
 pub use settings::{FenceConfig, SettingError, Settings};
 pub use state::{ClusterState, EVENT_HISTORY};
+pub use version::{ClusterVersion, NeedsVersion};

@@ -80,6 +80,14 @@ impl Settings {
 
     /// Parses and stores one setting; checks it against the others; the state is unchanged on error.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), SettingError> {
+        self.set_at(crate::ClusterVersion::CURRENT, name, value)
+    }
+
+    /// [`Settings::set`] as a cluster at `version` applies it: at version 1 (v0.1.0) without the
+    /// watchdog rule and without a lease ceiling, as v0.1.0 did, so that both releases compute the
+    /// same settings from the same log (a 0.2.0 leader refuses to shorten a lease meanwhile).
+    pub fn set_at(&mut self, version: crate::ClusterVersion, name: &str, value: &str) -> Result<(), SettingError> {
+        let since_0_2 = version >= crate::ClusterVersion::V0_2;
         let mut next = self.clone();
         let invalid = |expected: &str| SettingError::Invalid {
             name: name.to_owned(),
@@ -110,11 +118,13 @@ impl Settings {
             }
             _ => return Err(SettingError::Unknown { name: name.to_owned() }),
         }
-        next.check().map_err(|why| invalid(&why))?;
+        next.check(since_0_2).map_err(|why| invalid(&why))?;
         // Leases granted before this change were judged (and may still run) with the old wait:
         // keep the longest one until every such lease has certainly ended.
         let ceiling = self.longest_grantor_wait();
-        next.grantor_wait_ceiling_us = (next.lease_for_grantor() < ceiling).then_some(ceiling.as_micros() as u64);
+        if since_0_2 {
+            next.grantor_wait_ceiling_us = (next.lease_for_grantor() < ceiling).then_some(ceiling.as_micros() as u64);
+        }
         *self = next;
         Ok(())
     }
@@ -131,7 +141,7 @@ impl Settings {
 
     /// Cross-setting rules: renewals must fit in a lease, the stop budget must leave room, and the
     /// watchdog (timeout = stop budget, petted at every heartbeat) must be petted twice per timeout.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self, watchdog_rule: bool) -> Result<(), String> {
         if self.heartbeat_ms * 3 > self.lease_ms {
             return Err(format!(
                 "a value that keeps heartbeat ({} ms) at most a third of lease ({} ms)",
@@ -145,7 +155,7 @@ impl Settings {
                 self.lease_ms
             ));
         }
-        if 2 * self.heartbeat_ms > self.stop_budget().as_millis() as u64 {
+        if watchdog_rule && 2 * self.heartbeat_ms > self.stop_budget().as_millis() as u64 {
             return Err(format!(
                 "a value that keeps two heartbeats ({} ms each) within stop_budget ({} ms): the watchdog's \
                  timeout is the stop budget and it is petted at every heartbeat",

@@ -9,13 +9,17 @@ use cluster_package::{Instances, PackageDef};
 use crate::command::Report;
 use crate::package::{Desired, Event, Failure, NodeRecord, PackageState, Phase, Redefinition, Role};
 use crate::relations::{self, AsApplied};
-use crate::{Command, CommandOutcome, Settings};
+use crate::{ClusterVersion, Command, CommandOutcome, Settings};
 
 /// How many events the state keeps (older ones are dropped).
 pub const EVENT_HISTORY: usize = 1_000;
 
 /// Everything the committed log describes, apart from Raft membership (which the Raft layer keeps).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// [`ClusterState::default`] is a state at this binary's cluster version (tests, the simulation);
+/// a log replayed from its beginning starts from [`ClusterState::genesis`] instead, at the oldest
+/// version, so that every release computes the same state from the same log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub settings: Settings,
     pub kv: BTreeMap<String, String>,
@@ -25,6 +29,19 @@ pub struct ClusterState {
     pub next_event: u64,
     /// Alert hooks and their delivery mark.
     pub alerts: crate::alerts::AlertState,
+    /// The formats the cluster uses: the oldest release every member runs, as committed
+    /// (`Command::ActivateVersion`). Commands of later versions are refused below it.
+    pub cluster_version: ClusterVersion,
+    /// Witnesses: voters that never host packages (`Command::NodeRole`).
+    pub witnesses: BTreeSet<String>,
+    /// Join tokens, issued certificates and revocations (`crate::join`).
+    pub join: crate::join::JoinState,
+}
+
+impl Default for ClusterState {
+    fn default() -> ClusterState {
+        ClusterState { cluster_version: ClusterVersion::CURRENT, ..ClusterState::genesis() }
+    }
 }
 
 fn rejected(reason: impl Into<String>) -> CommandOutcome {
@@ -36,9 +53,35 @@ fn unknown_package(name: &str) -> CommandOutcome {
 }
 
 impl ClusterState {
+    /// The state before the first entry of a log: empty, at the oldest cluster version (a log
+    /// written by v0.1.0 has no `ActivateVersion`, and must apply here as it did there).
+    pub fn genesis() -> ClusterState {
+        ClusterState {
+            settings: Settings::default(),
+            kv: BTreeMap::new(),
+            packages: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            events: VecDeque::new(),
+            next_event: 0,
+            alerts: crate::alerts::AlertState::default(),
+            cluster_version: ClusterVersion::OLDEST,
+            witnesses: BTreeSet::new(),
+            join: crate::join::JoinState::default(),
+        }
+    }
+
     /// Applies one committed command. Deterministic and total: invalid commands are rejected with a
     /// reason and leave the state unchanged.
+    ///
+    /// A command that needs a later cluster version than the state's is rejected (the leader never
+    /// proposes one; a member of the older version could not even decode it), and the commands
+    /// whose meaning changed since v0.1.0 apply as v0.1.0 applied them while the cluster is at
+    /// version 1, so that members of both releases compute the same state.
     pub fn apply(&mut self, command: &Command) -> CommandOutcome {
+        let need = command.version_need();
+        if need.needs > self.cluster_version && !matches!(command, Command::ActivateVersion { .. }) {
+            return rejected(format!("{need}, and the cluster runs at {}", self.cluster_version));
+        }
         match command {
             Command::KvSet { key, value } => {
                 self.kv.insert(key.clone(), value.clone());
@@ -53,7 +96,7 @@ impl ClusterState {
                 CommandOutcome::Applied
             }
             Command::KvDel { key } => CommandOutcome::Deleted { existed: self.kv.remove(key).is_some() },
-            Command::SetSetting { name, value } => match self.settings.set(name, value) {
+            Command::SetSetting { name, value } => match self.settings.set_at(self.cluster_version, name, value) {
                 Ok(()) => CommandOutcome::Applied,
                 Err(err) => rejected(err.to_string()),
             },
@@ -101,8 +144,13 @@ impl ClusterState {
                 // A frozen package stays active when clusterd stops on its owner (maintenance): a
                 // node without a watchdog then has nothing that stops it at its lease's end, so an
                 // unfreeze must not let the controller reassign it on that lease's expiry.
+                // (Since 0.2.0: v0.1.0 unfroze it as is.)
+                let v0_1 = self.cluster_version < ClusterVersion::V0_2;
                 let nodes = &self.nodes;
                 let unprotected_owner = |package: &PackageState| {
+                    if v0_1 {
+                        return None;
+                    }
                     let owner = package.owner.as_deref()?;
                     let record = nodes.get(owner)?;
                     let kept = package.frozen && package.phase.may_be_active() && package.phase != Phase::Blocked;
@@ -242,7 +290,79 @@ impl ClusterState {
             Command::Batch(commands) => {
                 CommandOutcome::Batch(commands.iter().map(|command| self.apply(command)).collect())
             }
+            Command::ActivateVersion { version, at_ms } => self.activate(*version, *at_ms),
+            Command::NodeRole { name, witness, at_ms } => {
+                let changed = if *witness { self.witnesses.insert(name.clone()) } else { self.witnesses.remove(name) };
+                if changed {
+                    let (what, reason) = if *witness {
+                        ("witness", "a voter that never hosts packages: its packages move away")
+                    } else {
+                        ("package node", "may host packages again")
+                    };
+                    self.event(*at_ms, None, Some(name), 0, what, reason, None);
+                }
+                CommandOutcome::Applied
+            }
+            Command::TokenCreate { hash, expires_ms, at_ms } => match self.join.create(hash, *at_ms, *expires_ms) {
+                Ok(()) => CommandOutcome::Applied,
+                Err(reason) => rejected(reason),
+            },
+            Command::TokenRevoke { hash, at_ms } => match self.join.revoke(hash, *at_ms) {
+                Ok(()) => CommandOutcome::Applied,
+                Err(reason) => rejected(reason),
+            },
+            Command::TokenRedeem { hash, node, address, fingerprint, at_ms } => {
+                let known = self.nodes.contains_key(node);
+                match self.join.redeem(hash, node, known, fingerprint, *at_ms) {
+                    Ok(()) => {
+                        let reason = format!("joined with a token at {address}: certificate {fingerprint}");
+                        self.event(*at_ms, None, Some(node), 0, "joined", &reason, None);
+                        CommandOutcome::Applied
+                    }
+                    Err(reason) => rejected(reason),
+                }
+            }
+            Command::NodeRevoke { name, at_ms } => {
+                self.join.revoke_node(name);
+                let reason = "removed: its certificates are refused";
+                self.event(*at_ms, None, Some(name), 0, "certificates revoked", reason, None);
+                CommandOutcome::Applied
+            }
+            Command::CertRenewed { node, fingerprint, at_ms } => match self.join.renewed(node, fingerprint) {
+                Ok(()) => {
+                    let reason = format!("new certificate {fingerprint}");
+                    self.event(*at_ms, None, Some(node), 0, "certificate renewed", &reason, None);
+                    CommandOutcome::Applied
+                }
+                Err(reason) => rejected(reason),
+            },
+            Command::NodeAdmit { name, at_ms } => {
+                if self.join.admit_node(name) {
+                    let reason = "added again: certificates with its name are accepted";
+                    self.event(*at_ms, None, Some(name), 0, "admitted", reason, None);
+                }
+                CommandOutcome::Applied
+            }
         }
+    }
+
+    /// `Command::ActivateVersion`: the version only rises, and only to one this binary knows.
+    fn activate(&mut self, version: ClusterVersion, at_ms: u64) -> CommandOutcome {
+        if !version.supported() {
+            return rejected(format!(
+                "cluster version {} is newer than this clusterd ({}) understands",
+                version.0,
+                ClusterVersion::CURRENT
+            ));
+        }
+        if version <= self.cluster_version {
+            return rejected(format!("the cluster already runs at version {}", self.cluster_version));
+        }
+        let from = self.cluster_version;
+        self.cluster_version = version;
+        let reason = format!("every member runs {version} or later");
+        self.event(at_ms, None, None, 0, &format!("cluster version {from} -> {version}"), &reason, None);
+        CommandOutcome::Applied
     }
 
     /// Why `node` cannot take package `name`, if it cannot.
@@ -292,6 +412,9 @@ impl ClusterState {
         }
         if self.nodes.get(node).is_some_and(|record| record.standby) {
             return Some(format!("node `{node}` is in standby"));
+        }
+        if self.witnesses.contains(node) {
+            return Some(format!("node `{node}` is a witness: it never hosts packages"));
         }
         if self.nodes.get(node).is_some_and(|record| record.leaving) {
             return Some(format!("clusterd on node `{node}` is stopped or stopping"));
@@ -1259,6 +1382,56 @@ mod tests {
         assign(&mut state, Some("n1"), Phase::Stopping);
         report(&mut state, "n1", Report::Stopped, 5);
         assert_eq!(state.removal_refused("n1"), None, "{:?}", state.packages["web"].phase);
+    }
+
+    #[test]
+    fn a_log_replays_from_the_oldest_version_and_rises_only_by_activation() {
+        let mut state = ClusterState::genesis();
+        assert_eq!(state.cluster_version, ClusterVersion::V0_1);
+        let hook = crate::alerts::AlertHook { events: vec!["failover".into()], timeout_ms: 30_000, recipient: None };
+        let set_alert = Command::SetAlert { path: "/usr/lib/hook".into(), hook: Some(hook) };
+        let CommandOutcome::Rejected { reason } = state.apply(&set_alert) else { panic!("must be rejected") };
+        assert_eq!(reason, "command `SetAlert` needs cluster version 0.2.0, and the cluster runs at 0.1.0");
+        assert!(state.alerts.hooks.is_empty());
+        let activate = Command::ActivateVersion { version: ClusterVersion::V0_2, at_ms: 9 };
+        assert_eq!(state.apply(&activate), CommandOutcome::Applied);
+        assert_eq!(state.cluster_version, ClusterVersion::V0_2);
+        assert_eq!(state.events.back().unwrap().what, "cluster version 0.1.0 -> 0.2.0");
+        assert!(matches!(state.apply(&activate), CommandOutcome::Rejected { .. }), "never twice");
+        let newer = Command::ActivateVersion { version: ClusterVersion(3), at_ms: 10 };
+        assert!(matches!(state.apply(&newer), CommandOutcome::Rejected { reason } if reason.contains("newer than")));
+        assert_eq!(state.apply(&set_alert), CommandOutcome::Applied);
+        assert_eq!(ClusterState::default().cluster_version, ClusterVersion::CURRENT);
+    }
+
+    /// Members of v0.1.0 and of this release apply the same log to the same state: at cluster
+    /// version 1 the commands whose meaning changed since apply as v0.1.0 applied them.
+    #[test]
+    fn at_cluster_version_1_settings_and_unfreeze_apply_as_v0_1_applied_them() {
+        let mut old = ClusterState::genesis();
+        let mut new = ClusterState::default();
+        for state in [&mut old, &mut new] {
+            state.apply(&Command::SetSetting { name: "lease".into(), value: "3s".into() });
+            state.apply(&Command::SetSetting { name: "lease".into(), value: "1s".into() });
+        }
+        assert_eq!(old.settings.grantor_wait_ceiling_us, None, "v0.1.0 kept no ceiling");
+        assert!(new.settings.grantor_wait_ceiling_us.is_some());
+        // v0.1.0 had no rule tying the stop budget to two heartbeats.
+        let budget = Command::SetSetting { name: "stop_budget".into(), value: "150ms".into() };
+        assert_eq!(old.apply(&budget), CommandOutcome::Applied);
+        assert!(matches!(new.apply(&budget), CommandOutcome::Rejected { .. }));
+        // Unfreezing a package left running by a stopped lease-only daemon: v0.1.0 did not block it.
+        for state in [&mut old, &mut new] {
+            state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+            state.apply(&Command::NodeHello { name: "n1".into(), watchdog: None, at_ms: 0 });
+            assign(state, Some("n1"), Phase::Starting);
+            report(state, "n1", Report::Running { resources: vec![] }, 1);
+            state.apply(&Command::PkgFreeze { name: "web".into(), frozen: true, at_ms: 2 });
+            state.apply(&Command::NodeLeave { name: "n1".into(), at_ms: 3 });
+            state.apply(&Command::PkgFreeze { name: "web".into(), frozen: false, at_ms: 4 });
+        }
+        assert_eq!(old.packages["web"].phase, Phase::Running);
+        assert_eq!(new.packages["web"].phase, Phase::Blocked);
     }
 
     // ---- relations (issue 13) ----

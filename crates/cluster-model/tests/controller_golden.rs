@@ -326,6 +326,48 @@ fn blocked_packages() {
     check_plan("blocked_with_fencing_fences_the_owner", &blocked().fence("n1"));
 }
 
+/// Issue 12: a witness is a voter that never hosts packages, whatever the package's node list says.
+#[test]
+fn witnesses() {
+    let witness = |name: &str| Command::NodeRole { name: name.into(), witness: true, at_ms: 3 };
+    check_plan("a_witness_is_not_placed_on", &Scenario::new().package("web", "").with(witness("n1")));
+    check_plan(
+        "a_witness_is_not_placed_on_even_by_a_package_of_every_node",
+        &Scenario::new().package("web", "").with(Command::PkgApply {
+            def: Box::new(
+                cluster_package::parse_package(
+                    "p.toml",
+                    "name = \"web\"\n[[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"192.0.2.100/24\"\ninterface = \"eth0\"\n",
+                )
+                .unwrap(),
+            ),
+            at_ms: 2,
+        })
+        .with(witness("n1")),
+    );
+    check_plan(
+        "a_node_made_a_witness_is_drained",
+        &Scenario::new().package("web", "").running_on("web", "n1").with(witness("n1")),
+    );
+    check_plan(
+        "with_both_package_nodes_gone_a_package_waits_off_the_witness",
+        &Scenario::new()
+            .package("web", "")
+            .running_on("web", "n1")
+            .with(witness("n3"))
+            .lease("n1", Liveness::Expired)
+            .lease("n2", Liveness::Expired),
+    );
+    let scenario = Scenario::new().package("web", "").running_on("web", "n1").with(witness("n3"));
+    check("explain_a_witness", &(explain(&scenario.state, &scenario.view, "web", NOW).unwrap().join("\n") + "\n"));
+    let mut state = Scenario::new().package("web", "auto_run = false").with(witness("n3")).state;
+    let refused = state.apply(&Command::PkgRun { name: "web".into(), node: Some("n3".into()), at_ms: 4 });
+    assert_eq!(
+        refused,
+        cluster_model::CommandOutcome::Rejected { reason: "node `n3` is a witness: it never hosts packages".into() }
+    );
+}
+
 #[test]
 fn explanations() {
     let scenario = Scenario::new()

@@ -17,6 +17,7 @@
 #![allow(clippy::result_large_err)]
 
 mod ack_clock;
+mod compat;
 mod election;
 mod files;
 mod leader_clock;
@@ -30,6 +31,8 @@ mod state_machine;
 mod types;
 
 pub use log_store::{LogOpenError, LogStore, RecoveryReport};
-pub use node::{Confirmed, ConsensusError, ConsensusNode, ForwardError, LeadershipChanges, NodeOptions, Timing};
+pub use node::{
+    Confirmed, ConsensusError, ConsensusNode, ForwardError, LeadershipChanges, MemberVersion, NodeOptions, Timing,
+};
 pub use state_machine::{Applied, SnapshotOpenError, StateMachineStore, StateView};
 pub use types::TypeConfig;

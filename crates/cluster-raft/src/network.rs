@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_api::{decode, encode, Client, ClientError, PeerRequest, PeerRpc, Request, Response};
+use cluster_api::{
+    decode_body, encode_as, frame_version, Client, ClientError, PeerRequest, PeerRpc, Request, Response, PROTOCOL_V0_1,
+    PROTOCOL_VERSION,
+};
 use cluster_model::NodeInfo;
 use cluster_tls::rustls::ClientConfig;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -21,6 +24,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::compat::{append_to_v0_1, SharedVersion};
 use crate::leader_clock::LeaderClock;
 use crate::types::TypeConfig;
 
@@ -34,6 +38,10 @@ pub(crate) struct Peers {
     pub(crate) leader_clock: LeaderClock,
     idle: Mutex<HashMap<String, Vec<Client>>>,
     contact: Mutex<HashMap<u64, Instant>>,
+    /// The cluster version of this node's applied state: the protocol it speaks.
+    version: SharedVersion,
+    /// When each peer was last reported as unable to follow (rate limit of that error).
+    refused: Mutex<HashMap<u64, Instant>>,
 }
 
 /// Why a peer call failed: the peer could not be reached, or it answered with an error.
@@ -57,13 +65,40 @@ impl std::fmt::Display for CallError {
 }
 
 impl Peers {
-    pub(crate) fn new(tls: Arc<ClientConfig>) -> Arc<Peers> {
+    pub(crate) fn new(tls: Arc<ClientConfig>, version: SharedVersion) -> Arc<Peers> {
         Arc::new(Peers {
             tls,
             leader_clock: LeaderClock::default(),
             idle: Mutex::new(HashMap::new()),
             contact: Mutex::new(HashMap::new()),
+            version,
+            refused: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The protocol this node speaks now (that of its cluster version).
+    pub(crate) fn protocol(&self) -> u8 {
+        self.version.protocol()
+    }
+
+    /// Says, at most once a minute per peer, that `target` cannot follow because it runs an older
+    /// release than the cluster version (it refuses this node's protocol).
+    fn note_refusal(&self, target: u64, address: &str, detail: &str) {
+        if !(detail.contains("protocol version") && detail.contains("is not supported")) {
+            return;
+        }
+        let mut refused = self.refused.lock().expect("refused lock");
+        if refused.get(&target).is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        refused.insert(target, Instant::now());
+        tracing::error!(
+            peer = address,
+            "the node at {address} refuses protocol {} (the cluster runs at version {}): it runs an older clusterd \
+             and cannot follow until it is upgraded ({detail})",
+            self.protocol(),
+            self.version.get()
+        );
     }
 
     pub(crate) fn record_contact(&self, node: u64) {
@@ -110,6 +145,18 @@ impl Peers {
         timeout: Duration,
         pooled: bool,
     ) -> Result<Response, CallError> {
+        self.request_in(address, request, timeout, pooled, self.protocol()).await
+    }
+
+    /// [`Peers::request`] in a given protocol (the version probe always asks in this release's).
+    pub(crate) async fn request_in(
+        &self,
+        address: &str,
+        request: &Request,
+        timeout: Duration,
+        pooled: bool,
+        protocol: u8,
+    ) -> Result<Response, CallError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let connect = async {
             if pooled {
@@ -122,6 +169,7 @@ impl Peers {
             .await
             .map_err(|_| CallError::Unreachable(format!("cannot connect to {address} within {timeout:?}")))?
             .map_err(|err| CallError::Unreachable(err.to_string()))?;
+        client.set_protocol(protocol);
         let lost = |_| CallError::Lost(format!("{address} did not answer within {timeout:?}"));
         let response = match tokio::time::timeout_at(deadline, client.round_trip(request)).await.map_err(lost)? {
             Ok(response) => response,
@@ -129,6 +177,7 @@ impl Peers {
                 self.forget(address);
                 let fresh = async {
                     let mut client = Client::connect_with(address, self.tls.clone(), CONNECT_TIMEOUT).await?;
+                    client.set_protocol(protocol);
                     let response = client.round_trip(request).await?;
                     Ok::<_, ClientError>((client, response))
                 };
@@ -145,7 +194,8 @@ impl Peers {
         Ok(response)
     }
 
-    /// A typed peer RPC: encodes the body, sends it, decodes the answer.
+    /// A typed peer RPC whose body and answer have the same shape in every protocol: encodes the
+    /// body in this node's protocol, sends it, decodes the answer (in the same protocol).
     pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         target: u64,
@@ -154,13 +204,69 @@ impl Peers {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let payload = encode(body).map_err(|err| CallError::Remote(err.to_string()))?.to_vec();
+        let payload = encode_as(body, self.protocol()).map_err(|err| CallError::Remote(err.to_string()))?.to_vec();
+        let answer = self.call_raw(target, address, rpc, payload, timeout).await?;
+        decode_body(&answer).map_err(|err| CallError::Remote(format!("bad answer from {address}: {err}")))
+    }
+
+    /// A typed peer RPC that v0.1.0 lacks, in this release's protocol whatever the cluster version;
+    /// `Ok(None)` when the node runs v0.1.0 (it refused the protocol: that is its answer). While
+    /// the cluster runs at version 1 the connection is not pooled (v0.1.0 closes it).
+    pub(crate) async fn call_newest<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: u64,
+        address: &str,
+        rpc: PeerRpc,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Option<Resp>, CallError> {
+        let payload = encode_as(body, PROTOCOL_VERSION).map_err(|err| CallError::Remote(err.to_string()))?.to_vec();
+        let request = Request::Peer(PeerRequest { rpc, payload });
+        let pooled = self.protocol() == PROTOCOL_VERSION;
+        match self.request_in(address, &request, timeout, pooled, PROTOCOL_VERSION).await? {
+            Response::Peer(Ok(bytes)) => {
+                self.record_contact(target);
+                decode_body(&bytes)
+                    .map(Some)
+                    .map_err(|err| CallError::Remote(format!("bad answer from {address}: {err}")))
+            }
+            Response::Peer(Err(message)) => {
+                self.note_refusal(target, address, &message);
+                Err(CallError::Remote(message))
+            }
+            refused @ Response::Client(Err(_)) if cluster_api::wire::refused_protocol(PROTOCOL_V0_1, &refused) => {
+                Ok(None)
+            }
+            Response::Client(Err(err)) => Err(CallError::Remote(err.message)),
+            Response::Client(_) => Err(CallError::Remote(format!("{address} answered a peer rpc as a client request"))),
+        }
+    }
+
+    /// A peer RPC with an encoded payload (its version byte chosen by the caller); returns the
+    /// encoded answer, whose version byte is checked to be one this release reads.
+    pub(crate) async fn call_raw(
+        &self,
+        target: u64,
+        address: &str,
+        rpc: PeerRpc,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
         match self.request(address, &Request::Peer(PeerRequest { rpc, payload }), timeout, true).await? {
             Response::Peer(Ok(bytes)) => {
                 self.record_contact(target);
-                decode(&bytes).map_err(|err| CallError::Remote(format!("bad answer from {address}: {err}")))
+                frame_version(&bytes).map_err(|err| CallError::Remote(format!("bad answer from {address}: {err}")))?;
+                Ok(bytes)
             }
-            Response::Peer(Err(message)) => Err(CallError::Remote(message)),
+            Response::Peer(Err(message)) => {
+                self.note_refusal(target, address, &message);
+                Err(CallError::Remote(message))
+            }
+            Response::Client(Err(err)) => {
+                // A node that cannot decode the whole frame answers as to a client.
+                self.note_refusal(target, address, &err.message);
+                Err(CallError::Remote(err.message))
+            }
             Response::Client(_) => Err(CallError::Remote(format!("{address} answered a peer rpc as a client request"))),
         }
     }
@@ -242,8 +348,30 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        self.raft_call_in(rpc, body, option, self.peers.protocol()).await
+    }
+
+    async fn raft_call_in<Req, Resp, E>(
+        &mut self,
+        rpc: PeerRpc,
+        body: &Req,
+        option: &RPCOption,
+        protocol: u8,
+    ) -> Result<Resp, RPCError<u64, NodeInfo, RaftError<u64, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload = encode_as(body, protocol).map_err(|err| {
+            RPCError::Network(NetworkError::new(&std::io::Error::other(format!("cannot encode {rpc:?}: {err}"))))
+        })?;
         let answer: Result<Result<Resp, RaftError<u64, E>>, CallError> =
-            self.peers.call(self.target, &self.address, rpc, body, option.hard_ttl()).await;
+            match self.peers.call_raw(self.target, &self.address, rpc, payload.to_vec(), option.hard_ttl()).await {
+                Ok(bytes) => decode_body(&bytes)
+                    .map_err(|err| CallError::Remote(format!("bad answer from {}: {err}", self.address))),
+                Err(err) => Err(err),
+            };
         match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
@@ -267,7 +395,20 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         let term = rpc.vote.leader_id().get_term();
         let leading = rpc.vote.is_committed();
         let entries = rpc.entries.len();
-        let result = self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await;
+        let result = if self.peers.protocol() == cluster_api::PROTOCOL_V0_1 {
+            // At cluster version 1 every entry has a v0.1.0 form (newer commands are refused),
+            // except the `ActivateVersion` that ends it, proposed once every member was seen to run
+            // a newer release: entries v0.1.0 lacks travel in this release's protocol.
+            match append_to_v0_1(&rpc) {
+                Ok(old) => self.raft_call(PeerRpc::AppendEntries, &old, &option).await,
+                Err(needs) => {
+                    tracing::debug!(%needs, peer = %self.address, "entries v0.1.0 cannot read: sent in protocol 4");
+                    self.raft_call_in(PeerRpc::AppendEntries, &rpc, &option, cluster_api::PROTOCOL_VERSION).await
+                }
+            }
+        } else {
+            self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await
+        };
         self.stats.record(self.target, entries, sent);
         if leading && matches!(result, Ok(ref response) if !matches!(response, AppendEntriesResponse::HigherVote(_))) {
             self.peers.leader_clock.accepted(term, self.target, sent);
@@ -296,7 +437,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use cluster_api::framed;
+    use cluster_api::{decode, encode, framed};
     use cluster_tls::{TlsAcceptor, TlsFiles};
     use futures::{SinkExt, StreamExt};
     use tokio::net::TcpListener;
@@ -347,7 +488,8 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         let served = Arc::new(AtomicUsize::new(0));
         let first = echo_peer(listener, acceptor.clone(), served.clone());
-        let peers = Peers::new(cluster_tls::client_config(&files).unwrap());
+        let version = SharedVersion::new(cluster_model::ClusterVersion::CURRENT);
+        let peers = Peers::new(cluster_tls::client_config(&files).unwrap(), version);
         let call = |value: u64| {
             let (peers, address) = (peers.clone(), address.clone());
             async move { peers.call::<u64, u64>(2, &address, PeerRpc::Keep, &value, Duration::from_secs(2)).await }

@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_api::{decode, encode, NodeRole, NodeStatus, PeerRequest, PeerRpc, Request, Response, StatusReport};
-use cluster_model::{node_id, validate_node_name, ClusterState, Command, CommandOutcome, NodeInfo};
+use cluster_api::{
+    decode_body, encode_as, frame_version, NodeRole, NodeStatus, NodeVersion, PeerRequest, PeerRpc, Request, Response,
+    StatusReport, PROTOCOL_V0_1, PROTOCOL_VERSION,
+};
+use cluster_model::{node_id, validate_node_name, ClusterState, ClusterVersion, Command, CommandOutcome, NodeInfo};
 use cluster_tls::rustls::ClientConfig;
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
@@ -15,6 +18,7 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use rand::Rng;
 
 use crate::ack_clock::{AckClock, AckQuorum};
+use crate::compat::{append_from_v0_1, SharedVersion, TypeConfigV01};
 use crate::election::{
     decide_pre_vote, round_is_stale, ElectionClock, PreVoteRequest, PreVoteResponse, PreVoteTally, VoterView,
 };
@@ -110,8 +114,41 @@ pub struct ConsensusNode {
     recovery: RecoveryReport,
     /// The start and result of the last leadership confirmation (see `confirm_leadership`).
     read_barrier: tokio::sync::Mutex<Option<(Instant, Result<u64>)>>,
+    /// The cluster version of the applied state (the formats this node writes).
+    version: SharedVersion,
     /// Batches concurrent writes into one entry (see proposer.rs).
     proposer: Proposer,
+}
+
+/// What a member said when asked which release it runs (see [`ConsensusNode::member_versions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberVersion {
+    /// It answered: its release and the newest cluster version it can run at.
+    Known { release: String, newest: ClusterVersion },
+    /// It refused the question's protocol: it runs v0.1.0.
+    V0_1,
+    /// No answer (down, unreachable): unknown.
+    Unknown(String),
+}
+
+impl MemberVersion {
+    /// The newest cluster version the member can run at, if known.
+    pub fn newest(&self) -> Option<ClusterVersion> {
+        match self {
+            MemberVersion::Known { newest, .. } => Some(*newest),
+            MemberVersion::V0_1 => Some(ClusterVersion::V0_1),
+            MemberVersion::Unknown(_) => None,
+        }
+    }
+
+    /// The release, as `status` shows it.
+    pub fn release(&self) -> Option<&str> {
+        match self {
+            MemberVersion::Known { release, .. } => Some(release),
+            MemberVersion::V0_1 => Some("0.1.0"),
+            MemberVersion::Unknown(_) => None,
+        }
+    }
 }
 
 impl ConsensusNode {
@@ -122,6 +159,7 @@ impl ConsensusNode {
         let (log, recovery) = LogStore::open(&raft_dir).map_err(|err| ConsensusError::Fatal(err.to_string()))?;
         let state_machine = StateMachineStore::open(&raft_dir).map_err(|err| ConsensusError::Fatal(err.to_string()))?;
         let view = state_machine.view();
+        let version = state_machine.shared_version();
         let timing = options.timing;
         let config = Config {
             cluster_name: "clusterd".into(),
@@ -142,12 +180,12 @@ impl ConsensusNode {
             ..Config::default()
         };
         let config = Arc::new(config.validate().map_err(|err| ConsensusError::Fatal(format!("raft config: {err}")))?);
-        let peers = Peers::new(options.tls);
+        let peers = Peers::new(options.tls, version.clone());
         let id = node_id(&options.name);
         let raft = Raft::new(id, config, PeerNetwork { peers: peers.clone() }, log.clone(), state_machine)
             .await
             .map_err(|err| ConsensusError::Fatal(format!("failed to start raft: {err}")))?;
-        let proposer = Proposer::start(raft.clone(), log.append_progress(), timing.heartbeat);
+        let proposer = Proposer::start(raft.clone(), log.append_progress(), timing.heartbeat, version.clone());
         let node = Arc::new(ConsensusNode {
             raft,
             me: NodeInfo { name: options.name, address: options.address },
@@ -160,6 +198,7 @@ impl ConsensusNode {
             timing,
             recovery,
             read_barrier: tokio::sync::Mutex::new(None),
+            version,
             proposer,
         });
         tokio::spawn(driver(Arc::downgrade(&node)));
@@ -179,6 +218,53 @@ impl ConsensusNode {
     /// Timing this node runs with.
     pub fn timing(&self) -> Timing {
         self.timing
+    }
+
+    /// The cluster version of the applied state: what this node writes and speaks.
+    pub fn cluster_version(&self) -> ClusterVersion {
+        self.version.get()
+    }
+
+    /// The protocol this node speaks to its peers now.
+    pub fn protocol(&self) -> u8 {
+        self.version.protocol()
+    }
+
+    /// Asks every other member which release it runs (this node answers for itself). A v0.1.0
+    /// member refuses the question's protocol, which is its answer; a member that does not answer
+    /// within `timeout` is unknown.
+    pub async fn member_versions(&self, timeout: Duration) -> Vec<(String, MemberVersion)> {
+        let asks = self.members().into_iter().map(|member| async move {
+            let version = if member.name == self.me.name {
+                MemberVersion::Known { release: env!("CARGO_PKG_VERSION").to_owned(), newest: ClusterVersion::CURRENT }
+            } else {
+                self.version_of(&member.address, timeout).await
+            };
+            (member.name, version)
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// Asks the node at `address` which release it runs.
+    pub async fn version_of(&self, address: &str, timeout: Duration) -> MemberVersion {
+        let payload = match encode_as(&(), PROTOCOL_VERSION) {
+            Ok(payload) => payload.to_vec(),
+            Err(err) => return MemberVersion::Unknown(err.to_string()),
+        };
+        let request = Request::Peer(PeerRequest { rpc: PeerRpc::Version, payload });
+        match self.peers.request_in(address, &request, timeout, true, PROTOCOL_VERSION).await {
+            Ok(Response::Peer(Ok(bytes))) => match decode_body::<NodeVersion>(&bytes) {
+                Ok(answer) => MemberVersion::Known { release: answer.release, newest: answer.newest },
+                Err(err) => MemberVersion::Unknown(format!("bad answer: {err}")),
+            },
+            Ok(Response::Client(Err(err)))
+                if cluster_api::wire::refused_protocol(PROTOCOL_V0_1, &Response::Client(Err(err.clone()))) =>
+            {
+                MemberVersion::V0_1
+            }
+            Ok(other) => MemberVersion::Unknown(format!("unexpected answer: {other:?}")),
+            Err(err) => MemberVersion::Unknown(err.to_string()),
+        }
     }
 
     /// Whether Raft's core is still running (for the systemd watchdog).
@@ -223,8 +309,20 @@ impl ConsensusNode {
     }
 
     /// Proposes a command and waits until it is committed and applied. Concurrent writes share
-    /// one Raft entry (see proposer.rs).
+    /// one Raft entry (see proposer.rs), from cluster version 0.2.0 on (v0.1.0 has no batches).
+    ///
+    /// A command that needs a later cluster version than the cluster runs at is refused here,
+    /// before the log: a member of the older release could not decode it.
     pub async fn write(&self, command: Command) -> Result<CommandOutcome> {
+        let version = self.cluster_version();
+        let need = command.version_need();
+        if need.needs > version && !matches!(command, Command::ActivateVersion { .. }) {
+            return Err(ConsensusError::Invalid(format!(
+                "{need}, and the cluster runs at {version} until every node runs {} or later (`clusterctl status` \
+                 lists the release of each node)",
+                need.needs
+            )));
+        }
         self.within("write", self.timing.request_timeout, async {
             self.proposer.propose(command).await.map_err(|err| self.map_write_error("write", err))
         })
@@ -312,6 +410,16 @@ impl ConsensusNode {
                 return Err(ConsensusError::Invalid(format!(
                     "address {address} is already used by node `{}`",
                     other.name
+                )));
+            }
+        }
+        let cluster_version = self.cluster_version();
+        if let MemberVersion::V0_1 = self.version_of(address, self.timing.request_timeout).await {
+            if cluster_version > ClusterVersion::V0_1 {
+                return Err(ConsensusError::Invalid(format!(
+                    "node `{name}` at {address} runs clusterd 0.1.0 (protocol {PROTOCOL_V0_1}), older than this \
+                     cluster's version {cluster_version}: it could not read the log; install clusterd \
+                     {cluster_version} or later on it first"
                 )));
             }
         }
@@ -555,6 +663,8 @@ impl ConsensusNode {
                     leaving: false,
                     protection: String::new(),
                     lease: None,
+                    version: None,
+                    witness: false,
                 }
             })
             .collect();
@@ -572,6 +682,7 @@ impl ConsensusNode {
             nodes,
             packages: Vec::new(),
             warnings: Vec::new(),
+            cluster_version: self.cluster_version().to_string(),
         }
     }
 
@@ -751,6 +862,33 @@ impl ConsensusNode {
         self.peers.call(node_id(name), address, rpc, body, timeout).await.map_err(|err| err.to_string())
     }
 
+    /// A peer RPC that v0.1.0 lacks (the engine's keeps and expiry checks): sent in this release's
+    /// protocol even while the cluster runs at version 1; `Ok(None)` when the node runs v0.1.0.
+    pub async fn call_peer_newest<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        address: &str,
+        rpc: PeerRpc,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Option<Resp>, String> {
+        self.peers.call_newest(node_id(name), address, rpc, body, timeout).await.map_err(|err| err.to_string())
+    }
+
+    /// A peer RPC whose payload the caller encoded (its version byte chosen for the protocol of
+    /// [`ConsensusNode::protocol`]); returns the encoded answer (the engine's leases and proposals,
+    /// whose shapes differ between protocols).
+    pub async fn call_peer_raw(
+        &self,
+        name: &str,
+        address: &str,
+        rpc: PeerRpc,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
+        self.peers.call_raw(node_id(name), address, rpc, payload, timeout).await.map_err(|err| err.to_string())
+    }
+
     /// Sends a request to another node (forwarding to the leader).
     pub async fn forward(&self, address: &str, request: &Request) -> Result<Response, ForwardError> {
         let limit = self.timing.request_timeout + Duration::from_secs(1);
@@ -760,12 +898,31 @@ impl ConsensusNode {
         })
     }
 
+    /// [`ConsensusNode::forward`] in this release's protocol whatever the cluster version (a
+    /// request v0.1.0 lacks, to a leader that may run this release; a v0.1.0 leader refuses it).
+    pub async fn forward_newest(&self, address: &str, request: &Request) -> Result<Response, ForwardError> {
+        let limit = self.timing.request_timeout + Duration::from_secs(1);
+        self.peers.request_in(address, request, limit, false, PROTOCOL_VERSION).await.map_err(|err| match err {
+            CallError::Unreachable(detail) => ForwardError::NotSent(detail),
+            CallError::Lost(detail) | CallError::Remote(detail) => ForwardError::Unknown(detail),
+        })
+    }
+
     /// Serves a peer RPC; the answer is the encoded result, or a message naming what failed.
+    ///
+    /// The payload's version byte says which protocol the caller speaks (3: v0.1.0, whose entries
+    /// are converted; 4: this release); the answer is written in the same protocol.
     pub async fn handle_peer(&self, request: PeerRequest) -> Result<Vec<u8>, String> {
         let bad = |err: cluster_api::FrameError| format!("malformed {:?} rpc: {err}", request.rpc);
+        let protocol = frame_version(&request.payload).map_err(bad)?;
+        let encoded = |value: &dyn erased::Encode| value.encode_as(protocol);
         match request.rpc {
             PeerRpc::AppendEntries => {
-                let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload).map_err(bad)?;
+                let rpc: AppendEntriesRequest<TypeConfig> = if protocol == PROTOCOL_V0_1 {
+                    append_from_v0_1(decode_body::<AppendEntriesRequest<TypeConfigV01>>(&request.payload).map_err(bad)?)
+                } else {
+                    decode_body(&request.payload).map_err(bad)?
+                };
                 let term = rpc.vote.leader_id().get_term();
                 // A leader of the current term is alive even when this node cannot answer yet (its
                 // disk stalls and the append waits for it): refuse pre-votes meanwhile, or a stalled
@@ -789,7 +946,7 @@ impl ConsensusNode {
                 encoded(&result)
             }
             PeerRpc::Vote => {
-                let rpc: VoteRequest<u64> = decode(&request.payload).map_err(bad)?;
+                let rpc: VoteRequest<u64> = decode_body(&request.payload).map_err(bad)?;
                 let result = self.raft.vote(rpc).await;
                 if matches!(&result, Ok(response) if response.vote_granted) {
                     // Granting a vote restarts our own wait, so we do not compete with the candidate.
@@ -798,7 +955,7 @@ impl ConsensusNode {
                 encoded(&result)
             }
             PeerRpc::InstallSnapshot => {
-                let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.payload).map_err(bad)?;
+                let rpc: InstallSnapshotRequest<TypeConfig> = decode_body(&request.payload).map_err(bad)?;
                 let in_flight = AckInFlight::begin(&self.acks, rpc.vote.leader_id().get_term());
                 let result = self.raft.install_snapshot(rpc).await;
                 if result.is_ok() {
@@ -808,23 +965,29 @@ impl ConsensusNode {
                 encoded(&result)
             }
             PeerRpc::PreVote => {
-                let rpc: PreVoteRequest = decode(&request.payload).map_err(bad)?;
+                let rpc: PreVoteRequest = decode_body(&request.payload).map_err(bad)?;
                 encoded(&self.answer_pre_vote(&rpc))
             }
             PeerRpc::HoldElections => {
-                let millis: u64 = decode(&request.payload).map_err(bad)?;
+                let millis: u64 = decode_body(&request.payload).map_err(bad)?;
                 self.election.hold(Duration::from_millis(millis.min(10_000)));
                 encoded(&())
             }
             PeerRpc::Lease | PeerRpc::Propose | PeerRpc::Keep | PeerRpc::ExpiryCheck => {
                 Err(format!("{:?} is served by the daemon, not by raft", request.rpc))
             }
+            PeerRpc::Version => {
+                decode_body::<()>(&request.payload).map_err(bad)?;
+                let answer =
+                    NodeVersion { release: env!("CARGO_PKG_VERSION").to_owned(), newest: ClusterVersion::CURRENT };
+                encoded(&answer)
+            }
             PeerRpc::LastAck => {
-                let term: u64 = decode(&request.payload).map_err(bad)?;
+                let term: u64 = decode_body(&request.payload).map_err(bad)?;
                 encoded(&self.answer_last_ack(term))
             }
             PeerRpc::Campaign => {
-                decode::<()>(&request.payload).map_err(bad)?;
+                decode_body::<()>(&request.payload).map_err(bad)?;
                 self.election.hold(Duration::ZERO);
                 self.raft.trigger().elect().await.map_err(|err| err.to_string())?;
                 encoded(&())
@@ -1004,9 +1167,17 @@ fn openraft_lease(timing: Timing) -> Duration {
     (timing.election_timeout_min * 9 / 10).max(timing.heartbeat * 2 + Duration::from_millis(2))
 }
 
-/// Encodes a peer RPC answer.
-fn encoded<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    encode(value).map(|bytes| bytes.to_vec()).map_err(|err| err.to_string())
+/// Encoding of a peer RPC answer in the protocol of its request, for any serializable answer.
+mod erased {
+    pub(super) trait Encode {
+        fn encode_as(&self, protocol: u8) -> Result<Vec<u8>, String>;
+    }
+
+    impl<T: serde::Serialize> Encode for T {
+        fn encode_as(&self, protocol: u8) -> Result<Vec<u8>, String> {
+            cluster_api::encode_as(self, protocol).map(|bytes| bytes.to_vec()).map_err(|err| err.to_string())
+        }
+    }
 }
 
 fn validate_address(address: &str) -> Result<()> {
@@ -1038,6 +1209,14 @@ async fn driver(node: std::sync::Weak<ConsensusNode>) {
             return;
         }
         node.snapshot_if_due(&mut last_triggered).await;
+        let version = node.version.get();
+        if version > node.log.format() {
+            // The cluster version is committed: v0.1.0 can no longer read what follows.
+            match node.log.raise_format(version).await {
+                Ok(()) => tracing::info!(%version, "raft log: writing the records of cluster version {version}"),
+                Err(err) => tracing::error!(error = %err, "raft log: cannot raise its format"),
+            }
+        }
         let state = node.raft.metrics().borrow().state;
         if state == ServerState::Leader || node.election.held() {
             deadline = None;

@@ -8,7 +8,8 @@
 //!
 //! ```text
 //!  write() ──(command, reply)──> queue ──> proposer task:
-//!     take everything queued (≤ MAX_BATCH_COMMANDS, ≤ MAX_BATCH_BYTES), drop the abandoned ones
+//!     take everything queued (≤ MAX_BATCH_COMMANDS, ≤ MAX_BATCH_BYTES; one at a time while the
+//!     cluster version is 0.1.0, whose nodes cannot decode a batch), drop the abandoned ones
 //!     one command  -> client_write_ff(command)                  (the entry a lone write always had)
 //!     several      -> client_write_ff(Command::Batch(commands)) (applied in order, one outcome each)
 //!     a task awaits the entry's outcome and answers every caller
@@ -24,10 +25,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_model::{Command, CommandOutcome, NodeInfo};
+use cluster_model::{ClusterVersion, Command, CommandOutcome, NodeInfo};
 use openraft::error::{ClientWriteError, Fatal, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::compat::SharedVersion;
 use crate::log_store::AppendProgress;
 use crate::types::Raft;
 
@@ -58,9 +60,14 @@ pub(crate) struct Proposer {
 impl Proposer {
     /// Starts the proposer task of `raft`; `heartbeat` bounds how long a batch waits for the
     /// previous append.
-    pub(crate) fn start(raft: Raft, progress: Arc<AppendProgress>, heartbeat: Duration) -> Proposer {
+    pub(crate) fn start(
+        raft: Raft,
+        progress: Arc<AppendProgress>,
+        heartbeat: Duration,
+        version: SharedVersion,
+    ) -> Proposer {
         let (queue, proposals) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, progress, heartbeat, proposals));
+        tokio::spawn(run(raft, progress, heartbeat, version, proposals));
         Proposer { queue }
     }
 
@@ -84,6 +91,7 @@ fn encoded_size(command: &Command) -> usize {
 async fn next_batch(
     proposals: &mut mpsc::UnboundedReceiver<Proposal>,
     carry: &mut Option<Proposal>,
+    max_commands: usize,
 ) -> Option<Vec<Proposal>> {
     let first = match carry.take() {
         Some(proposal) => proposal,
@@ -91,7 +99,7 @@ async fn next_batch(
     };
     let mut bytes = first.bytes;
     let mut batch = vec![first];
-    while batch.len() < MAX_BATCH_COMMANDS {
+    while batch.len() < max_commands {
         let Ok(proposal) = proposals.try_recv() else { break };
         if bytes.saturating_add(proposal.bytes) > MAX_BATCH_BYTES {
             *carry = Some(proposal);
@@ -107,12 +115,16 @@ async fn run(
     raft: Raft,
     progress: Arc<AppendProgress>,
     heartbeat: Duration,
+    version: SharedVersion,
     mut proposals: mpsc::UnboundedReceiver<Proposal>,
 ) {
     let mut carry = None;
     let mut completed = progress.completed();
     let stats = Arc::new(Mutex::new(Stats::default()));
-    while let Some(mut batch) = next_batch(&mut proposals, &mut carry).await {
+    loop {
+        // `Command::Batch` needs cluster version 0.2.0: below it every command is its own entry.
+        let max_commands = if version.get() >= ClusterVersion::V0_2 { MAX_BATCH_COMMANDS } else { 1 };
+        let Some(mut batch) = next_batch(&mut proposals, &mut carry, max_commands).await else { break };
         // A caller that gave up must not have its command applied later.
         batch.retain(|proposal| !proposal.reply.is_closed());
         if batch.is_empty() {

@@ -9,27 +9,33 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use cluster_model::{ClusterState, Command, CommandOutcome};
+use cluster_model::compat::{state_to_v0_1, v0_1};
+use cluster_model::{ClusterState, ClusterVersion, Command, CommandOutcome};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
 use serde::{Deserialize, Serialize};
 
+use crate::compat::SharedVersion;
 use crate::files::{read_checked, write_atomic};
 use crate::types::{io_error, Entry, LogId, StorageError, TypeConfig};
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"CLSN";
-/// 4: packages carry their relations, instance role and score, nodes their capacity (issue 13; read
-/// from 3 and 2 through `cluster_model::v3`). 3: `ClusterState` ends with `alerts`. 2: the same
-/// without it. FIXME(upgrade from v0.1.0): v0.1.0 also wrote version 2, but its `Settings` lacks
-/// `grantor_wait_ceiling_us` (added without a new version): such snapshots are refused as
-/// undecodable until the compatibility layer reads them.
-const SNAPSHOT_VERSION: u8 = 4;
+/// Snapshot data versions: 2 is v0.1.0's state (`compat::v0_1::ClusterState`), written while the
+/// cluster runs at version 1 so that a v0.1.0 member can install it; 5 is this release's. 3 and 4
+/// were written only by development builds between the two, and are still read: 3 is v0.1.0's
+/// state with a lease ceiling in the settings and alert hooks at the end (`cluster_model::v3`), 4
+/// adds package relations, instance roles and scores, and node capacities (issue 13). This release
+/// appended the cluster version, witnesses, join tokens and certificates to 4.
+const SNAPSHOT_V0_1: u8 = 2;
+const SNAPSHOT_DEV: u8 = 3;
+const SNAPSHOT_RELATIONS: u8 = 4;
+const SNAPSHOT_VERSION: u8 = 5;
 
 type Meta = SnapshotMeta<u64, cluster_model::NodeInfo>;
 type Membership = StoredMembership<u64, cluster_model::NodeInfo>;
 
 /// What a node knows after applying the committed log.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Applied {
     pub state: ClusterState,
     pub last_applied: Option<LogId>,
@@ -39,6 +45,19 @@ pub struct Applied {
     pub commands_applied: u64,
     /// Size of the last snapshot built, installed or loaded (bytes of its data).
     pub snapshot_bytes: u64,
+}
+
+impl Default for Applied {
+    /// Before the first entry: the genesis state (a log is replayed from the oldest version).
+    fn default() -> Applied {
+        Applied {
+            state: ClusterState::genesis(),
+            last_applied: None,
+            membership: Membership::default(),
+            commands_applied: 0,
+            snapshot_bytes: 0,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -60,6 +79,8 @@ pub struct StateMachineStore {
     snapshot_path: PathBuf,
     current: CurrentSnapshot,
     snapshot_counter: Arc<std::sync::atomic::AtomicU64>,
+    /// The cluster version of the applied state, for the log and the network.
+    version: SharedVersion,
 }
 
 /// Opening the snapshot failed; the node must not start.
@@ -70,43 +91,92 @@ pub struct SnapshotOpenError {
     pub what: String,
 }
 
+/// Snapshot data of `state` in the format of its cluster version (v0.1.0's at version 1).
 fn encode_data(state: &ClusterState) -> Vec<u8> {
-    let body = postcard::to_allocvec(state).expect("cluster state always serializes");
+    let (version, body) = match state.cluster_version {
+        ClusterVersion::V0_1 => match state_to_v0_1(state) {
+            Ok(old) => (SNAPSHOT_V0_1, postcard::to_allocvec(&old)),
+            Err(needs) => {
+                // Only a state written by a development build between the releases holds such
+                // a thing at version 1; no v0.1.0 member can have read it either.
+                tracing::warn!(%needs, "snapshot: written in this release's format at cluster version 0.1.0");
+                (SNAPSHOT_VERSION, postcard::to_allocvec(state))
+            }
+        },
+        _ => (SNAPSHOT_VERSION, postcard::to_allocvec(state)),
+    };
+    let body = body.expect("cluster state always serializes");
     let mut data = Vec::with_capacity(body.len() + 9);
     data.extend_from_slice(SNAPSHOT_MAGIC);
-    data.push(SNAPSHOT_VERSION);
+    data.push(version);
     data.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     data.extend_from_slice(&body);
     data
 }
 
-/// Decodes snapshot data, checking magic, version and checksum.
+/// Decodes snapshot data of any supported version, checking magic, version and checksum.
 pub(crate) fn decode_data(data: &[u8]) -> Result<ClusterState, String> {
     if data.len() < 9 || &data[0..4] != SNAPSHOT_MAGIC {
         return Err("not a clusterd snapshot".into());
     }
-    if !(2..=SNAPSHOT_VERSION).contains(&data[4]) {
-        return Err(format!("snapshot version {} is not supported: expected 2 to {SNAPSHOT_VERSION}", data[4]));
+    let version = data[4];
+    if ![SNAPSHOT_V0_1, SNAPSHOT_DEV, SNAPSHOT_RELATIONS, SNAPSHOT_VERSION].contains(&version) {
+        return Err(format!(
+            "snapshot version {version} is not supported: this clusterd reads {SNAPSHOT_V0_1} (0.1.0) to \
+             {SNAPSHOT_VERSION} (0.2.0)"
+        ));
     }
     let crc = u32::from_le_bytes(data[5..9].try_into().expect("4 bytes"));
     if crc32fast::hash(&data[9..]) != crc {
         return Err("snapshot checksum mismatch".into());
     }
-    if data[4] == 2 {
-        // postcard writes a struct as its fields in order: a version-2 state followed by the
-        // encoding of empty alerts is the version-3 encoding of the same state.
-        let mut body = data[9..].to_vec();
-        body.extend(postcard::to_allocvec(&cluster_model::alerts::AlertState::default()).expect("alerts serialize"));
-        return postcard::from_bytes::<cluster_model::v3::ClusterStateV3>(&body)
-            .map(ClusterState::from)
-            .map_err(|err| format!("undecodable version 2 snapshot: {err}"));
+    let body = &data[9..];
+    let exact = |what: &str, trailing: &[u8]| {
+        if trailing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("undecodable {what} snapshot: {} unexpected trailing bytes", trailing.len()))
+        }
+    };
+    match version {
+        SNAPSHOT_V0_1 => {
+            let (old, trailing) = postcard::take_from_bytes::<v0_1::ClusterState>(body)
+                .map_err(|err| format!("undecodable version 2 (0.1.0) snapshot: {err}"))?;
+            exact("version 2 (0.1.0)", trailing)?;
+            Ok(old.into())
+        }
+        SNAPSHOT_DEV => {
+            let (old, trailing) = postcard::take_from_bytes::<cluster_model::v3::ClusterStateV3>(body)
+                .map_err(|err| format!("undecodable version 3 snapshot: {err}"))?;
+            exact("version 3", trailing)?;
+            Ok(old.into())
+        }
+        SNAPSHOT_RELATIONS => {
+            // postcard writes a struct as its fields in order, and everything this release added
+            // to version 4 comes after `alerts`: the version-4 state followed by the encoding of
+            // those fields at cluster version 1 is this release's encoding of the same state.
+            let mut body = body.to_vec();
+            body.extend(added_since_dev());
+            let (state, trailing) = postcard::take_from_bytes::<ClusterState>(&body)
+                .map_err(|err| format!("undecodable version 4 snapshot: {err}"))?;
+            exact("version 4", trailing)?;
+            Ok(state)
+        }
+        _ => {
+            let (state, trailing) = postcard::take_from_bytes::<ClusterState>(body)
+                .map_err(|err| format!("undecodable snapshot: {err}"))?;
+            exact("version 5", trailing)?;
+            Ok(state)
+        }
     }
-    if data[4] == 3 {
-        return postcard::from_bytes::<cluster_model::v3::ClusterStateV3>(&data[9..])
-            .map(ClusterState::from)
-            .map_err(|err| format!("undecodable version 3 snapshot: {err}"));
-    }
-    postcard::from_bytes(&data[9..]).map_err(|err| format!("undecodable snapshot: {err}"))
+}
+
+/// The encoding of what this release added to the state after `alerts` (the cluster version,
+/// witnesses, join tokens and revocations), as a development snapshot of version 4 lacks them.
+fn added_since_dev() -> Vec<u8> {
+    let added =
+        (ClusterVersion::V0_1, std::collections::BTreeSet::<String>::new(), cluster_model::join::JoinState::default());
+    postcard::to_allocvec(&added).expect("the added fields serialize")
 }
 
 impl StateMachineStore {
@@ -124,17 +194,24 @@ impl StateMachineStore {
             applied.snapshot_bytes = file.data.len() as u64;
             current = Some((file.meta, file.data));
         }
+        let version = SharedVersion::new(applied.state.cluster_version);
         Ok(StateMachineStore {
             applied: Arc::new(RwLock::new(applied)),
             snapshot_path,
             current: Arc::new(RwLock::new(current)),
             snapshot_counter: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            version,
         })
     }
 
     /// The shared applied state, for reads.
     pub fn view(&self) -> StateView {
         self.applied.clone()
+    }
+
+    /// The cluster version of the applied state, kept current as entries apply.
+    pub(crate) fn shared_version(&self) -> SharedVersion {
+        self.version.clone()
     }
 
     /// Writes the snapshot file on a blocking thread: a stalled disk must not block the runtime that
@@ -247,6 +324,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             outcomes.push(outcome);
         }
+        self.version.set(applied.state.cluster_version);
         Ok(outcomes)
     }
 
@@ -267,6 +345,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
+        self.version.set(applied.state.cluster_version);
         applied.snapshot_bytes = snapshot_bytes;
         Ok(())
     }
@@ -276,6 +355,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(current
             .as_ref()
             .map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(data.clone())) }))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) fn encode(state: &cluster_model::ClusterState) -> Vec<u8> {
+        super::encode_data(state)
     }
 }
 
@@ -330,6 +416,11 @@ mod tests {
 #[cfg(test)]
 mod compat_tests {
     use super::*;
+    use cluster_model::Command;
+
+    fn version_of(data: &[u8]) -> u8 {
+        data[4]
+    }
 
     fn with_version(version: u8, body: &[u8]) -> Vec<u8> {
         let mut data = SNAPSHOT_MAGIC.to_vec();
@@ -340,24 +431,50 @@ mod compat_tests {
     }
 
     #[test]
-    fn version_2_and_3_snapshots_still_decode() {
-        let mut state = ClusterState::default();
-        state.apply(&cluster_model::Command::KvSet { key: "k".into(), value: "v".into() });
-        state.apply(&cluster_model::Command::NodeHello { name: "n1".into(), watchdog: None, at_ms: 1 });
+    fn a_state_at_cluster_version_1_is_written_as_v0_1_wrote_it_and_read_back() {
+        let mut state = ClusterState::genesis();
+        state.apply(&Command::KvSet { key: "k".into(), value: "v".into() });
+        let data = encode_data(&state);
+        assert_eq!(version_of(&data), SNAPSHOT_V0_1);
+        assert_eq!(decode_data(&data), Ok(state.clone()));
+        // Once the cluster runs at 0.2.0, this release's format.
+        state.apply(&Command::ActivateVersion { version: ClusterVersion::V0_2, at_ms: 5 });
+        let data = encode_data(&state);
+        assert_eq!(version_of(&data), SNAPSHOT_VERSION);
+        assert_eq!(decode_data(&data), Ok(state));
+    }
+
+    /// Versions 3 and 4 (development builds between v0.1.0 and 0.2.0) still decode, at cluster
+    /// version 1 with nothing of what came after them.
+    #[test]
+    fn development_snapshots_of_versions_3_and_4_still_decode() {
+        let mut state = ClusterState::genesis();
+        state.apply(&Command::KvSet { key: "k".into(), value: "v".into() });
+        state.apply(&Command::NodeHello { name: "n1".into(), watchdog: None, at_ms: 1 });
         let text = "name = \"web\"\n[[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"192.0.2.1/24\"\ninterface = \"eth0\"\n";
         let def = cluster_package::parse_package("web.toml", text).expect("valid package");
-        state.apply(&cluster_model::Command::PkgApply { def: Box::new(def), at_ms: 2 });
-        let current = encode_data(&state);
-        assert_eq!(current[4], SNAPSHOT_VERSION);
-        assert_eq!(decode_data(&current), Ok(state.clone()));
+        state.apply(&Command::PkgApply { def: Box::new(def), at_ms: 2 });
         // Version 3: the state before relations.
         let v3 = postcard::to_allocvec(&cluster_model::v3::ClusterStateV3::from(&state)).expect("serialize");
         assert_eq!(decode_data(&with_version(3, &v3)), Ok(state.clone()));
-        // Version 2 is version 3 without the trailing (here empty) alert state: [0, 0].
-        assert_eq!(&v3[v3.len() - 2..], &[0, 0]);
-        assert_eq!(decode_data(&with_version(2, &v3[..v3.len() - 2])), Ok(state));
-        let mut future = current.clone();
-        future[4] = 5;
-        assert_eq!(decode_data(&future), Err("snapshot version 5 is not supported: expected 2 to 4".into()));
+        // Version 4: this release's encoding without what it added after `alerts`.
+        let body = postcard::to_allocvec(&state).unwrap();
+        let added = added_since_dev();
+        assert!(body.ends_with(&added));
+        let v4 = &body[..body.len() - added.len()];
+        assert_eq!(decode_data(&with_version(4, v4)), Ok(state));
+    }
+
+    #[test]
+    fn unknown_versions_and_trailing_bytes_are_refused() {
+        let mut data = encode_data(&ClusterState::genesis());
+        data[4] = 6;
+        let err = decode_data(&data).unwrap_err();
+        assert_eq!(err, "snapshot version 6 is not supported: this clusterd reads 2 (0.1.0) to 5 (0.2.0)");
+        let mut data = encode_data(&ClusterState::default());
+        data.push(0);
+        let body = data[9..].to_vec();
+        data[5..9].copy_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        assert!(decode_data(&data).unwrap_err().contains("1 unexpected trailing bytes"));
     }
 }

@@ -4,11 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_model::{Command, CommandOutcome};
+use cluster_model::{ClusterVersion, Command, CommandOutcome};
 use cluster_raft::{ConsensusNode, NodeOptions, Timing};
 use cluster_tls::TlsFiles;
 
+/// A new one-node cluster at this release's cluster version (as `clusterctl cluster init` makes it).
 async fn single_node(dir: &std::path::Path) -> Arc<ConsensusNode> {
+    let node = single_node_at_v0_1(dir).await;
+    let activate = Command::ActivateVersion { version: ClusterVersion::CURRENT, at_ms: 0 };
+    assert_eq!(node.write(activate).await.unwrap(), CommandOutcome::Applied);
+    node
+}
+
+/// A new one-node cluster left at cluster version 1 (as while v0.1.0 members may exist).
+async fn single_node_at_v0_1(dir: &std::path::Path) -> Arc<ConsensusNode> {
     let tls_dir = dir.join("tls");
     cluster_tls::init_ca(&tls_dir).unwrap();
     let (cert, key) = cluster_tls::issue_certificate(&tls_dir, "n1", &[], &[]).unwrap();
@@ -127,5 +136,33 @@ async fn snapshot_period_counts_the_commands_of_a_batch() {
         assert!(std::time::Instant::now() < deadline, "no snapshot after {period} commands in {entries} entries");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    node.shutdown().await;
+}
+
+/// While the cluster runs at version 1 a v0.1.0 member may exist, and it cannot decode
+/// `Command::Batch`: concurrent writes are then each their own entry (and still all applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_cluster_version_1_concurrent_writes_are_never_batched() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = single_node_at_v0_1(dir.path()).await;
+    assert_eq!(node.cluster_version(), ClusterVersion::V0_1);
+    let index_before = node.last_log_index();
+    let writers = 100u64;
+    let writes: Vec<_> = (0..writers)
+        .map(|writer| {
+            let node = node.clone();
+            tokio::spawn(
+                async move { node.write(Command::KvSet { key: format!("k{writer}"), value: "v".into() }).await },
+            )
+        })
+        .collect();
+    for write in writes {
+        assert_eq!(write.await.unwrap().unwrap(), CommandOutcome::Applied);
+    }
+    assert_eq!(node.last_log_index() - index_before, writers, "one entry per write: no batch at version 1");
+    // A batch proposed by hand is refused before the log, naming both versions.
+    let batch = Command::Batch(vec![Command::KvDel { key: "k0".into() }]);
+    let err = node.write(batch).await.unwrap_err().to_string();
+    assert!(err.contains("command `Batch` needs cluster version 0.2.0, and the cluster runs at 0.1.0"), "{err}");
     node.shutdown().await;
 }

@@ -1,9 +1,10 @@
 //! Replays one simulation seed with its trace, or explores many seeds of a variant.
 //!
 //! `SIM_SEED=S [SIM_NODES=3|5] [SIM_SCENARIO=watchdog|fencing|lease-only|lease-only-pauses]
-//!  [SIM_PACKAGES=relations] [SIM_TRACE_TAIL=LINES] cargo run -p cluster-sim --example simulate`
-//! replays one run with its trace (`SIM_PACKAGES=relations`: the packages with dependencies,
-//! instances, a promotable database and capacities, `cluster_sim::relation_packages`);
+//!  [SIM_PACKAGES=relations] [SIM_WITNESS=NODE] [SIM_TRACE_TAIL=LINES] cargo run -p cluster-sim --example
+//! simulate` replays one run with its trace (`SIM_PACKAGES=relations`: the packages with dependencies,
+//! instances, a promotable database and capacities, `cluster_sim::relation_packages`; `SIM_WITNESS`:
+//! that node is a witness, with `cluster_sim::witness_packages`);
 //! `SIM_EXPLORE=N` (with `SIM_RESOURCE_FAILURES=1`, `SIM_STOPPED_ANY_PHASE=1`,
 //! `SIM_DB_FAILBACK_AUTO=1`, `SIM_NO_LIVENESS=1`, `SIM_WAITS_IGNORE_LEASE=1`,
 //! `SIM_FENCE_WITHOUT_CONFIRMING=1`, `SIM_REMOVE_UNDRAINED=1`, `SIM_ABANDONED_STARTS_LAND=1`,
@@ -42,13 +43,22 @@ fn config(seed: u64, nodes: usize) -> SimConfig {
     }
 }
 
+/// `SIM_WITNESS=NODE`: that node is a witness, with the packages of the witness tests.
+fn with_witness(mut config: SimConfig) -> SimConfig {
+    if let Ok(name) = std::env::var("SIM_WITNESS") {
+        config.witnesses = vec![name];
+        config.packages = cluster_sim::witness_packages();
+    }
+    config
+}
+
 fn main() {
     let nodes = env_u64("SIM_NODES").unwrap_or(3) as usize;
     if let Some(count) = env_u64("SIM_EXPLORE") {
         let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
         let mut failed = 0;
         for seed in 0..count {
-            let mut config = config(seed, nodes);
+            let mut config = with_witness(config(seed, nodes));
             config.resource_failures = on("SIM_RESOURCE_FAILURES") || config.resource_failures;
             config.report_stopped_in_any_phase = on("SIM_STOPPED_ANY_PHASE");
             config.check_liveness = !on("SIM_NO_LIVENESS");
@@ -80,7 +90,7 @@ fn main() {
         std::process::exit(2);
     };
     let trace_tail = env_u64("SIM_TRACE_TAIL").map(|lines| lines as usize);
-    let config = SimConfig { trace: true, trace_tail, timings: timings(), ..config(seed, nodes) };
+    let config = with_witness(SimConfig { trace: true, trace_tail, timings: timings(), ..config(seed, nodes) });
     match run(&config) {
         Ok(summary) => println!("seed {seed}: every invariant held: {summary:?}"),
         Err(violation) => {

@@ -64,6 +64,16 @@ pub fn default_packages() -> Vec<String> {
     ]
 }
 
+/// The packages of a run with a witness (`SIM_WITNESS`): the default ones, with `app` preferring
+/// the witness n3 first (it must be passed over).
+pub fn witness_packages() -> Vec<String> {
+    vec![
+        package_text("web", &[], "ordered", "manual"),
+        package_text("db", &[], "least-loaded", "manual"),
+        package_text("app", &["n3", "n2", "n1"], "ordered", "auto"),
+    ]
+}
+
 impl Sim {
     pub(crate) fn bootstrap(&mut self) {
         let mut log = Vec::new();
@@ -82,6 +92,9 @@ impl Sim {
                     }),
                 });
             }
+        }
+        for name in self.config.witnesses.iter().filter(|_| !self.config.witness_not_recorded) {
+            log.push(Command::NodeRole { name: name.clone(), witness: true, at_ms: 0 });
         }
         if let Some((heartbeat, lease)) = self.config.timings {
             // Heartbeat first: a shorter lease must already fit two heartbeats in its stop budget.

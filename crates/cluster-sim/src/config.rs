@@ -122,6 +122,13 @@ pub struct SimConfig {
     pub resource_failures: bool,
     /// Package files loaded at bootstrap (`pkg apply`).
     pub packages: Vec<String>,
+    /// Nodes recorded as witnesses at bootstrap (`Command::NodeRole`): voters that must never
+    /// host a package (checked after every event).
+    pub witnesses: Vec<String>,
+    /// Bootstrap variant: the witnesses are checked but never recorded in the state, as if the
+    /// controller ignored the role; kept to show that the invariant catches a package on a witness
+    /// (`a_witness_the_controller_ignored_would_host_packages`).
+    pub witness_not_recorded: bool,
     /// What every node offers to packages' `needs` (`NodeCapacity` at bootstrap; empty: nothing announced).
     pub node_capacity: std::collections::BTreeMap<String, u64>,
     /// Executor variant: after a stop, report `Stopped` whenever the node still owns the package
@@ -207,6 +214,8 @@ impl SimConfig {
             check_liveness: true,
             resource_failures: true,
             packages: crate::bootstrap::default_packages(),
+            witnesses: Vec::new(),
+            witness_not_recorded: false,
             node_capacity: Default::default(),
             report_stopped_in_any_phase: false,
             older_leases_bound_early: Duration::ZERO,
@@ -242,8 +251,9 @@ impl SimConfig {
 
     /// The command that replays this run alone, with its trace.
     pub fn reproduce_command(&self) -> String {
+        let witness = self.witnesses.first().map(|name| format!(" SIM_WITNESS={name}")).unwrap_or_default();
         format!(
-            "SIM_SEED={} SIM_NODES={} SIM_SCENARIO={}{} cargo run -p cluster-sim --example simulate",
+            "SIM_SEED={} SIM_NODES={} SIM_SCENARIO={}{}{witness} cargo run -p cluster-sim --example simulate",
             self.seed,
             self.nodes,
             self.scenario.name(),

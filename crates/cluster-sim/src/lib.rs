@@ -51,6 +51,6 @@ mod node;
 mod raft;
 mod sim;
 
-pub use bootstrap::{default_packages, package_text, relation_packages};
+pub use bootstrap::{default_packages, package_text, relation_packages, witness_packages};
 pub use config::{Scenario, SimConfig};
 pub use sim::{run, Summary, Violation};

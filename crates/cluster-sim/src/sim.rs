@@ -404,6 +404,10 @@ impl Sim {
             if self.violation.is_none() {
                 if let Err(detail) = invariants::s1_single_active::check(&self.nodes, self.now) {
                     self.fail("S1", detail);
+                } else if let Err(detail) =
+                    invariants::witness_hosts_nothing::check(&self.nodes, &self.config.witnesses, self.now)
+                {
+                    self.fail("witness", detail);
                 }
             }
             if self.violation.is_none() && !self.relations.is_empty() {

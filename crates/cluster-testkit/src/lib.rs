@@ -1,9 +1,13 @@
 //! Test harness shared by the end-to-end tests: real `clusterd` processes on loopback addresses,
 //! driven through the client API. Not shipped; a dev-dependency only.
 
+mod previous_release;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use previous_release::{previous_release, PreviousRelease, PREVIOUS_COMMIT, PREVIOUS_TAG};
 
 use cluster_api::{Client, ClientReply, ClientRequest, Endpoint, Request, Response, StatusReport};
 use cluster_tls::TlsFiles;
@@ -17,6 +21,8 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// Runs this binary instead of the cluster's (an older release, in the upgrade tests).
+    pub binary: Option<PathBuf>,
 }
 
 /// Nodes `n1..nN` listening on `127.0.<subnet>.(10+i):7400`; every process is killed on drop.
@@ -66,17 +72,24 @@ impl TestCluster {
         )
         .unwrap();
         let log = node_dir.join("clusterd.log");
-        self.nodes.push(TestNode { name, address, config, socket, data_dir, log, child: None });
+        self.nodes.push(TestNode { name, address, config, socket, data_dir, log, child: None, binary: None });
         self.nodes.len() - 1
+    }
+
+    /// Adds `line` at the top of a node's configuration file (before its `[tls]` table).
+    pub fn configure(&mut self, index: usize, line: &str) {
+        let path = &self.nodes[index].config;
+        let text = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, format!("{line}\n{text}")).unwrap();
     }
 
     pub fn start(&mut self, index: usize) {
         let node = &mut self.nodes[index];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
-        let child = Command::new(&self.clusterd)
+        let child = Command::new(node.binary.as_ref().unwrap_or(&self.clusterd))
             .arg("--config")
             .arg(&node.config)
-            .env("CLUSTERD_LOG", "info")
+            .env("CLUSTERD_LOG", std::env::var("TEST_CLUSTERD_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -118,8 +131,12 @@ impl TestCluster {
         }
         call(&self.nodes[0].socket, ClientRequest::ClusterInit).await.expect("cluster init");
         for node in self.nodes.iter().skip(1) {
-            let request =
-                ClientRequest::NodeAdd { name: node.name.clone(), address: node.address.clone(), learner: false };
+            let request = ClientRequest::NodeAdd {
+                name: node.name.clone(),
+                address: node.address.clone(),
+                learner: false,
+                witness: false,
+            };
             call(&self.nodes[0].socket, request).await.unwrap_or_else(|err| panic!("add {}: {err}", node.name));
         }
     }

@@ -4,6 +4,16 @@
 //! the other side's certificate against the same CA. `clusterctl ca init` and `clusterctl ca issue`
 //! call [`init_ca`] and [`issue_certificate`]; `clusterd` and remote `clusterctl` call
 //! [`server_config`] and [`client_config`].
+//!
+//! Nodes that join with a token get their certificate from [`join`]; a node presents its
+//! certificate through an [`Identity`] that renewal replaces in place, and refuses clients whose
+//! certificate the cluster revoked ([`Revocations`], checked by the verifier of
+//! [`node_server_config`]).
+
+mod identity;
+pub mod join;
+
+pub use identity::{node_client_config, node_server_config, Identity, Revocations};
 
 use std::fs;
 use std::io::Write;
@@ -21,6 +31,7 @@ pub use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+pub use tokio_rustls::server::TlsStream as ServerTlsStream;
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// The subject of every cluster CA. Node certificates are signed by a key that is re-paired with
@@ -42,6 +53,9 @@ pub enum TlsError {
     Generate { name: String, source: rcgen::Error },
     #[error("invalid tls configuration: {0}")]
     Config(String),
+    /// A certificate request that does not match what may be certified.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Paths of the files `clusterctl ca init` and `ca issue` write.
@@ -65,7 +79,7 @@ pub fn init_ca(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
     Ok((cert_path, key_path))
 }
 
-fn ca_params() -> CertificateParams {
+pub(crate) fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, CA_COMMON_NAME);
@@ -118,7 +132,7 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
     file.sync_all().map_err(write)
 }
 
-fn read_text(path: &Path) -> Result<String, TlsError> {
+pub(crate) fn read_text(path: &Path) -> Result<String, TlsError> {
     fs::read_to_string(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
 }
 
@@ -130,13 +144,13 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-struct LoadedFiles {
-    roots: RootCertStore,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+pub(crate) struct LoadedFiles {
+    pub(crate) roots: RootCertStore,
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) key: PrivateKeyDer<'static>,
 }
 
-fn load(files: &TlsFiles) -> Result<LoadedFiles, TlsError> {
+pub(crate) fn load(files: &TlsFiles) -> Result<LoadedFiles, TlsError> {
     let ca_certs = read_certs(&files.ca)?;
     let mut roots = RootCertStore::empty();
     for cert in ca_certs {
@@ -156,7 +170,7 @@ fn load(files: &TlsFiles) -> Result<LoadedFiles, TlsError> {
     Ok(LoadedFiles { roots, chain, key })
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
@@ -167,7 +181,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -202,6 +216,84 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
             what: format!("certificate and key do not form a usable pair: {err}"),
         })?;
     Ok(Arc::new(config))
+}
+
+/// SHA-256 of a certificate's DER, lowercase hex: how tokens name the CA and the cluster names
+/// revoked certificates.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The fingerprint of the first certificate of the PEM file `path` (the cluster CA).
+pub fn file_fingerprint(path: &Path) -> Result<String, TlsError> {
+    let certs = read_certs(path)?;
+    Ok(fingerprint(&certs[0]))
+}
+
+/// What a certificate says, as far as the cluster cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// SHA-256 of its DER ([`fingerprint`]).
+    pub fingerprint: String,
+    /// Its subject's common name.
+    pub common_name: Option<String>,
+    /// Validity, seconds since the Unix epoch.
+    pub not_before_unix: i64,
+    pub not_after_unix: i64,
+    /// SHA-256 of its subject public key (to match a key to a certificate).
+    pub public_key_sha256: String,
+}
+
+/// Reads a DER certificate.
+pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|err| format!("not an X.509 certificate: {err}"))?;
+    let common_name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+    let validity = cert.validity();
+    Ok(CertInfo {
+        fingerprint: fingerprint(der),
+        common_name,
+        not_before_unix: validity.not_before.timestamp(),
+        not_after_unix: validity.not_after.timestamp(),
+        public_key_sha256: fingerprint(cert.public_key().raw),
+    })
+}
+
+/// Reads the first certificate of the PEM file `path`.
+pub fn read_cert_info(path: &Path) -> Result<CertInfo, TlsError> {
+    let certs = read_certs(path)?;
+    cert_info(&certs[0]).map_err(|what| TlsError::Invalid { path: path.to_owned(), what })
+}
+
+/// Reads the first certificate of PEM text (`what` names it in errors).
+pub fn pem_cert_info(pem: &str, what: &str) -> Result<CertInfo, String> {
+    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .ok_or_else(|| format!("{what}: no certificate in it"))?
+        .map_err(|err| format!("{what}: not PEM: {err}"))?;
+    cert_info(&der).map_err(|err| format!("{what}: {err}"))
+}
+
+/// SHA-256 of the public key of the PEM private key `key_pem` (to match [`CertInfo::public_key_sha256`]).
+pub fn key_public_sha256(key_pem: &str) -> Result<String, String> {
+    let key = rcgen::KeyPair::from_pem(key_pem).map_err(|err| format!("not a private key: {err}"))?;
+    Ok(fingerprint(&rcgen::PublicKeyData::subject_public_key_info(&key)))
+}
+
+/// Writes `contents` to `path` with `mode`, replacing it atomically (a temporary file renamed).
+pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    write_file(&tmp, contents, mode)?;
+    fs::rename(&tmp, path).map_err(|source| TlsError::Write { path: path.to_owned(), source })
+}
+
+/// Writes a new file with `mode`; refuses to replace an existing one.
+pub fn create_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    let write = |source| TlsError::Write { path: path.to_owned(), source };
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(write)?;
+    file.write_all(contents).map_err(write)?;
+    file.sync_all().map_err(write)
 }
 
 /// The name a client checks in the server certificate for `host:port` (an IP SAN or a DNS SAN).

@@ -1,6 +1,7 @@
 //! `clusterctl`: the operator CLI. Talks to the local `clusterd` over its Unix socket or to a
 //! remote one over mutual TLS; never links the Raft, host or agent code.
 
+mod join;
 mod output;
 mod report;
 
@@ -67,7 +68,7 @@ struct Connection {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Cluster CA and certificates (offline, no daemon needed).
+    /// Cluster CA and certificates (offline, no daemon needed; `renew` asks the daemon).
     #[command(subcommand)]
     Ca(CaCommand),
     /// Cluster-wide operations.
@@ -92,6 +93,9 @@ enum Command {
     },
     /// Write a bug-report archive (OUTPUT.tar.gz): status, settings, events and package
     /// definitions as JSON, and from every node its node file, log and Raft view; secrets left out.
+    /// Join this machine to a cluster with a token from `clusterctl cluster token`: receives a
+    /// certificate for exactly --node and the IP of --listen, writes the node file and keys (0600).
+    Join(join::JoinArgs),
     Report {
         /// Only events and logs of this last period (e.g. `2h`, `30min`); everything when omitted.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -172,6 +176,9 @@ enum CaCommand {
         #[arg(long = "dns")]
         dns: Vec<String>,
     },
+    /// Renew the certificate of member NAME now (through the daemon: NAME makes a new key and a
+    /// member holding the CA key signs it; nodes also renew by themselves before expiry).
+    Renew { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +197,16 @@ enum ClusterCommand {
     /// Alert hooks: programs the leader runs for events (docs/monitoring.md).
     #[command(subcommand)]
     Alert(AlertCommand),
+    /// Print a single-use join token for `clusterctl join` (the CA's fingerprint and a secret; the
+    /// cluster stores only the secret's hash), or revoke an unused one.
+    Token {
+        /// How long the token may be redeemed (at most 7 days).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Revoke this unused token instead.
+        #[arg(long, value_name = "TOKEN")]
+        revoke: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,8 +258,11 @@ enum NodeCommand {
         name: String,
         /// HOST:PORT the node listens on.
         address: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "witness")]
         learner: bool,
+        /// A witness: a voter that never hosts packages (the third vote of a two-node site).
+        #[arg(long)]
+        witness: bool,
     },
     /// Remove a node (the leader hands over leadership first).
     Remove { name: String },
@@ -297,6 +317,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, mut out: Output) -> ExitCode {
     let request = match cli.command {
+        Command::Ca(CaCommand::Renew { name }) => ClientRequest::CertRenew { node: name },
         Command::Ca(command) => {
             return match ca(command) {
                 Ok(message) => out.done(&message),
@@ -362,6 +383,16 @@ async fn run(cli: Cli, mut out: Output) -> ExitCode {
             ClientRequest::AlertSet { path, hook: None }
         }
         Command::Cluster(ClusterCommand::Alert(AlertCommand::List)) => ClientRequest::AlertList,
+        Command::Join(args) => {
+            return match join::join(args, Duration::from_secs(cli.connection.connect_timeout)).await {
+                Ok(message) => out.done(&message),
+                Err(err) => out.failure(exit::ERROR, &format!("{err:#}"), None),
+            }
+        }
+        Command::Cluster(ClusterCommand::Token { revoke: Some(token), .. }) => ClientRequest::TokenRevoke { token },
+        Command::Cluster(ClusterCommand::Token { ttl, revoke: None }) => {
+            ClientRequest::TokenCreate { ttl_ms: ttl.as_millis() as u64 }
+        }
         Command::Report { since, archive } => {
             return match connect(&cli.connection).await {
                 Ok(mut client) => report::write(&mut client, since, &archive, &out).await,
@@ -378,7 +409,9 @@ async fn run(cli: Cli, mut out: Output) -> ExitCode {
         Command::Cluster(ClusterCommand::TransferLeader { name }) => ClientRequest::TransferLeader { name },
         Command::Cluster(ClusterCommand::Set { name, value }) => ClientRequest::SettingsSet { name, value },
         Command::Cluster(ClusterCommand::Settings) => ClientRequest::SettingsGet,
-        Command::Node(NodeCommand::Add { name, address, learner }) => ClientRequest::NodeAdd { name, address, learner },
+        Command::Node(NodeCommand::Add { name, address, learner, witness }) => {
+            ClientRequest::NodeAdd { name, address, learner, witness }
+        }
         Command::Node(NodeCommand::Remove { name }) => ClientRequest::NodeRemove { name },
         Command::Node(NodeCommand::Promote { name }) => ClientRequest::NodePromote { name },
         Command::Status => ClientRequest::Status,
@@ -504,6 +537,7 @@ fn ca(command: CaCommand) -> anyhow::Result<String> {
                 .with_context(|| format!("cannot issue a certificate for {name}"))?;
             Ok(format!("created {} and {}", cert.display(), key.display()))
         }
+        CaCommand::Renew { .. } => unreachable!("sent to the daemon"),
     }
 }
 

@@ -127,6 +127,8 @@ impl Output {
                     "files": diagnostics.files.iter().map(|(name, _)| name).collect::<Vec<_>>(),
                     "notes": diagnostics.notes,
                 }),
+                ClientReply::Token { token, expires_ms } => json!({ "token": token, "expires_ms": expires_ms }),
+                ClientReply::Joined { members, .. } => json!({ "members": members }),
             };
             println!("{value}");
             return ExitCode::SUCCESS;
@@ -191,6 +193,12 @@ impl Output {
                     .collect();
                 print!("{}", table(&["HOOK", "EVENTS", "TIMEOUT", "RECIPIENT"], rows));
             }
+            // The token alone on stdout, so that `TOKEN=$(clusterctl cluster token)` works.
+            ClientReply::Token { token, .. } => println!("{token}"),
+            ClientReply::Joined { members, .. } => {
+                let members: Vec<String> = members.iter().map(|(name, address)| format!("{name}@{address}")).collect();
+                println!("certificate issued; members: {}", members.join(", "));
+            }
             ClientReply::Diagnostics(diagnostics) => {
                 println!("node {} (clusterd {})", diagnostics.node, diagnostics.version);
                 for (name, text) in &diagnostics.files {
@@ -214,7 +222,11 @@ pub(crate) fn render_status(report: &StatusReport) -> String {
     let mut text = String::new();
     let leader = report.leader.as_deref().unwrap_or("none");
     let quorum = if report.quorum { "ok" } else { "LOST" };
-    text.push_str(&format!("leader: {leader}   term: {}   quorum: {quorum}\n", report.term));
+    text.push_str(&format!(
+        "leader: {leader}   term: {}   quorum: {quorum}   cluster version: {}\n",
+        report.term,
+        if report.cluster_version.is_empty() { "-" } else { &report.cluster_version }
+    ));
     text.push_str(&format!(
         "reported by {} ({}): commit {}, applied {}, last log {}, snapshot {}\n\n",
         report.reporter,
@@ -248,16 +260,17 @@ fn render_nodes(report: &StatusReport) -> String {
             vec![
                 name,
                 node.address.clone(),
-                format!("{:?}", node.role).to_lowercase(),
+                if node.witness { "witness".to_owned() } else { format!("{:?}", node.role).to_lowercase() },
                 or_dash(node.matched_index),
                 node.last_contact_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms ago")),
                 node.lease.clone().unwrap_or_else(|| "-".to_owned()),
                 if node.protection.is_empty() { "-".to_owned() } else { node.protection.clone() },
                 node_state(node).to_owned(),
+                node.version.clone().unwrap_or_else(|| "-".to_owned()),
             ]
         })
         .collect();
-    table(&["NODE", "ADDRESS", "ROLE", "MATCHED", "LAST CONTACT", "LEASE", "PROTECTION", "STATE"], rows)
+    table(&["NODE", "ADDRESS", "ROLE", "MATCHED", "LAST CONTACT", "LEASE", "PROTECTION", "STATE", "RELEASE"], rows)
 }
 
 /// What the operator asked of a node, or its clean stop.

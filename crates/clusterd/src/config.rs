@@ -41,10 +41,27 @@ pub(crate) struct NodeConfig {
     /// Also append the log to this file (for hosts without the journal; `clusterctl report` reads it).
     #[serde(default)]
     pub(crate) log_file: Option<PathBuf>,
+    /// `node` (the default): may host packages; `witness`: a voter that never hosts packages (the
+    /// third vote of a two-node site).
+    #[serde(default)]
+    pub(crate) role: Role,
+    /// A member (`HOST:PORT`) this node asks, with its own certificate, to add it (learner, then
+    /// voter) while it is not a member yet (written by `clusterctl join`).
+    #[serde(default)]
+    pub(crate) join: Option<String>,
     /// What this node offers to packages' `needs` (`capacity = { slots = 10, memory = "32G" }`),
     /// announced to the cluster (`NodeCapacity`); see [`NodeConfig::capacity`].
     #[serde(default, rename = "capacity")]
     capacity_table: std::collections::BTreeMap<String, Quantity>,
+}
+
+/// What a node is for (`role` in the node file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Role {
+    #[default]
+    Node,
+    Witness,
 }
 
 /// A quantity in the node file: a number or a size like `"32G"`.
@@ -70,6 +87,10 @@ pub(crate) struct TlsSection {
     pub(crate) ca: PathBuf,
     pub(crate) cert: PathBuf,
     pub(crate) key: PathBuf,
+    /// The CA's private key, on the members that sign the certificates of nodes joining with a
+    /// token (`clusterctl join`); it never leaves them.
+    #[serde(default)]
+    pub(crate) ca_key: Option<PathBuf>,
 }
 
 fn default_socket() -> PathBuf {
@@ -232,8 +253,12 @@ key = "/etc/clusterd/n1.key"
             status_page,
             log_file,
             capacity_table,
+            role,
+            join,
         } = full;
-        let TlsSection { ca, cert, key } = tls;
+        let TlsSection { ca, cert, key, ca_key } = tls;
+        assert_eq!(role, Role::Witness, "the optional key `role` is missing from the example");
+        assert!(join.is_some() && ca_key.is_some(), "the optional keys `join` and `[tls] ca_key` are missing");
         assert_eq!(node, "node1");
         assert!(advertise.is_some() && watchdog.is_some(), "an optional key is missing from the example");
         assert!(metrics.is_some() && metrics_tls && status_page && log_file.is_some(), "an optional key is missing");
@@ -261,6 +286,14 @@ key = "/etc/clusterd/n1.key"
         assert!(err.contains("key `log_file`: expected an absolute path"), "{err}");
         let config = parse(GOOD).unwrap();
         assert!(config.metrics.is_none() && !config.status_page && config.log_file.is_none(), "all off by default");
+    }
+
+    #[test]
+    fn a_witness_says_so_and_other_roles_are_refused() {
+        assert_eq!(parse(GOOD).unwrap().role, Role::Node);
+        assert_eq!(parse(&format!("role = \"witness\"\n{GOOD}")).unwrap().role, Role::Witness);
+        let err = format!("{:#}", parse(&format!("role = \"arbiter\"\n{GOOD}")).unwrap_err());
+        assert!(err.contains("unknown variant `arbiter`, expected `node` or `witness`"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_api::{decode, encode, ApiError, ClientReply, ClientRequest, ErrorKind, PeerRpc, Request, Response};
+use cluster_api::{ApiError, ClientReply, ClientRequest, ErrorKind, PeerRpc, Request, Response};
 use cluster_model::controller::{explain, protection, Liveness, Protection};
 use cluster_model::{validate_key, validate_value, Command, CommandOutcome, FenceConfig, Phase};
 use cluster_raft::{ConsensusError, ConsensusNode, ForwardError};
@@ -14,9 +14,22 @@ use crate::engine::{wall_ms, Engine, ExpiryCheck, KeepRequest, LeaseRequest};
 pub(crate) struct Dispatcher {
     pub(crate) node: Arc<ConsensusNode>,
     pub(crate) engine: Arc<Engine>,
+    /// The members' releases, as the leader last learned them (rolling upgrades).
+    pub(crate) versions: Arc<crate::upgrade::Versions>,
+    /// This node's TLS files, and the CA key if it holds it (it then signs joining nodes).
+    pub(crate) tls: cluster_tls::TlsFiles,
+    pub(crate) ca_key: Option<std::path::PathBuf>,
+    /// Certificates refused by the listener (kept equal to the applied state's by `crate::join`).
+    pub(crate) revocations: Arc<cluster_tls::Revocations>,
+    /// What this node presents (replaced by a renewal) and its TLS client towards peers.
+    pub(crate) identity: Arc<cluster_tls::Identity>,
+    pub(crate) client_tls: Arc<cluster_tls::rustls::ClientConfig>,
+    /// One renewal of this node's certificate at a time.
+    pub(crate) renewing: tokio::sync::Mutex<()>,
 }
 
-/// Runs a peer RPC served by the engine: decode, serve, encode the result.
+/// Runs a peer RPC served by the engine (keeps, expiry checks: since 0.2.0): decode, serve, encode
+/// the result in the caller's protocol.
 async fn serve_engine_rpc<Req, Resp, F, Fut>(payload: &[u8], serve: F) -> Result<Vec<u8>, String>
 where
     Req: serde::de::DeserializeOwned,
@@ -24,9 +37,11 @@ where
     F: FnOnce(Req) -> Fut,
     Fut: std::future::Future<Output = Result<Resp, String>>,
 {
-    let request: Req = decode(payload).map_err(|err| format!("malformed engine rpc: {err}"))?;
+    let malformed = |err: cluster_api::FrameError| format!("malformed engine rpc: {err}");
+    let protocol = cluster_api::frame_version(payload).map_err(malformed)?;
+    let request: Req = cluster_api::decode_body(payload).map_err(malformed)?;
     let answer = serve(request).await;
-    encode(&answer).map(|bytes| bytes.to_vec()).map_err(|err| err.to_string())
+    cluster_api::encode_as(&answer, protocol).map(|bytes| bytes.to_vec()).map_err(|err| err.to_string())
 }
 
 fn api_error(err: ConsensusError) -> ApiError {
@@ -60,13 +75,8 @@ impl Dispatcher {
         match request {
             Request::Peer(peer) if peer.rpc == PeerRpc::Lease => {
                 let engine = &self.engine;
-                Response::Peer(
-                    serve_engine_rpc(
-                        &peer.payload,
-                        |request: LeaseRequest| async move { engine.grant(&request).await },
-                    )
-                    .await,
-                )
+                let grant = |request: LeaseRequest| async move { engine.grant(&request).await };
+                Response::Peer(crate::compat::serve_lease(&peer.payload, grant).await)
             }
             Request::Peer(peer) if peer.rpc == PeerRpc::Keep => {
                 let engine = &self.engine;
@@ -86,13 +96,8 @@ impl Dispatcher {
             }
             Request::Peer(peer) if peer.rpc == PeerRpc::Propose => {
                 let engine = &self.engine;
-                Response::Peer(
-                    serve_engine_rpc(
-                        &peer.payload,
-                        |command: Command| async move { engine.serve_propose(command).await },
-                    )
-                    .await,
-                )
+                let propose = |command: Command| async move { engine.serve_propose(command).await };
+                Response::Peer(crate::compat::serve_propose(&peer.payload, propose).await)
             }
             Request::Peer(peer) => Response::Peer(self.node.handle_peer(peer).await),
             Request::Client { request, forwarded } => Response::Client(self.client(request, forwarded).await),
@@ -102,6 +107,33 @@ impl Dispatcher {
     /// Runs a client request here if this node can, else forwards it to the leader; while there is
     /// no leader it waits (up to the request timeout) for one to be elected.
     async fn client(&self, request: ClientRequest, forwarded: bool) -> Result<ClientReply, ApiError> {
+        let mut version = self.node.cluster_version();
+        if version < cluster_model::ClusterVersion::CURRENT {
+            // What v0.1.0 does not know is refused on every node alike, whoever leads: while the
+            // cluster runs at its version, a v0.1.0 node may lead or be asked next.
+            if cluster_api::v0_1::client_request_to_v0_1(&request).is_err() {
+                // A node holding entries it has not applied yet (just added, catching up) applies
+                // them first: the version may have risen in them.
+                let last = self.node.last_log_index();
+                if self.node.applied_index() < last {
+                    self.node.wait_applied_after(last.saturating_sub(1), Duration::from_secs(2)).await;
+                    version = self.node.cluster_version();
+                }
+            }
+        }
+        if version < cluster_model::ClusterVersion::CURRENT {
+            if let Err(needs) = cluster_api::v0_1::client_request_to_v0_1(&request) {
+                let refusal = ApiError::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "{needs}, and the cluster runs at version {version} until every node runs clusterd {} or \
+                         later (`clusterctl status` lists the release of each node; docs/upgrades.md)",
+                        needs.needs
+                    ),
+                );
+                return self.refused_here_or_by_the_leader(request, forwarded, refusal).await;
+            }
+        }
         let deadline = Instant::now() + self.node.timing().request_timeout;
         loop {
             let leader = match self.execute(&request, forwarded).await {
@@ -146,22 +178,83 @@ impl Dispatcher {
         }
     }
 
+    /// A request this node's applied cluster version refuses. A follower may lag behind the
+    /// leader's version (a node just added, catching up): the leader decides, unless it runs
+    /// v0.1.0 (it refuses this release's protocol) or cannot be reached; then the refusal stands.
+    async fn refused_here_or_by_the_leader(
+        &self,
+        request: ClientRequest,
+        forwarded: bool,
+        refusal: ApiError,
+    ) -> Result<ClientReply, ApiError> {
+        let me = &self.node.me().name;
+        let leader = self.node.leader().filter(|leader| &leader.name != me);
+        let (Some(leader), false) = (leader, forwarded) else { return Err(refusal) };
+        let forward = Request::Client { request: request.clone(), forwarded: true };
+        let answer = self.node.forward_newest(&leader.address, &forward).await;
+        tracing::debug!(leader = %leader.name, ?answer, "asked the leader about a request this node's version refuses");
+        match answer {
+            Ok(refused)
+                if cluster_api::wire::refused_protocol(cluster_api::PROTOCOL_V0_1, &refused)
+                    || !matches!(refused, Response::Client(_)) =>
+            {
+                Err(refusal)
+            }
+            Ok(Response::Client(result)) => result,
+            Ok(Response::Peer(_)) => Err(refusal),
+            Err(ForwardError::Unknown(detail)) if !is_read(&request) => Err(ApiError::new(
+                ErrorKind::Failed,
+                format!("lost the answer of leader {} ({detail}): the outcome of the request is unknown", leader.name),
+            )),
+            Err(_) => Err(refusal),
+        }
+    }
+
     async fn execute(&self, request: &ClientRequest, forwarded: bool) -> Result<ClientReply, Failure> {
         let node = &self.node;
         let invalid = |err: cluster_model::InvalidInput| ConsensusError::Invalid(err.to_string());
         match request {
             ClientRequest::ClusterInit => {
                 node.initialize().await?;
+                // A new cluster of this one node uses this release's formats from its first entries.
+                crate::upgrade::activate_new_cluster(node).await;
                 Ok(ClientReply::Done { message: format!("cluster initialized with node {}", node.me().name) })
             }
-            ClientRequest::NodeAdd { name, address, learner } => {
+            ClientRequest::NodeAdd { name, address, learner, witness } => {
+                if *learner && *witness {
+                    return Err(ConsensusError::Invalid(format!(
+                        "node `{name}`: a witness is a voter, not a learner (drop --learner or --witness)"
+                    ))
+                    .into());
+                }
+                if node.read_local(|state| state.join.removed.contains(name)) {
+                    // Removed before: its name is accepted again (revoked certificates stay refused).
+                    self.write(Command::NodeAdmit { name: name.clone(), at_ms: wall_ms() }, String::new()).await?;
+                }
                 node.add_node(name, address, *learner).await?;
-                let role = if *learner { "learner" } else { "voter" };
+                // The role is recorded (or a former witness's cleared) once the node is a member.
+                if *witness || node.read_local(|state| state.witnesses.contains(name)) {
+                    let command = Command::NodeRole { name: name.clone(), witness: *witness, at_ms: wall_ms() };
+                    self.write(command, String::new()).await?;
+                }
+                let role = if *witness {
+                    "witness (a voter that never hosts packages)"
+                } else if *learner {
+                    "learner"
+                } else {
+                    "voter"
+                };
                 Ok(ClientReply::Done { message: format!("node {name} added as a {role}") })
             }
             ClientRequest::NodeRemove { name } => {
                 node.remove_node(name).await?;
-                Ok(ClientReply::Done { message: format!("node {name} removed") })
+                let mut message = format!("node {name} removed");
+                if node.cluster_version() >= cluster_model::ClusterVersion::V0_2 {
+                    let command = Command::NodeRevoke { name: name.clone(), at_ms: wall_ms() };
+                    self.write(command, String::new()).await?;
+                    message.push_str(": its certificates are refused from now on");
+                }
+                Ok(ClientReply::Done { message })
             }
             ClientRequest::NodePromote { name } => {
                 node.promote(name).await?;
@@ -183,8 +276,22 @@ impl Dispatcher {
             }
             ClientRequest::SettingsSet { name, value } => {
                 // Check first so a typo is reported without touching the log.
-                let mut trial = node.read_local(|state| state.settings.clone());
+                let current = node.read_local(|state| state.settings.clone());
+                let mut trial = current.clone();
                 trial.set(name, value).map_err(|err| ConsensusError::Invalid(err.to_string()))?;
+                let version = node.cluster_version();
+                if version < cluster_model::ClusterVersion::V0_2
+                    && trial.lease_for_grantor() < current.lease_for_grantor()
+                {
+                    // v0.1.0 members would judge leases granted before the change with the new,
+                    // shorter wait (they know no lease ceiling): issue 11, finding 1.
+                    return Err(ConsensusError::Invalid(format!(
+                        "refusing to shorten the lease wait ({name} = {value}) while the cluster runs at version \
+                         {version}: nodes of 0.1.0 would judge leases granted before the change by the shorter \
+                         wait; finish the upgrade first (`clusterctl status`)"
+                    ))
+                    .into());
+                }
                 match node.write(Command::SetSetting { name: name.clone(), value: value.clone() }).await? {
                     CommandOutcome::Rejected { reason } => Err(ConsensusError::Invalid(reason).into()),
                     _ => Ok(ClientReply::Done { message: format!("{name} = {value}") }),
@@ -259,6 +366,17 @@ impl Dispatcher {
                     let members: Vec<String> = node.members().into_iter().map(|member| member.name).collect();
                     if let Some(warning) = node.read_local(|state| slow_stop_warning(state, &members, def)) {
                         lines.push(format!("package {}: warning: {warning}", def.name));
+                    }
+                    let listed: Vec<&str> = node.read_local(|state| {
+                        def.nodes.iter().filter(|n| state.witnesses.contains(*n)).map(String::as_str).collect()
+                    });
+                    if !listed.is_empty() {
+                        lines.push(format!(
+                            "package {}: warning: {} {} a witness, which never hosts packages",
+                            def.name,
+                            listed.join(", "),
+                            if listed.len() == 1 { "is" } else { "are" }
+                        ));
                     }
                 }
                 Ok(ClientReply::Done { message: lines.join("\n") })
@@ -348,11 +466,16 @@ impl Dispatcher {
             }
             ClientRequest::AlertSet { .. } | ClientRequest::AlertList => crate::alerts::serve(node, request).await,
             ClientRequest::Diagnostics { .. } => crate::diagnostics::serve(node, request, forwarded).await,
+            ClientRequest::TokenCreate { .. }
+            | ClientRequest::TokenRevoke { .. }
+            | ClientRequest::Join { .. }
+            | ClientRequest::CertSign { .. } => crate::join::serve(self, request).await,
+            ClientRequest::CertRenew { node: target } => crate::join::serve_renew(self, target, forwarded).await,
         }
     }
 
     /// Proposes an operator command; a refusal at apply time is the operator's error.
-    async fn write(&self, command: Command, done: String) -> Result<ClientReply, Failure> {
+    pub(crate) async fn write(&self, command: Command, done: String) -> Result<ClientReply, Failure> {
         match self.node.write(command).await? {
             CommandOutcome::Rejected { reason } => Err(ConsensusError::Invalid(reason).into()),
             _ => Ok(ClientReply::Done { message: done }),
@@ -364,7 +487,7 @@ impl Dispatcher {
         let mut report = self.node.status().await;
         let view = (self.node.leadership().is_some()).then(|| self.engine.view());
         // Only what the report shows is copied out of the state (not the key-value map or the events).
-        let (nodes, packages, waiting) = self.node.read_local(|state| {
+        let (nodes, packages, witnesses, waiting) = self.node.read_local(|state| {
             let nodes: Vec<(bool, bool, Protection)> = report
                 .nodes
                 .iter()
@@ -380,12 +503,20 @@ impl Dispatcher {
                 Some(view) => cluster_model::controller::waiting_reasons(state, view, wall_ms()),
                 None => Vec::new(),
             };
-            (nodes, state.packages.values().cloned().collect::<Vec<_>>(), waiting)
+            (nodes, state.packages.values().cloned().collect::<Vec<_>>(), state.witnesses.clone(), waiting)
         });
+        for node in report.nodes.iter_mut() {
+            node.witness = witnesses.contains(&node.name);
+        }
+        report.warnings.extend(topology_warning(&report.nodes));
+        let leading = self.node.leadership().is_some();
         for (node, (standby, leaving, protection)) in report.nodes.iter_mut().zip(nodes) {
             node.standby = standby;
             node.leaving = leaving;
             node.protection = protection.as_str().to_owned();
+            if leading {
+                node.version = self.versions.release_of(&node.name);
+            }
             if let Some(view) = &view {
                 node.lease = view.nodes.get(&node.name).map(|liveness| {
                     match liveness {
@@ -396,13 +527,16 @@ impl Dispatcher {
                     .to_owned()
                 });
             }
-            if protection == Protection::LeaseOnly {
+            if protection == Protection::LeaseOnly && !node.witness {
                 report.warnings.push(format!(
                     "node {} runs in lease-only mode (no watchdog, no fencing): safe against crashes and \
                      partitions, not against pauses of its clusterd",
                     node.name
                 ));
             }
+        }
+        if leading {
+            report.warnings.extend(self.versions.warning(self.node.cluster_version()));
         }
         for (key, why) in waiting {
             report.warnings.push(format!("package {key} does not run: {why}"));
@@ -426,6 +560,26 @@ impl Dispatcher {
         }
         report.packages = packages;
         report
+    }
+}
+
+/// What a cluster of this shape must know about its quorum (DESIGN §4, issue 12): two voters
+/// cannot lose either one, and a witness is what fixes it.
+fn topology_warning(nodes: &[cluster_api::NodeStatus]) -> Option<String> {
+    let voters: Vec<&cluster_api::NodeStatus> =
+        nodes.iter().filter(|node| node.role == cluster_api::NodeRole::Voter).collect();
+    let hosts = nodes.iter().filter(|node| !node.witness).count();
+    match voters.len() {
+        2 => Some(format!(
+            "the cluster has two voters ({}) and no third: losing either node, or the link between them, loses \
+             the quorum, and every package stops once its lease runs out; add a third voter, for instance a \
+             witness on a third machine (`clusterctl node add NAME ADDRESS --witness`, docs/topologies.md)",
+            voters.iter().map(|node| node.name.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+        _ if hosts == 1 && nodes.len() > 1 => {
+            Some("only one node may host packages (the others are witnesses): nothing can fail over".to_owned())
+        }
+        _ => None,
     }
 }
 

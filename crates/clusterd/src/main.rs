@@ -2,13 +2,16 @@
 //! Raft, the listeners and the systemd integration.
 
 mod alerts;
+mod compat;
 mod config;
 mod diagnostics;
 mod dispatch;
 mod engine;
+mod join;
 mod metrics;
 mod notify;
 mod server;
+mod upgrade;
 mod web;
 
 use std::path::PathBuf;
@@ -147,8 +150,19 @@ const LEAVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(100);
 async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<()> {
     let config = config?;
     let files = TlsFiles { ca: config.tls.ca.clone(), cert: config.tls.cert.clone(), key: config.tls.key.clone() };
+    // The peer listener also serves connections without a client certificate (a node redeeming a
+    // join token, nothing else) and refuses revoked certificates; the metrics listener does neither.
+    let revocations = Arc::new(cluster_tls::Revocations::default());
+    let identity = cluster_tls::Identity::load(&files).context("invalid [tls] section")?;
+    let peer_tls = cluster_tls::node_server_config(&files, identity.clone(), revocations.clone())
+        .context("invalid [tls] section")?;
     let server_tls = cluster_tls::server_config(&files).context("invalid [tls] section")?;
-    let client_tls = cluster_tls::client_config(&files).context("invalid [tls] section")?;
+    // Towards peers this node presents its identity, which a renewal replaces in place.
+    let client_tls = cluster_tls::node_client_config(&files, identity.clone()).context("invalid [tls] section")?;
+    if let Some(ca_key) = &config.tls.ca_key {
+        std::fs::metadata(ca_key)
+            .with_context(|| format!("invalid [tls] section: key `ca_key`: cannot read {}", ca_key.display()))?;
+    }
     if args.check {
         println!("configuration {} is valid", args.config.display());
         return Ok(());
@@ -170,7 +184,7 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
         name: config.node.clone(),
         address: config.advertised_address(),
         data_dir: config.data_dir.clone(),
-        tls: client_tls,
+        tls: client_tls.clone(),
         timing: Timing::default(),
     })
     .await
@@ -214,6 +228,7 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
         node: Some(config.node.clone()),
         ..cluster_host::ProcessConfig::default()
     });
+    let witness = config.role == config::Role::Witness;
     let capacity = config.capacity().map_err(anyhow::Error::msg).context("invalid node file key `capacity`")?;
     let engine = engine::Engine::new(
         node.clone(),
@@ -223,15 +238,33 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
         fencer,
         engine::runtime_dir(&config.socket),
         capacity,
+        witness,
     );
     engine.start();
     diagnostics::init(diagnostics::Context {
         config_path: std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone()),
         log_file: config.log_file.clone(),
     });
-    let dispatcher = Arc::new(Dispatcher { node: node.clone(), engine: engine.clone() });
+    let versions = Arc::new(upgrade::Versions::default());
+    tokio::spawn(upgrade::run(node.clone(), versions.clone()));
+    let dispatcher = Arc::new(Dispatcher {
+        node: node.clone(),
+        engine: engine.clone(),
+        versions,
+        tls: files.clone(),
+        ca_key: config.tls.ca_key.clone(),
+        revocations: revocations.clone(),
+        identity,
+        client_tls: client_tls.clone(),
+        renewing: tokio::sync::Mutex::new(()),
+    });
+    tokio::spawn(join::renew_before_expiry(dispatcher.clone()));
+    tokio::spawn(join::follow_revocations(node.clone(), revocations));
+    if let Some(server) = &config.join {
+        tokio::spawn(join::ask_to_be_added(node.clone(), server.clone(), client_tls.clone(), witness));
+    }
     let meter = metrics::RequestMeter(measured.then(|| metrics.clone()));
-    tokio::spawn(server::serve_tcp(tcp, server_tls.clone(), dispatcher.clone(), meter.clone()));
+    tokio::spawn(server::serve_tcp(tcp, peer_tls, dispatcher.clone(), meter.clone()));
     tokio::spawn(server::serve_unix(unix, config.socket.clone(), dispatcher.clone(), meter));
     tokio::spawn(notify::watchdog_loop(node.clone()));
     tokio::spawn(alerts::run(node.clone(), engine.clone(), metrics.clone()));

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cluster_api::{decode, encode, framed, ApiError, ErrorKind, Request, Response};
+use cluster_api::wire::{decode_request, encode_response};
+use cluster_api::{framed, ApiError, ClientRequest, ErrorKind, Request, Response, PROTOCOL_V0_1};
 use cluster_tls::rustls::ServerConfig;
 use cluster_tls::TlsAcceptor;
 use futures::{SinkExt, StreamExt};
@@ -42,8 +43,66 @@ pub(crate) fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Accepts TLS connections forever; a failed handshake (no certificate from the cluster CA)
-/// closes that connection only.
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub(crate) enum Caller {
+    /// The local socket (root only).
+    Local,
+    /// A certificate of the cluster CA: its fingerprint and common name, checked against the
+    /// revocation list again on every request.
+    Certified { fingerprint: String, common_name: Option<String> },
+    /// No client certificate: a node redeeming a join token, which is all it may ask.
+    Anonymous,
+}
+
+impl Caller {
+    fn of_tls<T>(stream: &cluster_tls::ServerTlsStream<T>) -> Caller {
+        match stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()) {
+            Some(der) => match cluster_tls::cert_info(der) {
+                Ok(info) => Caller::Certified { fingerprint: info.fingerprint, common_name: info.common_name },
+                Err(_) => Caller::Certified { fingerprint: cluster_tls::fingerprint(der), common_name: None },
+            },
+            None => Caller::Anonymous,
+        }
+    }
+
+    /// Why this caller may not send `request`, if it may not.
+    fn refusal(&self, request: &Request, revocations: &cluster_tls::Revocations) -> Option<String> {
+        match self {
+            Caller::Local => None,
+            Caller::Certified { fingerprint, common_name } => {
+                if let Some(refused) = revocations.refuses(fingerprint, common_name.as_deref()) {
+                    return Some(refused);
+                }
+                match request {
+                    // Only a node renews its own certificate.
+                    Request::Client { request: ClientRequest::CertSign { node, .. }, .. }
+                        if common_name.as_deref() != Some(node.as_str()) =>
+                    {
+                        Some(format!(
+                            "a certificate for node `{node}` is renewed only at the request of `{node}` itself, not \
+                             of {}",
+                            common_name.as_deref().map_or("a certificate without a name".to_owned(), |name| format!(
+                                "`{name}`"
+                            ))
+                        ))
+                    }
+                    _ => None,
+                }
+            }
+            Caller::Anonymous => match request {
+                Request::Client { request: ClientRequest::Join { .. }, forwarded: false } => None,
+                _ => Some(
+                    "a connection without a client certificate of the cluster CA may only redeem a join token                      (`clusterctl join`)"
+                        .to_owned(),
+                ),
+            },
+        }
+    }
+}
+
+/// Accepts TLS connections forever; a failed handshake (a certificate not from the cluster CA, or
+/// a revoked one) closes that connection only.
 pub(crate) async fn serve_tcp(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
@@ -66,7 +125,10 @@ pub(crate) async fn serve_tcp(
         let meter = meter.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => serve_connection(stream, &peer.to_string(), dispatcher, meter).await,
+                Ok(Ok(stream)) => {
+                    let caller = Caller::of_tls(&stream);
+                    serve_connection(stream, &peer.to_string(), caller, dispatcher, meter).await
+                }
                 Ok(Err(err)) => tracing::warn!(%peer, error = %err, "refused tls connection"),
                 Err(_) => tracing::warn!(%peer, "tls handshake timed out"),
             }
@@ -87,7 +149,7 @@ pub(crate) async fn serve_unix(
                 let dispatcher = dispatcher.clone();
                 let name = path.display().to_string();
                 let meter = meter.clone();
-                tokio::spawn(async move { serve_connection(stream, &name, dispatcher, meter).await });
+                tokio::spawn(async move { serve_connection(stream, &name, Caller::Local, dispatcher, meter).await });
             }
             Err(err) => {
                 tracing::warn!(error = %err, "accept on {} failed", path.display());
@@ -102,6 +164,7 @@ pub(crate) async fn serve_unix(
 async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: &str,
+    caller: Caller,
     dispatcher: Arc<Dispatcher>,
     meter: RequestMeter,
 ) {
@@ -115,7 +178,19 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
         };
-        let (response, fatal) = match decode::<Request>(&frame) {
+        // Answered in the protocol it came in (v0.1.0's nodes and clients speak 3); a frame this
+        // release cannot read is answered in 3, which every release reads.
+        let (protocol, decoded) = match decode_request(&frame) {
+            Ok((protocol, request)) => (protocol, Ok(request)),
+            Err(err) => (PROTOCOL_V0_1, Err(err)),
+        };
+        let refused = decoded.as_ref().ok().and_then(|request| caller.refusal(request, &dispatcher.revocations));
+        let (response, fatal) = match decoded {
+            Ok(_) if refused.is_some() => {
+                let why = refused.expect("checked");
+                tracing::warn!(%peer, "closing connection: {why}");
+                (Response::Client(Err(ApiError::new(ErrorKind::Invalid, why))), true)
+            }
             Ok(request) => {
                 // Client requests are counted and timed (metrics); peer RPCs are not.
                 let client = match &request {
@@ -133,7 +208,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 (Response::Client(Err(ApiError::new(ErrorKind::Invalid, format!("malformed request: {err}")))), true)
             }
         };
-        let bytes = match encode(&response) {
+        let bytes = match encode_response(response, protocol) {
             Ok(bytes) => bytes,
             Err(err) => {
                 tracing::error!(%peer, error = %err, "cannot encode a response");

@@ -108,6 +108,7 @@ async fn a_learner_added_after_compaction_catches_up_by_snapshot() {
         name: format!("n{n}"),
         address: addresses[n - 1].clone(),
         learner,
+        witness: false,
     };
     call(&first, add(2, false)).await.unwrap();
     call(&first, ClientRequest::SettingsSet { name: "snapshot_period".into(), value: "20".into() }).await.unwrap();
@@ -207,6 +208,7 @@ async fn duplicate_and_malformed_node_adds_are_refused_with_the_name() {
         name: name.into(),
         address: address.into(),
         learner: false,
+        witness: false,
     };
     let err = call(&first, add("n2", "127.0.107.99:7400")).await.unwrap_err().to_string();
     assert!(err.contains("node `n2` already exists"), "{err}");

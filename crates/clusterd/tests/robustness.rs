@@ -51,18 +51,33 @@ async fn clients_without_a_certificate_from_the_cluster_ca_are_refused() {
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
     let name = cluster_tls::server_name_for(&address).unwrap();
+    // It may connect (a new node redeems its join token so), but any other request is refused
+    // and the connection closed.
     let outcome = async {
         let tls = cluster_tls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
         let mut stream = framed(tls);
-        let request = cluster_api::Request::Client { request: ClientRequest::Status, forwarded: false };
+        let request = cluster_api::Request::Client {
+            request: ClientRequest::KvSet { key: "a".into(), value: "2".into() },
+            forwarded: false,
+        };
         stream.send(cluster_api::encode(&request).unwrap()).await?;
-        match stream.next().await {
-            Some(Ok(_)) => Ok(()),
-            Some(Err(err)) => Err(err),
-            None => Err(std::io::Error::other("closed")),
-        }
+        let answer = match stream.next().await {
+            Some(Ok(frame)) => cluster_api::wire::decode_response(&frame).map_err(std::io::Error::other)?.1,
+            Some(Err(err)) => return Err(err),
+            None => return Err(std::io::Error::other("closed")),
+        };
+        let closed = stream.next().await.is_none_or(|frame| frame.is_err());
+        Ok::<_, std::io::Error>((answer, closed))
     };
-    assert!(outcome.await.is_err(), "a client without a certificate got an answer");
+    match outcome.await {
+        Err(err) => eprintln!("no certificate: {err}"),
+        Ok((cluster_api::Response::Client(Err(err)), closed)) => {
+            assert!(err.message.contains("may only redeem a join token"), "{}", err.message);
+            assert!(closed, "the connection stays open after the refusal");
+        }
+        Ok(other) => panic!("a client without a certificate was served: {other:?}"),
+    }
+    assert_eq!(kv_get(&cluster.nodes[0].socket, "a").await.as_deref(), Some("1"), "nothing executed");
 
     // The node still serves its own clients.
     assert_eq!(kv_get(&cluster.nodes[0].socket, "a").await.as_deref(), Some("1"));

@@ -94,6 +94,17 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(tag: &str, watchdog: bool, options: PackageOptions) -> Fixture {
+        Fixture::with_spec(tag, watchdog, options, |_| {})
+    }
+
+    /// [`Fixture::new`] with the lab's spec changed by `customize` (witnesses, nodes running another
+    /// `clusterd`).
+    pub fn with_spec(
+        tag: &str,
+        watchdog: bool,
+        options: PackageOptions,
+        customize: impl FnOnce(&mut LabSpec),
+    ) -> Fixture {
         let started = Instant::now();
         let (clusterd, clusterctl) = super::clusterd_binaries();
         let name = lab_name(tag);
@@ -101,15 +112,16 @@ impl Fixture {
         // `LABEL=cl-LAB` would never appear.
         assert!(name.len() <= 13, "lab name {name} too long for the LUN's label");
         let guard = LabGuard::new(&name);
-        let lab = Lab::up(&LabSpec {
+        let mut spec = LabSpec {
             daemon: Daemon::Clusterd { clusterd, clusterctl, watchdog },
             lun_mib: 64,
             watchdog,
             tool: Some(super::clusterlab()),
             reboot_delay: Duration::from_secs(2),
             ..LabSpec::bare(&name, 3)
-        })
-        .unwrap_or_else(|error| panic!("lab {name} with clusterd: {error}"));
+        };
+        customize(&mut spec);
+        let lab = Lab::up(&spec).unwrap_or_else(|error| panic!("lab {name} with clusterd: {error}"));
         let mountpoint = lab.paths().run_dir().join("srv");
         let package_file = lab.paths().run_dir().join("web.toml");
         std::fs::write(&package_file, package_toml(&name, &mountpoint, &options)).unwrap();

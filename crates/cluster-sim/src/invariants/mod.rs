@@ -12,6 +12,7 @@ pub(crate) mod liveness_after_heal;
 pub(crate) mod primaries;
 pub(crate) mod s1_single_active;
 pub(crate) mod start_epochs;
+pub(crate) mod witness_hosts_nothing;
 
 /// Formats a global time in µs as seconds.
 pub(crate) fn secs(us: u64) -> String {

@@ -13,9 +13,19 @@ use super::{wall_ms, Engine};
 const CHECK: Duration = Duration::from_secs(1);
 
 pub(crate) async fn announce_loop(engine: Arc<Engine>) {
+    let mut told = false;
     loop {
         tokio::time::sleep(CHECK).await;
         if engine.lease_remaining().is_none() || engine.stopping() || engine.lease_given_up() {
+            continue;
+        }
+        let version = engine.node.cluster_version();
+        if version < cluster_model::ClusterVersion::V0_2 {
+            // v0.1.0 members cannot decode `NodeCapacity`: announced once the upgrade is over.
+            if !engine.capacity.is_empty() && !told {
+                tracing::info!(cluster_version = %version, "capacity announced once every node runs 0.2.0");
+                told = true;
+            }
             continue;
         }
         let differs = engine.node.read_local(|state| {

@@ -145,16 +145,20 @@ impl Engine {
                     if voter.name == self.me {
                         return self.serve_keep(&request);
                     }
-                    self.node
-                        .call_peer::<_, Result<KeepAck, String>>(
+                    match self
+                        .node
+                        .call_peer_newest::<_, Result<KeepAck, String>>(
                             &voter.name,
                             &voter.address,
                             PeerRpc::Keep,
                             &request,
                             timeout,
                         )
-                        .await
-                        .and_then(|answer| answer)
+                        .await?
+                    {
+                        Some(answer) => answer,
+                        None => Err(format!("{} runs clusterd 0.1.0, which keeps no lease", voter.name)),
+                    }
                 }
             })
             .collect();
@@ -196,8 +200,9 @@ impl Engine {
                     let answer = if voter.name == self.me {
                         self.serve_expiry_check(&check).await
                     } else {
-                        self.node
-                            .call_peer::<_, Result<ExpiryAnswer, String>>(
+                        match self
+                            .node
+                            .call_peer_newest::<_, Result<ExpiryAnswer, String>>(
                                 &voter.name,
                                 &voter.address,
                                 PeerRpc::ExpiryCheck,
@@ -205,7 +210,18 @@ impl Engine {
                                 timeout,
                             )
                             .await
-                            .and_then(|answer| answer)
+                        {
+                            Ok(Some(answer)) => answer,
+                            // A voter of v0.1.0 (mid-upgrade) never keeps a lease, and a keep needs
+                            // a majority of voters that do: it answers "none kept" truthfully, and
+                            // the voter in both majorities runs this release. The wait is the
+                            // cluster's (v0.1.0 has no ceiling of its own).
+                            Ok(None) => Ok(ExpiryAnswer {
+                                since_keep_ms: vec![None; check.nodes.len()],
+                                wait: settings.longest_grantor_wait(),
+                            }),
+                            Err(err) => Err(err),
+                        }
                     };
                     (answer, now())
                 }

@@ -107,28 +107,30 @@ pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
             let settings = settings.clone();
             tokio::spawn(async move {
                 let sent = now();
+                let term_at_send = engine.node.current_term();
                 let request = LeaseRequest { node: engine.me.clone() };
                 let grant = if leader.name == engine.me {
-                    engine.grant(&request).await
+                    engine.grant(&request).await.map(|grant| Grant {
+                        term: grant.term,
+                        commit_index: grant.commit_index,
+                        lease: Some(grant.lease),
+                    })
                 } else {
-                    engine
-                        .node
-                        .call_peer::<_, Result<LeaseGrant, String>>(
-                            &leader.name,
-                            &leader.address,
-                            PeerRpc::Lease,
-                            &request,
-                            settings.lease(),
-                        )
-                        .await
-                        .and_then(|answer| answer)
+                    // In the cluster's protocol: a v0.1.0 leader answers with the index alone.
+                    let renewal = async {
+                        let payload = crate::compat::lease_request(&request, engine.node.protocol())?;
+                        let answer = engine
+                            .node
+                            .call_peer_raw(&leader.name, &leader.address, PeerRpc::Lease, payload, settings.lease())
+                            .await?;
+                        crate::compat::lease_answer(&answer, term_at_send)
+                    };
+                    renewal.await
                 };
                 match grant {
                     Ok(grant) => {
                         let mut holder = engine.holder.lock().expect("lease lock");
                         if !engine.lease_given_up() {
-                            let grant =
-                                Grant { term: grant.term, commit_index: grant.commit_index, lease: Some(grant.lease) };
                             holder.granted(sent, grant, &engine.settings());
                         }
                     }

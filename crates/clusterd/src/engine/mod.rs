@@ -14,6 +14,7 @@ mod controller;
 mod executor;
 mod keeps;
 mod leases;
+mod role;
 mod runtime;
 
 use std::collections::BTreeSet;
@@ -31,7 +32,7 @@ use cluster_raft::{ConsensusError, ConsensusNode};
 use tokio::sync::{watch, Notify};
 
 pub(crate) use keeps::{runtime_dir, ExpiryCheck, KeepRequest};
-pub(crate) use leases::LeaseRequest;
+pub(crate) use leases::{LeaseGrant, LeaseRequest};
 
 /// The applied replicated state (at least as recent as `applied`), as the engine reads it: settings,
 /// packages and nodes. The key-value map and the event history are left empty (the engine never reads
@@ -79,6 +80,8 @@ pub(crate) struct Engine {
     watchdog_armed_for: Mutex<Option<Duration>>,
     /// The watchdog refused a magic close (`nowayout`) and the log said so.
     nowayout_noted: AtomicBool,
+    /// The node file says `role = "witness"`.
+    witness: bool,
     /// This node as a voter: the keep renewals it acknowledged, the refusals it promised.
     ledger: Mutex<KeepLedger>,
     /// The runtime folder (tmpfs: the socket's folder): what must outlive a restart of the daemon
@@ -161,6 +164,7 @@ pub(crate) fn wall_ms() -> u64 {
 }
 
 impl Engine {
+    #[allow(clippy::too_many_arguments)] // the composition root's parts, each named
     pub(crate) fn new(
         node: Arc<ConsensusNode>,
         host: Host,
@@ -169,6 +173,7 @@ impl Engine {
         fencer: Arc<dyn Fencer>,
         runtime_dir: std::path::PathBuf,
         capacity: std::collections::BTreeMap<String, u64>,
+        witness: bool,
     ) -> Arc<Engine> {
         let me = node.me().name.clone();
         let ledger = keeps::load_ledger(&runtime_dir);
@@ -200,6 +205,7 @@ impl Engine {
             watchdog_fault: Mutex::new(None),
             watchdog_armed_for: Mutex::new(None),
             nowayout_noted: AtomicBool::new(false),
+            witness,
             ledger: Mutex::new(ledger),
             runtime_dir,
             capacity,
@@ -214,6 +220,9 @@ impl Engine {
         tokio::spawn(leases::announce_loop(self.clone()));
         tokio::spawn(capacity::announce_loop(self.clone()));
         tokio::spawn(controller::controller_loop(self.clone()));
+        if self.witness {
+            tokio::spawn(role::announce_witness(self.clone()));
+        }
     }
 
     /// The applied state as the engine reads it; copied from the state machine only when the applied
@@ -246,9 +255,10 @@ impl Engine {
             Ok(outcome) => Ok(outcome),
             Err(ConsensusError::NotLeader { leader: Some(leader), .. }) if leader.name != self.me => {
                 let timeout = self.node.timing().request_timeout;
-                let answer: Result<CommandOutcome, String> =
-                    self.node.call_peer(&leader.name, &leader.address, PeerRpc::Propose, &command, timeout).await?;
-                answer
+                let payload = crate::compat::propose_request(&command, self.node.protocol())?;
+                let answer =
+                    self.node.call_peer_raw(&leader.name, &leader.address, PeerRpc::Propose, payload, timeout).await?;
+                crate::compat::propose_answer(&answer)
             }
             Err(err) => Err(err.to_string()),
         }
@@ -291,8 +301,8 @@ impl Engine {
         self.holder.lock().expect("lease lock").remaining(now())
     }
 
-    /// Stops renewing and forgets the lease: every package that is not frozen stops here at once,
-    /// as at a lease lapse, and nothing starts again.
+    /// Stops renewing and forgets the lease: every package stops here at once, as at a lease lapse
+    /// (frozen ones too: the lease outranks the freeze), and nothing starts again.
     fn give_up_lease(&self) {
         // Under the lease lock: a grant arriving now is either recorded before and revoked here,
         // or sees the flag and is dropped (`leases::heartbeat_loop`).
@@ -327,8 +337,10 @@ impl Engine {
     ///  nothing is active
     /// ```
     ///
-    /// Frozen packages are left running (maintenance). A blocked package (its stop failed) is left
-    /// as it is: it is never started elsewhere until fenced or cleaned up.
+    /// Frozen packages are left running (maintenance) when the cluster was told (`NodeLeave`
+    /// committed: an unfreeze then blocks them on a node without a watchdog); once the lease is
+    /// given up they stop like the others, and the daemon waits for that. A blocked package (its
+    /// stop failed) is left as it is: it is never started elsewhere until fenced or cleaned up.
     pub(crate) async fn leave(&self, limit: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + limit;
