@@ -91,11 +91,11 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
-    /// Write a bug-report archive (OUTPUT.tar.gz): status, settings, events and package
-    /// definitions as JSON, and from every node its node file, log and Raft view; secrets left out.
     /// Join this machine to a cluster with a token from `clusterctl cluster token`: receives a
     /// certificate for exactly --node and the IP of --listen, writes the node file and keys (0600).
     Join(join::JoinArgs),
+    /// Write a bug-report archive (OUTPUT.tar.gz): status, settings, events and package
+    /// definitions as JSON, and from every node its node file, log and Raft view; secrets left out.
     Report {
         /// Only events and logs of this last period (e.g. `2h`, `30min`); everything when omitted.
         #[arg(long, value_parser = humantime::parse_duration)]

@@ -85,6 +85,14 @@ fn completions_and_man_pages_cover_every_command() {
     assert!(apply.contains("Validate, then load package definitions"), "{apply}");
     // Hidden commands and clap's own `help` get no page.
     assert!(!dir.path().join("clusterctl-man.1").exists() && !dir.path().join("clusterctl-help.1").exists());
+    // Every page says what its command does (an empty NAME line is lintian's `bad-whatis-entry`,
+    // which fails the package test: a merge once moved `report`'s description onto `join`).
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let page = std::fs::read_to_string(&path).unwrap();
+        let name = page.split(".SH NAME\n").nth(1).and_then(|rest| rest.lines().next()).unwrap_or_default();
+        assert!(name.contains(" \\- "), "{}: NAME line `{name}` has no description", path.display());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
