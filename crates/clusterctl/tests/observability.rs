@@ -135,7 +135,7 @@ async fn metrics_status_page_alerts_and_report_on_a_real_cluster() {
     let package = dir.path().join("sleeper.toml");
     std::fs::write(
         &package,
-        "name = \"sleeper\"\n[[resource]]\nname = \"sleep\"\ntype = \"process\"\ncommand = [\"/bin/sleep\", \"3600\"]\n",
+        "name = \"sleeper\"\n[[resource]]\nname = \"sleep\"\ntype = \"process\"\ncommand = [\"/bin/sleep\", \"600\"]\n",
     )
     .unwrap();
     ok(run(&socket, &["pkg", "apply", package.to_str().unwrap()]));
@@ -331,6 +331,18 @@ async fn metrics_status_page_alerts_and_report_on_a_real_cluster() {
     // Removing the hook.
     ok(run(&socket, &["cluster", "alert", "remove", &hook]));
     assert!(ok(run(&socket, &["cluster", "alert", "list"])).contains("no alert hooks"));
+
+    // The package's process is stopped before the daemons are killed (else it outlives the test).
+    ok(run(&socket, &["pkg", "stop", "sleeper"]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = ok(run(&socket, &["pkg", "status", "sleeper", "--output", "json"]));
+        if status.contains("\"phase\":\"stopped\"") || status.contains("\"phase\": \"stopped\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "sleeper did not stop: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 type Post = (BTreeMap<String, String>, serde_json::Value);
