@@ -1,6 +1,6 @@
 //! Replays one simulation seed with its trace, or explores many seeds of a variant.
 //!
-//! `SIM_SEED=S [SIM_NODES=3|5] [SIM_SCENARIO=watchdog|fencing|lease-only|lease-only-pauses]
+//! `SIM_SEED=S [SIM_NODES=3|5] [SIM_SCENARIO=watchdog|fencing|lease-only|lease-only-pauses|leader-loss|daemon-restart]
 //!  [SIM_PACKAGES=relations] [SIM_WITNESS=NODE] [SIM_TRACE_TAIL=LINES] cargo run -p cluster-sim --example
 //! simulate` replays one run with its trace (`SIM_PACKAGES=relations`: the packages with dependencies,
 //! instances, a promotable database and capacities, `cluster_sim::relation_packages`; `SIM_WITNESS`:

@@ -453,9 +453,9 @@ fn relations_hold_with_5_watchdog_nodes() {
     assert_relations_exercised(&total);
 }
 
-/// Fenced nodes. Seeds 376 and 1,396 (beyond the default 250) miss liveness in a fence storm: a
-/// leader that fences two nodes at once loses its quorum, cannot record the fences, and fences
-/// them again when they come back (issue 14, item 5).
+/// Fenced nodes. Seeds 376 and 1,396 (beyond the default 250) missed liveness in a fence storm on
+/// the relations branch: a leader that fences two nodes at once loses its quorum, cannot record the
+/// fences, and fences them again when they come back. They pass since the fix of issue 14, item 5.
 #[test]
 fn relations_hold_with_fenced_nodes() {
     let total = relations_property(3, Scenario::Fencing, seeds(1000) / 4);
