@@ -367,12 +367,23 @@ impl PackageRunner {
     /// `demote` of the promoted ones, trying every step; a failure leaves it possibly promoted.
     pub async fn demote(&self, epoch: u64) -> Result<Vec<ResourceOutcome>, RunError> {
         self.see_epoch(epoch);
+        self.undo_each(self.resources.iter().rev().filter(|entry| entry.part != Part::Always), true, epoch).await
+    }
+
+    /// Undoes each of `entries` in turn (a `demote` of a promoted resource when `demoting`, else a
+    /// `stop`), trying every one even after a failure: the outcomes, or every failure.
+    async fn undo_each<'e>(
+        &self,
+        entries: impl Iterator<Item = &'e Entry>,
+        demoting: bool,
+        epoch: u64,
+    ) -> Result<Vec<ResourceOutcome>, RunError> {
         let mut failures = Vec::new();
         let mut outcomes = Vec::new();
-        for entry in self.resources.iter().rev().filter(|entry| entry.part != Part::Always) {
+        for entry in entries {
             let began = Instant::now();
             let done = match entry.part {
-                Part::Promoted => self.demote_entry(entry, epoch).await,
+                Part::Promoted if demoting => self.demote_entry(entry, epoch).await,
                 _ => self.stop_entry(entry, epoch).await,
             };
             match done {
@@ -436,21 +447,7 @@ impl PackageRunner {
     /// restarted with every later one, as in an ordered group).
     pub async fn stop_from(&self, first: usize, epoch: u64) -> Result<Vec<ResourceOutcome>, RunError> {
         self.see_epoch(epoch);
-        let mut failures = Vec::new();
-        let mut outcomes = Vec::new();
-        for entry in self.resources.iter().skip(first).rev() {
-            let began = Instant::now();
-            match self.stop_entry(entry, epoch).await {
-                Ok(()) => outcomes
-                    .push(ResourceOutcome { resource: entry.agent.name().to_string(), elapsed: began.elapsed() }),
-                Err(failure) => failures.push(failure),
-            }
-        }
-        if failures.is_empty() {
-            Ok(outcomes)
-        } else {
-            Err(RunError::StopFailed { package: self.package.clone(), failures })
-        }
+        self.undo_each(self.resources.iter().skip(first).rev(), false, epoch).await
     }
 
     /// Monitor every resource (in start order) without acting: what is running now. A resource found
