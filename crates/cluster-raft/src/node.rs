@@ -245,6 +245,29 @@ impl ConsensusNode {
         futures::future::join_all(asks).await
     }
 
+    /// Asks every member which release it runs and, when all of them read this release's formats
+    /// and the cluster runs below it, commits `ActivateVersion(CURRENT)`. Leader only (a follower's
+    /// write is refused as not the leader). Returns what each member answered.
+    pub async fn raise_version(&self, timeout: Duration) -> Vec<(String, MemberVersion)> {
+        let members = self.member_versions(timeout).await;
+        let all_current = members.iter().all(|(_, version)| version.newest() >= Some(ClusterVersion::CURRENT));
+        if all_current && self.cluster_version() < ClusterVersion::CURRENT {
+            let from = self.cluster_version();
+            let command = Command::ActivateVersion { version: ClusterVersion::CURRENT, at_ms: wall_ms() };
+            match self.propose_within(command).await {
+                Ok(CommandOutcome::Applied) => tracing::info!(
+                    from = %from,
+                    to = %ClusterVersion::CURRENT,
+                    "cluster version raised: every member runs {}",
+                    ClusterVersion::CURRENT
+                ),
+                Ok(other) => tracing::debug!(?other, "cluster version not raised"),
+                Err(err) => tracing::warn!(error = %err, "cannot raise the cluster version yet"),
+            }
+        }
+        members
+    }
+
     /// Asks the node at `address` which release it runs.
     pub async fn version_of(&self, address: &str, timeout: Duration) -> MemberVersion {
         let payload = match encode_as(&(), PROTOCOL_VERSION) {
@@ -314,15 +337,26 @@ impl ConsensusNode {
     /// A command that needs a later cluster version than the cluster runs at is refused here,
     /// before the log: a member of the older release could not decode it.
     pub async fn write(&self, command: Command) -> Result<CommandOutcome> {
-        let version = self.cluster_version();
         let need = command.version_need();
-        if need.needs > version && !matches!(command, Command::ActivateVersion { .. }) {
+        let is_activation = matches!(command, Command::ActivateVersion { .. });
+        if need.needs > self.cluster_version() && !is_activation && self.leadership().is_some() {
+            // The cluster may be below only because nobody has asked the members yet (a cluster
+            // formed a moment ago, the last node upgraded a moment ago): ask now, once.
+            self.raise_version(VERSION_QUESTION).await;
+        }
+        let version = self.cluster_version();
+        if need.needs > version && !is_activation {
             return Err(ConsensusError::Invalid(format!(
                 "{need}, and the cluster runs at {version} until every node runs {} or later (`clusterctl status` \
                  lists the release of each node)",
                 need.needs
             )));
         }
+        self.propose_within(command).await
+    }
+
+    /// Proposes a command (no version check) and waits for its outcome, within the request timeout.
+    async fn propose_within(&self, command: Command) -> Result<CommandOutcome> {
         self.within("write", self.timing.request_timeout, async {
             self.proposer.propose(command).await.map_err(|err| self.map_write_error("write", err))
         })
@@ -1189,6 +1223,14 @@ fn validate_address(address: &str) -> Result<()> {
     } else {
         Err(ConsensusError::Invalid(format!("invalid node address `{address}`: expected HOST:PORT")))
     }
+}
+
+/// How long a write that needs a newer cluster version waits for the members' releases.
+const VERSION_QUESTION: Duration = Duration::from_millis(500);
+
+/// Wall-clock milliseconds since the Unix epoch (event times in commands).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }
 
 /// Longest sleep of the driver: bounds how late a snapshot is triggered or a timeout noticed.

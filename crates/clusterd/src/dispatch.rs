@@ -54,6 +54,9 @@ fn api_error(err: ConsensusError) -> ApiError {
     ApiError::new(kind, err.to_string())
 }
 
+/// How long a request that needs a newer cluster version waits for the members' releases.
+const VERSION_QUESTION: Duration = Duration::from_millis(500);
+
 /// Whether repeating the request cannot change its effect (reads).
 fn is_read(request: &ClientRequest) -> bool {
     matches!(
@@ -117,6 +120,13 @@ impl Dispatcher {
                 let last = self.node.last_log_index();
                 if self.node.applied_index() < last {
                     self.node.wait_applied_after(last.saturating_sub(1), Duration::from_secs(2)).await;
+                    version = self.node.cluster_version();
+                }
+                // The leader may not have asked the members yet (a cluster formed a moment ago,
+                // the last node upgraded a moment ago): it asks now, and raises the version if
+                // every member runs this release.
+                if version < cluster_model::ClusterVersion::CURRENT && self.node.leadership().is_some() {
+                    self.versions.record(self.node.raise_version(VERSION_QUESTION).await);
                     version = self.node.cluster_version();
                 }
             }

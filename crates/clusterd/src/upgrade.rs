@@ -15,15 +15,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_model::{ClusterVersion, Command};
+use cluster_model::ClusterVersion;
 use cluster_raft::{ConsensusNode, MemberVersion};
-
-use crate::engine::wall_ms;
 
 /// Interval of the probe while the cluster runs below this release's version.
 const PROBE_UPGRADING: Duration = Duration::from_secs(1);
 /// Interval once it runs at it (for `status` only).
 const PROBE_CURRENT: Duration = Duration::from_secs(10);
+/// How long `cluster init` waits for the new cluster to run at this release's version.
+const NEW_CLUSTER_WAIT: Duration = Duration::from_secs(10);
 
 /// What the leader last learned of the members' releases.
 #[derive(Debug, Default)]
@@ -39,7 +39,7 @@ impl Versions {
         members.iter().find(|(name, _)| name == node).and_then(|(_, version)| version.release().map(str::to_owned))
     }
 
-    fn record(&self, mut members: Vec<(String, MemberVersion)>) {
+    pub(crate) fn record(&self, mut members: Vec<(String, MemberVersion)>) {
         members.sort_by(|a, b| a.0.cmp(&b.0));
         *self.last.lock().expect("versions lock") = Some(members);
     }
@@ -79,7 +79,8 @@ impl Versions {
     }
 }
 
-/// Runs for the daemon's lifetime; acts only while this node leads.
+/// Runs for the daemon's lifetime; acts only while this node leads. A write that needs the newer
+/// version also asks at once (`ConsensusNode::write`), so nobody waits for this probe.
 pub(crate) async fn run(node: Arc<ConsensusNode>, versions: Arc<Versions>) {
     loop {
         let interval = if node.cluster_version() < ClusterVersion::CURRENT { PROBE_UPGRADING } else { PROBE_CURRENT };
@@ -87,33 +88,25 @@ pub(crate) async fn run(node: Arc<ConsensusNode>, versions: Arc<Versions>) {
         if node.leadership().is_none() {
             continue;
         }
-        let members = node.member_versions(Duration::from_secs(1)).await;
-        let all_current = members.iter().all(|(_, version)| version.newest() >= Some(ClusterVersion::CURRENT));
-        versions.record(members);
-        if all_current && node.cluster_version() < ClusterVersion::CURRENT {
-            activate(&node).await;
-        }
+        versions.record(node.raise_version(Duration::from_secs(1)).await);
     }
 }
 
-/// Proposes this release's cluster version (every member was seen to read it).
-pub(crate) async fn activate(node: &ConsensusNode) {
-    let from = node.cluster_version();
-    let command = Command::ActivateVersion { version: ClusterVersion::CURRENT, at_ms: wall_ms() };
-    match node.write(command).await {
-        Ok(cluster_model::CommandOutcome::Applied) => {
-            tracing::info!(from = %from, to = %ClusterVersion::CURRENT, "cluster version raised: every member runs {}", ClusterVersion::CURRENT)
-        }
-        Ok(other) => tracing::debug!(?other, "cluster version not raised"),
-        Err(err) => tracing::warn!(error = %err, "cannot raise the cluster version yet"),
-    }
-}
-
-/// After `cluster init`: a cluster of this one node runs at this release's version at once.
+/// After `cluster init`: a cluster of this one node runs at this release's version at once (its
+/// first leadership may take a while on a loaded host, so this waits for it).
 pub(crate) async fn activate_new_cluster(node: &ConsensusNode) {
-    let deadline = Instant::now() + node.timing().request_timeout;
-    while node.leadership().is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let deadline = Instant::now() + NEW_CLUSTER_WAIT;
+    while node.cluster_version() < ClusterVersion::CURRENT && Instant::now() < deadline {
+        if node.leadership().is_some() {
+            node.raise_version(Duration::from_secs(1)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-    activate(node).await;
+    if node.cluster_version() < ClusterVersion::CURRENT {
+        tracing::warn!(
+            version = %node.cluster_version(),
+            "the new cluster still runs at an older version; the leader raises it within a second once it can"
+        );
+    }
 }
