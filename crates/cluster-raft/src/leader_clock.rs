@@ -27,8 +27,10 @@ pub(crate) struct LeaderClock {
 }
 
 impl LeaderClock {
-    /// `target` accepted an append of `term` that was sent at `sent`.
-    pub(crate) fn accepted(&self, term: u64, target: u64, sent: Instant) {
+    /// `target` accepted an append of `term` that was sent at `sent`. Waiters are woken only for a
+    /// voter (`voter`): a learner's acceptance confirms nothing, and at 45 learners waking every
+    /// pending lease grant for each of their appends cost the leader more than the appends.
+    pub(crate) fn accepted(&self, term: u64, target: u64, sent: Instant, voter: bool) {
         let mut acks = self.acks.lock().expect("leader clock");
         if term > acks.term {
             acks.term = term;
@@ -39,7 +41,9 @@ impl LeaderClock {
             *slot = (*slot).max(sent);
         }
         drop(acks);
-        self.changed.notify_waiters();
+        if voter {
+            self.changed.notify_waiters();
+        }
     }
 
     /// Whether, in every configuration of `configs` (two during a joint membership change), a
@@ -86,9 +90,9 @@ mod tests {
         let since = t0 + Duration::from_millis(10);
         let voters = [set(&[1, 2, 3])];
         assert!(!clock.confirmed(5, 1, &voters, since));
-        clock.accepted(5, 2, t0);
+        clock.accepted(5, 2, t0, true);
         assert!(!clock.confirmed(5, 1, &voters, since), "sent before the moment");
-        clock.accepted(5, 3, since + Duration::from_millis(5));
+        clock.accepted(5, 3, since + Duration::from_millis(5), true);
         assert!(clock.confirmed(5, 1, &voters, since));
         assert!(!clock.confirmed(6, 1, &voters, since), "acceptances of another term do not count");
     }
@@ -97,14 +101,14 @@ mod tests {
     fn a_newer_term_forgets_the_older_one_and_joint_configs_need_both_majorities() {
         let clock = LeaderClock::default();
         let t0 = Instant::now();
-        clock.accepted(5, 2, t0);
-        clock.accepted(6, 3, t0);
-        clock.accepted(5, 4, t0);
+        clock.accepted(5, 2, t0, true);
+        clock.accepted(6, 3, t0, true);
+        clock.accepted(5, 4, t0, true);
         assert!(!clock.confirmed(5, 1, &[set(&[1, 2, 4])], t0), "term 5 was forgotten");
         assert!(clock.confirmed(6, 1, &[set(&[1, 2, 3])], t0));
         assert!(!clock.confirmed(6, 1, &[set(&[1, 2, 3]), set(&[4, 5, 6])], t0));
-        clock.accepted(6, 4, t0);
-        clock.accepted(6, 5, t0);
+        clock.accepted(6, 4, t0, true);
+        clock.accepted(6, 5, t0, true);
         assert!(clock.confirmed(6, 1, &[set(&[1, 2, 3]), set(&[4, 5, 6])], t0));
         assert!(clock.confirmed(6, 1, &[set(&[1])], t0), "a single voter confirms itself");
         let mut accepted = clock.accepted_in(6);

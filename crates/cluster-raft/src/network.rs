@@ -30,18 +30,69 @@ use crate::types::TypeConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const POOL_PER_ADDRESS: usize = 8;
+/// How often a learner gets a heartbeat that carries nothing new (see [`QuietLearner`]).
+const LEARNER_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The Raft metrics of this node (membership included), readable by the replication streams.
+type Metrics = tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, NodeInfo>>;
 
 /// Connections to peers and when each peer last answered.
 pub(crate) struct Peers {
     tls: Arc<ClientConfig>,
     /// Which voters accepted this node's appends as leader, by send time.
     pub(crate) leader_clock: LeaderClock,
-    idle: Mutex<HashMap<String, Vec<Client>>>,
+    idle: Arc<Pool>,
     contact: Mutex<HashMap<u64, Instant>>,
     /// The cluster version of this node's applied state: the protocol it speaks.
     version: SharedVersion,
     /// When each peer was last reported as unable to follow (rate limit of that error).
     refused: Mutex<HashMap<u64, Instant>>,
+    /// This node's Raft metrics, set once Raft runs: which targets are learners.
+    metrics: std::sync::OnceLock<Metrics>,
+}
+
+/// Idle connections to peers, by address.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<HashMap<String, Vec<Client>>>,
+}
+
+impl Pool {
+    fn take(&self, address: &str) -> Option<Client> {
+        self.idle.lock().expect("pool lock").get_mut(address).and_then(Vec::pop)
+    }
+
+    fn give_back(&self, address: &str, client: Client) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let slot = idle.entry(address.to_owned()).or_default();
+        if slot.len() < POOL_PER_ADDRESS {
+            slot.push(client);
+        }
+    }
+
+    fn forget(&self, address: &str) {
+        self.idle.lock().expect("pool lock").remove(address);
+    }
+}
+
+/// How long an exchange that missed its caller's deadline may still finish.
+const LATE_ANSWER: Duration = Duration::from_secs(5);
+
+/// An exchange that missed its caller's deadline finishes in a task of its own, and its connection
+/// goes back to the pool if the answer comes within [`LATE_ANSWER`] (the answer itself is dropped:
+/// the caller was told the outcome is unknown). Dropping the exchange instead would close the
+/// connection, and on a loaded host (50 nodes on two cores) appends that missed openraft's 50 ms
+/// deadline then cost a TLS handshake each, which loaded the host further until the leader lost
+/// its heartbeats.
+fn late_answer<F>(pool: Arc<Pool>, address: String, exchange: F)
+where
+    F: std::future::Future<Output = (Client, Result<Response, ClientError>)> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Ok((client, Ok(_))) = tokio::time::timeout(LATE_ANSWER, exchange).await {
+            pool.give_back(&address, client);
+        }
+    });
 }
 
 /// Why a peer call failed: the peer could not be reached, or it answered with an error.
@@ -69,11 +120,27 @@ impl Peers {
         Arc::new(Peers {
             tls,
             leader_clock: LeaderClock::default(),
-            idle: Mutex::new(HashMap::new()),
+            idle: Arc::new(Pool::default()),
             contact: Mutex::new(HashMap::new()),
             version,
             refused: Mutex::new(HashMap::new()),
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Gives the replication streams this node's Raft metrics (once, after `Raft::new`).
+    pub(crate) fn set_metrics(&self, metrics: Metrics) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// Whether `target` is a learner (a member in no voter set, joint configurations included) in
+    /// this node's current membership. Unknown counts as a voter.
+    fn is_learner(&self, target: u64) -> bool {
+        let Some(metrics) = self.metrics.get() else { return false };
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let learner = membership.get_node(&target).is_some() && !membership.voter_ids().any(|voter| voter == target);
+        learner
     }
 
     /// The protocol this node speaks now (that of its cluster version).
@@ -111,25 +178,17 @@ impl Peers {
 
     /// A connection to `address`: an idle one from the pool (`true`: reused), else a new one.
     async fn connect(&self, address: &str) -> Result<(Client, bool), ClientError> {
-        let pooled = self.idle.lock().expect("pool lock").get_mut(address).and_then(Vec::pop);
+        let pooled = self.idle.take(address);
         match pooled {
             Some(client) => Ok((client, true)),
             None => Ok((Client::connect_with(address, self.tls.clone(), CONNECT_TIMEOUT).await?, false)),
         }
     }
 
-    fn give_back(&self, address: &str, client: Client) {
-        let mut idle = self.idle.lock().expect("pool lock");
-        let slot = idle.entry(address.to_owned()).or_default();
-        if slot.len() < POOL_PER_ADDRESS {
-            slot.push(client);
-        }
-    }
-
     /// Drops the idle connections to `address`: one of them failed, so the peer behind them has
     /// probably restarted (or lost its link), and every other one would fail the same way.
     fn forget(&self, address: &str) {
-        self.idle.lock().expect("pool lock").remove(address);
+        self.idle.forget(address);
     }
 
     /// Sends any request to `address` within `timeout`. With `pooled`, an idle connection may be
@@ -171,7 +230,21 @@ impl Peers {
             .map_err(|err| CallError::Unreachable(err.to_string()))?;
         client.set_protocol(protocol);
         let lost = |_| CallError::Lost(format!("{address} did not answer within {timeout:?}"));
-        let response = match tokio::time::timeout_at(deadline, client.round_trip(request)).await.map_err(lost)? {
+        // The exchange owns its connection, so that one that outlives the deadline can finish on
+        // its own and give the connection back (see `late_answer`).
+        let owned = request.clone();
+        let mut exchange = Box::pin(async move {
+            let response = client.round_trip(&owned).await;
+            (client, response)
+        });
+        let (mut client, answer) = match tokio::time::timeout_at(deadline, &mut exchange).await {
+            Ok(done) => done,
+            Err(elapsed) => {
+                late_answer(self.idle.clone(), address.to_owned(), exchange);
+                return Err(lost(elapsed));
+            }
+        };
+        let response = match answer {
             Ok(response) => response,
             Err(stale) if reused => {
                 self.forget(address);
@@ -190,7 +263,7 @@ impl Peers {
             }
             Err(err) => return Err(CallError::Lost(err.to_string())),
         };
-        self.give_back(address, client);
+        self.idle.give_back(address, client);
         Ok(response)
     }
 
@@ -252,7 +325,13 @@ impl Peers {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
-        match self.request(address, &Request::Peer(PeerRequest { rpc, payload }), timeout, true).await? {
+        let response = self.request(address, &Request::Peer(PeerRequest { rpc, payload }), timeout, true).await?;
+        self.peer_answer(target, address, response)
+    }
+
+    /// The encoded answer of a peer RPC, its version byte checked to be one this release reads.
+    fn peer_answer(&self, target: u64, address: &str, response: Response) -> Result<Vec<u8>, CallError> {
+        match response {
             Response::Peer(Ok(bytes)) => {
                 self.record_contact(target);
                 frame_version(&bytes).map_err(|err| CallError::Remote(format!("bad answer from {address}: {err}")))?;
@@ -284,6 +363,26 @@ pub(crate) struct PeerConnection {
     target: u64,
     address: String,
     stats: AppendStats,
+    quiet: QuietLearner,
+    /// In a mutex only because openraft wants the stream `Sync`; used through `get_mut`.
+    link: Mutex<Link>,
+}
+
+/// The connection of one replication stream: none yet, idle, or busy with an exchange that runs
+/// in a task of its own.
+///
+/// openraft gives every append one heartbeat interval (50 ms) and drops the call when it runs
+/// out. The exchange must survive that: dropping it would close the connection, and the next
+/// append would pay a TLS handshake. On a loaded host (50 nodes on two cores, 100 packages
+/// applied at once) those handshakes loaded it further until the leader lost its heartbeats. So
+/// the exchange runs in a task, and the stream's next call waits for it (within its own
+/// deadline) and goes on with the same connection: one connection per stream, never more.
+#[derive(Default)]
+enum Link {
+    #[default]
+    None,
+    Idle(Client),
+    Busy(tokio::task::JoinHandle<(Client, Result<Response, ClientError>)>),
 }
 
 /// Append requests of one replication stream, logged at debug level every [`AppendStats::PERIOD`]:
@@ -332,11 +431,131 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             address: node.address.clone(),
             stats: AppendStats::default(),
+            quiet: QuietLearner::default(),
+            link: Mutex::new(Link::None),
         }
     }
 }
 
+/// Heartbeats to a learner that carry nothing new are answered here, at most for
+/// [`LEARNER_HEARTBEAT`] after the learner's last answer.
+///
+/// A learner never votes and is never counted in a quorum, so Raft's heartbeats (every 50 ms, to
+/// keep voters from starting elections) do nothing for it unless they carry entries or a new
+/// commit index: openraft sends those as soon as they exist, not on the heartbeat timer. At 45
+/// learners the leader sent 900 such empty appends a second, most of its idle CPU. A heartbeat
+/// is answered here only if the last real append to the learner succeeded, in the same term, and
+/// this one has the same previous entry and commit index (so the learner has all of it already);
+/// anything else goes out, and a real heartbeat still goes out every [`LEARNER_HEARTBEAT`]. An
+/// answer made here never counts as an acknowledgement in the leader clock (learners never do
+/// anyway: only voters confirm leadership).
+#[derive(Debug, Default)]
+struct QuietLearner {
+    acked: Option<Acked>,
+}
+
+/// What a learner acknowledged last.
+#[derive(Debug)]
+struct Acked {
+    /// The leader's vote the append carried.
+    vote: openraft::Vote<u64>,
+    /// The last entry the learner has.
+    last: Option<openraft::LogId<u64>>,
+    /// The commit index it was told.
+    committed: Option<openraft::LogId<u64>>,
+    /// When it answered.
+    at: Instant,
+}
+
+impl QuietLearner {
+    /// Whether `rpc` to a learner can be answered without sending it.
+    fn answers(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
+        rpc.entries.is_empty()
+            && self.acked.as_ref().is_some_and(|acked| {
+                acked.vote == rpc.vote
+                    && acked.last == rpc.prev_log_id
+                    && acked.committed == rpc.leader_commit
+                    && acked.at.elapsed() < LEARNER_HEARTBEAT
+            })
+    }
+
+    /// Records the outcome of an append that was sent.
+    fn sent(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        answer: &Result<AppendEntriesResponse<u64>, impl Sized>,
+    ) {
+        self.acked = match answer {
+            Ok(AppendEntriesResponse::Success) => {
+                let last = rpc.entries.last().map(|entry| entry.log_id).or(rpc.prev_log_id);
+                Some(Acked { vote: rpc.vote, last, committed: rpc.leader_commit, at: Instant::now() })
+            }
+            _ => None,
+        };
+    }
+}
+
 impl PeerConnection {
+    /// Sends `request` on this stream's connection and waits for the answer until `deadline`
+    /// (see [`Link`]). A reused connection that fails (the peer restarted) is replaced once, within
+    /// the same deadline.
+    async fn exchange(
+        &mut self,
+        request: Request,
+        protocol: u8,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response, CallError> {
+        let address = self.address.clone();
+        let tls = self.peers.tls.clone();
+        let link = self.link.get_mut().expect("link lock");
+        let lost = || CallError::Lost(format!("{address} did not answer within the deadline"));
+        if let Link::Busy(previous) = link {
+            // The answer to an earlier request that ran out of time: its connection is reused.
+            match tokio::time::timeout_at(deadline, previous).await {
+                Err(_) => return Err(lost()),
+                Ok(Ok((client, Ok(_)))) => *link = Link::Idle(client),
+                Ok(_) => *link = Link::None,
+            }
+        }
+        let mut reused = matches!(link, Link::Idle(_));
+        loop {
+            let mut client = match std::mem::take(link) {
+                Link::Idle(client) => client,
+                _ => {
+                    let connect = Client::connect_with(&address, tls.clone(), CONNECT_TIMEOUT);
+                    tokio::time::timeout_at(deadline, connect)
+                        .await
+                        .map_err(|_| CallError::Unreachable(format!("cannot connect to {address} in time")))?
+                        .map_err(|err| CallError::Unreachable(err.to_string()))?
+                }
+            };
+            client.set_protocol(protocol);
+            let owned = request.clone();
+            *link = Link::Busy(tokio::spawn(async move {
+                let answer = client.round_trip(&owned).await;
+                (client, answer)
+            }));
+            let Link::Busy(running) = link else { unreachable!("just set") };
+            let (client, answer) = match tokio::time::timeout_at(deadline, running).await {
+                Err(_) => return Err(lost()),
+                Ok(Err(join)) => {
+                    *link = Link::None;
+                    return Err(CallError::Lost(format!("exchange with {address} failed: {join}")));
+                }
+                Ok(Ok(done)) => done,
+            };
+            *link = Link::None;
+            match answer {
+                Ok(response) => {
+                    *link = Link::Idle(client);
+                    return Ok(response);
+                }
+                Err(_) if std::mem::take(&mut reused) => continue,
+                Err(err) => return Err(CallError::Lost(err.to_string())),
+            }
+        }
+    }
+
     async fn raft_call<Req, Resp, E>(
         &mut self,
         rpc: PeerRpc,
@@ -366,10 +585,14 @@ impl PeerConnection {
         let payload = encode_as(body, protocol).map_err(|err| {
             RPCError::Network(NetworkError::new(&std::io::Error::other(format!("cannot encode {rpc:?}: {err}"))))
         })?;
+        let request = Request::Peer(PeerRequest { rpc, payload: payload.to_vec() });
+        let deadline = tokio::time::Instant::now() + option.hard_ttl();
         let answer: Result<Result<Resp, RaftError<u64, E>>, CallError> =
-            match self.peers.call_raw(self.target, &self.address, rpc, payload.to_vec(), option.hard_ttl()).await {
-                Ok(bytes) => decode_body(&bytes)
-                    .map_err(|err| CallError::Remote(format!("bad answer from {}: {err}", self.address))),
+            match self.exchange(request, protocol, deadline).await {
+                Ok(response) => self.peers.peer_answer(self.target, &self.address, response).and_then(|bytes| {
+                    decode_body(&bytes)
+                        .map_err(|err| CallError::Remote(format!("bad answer from {}: {err}", self.address)))
+                }),
                 Err(err) => Err(err),
             };
         match answer {
@@ -391,6 +614,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeInfo, RaftError<u64>>> {
+        let learner = self.peers.is_learner(self.target);
+        if learner && self.quiet.answers(&rpc) {
+            return Ok(AppendEntriesResponse::Success);
+        }
         let sent = Instant::now();
         let term = rpc.vote.leader_id().get_term();
         let leading = rpc.vote.is_committed();
@@ -410,8 +637,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await
         };
         self.stats.record(self.target, entries, sent);
+        if learner {
+            self.quiet.sent(&rpc, &result);
+        }
         if leading && matches!(result, Ok(ref response) if !matches!(response, AppendEntriesResponse::HigherVote(_))) {
-            self.peers.leader_clock.accepted(term, self.target, sent);
+            self.peers.leader_clock.accepted(term, self.target, sent, !learner);
         }
         result
     }
@@ -444,22 +674,27 @@ mod tests {
 
     use super::*;
 
-    /// A stand-in peer on `address`: answers every peer RPC with its payload; `serving` counts the
-    /// requests answered. Aborting the task closes the listener and every connection it accepted.
+    /// A stand-in peer on `address`: answers every peer RPC with its payload after `delay`;
+    /// `serving` counts the requests answered, `accepted` the connections. Aborting the task
+    /// closes the listener and every connection it accepted.
     fn echo_peer(
         listener: TcpListener,
         acceptor: TlsAcceptor,
         serving: Arc<AtomicUsize>,
+        accepted: Arc<AtomicUsize>,
+        delay: Duration,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((tcp, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (acceptor, serving) = (acceptor.clone(), serving.clone());
                 connections.spawn(async move {
                     let Ok(stream) = acceptor.accept(tcp).await else { return };
                     let mut stream = framed(stream);
                     while let Some(Ok(frame)) = stream.next().await {
                         let Ok(Request::Peer(peer)) = decode::<Request>(&frame) else { return };
+                        tokio::time::sleep(delay).await;
                         serving.fetch_add(1, Ordering::SeqCst);
                         let answer = encode(&Response::Peer(Ok(peer.payload))).unwrap();
                         if stream.send(answer).await.is_err() {
@@ -487,7 +722,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let served = Arc::new(AtomicUsize::new(0));
-        let first = echo_peer(listener, acceptor.clone(), served.clone());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let first = echo_peer(listener, acceptor.clone(), served.clone(), accepted.clone(), Duration::ZERO);
         let version = SharedVersion::new(cluster_model::ClusterVersion::CURRENT);
         let peers = Peers::new(cluster_tls::client_config(&files).unwrap(), version);
         let call = |value: u64| {
@@ -497,18 +733,102 @@ mod tests {
         // Three calls at once leave three idle connections in the pool.
         let answers = futures::future::join_all((0..3).map(call)).await;
         assert!(answers.iter().all(Result::is_ok), "{answers:?}");
-        assert_eq!(peers.idle.lock().unwrap()[&address].len(), 3);
+        assert_eq!(peers.idle.idle.lock().unwrap()[&address].len(), 3);
         // The peer's process dies (its connections with it) and a new one listens on the address.
         first.abort();
         let _ = first.await;
         let listener = TcpListener::bind(&address).await.unwrap();
-        let second = echo_peer(listener, acceptor, served.clone());
+        let second = echo_peer(listener, acceptor, served.clone(), accepted, Duration::ZERO);
         for value in [7, 8] {
             let answer = call(value).await;
             assert_eq!(answer.as_ref().ok(), Some(&value), "call {value} after the restart: {answer:?}");
         }
         assert_eq!(served.load(Ordering::SeqCst), 5, "each call answered once by a live peer");
-        assert_eq!(peers.idle.lock().unwrap()[&address].len(), 1, "the stale connections were dropped");
+        assert_eq!(peers.idle.idle.lock().unwrap()[&address].len(), 1, "the stale connections were dropped");
         second.abort();
+    }
+
+    /// openraft drops an append that outlives one heartbeat interval; the stream's connection
+    /// survives that and the next call, which waits for the late answer first, goes on with it.
+    #[tokio::test]
+    async fn an_append_that_runs_out_of_time_keeps_the_connection_of_its_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls_dir = dir.path().join("tls");
+        cluster_tls::init_ca(&tls_dir).unwrap();
+        let ip = ["127.0.0.1".parse().unwrap()];
+        let (cert, key) = cluster_tls::issue_certificate(&tls_dir, "n2", &ip, &[]).unwrap();
+        let files = TlsFiles { ca: cluster_tls::ca_paths(&tls_dir).0, cert, key };
+        let acceptor = TlsAcceptor::from(cluster_tls::server_config(&files).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (served, accepted) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let peer = echo_peer(listener, acceptor, served.clone(), accepted.clone(), Duration::from_millis(100));
+        let version = SharedVersion::new(cluster_model::ClusterVersion::CURRENT);
+        let peers = Peers::new(cluster_tls::client_config(&files).unwrap(), version);
+        let node = NodeInfo { name: "n2".into(), address: address.clone() };
+        let mut stream = PeerNetwork { peers }.new_client(2, &node).await;
+        let request =
+            |value: u64| Request::Peer(PeerRequest { rpc: PeerRpc::Keep, payload: encode(&value).unwrap().to_vec() });
+        let soon = || tokio::time::Instant::now() + Duration::from_millis(30);
+        // Our own deadline runs out first.
+        let late = stream.exchange(request(1), PROTOCOL_VERSION, soon()).await;
+        assert!(matches!(late, Err(CallError::Lost(_))), "{late:?}");
+        // openraft's timeout drops the call.
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(20),
+            stream.exchange(request(2), PROTOCOL_VERSION, soon() + Duration::from_secs(5)),
+        )
+        .await;
+        assert!(dropped.is_err(), "the call was dropped");
+        let far = tokio::time::Instant::now() + Duration::from_secs(5);
+        let answer = stream.exchange(request(3), PROTOCOL_VERSION, far).await.unwrap();
+        assert_eq!(answer, Response::Peer(Ok(encode(&3u64).unwrap().to_vec())));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for every call of the stream");
+        assert!(served.load(Ordering::SeqCst) >= 2, "the late answers were read");
+        peer.abort();
+    }
+
+    fn log_id(term: u64, index: u64) -> openraft::LogId<u64> {
+        openraft::LogId::new(openraft::CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn append(term: u64, prev: u64, entries: u64, commit: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(term, 1),
+            prev_log_id: Some(log_id(term, prev)),
+            entries: (prev + 1..=prev + entries)
+                .map(|index| crate::types::Entry {
+                    log_id: log_id(term, index),
+                    payload: openraft::EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: Some(log_id(term, commit)),
+        }
+    }
+
+    #[test]
+    fn a_learner_heartbeat_is_answered_here_only_when_it_carries_nothing_new() {
+        let mut quiet = QuietLearner::default();
+        let ok: Result<AppendEntriesResponse<u64>, ()> = Ok(AppendEntriesResponse::Success);
+        assert!(!quiet.answers(&append(2, 5, 0, 5)), "nothing acknowledged yet: sent");
+        // The learner acknowledged entries 6..=7 with commit 5.
+        quiet.sent(&append(2, 5, 2, 5), &ok);
+        assert!(quiet.answers(&append(2, 7, 0, 5)), "a heartbeat with nothing new");
+        assert!(!quiet.answers(&append(2, 7, 0, 7)), "a new commit index goes out");
+        assert!(!quiet.answers(&append(2, 7, 1, 5)), "entries go out");
+        assert!(!quiet.answers(&append(2, 6, 0, 5)), "another previous entry goes out");
+        assert!(!quiet.answers(&append(3, 7, 0, 5)), "another leader's heartbeat goes out");
+        // A failed or refused append: the next heartbeat goes out.
+        quiet.sent(&append(2, 7, 0, 7), &Err::<AppendEntriesResponse<u64>, ()>(()));
+        assert!(!quiet.answers(&append(2, 7, 0, 7)));
+        quiet.sent(&append(2, 7, 0, 7), &Ok::<_, ()>(AppendEntriesResponse::Conflict));
+        assert!(!quiet.answers(&append(2, 7, 0, 7)));
+        // After a success, a real heartbeat still goes out once LEARNER_HEARTBEAT passed.
+        quiet.sent(&append(2, 7, 0, 7), &ok);
+        assert!(quiet.answers(&append(2, 7, 0, 7)));
+        if let Some(acked) = quiet.acked.as_mut() {
+            acked.at = Instant::now() - LEARNER_HEARTBEAT;
+        }
+        assert!(!quiet.answers(&append(2, 7, 0, 7)), "the periodic real heartbeat");
     }
 }

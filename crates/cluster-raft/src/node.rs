@@ -185,6 +185,7 @@ impl ConsensusNode {
         let raft = Raft::new(id, config, PeerNetwork { peers: peers.clone() }, log.clone(), state_machine)
             .await
             .map_err(|err| ConsensusError::Fatal(format!("failed to start raft: {err}")))?;
+        peers.set_metrics(raft.metrics());
         let proposer = Proposer::start(raft.clone(), log.append_progress(), timing.heartbeat, version.clone());
         let node = Arc::new(ConsensusNode {
             raft,
@@ -297,7 +298,8 @@ impl ConsensusNode {
 
     /// The leader this node currently follows, if any.
     pub fn leader(&self) -> Option<NodeInfo> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
         metrics.membership_config.membership().get_node(&leader).cloned()
     }
@@ -828,7 +830,8 @@ impl ConsensusNode {
     /// Members (voters and learners) that accepted an append of this leader's current term: they
     /// are alive and talk to this leader at the Raft level. Empty when this node does not lead.
     pub fn acknowledged_this_term(&self) -> Vec<String> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
         if metrics.state != ServerState::Leader {
             return Vec::new();
         }
@@ -853,7 +856,8 @@ impl ConsensusNode {
 
     /// Whether this node is the leader now, and in which term.
     pub fn leadership(&self) -> Option<u64> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
         (metrics.state == ServerState::Leader).then_some(metrics.current_term)
     }
 
@@ -882,6 +886,14 @@ impl ConsensusNode {
     /// Every member (voters and learners).
     pub fn members(&self) -> Vec<NodeInfo> {
         self.membership().nodes().map(|(_, node)| node.clone()).collect()
+    }
+
+    /// Whether `name` is a member (voter or learner), without copying the membership.
+    pub fn is_member(&self, name: &str) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let found = metrics.membership_config.membership().nodes().any(|(_, node)| node.name == name);
+        found
     }
 
     /// A typed peer RPC to `address` (the engine's lease renewals and reports).
@@ -1090,11 +1102,14 @@ impl ConsensusNode {
     }
 
     fn answer_pre_vote(&self, request: &PreVoteRequest) -> PreVoteResponse {
-        let metrics = self.raft.metrics().borrow().clone();
-        let leader_with_quorum = metrics.state == ServerState::Leader
-            && metrics
-                .millis_since_quorum_ack
-                .is_some_and(|ms| ms < self.timing.election_timeout_min.as_millis() as u64);
+        let leader_with_quorum = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.state == ServerState::Leader
+                && metrics
+                    .millis_since_quorum_ack
+                    .is_some_and(|ms| ms < self.timing.election_timeout_min.as_millis() as u64)
+        };
         let view = VoterView {
             last_log_id: self.log.last_log_id(),
             since_leader_contact: self.election.since_leader_contact(),

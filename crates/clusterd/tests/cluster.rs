@@ -147,6 +147,22 @@ async fn a_learner_added_after_compaction_catches_up_by_snapshot() {
     let me = report.nodes.iter().find(|n| n.name == "n3").unwrap();
     assert_eq!(me.role, NodeRole::Learner);
     assert_eq!(kv_get(&learner, "k0").await.as_deref(), Some("v0"));
+    // A learner's empty heartbeats are answered by the leader itself for up to a second
+    // (network.rs, `QuietLearner`): new entries and commit indexes still reach it at once.
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        kv_set(&first, &format!("quiet{i}"), "x").await;
+        let written = Instant::now();
+        let leader_applied = local_status(&first).await.unwrap().applied_index;
+        loop {
+            let report = local_status(&learner).await.unwrap();
+            if report.applied_index >= leader_applied {
+                break;
+            }
+            assert!(written.elapsed() < Duration::from_millis(400), "write {i} not applied on the learner: {report:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     // Promote the learner to voter.
     call(&first, ClientRequest::NodePromote { name: "n3".into() }).await.unwrap();
     let Ok(ClientReply::Status(report)) = call(&first, ClientRequest::Status).await else { panic!() };

@@ -45,7 +45,7 @@ impl Engine {
     /// it expired.)
     pub(crate) async fn grant(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
         let received = now();
-        if !self.node.members().iter().any(|member| member.name == request.node) {
+        if !self.node.is_member(&request.node) {
             // A removed node must lose its lease, so that what it may still own can move.
             return Err(format!("node {} is not a member of the cluster: no lease", request.node));
         }
