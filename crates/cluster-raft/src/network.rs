@@ -437,6 +437,27 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     }
 }
 
+impl Drop for PeerConnection {
+    /// The stream's connection goes back to the pool, once its exchange (if one still runs) ends.
+    fn drop(&mut self) {
+        let link = std::mem::take(self.link.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner));
+        match link {
+            Link::None => {}
+            Link::Idle(client) => self.peers.idle.give_back(&self.address, client),
+            Link::Busy(running) => {
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    let (pool, address) = (self.peers.idle.clone(), self.address.clone());
+                    tokio::spawn(async move {
+                        if let Ok(Ok((client, Ok(_)))) = tokio::time::timeout(LATE_ANSWER, running).await {
+                            pool.give_back(&address, client);
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Heartbeats to a learner that carry nothing new are answered here, at most for
 /// [`LEARNER_HEARTBEAT`] after the learner's last answer.
 ///
@@ -515,6 +536,13 @@ impl PeerConnection {
                 Err(_) => return Err(lost()),
                 Ok(Ok((client, Ok(_)))) => *link = Link::Idle(client),
                 Ok(_) => *link = Link::None,
+            }
+        }
+        if matches!(link, Link::None) {
+            // A new stream (openraft makes one per leadership check and per vote too) starts with
+            // an idle connection of the pool, and gives its own back when dropped.
+            if let Some(client) = self.peers.idle.take(&address) {
+                *link = Link::Idle(client);
             }
         }
         let mut reused = matches!(link, Link::Idle(_));
@@ -785,6 +813,13 @@ mod tests {
         assert_eq!(answer, Response::Peer(Ok(encode(&3u64).unwrap().to_vec())));
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for every call of the stream");
         assert!(served.load(Ordering::SeqCst) >= 2, "the late answers were read");
+        // A stream that ends gives its connection to the pool, and the next stream starts with it.
+        let peers = stream.peers.clone();
+        drop(stream);
+        assert_eq!(peers.idle.idle.lock().unwrap()[&address].len(), 1);
+        let mut next = PeerNetwork { peers: peers.clone() }.new_client(2, &node).await;
+        assert!(next.exchange(request(4), PROTOCOL_VERSION, far).await.is_ok());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "the next stream used the pooled connection");
         peer.abort();
     }
 
