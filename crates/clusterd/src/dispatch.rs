@@ -54,6 +54,9 @@ fn api_error(err: ConsensusError) -> ApiError {
     ApiError::new(kind, err.to_string())
 }
 
+/// Package definitions `pkg apply` writes in one Raft entry.
+const APPLY_PER_ENTRY: usize = 16;
+
 /// How long a request that needs a newer cluster version waits for the members' releases.
 const VERSION_QUESTION: Duration = Duration::from_millis(500);
 
@@ -367,13 +370,26 @@ impl Dispatcher {
                 }
                 let mut lines = Vec::new();
                 let ordered: Vec<&cluster_package::PackageDef> = packages.iter().collect();
-                for def in cluster_package::start_order(&ordered) {
+                let ordered = cluster_package::start_order(&ordered);
+                // Several definitions share one Raft entry (one commit, one fsync per node): applied
+                // one by one, 100 packages on 50 nodes took 11 s. In start order, within an entry too.
+                let per_entry =
+                    if node.cluster_version() >= cluster_model::ClusterVersion::V0_2 { APPLY_PER_ENTRY } else { 1 };
+                for chunk in ordered.chunks(per_entry) {
                     // Writes run on the leader (others forward the request), whose state is current.
-                    let what = node.read_local(|state| apply_effect(state, def));
-                    self.write(Command::PkgApply { def: Box::new(def.clone()), at_ms: wall_ms() }, String::new())
-                        .await?;
-                    lines.push(format!("package {}: {what}", def.name));
-                    let members: Vec<String> = node.members().into_iter().map(|member| member.name).collect();
+                    let effects: Vec<String> =
+                        node.read_local(|state| chunk.iter().map(|def| apply_effect(state, def)).collect());
+                    let applies: Vec<Command> = chunk
+                        .iter()
+                        .map(|def| Command::PkgApply { def: Box::new((*def).clone()), at_ms: wall_ms() })
+                        .collect();
+                    self.write_all(applies).await?;
+                    for (def, what) in chunk.iter().zip(effects) {
+                        lines.push(format!("package {}: {what}", def.name));
+                    }
+                }
+                let members: Vec<String> = node.members().into_iter().map(|member| member.name).collect();
+                for def in ordered {
                     if let Some(warning) = node.read_local(|state| slow_stop_warning(state, &members, def)) {
                         lines.push(format!("package {}: warning: {warning}", def.name));
                     }
@@ -485,6 +501,26 @@ impl Dispatcher {
     }
 
     /// Proposes an operator command; a refusal at apply time is the operator's error.
+    /// Writes `commands` in one Raft entry (one command alone is written as itself), applied in
+    /// order; the first refusal is the error (the others of the entry apply if they can).
+    async fn write_all(&self, mut commands: Vec<Command>) -> Result<(), Failure> {
+        let outcomes = if commands.len() == 1 {
+            vec![self.node.write(commands.remove(0)).await?]
+        } else {
+            match self.node.write(Command::Batch(commands)).await? {
+                CommandOutcome::Batch(outcomes) => outcomes,
+                other => vec![other],
+            }
+        };
+        match outcomes.into_iter().find_map(|outcome| match outcome {
+            CommandOutcome::Rejected { reason } => Some(reason),
+            _ => None,
+        }) {
+            Some(reason) => Err(ConsensusError::Invalid(reason).into()),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) async fn write(&self, command: Command, done: String) -> Result<ClientReply, Failure> {
         match self.node.write(command).await? {
             CommandOutcome::Rejected { reason } => Err(ConsensusError::Invalid(reason).into()),

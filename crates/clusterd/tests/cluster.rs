@@ -239,3 +239,40 @@ async fn duplicate_and_malformed_node_adds_are_refused_with_the_name() {
     // Nothing was lost on the way.
     kv_set(&first, "still", "fine").await;
 }
+
+/// `pkg apply` of many packages writes them a few to a Raft entry (one commit each, not one per
+/// package), in start order: a dependency listed after its dependent in the request is applied
+/// first, in the same entry or an earlier one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applying_many_packages_shares_raft_entries_and_keeps_the_start_order() {
+    let mut cluster = TestCluster::new(env!("CARGO_BIN_EXE_clusterd"), 108, 3);
+    cluster.form().await;
+    let n1 = cluster.nodes[0].socket.clone();
+    let package = |name: &str, depends: &str| {
+        let text = format!(
+            "name = \"{name}\"\nnodes = [\"n1\", \"n2\"]\nauto_run = false\n{depends}[[resource]]\nname = \"main\"\n\
+             type = \"process\"\ncommand = [\"/bin/sleep\", \"1000\"]\n"
+        );
+        cluster_package::parse_package(&format!("{name}.toml"), &text).unwrap()
+    };
+    let mut packages = vec![package("app", "depends = [{ package = \"db\", where = \"any-node\" }]\n")];
+    packages.extend((0..39).map(|i| package(&format!("p{i:02}"), "")));
+    packages.push(package("db", ""));
+    let before = local_status(&n1).await.unwrap().last_log_index.unwrap_or(0);
+    let reply = call(&n1, ClientRequest::PkgApply { packages }).await.unwrap();
+    let ClientReply::Done { message } = reply else { panic!("{reply:?}") };
+    assert_eq!(message.lines().filter(|line| line.ends_with(": applied")).count(), 41, "{message}");
+    let at = |name: &str| message.lines().position(|line| line == format!("package {name}: applied"));
+    assert!(at("db") < at("app"), "the dependency first: {message}");
+    let after = local_status(&n1).await.unwrap().last_log_index.unwrap_or(0);
+    assert!(
+        after - before <= 8,
+        "41 packages took {} entries (16 to an entry: 3, plus any other writes)",
+        after - before
+    );
+    let Ok(ClientReply::PackageStatus { packages, .. }) = call(&n1, ClientRequest::PkgStatus { name: None }).await
+    else {
+        panic!("pkg status")
+    };
+    assert_eq!(packages.len(), 41);
+}

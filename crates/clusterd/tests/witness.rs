@@ -24,7 +24,7 @@ fn package(nodes: &str) -> cluster_package::PackageDef {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_witness_is_recorded_from_its_node_file_or_node_add_and_never_takes_a_package() {
-    let mut cluster = TestCluster::new(env!("CARGO_BIN_EXE_clusterd"), 131, 3);
+    let mut cluster = TestCluster::new(env!("CARGO_BIN_EXE_clusterd"), 133, 3);
     cluster.configure(2, "role = \"witness\"");
     cluster.form().await;
     let n1 = cluster.nodes[0].socket.clone();
@@ -49,7 +49,7 @@ async fn a_witness_is_recorded_from_its_node_file_or_node_add_and_never_takes_a_
     assert_eq!(err.message, "node `n3` is a witness: it never hosts packages");
 
     // `node add --witness`, and a witness is a voter, not a learner.
-    let added = cluster.define_node(131);
+    let added = cluster.define_node(133);
     cluster.start(added);
     cluster_testkit::wait_for_socket(&cluster.nodes[added].socket).await;
     let (name, address) = (cluster.nodes[added].name.clone(), cluster.nodes[added].address.clone());
