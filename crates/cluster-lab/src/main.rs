@@ -286,6 +286,9 @@ enum Command {
         /// Seconds of the idle CPU measurement.
         #[arg(long, default_value_t = 10.0)]
         idle_secs: f64,
+        /// Packages per `pkg apply` call during the setup (each call waits until its packages run).
+        #[arg(long, default_value_t = 100)]
+        per_call: usize,
         /// CI mode: 3 voters and 1 learner, 60 packages, 1 trial, short windows (overrides the other options).
         #[arg(long)]
         quick: bool,
@@ -676,6 +679,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             observe_ms,
             status_runs,
             idle_secs,
+            per_call,
             quick,
             setup_only,
             report,
@@ -695,6 +699,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     observe_interval: Duration::from_millis(observe_ms.max(1)),
                     status_runs,
                     idle_window: Duration::from_secs_f64(idle_secs),
+                    apply_chunk: per_call.max(1),
                     ..scale_bench::ScaleBenchOptions::full(&name, clusterd, clusterctl)
                 }
             };

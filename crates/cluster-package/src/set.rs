@@ -138,10 +138,14 @@ fn contradictions(packages: &BTreeMap<&str, &PackageDef>) -> Vec<SetError> {
             group.insert(high, low);
         }
     }
-    let members = |name: &str| -> Vec<&str> {
-        let own = root(&group, name);
-        packages.keys().copied().filter(|other| root(&group, other) == own).collect()
-    };
+    // Each group's members, in name order: computed once (asking every package for its group per
+    // group made this quadratic, and the state machine runs it on every `pkg apply`: 1,000
+    // packages on 50 nodes overloaded the lab).
+    let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for name in packages.keys() {
+        groups.entry(root(&group, name)).or_default().push(name);
+    }
+    let members = |name: &str| -> Vec<&str> { groups[root(&group, name)].clone() };
     for (name, def) in packages {
         for dependency in def.depends.iter().filter(|d| d.location == Location::DifferentNode) {
             let Some((&other, other_def)) = packages.get_key_value(dependency.package.as_str()) else { continue };
@@ -166,19 +170,13 @@ fn contradictions(packages: &BTreeMap<&str, &PackageDef>) -> Vec<SetError> {
             }
         }
     }
-    let mut roots: BTreeSet<&str> = BTreeSet::new();
-    for name in packages.keys() {
-        let own = root(&group, name);
-        if !roots.insert(own) {
-            continue;
-        }
-        let together = members(name);
+    for together in groups.values() {
         if together.len() < 2 {
             continue;
         }
         // Nodes every member allows (an empty list allows every node).
         let mut allowed: Option<BTreeSet<&str>> = None;
-        for member in &together {
+        for member in together {
             let def = packages[member];
             if def.nodes.is_empty() {
                 continue;
