@@ -170,12 +170,14 @@ impl Client {
                 ),
             ))
         })?;
+        let sent = frame.len();
         self.stream.send(frame).await.map_err(|err| self.transport(err))?;
         let reply = match self.stream.next().await {
             Some(Ok(frame)) => frame,
             Some(Err(err)) => return Err(self.transport(err)),
             None => return Err(self.transport("closed by the server")),
         };
+        crate::frame::release_buffers(&mut self.stream, sent, reply.len());
         decode_response(&reply).map_err(|err| self.transport(err))
     }
 

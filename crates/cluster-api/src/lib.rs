@@ -24,8 +24,8 @@ pub mod wire;
 
 pub use client::{Client, ClientError, Endpoint};
 pub use frame::{
-    decode, decode_body, encode, encode_as, frame_version, framed, protocol_for, protocol_release, FrameError,
-    FramedStream, MAX_FRAME_BYTES, PROTOCOL_V0_1, PROTOCOL_VERSION,
+    decode, decode_body, encode, encode_as, frame_version, framed, protocol_for, protocol_release, release_buffers,
+    FrameError, FramedStream, MAX_FRAME_BYTES, PROTOCOL_V0_1, PROTOCOL_VERSION,
 };
 pub use messages::{
     ApiError, ClientReply, ClientRequest, ErrorKind, NodeDiagnostics, NodeRole, NodeStatus, NodeVersion, PeerRequest,

@@ -178,6 +178,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
         };
+        let received = frame.len();
         // Answered in the protocol it came in (v0.1.0's nodes and clients speak 3); a frame this
         // release cannot read is answered in 3, which every release reads.
         let (protocol, decoded) = match decode_request(&frame) {
@@ -215,8 +216,10 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
         };
+        let sent = bytes.len();
         if stream.send(bytes).await.is_err() || fatal {
             return;
         }
+        cluster_api::release_buffers(&mut stream, sent, received);
     }
 }
