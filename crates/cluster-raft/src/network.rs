@@ -377,8 +377,9 @@ pub(crate) struct PeerConnection {
 /// out. The exchange must survive that: dropping it would close the connection, and the next
 /// append would pay a TLS handshake. On a loaded host (50 nodes on two cores, 100 packages
 /// applied at once) those handshakes loaded it further until the leader lost its heartbeats. So
-/// the exchange runs in a task, and the stream's next call waits for it (within its own
-/// deadline) and goes on with the same connection rather than opening another.
+/// the exchange runs in a task, and the stream's next call waits for it (for half of its own
+/// time) and goes on with the same connection rather than opening another; past that it goes out
+/// on another connection (a follower whose answer is late must still get its heartbeats).
 #[derive(Default)]
 enum Link {
     #[default]
@@ -448,16 +449,25 @@ impl Drop for PeerConnection {
             Link::Idle(client) => self.peers.idle.give_back(&self.address, client),
             Link::Busy(running) => {
                 if tokio::runtime::Handle::try_current().is_ok() {
-                    let (pool, address) = (self.peers.idle.clone(), self.address.clone());
-                    tokio::spawn(async move {
-                        if let Ok(Ok((client, Ok(_)))) = tokio::time::timeout(LATE_ANSWER, running).await {
-                            pool.give_back(&address, client);
-                        }
-                    });
+                    give_back_when_answered(self.peers.idle.clone(), self.address.clone(), running);
                 }
             }
         }
     }
+}
+
+/// The connection of an exchange nobody waits for any more goes back to the pool if its answer
+/// comes within [`LATE_ANSWER`].
+fn give_back_when_answered(
+    pool: Arc<Pool>,
+    address: String,
+    running: tokio::task::JoinHandle<(Client, Result<Response, ClientError>)>,
+) {
+    tokio::spawn(async move {
+        if let Ok(Ok((client, Ok(_)))) = tokio::time::timeout(LATE_ANSWER, running).await {
+            pool.give_back(&address, client);
+        }
+    });
 }
 
 /// Heartbeats to a learner that carry nothing new are answered here, at most for
@@ -533,9 +543,17 @@ impl PeerConnection {
         let link = self.link.get_mut().expect("link lock");
         let lost = || CallError::Lost(format!("{address} did not answer within the deadline"));
         if let Link::Busy(previous) = link {
-            // The answer to an earlier request that ran out of time: its connection is reused.
-            match tokio::time::timeout_at(deadline, previous).await {
-                Err(_) => return Err(lost()),
+            // The answer to an earlier request that ran out of time: its connection is reused if it
+            // comes within half of this call's time. Otherwise this call goes out on another
+            // connection (the late one goes back to the pool when its answer comes): a follower
+            // whose answer is late must still get the heartbeats, or it starts an election.
+            let half =
+                tokio::time::Instant::now() + deadline.saturating_duration_since(tokio::time::Instant::now()) / 2;
+            match tokio::time::timeout_at(half, &mut *previous).await {
+                Err(_) => {
+                    let Link::Busy(running) = std::mem::take(link) else { unreachable!("busy") };
+                    give_back_when_answered(self.peers.idle.clone(), address.clone(), running);
+                }
                 Ok(Ok((client, Ok(_)))) => *link = Link::Idle(client),
                 Ok(_) => *link = Link::None,
             }
