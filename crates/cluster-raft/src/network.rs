@@ -724,27 +724,28 @@ mod tests {
 
     use super::*;
 
-    /// A stand-in peer on `address`: answers every peer RPC with its payload after `delay`;
-    /// `serving` counts the requests answered, `accepted` the connections. Aborting the task
-    /// closes the listener and every connection it accepted.
+    /// A stand-in peer on `address`: answers every peer RPC with its payload after `delay(n)` for
+    /// the n-th request it received (from 0); `serving` counts the requests answered, `accepted`
+    /// the connections. Aborting the task closes the listener and every connection it accepted.
     fn echo_peer(
         listener: TcpListener,
         acceptor: TlsAcceptor,
         serving: Arc<AtomicUsize>,
         accepted: Arc<AtomicUsize>,
-        delay: Duration,
+        delay: fn(usize) -> Duration,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
+            let received = Arc::new(AtomicUsize::new(0));
             while let Ok((tcp, _)) = listener.accept().await {
                 accepted.fetch_add(1, Ordering::SeqCst);
-                let (acceptor, serving) = (acceptor.clone(), serving.clone());
+                let (acceptor, serving, received) = (acceptor.clone(), serving.clone(), received.clone());
                 connections.spawn(async move {
                     let Ok(stream) = acceptor.accept(tcp).await else { return };
                     let mut stream = framed(stream);
                     while let Some(Ok(frame)) = stream.next().await {
                         let Ok(Request::Peer(peer)) = decode::<Request>(&frame) else { return };
-                        tokio::time::sleep(delay).await;
+                        tokio::time::sleep(delay(received.fetch_add(1, Ordering::SeqCst))).await;
                         serving.fetch_add(1, Ordering::SeqCst);
                         let answer = encode(&Response::Peer(Ok(peer.payload))).unwrap();
                         if stream.send(answer).await.is_err() {
@@ -773,7 +774,7 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         let served = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
-        let first = echo_peer(listener, acceptor.clone(), served.clone(), accepted.clone(), Duration::ZERO);
+        let first = echo_peer(listener, acceptor.clone(), served.clone(), accepted.clone(), |_| Duration::ZERO);
         let version = SharedVersion::new(cluster_model::ClusterVersion::CURRENT);
         let peers = Peers::new(cluster_tls::client_config(&files).unwrap(), version);
         let call = |value: u64| {
@@ -788,7 +789,7 @@ mod tests {
         first.abort();
         let _ = first.await;
         let listener = TcpListener::bind(&address).await.unwrap();
-        let second = echo_peer(listener, acceptor, served.clone(), accepted, Duration::ZERO);
+        let second = echo_peer(listener, acceptor, served.clone(), accepted, |_| Duration::ZERO);
         for value in [7, 8] {
             let answer = call(value).await;
             assert_eq!(answer.as_ref().ok(), Some(&value), "call {value} after the restart: {answer:?}");
@@ -812,7 +813,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (served, accepted) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let peer = echo_peer(listener, acceptor, served.clone(), accepted.clone(), Duration::from_millis(100));
+        let peer = echo_peer(listener, acceptor, served.clone(), accepted.clone(), |_| Duration::from_millis(100));
         let version = SharedVersion::new(cluster_model::ClusterVersion::CURRENT);
         let peers = Peers::new(cluster_tls::client_config(&files).unwrap(), version);
         let node = NodeInfo { name: "n2".into(), address: address.clone() };
@@ -842,6 +843,48 @@ mod tests {
         let mut next = PeerNetwork { peers: peers.clone() }.new_client(2, &node).await;
         assert!(next.exchange(request(4), PROTOCOL_VERSION, far).await.is_ok());
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "the next stream used the pooled connection");
+        peer.abort();
+    }
+
+    /// A late answer holds the stream's next call back for half of that call's time at most; then
+    /// the call goes out on another connection (a follower whose answer is late still gets its
+    /// heartbeats), and the late connection goes back to the pool when its answer comes.
+    #[tokio::test]
+    async fn a_call_does_not_wait_behind_a_late_answer_for_more_than_half_its_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls_dir = dir.path().join("tls");
+        cluster_tls::init_ca(&tls_dir).unwrap();
+        let ip = ["127.0.0.1".parse().unwrap()];
+        let (cert, key) = cluster_tls::issue_certificate(&tls_dir, "n2", &ip, &[]).unwrap();
+        let files = TlsFiles { ca: cluster_tls::ca_paths(&tls_dir).0, cert, key };
+        let acceptor = TlsAcceptor::from(cluster_tls::server_config(&files).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (served, accepted) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        // The first request is answered after 3 s, every other one at once.
+        let slow_first = |n: usize| if n == 0 { Duration::from_secs(3) } else { Duration::ZERO };
+        let peer = echo_peer(listener, acceptor, served.clone(), accepted.clone(), slow_first);
+        let version = SharedVersion::new(cluster_model::ClusterVersion::CURRENT);
+        let peers = Peers::new(cluster_tls::client_config(&files).unwrap(), version);
+        let node = NodeInfo { name: "n2".into(), address: address.clone() };
+        let mut stream = PeerNetwork { peers: peers.clone() }.new_client(2, &node).await;
+        let request =
+            |value: u64| Request::Peer(PeerRequest { rpc: PeerRpc::Keep, payload: encode(&value).unwrap().to_vec() });
+        let within = |ms: u64| tokio::time::Instant::now() + Duration::from_millis(ms);
+        let late = stream.exchange(request(1), PROTOCOL_VERSION, within(50)).await;
+        assert!(matches!(late, Err(CallError::Lost(_))), "{late:?}");
+        let began = Instant::now();
+        let answer = stream.exchange(request(2), PROTOCOL_VERSION, within(1000)).await.unwrap();
+        assert_eq!(answer, Response::Peer(Ok(encode(&2u64).unwrap().to_vec())));
+        assert!(began.elapsed() < Duration::from_millis(1000), "{:?}", began.elapsed());
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "the call went out on a second connection");
+        // The late answer comes; its connection joins the one of the second call in the pool.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while peers.idle.idle.lock().unwrap().get(&address).map_or(0, Vec::len) < 2 {
+            assert!(Instant::now() < deadline, "the late connection never went back to the pool");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(served.load(Ordering::SeqCst), 2);
         peer.abort();
     }
 
