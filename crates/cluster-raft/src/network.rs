@@ -29,9 +29,7 @@ use crate::leader_clock::LeaderClock;
 use crate::types::TypeConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// Idle connections kept per peer (a renewal, a check and a Raft stream rarely need more at once;
-/// each idle TLS connection costs tens of kB, and a leader has 49 peers at 50 nodes).
-const POOL_PER_ADDRESS: usize = 2;
+const POOL_PER_ADDRESS: usize = 8;
 /// How often a learner gets a heartbeat that carries nothing new (see [`QuietLearner`]).
 const LEARNER_HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -366,26 +364,6 @@ pub(crate) struct PeerConnection {
     address: String,
     stats: AppendStats,
     quiet: QuietLearner,
-    /// In a mutex only because openraft wants the stream `Sync`; used through `get_mut`.
-    link: Mutex<Link>,
-}
-
-/// The connection of one replication stream: none (its connections come from the pool and go
-/// back to it after each answer), idle, or busy with an exchange that runs in a task of its own.
-///
-/// openraft gives every append one heartbeat interval (50 ms) and drops the call when it runs
-/// out. The exchange must survive that: dropping it would close the connection, and the next
-/// append would pay a TLS handshake. On a loaded host (50 nodes on two cores, 100 packages
-/// applied at once) those handshakes loaded it further until the leader lost its heartbeats. So
-/// the exchange runs in a task, and the stream's next call waits for it (for half of its own
-/// time) and goes on with the same connection rather than opening another; past that it goes out
-/// on another connection (a follower whose answer is late must still get its heartbeats).
-#[derive(Default)]
-enum Link {
-    #[default]
-    None,
-    Idle(Client),
-    Busy(tokio::task::JoinHandle<(Client, Result<Response, ClientError>)>),
 }
 
 /// Append requests of one replication stream, logged at debug level every [`AppendStats::PERIOD`]:
@@ -435,39 +413,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             address: node.address.clone(),
             stats: AppendStats::default(),
             quiet: QuietLearner::default(),
-            link: Mutex::new(Link::None),
         }
     }
-}
-
-impl Drop for PeerConnection {
-    /// The stream's connection goes back to the pool, once its exchange (if one still runs) ends.
-    fn drop(&mut self) {
-        let link = std::mem::take(self.link.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner));
-        match link {
-            Link::None => {}
-            Link::Idle(client) => self.peers.idle.give_back(&self.address, client),
-            Link::Busy(running) => {
-                if tokio::runtime::Handle::try_current().is_ok() {
-                    give_back_when_answered(self.peers.idle.clone(), self.address.clone(), running);
-                }
-            }
-        }
-    }
-}
-
-/// The connection of an exchange nobody waits for any more goes back to the pool if its answer
-/// comes within [`LATE_ANSWER`].
-fn give_back_when_answered(
-    pool: Arc<Pool>,
-    address: String,
-    running: tokio::task::JoinHandle<(Client, Result<Response, ClientError>)>,
-) {
-    tokio::spawn(async move {
-        if let Ok(Ok((client, Ok(_)))) = tokio::time::timeout(LATE_ANSWER, running).await {
-            pool.give_back(&address, client);
-        }
-    });
 }
 
 /// Heartbeats to a learner that carry nothing new are answered here, at most for
@@ -529,83 +476,6 @@ impl QuietLearner {
 }
 
 impl PeerConnection {
-    /// Sends `request` on this stream's connection and waits for the answer until `deadline`
-    /// (see [`Link`]). A reused connection that fails (the peer restarted) is replaced once, within
-    /// the same deadline.
-    async fn exchange(
-        &mut self,
-        request: Request,
-        protocol: u8,
-        deadline: tokio::time::Instant,
-    ) -> Result<Response, CallError> {
-        let address = self.address.clone();
-        let tls = self.peers.tls.clone();
-        let link = self.link.get_mut().expect("link lock");
-        let lost = || CallError::Lost(format!("{address} did not answer within the deadline"));
-        if let Link::Busy(previous) = link {
-            // The answer to an earlier request that ran out of time: its connection is reused if it
-            // comes within half of this call's time. Otherwise this call goes out on another
-            // connection (the late one goes back to the pool when its answer comes): a follower
-            // whose answer is late must still get the heartbeats, or it starts an election.
-            let half =
-                tokio::time::Instant::now() + deadline.saturating_duration_since(tokio::time::Instant::now()) / 2;
-            match tokio::time::timeout_at(half, &mut *previous).await {
-                Err(_) => {
-                    let Link::Busy(running) = std::mem::take(link) else { unreachable!("busy") };
-                    give_back_when_answered(self.peers.idle.clone(), address.clone(), running);
-                }
-                Ok(Ok((client, Ok(_)))) => *link = Link::Idle(client),
-                Ok(_) => *link = Link::None,
-            }
-        }
-        if matches!(link, Link::None) {
-            // A new stream (openraft makes one per leadership check and per vote too) starts with
-            // an idle connection of the pool, and gives its own back when dropped.
-            if let Some(client) = self.peers.idle.take(&address) {
-                *link = Link::Idle(client);
-            }
-        }
-        let mut reused = matches!(link, Link::Idle(_));
-        loop {
-            let mut client = match std::mem::take(link) {
-                Link::Idle(client) => client,
-                _ => {
-                    let connect = Client::connect_with(&address, tls.clone(), CONNECT_TIMEOUT);
-                    tokio::time::timeout_at(deadline, connect)
-                        .await
-                        .map_err(|_| CallError::Unreachable(format!("cannot connect to {address} in time")))?
-                        .map_err(|err| CallError::Unreachable(err.to_string()))?
-                }
-            };
-            client.set_protocol(protocol);
-            let owned = request.clone();
-            *link = Link::Busy(tokio::spawn(async move {
-                let answer = client.round_trip(&owned).await;
-                (client, answer)
-            }));
-            let Link::Busy(running) = link else { unreachable!("just set") };
-            let (client, answer) = match tokio::time::timeout_at(deadline, running).await {
-                Err(_) => return Err(lost()),
-                Ok(Err(join)) => {
-                    *link = Link::None;
-                    return Err(CallError::Lost(format!("exchange with {address} failed: {join}")));
-                }
-                Ok(Ok(done)) => done,
-            };
-            *link = Link::None;
-            match answer {
-                Ok(response) => {
-                    // Back to the pool: a connection per stream held for good cost the leader of 50
-                    // nodes 6 MB (49 streams' TLS state) on top of the pool's.
-                    self.peers.idle.give_back(&address, client);
-                    return Ok(response);
-                }
-                Err(_) if std::mem::take(&mut reused) => continue,
-                Err(err) => return Err(CallError::Lost(err.to_string())),
-            }
-        }
-    }
-
     async fn raft_call<Req, Resp, E>(
         &mut self,
         rpc: PeerRpc,
@@ -635,14 +505,10 @@ impl PeerConnection {
         let payload = encode_as(body, protocol).map_err(|err| {
             RPCError::Network(NetworkError::new(&std::io::Error::other(format!("cannot encode {rpc:?}: {err}"))))
         })?;
-        let request = Request::Peer(PeerRequest { rpc, payload: payload.to_vec() });
-        let deadline = tokio::time::Instant::now() + option.hard_ttl();
         let answer: Result<Result<Resp, RaftError<u64, E>>, CallError> =
-            match self.exchange(request, protocol, deadline).await {
-                Ok(response) => self.peers.peer_answer(self.target, &self.address, response).and_then(|bytes| {
-                    decode_body(&bytes)
-                        .map_err(|err| CallError::Remote(format!("bad answer from {}: {err}", self.address)))
-                }),
+            match self.peers.call_raw(self.target, &self.address, rpc, payload.to_vec(), option.hard_ttl()).await {
+                Ok(bytes) => decode_body(&bytes)
+                    .map_err(|err| CallError::Remote(format!("bad answer from {}: {err}", self.address))),
                 Err(err) => Err(err),
             };
         match answer {
@@ -781,10 +647,10 @@ mod tests {
             let (peers, address) = (peers.clone(), address.clone());
             async move { peers.call::<u64, u64>(2, &address, PeerRpc::Keep, &value, Duration::from_secs(2)).await }
         };
-        // Three calls at once leave as many idle connections in the pool as it keeps.
+        // Three calls at once leave three idle connections in the pool.
         let answers = futures::future::join_all((0..3).map(call)).await;
         assert!(answers.iter().all(Result::is_ok), "{answers:?}");
-        assert_eq!(peers.idle.idle.lock().unwrap()[&address].len(), POOL_PER_ADDRESS);
+        assert_eq!(peers.idle.idle.lock().unwrap()[&address].len(), 3);
         // The peer's process dies (its connections with it) and a new one listens on the address.
         first.abort();
         let _ = first.await;
@@ -797,95 +663,6 @@ mod tests {
         assert_eq!(served.load(Ordering::SeqCst), 5, "each call answered once by a live peer");
         assert_eq!(peers.idle.idle.lock().unwrap()[&address].len(), 1, "the stale connections were dropped");
         second.abort();
-    }
-
-    /// openraft drops an append that outlives one heartbeat interval; the stream's connection
-    /// survives that and the next call, which waits for the late answer first, goes on with it.
-    #[tokio::test]
-    async fn an_append_that_runs_out_of_time_keeps_the_connection_of_its_stream() {
-        let dir = tempfile::tempdir().unwrap();
-        let tls_dir = dir.path().join("tls");
-        cluster_tls::init_ca(&tls_dir).unwrap();
-        let ip = ["127.0.0.1".parse().unwrap()];
-        let (cert, key) = cluster_tls::issue_certificate(&tls_dir, "n2", &ip, &[]).unwrap();
-        let files = TlsFiles { ca: cluster_tls::ca_paths(&tls_dir).0, cert, key };
-        let acceptor = TlsAcceptor::from(cluster_tls::server_config(&files).unwrap());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let (served, accepted) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let peer = echo_peer(listener, acceptor, served.clone(), accepted.clone(), |_| Duration::from_millis(100));
-        let version = SharedVersion::new(cluster_model::ClusterVersion::CURRENT);
-        let peers = Peers::new(cluster_tls::client_config(&files).unwrap(), version);
-        let node = NodeInfo { name: "n2".into(), address: address.clone() };
-        let mut stream = PeerNetwork { peers }.new_client(2, &node).await;
-        let request =
-            |value: u64| Request::Peer(PeerRequest { rpc: PeerRpc::Keep, payload: encode(&value).unwrap().to_vec() });
-        let soon = || tokio::time::Instant::now() + Duration::from_millis(30);
-        // Our own deadline runs out first.
-        let late = stream.exchange(request(1), PROTOCOL_VERSION, soon()).await;
-        assert!(matches!(late, Err(CallError::Lost(_))), "{late:?}");
-        // openraft's timeout drops the call.
-        let dropped = tokio::time::timeout(
-            Duration::from_millis(20),
-            stream.exchange(request(2), PROTOCOL_VERSION, soon() + Duration::from_secs(5)),
-        )
-        .await;
-        assert!(dropped.is_err(), "the call was dropped");
-        let far = tokio::time::Instant::now() + Duration::from_secs(5);
-        let answer = stream.exchange(request(3), PROTOCOL_VERSION, far).await.unwrap();
-        assert_eq!(answer, Response::Peer(Ok(encode(&3u64).unwrap().to_vec())));
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for every call of the stream");
-        assert!(served.load(Ordering::SeqCst) >= 2, "the late answers were read");
-        // The answered connection is back in the pool, and another stream goes on with it.
-        let peers = stream.peers.clone();
-        drop(stream);
-        assert_eq!(peers.idle.idle.lock().unwrap()[&address].len(), 1);
-        let mut next = PeerNetwork { peers: peers.clone() }.new_client(2, &node).await;
-        assert!(next.exchange(request(4), PROTOCOL_VERSION, far).await.is_ok());
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "the next stream used the pooled connection");
-        peer.abort();
-    }
-
-    /// A late answer holds the stream's next call back for half of that call's time at most; then
-    /// the call goes out on another connection (a follower whose answer is late still gets its
-    /// heartbeats), and the late connection goes back to the pool when its answer comes.
-    #[tokio::test]
-    async fn a_call_does_not_wait_behind_a_late_answer_for_more_than_half_its_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let tls_dir = dir.path().join("tls");
-        cluster_tls::init_ca(&tls_dir).unwrap();
-        let ip = ["127.0.0.1".parse().unwrap()];
-        let (cert, key) = cluster_tls::issue_certificate(&tls_dir, "n2", &ip, &[]).unwrap();
-        let files = TlsFiles { ca: cluster_tls::ca_paths(&tls_dir).0, cert, key };
-        let acceptor = TlsAcceptor::from(cluster_tls::server_config(&files).unwrap());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let (served, accepted) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        // The first request is answered after 3 s, every other one at once.
-        let slow_first = |n: usize| if n == 0 { Duration::from_secs(3) } else { Duration::ZERO };
-        let peer = echo_peer(listener, acceptor, served.clone(), accepted.clone(), slow_first);
-        let version = SharedVersion::new(cluster_model::ClusterVersion::CURRENT);
-        let peers = Peers::new(cluster_tls::client_config(&files).unwrap(), version);
-        let node = NodeInfo { name: "n2".into(), address: address.clone() };
-        let mut stream = PeerNetwork { peers: peers.clone() }.new_client(2, &node).await;
-        let request =
-            |value: u64| Request::Peer(PeerRequest { rpc: PeerRpc::Keep, payload: encode(&value).unwrap().to_vec() });
-        let within = |ms: u64| tokio::time::Instant::now() + Duration::from_millis(ms);
-        let late = stream.exchange(request(1), PROTOCOL_VERSION, within(50)).await;
-        assert!(matches!(late, Err(CallError::Lost(_))), "{late:?}");
-        let began = Instant::now();
-        let answer = stream.exchange(request(2), PROTOCOL_VERSION, within(1000)).await.unwrap();
-        assert_eq!(answer, Response::Peer(Ok(encode(&2u64).unwrap().to_vec())));
-        assert!(began.elapsed() < Duration::from_millis(1000), "{:?}", began.elapsed());
-        assert_eq!(accepted.load(Ordering::SeqCst), 2, "the call went out on a second connection");
-        // The late answer comes; its connection joins the one of the second call in the pool.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while peers.idle.idle.lock().unwrap().get(&address).map_or(0, Vec::len) < 2 {
-            assert!(Instant::now() < deadline, "the late connection never went back to the pool");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(served.load(Ordering::SeqCst), 2);
-        peer.abort();
     }
 
     fn log_id(term: u64, index: u64) -> openraft::LogId<u64> {
