@@ -590,28 +590,22 @@ mod tests {
 
     use super::*;
 
-    /// A stand-in peer on `address`: answers every peer RPC with its payload after `delay(n)` for
-    /// the n-th request it received (from 0); `serving` counts the requests answered, `accepted`
-    /// the connections. Aborting the task closes the listener and every connection it accepted.
+    /// A stand-in peer on `address`: answers every peer RPC with its payload; `serving` counts the
+    /// requests answered. Aborting the task closes the listener and every connection it accepted.
     fn echo_peer(
         listener: TcpListener,
         acceptor: TlsAcceptor,
         serving: Arc<AtomicUsize>,
-        accepted: Arc<AtomicUsize>,
-        delay: fn(usize) -> Duration,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
-            let received = Arc::new(AtomicUsize::new(0));
             while let Ok((tcp, _)) = listener.accept().await {
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let (acceptor, serving, received) = (acceptor.clone(), serving.clone(), received.clone());
+                let (acceptor, serving) = (acceptor.clone(), serving.clone());
                 connections.spawn(async move {
                     let Ok(stream) = acceptor.accept(tcp).await else { return };
                     let mut stream = framed(stream);
                     while let Some(Ok(frame)) = stream.next().await {
                         let Ok(Request::Peer(peer)) = decode::<Request>(&frame) else { return };
-                        tokio::time::sleep(delay(received.fetch_add(1, Ordering::SeqCst))).await;
                         serving.fetch_add(1, Ordering::SeqCst);
                         let answer = encode(&Response::Peer(Ok(peer.payload))).unwrap();
                         if stream.send(answer).await.is_err() {
@@ -639,8 +633,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let served = Arc::new(AtomicUsize::new(0));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let first = echo_peer(listener, acceptor.clone(), served.clone(), accepted.clone(), |_| Duration::ZERO);
+        let first = echo_peer(listener, acceptor.clone(), served.clone());
         let version = SharedVersion::new(cluster_model::ClusterVersion::CURRENT);
         let peers = Peers::new(cluster_tls::client_config(&files).unwrap(), version);
         let call = |value: u64| {
@@ -655,7 +648,7 @@ mod tests {
         first.abort();
         let _ = first.await;
         let listener = TcpListener::bind(&address).await.unwrap();
-        let second = echo_peer(listener, acceptor, served.clone(), accepted, |_| Duration::ZERO);
+        let second = echo_peer(listener, acceptor, served.clone());
         for value in [7, 8] {
             let answer = call(value).await;
             assert_eq!(answer.as_ref().ok(), Some(&value), "call {value} after the restart: {answer:?}");

@@ -522,10 +522,8 @@ impl Dispatcher {
     }
 
     pub(crate) async fn write(&self, command: Command, done: String) -> Result<ClientReply, Failure> {
-        match self.node.write(command).await? {
-            CommandOutcome::Rejected { reason } => Err(ConsensusError::Invalid(reason).into()),
-            _ => Ok(ClientReply::Done { message: done }),
-        }
+        self.write_all(vec![command]).await?;
+        Ok(ClientReply::Done { message: done })
     }
 
     /// Raft status plus packages, protections, leases and warnings (the leader's view when leader).
