@@ -51,22 +51,35 @@ pub(crate) struct Peers {
     metrics: std::sync::OnceLock<Metrics>,
 }
 
-/// Idle connections to peers, by address.
+/// An idle connection beyond the most recently used one to its address is closed once it has not
+/// been used for this long. Calls that overlap (a renewal sent while the previous one waits for
+/// its confirmation, a burst of forwarded requests) open extra connections, and each one costs
+/// both sides its TLS state and buffers for as long as it stays open: a leader of 50 nodes held two
+/// to four connections per peer, most of its memory above a follower's.
+const POOL_IDLE: Duration = Duration::from_secs(10);
+
+/// Idle connections to peers, by address, each with the time it was given back; the most
+/// recently given back last (taken first).
 #[derive(Default)]
 struct Pool {
-    idle: Mutex<HashMap<String, Vec<Client>>>,
+    idle: Mutex<HashMap<String, Vec<(Client, Instant)>>>,
 }
 
 impl Pool {
     fn take(&self, address: &str) -> Option<Client> {
-        self.idle.lock().expect("pool lock").get_mut(address).and_then(Vec::pop)
+        self.idle.lock().expect("pool lock").get_mut(address).and_then(Vec::pop).map(|(client, _)| client)
     }
 
+    /// Keeps `client` for the next call to `address`, and closes the connections to it that were
+    /// not used for [`POOL_IDLE`] (all but the most recent: a call that needs one pays no
+    /// handshake).
     fn give_back(&self, address: &str, client: Client) {
         let mut idle = self.idle.lock().expect("pool lock");
         let slot = idle.entry(address.to_owned()).or_default();
+        let now = Instant::now();
+        slot.retain(|(_, since)| now.duration_since(*since) < POOL_IDLE);
         if slot.len() < POOL_PER_ADDRESS {
-            slot.push(client);
+            slot.push((client, now));
         }
     }
 
@@ -656,6 +669,79 @@ mod tests {
         assert_eq!(served.load(Ordering::SeqCst), 5, "each call answered once by a live peer");
         assert_eq!(peers.idle.idle.lock().unwrap()[&address].len(), 1, "the stale connections were dropped");
         second.abort();
+    }
+
+    /// Overlapping calls open extra connections; once they have not been used for `POOL_IDLE`,
+    /// the next call closes them (the peer sees them end) and keeps only the one it used.
+    #[tokio::test]
+    async fn connections_unused_for_a_while_are_closed_but_the_last_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls_dir = dir.path().join("tls");
+        cluster_tls::init_ca(&tls_dir).unwrap();
+        let ip = ["127.0.0.1".parse().unwrap()];
+        let (cert, key) = cluster_tls::issue_certificate(&tls_dir, "n2", &ip, &[]).unwrap();
+        let files = TlsFiles { ca: cluster_tls::ca_paths(&tls_dir).0, cert, key };
+        let acceptor = TlsAcceptor::from(cluster_tls::server_config(&files).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let served = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let peer = counting_echo_peer(listener, acceptor, served.clone(), open.clone());
+        let version = SharedVersion::new(cluster_model::ClusterVersion::CURRENT);
+        let peers = Peers::new(cluster_tls::client_config(&files).unwrap(), version);
+        let call = |value: u64| {
+            let (peers, address) = (peers.clone(), address.clone());
+            async move { peers.call::<u64, u64>(2, &address, PeerRpc::Keep, &value, Duration::from_secs(2)).await }
+        };
+        let answers = futures::future::join_all((0..4).map(call)).await;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert_eq!(peers.idle.idle.lock().unwrap()[&address].len(), 4);
+        assert_eq!(open.load(Ordering::SeqCst), 4);
+        // A call within `POOL_IDLE` closes nothing.
+        assert_eq!(call(5).await.ok(), Some(5));
+        assert_eq!(peers.idle.idle.lock().unwrap()[&address].len(), 4);
+        // The pool's connections were last used longer ago than `POOL_IDLE`.
+        for (_, since) in peers.idle.idle.lock().unwrap().get_mut(&address).unwrap() {
+            *since -= POOL_IDLE + Duration::from_secs(1);
+        }
+        assert_eq!(call(6).await.ok(), Some(6));
+        assert_eq!(peers.idle.idle.lock().unwrap()[&address].len(), 1, "only the connection just used stays");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while open.load(Ordering::SeqCst) != 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(open.load(Ordering::SeqCst), 1, "the peer saw the three unused connections end");
+        assert_eq!(served.load(Ordering::SeqCst), 6);
+        peer.abort();
+    }
+
+    /// An echo peer that also counts its open connections.
+    fn counting_echo_peer(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        serving: Arc<AtomicUsize>,
+        open: Arc<AtomicUsize>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, serving, open) = (acceptor.clone(), serving.clone(), open.clone());
+                connections.spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else { return };
+                    open.fetch_add(1, Ordering::SeqCst);
+                    let mut stream = framed(stream);
+                    while let Some(Ok(frame)) = stream.next().await {
+                        let Ok(Request::Peer(peer)) = decode::<Request>(&frame) else { break };
+                        serving.fetch_add(1, Ordering::SeqCst);
+                        let answer = encode(&Response::Peer(Ok(peer.payload))).unwrap();
+                        if stream.send(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        })
     }
 
     fn log_id(term: u64, index: u64) -> openraft::LogId<u64> {

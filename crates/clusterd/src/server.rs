@@ -198,7 +198,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                     Request::Client { request, .. } => Some((request_name(request), std::time::Instant::now())),
                     Request::Peer(_) => None,
                 };
-                let response = dispatcher.handle(request).await;
+                // Boxed: the handling of a request is a large future, and inline it would be part
+                // of every idle connection's task (a leader holds one per peer).
+                let response = Box::pin(dispatcher.handle(request)).await;
                 if let Some((name, began)) = client {
                     meter.record(name, &response, began.elapsed());
                 }

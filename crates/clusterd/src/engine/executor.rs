@@ -321,11 +321,13 @@ impl Worker {
             self.retry_at = None;
             self.interrupted = false;
             let wait = match package {
-                Some(package) => self.reconcile(&package, applied).await,
+                // Boxed: reconciling is a large future, and inline it would be part of every idle
+                // worker's task; every node has a worker per package of the cluster.
+                Some(package) => Box::pin(self.reconcile(&package, applied)).await,
                 None => {
                     if let Some(epoch) = self.active {
                         // A failed stop leaves `active` set and a retry scheduled.
-                        let _ = self.stop(epoch, "package removed").await;
+                        let _ = Box::pin(self.stop(epoch, "package removed")).await;
                     }
                     if self.active.is_none() {
                         return;
