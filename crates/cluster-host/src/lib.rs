@@ -18,6 +18,7 @@ mod in_flight;
 mod linux_mounts;
 mod linux_net;
 mod linux_process;
+mod memory;
 mod mount_records;
 mod mounts;
 mod net;
@@ -37,6 +38,7 @@ pub use fence::{
 pub use linux_mounts::{LinuxBlockDevices, LinuxMounts};
 pub use linux_net::LinuxNetwork;
 pub use linux_process::{LinuxProcesses, ProcessConfig};
+pub use memory::{release_free_memory, single_malloc_arena};
 pub use mounts::{BlockDevices, BlockError, DeviceName, MountEntry, MountError, Mounts};
 pub use net::{format_mac, AddressInfo, LinkInfo, NetError, Network};
 pub use process::{CommandOutput, CommandSpec, KillMode, ProcessError, Processes, ServiceOutput, ServiceSpec, Signal};

@@ -126,6 +126,8 @@ fn main() -> std::process::ExitCode {
         )
         .with(filter)
         .init();
+    // Before any thread: one malloc arena (cluster_host::memory says why).
+    cluster_host::single_malloc_arena();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -267,6 +269,7 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
     tokio::spawn(server::serve_tcp(tcp, peer_tls, dispatcher.clone(), meter.clone()));
     tokio::spawn(server::serve_unix(unix, config.socket.clone(), dispatcher.clone(), meter));
     tokio::spawn(notify::watchdog_loop(node.clone()));
+    tokio::spawn(release_free_memory());
     tokio::spawn(alerts::run(node.clone(), engine.clone(), metrics.clone()));
     if let Some(listener) = http {
         tokio::spawn(metrics::follow_events(node.clone(), metrics.clone()));
@@ -308,4 +311,14 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
     node.shutdown().await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// Every 10 s, gives the heap's free pages back to the system (what a burst of work freed stays in
+/// malloc's heap otherwise: 2 MB on a leader of 50 nodes). The call takes well under a millisecond
+/// on a daemon's heap, on the blocking pool.
+async fn release_free_memory() {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        let _ = tokio::task::spawn_blocking(cluster_host::release_free_memory).await;
+    }
 }
