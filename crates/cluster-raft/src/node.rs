@@ -861,6 +861,22 @@ impl ConsensusNode {
         (metrics.state == ServerState::Leader).then_some(metrics.current_term)
     }
 
+    /// Waits (at most `limit`) until this node applied an entry of `term`, or its term moved on;
+    /// whether it applied one. As the leader of `term` it has then applied every entry committed
+    /// before its election: openraft applies them only once the first entry of its own term
+    /// commits, so until then its state may miss committed settings.
+    pub async fn wait_applied_in_term(&self, term: u64, limit: Duration) -> bool {
+        let applied = move |metrics: &openraft::RaftMetrics<u64, NodeInfo>| {
+            metrics.last_applied.is_some_and(|id| id.leader_id.term >= term)
+        };
+        let _ = self
+            .raft
+            .wait(Some(limit))
+            .metrics(move |metrics| applied(metrics) || metrics.current_term != term, "an entry of this term applied")
+            .await;
+        applied(&self.raft.metrics().borrow())
+    }
+
     /// Index of the last entry applied to the local state machine.
     pub fn applied_index(&self) -> u64 {
         self.raft.metrics().borrow().last_applied.map_or(0, |id| id.index)

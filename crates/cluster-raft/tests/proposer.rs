@@ -180,3 +180,16 @@ async fn a_newer_command_raises_the_version_when_every_member_runs_this_release(
     assert_eq!(node.cluster_version(), ClusterVersion::CURRENT);
     node.shutdown().await;
 }
+
+/// A leader knows when it has applied its whole log: an entry of its own term is applied (the
+/// controller plans only then). A term it does not lead is never reported applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_has_applied_an_entry_of_its_term_and_none_of_a_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = single_node(dir.path()).await;
+    let term = node.leadership().expect("n1 leads");
+    assert!(node.wait_applied_in_term(term, Duration::from_secs(5)).await);
+    let started = std::time::Instant::now();
+    assert!(!node.wait_applied_in_term(term + 1, Duration::from_millis(200)).await);
+    assert!(started.elapsed() < Duration::from_secs(2), "returns once the term differs or the limit passed");
+}

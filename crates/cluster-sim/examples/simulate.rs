@@ -10,7 +10,7 @@
 //! `SIM_FENCE_WITHOUT_CONFIRMING=1`, `SIM_REMOVE_UNDRAINED=1`, `SIM_ABANDONED_STARTS_LAND=1`,
 //! `SIM_FROZEN_IGNORES_LEASE=1`, `SIM_GRANT_APPLIED_INDEX=1`, `SIM_NOWAYOUT_LEFT_UNPETTED=1`,
 //! `SIM_NO_KEEP_RENEWALS=1`, `SIM_NO_LEASE_RESTORE=1`, `SIM_TIMINGS=50/300`, `SIM_PROMOTE_WHEN_PRIMARY_UNREACHABLE=1`,
-//! `SIM_NO_LOCAL_DEPENDENCY_GUARD=1`; `SIM_PACKAGES=relations` runs the packages with relations) runs N seeds of a
+//! `SIM_NO_LOCAL_DEPENDENCY_GUARD=1`, `SIM_PLAN_BEFORE_CATCH_UP=1` (also with `SIM_SEED`); `SIM_PACKAGES=relations` runs the packages with relations) runs N seeds of a
 //! variant and counts violations.
 
 use cluster_sim::{run, Scenario, SimConfig};
@@ -74,6 +74,7 @@ fn main() {
             config.timings = timings();
             config.promote_when_primary_unreachable = on("SIM_PROMOTE_WHEN_PRIMARY_UNREACHABLE");
             config.no_local_dependency_guard = on("SIM_NO_LOCAL_DEPENDENCY_GUARD");
+            config.plan_before_catch_up = on("SIM_PLAN_BEFORE_CATCH_UP");
             if on("SIM_DB_FAILBACK_AUTO") {
                 config.packages[1] = cluster_sim::package_text("db", &[], "least-loaded", "auto");
             }
@@ -90,7 +91,14 @@ fn main() {
         std::process::exit(2);
     };
     let trace_tail = env_u64("SIM_TRACE_TAIL").map(|lines| lines as usize);
-    let config = with_witness(SimConfig { trace: true, trace_tail, timings: timings(), ..config(seed, nodes) });
+    let plan_before_catch_up = std::env::var("SIM_PLAN_BEFORE_CATCH_UP").is_ok_and(|v| v == "1");
+    let config = with_witness(SimConfig {
+        trace: true,
+        trace_tail,
+        timings: timings(),
+        plan_before_catch_up,
+        ..config(seed, nodes)
+    });
     match run(&config) {
         Ok(summary) => println!("seed {seed}: every invariant held: {summary:?}"),
         Err(violation) => {

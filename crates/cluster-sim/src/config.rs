@@ -139,6 +139,11 @@ pub struct SimConfig {
     /// earlier than its voters' answers allow. Unsafe above the margins; kept to show that the
     /// simulation catches a wrong bound (see `a_too_early_bound_on_older_leases_breaks_s1`).
     pub older_leases_bound_early: Duration,
+    /// Controller variant: a new leader plans before it applied the entries of older terms, as
+    /// clusterd did before this was found: with a lease lengthened by a committed entry it has not
+    /// applied yet, it judges older leases by the old length
+    /// (`a_new_leader_that_plans_before_applying_its_log_breaks_s1`).
+    pub plan_before_catch_up: bool,
     /// Daemon variant: `systemctl stop clusterd` exits at once and leaves the packages running,
     /// as clusterd did before it handed them over. Unsafe for lease-only nodes; kept to show why
     /// (see `a_daemon_that_stops_without_handing_over_breaks_s1_in_lease_only_mode`).
@@ -219,6 +224,7 @@ impl SimConfig {
             node_capacity: Default::default(),
             report_stopped_in_any_phase: false,
             older_leases_bound_early: Duration::ZERO,
+            plan_before_catch_up: false,
             leave_without_handing_over: false,
             waits_ignore_lease: false,
             fence_without_confirming: false,

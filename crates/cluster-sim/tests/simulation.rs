@@ -496,3 +496,20 @@ fn a_dependent_that_does_not_wait_locally_is_caught() {
     let violation = first_violation(100, config).expect("caught within 100 seeds");
     assert_eq!(violation.invariant, "dependency-order", "{violation}");
 }
+
+/// Negative control of a new leader's catch-up: one that plans before it applied the entries of
+/// older terms judges older leases by the lease length of its lagging state. After `lease = "3s"`
+/// was committed, such a leader took an older leader's 3 s leases for 1 s ones and reassigned their
+/// packages while their owner, paused, still ran them (found by seed 309 of the relations run
+/// once renewals went out at the wall clock's multiples of the heartbeat).
+#[test]
+fn a_new_leader_that_plans_before_applying_its_log_breaks_s1() {
+    let config = |seed| SimConfig {
+        plan_before_catch_up: true,
+        check_liveness: false,
+        ..SimConfig::with_relations(seed, 3, Scenario::Watchdog)
+    };
+    let violation = first_violation(3000, config).expect("caught within 3000 seeds");
+    assert_eq!(violation.invariant, "S1", "{violation}");
+    eprintln!("{violation}");
+}

@@ -26,6 +26,8 @@ use super::{now, wall_ms, Engine};
 const RETRY: Duration = Duration::from_millis(20);
 /// Longest sleep of the controller: a safety net for a change that nothing signals.
 const IDLE: Duration = Duration::from_secs(1);
+/// How long a new leader waits for the entries of older terms to be applied before it says so.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 const FENCE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The view the controller plans with: every member's lease as this leader knows it.
@@ -97,6 +99,21 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
             engine.table.lock().expect("lease table lock").elected(now());
             led_term = Some(term);
             last_planned = None;
+            // It plans only on its whole log: until an entry of its own term is applied, its state
+            // may miss committed entries of older terms, such as a longer `lease` under which an
+            // older leader granted the leases it is about to judge (docs/safety.md, "A new
+            // leader's state").
+            let mut caught_up = false;
+            while engine.node.leadership() == Some(term) {
+                if engine.node.wait_applied_in_term(term, CATCH_UP_WAIT).await {
+                    caught_up = true;
+                    break;
+                }
+                tracing::warn!(term, "leading, but the entries of older terms are not applied yet: not planning");
+            }
+            if !caught_up {
+                continue;
+            }
             // ... unless a majority of voters tells when they last acknowledged an older leader:
             // no older lease began after that (docs/safety.md, "A new leader's wait").
             let drift_ppm = engine.snapshot().state.settings.clock_drift_ppm;
