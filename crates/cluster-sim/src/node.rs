@@ -108,6 +108,10 @@ pub(crate) struct Watchdog {
 pub(crate) struct Node {
     pub(crate) name: String,
     pub(crate) clock: Clock,
+    /// The node's wall clock is the true time plus this (NTP keeps nodes within milliseconds of
+    /// each other; some runs give a node one far off): renewals go out at its multiples of the
+    /// heartbeat, as clusterd's `until_next_beat`.
+    pub(crate) wall_offset_us: u64,
     pub(crate) has_watchdog: bool,
     /// The watchdog driver has `nowayout`: once armed, only a reset stops it (the magic close
     /// does not; with the sysfs attribute present clusterd does not even write it).
@@ -174,6 +178,7 @@ impl Node {
         Node {
             name,
             clock,
+            wall_offset_us: 0,
             has_watchdog,
             nowayout,
             power: Power::Up,

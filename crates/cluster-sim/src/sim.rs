@@ -362,6 +362,18 @@ impl Sim {
                 let nowayout = config.scenario.watchdog() && rng.random_bool(0.5);
                 Node::new(name.clone(), Clock::new(origin, rate), config.scenario.watchdog(), nowayout)
             })
+            .collect::<Vec<_>>();
+        // Wall clocks: within 5 ms of each other, and one node in ten up to 200 ms off (its
+        // renewals reach the leader apart from the others').
+        let wall = rng.random_range(0..ms(1_000_000));
+        let nodes = nodes
+            .into_iter()
+            .map(|mut node| {
+                let error =
+                    if rng.random_bool(0.1) { rng.random_range(0..ms(200)) } else { rng.random_range(0..ms(5)) };
+                node.wall_offset_us = wall + error;
+                node
+            })
             .collect();
         let mut net = Network::new(config.nodes, config.loss, config.max_delay);
         // No loss and no long delays where only leaders die.

@@ -87,6 +87,8 @@ pub(crate) struct Engine {
     /// The runtime folder (tmpfs: the socket's folder): what must outlive a restart of the daemon
     /// but not a reboot.
     runtime_dir: std::path::PathBuf,
+    /// The lease file in the runtime folder, as last written (every renewal, and at a stop).
+    lease_record: Mutex<runtime::LeaseRecord>,
     /// What this node offers to packages' `needs` (node file), announced by `capacity::announce_loop`.
     capacity: std::collections::BTreeMap<String, u64>,
 }
@@ -208,6 +210,7 @@ impl Engine {
             witness,
             ledger: Mutex::new(ledger),
             runtime_dir,
+            lease_record: Mutex::new(runtime::LeaseRecord::default()),
             capacity,
         })
     }
@@ -375,7 +378,7 @@ impl Engine {
         }
         self.tend_watchdog_now();
         let settings = self.settings();
-        leases::persist_lease(self, &settings, runtime::LeaseFile::default());
+        leases::persist_lease(self, &settings);
         let left: Vec<String> = self.active.lock().expect("active lock").iter().cloned().collect();
         if left.is_empty() {
             tracing::info!("stopping: no package is active here");
