@@ -2,7 +2,7 @@
 //! (leader side) of `cluster-model`.
 //!
 //! ```text
-//!  node N, every heartbeat (own clock):  s = now ──Renewal{s}──> believed leader L
+//!  node N, at each multiple of the heartbeat on its wall clock:  s = now (own clock) ──Renewal{s}──> believed leader L
 //!  L at r = its now: confirm leadership with a quorum (else nothing); h = table.renewed(N, r, settings)
 //!  L ──Grant{s, term, last log index, h}──> N: holder.granted(s, grant); wake N at lease_end − stop_budget
 //! ```
