@@ -29,8 +29,8 @@ use crate::snapshot_policy::{snapshot_due, SnapshotProgress, SnapshotTrigger};
 use crate::state_machine::{StateMachineStore, StateView};
 use crate::types::{Raft, TypeConfig};
 
-/// Raft timing of this binary; every node of a cluster runs the same values.
-#[derive(Debug, Clone, Copy)]
+/// Raft timing of a node (the node file's `[raft]`); every node of a cluster should run the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
     pub heartbeat: Duration,
     pub election_timeout_min: Duration,

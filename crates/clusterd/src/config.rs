@@ -53,6 +53,21 @@ pub(crate) struct NodeConfig {
     /// announced to the cluster (`NodeCapacity`); see [`NodeConfig::capacity`].
     #[serde(default, rename = "capacity")]
     capacity_table: std::collections::BTreeMap<String, Quantity>,
+    /// Raft's timing on this node (`[raft]`); see [`NodeConfig::raft_timing`].
+    #[serde(default)]
+    pub(crate) raft: RaftSection,
+}
+
+/// The `[raft]` table: the leader's heartbeat to the voters, and how long a voter waits for one
+/// before it asks for an election (each round draws anew between that and twice that). Every node
+/// of a cluster should say the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RaftSection {
+    #[serde(default)]
+    heartbeat: Option<String>,
+    #[serde(default)]
+    election_timeout: Option<String>,
 }
 
 /// What a node is for (`role` in the node file).
@@ -122,6 +137,9 @@ impl NodeConfig {
                 log_file.display()
             );
         }
+        if let Err(err) = config.raft_timing() {
+            bail!("invalid configuration file {}: {err}", path.display());
+        }
         if let Err(err) = config.capacity() {
             bail!("invalid configuration file {}: key `capacity`: {err}", path.display());
         }
@@ -147,6 +165,38 @@ impl NodeConfig {
             _ => {}
         }
         Ok(config)
+    }
+
+    /// Raft's timing from `[raft]`, the defaults for what it leaves out: heartbeat 50 ms, election
+    /// timeout 150 ms (drawn between it and twice it). A heartbeat of 10 ms to 1 s; an election
+    /// timeout of at least three heartbeats (a voter must not start one between two heartbeats that
+    /// arrive), at most 10 s. An error names the key.
+    pub(crate) fn raft_timing(&self) -> Result<cluster_raft::Timing, String> {
+        let defaults = cluster_raft::Timing::default();
+        let duration = |key: &str, value: &Option<String>, default: std::time::Duration| match value {
+            None => Ok(default),
+            Some(text) => humantime::parse_duration(text)
+                .map_err(|_| format!("key `[raft] {key}`: expected a duration like `50ms` or `1s`, got `{text}`")),
+        };
+        let heartbeat = duration("heartbeat", &self.raft.heartbeat, defaults.heartbeat)?;
+        let election = duration("election_timeout", &self.raft.election_timeout, defaults.election_timeout_min)?;
+        let ms = std::time::Duration::from_millis;
+        if !(ms(10)..=ms(1_000)).contains(&heartbeat) {
+            return Err(format!("key `[raft] heartbeat`: expected 10ms to 1s, got {heartbeat:?}"));
+        }
+        if election < heartbeat * 3 || election > ms(10_000) {
+            return Err(format!(
+                "key `[raft] election_timeout`: expected at least three heartbeats ({:?}) and at most 10s, got \
+                 {election:?}",
+                heartbeat * 3
+            ));
+        }
+        Ok(cluster_raft::Timing {
+            heartbeat,
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
+            ..defaults
+        })
     }
 
     /// The node's capacities, by name (`capacity` in the node file; checked by `parse`).
@@ -255,7 +305,9 @@ key = "/etc/clusterd/n1.key"
             capacity_table,
             role,
             join,
+            raft,
         } = full;
+        assert!(raft.heartbeat.is_some() && raft.election_timeout.is_some(), "the optional `[raft]` keys are missing");
         let TlsSection { ca, cert, key, ca_key } = tls;
         assert_eq!(role, Role::Witness, "the optional key `role` is missing from the example");
         assert!(join.is_some() && ca_key.is_some(), "the optional keys `join` and `[tls] ca_key` are missing");
@@ -306,6 +358,28 @@ key = "/etc/clusterd/n1.key"
         assert!(err.contains("key `capacity`: expected a quantity like 2 or \"4G\""), "{err}");
         let err = parse(&format!("capacity = {{ Slots = 1 }}\n{GOOD}")).unwrap_err().to_string();
         assert!(err.contains("key `capacity`: expected a capacity name"), "{err}");
+    }
+
+    #[test]
+    fn raft_timings_default_and_are_checked() {
+        let base = "node = \"n1\"\nlisten = \"192.0.2.11:7400\"\ndata_dir = \"/var/lib/clusterd\"\n[tls]\nca = \"/c\"\ncert = \"/c\"\nkey = \"/k\"\n";
+        let timing = parse(base).unwrap().raft_timing().unwrap();
+        assert_eq!(timing, cluster_raft::Timing::default());
+        let set = parse(&format!("{base}[raft]\nheartbeat = \"150ms\"\nelection_timeout = \"600ms\"\n")).unwrap();
+        let timing = set.raft_timing().unwrap();
+        assert_eq!(timing.heartbeat, std::time::Duration::from_millis(150));
+        assert_eq!(timing.election_timeout_min, std::time::Duration::from_millis(600));
+        assert_eq!(timing.election_timeout_max, std::time::Duration::from_millis(1200));
+        for (table, expected) in [
+            ("heartbeat = \"5ms\"", "key `[raft] heartbeat`: expected 10ms to 1s"),
+            ("heartbeat = \"soon\"", "key `[raft] heartbeat`: expected a duration"),
+            ("heartbeat = \"200ms\"", "key `[raft] election_timeout`: expected at least three heartbeats (600ms)"),
+            ("election_timeout = \"20s\"", "at most 10s"),
+            ("timeout = \"1s\"", "unknown field `timeout`"),
+        ] {
+            let err = format!("{:#}", parse(&format!("{base}[raft]\n{table}\n")).unwrap_err());
+            assert!(err.contains(expected), "{table}: {err}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use cluster_raft::{ConsensusNode, NodeOptions, Timing};
+use cluster_raft::{ConsensusNode, NodeOptions};
 use cluster_tls::TlsFiles;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
@@ -187,7 +187,7 @@ async fn run(args: Args, config: anyhow::Result<NodeConfig>) -> anyhow::Result<(
         address: config.advertised_address(),
         data_dir: config.data_dir.clone(),
         tls: client_tls.clone(),
-        timing: Timing::default(),
+        timing: config.raft_timing().map_err(anyhow::Error::msg)?,
     })
     .await
     .with_context(|| format!("cannot start node {} with data_dir {}", config.node, config.data_dir.display()))?;

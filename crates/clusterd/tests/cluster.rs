@@ -63,6 +63,35 @@ async fn killing_the_leader_keeps_every_acknowledged_write_and_a_full_restart_ke
     }
 }
 
+/// The node file's `[raft]` timings are the ones used: with an election timeout of 600 ms the
+/// survivors of a killed leader elect a new one no sooner than 500 ms after the kill (they last heard
+/// it at most one 100 ms heartbeat before); at the default (150 ms) they elect within about 300 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_files_raft_timings_set_the_election_timeout() {
+    let mut cluster = TestCluster::new(env!("CARGO_BIN_EXE_clusterd"), 109, 3);
+    for index in 0..3 {
+        cluster.configure(index, "raft = { heartbeat = \"100ms\", election_timeout = \"600ms\" }");
+    }
+    cluster.form().await;
+    for trial in 0..2 {
+        let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+        let index = cluster.index_of(&leader);
+        cluster.kill(index);
+        let started = Instant::now();
+        let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+        let took = started.elapsed();
+        assert_ne!(new_leader, leader, "trial {trial}");
+        assert!(took >= Duration::from_millis(500), "trial {trial}: a new leader after {took:?}, before the timeout");
+        cluster.start(index);
+        cluster_testkit::wait_for_socket(&cluster.nodes[index].socket).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while local_status(&cluster.nodes[index].socket).await.map(|r| r.leader.is_some()) != Ok(true) {
+            assert!(Instant::now() < deadline, "restarted node never found the leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// openraft 0.9 draws one election timeout per process, so two survivors can split their votes
 /// forever; our driver redraws it every round. Two survivors must elect a leader every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
