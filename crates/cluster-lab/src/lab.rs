@@ -181,6 +181,16 @@ pub struct LabSpec {
     /// and does not add them; their daemon starts (`start_daemon`) once `clusterctl join` wrote
     /// its node file into [`LabPaths::join_dir`].
     pub joining: Vec<String>,
+    /// Raft's timing in every node file the lab writes (`[raft] heartbeat`, `election_timeout`);
+    /// `None`: clusterd's defaults.
+    pub raft: Option<RaftTiming>,
+}
+
+/// The node file's `[raft]` timings, in ms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
 }
 
 /// A node's `clusterd` when it is not the lab's: its binary and the release whose node file keys it
@@ -208,6 +218,7 @@ impl LabSpec {
             other_clusterd: BTreeMap::new(),
             witnesses: Vec::new(),
             joining: Vec::new(),
+            raft: None,
         }
     }
 }
@@ -268,6 +279,9 @@ pub struct LabState {
     /// Nodes that join with a token (see [`LabSpec::joining`]).
     #[serde(default)]
     pub joining: Vec<String>,
+    /// Raft's timing in the node files (see [`LabSpec::raft`]).
+    #[serde(default)]
+    pub raft: Option<RaftTiming>,
 }
 
 /// File and namespace names of one lab.
@@ -614,6 +628,7 @@ impl Lab {
                 other_clusterd: spec.other_clusterd.clone(),
                 witnesses: spec.witnesses.clone(),
                 joining: spec.joining.clone(),
+                raft: spec.raft,
             },
         };
         if spec.voters + spec.learners == 0 || spec.voters + spec.learners > 180 {
@@ -1019,6 +1034,15 @@ impl Lab {
             config.insert_str(0, &format!("metrics = \"{LAB_METRICS}\"\nstatus_page = true\n"));
             // Every node the lab made holds the CA key: nodes joining with a token may redeem it anywhere.
             config = config.replace("[tls]\n", &format!("[tls]\nca_key = \"{}\"\n", pki.join("ca.key").display()));
+            if let Some(raft) = self.state.raft {
+                config.insert_str(
+                    0,
+                    &format!(
+                        "raft = {{ heartbeat = \"{}ms\", election_timeout = \"{}ms\" }}\n",
+                        raft.heartbeat_ms, raft.election_timeout_ms
+                    ),
+                );
+            }
         }
         if self.state.witnesses.iter().any(|witness| witness == node) {
             config.insert_str(0, "role = \"witness\"\n");

@@ -63,6 +63,8 @@ enum Command {
         #[arg(long, default_value = "1")]
         advert_int: String,
         #[command(flatten)]
+        raft: RaftArgs,
+        #[command(flatten)]
         binaries: Binaries,
     },
     /// Remove everything the lab created (safe twice; also cleans a crashed run).
@@ -289,6 +291,8 @@ enum Command {
         /// Packages per `pkg apply` call during the setup (each call waits until its packages run).
         #[arg(long, default_value_t = 100)]
         per_call: usize,
+        #[command(flatten)]
+        raft: RaftArgs,
         /// CI mode: 3 voters and 1 learner, 60 packages, 1 trial, short windows (overrides the other options).
         #[arg(long)]
         quick: bool,
@@ -329,6 +333,26 @@ impl BenchSubjectArg {
             BenchSubjectArg::KeepalivedDefaults => failover_bench::BenchSubject::KeepalivedDefaults,
             BenchSubjectArg::KeepalivedTuned => failover_bench::BenchSubject::KeepalivedTuned,
         }
+    }
+}
+
+/// Raft's timing written into every node file (`[raft]`); clusterd's defaults when absent.
+#[derive(clap::Args)]
+struct RaftArgs {
+    /// The Raft leader's heartbeat to the voters, in ms (node file `[raft] heartbeat`).
+    #[arg(long, requires = "election_timeout_ms")]
+    raft_heartbeat_ms: Option<u64>,
+    /// The election timeout, in ms (node file `[raft] election_timeout`).
+    #[arg(long, requires = "raft_heartbeat_ms")]
+    election_timeout_ms: Option<u64>,
+}
+
+impl RaftArgs {
+    fn timing(&self) -> Option<cluster_lab::lab::RaftTiming> {
+        Some(cluster_lab::lab::RaftTiming {
+            heartbeat_ms: self.raft_heartbeat_ms?,
+            election_timeout_ms: self.election_timeout_ms?,
+        })
     }
 }
 
@@ -378,7 +402,7 @@ fn open(name: &str) -> anyhow::Result<Lab> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let name = cli.name.clone();
     match cli.command {
-        Command::Up { nodes, learners, daemon, lun_mib, watchdog, reboot_delay, vip, advert_int, binaries } => {
+        Command::Up { nodes, learners, daemon, lun_mib, watchdog, reboot_delay, vip, advert_int, raft, binaries } => {
             let daemon = match daemon {
                 DaemonChoice::None => Daemon::None,
                 DaemonChoice::Keepalived => Daemon::Keepalived(KeepalivedConfig {
@@ -403,6 +427,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 other_clusterd: Default::default(),
                 witnesses: Vec::new(),
                 joining: Vec::new(),
+                raft: raft.timing(),
             };
             let lab = Lab::up(&spec).with_context(|| format!("failed to bring lab {name} up"))?;
             print_status(&lab, false);
@@ -680,6 +705,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             status_runs,
             idle_secs,
             per_call,
+            raft,
             quick,
             setup_only,
             report,
@@ -704,6 +730,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             options.setup_only = setup_only;
+            options.raft = raft.timing();
             if options.nodes == 0 || options.packages == 0 {
                 bail!("bench-scale needs at least one node and one package");
             }

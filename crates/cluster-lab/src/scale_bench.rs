@@ -63,6 +63,8 @@ pub struct ScaleBenchOptions {
     pub clusterctl: PathBuf,
     /// Stop once every package runs and leave the lab up (to explore it).
     pub setup_only: bool,
+    /// Raft's timing in the nodes' files; `None`: clusterd's defaults.
+    pub raft: Option<crate::lab::RaftTiming>,
 }
 
 impl ScaleBenchOptions {
@@ -84,6 +86,7 @@ impl ScaleBenchOptions {
             clusterd,
             clusterctl,
             setup_only: false,
+            raft: None,
         }
     }
 
@@ -919,6 +922,7 @@ fn run_in_lab(options: &ScaleBenchOptions, log: &mut dyn FnMut(&str)) -> Result<
     let load_before = load_average();
     let mut spec = LabSpec::bare(&options.lab, options.voters.min(options.nodes));
     spec.learners = options.learners();
+    spec.raft = options.raft;
     // Lease-only, like the failover benchmark: no emulated watchdog can reset a node the loaded host scheduled late.
     spec.daemon = Daemon::Clusterd {
         clusterd: options.clusterd.clone(),
