@@ -293,6 +293,9 @@ enum Command {
         per_call: usize,
         #[command(flatten)]
         raft: RaftArgs,
+        /// The cluster's `lease` setting, set before the packages (e.g. `3s`; the stop budget follows).
+        #[arg(long)]
+        lease: Option<String>,
         /// CI mode: 3 voters and 1 learner, 60 packages, 1 trial, short windows (overrides the other options).
         #[arg(long)]
         quick: bool,
@@ -706,6 +709,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             idle_secs,
             per_call,
             raft,
+            lease,
             quick,
             setup_only,
             report,
@@ -731,6 +735,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             options.setup_only = setup_only;
             options.raft = raft.timing();
+            options.lease = lease;
             if options.nodes == 0 || options.packages == 0 {
                 bail!("bench-scale needs at least one node and one package");
             }

@@ -65,6 +65,9 @@ pub struct ScaleBenchOptions {
     pub setup_only: bool,
     /// Raft's timing in the nodes' files; `None`: clusterd's defaults.
     pub raft: Option<crate::lab::RaftTiming>,
+    /// The cluster's `lease` setting (`clusterctl cluster set lease`, before the packages; the stop
+    /// budget follows it); `None`: the default (1 s).
+    pub lease: Option<String>,
 }
 
 impl ScaleBenchOptions {
@@ -87,6 +90,7 @@ impl ScaleBenchOptions {
             clusterctl,
             setup_only: false,
             raft: None,
+            lease: None,
         }
     }
 
@@ -953,6 +957,10 @@ fn run_in_lab(options: &ScaleBenchOptions, log: &mut dyn FnMut(&str)) -> Result<
                 .map_err(|error| sys::io_error("failed to write", &path, error))?;
         }
         chunks.push(dir);
+    }
+    if let Some(lease) = &options.lease {
+        lab.clusterctl(&first, &["cluster", "set", "lease", lease])?;
+        log(&format!("cluster setting lease = {lease}"));
     }
     log(&format!("applying {} packages on {first} ({} per call)", options.packages, options.apply_chunk));
     let term_before = term(&lab);
