@@ -510,6 +510,26 @@ impl LeaseTable {
     }
 }
 
+/// How long a node waits before its next renewal: until the next multiple of `heartbeat` on its
+/// wall clock (`wall_us`, microseconds since the Unix epoch), or the one after when the next is
+/// less than a quarter of a heartbeat away (a timer that fired early, or a wall clock that NTP
+/// slows, wakes the node just before a multiple: the renewal just sent was that multiple's).
+///
+/// Every node renews at the same phase of the wall clock (NTP keeps nodes within milliseconds), so
+/// the renewals of all nodes reach the leader together and wait there for the same quorum
+/// confirmation: the leader wakes once per heartbeat for all of them instead of once per node (a
+/// leader of 50 nodes received 500 renewals a second, spread evenly). The lease is still measured
+/// from each renewal's send time; renewals go out between a quarter and one and a quarter
+/// heartbeats apart, whatever the wall clock does.
+pub fn until_next_renewal(heartbeat: Duration, wall_us: u128) -> Duration {
+    let period = heartbeat.as_micros().max(1);
+    let mut wait = period - wall_us % period;
+    if wait < period / 4 {
+        wait += period;
+    }
+    Duration::from_micros(u64::try_from(wait).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -917,5 +937,23 @@ mod tests {
         assert_eq!(restored.status(ms(1_400), &settings), LeaseStatus::Valid);
         assert!(!restored.may_start(ms(1_400), 0, &settings));
         assert_eq!(restored.status(ms(1_500), &settings), LeaseStatus::MustStop);
+    }
+
+    #[test]
+    fn renewals_wait_for_the_next_multiple_of_the_heartbeat() {
+        let beat = Duration::from_millis(100);
+        assert_eq!(until_next_renewal(beat, 1_700_000_000_000_000), beat);
+        assert_eq!(until_next_renewal(beat, 1_700_000_000_030_000), Duration::from_millis(70));
+        assert_eq!(until_next_renewal(beat, 1_700_000_000_075_000), Duration::from_millis(25));
+        // Woken 1 µs before a multiple: that renewal was the multiple's, the next is one later.
+        assert_eq!(until_next_renewal(beat, 1_700_000_000_099_999), Duration::from_micros(100_001));
+        // Two nodes whose loops woke at different instants send at the same instant.
+        let (a, b) = (1_700_000_000_012_345u128, 1_700_000_000_060_000u128);
+        assert_eq!(a + until_next_renewal(beat, a).as_micros(), b + until_next_renewal(beat, b).as_micros());
+        // Between a quarter and one and a quarter heartbeats, whatever the clock says.
+        for wall in [0u128, 1, 74_999, 75_001, 99_999, 100_000, u128::from(u64::MAX)] {
+            let wait = until_next_renewal(beat, wall);
+            assert!(wait >= beat / 4 && wait <= beat * 5 / 4, "{wall}: {wait:?}");
+        }
     }
 }

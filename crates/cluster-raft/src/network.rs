@@ -603,39 +603,48 @@ mod tests {
 
     use super::*;
 
-    /// A stand-in peer on `address`: answers every peer RPC with its payload; `serving` counts the
-    /// requests answered. Aborting the task closes the listener and every connection it accepted.
-    fn echo_peer(
-        listener: TcpListener,
-        acceptor: TlsAcceptor,
-        serving: Arc<AtomicUsize>,
-    ) -> tokio::task::JoinHandle<()> {
+    /// What a stand-in peer counts: the requests it answered, and its connections open now.
+    #[derive(Clone, Default)]
+    struct Counters {
+        served: Arc<AtomicUsize>,
+        open: Arc<AtomicUsize>,
+    }
+
+    /// A stand-in peer on `listener`: answers every peer RPC with its payload, counting into
+    /// `counters`. Aborting the task closes the listener and every connection it accepted.
+    fn echo_peer(listener: TcpListener, acceptor: TlsAcceptor, counters: Counters) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, serving) = (acceptor.clone(), serving.clone());
+                let (acceptor, counters) = (acceptor.clone(), counters.clone());
                 connections.spawn(async move {
                     let Ok(stream) = acceptor.accept(tcp).await else { return };
+                    counters.open.fetch_add(1, Ordering::SeqCst);
                     let mut stream = framed(stream);
                     while let Some(Ok(frame)) = stream.next().await {
-                        let Ok(Request::Peer(peer)) = decode::<Request>(&frame) else { return };
-                        serving.fetch_add(1, Ordering::SeqCst);
+                        let Ok(Request::Peer(peer)) = decode::<Request>(&frame) else { break };
+                        counters.served.fetch_add(1, Ordering::SeqCst);
                         let answer = encode(&Response::Peer(Ok(peer.payload))).unwrap();
                         if stream.send(answer).await.is_err() {
-                            return;
+                            break;
                         }
                     }
+                    counters.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         })
     }
 
-    /// A peer that restarted behind pooled connections (a new process on the same address): the
-    /// first call after the restart meets a dead pooled connection, drops the pool and goes through
-    /// on a fresh one. Before, each stale connection failed one call, and a renewal or a keep sent
-    /// on one could make a live node stop its packages (leader-loss lab test).
-    #[tokio::test]
-    async fn a_call_after_the_peer_restarted_goes_through_on_a_fresh_connection() {
+    /// A peer's TLS acceptor and listener on loopback, and this node's `Peers` trusting the same CA.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        acceptor: TlsAcceptor,
+        listener: TcpListener,
+        address: String,
+        peers: Arc<Peers>,
+    }
+
+    async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let tls_dir = dir.path().join("tls");
         cluster_tls::init_ca(&tls_dir).unwrap();
@@ -645,10 +654,20 @@ mod tests {
         let acceptor = TlsAcceptor::from(cluster_tls::server_config(&files).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let served = Arc::new(AtomicUsize::new(0));
-        let first = echo_peer(listener, acceptor.clone(), served.clone());
         let version = SharedVersion::new(cluster_model::ClusterVersion::CURRENT);
         let peers = Peers::new(cluster_tls::client_config(&files).unwrap(), version);
+        Fixture { _dir: dir, acceptor, listener, address, peers }
+    }
+
+    /// A peer that restarted behind pooled connections (a new process on the same address): the
+    /// first call after the restart meets a dead pooled connection, drops the pool and goes through
+    /// on a fresh one. Before, each stale connection failed one call, and a renewal or a keep sent
+    /// on one could make a live node stop its packages (leader-loss lab test).
+    #[tokio::test]
+    async fn a_call_after_the_peer_restarted_goes_through_on_a_fresh_connection() {
+        let Fixture { _dir, acceptor, listener, address, peers } = fixture().await;
+        let counters = Counters::default();
+        let first = echo_peer(listener, acceptor.clone(), counters.clone());
         let call = |value: u64| {
             let (peers, address) = (peers.clone(), address.clone());
             async move { peers.call::<u64, u64>(2, &address, PeerRpc::Keep, &value, Duration::from_secs(2)).await }
@@ -661,12 +680,12 @@ mod tests {
         first.abort();
         let _ = first.await;
         let listener = TcpListener::bind(&address).await.unwrap();
-        let second = echo_peer(listener, acceptor, served.clone());
+        let second = echo_peer(listener, acceptor, counters.clone());
         for value in [7, 8] {
             let answer = call(value).await;
             assert_eq!(answer.as_ref().ok(), Some(&value), "call {value} after the restart: {answer:?}");
         }
-        assert_eq!(served.load(Ordering::SeqCst), 5, "each call answered once by a live peer");
+        assert_eq!(counters.served.load(Ordering::SeqCst), 5, "each call answered once by a live peer");
         assert_eq!(peers.idle.idle.lock().unwrap()[&address].len(), 1, "the stale connections were dropped");
         second.abort();
     }
@@ -675,20 +694,10 @@ mod tests {
     /// the next call closes them (the peer sees them end) and keeps only the one it used.
     #[tokio::test]
     async fn connections_unused_for_a_while_are_closed_but_the_last_one_stays() {
-        let dir = tempfile::tempdir().unwrap();
-        let tls_dir = dir.path().join("tls");
-        cluster_tls::init_ca(&tls_dir).unwrap();
-        let ip = ["127.0.0.1".parse().unwrap()];
-        let (cert, key) = cluster_tls::issue_certificate(&tls_dir, "n2", &ip, &[]).unwrap();
-        let files = TlsFiles { ca: cluster_tls::ca_paths(&tls_dir).0, cert, key };
-        let acceptor = TlsAcceptor::from(cluster_tls::server_config(&files).unwrap());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let served = Arc::new(AtomicUsize::new(0));
-        let open = Arc::new(AtomicUsize::new(0));
-        let peer = counting_echo_peer(listener, acceptor, served.clone(), open.clone());
-        let version = SharedVersion::new(cluster_model::ClusterVersion::CURRENT);
-        let peers = Peers::new(cluster_tls::client_config(&files).unwrap(), version);
+        let Fixture { _dir, acceptor, listener, address, peers } = fixture().await;
+        let counters = Counters::default();
+        let (served, open) = (counters.served.clone(), counters.open.clone());
+        let peer = echo_peer(listener, acceptor, counters);
         let call = |value: u64| {
             let (peers, address) = (peers.clone(), address.clone());
             async move { peers.call::<u64, u64>(2, &address, PeerRpc::Keep, &value, Duration::from_secs(2)).await }
@@ -713,35 +722,6 @@ mod tests {
         assert_eq!(open.load(Ordering::SeqCst), 1, "the peer saw the three unused connections end");
         assert_eq!(served.load(Ordering::SeqCst), 6);
         peer.abort();
-    }
-
-    /// An echo peer that also counts its open connections.
-    fn counting_echo_peer(
-        listener: TcpListener,
-        acceptor: TlsAcceptor,
-        serving: Arc<AtomicUsize>,
-        open: Arc<AtomicUsize>,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, serving, open) = (acceptor.clone(), serving.clone(), open.clone());
-                connections.spawn(async move {
-                    let Ok(stream) = acceptor.accept(tcp).await else { return };
-                    open.fetch_add(1, Ordering::SeqCst);
-                    let mut stream = framed(stream);
-                    while let Some(Ok(frame)) = stream.next().await {
-                        let Ok(Request::Peer(peer)) = decode::<Request>(&frame) else { break };
-                        serving.fetch_add(1, Ordering::SeqCst);
-                        let answer = encode(&Response::Peer(Ok(peer.payload))).unwrap();
-                        if stream.send(answer).await.is_err() {
-                            break;
-                        }
-                    }
-                    open.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        })
     }
 
     fn log_id(term: u64, index: u64) -> openraft::LogId<u64> {

@@ -19,15 +19,9 @@ impl Sim {
     pub(crate) fn on_heartbeat(&mut self, n: usize) {
         let now = self.local(n);
         let heartbeat = self.nodes[n].state.settings.heartbeat();
-        // The next multiple of the heartbeat on the node's wall clock, the one after when the next
-        // is less than a quarter away (clusterd's `until_next_beat`).
-        let period = (heartbeat.as_micros() as u64).max(1);
-        let wall = self.now + self.nodes[n].wall_offset_us;
-        let mut wait = period - wall % period;
-        if wait < period / 4 {
-            wait += period;
-        }
-        self.timer_at(n, now + Duration::from_micros(wait), Timer::Heartbeat);
+        // At the multiples of the heartbeat on the node's wall clock, as clusterd.
+        let wall = u128::from(self.now + self.nodes[n].wall_offset_us);
+        self.timer_at(n, now + cluster_model::until_next_renewal(heartbeat, wall), Timer::Heartbeat);
         if self.nodes[n].lease_given_up() {
             self.evaluate(n);
             self.tend_watchdog(n);

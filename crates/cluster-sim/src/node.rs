@@ -110,7 +110,7 @@ pub(crate) struct Node {
     pub(crate) clock: Clock,
     /// The node's wall clock is the true time plus this (NTP keeps nodes within milliseconds of
     /// each other; some runs give a node one far off): renewals go out at its multiples of the
-    /// heartbeat, as clusterd's `until_next_beat`.
+    /// heartbeat (`cluster_model::until_next_renewal`).
     pub(crate) wall_offset_us: u64,
     pub(crate) has_watchdog: bool,
     /// The watchdog driver has `nowayout`: once armed, only a reset stops it (the magic close

@@ -63,6 +63,17 @@ async fn killing_the_leader_keeps_every_acknowledged_write_and_a_full_restart_ke
     }
 }
 
+/// Starts node `index` again and waits (at most `limit`) until it knows the leader.
+async fn restart_until_it_follows(cluster: &mut TestCluster, index: usize, limit: Duration) {
+    cluster.start(index);
+    cluster_testkit::wait_for_socket(&cluster.nodes[index].socket).await;
+    let deadline = Instant::now() + limit;
+    while local_status(&cluster.nodes[index].socket).await.map(|r| r.leader.is_some()) != Ok(true) {
+        assert!(Instant::now() < deadline, "restarted node never found the leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The node file's `[raft]` timings are the ones used: with an election timeout of 600 ms the
 /// survivors of a killed leader elect a new one no sooner than 500 ms after the kill (they last heard
 /// it at most one 100 ms heartbeat before); at the default (150 ms) they elect within about 300 ms.
@@ -82,13 +93,7 @@ async fn the_node_files_raft_timings_set_the_election_timeout() {
         let took = started.elapsed();
         assert_ne!(new_leader, leader, "trial {trial}");
         assert!(took >= Duration::from_millis(500), "trial {trial}: a new leader after {took:?}, before the timeout");
-        cluster.start(index);
-        cluster_testkit::wait_for_socket(&cluster.nodes[index].socket).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while local_status(&cluster.nodes[index].socket).await.map(|r| r.leader.is_some()) != Ok(true) {
-            assert!(Instant::now() < deadline, "restarted node never found the leader");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        restart_until_it_follows(&mut cluster, index, Duration::from_secs(10)).await;
     }
 }
 
@@ -111,14 +116,8 @@ async fn two_survivors_elect_a_leader_every_time() {
         assert!(started.elapsed() < Duration::from_secs(3), "trial {trial}: election storm, {:?}", started.elapsed());
         assert_ne!(new_leader, leader, "trial {trial}");
         kv_set(&cluster.nodes[cluster.index_of(&new_leader)].socket, "trial", &trial.to_string()).await;
-        cluster.start(index);
-        cluster_testkit::wait_for_socket(&cluster.nodes[index].socket).await;
         // Let the restarted node catch up before the next kill.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while local_status(&cluster.nodes[index].socket).await.map(|r| r.leader.is_some()) != Ok(true) {
-            assert!(Instant::now() < deadline, "restarted node never found the leader");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        restart_until_it_follows(&mut cluster, index, Duration::from_secs(5)).await;
     }
     eprintln!("elections after killing the leader: {elections:?}");
 }

@@ -94,7 +94,7 @@ pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
     loop {
         let settings = engine.snapshot().state.settings.clone();
         if !std::mem::take(&mut first) {
-            tokio::time::sleep(until_next_beat(settings.heartbeat(), wall_us())).await;
+            tokio::time::sleep(cluster_model::until_next_renewal(settings.heartbeat(), wall_us())).await;
         }
         if engine.lease_given_up() {
             tend_watchdog(&engine, &settings);
@@ -145,25 +145,6 @@ pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
 /// Microseconds since the Unix epoch: the phase of renewals only, never a safety decision.
 fn wall_us() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_micros())
-}
-
-/// The wait until the next multiple of `heartbeat` on the wall clock, or the one after when the
-/// next is less than a quarter of a heartbeat away (a timer that fired early, or a wall clock that
-/// NTP slows, wakes the loop just before a multiple: the renewal just sent was that multiple's).
-///
-/// Every node renews at the same phase of the wall clock (NTP keeps nodes within milliseconds), so
-/// the renewals of all nodes reach the leader together and wait there for the same quorum
-/// confirmation: the leader wakes once per heartbeat for all of them instead of once per node (a
-/// leader of 50 nodes received 500 renewals a second, spread evenly). The lease is still measured
-/// from each renewal's send time; renewals go out between a quarter and one and a quarter
-/// heartbeats apart, whatever the wall clock does.
-fn until_next_beat(heartbeat: Duration, wall_us: u128) -> Duration {
-    let period = heartbeat.as_micros().max(1);
-    let mut wait = period - wall_us % period;
-    if wait < period / 4 {
-        wait += period;
-    }
-    Duration::from_micros(u64::try_from(wait).unwrap_or(u64::MAX))
 }
 
 /// Leaves the lease in the runtime folder for a daemon restarted after a crash (`runtime.rs`),
@@ -312,28 +293,5 @@ pub(crate) fn must_stop_now(engine: &Engine, settings: &cluster_model::Settings)
 pub(crate) async fn lease_lapse(engine: &Engine, settings: &cluster_model::Settings) {
     while !must_stop_now(engine, settings) {
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renewals_wait_for_the_next_multiple_of_the_heartbeat() {
-        let beat = Duration::from_millis(100);
-        assert_eq!(until_next_beat(beat, 1_700_000_000_000_000), beat);
-        assert_eq!(until_next_beat(beat, 1_700_000_000_030_000), Duration::from_millis(70));
-        assert_eq!(until_next_beat(beat, 1_700_000_000_075_000), Duration::from_millis(25));
-        // Woken 1 µs before a multiple: that renewal was the multiple's, the next is one later.
-        assert_eq!(until_next_beat(beat, 1_700_000_000_099_999), Duration::from_micros(100_001));
-        // Two nodes whose loops woke at different instants send at the same instant.
-        let (a, b) = (1_700_000_000_012_345u128, 1_700_000_000_060_000u128);
-        assert_eq!(a + until_next_beat(beat, a).as_micros(), b + until_next_beat(beat, b).as_micros());
-        // Between a quarter and one and a quarter heartbeats, whatever the clock says.
-        for wall in [0u128, 1, 74_999, 75_001, 99_999, 100_000, u128::from(u64::MAX)] {
-            let wait = until_next_beat(beat, wall);
-            assert!(wait >= beat / 4 && wait <= beat * 5 / 4, "{wall}: {wait:?}");
-        }
     }
 }

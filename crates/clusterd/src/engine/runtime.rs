@@ -77,18 +77,15 @@ impl LeaseRecord {
             return Ok(());
         }
         let mut bytes = serde_json::to_vec(&lease).map_err(std::io::Error::other)?;
-        if bytes.len() < self.length {
-            bytes.resize(self.length, b' ');
-        }
         let written = match &self.file {
-            Some(file) if bytes.len() <= IN_PLACE_BYTES => file.write_all_at(&bytes, 0),
-            _ => {
-                bytes.truncate(bytes.iter().rposition(|byte| *byte != b' ').map_or(0, |last| last + 1));
-                replace(dir, LEASE_FILE, &bytes).and_then(|()| {
-                    self.file = Some(std::fs::OpenOptions::new().write(true).open(dir.join(LEASE_FILE))?);
-                    Ok(())
-                })
+            Some(file) if bytes.len().max(self.length) <= IN_PLACE_BYTES => {
+                bytes.resize(bytes.len().max(self.length), b' ');
+                file.write_all_at(&bytes, 0)
             }
+            _ => replace(dir, LEASE_FILE, &bytes).and_then(|()| {
+                self.file = Some(std::fs::OpenOptions::new().write(true).open(dir.join(LEASE_FILE))?);
+                Ok(())
+            }),
         };
         match written {
             Ok(()) => {
