@@ -116,6 +116,8 @@ pub struct ConsensusNode {
     read_barrier: tokio::sync::Mutex<Option<(Instant, Result<u64>)>>,
     /// The cluster version of the applied state (the formats this node writes).
     version: SharedVersion,
+    /// The index of the last applied entry, as the state machine publishes it.
+    applied_index: tokio::sync::watch::Receiver<u64>,
     /// Batches concurrent writes into one entry (see proposer.rs).
     proposer: Proposer,
 }
@@ -160,6 +162,7 @@ impl ConsensusNode {
         let state_machine = StateMachineStore::open(&raft_dir).map_err(|err| ConsensusError::Fatal(err.to_string()))?;
         let view = state_machine.view();
         let version = state_machine.shared_version();
+        let applied_index = state_machine.applied_index();
         let timing = options.timing;
         let config = Config {
             cluster_name: "clusterd".into(),
@@ -200,6 +203,7 @@ impl ConsensusNode {
             recovery,
             read_barrier: tokio::sync::Mutex::new(None),
             version,
+            applied_index,
             proposer,
         });
         tokio::spawn(driver(Arc::downgrade(&node)));
@@ -877,9 +881,10 @@ impl ConsensusNode {
         applied(&self.raft.metrics().borrow())
     }
 
-    /// Index of the last entry applied to the local state machine.
+    /// Index of the last entry applied to the local state machine (the state read by
+    /// [`ConsensusNode::read_local`] holds it).
     pub fn applied_index(&self) -> u64 {
-        self.raft.metrics().borrow().last_applied.map_or(0, |id| id.index)
+        *self.applied_index.borrow()
     }
 
     /// Index of the last entry in the local log (appended, not necessarily committed).
@@ -888,8 +893,12 @@ impl ConsensusNode {
     }
 
     /// Waits (at most `limit`) until an entry after `index` is applied; returns the applied index.
+    ///
+    /// It wakes only when an entry is applied (openraft's own wait looks again at every change of
+    /// its metrics, which on a leader is every answer to a heartbeat).
     pub async fn wait_applied_after(&self, index: u64, limit: Duration) -> u64 {
-        let _ = self.raft.wait(Some(limit)).applied_index_at_least(Some(index + 1), "state change").await;
+        let mut applied = self.applied_index.clone();
+        let _ = tokio::time::timeout(limit, applied.wait_for(|applied| *applied > index)).await;
         self.applied_index()
     }
 
@@ -1264,8 +1273,13 @@ fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }
 
-/// Longest sleep of the driver: bounds how late a snapshot is triggered or a timeout noticed.
-const IDLE_PAUSE: Duration = Duration::from_millis(50);
+/// Longest sleep of the driver: bounds how late a snapshot is triggered (an election timeout is
+/// slept to exactly: the time since the leader's last contact only grows by the time slept, so
+/// no timeout can come due before the computed one). Every wakeup of an idle node costs CPU.
+const IDLE_PAUSE: Duration = Duration::from_millis(200);
+
+/// Sleep of the driver while elections are held off.
+const HELD_PAUSE: Duration = Duration::from_millis(50);
 
 /// Background work of every node: the election driver and the snapshot trigger.
 async fn driver(node: std::sync::Weak<ConsensusNode>) {
@@ -1291,7 +1305,13 @@ async fn driver(node: std::sync::Weak<ConsensusNode>) {
             }
         }
         let state = node.raft.metrics().borrow().state;
-        if state == ServerState::Leader || node.election.held() {
+        if state == ServerState::Leader {
+            deadline = None;
+            continue;
+        }
+        if node.election.held() {
+            // Held for a while (a transfer of leadership): looked at again soon after it ends.
+            pause = HELD_PAUSE;
             deadline = None;
             continue;
         }

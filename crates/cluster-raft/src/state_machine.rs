@@ -81,6 +81,9 @@ pub struct StateMachineStore {
     snapshot_counter: Arc<std::sync::atomic::AtomicU64>,
     /// The cluster version of the applied state, for the log and the network.
     version: SharedVersion,
+    /// The index of the last applied entry, published once the state holds it: waiters wake when
+    /// an entry is applied, not at every change of openraft's metrics (each heartbeat answer).
+    applied_index: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Opening the snapshot failed; the node must not start.
@@ -89,6 +92,11 @@ pub struct StateMachineStore {
 pub struct SnapshotOpenError {
     pub path: PathBuf,
     pub what: String,
+}
+
+/// The index of `log_id` (0 before the first entry).
+fn index_of(log_id: Option<LogId>) -> u64 {
+    log_id.map_or(0, |id| id.index)
 }
 
 /// Snapshot data of `state` in the format of its cluster version (v0.1.0's at version 1).
@@ -195,13 +203,27 @@ impl StateMachineStore {
             current = Some((file.meta, file.data));
         }
         let version = SharedVersion::new(applied.state.cluster_version);
+        let applied_index = Arc::new(tokio::sync::watch::Sender::new(index_of(applied.last_applied)));
         Ok(StateMachineStore {
             applied: Arc::new(RwLock::new(applied)),
             snapshot_path,
             current: Arc::new(RwLock::new(current)),
             snapshot_counter: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             version,
+            applied_index,
         })
+    }
+
+    /// The index of the last applied entry, updated after the state changed.
+    pub(crate) fn applied_index(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_index.subscribe()
+    }
+
+    /// Publishes the applied index (under the state's write lock, so a reader woken by it sees
+    /// that state or a newer one).
+    fn publish_applied(&self, last_applied: Option<LogId>) {
+        let index = index_of(last_applied);
+        self.applied_index.send_if_modified(|current| std::mem::replace(current, index) != index);
     }
 
     /// The shared applied state, for reads.
@@ -325,6 +347,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             outcomes.push(outcome);
         }
         self.version.set(applied.state.cluster_version);
+        self.publish_applied(applied.last_applied);
         Ok(outcomes)
     }
 
@@ -347,6 +370,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         applied.membership = meta.last_membership.clone();
         self.version.set(applied.state.cluster_version);
         applied.snapshot_bytes = snapshot_bytes;
+        self.publish_applied(applied.last_applied);
         Ok(())
     }
 
@@ -410,6 +434,39 @@ mod tests {
             "applied while the encoder held the lock"
         );
         assert_eq!(view.read().unwrap().state.get("k").map(String::as_str), Some("v"));
+    }
+
+    /// The applied index is published when an entry is applied (a waiter reading the state then
+    /// sees it), and after a snapshot is installed; nothing else marks it changed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_applied_index_changes_when_an_entry_is_applied_or_a_snapshot_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateMachineStore::open(dir.path()).unwrap();
+        let view = store.view();
+        let mut applied = store.applied_index();
+        assert_eq!(*applied.borrow_and_update(), 0);
+        let entry = |index: u64, key: &str| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(Command::KvSet { key: key.into(), value: "v".into() }),
+        };
+        store.apply([entry(1, "a"), entry(2, "b")]).await.unwrap();
+        assert!(applied.has_changed().unwrap());
+        assert_eq!(*applied.borrow_and_update(), 2);
+        assert_eq!(view.read().unwrap().state.get("b").map(String::as_str), Some("v"));
+        // Reads and snapshot builds change nothing.
+        let _ = store.applied_state().await.unwrap();
+        let built = store.build_snapshot().await.unwrap();
+        assert!(!applied.has_changed().unwrap());
+
+        let other = tempfile::tempdir().unwrap();
+        let mut fresh = StateMachineStore::open(other.path()).unwrap();
+        let mut fresh_applied = fresh.applied_index();
+        fresh.install_snapshot(&built.meta, built.snapshot).await.unwrap();
+        assert!(fresh_applied.has_changed().unwrap());
+        assert_eq!(*fresh_applied.borrow_and_update(), 2);
+        // A store opened on the snapshot starts at its index.
+        drop(fresh);
+        assert_eq!(*StateMachineStore::open(other.path()).unwrap().applied_index().borrow(), 2);
     }
 }
 

@@ -231,12 +231,13 @@ pub(crate) async fn watch_lease(engine: Arc<Engine>) {
             (false, _) => {}
         }
         // Timers run on the monotonic clock, which stops during a suspend while the lease clock
-        // does not: wake at least every heartbeat, so that a resumed node sees at once that its
-        // lease ran out.
+        // does not: `leases::heartbeat_loop` looks at every heartbeat and wakes this watch when
+        // the lease ran out before the instant it sleeps to (an idle node does not wake here at
+        // every heartbeat).
         let wait = if must_stop {
             LEASE_POLL
         } else {
-            holder.remaining(at).unwrap_or_default().saturating_sub(settings.stop_budget()).min(settings.heartbeat())
+            holder.remaining(at).unwrap_or_default().saturating_sub(settings.stop_budget())
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{now, wall_ms, Engine};
 
+/// How often [`announce_loop`] looks when nothing woke it.
+const ANNOUNCE_CHECK: Duration = Duration::from_secs(1);
+
 /// A node asks the leader to renew its lease.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct LeaseRequest {
@@ -139,6 +142,12 @@ pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
         }
         tend_watchdog(&engine, &settings);
         persist_lease(&engine, &settings);
+        // The lease watch sleeps until the stop budget's instant on the monotonic clock, which
+        // stops during a suspend while the lease's clock does not: a lease that ran out meanwhile
+        // is seen here, one heartbeat after the resume at most (`executor::watch_lease`).
+        if !*engine.must_stop.borrow() && must_stop_now(&engine, &settings) {
+            engine.lease_changed.notify_one();
+        }
     }
 }
 
@@ -163,14 +172,31 @@ pub(super) fn persist_lease(engine: &Engine, settings: &cluster_model::Settings)
 }
 
 /// Announces the node (`NodeHello`) once it holds a lease, and again (`NodeWatchdog`) whenever its
-/// watchdog becomes usable or unusable; checked every heartbeat, each proposal awaited here, away
-/// from renewals and pets.
+/// watchdog becomes usable or unusable; each proposal awaited here, away from renewals and pets.
+/// Checked when the lease comes or goes, the settings change or arming the watchdog fails or
+/// succeeds again, and every [`ANNOUNCE_CHECK`] (a failed proposal is retried then): an idle node
+/// wakes for it once a second, not at every heartbeat.
 pub(crate) async fn announce_loop(engine: Arc<Engine>) {
     // What the cluster was told of this node's watchdog; `None` before the first announcement.
     let mut announced: Option<Option<String>> = None;
+    let mut lease_updates = engine.must_stop.subscribe();
+    let mut settings_updates = engine.settings.subscribe();
     loop {
+        tokio::select! {
+            () = tokio::time::sleep(ANNOUNCE_CHECK) => {}
+            () = engine.announce_wake.notified() => {}
+            changed = lease_updates.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            changed = settings_updates.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
         let settings = engine.snapshot().state.settings.clone();
-        tokio::time::sleep(settings.heartbeat()).await;
         if engine.lease_remaining().is_some() && !engine.stopping() && !engine.lease_given_up() {
             announced = announce(&engine, &settings, announced).await;
         }
@@ -238,7 +264,10 @@ fn tend_watchdog(engine: &Engine, settings: &cluster_model::Settings) {
     let mut armed_for = engine.watchdog_armed_for.lock().expect("watchdog lock");
     let arm = |armed_for: &mut Option<Duration>| {
         let armed = watchdog.arm(budget);
-        *engine.watchdog_fault.lock().expect("watchdog fault lock") = armed.as_ref().err().map(ToString::to_string);
+        let fault = armed.as_ref().err().map(ToString::to_string);
+        if std::mem::replace(&mut *engine.watchdog_fault.lock().expect("watchdog fault lock"), fault.clone()) != fault {
+            engine.announce_wake.notify_one();
+        }
         *armed_for = armed.is_ok().then_some(budget);
         armed
     };

@@ -76,6 +76,8 @@ pub(crate) struct Engine {
     stopping: AtomicBool,
     /// Why the last attempt to arm the watchdog failed (cleared by a successful arm).
     watchdog_fault: Mutex<Option<String>>,
+    /// Wakes `leases::announce_loop`: the watchdog's fault changed.
+    announce_wake: Notify,
     /// The stop budget the watchdog was last armed with (its timeout), while armed.
     watchdog_armed_for: Mutex<Option<Duration>>,
     /// The watchdog refused a magic close (`nowayout`) and the log said so.
@@ -205,6 +207,7 @@ impl Engine {
             controller_wake: Notify::new(),
             stopping: AtomicBool::new(false),
             watchdog_fault: Mutex::new(None),
+            announce_wake: Notify::new(),
             watchdog_armed_for: Mutex::new(None),
             nowayout_noted: AtomicBool::new(false),
             witness,
