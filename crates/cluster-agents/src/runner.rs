@@ -292,8 +292,14 @@ impl PackageRunner {
         }
     }
 
-    fn see_epoch(&self, epoch: u64) -> u64 {
+    /// Records `epoch` as seen (an action with an older one is refused); the highest seen.
+    pub fn see_epoch(&self, epoch: u64) -> u64 {
         self.highest_epoch.fetch_max(epoch, Ordering::SeqCst).max(epoch)
+    }
+
+    /// The highest epoch of an action this runner was given (or told of by [`Self::see_epoch`]).
+    pub fn epoch_seen(&self) -> u64 {
+        self.highest_epoch.load(Ordering::SeqCst)
     }
 
     async fn stop_entry(&self, entry: &Entry, epoch: u64) -> Result<(), ResourceFailure> {

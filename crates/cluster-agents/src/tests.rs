@@ -720,6 +720,23 @@ async fn runner_refuses_a_stale_epoch_but_always_stops() {
     runner.stop(4).await.expect("stop is always allowed");
 }
 
+/// What a dropped runner saw is handed to the next one (clusterd drops the runner of a package
+/// that is not active on the node): the next one refuses the older epoch too.
+#[tokio::test(start_paused = true)]
+async fn a_runner_told_of_an_epoch_refuses_older_ones() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let first = PackageRunner::from_agents("web", vec![Box::new(scripted("a", &log))]);
+    assert_eq!(first.epoch_seen(), 0);
+    first.start(5).await.expect("start");
+    first.stop(5).await.expect("stop");
+    assert_eq!(first.epoch_seen(), 5);
+    let next = PackageRunner::from_agents("web", vec![Box::new(scripted("a", &log))]);
+    next.see_epoch(first.epoch_seen());
+    let error = next.start(4).await.expect_err("stale");
+    assert_eq!(error.to_string(), "refusing to start package web at epoch 4: epoch 5 was already seen");
+    next.start(6).await.expect("a newer epoch starts");
+}
+
 #[tokio::test(start_paused = true)]
 async fn runner_enforces_action_timeouts_from_the_package() {
     let host = FakeHost::new();

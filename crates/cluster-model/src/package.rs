@@ -18,6 +18,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use cluster_package::PackageDef;
 use serde::{Deserialize, Serialize};
@@ -131,7 +132,9 @@ pub struct ResourceStatus {
 /// Everything the cluster knows about one package.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageState {
-    pub def: PackageDef,
+    /// Shared with every copy of this state (a node's package workers, the leader's plan): the
+    /// definition is most of a package's size, and it changes only with `pkg apply`.
+    pub def: Arc<PackageDef>,
     pub desired: Desired,
     /// Maintenance: nothing is started, stopped or monitored.
     pub frozen: bool,
@@ -170,7 +173,7 @@ impl PackageState {
     pub fn new(def: PackageDef, at_ms: u64) -> PackageState {
         let desired = if def.auto_run { Desired::Running } else { Desired::Stopped };
         PackageState {
-            def,
+            def: Arc::new(def),
             desired,
             frozen: false,
             owner: None,
@@ -243,7 +246,7 @@ impl Redefinition<'_> {
     /// What `current` becomes when `new` is applied.
     pub fn of<'a>(current: Option<&'a PackageState>, new: &'a PackageDef) -> Redefinition<'a> {
         let Some(current) = current else { return Redefinition::New };
-        if current.def == *new {
+        if *current.def == *new {
             return Redefinition::Unchanged;
         }
         let Some(first) = current.def.first_redefined_resource(new) else { return Redefinition::PolicyOnly };

@@ -505,7 +505,7 @@ impl ClusterState {
         let mut defs: BTreeMap<String, PackageDef> = BTreeMap::new();
         for package in self.packages.values() {
             if package.def.instances == Instances::All && package.def.nodes.is_empty() {
-                defs.entry(package.def.name.clone()).or_insert_with(|| package.def.clone());
+                defs.entry(package.def.name.clone()).or_insert_with(|| (*package.def).clone());
             }
         }
         for (name, def) in defs {
@@ -646,7 +646,7 @@ impl ClusterState {
             return;
         }
         let restart = restarts && package.phase == Phase::Running;
-        package.def = def.clone();
+        package.def = std::sync::Arc::new(def.clone());
         let (epoch, owner) = (package.epoch, package.owner.clone());
         let (what, reason, phase_ms) = if restart {
             let phase_ms = at_ms.saturating_sub(package.since_ms);
@@ -1283,7 +1283,7 @@ mod tests {
         let placed = process_package("\"n2\", \"n1\"", &["/bin/a", "/bin/b"]);
         state.apply(&Command::PkgApply { def: Box::new(placed.clone()), at_ms: 30 });
         assert_eq!(state.packages["web"].phase, Phase::Running);
-        assert_eq!(state.packages["web"].def, placed);
+        assert_eq!(*state.packages["web"].def, placed);
         assert_eq!(state.events.back().unwrap().reason, "pkg apply: placement or policy only");
         // A resource changed: restart on the same owner at the same epoch, from that resource on.
         let epoch = state.packages["web"].epoch;

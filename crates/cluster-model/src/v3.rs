@@ -89,7 +89,7 @@ impl From<PackageStateV3> for PackageState {
     /// A single instance, not promotable: a replica without a score.
     fn from(package: PackageStateV3) -> PackageState {
         PackageState {
-            def: package.def.into(),
+            def: std::sync::Arc::new(package.def.into()),
             desired: package.desired,
             frozen: package.frozen,
             owner: package.owner,
@@ -144,7 +144,7 @@ impl From<&PackageState> for PackageStateV3 {
     /// The state without relations, role, score, retirement or instance (lossy).
     fn from(package: &PackageState) -> PackageStateV3 {
         PackageStateV3 {
-            def: (&package.def).into(),
+            def: package.def.as_ref().into(),
             desired: package.desired,
             frozen: package.frozen,
             owner: package.owner.clone(),

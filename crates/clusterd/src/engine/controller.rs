@@ -11,12 +11,13 @@
 //!   LeaseTable::next_change (a lease runs out) ─┘      └─ had actions: plan again RETRY later
 //! ```
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_host::{FenceAction, FenceDevice};
 use cluster_model::controller::{plan, Action, Liveness, View};
-use cluster_model::{Command, CommandOutcome};
+use cluster_model::{ClusterState, Command, CommandOutcome, Settings};
 use futures::StreamExt;
 
 use super::{now, wall_ms, Engine};
@@ -31,21 +32,32 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 const FENCE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The view the controller plans with: every member's lease as this leader knows it.
+/// Read from the applied state, not from [`Engine::snapshot`]: a node that does not lead keeps no
+/// copy of the state for a `status` asked of it.
 pub(super) fn current_view(engine: &Engine) -> View {
+    let (settings, owners) = engine.node.read_local(|state| (state.settings.clone(), owners(state)));
     let mut table = engine.table.lock().expect("lease table lock");
-    view_of(engine, &mut table)
+    view_of(engine, &mut table, &settings, &owners)
 }
 
-fn view_of(engine: &Engine, table: &mut cluster_model::LeaseTable) -> View {
+/// Every node that owns a package.
+fn owners(state: &ClusterState) -> BTreeSet<String> {
+    state.packages.values().filter_map(|package| package.owner.clone()).collect()
+}
+
+fn view_of(
+    engine: &Engine,
+    table: &mut cluster_model::LeaseTable,
+    settings: &Settings,
+    owners: &BTreeSet<String>,
+) -> View {
     // A node that answers this leader's Raft appends is alive: it gets the new leader's grace to
     // renew its lease; any other node is judged on the bound on older leases alone (liveness only,
     // docs/safety.md).
     for node in engine.node.acknowledged_this_term() {
         table.acknowledged(&node);
     }
-    let snapshot = engine.snapshot();
     let at = now();
-    let settings = &snapshot.state.settings;
     let nodes: std::collections::BTreeMap<String, Liveness> = engine
         .node
         .members()
@@ -59,11 +71,8 @@ fn view_of(engine: &Engine, table: &mut cluster_model::LeaseTable) -> View {
         .collect();
     // Owners that are no longer members (`node remove` refuses an undrained node, so only an older
     // cluster or a race leaves them): judged by their lease, which they can no longer renew.
-    let departed = snapshot
-        .state
-        .packages
-        .values()
-        .filter_map(|package| package.owner.as_ref())
+    let departed = owners
+        .iter()
         .filter(|owner| !nodes.contains_key(*owner))
         .map(|owner| (owner.clone(), table.liveness(owner, at, settings)))
         .collect();
@@ -88,6 +97,8 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
         let Some(term) = engine.node.leadership() else {
             led_term = None;
             last_planned = None;
+            // Only a leader plans on a copy of the state; one that lost the lead frees its copy.
+            engine.forget_snapshot();
             tokio::select! {
                 () = leadership.changed() => {}
                 () = tokio::time::sleep(IDLE) => {}
@@ -135,7 +146,7 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
         let viewed_at = std::time::Instant::now();
         let (view, plan_number) = {
             let mut table = engine.table.lock().expect("lease table lock");
-            let view = view_of(&engine, &mut table);
+            let view = view_of(&engine, &mut table, &snapshot.state.settings, &owners(&snapshot.state));
             let unchanged =
                 last_planned.as_ref().is_some_and(|(applied, last)| *applied == snapshot.applied && *last == view);
             let plan_number = (!unchanged).then(|| table.begin_plan(&view));

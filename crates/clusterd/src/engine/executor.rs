@@ -274,7 +274,12 @@ struct Worker {
     /// A wait of this round ended early (the package changed, or the lease reached its stop
     /// budget): the round is cut short and another one runs at once, on the new state.
     interrupted: bool,
+    /// The agents of the package, while it may be active here (and for the probe): every node
+    /// has a worker for every package of the cluster, and a runner is the largest part of one.
     runner: Option<(PackageDef, Arc<PackageRunner>)>,
+    /// The highest epoch a runner of this worker saw, handed to the next runner: an older epoch
+    /// is refused even after the runner was dropped.
+    epoch_seen: u64,
     /// Resources may be active here, started (or adopted) at this epoch.
     active: Option<u64>,
     probed: bool,
@@ -305,6 +310,7 @@ impl Worker {
             applied_updates,
             interrupted: false,
             runner: None,
+            epoch_seen: 0,
             active: None,
             probed: false,
             next_monitor: BTreeMap::new(),
@@ -336,6 +342,9 @@ impl Worker {
                     Wait::default()
                 }
             };
+            if self.probed && self.active.is_none() {
+                self.drop_runner();
+            }
             if wait.again || self.interrupted {
                 continue;
             }
@@ -377,8 +386,17 @@ impl Worker {
     }
 
     fn replace_runner(&mut self, def: &PackageDef) {
+        self.drop_runner();
         let runner = PackageRunner::for_instance(def, &self.name, &self.engine.host, &self.engine.agents);
+        runner.see_epoch(self.epoch_seen);
         self.runner = Some((def.clone(), Arc::new(runner)));
+    }
+
+    /// Drops the runner (nothing is active here), keeping the highest epoch it saw.
+    fn drop_runner(&mut self) {
+        if let Some((_, runner)) = self.runner.take() {
+            self.epoch_seen = self.epoch_seen.max(runner.epoch_seen());
+        }
     }
 
     fn retry_soon(&mut self) {
@@ -705,8 +723,10 @@ impl Worker {
         if promotable.promote.is_empty() || package.owner.as_deref() != Some(self.engine.me.as_str()) {
             return;
         }
-        let Some((_, runner)) = &self.runner else { return };
-        let score = if self.active.is_some() { runner.promotion_score() } else { None };
+        let score = match (&self.runner, self.active) {
+            (Some((_, runner)), Some(_)) => runner.promotion_score(),
+            _ => None,
+        };
         if score != package.score && matches!(package.phase, Phase::Starting | Phase::Running) {
             self.report(package, Report::Score { score }).await;
         }

@@ -95,7 +95,7 @@ pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
     // The first round at once: a daemon restarted with its predecessor's lease has little of it left.
     let mut first = true;
     loop {
-        let settings = engine.snapshot().state.settings.clone();
+        let settings = engine.applied_settings();
         if !std::mem::take(&mut first) {
             tokio::time::sleep(cluster_model::until_next_renewal(settings.heartbeat(), wall_us())).await;
         }
@@ -196,7 +196,7 @@ pub(crate) async fn announce_loop(engine: Arc<Engine>) {
                 }
             }
         }
-        let settings = engine.snapshot().state.settings.clone();
+        let settings = engine.applied_settings();
         if engine.lease_remaining().is_some() && !engine.stopping() && !engine.lease_given_up() {
             announced = announce(&engine, &settings, announced).await;
         }
@@ -238,7 +238,7 @@ async fn announce(
 impl Engine {
     /// Arms the watchdog right away (before a start), instead of at the next heartbeat.
     pub(crate) fn tend_watchdog_now(&self) {
-        let settings = self.snapshot().state.settings.clone();
+        let settings = self.applied_settings();
         tend_watchdog(self, &settings);
     }
 }

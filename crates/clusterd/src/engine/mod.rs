@@ -250,6 +250,16 @@ impl Engine {
         snapshot
     }
 
+    /// Drops the copy [`Engine::snapshot`] keeps (a copy of every package of the cluster).
+    fn forget_snapshot(&self) {
+        self.snapshot.lock().expect("snapshot lock").take();
+    }
+
+    /// The settings of the applied state, read from it now (no copy of the packages).
+    pub(crate) fn applied_settings(&self) -> Settings {
+        self.node.read_local(|state| state.settings.clone())
+    }
+
     /// Settings of the applied state.
     fn settings(&self) -> Arc<Settings> {
         self.settings.borrow().clone()
