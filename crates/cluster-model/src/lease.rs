@@ -530,6 +530,22 @@ pub fn until_next_renewal(heartbeat: Duration, wall_us: u128) -> Duration {
     Duration::from_micros(u64::try_from(wait).unwrap_or(u64::MAX))
 }
 
+/// Whether a holder whose lease has `left` before its stop budget asks the voters to keep it
+/// (clusterd's keep renewals, issue 14 item 1): once two heartbeats passed without a fresh grant,
+/// and in any case when less than one and a half heartbeats are left.
+///
+/// A round must reach a majority of voters before the stop budget. Right after a leader's loss
+/// no connection to the voters that did not lead may be open, and every node asks at once: a
+/// 50-node lab with a 3 s lease that waited for the last one and a half heartbeats (150 ms) got no
+/// majority in time on any node, and every package of the cluster stopped. Asking after two
+/// missed grants gives a round the rest of the lease instead; a grant that is merely late costs a
+/// round of small messages to the voters.
+pub fn keep_due(left: Duration, settings: &Settings) -> bool {
+    let heartbeat = settings.heartbeat();
+    let after_a_grant = settings.lease_for_holder().saturating_sub(settings.stop_budget());
+    left < after_a_grant.saturating_sub(heartbeat * 2).max(heartbeat * 3 / 2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -955,5 +971,24 @@ mod tests {
             let wait = until_next_renewal(beat, wall);
             assert!(wait >= beat / 4 && wait <= beat * 5 / 4, "{wall}: {wait:?}");
         }
+    }
+
+    #[test]
+    fn keeps_are_asked_for_once_two_grants_were_missed() {
+        // Defaults: lease 1 s, stop budget 500 ms, heartbeat 100 ms: 500 ms left after a grant.
+        let settings = Settings::default();
+        let after_a_grant = settings.lease_for_holder() - settings.stop_budget();
+        assert!(!keep_due(after_a_grant, &settings));
+        assert!(!keep_due(after_a_grant - ms(150), &settings), "one grant late");
+        assert!(keep_due(after_a_grant - ms(201), &settings), "two grants missed");
+        assert!(keep_due(ms(10), &settings));
+        // A 3 s lease (stop budget 1.5 s, 1 % drift): asked 1.27 s before the stop budget, not 150 ms.
+        let long = Settings { lease_ms: 3_000, ..Settings::default() };
+        assert!(keep_due(ms(1_260), &long));
+        assert!(!keep_due(ms(1_400), &long));
+        // A lease barely longer than its budget and two heartbeats: still 1.5 heartbeats ahead.
+        let tight = Settings { lease_ms: 700, stop_budget_ms: Some(400), ..Settings::default() };
+        assert!(keep_due(ms(149), &tight));
+        assert!(!keep_due(ms(151), &tight));
     }
 }

@@ -27,7 +27,7 @@ impl Sim {
             self.tend_watchdog(n);
             return;
         }
-        self.keep_if_no_grant(n, now, heartbeat);
+        self.keep_if_no_grant(n, now);
         if let Some(leader) = self.nodes[n].leader_hint {
             let incarnation = self.nodes[n].incarnation;
             self.send(n, leader, Msg::Renewal { incarnation, sent_at: now });
@@ -50,16 +50,17 @@ impl Sim {
         self.tend_watchdog(n);
     }
 
-    /// clusterd's keep renewals: while its lease is valid but would reach its stop budget before
-    /// the next heartbeat could act on a grant (less than 1.5 heartbeats left: no leader granted
-    /// lately), a node asks every voter to keep its lease; a majority of acknowledgements extends a
-    /// keep-only lease from the send time (issue 14, item 1).
-    fn keep_if_no_grant(&mut self, n: usize, now: Duration, heartbeat: Duration) {
+    /// clusterd's keep renewals: while its lease is valid but no leader granted lately (two
+    /// heartbeats missed, `cluster_model::keep_due`), a node asks every voter to keep its lease; a
+    /// majority of acknowledgements extends a keep-only lease from the send time (issue 14, item
+    /// 1). A new round replaces the one before (whose late answers are ignored), which is stricter
+    /// than clusterd, where a round waits for its answers until the stop budget.
+    fn keep_if_no_grant(&mut self, n: usize, now: Duration) {
         let node = &self.nodes[n];
         let settings = &node.state.settings;
         let valid = node.holder.status(now, settings) == cluster_model::LeaseStatus::Valid;
         let left = node.holder.end().map_or(Duration::ZERO, |end| end.saturating_sub(now + settings.stop_budget()));
-        if !valid || left >= heartbeat * 3 / 2 || self.config.no_keep_renewals {
+        if !valid || !cluster_model::keep_due(left, settings) || self.config.no_keep_renewals {
             return;
         }
         let incarnation = node.incarnation;

@@ -115,22 +115,28 @@ impl Engine {
         Ok(answer)
     }
 
-    /// Holder side: while the lease is valid but would reach its stop budget before the next
-    /// heartbeat could act on a grant (less than 1.5 heartbeats left: no grant came lately), ask every
-    /// voter to keep it; a majority keeps it (keep-only) from `sent`.
+    /// Holder side: while the lease is valid but no grant came lately (two heartbeats missed,
+    /// [`cluster_model::keep_due`]), ask every voter to keep it; a majority keeps it (keep-only)
+    /// from `sent`. One round at a time: a round waits for its answers until the stop budget.
     pub(super) fn keep_if_no_grant(self: &Arc<Self>, sent: Duration, settings: &Settings) {
         let holder = *self.holder.lock().expect("lease lock");
         let valid = holder.status(sent, settings) == LeaseStatus::Valid;
         let left = holder.end().map_or(Duration::ZERO, |end| end.saturating_sub(sent + settings.stop_budget()));
-        if !valid || left >= settings.heartbeat() * 3 / 2 || self.lease_given_up() {
+        if !valid || !cluster_model::keep_due(left, settings) || self.lease_given_up() {
+            return;
+        }
+        if self.keep_in_flight.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         let engine = self.clone();
         let settings = settings.clone();
         // The keep is useful until the lease reaches its stop budget: wait that long (a fresh TLS
-        // connection to a restarted voter, on a loaded host, takes longer than one heartbeat).
+        // connection to a voter, on a loaded host, takes longer than one heartbeat).
         let timeout = left.max(settings.heartbeat());
-        tokio::spawn(async move { engine.keep_round(sent, &settings, timeout).await });
+        tokio::spawn(async move {
+            engine.keep_round(sent, &settings, timeout).await;
+            engine.keep_in_flight.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
     }
 
     async fn keep_round(&self, sent: Duration, settings: &Settings, timeout: Duration) {
