@@ -9,8 +9,8 @@
 //! `SIM_DB_FAILBACK_AUTO=1`, `SIM_NO_LIVENESS=1`, `SIM_WAITS_IGNORE_LEASE=1`,
 //! `SIM_FENCE_WITHOUT_CONFIRMING=1`, `SIM_REMOVE_UNDRAINED=1`, `SIM_ABANDONED_STARTS_LAND=1`,
 //! `SIM_FROZEN_IGNORES_LEASE=1`, `SIM_GRANT_APPLIED_INDEX=1`, `SIM_NOWAYOUT_LEFT_UNPETTED=1`,
-//! `SIM_NO_KEEP_RENEWALS=1`, `SIM_NO_LEASE_RESTORE=1`, `SIM_TIMINGS=50/300`, `SIM_PROMOTE_WHEN_PRIMARY_UNREACHABLE=1`,
-//! `SIM_NO_LOCAL_DEPENDENCY_GUARD=1`, `SIM_PLAN_BEFORE_CATCH_UP=1` (also with `SIM_SEED`); `SIM_PACKAGES=relations` runs the packages with relations) runs N seeds of a
+//! `SIM_NO_KEEP_RENEWALS=1`, `SIM_LATE_KEEPS=1`, `SIM_NO_LEASE_RESTORE=1`, `SIM_TIMINGS=50/300`, `SIM_PROMOTE_WHEN_PRIMARY_UNREACHABLE=1`,
+//! `SIM_NO_LOCAL_DEPENDENCY_GUARD=1`, `SIM_PLAN_BEFORE_CATCH_UP=1`, `SIM_LATE_KEEPS=1` (both also with `SIM_SEED`); `SIM_PACKAGES=relations` runs the packages with relations) runs N seeds of a
 //! variant and counts violations.
 
 use cluster_sim::{run, Scenario, SimConfig};
@@ -70,6 +70,7 @@ fn main() {
             config.grant_applied_index = on("SIM_GRANT_APPLIED_INDEX");
             config.nowayout_left_unpetted = on("SIM_NOWAYOUT_LEFT_UNPETTED");
             config.no_keep_renewals = on("SIM_NO_KEEP_RENEWALS");
+            config.late_keeps = on("SIM_LATE_KEEPS");
             config.no_lease_restore = on("SIM_NO_LEASE_RESTORE");
             config.timings = timings();
             config.promote_when_primary_unreachable = on("SIM_PROMOTE_WHEN_PRIMARY_UNREACHABLE");
@@ -97,6 +98,7 @@ fn main() {
         trace_tail,
         timings: timings(),
         plan_before_catch_up,
+        late_keeps: std::env::var("SIM_LATE_KEEPS").is_ok_and(|v| v == "1"),
         ..config(seed, nodes)
     });
     match run(&config) {

@@ -183,6 +183,11 @@ pub struct SimConfig {
     /// leader's death stops the packages of live nodes whose lease runs out before a new leader
     /// renews it (`without_keep_renewals_a_leader_loss_stops_bystanders`).
     pub no_keep_renewals: bool,
+    /// Lease variant: keeps asked for only in the last one and a half heartbeats before the stop
+    /// budget, as at first, instead of after two missed grants (`cluster_model::keep_due`). When
+    /// keeps are asked for is liveness only; the control of a new leader's catch-up finds its
+    /// violation with this timing (`a_new_leader_that_plans_before_applying_its_log_breaks_s1`).
+    pub late_keeps: bool,
     /// Daemon variant: a restarted daemon starts without its predecessor's lease, as before issue 14
     /// (item 2): its watchdog, still counting, resets the node unless a grant comes first.
     pub no_lease_restore: bool,
@@ -231,6 +236,7 @@ impl SimConfig {
             remove_undrained: false,
             abandoned_starts_land: false,
             no_keep_renewals: false,
+            late_keeps: false,
             no_lease_restore: false,
             timings: None,
             frozen_ignores_lease: false,

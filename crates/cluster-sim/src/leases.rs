@@ -60,7 +60,12 @@ impl Sim {
         let settings = &node.state.settings;
         let valid = node.holder.status(now, settings) == cluster_model::LeaseStatus::Valid;
         let left = node.holder.end().map_or(Duration::ZERO, |end| end.saturating_sub(now + settings.stop_budget()));
-        if !valid || !cluster_model::keep_due(left, settings) || self.config.no_keep_renewals {
+        let due = if self.config.late_keeps {
+            left < settings.heartbeat() * 3 / 2
+        } else {
+            cluster_model::keep_due(left, settings)
+        };
+        if !valid || !due || self.config.no_keep_renewals {
             return;
         }
         let incarnation = node.incarnation;
