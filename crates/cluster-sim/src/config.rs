@@ -184,7 +184,7 @@ pub struct SimConfig {
     /// renews it (`without_keep_renewals_a_leader_loss_stops_bystanders`).
     pub no_keep_renewals: bool,
     /// Lease variant: keeps asked for only in the last one and a half heartbeats before the stop
-    /// budget, as at first, instead of after two missed grants (`cluster_model::keep_due`). When
+    /// budget, as at first, instead of at half time (`cluster_model::keep_due`). When
     /// keeps are asked for is liveness only; the control of a new leader's catch-up finds its
     /// violation with this timing (`a_new_leader_that_plans_before_applying_its_log_breaks_s1`).
     pub late_keeps: bool,

@@ -50,8 +50,8 @@ impl Sim {
         self.tend_watchdog(n);
     }
 
-    /// clusterd's keep renewals: while its lease is valid but no leader granted lately (two
-    /// heartbeats missed, `cluster_model::keep_due`), a node asks every voter to keep its lease; a
+    /// clusterd's keep renewals: while its lease is valid but no leader granted lately (half of
+    /// what a grant leaves passed, `cluster_model::keep_due`), a node asks every voter to keep its lease; a
     /// majority of acknowledgements extends a keep-only lease from the send time (issue 14, item
     /// 1). A new round replaces the one before (whose late answers are ignored), which is stricter
     /// than clusterd, where a round waits for its answers until the stop budget.

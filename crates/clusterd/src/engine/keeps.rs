@@ -115,8 +115,8 @@ impl Engine {
         Ok(answer)
     }
 
-    /// Holder side: while the lease is valid but no grant came lately (two heartbeats missed,
-    /// [`cluster_model::keep_due`]), ask every voter to keep it; a majority keeps it (keep-only)
+    /// Holder side: while the lease is valid but no grant came lately (half of what a grant leaves
+    /// passed, [`cluster_model::keep_due`]), ask every voter to keep it; a majority keeps it (keep-only)
     /// from `sent`. One round at a time: a round waits for its answers until the stop budget.
     pub(super) fn keep_if_no_grant(self: &Arc<Self>, sent: Duration, settings: &Settings) {
         let holder = *self.holder.lock().expect("lease lock");
