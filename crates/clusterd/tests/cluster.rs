@@ -63,6 +63,26 @@ async fn killing_the_leader_keeps_every_acknowledged_write_and_a_full_restart_ke
     }
 }
 
+/// A leader killed and the election after it (see [`kill_the_leader`]).
+struct Election {
+    /// Index of the killed leader.
+    index: usize,
+    old: String,
+    new: String,
+    /// From the kill to a new leader being seen.
+    took: Duration,
+}
+
+/// Kills the current leader and waits (at most `limit`) for the next one.
+async fn kill_the_leader(cluster: &mut TestCluster, limit: Duration) -> Election {
+    let old = cluster.wait_leader(Duration::from_secs(5)).await;
+    let index = cluster.index_of(&old);
+    cluster.kill(index);
+    let started = Instant::now();
+    let new = cluster.wait_leader(limit).await;
+    Election { index, old, new, took: started.elapsed() }
+}
+
 /// Starts node `index` again and waits (at most `limit`) until it knows the leader.
 async fn restart_until_it_follows(cluster: &mut TestCluster, index: usize, limit: Duration) {
     cluster.start(index);
@@ -85,13 +105,8 @@ async fn the_node_files_raft_timings_set_the_election_timeout() {
     }
     cluster.form().await;
     for trial in 0..2 {
-        let leader = cluster.wait_leader(Duration::from_secs(5)).await;
-        let index = cluster.index_of(&leader);
-        cluster.kill(index);
-        let started = Instant::now();
-        let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
-        let took = started.elapsed();
-        assert_ne!(new_leader, leader, "trial {trial}");
+        let Election { index, old, new, took } = kill_the_leader(&mut cluster, Duration::from_secs(10)).await;
+        assert_ne!(new, old, "trial {trial}");
         assert!(took >= Duration::from_millis(500), "trial {trial}: a new leader after {took:?}, before the timeout");
         restart_until_it_follows(&mut cluster, index, Duration::from_secs(10)).await;
     }
@@ -105,17 +120,13 @@ async fn two_survivors_elect_a_leader_every_time() {
     cluster.form().await;
     let mut elections = Vec::new();
     for trial in 0..8 {
-        let leader = cluster.wait_leader(Duration::from_secs(5)).await;
-        let index = cluster.index_of(&leader);
-        cluster.kill(index);
-        let started = Instant::now();
-        let new_leader = cluster.wait_leader(Duration::from_secs(5)).await;
-        elections.push(started.elapsed());
+        let Election { index, old, new, took } = kill_the_leader(&mut cluster, Duration::from_secs(5)).await;
+        elections.push(took);
         // Regression: when openraft's follower lease outlived our election timeout, every vote
         // was refused and the survivors re-campaigned for up to 12 s (term 1 → 20).
-        assert!(started.elapsed() < Duration::from_secs(3), "trial {trial}: election storm, {:?}", started.elapsed());
-        assert_ne!(new_leader, leader, "trial {trial}");
-        kv_set(&cluster.nodes[cluster.index_of(&new_leader)].socket, "trial", &trial.to_string()).await;
+        assert!(took < Duration::from_secs(3), "trial {trial}: election storm, {took:?}");
+        assert_ne!(new, old, "trial {trial}");
+        kv_set(&cluster.nodes[cluster.index_of(&new)].socket, "trial", &trial.to_string()).await;
         // Let the restarted node catch up before the next kill.
         restart_until_it_follows(&mut cluster, index, Duration::from_secs(5)).await;
     }

@@ -35,21 +35,23 @@ const FENCE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Read from the applied state, not from [`Engine::snapshot`]: a node that does not lead keeps no
 /// copy of the state for a `status` asked of it.
 pub(super) fn current_view(engine: &Engine) -> View {
-    let (settings, owners) = engine.node.read_local(|state| (state.settings.clone(), owners(state)));
+    let (settings, owners) = engine
+        .node
+        .read_local(|state| (state.settings.clone(), owners(state).map(str::to_owned).collect::<BTreeSet<_>>()));
     let mut table = engine.table.lock().expect("lease table lock");
-    view_of(engine, &mut table, &settings, &owners)
+    view_of(engine, &mut table, &settings, owners.iter().map(String::as_str))
 }
 
-/// Every node that owns a package.
-fn owners(state: &ClusterState) -> BTreeSet<String> {
-    state.packages.values().filter_map(|package| package.owner.clone()).collect()
+/// The owner of every owned package (a node once per package it owns).
+fn owners(state: &ClusterState) -> impl Iterator<Item = &str> {
+    state.packages.values().filter_map(|package| package.owner.as_deref())
 }
 
-fn view_of(
+fn view_of<'a>(
     engine: &Engine,
     table: &mut cluster_model::LeaseTable,
     settings: &Settings,
-    owners: &BTreeSet<String>,
+    owners: impl Iterator<Item = &'a str>,
 ) -> View {
     // A node that answers this leader's Raft appends is alive: it gets the new leader's grace to
     // renew its lease; any other node is judged on the bound on older leases alone (liveness only,
@@ -72,9 +74,8 @@ fn view_of(
     // Owners that are no longer members (`node remove` refuses an undrained node, so only an older
     // cluster or a race leaves them): judged by their lease, which they can no longer renew.
     let departed = owners
-        .iter()
         .filter(|owner| !nodes.contains_key(*owner))
-        .map(|owner| (owner.clone(), table.liveness(owner, at, settings)))
+        .map(|owner| (owner.to_owned(), table.liveness(owner, at, settings)))
         .collect();
     View { nodes, departed, fencing: engine.fencing.lock().expect("fencing lock").clone() }
 }
@@ -146,7 +147,7 @@ pub(crate) async fn controller_loop(engine: Arc<Engine>) {
         let viewed_at = std::time::Instant::now();
         let (view, plan_number) = {
             let mut table = engine.table.lock().expect("lease table lock");
-            let view = view_of(&engine, &mut table, &snapshot.state.settings, &owners(&snapshot.state));
+            let view = view_of(&engine, &mut table, &snapshot.state.settings, owners(&snapshot.state));
             let unchanged =
                 last_planned.as_ref().is_some_and(|(applied, last)| *applied == snapshot.applied && *last == view);
             let plan_number = (!unchanged).then(|| table.begin_plan(&view));
