@@ -151,6 +151,7 @@ mod tests {
     use super::*;
     use crate::controller::{plan, Action, Liveness, View};
     use crate::{Command, Phase, Report};
+    use std::sync::Arc;
 
     fn hook(events: &[&str]) -> AlertHook {
         AlertHook { events: events.iter().map(|e| e.to_string()).collect(), timeout_ms: 30_000, recipient: None }
@@ -170,7 +171,7 @@ mod tests {
         for node in ["n1", "n2"] {
             state.apply(&Command::NodeHello { name: node.into(), watchdog: None, at_ms: 1 });
         }
-        state.apply(&Command::PkgApply { def: Box::new(package("web")), at_ms: 2 });
+        state.apply(&Command::PkgApply { def: Arc::new(package("web")), at_ms: 2 });
         let assign = Command::Assign {
             package: "web".into(),
             expected_epoch: 0,

@@ -1,6 +1,7 @@
 //! Commands carried by the Raft log, and what applying one produced.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use cluster_package::PackageDef;
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,7 @@ pub enum Command {
     SetFence { node: String, fence: Option<FenceConfig> },
 
     /// Load or replace a package definition.
-    PkgApply { def: Box<PackageDef>, at_ms: u64 },
+    PkgApply { def: Arc<PackageDef>, at_ms: u64 },
     /// Forget a stopped package.
     PkgRemove { name: String, at_ms: u64 },
     /// Desired running, optionally on a given node (a one-shot intent).

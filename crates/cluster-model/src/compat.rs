@@ -12,6 +12,8 @@
 //! tests (`compat/v0.1.0/fixtures.json`, written by v0.1.0's own code) pin their bytes, so a change
 //! of such a type fails those tests: copy v0.1.0's shape here before changing it.
 
+use std::sync::Arc;
+
 use crate::version::{ClusterVersion, NeedsVersion};
 use crate::{ClusterState, Command};
 
@@ -104,7 +106,7 @@ impl From<v0_1::Command> for Command {
             Old::KvDel { key } => Command::KvDel { key },
             Old::SetSetting { name, value } => Command::SetSetting { name, value },
             Old::SetFence { node, fence } => Command::SetFence { node, fence },
-            Old::PkgApply { def, at_ms } => Command::PkgApply { def: Box::new((*def).into()), at_ms },
+            Old::PkgApply { def, at_ms } => Command::PkgApply { def: Arc::new((*def).into()), at_ms },
             Old::PkgRemove { name, at_ms } => Command::PkgRemove { name, at_ms },
             Old::PkgRun { name, node, at_ms } => Command::PkgRun { name, node, at_ms },
             Old::PkgStop { name, at_ms } => Command::PkgStop { name, at_ms },
@@ -356,7 +358,7 @@ mod tests {
             ("instances = 2", "instances"),
             ("needs = { slots = 1 }", "needs"),
         ] {
-            let command = Command::PkgApply { def: Box::new(def(extra)), at_ms: 1 };
+            let command = Command::PkgApply { def: Arc::new(def(extra)), at_ms: 1 };
             assert_eq!(command.required_version(), ClusterVersion::V0_2, "{field}");
             let err = command_to_v0_1(&command).unwrap_err().to_string();
             assert_eq!(err, format!("package `app` uses `{field}`, which needs cluster version 0.2.0"));
@@ -370,7 +372,7 @@ mod tests {
             );
             assert!(state.packages.is_empty());
         }
-        let plain = Command::PkgApply { def: Box::new(def("")), at_ms: 1 };
+        let plain = Command::PkgApply { def: Arc::new(def("")), at_ms: 1 };
         assert_eq!(plain.required_version(), ClusterVersion::V0_1);
         let old = command_to_v0_1(&plain).unwrap();
         assert_eq!(
@@ -410,7 +412,7 @@ mod tests {
     fn a_v0_1_state_round_trips_and_what_it_cannot_hold_is_named() {
         let mut state = ClusterState::genesis();
         state.apply(&Command::NodeHello { name: "n1".into(), watchdog: None, at_ms: 0 });
-        state.apply(&Command::PkgApply { def: Box::new(def("")), at_ms: 1 });
+        state.apply(&Command::PkgApply { def: Arc::new(def("")), at_ms: 1 });
         let old = state_to_v0_1(&state).unwrap();
         assert_eq!(ClusterState::from(old), state);
         let mut with_capacity = state.clone();

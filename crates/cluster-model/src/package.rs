@@ -170,10 +170,11 @@ pub struct PackageState {
 }
 
 impl PackageState {
-    pub fn new(def: PackageDef, at_ms: u64) -> PackageState {
+    pub fn new(def: impl Into<Arc<PackageDef>>, at_ms: u64) -> PackageState {
+        let def = def.into();
         let desired = if def.auto_run { Desired::Running } else { Desired::Stopped };
         PackageState {
-            def: Arc::new(def),
+            def,
             desired,
             frozen: false,
             owner: None,

@@ -277,6 +277,7 @@ mod tests {
     use super::*;
     use crate::package::Phase;
     use crate::{Command, Report};
+    use std::sync::Arc;
 
     fn def(name: &str, extra: &str) -> PackageDef {
         let text = format!(
@@ -308,7 +309,7 @@ mod tests {
         assert_eq!(package_of("db"), "db");
         let mut state = ClusterState::default();
         for text in [def("db", "instances = 2"), def("db2", ""), def("d", "")] {
-            state.apply(&Command::PkgApply { def: Box::new(text), at_ms: 0 });
+            state.apply(&Command::PkgApply { def: Arc::new(text), at_ms: 0 });
         }
         assert_eq!(state.keys_named("db"), ["db:0", "db:1"]);
         assert_eq!(state.keys_named("db:1"), ["db:1"]);
@@ -325,7 +326,7 @@ mod tests {
             def("app", "depends = [{ package = \"db\", where = \"same-node\" }]"),
             def("batch", "depends = [{ package = \"db\", where = \"different-node\" }]\nneeds = { memory = \"4G\" }"),
         ] {
-            state.apply(&Command::PkgApply { def: Box::new(text), at_ms: 0 });
+            state.apply(&Command::PkgApply { def: Arc::new(text), at_ms: 0 });
         }
         running(&mut state, "db:0", "n1");
         let refusal_in = |state: &ClusterState, key: &str, node: &str| {
@@ -363,7 +364,7 @@ mod tests {
             def("web", "depends = [{ package = \"app\", where = \"any-node\" }]"),
             def("lone", "restart = { max = 0 }"),
         ] {
-            state.apply(&Command::PkgApply { def: Box::new(text), at_ms: 0 });
+            state.apply(&Command::PkgApply { def: Arc::new(text), at_ms: 0 });
         }
         running(&mut state, "app", "n1");
         running(&mut state, "web", "n2");

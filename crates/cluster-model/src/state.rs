@@ -1,6 +1,7 @@
 //! The replicated state machine: what every node holds after applying the committed log.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -502,10 +503,10 @@ impl ClusterState {
     /// A node announced itself: packages with an instance on every node (`instances = "all"`, no
     /// `nodes` list) get one there.
     fn add_node_instances(&mut self, node: &str, at_ms: u64) {
-        let mut defs: BTreeMap<String, PackageDef> = BTreeMap::new();
+        let mut defs: BTreeMap<String, Arc<PackageDef>> = BTreeMap::new();
         for package in self.packages.values() {
             if package.def.instances == Instances::All && package.def.nodes.is_empty() {
-                defs.entry(package.def.name.clone()).or_insert_with(|| (*package.def).clone());
+                defs.entry(package.def.name.clone()).or_insert_with(|| Arc::clone(&package.def));
             }
         }
         for (name, def) in defs {
@@ -518,8 +519,9 @@ impl ClusterState {
 
     /// A new instance of a package: it takes the operator's choices (desired state, freeze) of its
     /// siblings, if any.
-    fn add_instance(&mut self, key: &str, def: &PackageDef, at_ms: u64) {
-        let mut package = PackageState::new(def.clone(), at_ms);
+    fn add_instance(&mut self, key: &str, def: &Arc<PackageDef>, at_ms: u64) {
+        // Shared with the log entry that carried it (one copy of a definition per node).
+        let mut package = PackageState::new(Arc::clone(def), at_ms);
         package.instance = key.split_once(':').map(|(_, instance)| instance.to_owned());
         if let Some((_, sibling)) = self.instances(&def.name).find(|(_, sibling)| !sibling.retired) {
             package.desired = sibling.desired;
@@ -533,7 +535,7 @@ impl ClusterState {
     /// together with the other packages (dependencies defined, no cycle, no contradiction). Each
     /// instance is redefined as [`Redefinition`] says; instances are added or retired when
     /// `instances` changes (a change between one, N and one per node needs the package stopped).
-    fn apply_definition(&mut self, def: &PackageDef, at_ms: u64) -> CommandOutcome {
+    fn apply_definition(&mut self, def: &Arc<PackageDef>, at_ms: u64) -> CommandOutcome {
         let name = def.name.clone();
         if let Some(reason) = self.set_refusal(def) {
             return rejected(reason);
@@ -623,7 +625,7 @@ impl ClusterState {
     /// every one after it (a running package goes `running -> starting`; it is not a failure); a
     /// change of placement or policy only restarts nothing (the controller moves the package if it
     /// must); an identical definition changes nothing and records nothing.
-    fn redefine(&mut self, key: &str, def: &PackageDef, at_ms: u64) {
+    fn redefine(&mut self, key: &str, def: &Arc<PackageDef>, at_ms: u64) {
         let (unchanged, policy_only, restarts, from) = {
             let redefinition = Redefinition::of(self.packages.get(key), def);
             let from = match &redefinition {
@@ -646,7 +648,7 @@ impl ClusterState {
             return;
         }
         let restart = restarts && package.phase == Phase::Running;
-        package.def = std::sync::Arc::new(def.clone());
+        package.def = Arc::clone(def);
         let (epoch, owner) = (package.epoch, package.owner.clone());
         let (what, reason, phase_ms) = if restart {
             let phase_ms = at_ms.saturating_sub(package.since_ms);
@@ -1084,7 +1086,7 @@ mod tests {
     #[test]
     fn every_change_of_owner_increments_the_epoch_and_stale_commands_are_refused() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(package(1)), at_ms: 0 });
         assert_eq!(assign(&mut state, Some("n1"), Phase::Starting), CommandOutcome::Applied);
         assert_eq!(state.packages["web"].epoch, 1);
         report(&mut state, "n1", Report::Running { resources: vec![] }, 1_100);
@@ -1121,7 +1123,7 @@ mod tests {
     #[test]
     fn failures_restart_locally_until_the_budget_is_spent_then_relocate() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply { def: Box::new(package(2)), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(package(2)), at_ms: 0 });
         assign(&mut state, Some("n1"), Phase::Starting);
         let failed = || Report::ResourceFailed { resource: "vip".into(), reason: "gone".into() };
         for (i, at) in [10_000, 20_000].into_iter().enumerate() {
@@ -1146,7 +1148,7 @@ mod tests {
     #[test]
     fn failures_outside_the_window_do_not_count() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(package(1)), at_ms: 0 });
         assign(&mut state, Some("n1"), Phase::Starting);
         let failed = Report::ResourceFailed { resource: "vip".into(), reason: "gone".into() };
         report(&mut state, "n1", failed.clone(), 1_000);
@@ -1159,7 +1161,7 @@ mod tests {
     #[test]
     fn a_failed_stop_blocks_until_fenced_and_says_how_to_resolve_it() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(package(1)), at_ms: 0 });
         assign(&mut state, Some("n1"), Phase::Starting);
         report(&mut state, "n1", Report::StopFailed { reason: "umount: target is busy".into() }, 2_000);
         let package = &state.packages["web"];
@@ -1174,7 +1176,7 @@ mod tests {
     #[test]
     fn operator_commands_check_names_and_nodes() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(package(1)), at_ms: 0 });
         let err = state.apply(&Command::PkgMove { name: "web".into(), to: "n9".into(), at_ms: 1 });
         assert_eq!(err, rejected("node `n9` is not in the nodes list of package `web`"));
         let err = state.apply(&Command::PkgRun { name: "db".into(), node: None, at_ms: 1 });
@@ -1197,7 +1199,7 @@ mod tests {
     #[test]
     fn resource_failed_while_stopping_keeps_stopping() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply { def: Box::new(package(3)), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(package(3)), at_ms: 0 });
         assign(&mut state, Some("n1"), Phase::Starting);
         report(&mut state, "n1", Report::Running { resources: vec![] }, 10);
         assign(&mut state, Some("n1"), Phase::Stopping);
@@ -1212,7 +1214,7 @@ mod tests {
     #[test]
     fn stopped_is_accepted_only_while_stopping() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply { def: Box::new(package(3)), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(package(3)), at_ms: 0 });
         assign(&mut state, Some("n1"), Phase::Starting);
         report(&mut state, "n1", Report::Running { resources: vec![] }, 10);
         let before = state.clone();
@@ -1224,7 +1226,7 @@ mod tests {
     #[test]
     fn a_late_fence_record_does_not_release_a_newer_assignment() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply { def: Box::new(package(3)), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(package(3)), at_ms: 0 });
         assign(&mut state, Some("n1"), Phase::Starting);
         let stale = BTreeMap::from([("web".to_owned(), state.packages["web"].epoch - 1)]);
         state.apply(&Command::NodeFenced { node: "n1".into(), owned: stale, at_ms: 5 });
@@ -1237,7 +1239,7 @@ mod tests {
     #[test]
     fn a_restart_after_a_lease_lapse_is_not_a_failure() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(package(1)), at_ms: 0 });
         assign(&mut state, Some("n1"), Phase::Starting);
         for round in 0..5 {
             report(&mut state, "n1", Report::Running { resources: vec![] }, 10 + round);
@@ -1272,23 +1274,23 @@ mod tests {
     fn a_redefinition_restarts_a_running_package_only_when_its_resources_changed() {
         let mut state = ClusterState::default();
         let def = process_package("\"n1\", \"n2\"", &["/bin/a", "/bin/b"]);
-        state.apply(&Command::PkgApply { def: Box::new(def.clone()), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(def.clone()), at_ms: 0 });
         assign(&mut state, Some("n1"), Phase::Starting);
         report(&mut state, "n1", Report::Running { resources: vec![] }, 10);
         // The same definition again: nothing happens, nothing is recorded.
         let before = state.clone();
-        state.apply(&Command::PkgApply { def: Box::new(def.clone()), at_ms: 20 });
+        state.apply(&Command::PkgApply { def: Arc::new(def.clone()), at_ms: 20 });
         assert_eq!(state, before);
         // Placement only: the definition is replaced, the package keeps running.
         let placed = process_package("\"n2\", \"n1\"", &["/bin/a", "/bin/b"]);
-        state.apply(&Command::PkgApply { def: Box::new(placed.clone()), at_ms: 30 });
+        state.apply(&Command::PkgApply { def: Arc::new(placed.clone()), at_ms: 30 });
         assert_eq!(state.packages["web"].phase, Phase::Running);
         assert_eq!(*state.packages["web"].def, placed);
         assert_eq!(state.events.back().unwrap().reason, "pkg apply: placement or policy only");
         // A resource changed: restart on the same owner at the same epoch, from that resource on.
         let epoch = state.packages["web"].epoch;
         let changed = process_package("\"n2\", \"n1\"", &["/bin/a", "/bin/c"]);
-        state.apply(&Command::PkgApply { def: Box::new(changed), at_ms: 40 });
+        state.apply(&Command::PkgApply { def: Arc::new(changed), at_ms: 40 });
         let package = &state.packages["web"];
         assert_eq!((package.phase, package.epoch, package.owner.as_deref()), (Phase::Starting, epoch, Some("n1")));
         assert!(package.failures.is_empty() && package.restarts == 0);
@@ -1297,15 +1299,15 @@ mod tests {
         assert_eq!(event.reason, "pkg apply: resources redefined: restarting resource r1 and every later one");
         // A stopped package just gets the new definition.
         let mut stopped = ClusterState::default();
-        stopped.apply(&Command::PkgApply { def: Box::new(def), at_ms: 0 });
-        stopped.apply(&Command::PkgApply { def: Box::new(placed), at_ms: 1 });
+        stopped.apply(&Command::PkgApply { def: Arc::new(def), at_ms: 0 });
+        stopped.apply(&Command::PkgApply { def: Arc::new(placed), at_ms: 1 });
         assert_eq!(stopped.packages["web"].phase, Phase::Stopped);
     }
 
     #[test]
     fn a_leaving_node_takes_nothing_until_it_announces_itself_again() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(package(1)), at_ms: 0 });
         state.apply(&Command::NodeLeave { name: "n2".into(), at_ms: 1 });
         assert!(state.nodes["n2"].leaving);
         let err = state.apply(&Command::PkgMove { name: "web".into(), to: "n2".into(), at_ms: 2 });
@@ -1335,7 +1337,7 @@ mod tests {
     fn unfreezing_a_package_left_running_by_a_stopped_lease_only_daemon_blocks_it() {
         for watchdog in [false, true] {
             let mut state = ClusterState::default();
-            state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+            state.apply(&Command::PkgApply { def: Arc::new(package(1)), at_ms: 0 });
             state.apply(&Command::NodeHello {
                 name: "n1".into(),
                 watchdog: watchdog.then(|| "/dev/watchdog".into()),
@@ -1358,7 +1360,7 @@ mod tests {
         }
         // A node that announced itself again runs its executor: nothing to block.
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(package(1)), at_ms: 0 });
         state.apply(&Command::NodeHello { name: "n1".into(), watchdog: None, at_ms: 0 });
         assign(&mut state, Some("n1"), Phase::Starting);
         state.apply(&Command::PkgFreeze { name: "web".into(), frozen: true, at_ms: 2 });
@@ -1372,7 +1374,7 @@ mod tests {
     #[test]
     fn a_node_that_owns_packages_may_not_be_removed() {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(package(1)), at_ms: 0 });
         assert_eq!(state.removal_refused("n1"), None);
         assign(&mut state, Some("n1"), Phase::Starting);
         let refused = state.removal_refused("n1").expect("refused");
@@ -1422,7 +1424,7 @@ mod tests {
         assert!(matches!(new.apply(&budget), CommandOutcome::Rejected { .. }));
         // Unfreezing a package left running by a stopped lease-only daemon: v0.1.0 did not block it.
         for state in [&mut old, &mut new] {
-            state.apply(&Command::PkgApply { def: Box::new(package(1)), at_ms: 0 });
+            state.apply(&Command::PkgApply { def: Arc::new(package(1)), at_ms: 0 });
             state.apply(&Command::NodeHello { name: "n1".into(), watchdog: None, at_ms: 0 });
             assign(state, Some("n1"), Phase::Starting);
             report(state, "n1", Report::Running { resources: vec![] }, 1);
@@ -1444,7 +1446,7 @@ mod tests {
     }
 
     fn apply_def(state: &mut ClusterState, def: cluster_package::PackageDef) -> CommandOutcome {
-        state.apply(&Command::PkgApply { def: Box::new(def), at_ms: 10 })
+        state.apply(&Command::PkgApply { def: Arc::new(def), at_ms: 10 })
     }
 
     fn place(state: &mut ClusterState, key: &str, node: &str) -> CommandOutcome {

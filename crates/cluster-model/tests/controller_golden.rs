@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use cluster_model::controller::{explain, plan, waiting_reason, Action, Liveness, View};
 use cluster_model::{ClusterState, Command, FenceConfig, NodeRecord, Phase, Report, Role};
@@ -33,7 +34,7 @@ impl Scenario {
 
     fn package(mut self, name: &str, extra: &str) -> Scenario {
         let def = cluster_package::parse_package("p.toml", &package_text(name, extra)).expect("valid package");
-        self.state.apply(&Command::PkgApply { def: Box::new(def), at_ms: 0 });
+        self.state.apply(&Command::PkgApply { def: Arc::new(def), at_ms: 0 });
         self
     }
 
@@ -334,7 +335,7 @@ fn witnesses() {
     check_plan(
         "a_witness_is_not_placed_on_even_by_a_package_of_every_node",
         &Scenario::new().package("web", "").with(Command::PkgApply {
-            def: Box::new(
+            def: Arc::new(
                 cluster_package::parse_package(
                     "p.toml",
                     "name = \"web\"\n[[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"192.0.2.100/24\"\ninterface = \"eth0\"\n",

@@ -510,7 +510,7 @@ mod compat_tests {
         state.apply(&Command::NodeHello { name: "n1".into(), watchdog: None, at_ms: 1 });
         let text = "name = \"web\"\n[[resource]]\nname = \"vip\"\ntype = \"ip\"\naddress = \"192.0.2.1/24\"\ninterface = \"eth0\"\n";
         let def = cluster_package::parse_package("web.toml", text).expect("valid package");
-        state.apply(&Command::PkgApply { def: Box::new(def), at_ms: 2 });
+        state.apply(&Command::PkgApply { def: Arc::new(def), at_ms: 2 });
         // Version 3: the state before relations.
         let v3 = postcard::to_allocvec(&cluster_model::v3::ClusterStateV3::from(&state)).expect("serialize");
         assert_eq!(decode_data(&with_version(3, &v3)), Ok(state.clone()));

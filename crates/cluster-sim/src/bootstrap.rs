@@ -2,6 +2,7 @@
 //! different placement policies, node 1 elected, every node's timers armed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use cluster_model::{Command, FenceConfig, Settings};
 use rand::Rng as _;
@@ -119,7 +120,7 @@ impl Sim {
         let refs: Vec<&cluster_package::PackageDef> = defs.iter().collect();
         for def in cluster_package::start_order(&refs) {
             self.packages.push(def.name.clone());
-            log.push(Command::PkgApply { def: Box::new(def.clone()), at_ms: 0 });
+            log.push(Command::PkgApply { def: Arc::new(def.clone()), at_ms: 0 });
         }
         self.log = log;
         for n in 0..self.nodes.len() {

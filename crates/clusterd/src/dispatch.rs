@@ -381,7 +381,7 @@ impl Dispatcher {
                         node.read_local(|state| chunk.iter().map(|def| apply_effect(state, def)).collect());
                     let applies: Vec<Command> = chunk
                         .iter()
-                        .map(|def| Command::PkgApply { def: Box::new((*def).clone()), at_ms: wall_ms() })
+                        .map(|def| Command::PkgApply { def: Arc::new((*def).clone()), at_ms: wall_ms() })
                         .collect();
                     self.write_all(applies).await?;
                     for (def, what) in chunk.iter().zip(effects) {
@@ -811,7 +811,7 @@ mod tests {
             ["package `app` depends on `db`, which is not defined"]
         );
         assert!(apply_set_errors(&state, &[app.clone(), db("")]).is_empty(), "applied together");
-        state.apply(&Command::PkgApply { def: Box::new(db("instances = 2")), at_ms: 0 });
+        state.apply(&Command::PkgApply { def: Arc::new(db("instances = 2")), at_ms: 0 });
         assert!(apply_set_errors(&state, &[app]).is_empty(), "db is in the cluster");
         assert_eq!(
             apply_effect(&state, &db("instances = 2\nfailback = \"auto\"")),

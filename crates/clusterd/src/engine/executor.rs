@@ -276,7 +276,7 @@ struct Worker {
     interrupted: bool,
     /// The agents of the package, while it may be active here (and for the probe): every node
     /// has a worker for every package of the cluster, and a runner is the largest part of one.
-    runner: Option<(PackageDef, Arc<PackageRunner>)>,
+    runner: Option<(Arc<PackageDef>, Arc<PackageRunner>)>,
     /// The highest epoch a runner of this worker saw, handed to the next runner: an older epoch
     /// is refused even after the runner was dropped.
     epoch_seen: u64,
@@ -375,21 +375,21 @@ impl Worker {
     /// The runner of the current definition. A definition whose resources changed gets a new
     /// runner once the package is no longer active here (the old runner stops what the old
     /// definition started; see `redefine`); a change of placement or policy only keeps the runner.
-    fn runner(&mut self, def: &PackageDef) -> Arc<PackageRunner> {
+    fn runner(&mut self, def: &Arc<PackageDef>) -> Arc<PackageRunner> {
         match &mut self.runner {
-            Some((current, _)) if current == def => {}
-            Some((current, _)) if current.first_redefined_resource(def).is_none() => *current = def.clone(),
+            Some((current, _)) if Arc::ptr_eq(current, def) || current == def => {}
+            Some((current, _)) if current.first_redefined_resource(def).is_none() => *current = Arc::clone(def),
             Some(_) if self.active.is_some() => {}
             _ => self.replace_runner(def),
         }
         self.runner.as_ref().expect("runner").1.clone()
     }
 
-    fn replace_runner(&mut self, def: &PackageDef) {
+    fn replace_runner(&mut self, def: &Arc<PackageDef>) {
         self.drop_runner();
         let runner = PackageRunner::for_instance(def, &self.name, &self.engine.host, &self.engine.agents);
         runner.see_epoch(self.epoch_seen);
-        self.runner = Some((def.clone(), Arc::new(runner)));
+        self.runner = Some((Arc::clone(def), Arc::new(runner)));
     }
 
     /// Drops the runner (nothing is active here), keeping the highest epoch it saw.
@@ -909,7 +909,7 @@ mod tests {
 
     fn state_with_web() -> ClusterState {
         let mut state = ClusterState::default();
-        state.apply(&Command::PkgApply { def: Box::new(definition("true")), at_ms: 1 });
+        state.apply(&Command::PkgApply { def: Arc::new(definition("true")), at_ms: 1 });
         state
     }
 
@@ -918,7 +918,7 @@ mod tests {
         let mut state = state_with_web();
         let seen = state.next_event;
         assert_eq!(packages_named_since(&state, seen), Some(BTreeSet::new()));
-        state.apply(&Command::PkgApply { def: Box::new(definition("false")), at_ms: 2 });
+        state.apply(&Command::PkgApply { def: Arc::new(definition("false")), at_ms: 2 });
         assert_eq!(packages_named_since(&state, seen), Some(BTreeSet::from(["web"])));
         // The definition changed, nothing else did: only the full comparison sees it.
         let before = state_with_web().packages["web"].clone();
