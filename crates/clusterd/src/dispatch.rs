@@ -389,22 +389,23 @@ impl Dispatcher {
                     }
                 }
                 let members: Vec<String> = node.members().into_iter().map(|member| member.name).collect();
+                let mut warnings = Vec::new();
                 for def in ordered {
                     if let Some(warning) = node.read_local(|state| slow_stop_warning(state, &members, def)) {
-                        lines.push(format!("package {}: warning: {warning}", def.name));
+                        warnings.push((def.name.as_str(), warning));
                     }
                     let listed: Vec<&str> = node.read_local(|state| {
                         def.nodes.iter().filter(|n| state.witnesses.contains(*n)).map(String::as_str).collect()
                     });
                     if !listed.is_empty() {
-                        lines.push(format!(
-                            "package {}: warning: {} {} a witness, which never hosts packages",
-                            def.name,
-                            listed.join(", "),
-                            if listed.len() == 1 { "is" } else { "are" }
+                        let verb = if listed.len() == 1 { "is" } else { "are" };
+                        warnings.push((
+                            def.name.as_str(),
+                            format!("{} {verb} a witness, which never hosts packages", listed.join(", ")),
                         ));
                     }
                 }
+                lines.extend(grouped_warnings(&warnings));
                 Ok(ClientReply::Done { message: lines.join("\n") })
             }
             ClientRequest::PkgRun { name, node: target } => {
@@ -627,6 +628,29 @@ fn topology_warning(nodes: &[cluster_api::NodeStatus]) -> Option<String> {
     }
 }
 
+/// The warnings of a `pkg apply`, one line per distinct warning, naming the packages it concerns
+/// (a few by name, then how many more): 1,000 identical packages once gave 1,000 identical lines.
+fn grouped_warnings(warnings: &[(&str, String)]) -> Vec<String> {
+    const NAMED: usize = 3;
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (package, warning) in warnings {
+        match groups.iter_mut().find(|(text, _)| text == warning) {
+            Some((_, packages)) => packages.push(package),
+            None => groups.push((warning, vec![package])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(warning, packages)| match packages.as_slice() {
+            [one] => format!("package {one}: warning: {warning}"),
+            many if many.len() <= NAMED => format!("packages {}: warning: {warning}", many.join(", ")),
+            many => {
+                format!("packages {} and {} more: warning: {warning}", many[..NAMED].join(", "), many.len() - NAMED)
+            }
+        })
+        .collect()
+}
+
 /// What `pkg apply` of `new` does to the package as it is (the model's rule, in words).
 /// When `package` may take longer to stop than the stop budget: what that means on the nodes it
 /// may run on (issue 11: with the defaults a process's `kill_after` of 10 s is 20 times the stop
@@ -840,5 +864,25 @@ mod tests {
         // A stop that fits says nothing.
         state.apply(&Command::SetSetting { name: "lease".into(), value: "30s".into() });
         assert_eq!(slow_stop_warning(&state, &members, &slow), None);
+    }
+
+    /// `pkg apply` of 1,000 alike packages printed the same warning 1,000 times.
+    #[test]
+    fn a_warning_shared_by_packages_is_printed_once_naming_a_few_of_them() {
+        let slow = "its stop may take up to 10.1s".to_owned();
+        let witness = "n3 is a witness, which never hosts packages".to_owned();
+        let names: Vec<String> = (1..=1000).map(|i| format!("s{i:04}")).collect();
+        let mut warnings: Vec<(&str, String)> = names.iter().map(|name| (name.as_str(), slow.clone())).collect();
+        warnings.insert(1, ("web", witness.clone()));
+        assert_eq!(
+            grouped_warnings(&warnings),
+            vec![
+                format!("packages s0001, s0002, s0003 and 997 more: warning: {slow}"),
+                format!("package web: warning: {witness}"),
+            ]
+        );
+        let two = [("a", slow.clone()), ("b", slow.clone())];
+        assert_eq!(grouped_warnings(&two), vec![format!("packages a, b: warning: {slow}")]);
+        assert!(grouped_warnings(&[]).is_empty());
     }
 }
