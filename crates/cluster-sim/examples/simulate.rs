@@ -9,7 +9,7 @@
 //! `SIM_DB_FAILBACK_AUTO=1`, `SIM_NO_LIVENESS=1`, `SIM_WAITS_IGNORE_LEASE=1`,
 //! `SIM_FENCE_WITHOUT_CONFIRMING=1`, `SIM_REMOVE_UNDRAINED=1`, `SIM_ABANDONED_STARTS_LAND=1`,
 //! `SIM_FROZEN_IGNORES_LEASE=1`, `SIM_GRANT_APPLIED_INDEX=1`, `SIM_NOWAYOUT_LEFT_UNPETTED=1`,
-//! `SIM_NO_KEEP_RENEWALS=1`, `SIM_LATE_KEEPS=1`, `SIM_NO_LEASE_RESTORE=1`, `SIM_TIMINGS=50/300`, `SIM_PROMOTE_WHEN_PRIMARY_UNREACHABLE=1`,
+//! `SIM_NO_KEEP_RENEWALS=1`, `SIM_NO_LEASE_RESTORE=1`, `SIM_TIMINGS=50/300`, `SIM_PROMOTE_WHEN_PRIMARY_UNREACHABLE=1`,
 //! `SIM_NO_LOCAL_DEPENDENCY_GUARD=1`, `SIM_PLAN_BEFORE_CATCH_UP=1`, `SIM_LATE_KEEPS=1` (both also with `SIM_SEED`); `SIM_PACKAGES=relations` runs the packages with relations) runs N seeds of a
 //! variant and counts violations.
 
@@ -43,6 +43,11 @@ fn config(seed: u64, nodes: usize) -> SimConfig {
     }
 }
 
+/// Whether the variable `name` is set to `1`.
+fn on(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
 /// `SIM_WITNESS=NODE`: that node is a witness, with the packages of the witness tests.
 fn with_witness(mut config: SimConfig) -> SimConfig {
     if let Ok(name) = std::env::var("SIM_WITNESS") {
@@ -55,7 +60,6 @@ fn with_witness(mut config: SimConfig) -> SimConfig {
 fn main() {
     let nodes = env_u64("SIM_NODES").unwrap_or(3) as usize;
     if let Some(count) = env_u64("SIM_EXPLORE") {
-        let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
         let mut failed = 0;
         for seed in 0..count {
             let mut config = with_witness(config(seed, nodes));
@@ -92,13 +96,12 @@ fn main() {
         std::process::exit(2);
     };
     let trace_tail = env_u64("SIM_TRACE_TAIL").map(|lines| lines as usize);
-    let plan_before_catch_up = std::env::var("SIM_PLAN_BEFORE_CATCH_UP").is_ok_and(|v| v == "1");
     let config = with_witness(SimConfig {
         trace: true,
         trace_tail,
         timings: timings(),
-        plan_before_catch_up,
-        late_keeps: std::env::var("SIM_LATE_KEEPS").is_ok_and(|v| v == "1"),
+        plan_before_catch_up: on("SIM_PLAN_BEFORE_CATCH_UP"),
+        late_keeps: on("SIM_LATE_KEEPS"),
         ..config(seed, nodes)
     });
     match run(&config) {

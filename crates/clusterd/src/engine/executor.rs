@@ -377,7 +377,7 @@ impl Worker {
     /// definition started; see `redefine`); a change of placement or policy only keeps the runner.
     fn runner(&mut self, def: &Arc<PackageDef>) -> Arc<PackageRunner> {
         match &mut self.runner {
-            Some((current, _)) if Arc::ptr_eq(current, def) || current == def => {}
+            Some((current, _)) if current == def => {}
             Some((current, _)) if current.first_redefined_resource(def).is_none() => *current = Arc::clone(def),
             Some(_) if self.active.is_some() => {}
             _ => self.replace_runner(def),

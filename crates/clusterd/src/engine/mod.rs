@@ -258,7 +258,9 @@ impl Engine {
         self.snapshot.lock().expect("snapshot lock").take();
     }
 
-    /// The settings of the applied state, read from it now (no copy of the packages).
+    /// The settings of the applied state, read from it now (no copy of the packages): the lease
+    /// loop's, which must not wait for [`Engine::settings`], published only once the executor
+    /// handed every worker its package.
     pub(crate) fn applied_settings(&self) -> Settings {
         self.node.read_local(|state| state.settings.clone())
     }
