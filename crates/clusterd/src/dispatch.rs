@@ -118,6 +118,19 @@ impl Dispatcher {
             // What v0.1.0 does not know is refused on every node alike, whoever leads: while the
             // cluster runs at its version, a v0.1.0 node may lead or be asked next.
             if cluster_api::v0_1::client_request_to_v0_1(&request).is_err() {
+                // A node that knows no leader (added a moment ago, before the leader's first
+                // append; an election) has not seen the cluster's version yet: it waits for a
+                // leader, as every request does, and the leader decides.
+                if !forwarded && self.node.leader().is_none() {
+                    let deadline = Instant::now() + self.node.timing().request_timeout;
+                    while self.node.leader().is_none()
+                        && self.node.cluster_version() < cluster_model::ClusterVersion::CURRENT
+                        && Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    version = self.node.cluster_version();
+                }
                 // A node holding entries it has not applied yet (just added, catching up) applies
                 // them first: the version may have risen in them.
                 let last = self.node.last_log_index();
@@ -202,6 +215,14 @@ impl Dispatcher {
     ) -> Result<ClientReply, ApiError> {
         let me = &self.node.me().name;
         let leader = self.node.leader().filter(|leader| &leader.name != me);
+        if leader.is_none() && !forwarded && self.node.last_log_index() == 0 {
+            // Nothing replicated here yet: this node has not joined a cluster (or not heard
+            // from it), so no cluster's version refused the request.
+            return Err(ApiError::new(
+                ErrorKind::NoLeader,
+                format!("no leader reachable from node {me} within {:?}", self.node.timing().request_timeout),
+            ));
+        }
         let (Some(leader), false) = (leader, forwarded) else { return Err(refusal) };
         let forward = Request::Client { request: request.clone(), forwarded: true };
         let answer = self.node.forward_newest(&leader.address, &forward).await;

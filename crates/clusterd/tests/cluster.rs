@@ -315,3 +315,50 @@ async fn applying_many_packages_shares_raft_entries_and_keeps_the_start_order() 
     };
     assert_eq!(packages.len(), 41);
 }
+
+/// A request of this release sent to a node before it is added (or before the leader's first
+/// append reaches it) waits for the leader, as every request does, instead of being refused at the
+/// oldest cluster version, which is all such a node has seen (found by CI: `clusterctl` on a node
+/// a moment after `Lab::up`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_request_on_a_node_not_yet_added_waits_for_the_leader_instead_of_a_version_refusal() {
+    let mut cluster = TestCluster::new(env!("CARGO_BIN_EXE_clusterd"), 110, 3);
+    // n4 is never added: it answers that it found no leader, not that a cluster refused.
+    let outsider = cluster.define_node(110);
+    cluster.start_all();
+    for node in &cluster.nodes {
+        cluster_testkit::wait_for_socket(&node.socket).await;
+    }
+    let socket = cluster.nodes[outsider].socket.clone();
+    let lone = tokio::spawn(async move { call(&socket, ClientRequest::AlertList).await });
+    call(&cluster.nodes[0].socket, ClientRequest::ClusterInit).await.expect("cluster init");
+    let add = |index: usize| ClientRequest::NodeAdd {
+        name: cluster.nodes[index].name.clone(),
+        address: cluster.nodes[index].address.clone(),
+        learner: false,
+        witness: false,
+    };
+    call(&cluster.nodes[0].socket, add(1)).await.expect("add n2");
+    let socket = cluster.nodes[2].socket.clone();
+    let early = tokio::spawn(async move {
+        let sent = Instant::now();
+        (call(&socket, ClientRequest::AlertList).await, sent.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!early.is_finished(), "n3 answered before it was added: {:?}", early.await);
+    call(&cluster.nodes[0].socket, add(2)).await.expect("add n3");
+    let (answer, waited) = early.await.unwrap();
+    assert!(
+        matches!(answer, Ok(ClientReply::Alerts { .. })),
+        "alert list on n3 sent before it was added: {answer:?}\n{}",
+        cluster.logs()
+    );
+    assert!(waited < Duration::from_secs(5), "answered only after {waited:?}");
+    match lone.await.unwrap() {
+        Err(ClientError::Api(err)) => {
+            assert_eq!(err.kind, ErrorKind::NoLeader, "{err}");
+            assert!(err.message.starts_with("no leader reachable from node n4"), "{err}");
+        }
+        other => panic!("alert list on n4, never added: {other:?}"),
+    }
+}
