@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cluster_package::{Failback, Failover, Location};
+use cluster_package::{Failback, Failover, Location, NodeName};
 
 use crate::package::{Desired, PackageState, Phase, Role};
 use crate::{relations, ClusterState, Command};
@@ -194,7 +194,7 @@ impl<'a> Planner<'a> {
         if package.def.nodes.is_empty() {
             self.view.nodes.keys().map(String::as_str).collect()
         } else {
-            package.def.nodes.iter().map(String::as_str).collect()
+            package.def.nodes.iter().map(NodeName::as_str).collect()
         }
     }
 
@@ -206,7 +206,7 @@ impl<'a> Planner<'a> {
         if package.def.nodes.is_empty() {
             self.view.nodes.keys().next().map(String::as_str)
         } else {
-            package.def.nodes.first().map(String::as_str)
+            package.def.nodes.first().map(NodeName::as_str)
         }
     }
 

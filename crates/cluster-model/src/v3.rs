@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use cluster_package::{Failback, Failover, Instances, PackageDef, ResourceDef, Restart};
+use cluster_package::{Failback, Failover, Instances, NodeName, PackageDef, ResourceDef, Restart};
 use serde::{Deserialize, Serialize};
 
 use crate::package::{Desired, Event, Failure, NodeRecord, PackageState, Phase, ResourceStatus, Role};
@@ -31,7 +31,8 @@ pub struct ClusterStateV3 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageDefV3 {
     pub name: String,
-    pub nodes: Vec<String>,
+    /// Serialized as a list of strings, as v0.1.0 wrote it.
+    pub nodes: Vec<NodeName>,
     pub failover: Failover,
     pub failback: Failback,
     pub auto_run: bool,

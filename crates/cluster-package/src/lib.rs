@@ -28,13 +28,14 @@
 //! Every field and its default is documented in `docs/packages.md`.
 
 mod model;
+mod name;
 mod parse;
 mod paths;
 mod quantity;
 mod set;
 
 pub use model::{
-    Dependency, DeviceSpec, Failback, Failover, FilesystemResource, Instances, IpResource, Location, Monitor,
+    Dependency, DeviceSpec, Failback, Failover, FilesystemResource, Instances, IpResource, Location, Monitor, NodeName,
     OcfAgentRef, OcfResource, PackageDef, ProcessOutput, ProcessResource, Promotable, Readiness, ResourceDef,
     ResourceKind, Restart,
 };

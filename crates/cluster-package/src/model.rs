@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::name::NodeName;
+
 /// One package: a named, ordered list of resources plus placement and restart policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageDef {
     /// Package name, unique in the cluster.
     pub name: String,
     /// Nodes allowed to run the package, in preference order. Empty means every node.
-    pub nodes: Vec<String>,
+    pub nodes: Vec<NodeName>,
     /// How a new owner is chosen.
     pub failover: Failover,
     /// Whether the package returns to a more preferred node when it comes back.

@@ -644,7 +644,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn nodes(&mut self, section: &Section<'_, '_>) -> Option<Vec<String>> {
+    fn nodes(&mut self, section: &Section<'_, '_>) -> Option<Vec<NodeName>> {
         if section.get("nodes").is_none() {
             return Some(Vec::new());
         }
@@ -672,7 +672,7 @@ impl<'a> Checker<'a> {
                 ok = false;
             }
         }
-        ok.then_some(nodes)
+        ok.then(|| nodes.iter().map(|node| NodeName::new(node)).collect())
     }
 
     fn restart(&mut self, section: &Section<'_, '_>) -> Option<Restart> {

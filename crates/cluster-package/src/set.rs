@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{Location, PackageDef};
+use crate::model::{Location, NodeName, PackageDef};
 
 /// A problem of a set of packages that no single file shows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,7 +181,7 @@ fn contradictions(packages: &BTreeMap<&str, &PackageDef>) -> Vec<SetError> {
             if def.nodes.is_empty() {
                 continue;
             }
-            let nodes: BTreeSet<&str> = def.nodes.iter().map(String::as_str).collect();
+            let nodes: BTreeSet<&str> = def.nodes.iter().map(NodeName::as_str).collect();
             allowed = Some(match allowed {
                 None => nodes,
                 Some(before) => before.intersection(&nodes).copied().collect(),

@@ -416,7 +416,7 @@ impl Dispatcher {
                         warnings.push((def.name.as_str(), warning));
                     }
                     let listed: Vec<&str> = node.read_local(|state| {
-                        def.nodes.iter().filter(|n| state.witnesses.contains(*n)).map(String::as_str).collect()
+                        def.nodes.iter().map(|n| n.as_str()).filter(|n| state.witnesses.contains(*n)).collect()
                     });
                     if !listed.is_empty() {
                         let verb = if listed.len() == 1 { "is" } else { "are" };
@@ -686,9 +686,13 @@ fn slow_stop_warning(
     if longest <= budget {
         return None;
     }
-    let candidates = if package.nodes.is_empty() { members } else { &package.nodes[..] };
+    let candidates: Vec<&str> = if package.nodes.is_empty() {
+        members.iter().map(String::as_str).collect()
+    } else {
+        package.nodes.iter().map(|node| node.as_str()).collect()
+    };
     let lease_only: Vec<&str> =
-        candidates.iter().filter(|node| protection(state, node) == Protection::LeaseOnly).map(String::as_str).collect();
+        candidates.into_iter().filter(|node| protection(state, node) == Protection::LeaseOnly).collect();
     let causes: Vec<String> =
         slow.iter().map(|stop| format!("{} up to {:?}: {}", stop.resource, stop.up_to, stop.why)).collect();
     let risk = if lease_only.is_empty() {
