@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,9 +126,9 @@ impl Engine {
         if !valid || !cluster_model::keep_due(left, settings) || self.lease_given_up() {
             return;
         }
-        if self.keep_in_flight.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        let Some(round) = RoundInFlight::claim(&self.keep_in_flight) else {
             return;
-        }
+        };
         let engine = self.clone();
         let settings = settings.clone();
         // The keep is useful until the lease reaches its stop budget: wait that long (a fresh TLS
@@ -135,7 +136,7 @@ impl Engine {
         let timeout = left.max(settings.heartbeat());
         tokio::spawn(async move {
             engine.keep_round(sent, &settings, timeout).await;
-            engine.keep_in_flight.store(false, std::sync::atomic::Ordering::SeqCst);
+            drop(round);
         });
     }
 
@@ -282,9 +283,39 @@ pub(crate) fn runtime_dir(socket: &Path) -> PathBuf {
     socket.parent().map_or_else(|| PathBuf::from("/run/clusterd"), Path::to_path_buf)
 }
 
+/// The one keep round in flight: claimed before it starts, released when the round ends however
+/// it ends (a round whose task panicked or was dropped must not stop every later round).
+struct RoundInFlight(Arc<AtomicBool>);
+
+impl RoundInFlight {
+    fn claim(flag: &Arc<AtomicBool>) -> Option<RoundInFlight> {
+        let taken = flag.swap(true, Ordering::SeqCst);
+        (!taken).then(|| RoundInFlight(flag.clone()))
+    }
+}
+
+impl Drop for RoundInFlight {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_keep_round_that_panics_lets_the_next_round_start() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let round = RoundInFlight::claim(&flag).expect("nothing in flight");
+        assert!(RoundInFlight::claim(&flag).is_none(), "a second round started while one is in flight");
+        let task = tokio::spawn(async move {
+            let _round = round;
+            panic!("a keep round fails");
+        });
+        assert!(task.await.is_err());
+        assert!(RoundInFlight::claim(&flag).is_some(), "the panicked round still holds the claim");
+    }
 
     #[test]
     fn the_runtime_folder_is_the_sockets_folder() {

@@ -68,7 +68,7 @@ pub(crate) struct Engine {
     /// The daemon is stopping and gave its lease up: no more renewals (see `Engine::leave`).
     lease_given_up: AtomicBool,
     /// A keep round is waiting for the voters' answers (`keeps::keep_if_no_grant`).
-    keep_in_flight: AtomicBool,
+    keep_in_flight: Arc<AtomicBool>,
     /// Wakes the lease watch when the lease changed other than by running out (given up).
     lease_changed: Notify,
     /// Something the controller's view depends on changed outside the lease table's clock and the
@@ -205,7 +205,7 @@ impl Engine {
             applied: watch::channel(0).0,
             must_stop: watch::channel(true).0,
             lease_given_up: AtomicBool::new(false),
-            keep_in_flight: AtomicBool::new(false),
+            keep_in_flight: Arc::new(AtomicBool::new(false)),
             lease_changed: Notify::new(),
             controller_wake: Notify::new(),
             stopping: AtomicBool::new(false),
