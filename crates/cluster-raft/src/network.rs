@@ -391,9 +391,62 @@ pub(crate) struct PeerNetwork {
 pub(crate) struct PeerConnection {
     peers: Arc<Peers>,
     target: u64,
+    name: String,
     address: String,
     stats: AppendStats,
     quiet: QuietLearner,
+    reachability: Reachability,
+}
+
+/// Whether the peer of a replication stream answers, logged when it changes (and every
+/// [`Reachability::REMINDER`] while it does not answer) rather than at every attempt, which
+/// openraft would do several lines at a time every [`FAST_RETRY`] (the daemon leaves those lines
+/// out: clusterd's `logging.rs`).
+#[derive(Debug, Default)]
+struct Reachability {
+    /// When the first failed attempt of the current outage was, and the last report of it.
+    down: Option<(Instant, Instant)>,
+    /// Failed attempts of the current outage.
+    attempts: u64,
+}
+
+/// What to log about a peer after an attempt.
+#[derive(Debug, PartialEq)]
+enum ReachabilityReport {
+    /// The first failed attempt after answers (or since this stream began).
+    Down,
+    /// Still no answer, `attempts` failed in `since`.
+    StillDown { since: Duration, attempts: u64 },
+    /// An answer after `attempts` failed ones in `since`.
+    Back { since: Duration, attempts: u64 },
+}
+
+impl Reachability {
+    const REMINDER: Duration = Duration::from_secs(60);
+
+    fn failed(&mut self, now: Instant) -> Option<ReachabilityReport> {
+        self.attempts += 1;
+        match &mut self.down {
+            None => {
+                self.down = Some((now, now));
+                Some(ReachabilityReport::Down)
+            }
+            Some((first, reported)) if now.saturating_duration_since(*reported) >= Self::REMINDER => {
+                *reported = now;
+                Some(ReachabilityReport::StillDown {
+                    since: now.saturating_duration_since(*first),
+                    attempts: self.attempts,
+                })
+            }
+            Some(_) => None,
+        }
+    }
+
+    fn answered(&mut self, now: Instant) -> Option<ReachabilityReport> {
+        let (first, _) = self.down.take()?;
+        let attempts = std::mem::take(&mut self.attempts);
+        Some(ReachabilityReport::Back { since: now.saturating_duration_since(first), attempts })
+    }
 }
 
 /// Append requests of one replication stream, logged at debug level every [`AppendStats::PERIOD`]:
@@ -440,9 +493,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         PeerConnection {
             peers: self.peers.clone(),
             target,
+            name: node.name.clone(),
             address: node.address.clone(),
             stats: AppendStats::default(),
             quiet: QuietLearner::default(),
+            reachability: Reachability::default(),
         }
     }
 }
@@ -541,6 +596,30 @@ impl PeerConnection {
                     .map_err(|err| CallError::Remote(format!("bad answer from {}: {err}", self.address))),
                 Err(err) => Err(err),
             };
+        let (peer, address) = (&self.name, &self.address);
+        match &answer {
+            Err(CallError::Unreachable(error)) => match self.reachability.failed(Instant::now()) {
+                Some(ReachabilityReport::Down) => tracing::warn!(
+                    %peer,
+                    %address,
+                    %error,
+                    "peer does not answer; trying again every {FAST_RETRY:?} for {:?}, then every {SLOW_RETRY:?}",
+                    FAST_RETRY * FAST_RETRIES as u32
+                ),
+                Some(ReachabilityReport::StillDown { since, attempts }) => {
+                    tracing::warn!(%peer, %address, %error, secs = since.as_secs(), attempts, "peer still does not answer")
+                }
+                _ => {}
+            },
+            // Reached, but the call was cut or timed out: neither way.
+            Err(CallError::Lost(_)) => {}
+            Ok(_) | Err(CallError::Remote(_)) => {
+                if let Some(ReachabilityReport::Back { since, attempts }) = self.reachability.answered(Instant::now()) {
+                    let secs = format!("{:.1}", since.as_secs_f64());
+                    tracing::info!(%peer, %address, secs, failed_attempts = attempts, "peer answers again");
+                }
+            }
+        }
         match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
@@ -761,6 +840,31 @@ mod tests {
                 .collect(),
             leader_commit: Some(log_id(term, commit)),
         }
+    }
+
+    #[test]
+    fn a_peer_that_stops_answering_is_reported_once_then_every_minute_then_when_it_answers() {
+        let start = Instant::now();
+        let mut peer = Reachability::default();
+        assert_eq!(peer.answered(start), None, "a peer that always answered is not reported");
+        assert_eq!(peer.failed(start), Some(ReachabilityReport::Down));
+        // Retries every 100 ms for a minute: nothing more until the minute is up.
+        let mut reports = Vec::new();
+        for tenth in 1..=600u32 {
+            reports.extend(peer.failed(start + Duration::from_millis(100) * tenth));
+        }
+        assert_eq!(reports, [ReachabilityReport::StillDown { since: Duration::from_secs(60), attempts: 601 }]);
+        assert_eq!(
+            peer.answered(start + Duration::from_secs(61)),
+            Some(ReachabilityReport::Back { since: Duration::from_secs(61), attempts: 601 })
+        );
+        assert_eq!(peer.answered(start + Duration::from_secs(62)), None);
+        // The next outage is reported afresh.
+        assert_eq!(peer.failed(start + Duration::from_secs(70)), Some(ReachabilityReport::Down));
+        assert_eq!(
+            peer.answered(start + Duration::from_secs(71)),
+            Some(ReachabilityReport::Back { since: Duration::from_secs(1), attempts: 1 })
+        );
     }
 
     #[test]

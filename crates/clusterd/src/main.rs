@@ -8,6 +8,7 @@ mod diagnostics;
 mod dispatch;
 mod engine;
 mod join;
+mod logging;
 mod metrics;
 mod notify;
 mod server;
@@ -125,6 +126,7 @@ fn main() -> std::process::ExitCode {
             log_file.map(|file| tracing_subscriber::fmt::layer().with_writer(file).with_ansi(false).with_target(false)),
         )
         .with(filter)
+        .with(logging::QuietUnreachable)
         .init();
     // Before any thread: one malloc arena (cluster_host::memory says why).
     cluster_host::single_malloc_arena();
