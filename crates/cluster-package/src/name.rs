@@ -62,12 +62,6 @@ impl Deref for NodeName {
     }
 }
 
-impl AsRef<str> for NodeName {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
 impl Borrow<str> for NodeName {
     fn borrow(&self) -> &str {
         &self.0
@@ -77,24 +71,6 @@ impl Borrow<str> for NodeName {
 impl From<&str> for NodeName {
     fn from(name: &str) -> NodeName {
         NodeName::new(name)
-    }
-}
-
-impl From<String> for NodeName {
-    fn from(name: String) -> NodeName {
-        NodeName::new(&name)
-    }
-}
-
-impl From<&String> for NodeName {
-    fn from(name: &String) -> NodeName {
-        NodeName::new(name)
-    }
-}
-
-impl From<NodeName> for String {
-    fn from(name: NodeName) -> String {
-        name.0.as_ref().to_owned()
     }
 }
 
@@ -113,24 +89,6 @@ impl PartialEq<&str> for NodeName {
 impl PartialEq<String> for NodeName {
     fn eq(&self, other: &String) -> bool {
         *self.0 == **other
-    }
-}
-
-impl PartialEq<NodeName> for str {
-    fn eq(&self, other: &NodeName) -> bool {
-        self == &*other.0
-    }
-}
-
-impl PartialEq<NodeName> for &str {
-    fn eq(&self, other: &NodeName) -> bool {
-        *self == &*other.0
-    }
-}
-
-impl PartialEq<NodeName> for String {
-    fn eq(&self, other: &NodeName) -> bool {
-        **self == *other.0
     }
 }
 

@@ -195,13 +195,22 @@ impl Dispatcher {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(ApiError::new(
-                    ErrorKind::NoLeader,
-                    format!("no leader reachable from node {me} within {:?}", self.node.timing().request_timeout),
-                ));
+                return Err(self.no_leader());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// No leader answered within the request timeout.
+    fn no_leader(&self) -> ApiError {
+        ApiError::new(
+            ErrorKind::NoLeader,
+            format!(
+                "no leader reachable from node {} within {:?}",
+                self.node.me().name,
+                self.node.timing().request_timeout
+            ),
+        )
     }
 
     /// A request this node's applied cluster version refuses. A follower may lag behind the
@@ -218,10 +227,7 @@ impl Dispatcher {
         if leader.is_none() && !forwarded && self.node.last_log_index() == 0 {
             // Nothing replicated here yet: this node has not joined a cluster (or not heard
             // from it), so no cluster's version refused the request.
-            return Err(ApiError::new(
-                ErrorKind::NoLeader,
-                format!("no leader reachable from node {me} within {:?}", self.node.timing().request_timeout),
-            ));
+            return Err(self.no_leader());
         }
         let (Some(leader), false) = (leader, forwarded) else { return Err(refusal) };
         let forward = Request::Client { request: request.clone(), forwarded: true };
