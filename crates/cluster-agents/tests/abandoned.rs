@@ -176,10 +176,10 @@ async fn a_dropped_start_does_not_leave_its_mount_behind() {
 
 /// Failed before the fix: a daemon killed while its mount was blocked in the kernel leaves the mount
 /// in flight (a thread in uninterruptible sleep outlives SIGKILL until the call returns, and the
-/// mount then lands). A restarted daemon probing the resource saw "not running" and its stop
+/// mount then may land). A restarted daemon probing the resource saw "not running" and its stop
 /// returned Ok. Now the in-flight record of the killed daemon makes the probe and the stop fail while
-/// the mount may still land; once it landed, the probe finds the filesystem mounted and the stop
-/// unmounts it.
+/// the mount may still land; once the call has returned, the probe reports what the kernel did (the
+/// mount landed or gave up on the pending SIGKILL) and the stop leaves nothing mounted.
 #[test]
 fn a_mount_left_in_flight_by_a_killed_daemon_is_not_reported_stopped() {
     if !require_root("mount in flight in a killed daemon") {
@@ -252,8 +252,11 @@ fn a_mount_left_in_flight_by_a_killed_daemon_is_not_reported_stopped() {
             }
             other => panic!("stop while the mount is in flight: {other:?}\n{facts}"),
         }
-        assert!(landed, "the kernel finished the killed daemon's mount\n{facts}");
-        assert_eq!(probe_after, Ok(MonitorState::Running), "{facts}");
+        // Whether the kernel completes a mount whose caller was killed depends on where it slept: a
+        // later step of ext4's mount may see the pending SIGKILL and give up. Either way, once the
+        // call has returned, the restarted daemon must report what the kernel did.
+        let expected_after = if landed { MonitorState::Running } else { MonitorState::NotRunning };
+        assert_eq!(probe_after, Ok(expected_after), "{facts}");
         assert!(stop_after.is_ok() && !is_mounted(&mountpoint), "{facts}");
     });
 }
