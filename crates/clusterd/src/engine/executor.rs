@@ -289,6 +289,12 @@ struct Worker {
     /// The package was stopped here at this epoch because the lease reached its stop budget while
     /// this node still owned it: once the lease is back it restarts without counting a failure.
     stopped_for_lease: Option<u64>,
+    /// The epoch at which this worker reported a failed stop: it never starts the package again at
+    /// that epoch. The report blocks the package there once committed, and only a cleanup or a
+    /// fence frees it, both away from this node at that epoch; a start from a state older than the
+    /// report would race an operator who stopped the resources by hand and cleaned the package up
+    /// (docs/safety.md, rule 8).
+    stop_failed_at: Option<u64>,
 }
 
 /// How a wait of a worker ended.
@@ -316,6 +322,7 @@ impl Worker {
             next_monitor: BTreeMap::new(),
             retry_at: None,
             stopped_for_lease: None,
+            stop_failed_at: None,
         }
     }
 
@@ -439,6 +446,9 @@ impl Worker {
 
     async fn report(&mut self, package: &PackageState, report: Report) {
         let stop_failed = matches!(report, Report::StopFailed { .. });
+        if stop_failed {
+            self.stop_failed_at = Some(package.epoch);
+        }
         let command = Command::Report {
             package: self.name.clone(),
             node: self.engine.me.clone(),
@@ -567,6 +577,13 @@ impl Worker {
                 let report =
                     Report::ResourceFailed { resource: "package".into(), reason: format!("not running on {me}") };
                 self.report(package, report).await;
+            }
+            None if mine && package.phase == Phase::Starting && self.stop_failed_at == Some(package.epoch) => {
+                tracing::warn!(
+                    package = %self.name,
+                    epoch = package.epoch,
+                    "not started: its stop failed at this epoch (blocked until `clusterctl pkg cleanup` or a fence)"
+                );
             }
             None if mine && package.phase == Phase::Starting && !self.dependencies_ready(package) => {
                 // Woken again by the applied entry that says what it needs runs (its worker here
