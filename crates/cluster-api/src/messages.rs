@@ -51,6 +51,10 @@ pub enum PeerRpc {
     /// Which release does this node run, and which cluster versions can it read? (Since 0.2.0: a
     /// v0.1.0 node refuses the frame, which is its answer.)
     Version,
+    /// A learner asks a voter to carry its lease renewal to the leader (served by the daemon).
+    LeaseRelay,
+    /// A voter carries the renewals it relays to the leader in one message (served by the daemon).
+    LeaseBatch,
 }
 
 /// The answer to a [`PeerRpc::Version`].

@@ -21,7 +21,10 @@ pub mod v3;
 mod version;
 
 pub use command::{Command, CommandOutcome, Report};
-pub use lease::{keep_due, until_next_renewal, Grant, KeepLedger, LeaseHolder, LeaseStatus, LeaseTable};
+pub use lease::{
+    keep_due, relay_voter, renew_through_relay, until_next_renewal, Grant, KeepLedger, LeaseHolder, LeaseStatus,
+    LeaseTable,
+};
 pub use limits::{validate_key, validate_value, InvalidInput, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use node::{node_id, validate_node_name, NodeInfo};
 pub use package::{Desired, Event, Failure, NodeRecord, PackageState, Phase, Redefinition, ResourceStatus, Role};

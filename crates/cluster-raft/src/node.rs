@@ -1044,9 +1044,12 @@ impl ConsensusNode {
                 self.election.hold(Duration::from_millis(millis.min(10_000)));
                 encoded(&())
             }
-            PeerRpc::Lease | PeerRpc::Propose | PeerRpc::Keep | PeerRpc::ExpiryCheck => {
-                Err(format!("{:?} is served by the daemon, not by raft", request.rpc))
-            }
+            PeerRpc::Lease
+            | PeerRpc::LeaseRelay
+            | PeerRpc::LeaseBatch
+            | PeerRpc::Propose
+            | PeerRpc::Keep
+            | PeerRpc::ExpiryCheck => Err(format!("{:?} is served by the daemon, not by raft", request.rpc)),
             PeerRpc::Version => {
                 decode_body::<()>(&request.payload).map_err(bad)?;
                 let answer =

@@ -10,7 +10,7 @@
 //! `SIM_FENCE_WITHOUT_CONFIRMING=1`, `SIM_REMOVE_UNDRAINED=1`, `SIM_ABANDONED_STARTS_LAND=1`,
 //! `SIM_FROZEN_IGNORES_LEASE=1`, `SIM_GRANT_APPLIED_INDEX=1`, `SIM_NOWAYOUT_LEFT_UNPETTED=1`,
 //! `SIM_NO_KEEP_RENEWALS=1`, `SIM_NO_LEASE_RESTORE=1`, `SIM_TIMINGS=50/300`, `SIM_PROMOTE_WHEN_PRIMARY_UNREACHABLE=1`,
-//! `SIM_NO_LOCAL_DEPENDENCY_GUARD=1`, `SIM_PLAN_BEFORE_CATCH_UP=1`, `SIM_LATE_KEEPS=1` (both also with `SIM_SEED`); `SIM_PACKAGES=relations` runs the packages with relations) runs N seeds of a
+//! `SIM_NO_LOCAL_DEPENDENCY_GUARD=1`, `SIM_PLAN_BEFORE_CATCH_UP=1`, `SIM_LATE_KEEPS=1`, `SIM_RELAY=1`, `SIM_START_AFTER_STOP_FAILURE=1` (these four also with `SIM_SEED`); `SIM_PACKAGES=relations` runs the packages with relations) runs N seeds of a
 //! variant and counts violations.
 
 use cluster_sim::{run, Scenario, SimConfig};
@@ -80,6 +80,8 @@ fn main() {
             config.promote_when_primary_unreachable = on("SIM_PROMOTE_WHEN_PRIMARY_UNREACHABLE");
             config.no_local_dependency_guard = on("SIM_NO_LOCAL_DEPENDENCY_GUARD");
             config.plan_before_catch_up = on("SIM_PLAN_BEFORE_CATCH_UP");
+            config.relay_renewals = on("SIM_RELAY");
+            config.start_after_reported_stop_failure = on("SIM_START_AFTER_STOP_FAILURE");
             if on("SIM_DB_FAILBACK_AUTO") {
                 config.packages[1] = cluster_sim::package_text("db", &[], "least-loaded", "auto");
             }
@@ -102,6 +104,8 @@ fn main() {
         timings: timings(),
         plan_before_catch_up: on("SIM_PLAN_BEFORE_CATCH_UP"),
         late_keeps: on("SIM_LATE_KEEPS"),
+        relay_renewals: on("SIM_RELAY"),
+        start_after_reported_stop_failure: on("SIM_START_AFTER_STOP_FAILURE"),
         ..config(seed, nodes)
     });
     match run(&config) {

@@ -191,6 +191,16 @@ pub struct SimConfig {
     /// Daemon variant: a restarted daemon starts without its predecessor's lease, as before issue 14
     /// (item 2): its watchdog, still counting, resets the node unless a grant comes first.
     pub no_lease_restore: bool,
+    /// Lease variant of clusterd's learners: every node renews through a relay, the node
+    /// `cluster_model::relay_voter` picks among the others (the believed leader excepted), while
+    /// its lease is fresh (`cluster_model::renew_through_relay`), else with the leader directly.
+    /// The relay hands the renewal to the leader it believes in and the grant back (issue 14, item 4).
+    pub relay_renewals: bool,
+    /// Executor variant: a daemon whose failed stop it reported may start the package again at that
+    /// epoch from a state older than its report, as before seed 1973 of 5-node fencing with relayed
+    /// renewals showed the race with an operator's cleanup
+    /// (`a_start_after_a_reported_stop_failure_races_the_cleanup`).
+    pub start_after_reported_stop_failure: bool,
     /// `heartbeat` and `lease` (ms) set at bootstrap; `None`: the defaults (100 ms, 1 s).
     pub timings: Option<(u64, u64)>,
     /// Executor variant: a replica of a promotable package promotes itself when it cannot reach the
@@ -238,6 +248,8 @@ impl SimConfig {
             no_keep_renewals: false,
             late_keeps: false,
             no_lease_restore: false,
+            relay_renewals: false,
+            start_after_reported_stop_failure: false,
             timings: None,
             frozen_ignores_lease: false,
             grant_applied_index: false,
@@ -264,8 +276,9 @@ impl SimConfig {
     /// The command that replays this run alone, with its trace.
     pub fn reproduce_command(&self) -> String {
         let witness = self.witnesses.first().map(|name| format!(" SIM_WITNESS={name}")).unwrap_or_default();
+        let relay = if self.relay_renewals { " SIM_RELAY=1" } else { "" };
         format!(
-            "SIM_SEED={} SIM_NODES={} SIM_SCENARIO={}{}{witness} cargo run -p cluster-sim --example simulate",
+            "SIM_SEED={} SIM_NODES={} SIM_SCENARIO={}{}{witness}{relay} cargo run -p cluster-sim --example simulate",
             self.seed,
             self.nodes,
             self.scenario.name(),

@@ -109,9 +109,16 @@ impl Sim {
             }
             let mine = package.owner.as_deref() == Some(me);
             let wanted = mine && matches!(package.phase, Phase::Starting | Phase::Running);
+            // A package whose failed stop this daemon reported at this epoch is blocked there once
+            // the report commits; only a cleanup or a fence frees it, both away from this owner at
+            // this epoch. Starting it again from a state older than its own report would race an
+            // operator who stopped it by hand and cleaned it up (found with relayed renewals, seed
+            // 1973 of 5-node fencing).
+            let stop_failed_here = node.stop_failed_reported.get(name) == Some(&package.epoch);
             match node.records.get(name) {
                 None if mine
                     && may_start
+                    && !stop_failed_here
                     && (package.phase == Phase::Starting
                         || (package.phase == Phase::Running && !self.config.resource_failures)) =>
                 {
@@ -415,6 +422,9 @@ impl Sim {
 
     fn report(&mut self, n: usize, package: String, epoch: u64, report: Report) {
         let now = self.now;
+        if matches!(report, Report::StopFailed { .. }) && !self.config.start_after_reported_stop_failure {
+            self.nodes[n].stop_failed_reported.insert(package.clone(), epoch);
+        }
         match self.nodes[n].records.get_mut(&package) {
             Some(record) => record.reported_us = Some(now),
             None => {

@@ -5,6 +5,7 @@
 //!  node N, at each multiple of the heartbeat on its wall clock:  s = now (own clock) ──Renewal{s}──> believed leader L
 //!  L at r = its now: confirm leadership with a quorum (else nothing); h = table.renewed(N, r, settings)
 //!  L ──Grant{s, term, last log index, h}──> N: holder.granted(s, grant); wake N at lease_end − stop_budget
+//!  (SimConfig::relay_renewals: N ──RelayRenewal{s}──> relay R ──Relayed──> L ──RelayedGrant──> R ──Grant──> N)
 //! ```
 
 use std::time::Duration;
@@ -30,7 +31,13 @@ impl Sim {
         self.keep_if_no_grant(n, now);
         if let Some(leader) = self.nodes[n].leader_hint {
             let incarnation = self.nodes[n].incarnation;
-            self.send(n, leader, Msg::Renewal { incarnation, sent_at: now });
+            match self.relay_for(n, leader, now) {
+                Some(relay) => {
+                    self.stats.relayed_renewals += 1;
+                    self.send(n, relay, Msg::RelayRenewal { incarnation, sent_at: now });
+                }
+                None => self.send(n, leader, Msg::Renewal { incarnation, sent_at: now }),
+            }
             // clusterd proposes its hello until it is committed: resent while this node's applied
             // state does not show it back (after a graceful stop it is still marked leaving).
             let node = &self.nodes[n];
@@ -107,13 +114,49 @@ impl Sim {
         }
     }
 
+    /// The relay node `n` renews through (`SimConfig::relay_renewals`), while its lease is fresh.
+    fn relay_for(&self, n: usize, leader: usize, now: Duration) -> Option<usize> {
+        if !self.config.relay_renewals || leader == n {
+            return None;
+        }
+        let node = &self.nodes[n];
+        let settings = &node.state.settings;
+        let left = node.holder.end().map_or(Duration::ZERO, |end| end.saturating_sub(now + settings.stop_budget()));
+        if !cluster_model::renew_through_relay(left, settings) {
+            return None;
+        }
+        // Every other member stands for a voter: the simulated nodes all vote.
+        let others = (0..self.nodes.len()).filter(|m| *m != n && !self.removed.contains(m));
+        let names: Vec<&str> = others.map(|m| self.names[m].as_str()).collect();
+        let relay = cluster_model::relay_voter(&self.names[n], names, &self.names[leader])?;
+        self.names.iter().position(|name| name == relay)
+    }
+
+    /// Relay `r` receives `from`'s renewal: carried to the leader it believes in (granted here if
+    /// that is itself), without waiting for others (a batch only delays).
+    pub(crate) fn on_relay_renewal(&mut self, r: usize, from: usize, incarnation: u64, sent_at: Duration) {
+        match self.nodes[r].leader_hint {
+            Some(leader) if leader == r => self.on_renewal(r, from, incarnation, sent_at),
+            Some(leader) => self.send(r, leader, Msg::Relayed { origin: from, incarnation, sent_at }),
+            None => {}
+        }
+    }
+
     pub(crate) fn on_renewal(&mut self, l: usize, from: usize, incarnation: u64, sent_at: Duration) {
+        if let Some(grant) = self.grant(l, from) {
+            self.send(l, from, Msg::Grant { incarnation, sent_at, grant });
+        }
+    }
+
+    /// Leader `l` grants `from`'s renewal, received now (directly or through a relay), if it still
+    /// leads.
+    pub(crate) fn grant(&mut self, l: usize, from: usize) -> Option<Grant> {
         // A removed node gets no lease (clusterd's grant refuses non-members).
         if self.removed.contains(&from) && !self.config.remove_undrained {
-            return;
+            return None;
         }
         if !self.confirm(l) {
-            return;
+            return None;
         }
         let received = self.local(l);
         let name = self.names[from].clone();
@@ -125,8 +168,7 @@ impl Sim {
         // state that misses a reassignment the previous leader committed (issue 11, finding 5).
         let commit_index = if self.config.grant_applied_index { self.nodes[l].applied } else { self.log.len() } as u64;
         let term = self.nodes[l].leader_of.unwrap_or(0);
-        let grant = Grant { term, commit_index, lease: Some(lease) };
-        self.send(l, from, Msg::Grant { incarnation, sent_at, grant });
+        Some(Grant { term, commit_index, lease: Some(lease) })
     }
 
     pub(crate) fn on_grant(&mut self, n: usize, incarnation: u64, sent_at: Duration, grant: Grant) {

@@ -20,6 +20,12 @@ pub(crate) enum Msg {
     /// The leader confirmed its leadership with a quorum after receiving the renewal, and grants a
     /// lease of `lease` (its `lease·(1−ρ)` when it recorded the renewal).
     Grant { incarnation: u64, sent_at: Duration, grant: cluster_model::Grant },
+    /// A renewal handed to a relay voter (`SimConfig::relay_renewals`), which carries it on.
+    RelayRenewal { incarnation: u64, sent_at: Duration },
+    /// A relay carries `origin`'s renewal to the leader.
+    Relayed { origin: usize, incarnation: u64, sent_at: Duration },
+    /// The leader's grant to `origin`, handed to the relay that carried its renewal.
+    RelayedGrant { origin: usize, incarnation: u64, sent_at: Duration, grant: cluster_model::Grant },
     /// Raft replication and leader heartbeat: entries up to `commit` are committed.
     Append { term: u64, commit: usize },
     /// Keep my lease (sent to every voter while no leader grants it).

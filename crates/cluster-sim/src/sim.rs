@@ -188,6 +188,8 @@ pub struct Summary {
     /// Keep renewals acknowledged by a majority of voters; expiry checks of the leader, and nodes a
     /// check found kept by a voter.
     pub keeps: u64,
+    /// Renewals handed to a relay voter (`SimConfig::relay_renewals`).
+    pub relayed_renewals: u64,
     pub expiry_checks: u64,
     pub kept_by_voters: u64,
     /// Packages stopped at the stop budget by a node that was running (not crashed nor paused).
@@ -233,6 +235,7 @@ impl Summary {
         self.interrupted_waits += other.interrupted_waits;
         self.abandoned_starts += other.abandoned_starts;
         self.keeps += other.keeps;
+        self.relayed_renewals += other.relayed_renewals;
         self.expiry_checks += other.expiry_checks;
         self.kept_by_voters += other.kept_by_voters;
         self.lapse_stops += other.lapse_stops;
@@ -605,6 +608,15 @@ impl Sim {
         self.trace(|| format!("n{} -> n{}: {msg:?}", from + 1, to + 1));
         match msg {
             Msg::Renewal { incarnation, sent_at } => self.on_renewal(to, from, incarnation, sent_at),
+            Msg::RelayRenewal { incarnation, sent_at } => self.on_relay_renewal(to, from, incarnation, sent_at),
+            Msg::Relayed { origin, incarnation, sent_at } => {
+                if let Some(grant) = self.grant(to, origin) {
+                    self.send(to, from, Msg::RelayedGrant { origin, incarnation, sent_at, grant });
+                }
+            }
+            Msg::RelayedGrant { origin, incarnation, sent_at, grant } => {
+                self.send(to, origin, Msg::Grant { incarnation, sent_at, grant })
+            }
             Msg::Grant { incarnation, sent_at, grant } => self.on_grant(to, incarnation, sent_at, grant),
             Msg::Append { term, commit } => self.on_append(to, from, term, commit),
             Msg::Keep { incarnation, sent_at } => self.on_keep(to, from, incarnation, sent_at),

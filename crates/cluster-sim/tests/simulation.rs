@@ -397,6 +397,58 @@ fn without_keep_renewals_a_leader_loss_stops_bystanders() {
     assert_eq!(violation.invariant, "bystander-stop", "{violation}");
 }
 
+/// Issue 14, item 4: renewals carried by a relay (as clusterd's learners renew through a voter)
+/// keep S1 and liveness under every fault of the fencing and watchdog runs, and a leader's death
+/// still stops no package on a live node: a relay only delays a renewal, and a holder whose lease
+/// is no longer fresh renews with the leader directly.
+#[test]
+fn relayed_renewals_keep_s1_liveness_and_bystanders() {
+    for (scenario, count) in [(Scenario::Fencing, seeds(1000) / 4), (Scenario::Watchdog, seeds(1000) / 4)] {
+        let mut total = Summary::default();
+        for seed in 0..count {
+            match run(&SimConfig { relay_renewals: true, ..SimConfig::new(seed, 5, scenario) }) {
+                Ok(summary) => total.add(&summary),
+                Err(violation) => panic!("{violation}"),
+            }
+        }
+        if scenario == Scenario::Watchdog {
+            assert_exercised(&total);
+        } else {
+            assert!(total.fences > 0 && total.pauses > 0 && total.partitions > 0, "{total:?}");
+        }
+        assert!(total.relayed_renewals > total.grants / 4, "{scenario}: few renewals relayed: {total:?}");
+    }
+    for timings in [None, Some((50, 300))] {
+        let mut total = Summary::default();
+        for seed in 0..seeds(1000) / 4 {
+            let config = SimConfig { relay_renewals: true, timings, ..SimConfig::new(seed, 5, Scenario::LeaderLoss) };
+            match run(&config) {
+                Ok(summary) => total.add(&summary),
+                Err(violation) => panic!("{violation}"),
+            }
+        }
+        assert!(total.crashes > 0 && total.relayed_renewals > 0, "{timings:?}: {total:?}");
+        assert!(total.keeps > 0 && total.lapse_stops == 0, "{timings:?}: {total:?}");
+    }
+}
+
+/// Found while adding relayed renewals: an owner whose failed stop it reported (the package
+/// `blocked` once committed) started the package again at that epoch from a state older than its
+/// report, after the operator had stopped the resources by hand and run `pkg cleanup`; the leader
+/// placed it elsewhere meanwhile. A daemon now never starts a package at the epoch of a stop
+/// failure it reported. Seed 1973 of 5-node fencing with relays is the run that found it.
+#[test]
+fn a_start_after_a_reported_stop_failure_races_the_cleanup() {
+    let config = |unsafe_start| SimConfig {
+        relay_renewals: true,
+        start_after_reported_stop_failure: unsafe_start,
+        ..SimConfig::new(1973, 5, Scenario::Fencing)
+    };
+    let violation = run(&config(true)).expect_err("the old executor starts again at the blocked epoch");
+    assert_eq!(violation.invariant, "S1", "{violation}");
+    run(&config(false)).unwrap_or_else(|violation| panic!("{violation}"));
+}
+
 /// Issue 14, item 2: a crash of clusterd restarted by systemd (100–250 ms) adopts what runs with
 /// its predecessor's lease: no watchdog reset, no running package stopped, at the default timings.
 #[test]

@@ -84,6 +84,24 @@ impl Dispatcher {
                 let grant = |request: LeaseRequest| async move { engine.grant(&request).await };
                 Response::Peer(crate::compat::serve_lease(&peer.payload, grant).await)
             }
+            Request::Peer(peer) if peer.rpc == PeerRpc::LeaseRelay => {
+                let engine = &self.engine;
+                Response::Peer(
+                    serve_engine_rpc(&peer.payload, |request: LeaseRequest| async move {
+                        engine.serve_relay(request).await
+                    })
+                    .await,
+                )
+            }
+            Request::Peer(peer) if peer.rpc == PeerRpc::LeaseBatch => {
+                let engine = &self.engine;
+                Response::Peer(
+                    serve_engine_rpc(&peer.payload, |requests: Vec<LeaseRequest>| async move {
+                        Ok::<_, String>(engine.grant_all(&requests).await)
+                    })
+                    .await,
+                )
+            }
             Request::Peer(peer) if peer.rpc == PeerRpc::Keep => {
                 let engine = &self.engine;
                 Response::Peer(

@@ -35,6 +35,13 @@ pub(crate) struct LeaseGrant {
     pub(crate) lease: Duration,
 }
 
+impl LeaseGrant {
+    /// The grant as the holder records it.
+    pub(crate) fn into_grant(self) -> Grant {
+        Grant { term: self.term, commit_index: self.commit_index, lease: Some(self.lease) }
+    }
+}
+
 impl Engine {
     /// Leader side: the renewal is recorded at its receipt time, but only after a quorum confirmed
     /// that this node still leads.
@@ -47,42 +54,78 @@ impl Engine {
     /// while the quorum confirmed, or a concurrent renewal may have revived it after a plan judged
     /// it expired.)
     pub(crate) async fn grant(&self, request: &LeaseRequest) -> Result<LeaseGrant, String> {
+        self.grant_all(std::slice::from_ref(request)).await.pop().expect("one answer per renewal")
+    }
+
+    /// [`Engine::grant`] for renewals that arrived together (a voter's relayed batch, docs/safety.md
+    /// "Relayed renewals"): one quorum confirmation after their arrival serves them all, and each is
+    /// recorded at that receipt time; a grant waits for the plans that judged any of them expired.
+    pub(crate) async fn grant_all(&self, requests: &[LeaseRequest]) -> Vec<Result<LeaseGrant, String>> {
         let received = now();
-        if !self.node.is_member(&request.node) {
-            // A removed node must lose its lease, so that what it may still own can move.
-            return Err(format!("node {} is not a member of the cluster: no lease", request.node));
-        }
         let arrived = std::time::Instant::now();
+        // A removed node must lose its lease, so that what it may still own can move.
+        let members: Vec<bool> = requests.iter().map(|request| self.node.is_member(&request.node)).collect();
+        let refused =
+            |request: &LeaseRequest| Err(format!("node {} is not a member of the cluster: no lease", request.node));
+        if !members.contains(&true) {
+            return requests.iter().map(refused).collect();
+        }
         let settings = self.settings();
-        let alive = self.table.lock().expect("lease table lock").liveness(&request.node, received, &settings);
-        if alive != Liveness::Alive {
+        let all_alive = {
+            let table = self.table.lock().expect("lease table lock");
+            requests
+                .iter()
+                .zip(&members)
+                .filter(|(_, member)| **member)
+                .all(|(request, _)| table.liveness(&request.node, received, &settings) == Liveness::Alive)
+        };
+        if !all_alive {
             // A node this leader does not count alive (it was just elected, or the node is back) may
             // be what a package waits for: confirm with a heartbeat sent now, not the next one.
             self.node.heartbeat_now().await;
         }
-        let confirmed = self.node.confirm_after(arrived).await.map_err(|err| err.to_string())?;
-        let (plan, revived, lease) = {
+        let confirmed = match self.node.confirm_after(arrived).await {
+            Ok(confirmed) => confirmed,
+            Err(err) => return requests.iter().map(|_| Err(err.to_string())).collect(),
+        };
+        let mut answers = Vec::with_capacity(requests.len());
+        let mut revived = Vec::new();
+        let mut plan = 0;
+        {
             let mut table = self.table.lock().expect("lease table lock");
             // The settings applied now give both the length granted and the length counted: read
             // once, under the table's lock (the controller settles a shortened lease under it too).
             let settings = self.settings();
-            let was_alive = table.liveness(&request.node, now(), &settings) == Liveness::Alive;
-            let lease = table.renewed(&request.node, received, &settings);
-            (table.plan_to_wait_for(&request.node), !was_alive, lease)
-        };
-        if revived {
+            for (request, member) in requests.iter().zip(&members) {
+                if !member {
+                    answers.push(refused(request));
+                    continue;
+                }
+                let was_alive = table.liveness(&request.node, now(), &settings) == Liveness::Alive;
+                let lease = table.renewed(&request.node, received, &settings);
+                plan = plan.max(table.plan_to_wait_for(&request.node));
+                if !was_alive {
+                    revived.push(request.node.as_str());
+                }
+                answers.push(Ok(LeaseGrant { commit_index: confirmed.index, term: confirmed.term, lease }));
+            }
+        }
+        if !revived.is_empty() {
             // The node can take packages again (or a package waits for its lease to be known).
             self.wake_controller();
-            tracing::info!(node = %request.node, wait_ms = arrived.elapsed().as_millis() as u64, "lease renewed: node alive for this leader");
+            for node in revived {
+                tracing::info!(node = %node, wait_ms = arrived.elapsed().as_millis() as u64, "lease renewed: node alive for this leader");
+            }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while self.table.lock().expect("lease table lock").plans_done() < plan {
             if std::time::Instant::now() > deadline {
-                return Err("the controller's proposals did not complete within 5 s".into());
+                let late = "the controller's proposals did not complete within 5 s".to_owned();
+                return answers.into_iter().map(|answer| answer.and(Err(late.clone()))).collect();
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        Ok(LeaseGrant { commit_index: confirmed.index, term: confirmed.term, lease })
+        answers
     }
 }
 
@@ -111,12 +154,12 @@ pub(crate) async fn heartbeat_loop(engine: Arc<Engine>) {
                 let sent = now();
                 let term_at_send = engine.node.current_term();
                 let request = LeaseRequest { node: engine.me.clone() };
+                let relay =
+                    if leader.name == engine.me { None } else { engine.relay_for_renewal(&leader, sent, &settings) };
                 let grant = if leader.name == engine.me {
-                    engine.grant(&request).await.map(|grant| Grant {
-                        term: grant.term,
-                        commit_index: grant.commit_index,
-                        lease: Some(grant.lease),
-                    })
+                    engine.grant(&request).await.map(LeaseGrant::into_grant)
+                } else if let Some(relay) = relay {
+                    engine.renew_through(&relay, &settings).await.map(LeaseGrant::into_grant)
                 } else {
                     // In the cluster's protocol: a v0.1.0 leader answers with the index alone.
                     let renewal = async {

@@ -5,6 +5,7 @@
 //!   replicated state ──(applied)──┬──> executor::supervise ──changed package──> its worker (one per package)
 //!                                 └──> Snapshot (built on demand) ──> controller (leader only) ──> Assign / Fence
 //!   heartbeat loop ── Lease RPC ──> leader: confirm quorum, LeaseTable.renewed ──grant──> LeaseHolder
+//!   (a learner's renewal: ── LeaseRelay ──> a voter ── LeaseBatch ──> leader, `relay.rs`)
 //!   LeaseHolder ──> lease watch (must stop: at the stop budget) ──> workers; watchdog (pet only while Valid)
 //! ```
 //! The protocol and its safety argument: docs/safety.md.
@@ -14,6 +15,7 @@ mod controller;
 mod executor;
 mod keeps;
 mod leases;
+mod relay;
 mod role;
 mod runtime;
 
@@ -95,6 +97,8 @@ pub(crate) struct Engine {
     lease_record: Mutex<runtime::LeaseRecord>,
     /// What this node offers to packages' `needs` (node file), announced by `capacity::announce_loop`.
     capacity: std::collections::BTreeMap<String, u64>,
+    /// Learners' renewals this voter carries to the leader; the voter this learner renews through.
+    relay: relay::Relay,
 }
 
 /// Whether `watchdog` protects a node whose stop budget is `stop_budget`: `Ok(its description)`,
@@ -218,6 +222,7 @@ impl Engine {
             runtime_dir,
             lease_record: Mutex::new(runtime::LeaseRecord::default()),
             capacity,
+            relay: relay::Relay::default(),
         })
     }
 
