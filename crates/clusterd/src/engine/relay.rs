@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  learner L, lease fresh ──LeaseRelay──> voter V = cluster_model::relay_voter(L, voters, leader)
-//!  V: the renewals that reach it within RELAY_WINDOW ──LeaseBatch──> leader: Engine::grant_all (one confirmation)
+//!  V: its own renewal and those that reach it within RELAY_WINDOW ──LeaseBatch──> leader:
+//!     Engine::grant_all (one confirmation)
 //!  leader ──grants──> V ──each grant──> its learner: LeaseHolder::granted(L's send time, grant)
 //! ```
 //!
@@ -50,9 +51,10 @@ struct Route {
 }
 
 impl Engine {
-    /// Learner side: the voter that carries this renewal (sent at `sent`), or `None` to renew with
-    /// `leader` directly: this node is a voter, no other voter than the leader exists, a member may
-    /// run v0.1.0 (which knows no relay), the lease is not fresh, or a relay failed lately.
+    /// Holder side: the voter that carries this renewal (sent at `sent`; this node itself when it is
+    /// a voter that does not lead), or `None` to renew with `leader` directly: no voter but the
+    /// leader exists, a member may run v0.1.0 (which knows no relay), the lease is not fresh, or a
+    /// relay failed lately.
     pub(super) fn relay_for_renewal(&self, leader: &NodeInfo, sent: Duration, settings: &Settings) -> Option<NodeInfo> {
         let chosen = self.choose_relay(leader, sent, settings);
         let mut route = self.relay.route.lock().expect("relay route lock");
@@ -100,9 +102,21 @@ impl Engine {
         }
     }
 
-    /// Learner side: a renewal through `relay`; the grant, or why none came.
-    pub(super) async fn renew_through(&self, relay: &NodeInfo, settings: &Settings) -> Result<LeaseGrant, String> {
+    /// Learner side: a renewal through `relay` (this voter's own batch when it is this node); the
+    /// grant, or why none came.
+    pub(super) async fn renew_through(
+        self: &Arc<Self>,
+        relay: &NodeInfo,
+        settings: &Settings,
+    ) -> Result<LeaseGrant, String> {
         let request = LeaseRequest { node: self.me.clone() };
+        if relay.name == self.me {
+            let grant = self.serve_relay(request).await;
+            if let Err(err) = &grant {
+                self.relay_failed(&relay.name, err);
+            }
+            return grant;
+        }
         let answer = self
             .node
             .call_peer_newest::<_, Result<LeaseGrant, String>>(
