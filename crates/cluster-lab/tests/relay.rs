@@ -82,16 +82,10 @@ impl RelayLab {
     }
 
     fn lead_from(&self, node: &str) {
-        let mut last = None;
-        for _ in 0..5 {
-            match self.lab.clusterctl(node, &["cluster", "transfer-leader", node]) {
-                Ok(_) => return,
-                Err(error) => last = Some(error),
-            }
-            std::thread::sleep(Duration::from_millis(500));
+        if let Err(error) = common::transfer_leadership(&self.lab, node, node) {
+            self.dump();
+            panic!("[{}] leadership never moved to {node}: {error}", self.name)
         }
-        self.dump();
-        panic!("[{}] leadership never moved to {node}: {last:?}", self.name)
     }
 
     fn ctl(&self, args: &[&str]) -> String {
@@ -124,21 +118,7 @@ impl RelayLab {
 
     /// Pids of `node`'s package process in its cgroup (and below).
     fn pids(&self, node: &str) -> Vec<i32> {
-        let mut pids = Vec::new();
-        let mut stack = vec![self.lab.paths().cgroup().join(node)];
-        while let Some(dir) = stack.pop() {
-            if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                pids.extend(text.lines().filter_map(|line| line.parse::<i32>().ok()));
-            }
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if entry.path().is_dir() {
-                    stack.push(entry.path());
-                }
-            }
-        }
-        let name = process_name(node);
-        pids.retain(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == name));
-        pids
+        common::pids_named(&self.lab, node, &process_name(node))
     }
 
     fn log(&self, node: &str) -> String {

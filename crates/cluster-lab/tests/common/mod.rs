@@ -72,9 +72,13 @@ pub fn leftovers(name: &str, pids: &[i32]) -> Vec<String> {
 
 /// Every pid in the lab's cgroup now.
 pub fn lab_pids(name: &str) -> Vec<i32> {
-    let cgroup = LabPaths::new(name).unwrap().cgroup();
+    pids_under(&LabPaths::new(name).unwrap().cgroup())
+}
+
+/// Every pid in `cgroup` and the cgroups below it now.
+pub fn pids_under(cgroup: &Path) -> Vec<i32> {
     let mut pids = Vec::new();
-    let mut stack = vec![cgroup];
+    let mut stack = vec![cgroup.to_path_buf()];
     while let Some(dir) = stack.pop() {
         if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
             pids.extend(text.lines().filter_map(|line| line.parse::<i32>().ok()));
@@ -86,6 +90,27 @@ pub fn lab_pids(name: &str) -> Vec<i32> {
         }
     }
     pids
+}
+
+/// The pids of processes named `comm` in `node`'s cgroup (and below it).
+pub fn pids_named(lab: &lab::Lab, node: &str, comm: &str) -> Vec<i32> {
+    let mut pids = pids_under(&lab.paths().cgroup().join(node));
+    pids.retain(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|name| name.trim() == comm));
+    pids
+}
+
+/// Moves the Raft leadership to `node`, asked through `via`: a transfer can lose its election on a
+/// loaded machine (clusterd retries 3 times itself), so it is tried a few times; the last error.
+pub fn transfer_leadership(lab: &lab::Lab, via: &str, node: &str) -> Result<(), lab::LabError> {
+    let mut last = None;
+    for _ in 0..5 {
+        match lab.clusterctl(via, &["cluster", "transfer-leader", node]) {
+            Ok(_) => return Ok(()),
+            Err(error) => last = Some(error),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    Err(last.expect("five attempts"))
 }
 
 /// The `clusterlab` binary built with this test.

@@ -160,16 +160,10 @@ impl Fixture {
     }
 
     fn transfer_leadership(&self, via: &str, node: &str) {
-        let mut last = None;
-        for _ in 0..5 {
-            match self.lab.clusterctl(via, &["cluster", "transfer-leader", node]) {
-                Ok(_) => return,
-                Err(error) => last = Some(error),
-            }
-            std::thread::sleep(Duration::from_millis(500));
+        if let Err(error) = super::transfer_leadership(&self.lab, via, node) {
+            self.dump();
+            panic!("[{}] leadership never moved to {node}: {error}", self.name)
         }
-        self.dump();
-        panic!("[{}] leadership never moved to {node}: {last:?}", self.name)
     }
 
     pub fn observer(&self) -> &Observer {
@@ -265,22 +259,7 @@ impl Fixture {
 
     /// Pids of the package's process in `node`'s cgroup (and below it).
     pub fn process_pids(&self, node: &str) -> Vec<i32> {
-        let mut pids = Vec::new();
-        let mut stack = vec![self.lab.paths().cgroup().join(node)];
-        while let Some(dir) = stack.pop() {
-            if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                pids.extend(text.lines().filter_map(|line| line.parse::<i32>().ok()));
-            }
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if entry.path().is_dir() {
-                    stack.push(entry.path());
-                }
-            }
-        }
-        pids.retain(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|comm| comm.trim() == PROCESS).unwrap_or(false)
-        });
-        pids
+        super::pids_named(&self.lab, node, PROCESS)
     }
 
     pub fn events(&self) -> String {
