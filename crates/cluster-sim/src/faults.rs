@@ -262,6 +262,7 @@ impl Sim {
         node.power = Power::Off;
         node.records.clear();
         node.ghosts.clear();
+        node.stop_failed_reported.clear();
         node.boots += 1;
         node.watchdog = Default::default();
         node.lose_daemon_state();

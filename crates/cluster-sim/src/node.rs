@@ -165,8 +165,9 @@ pub(crate) struct Node {
     pub(crate) stopped_reported_us: BTreeMap<String, u64>,
     /// Packages this node stopped at this epoch because its lease left `Valid` while it owned them.
     pub(crate) stopped_for_lease: BTreeMap<String, u64>,
-    /// The epoch of each package whose failed stop this daemon reported: it never starts that
-    /// package again at that epoch (clusterd's worker, `stop_failed_at`).
+    /// The epoch of each package whose failed stop a daemon of this boot reported: it never starts
+    /// that package again at that epoch (clusterd's worker, `stop_failed_at`, kept in the runtime
+    /// folder for a restarted daemon; a boot empties it).
     pub(crate) stop_failed_reported: BTreeMap<String, u64>,
     pub(crate) leave: Option<Leave>,
     pub(crate) watchdog: Watchdog,
@@ -236,7 +237,6 @@ impl Node {
         self.lease_check_at = None;
         self.stopped_reported_us.clear();
         self.stopped_for_lease.clear();
-        self.stop_failed_reported.clear();
         self.leave = None;
         self.last_lease_lapse = None;
         self.busy.clear();

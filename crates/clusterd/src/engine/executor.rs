@@ -308,6 +308,7 @@ impl Worker {
     fn new(engine: Arc<Engine>, name: String, updates: watch::Receiver<PackageSlot>) -> Worker {
         let lease_updates = engine.must_stop.subscribe();
         let applied_updates = engine.applied.subscribe();
+        let stop_failed_at = engine.stop_failure_of(&name);
         Worker {
             engine,
             name,
@@ -322,7 +323,7 @@ impl Worker {
             next_monitor: BTreeMap::new(),
             retry_at: None,
             stopped_for_lease: None,
-            stop_failed_at: None,
+            stop_failed_at,
         }
     }
 
@@ -448,6 +449,7 @@ impl Worker {
         let stop_failed = matches!(report, Report::StopFailed { .. });
         if stop_failed {
             self.stop_failed_at = Some(package.epoch);
+            self.engine.record_stop_failure(&self.name, package.epoch);
         }
         let command = Command::Report {
             package: self.name.clone(),

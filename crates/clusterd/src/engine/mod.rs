@@ -99,6 +99,9 @@ pub(crate) struct Engine {
     capacity: std::collections::BTreeMap<String, u64>,
     /// Learners' renewals this voter carries to the leader; the voter this learner renews through.
     relay: relay::Relay,
+    /// Packages whose failed stop a daemon of this boot reported, with the epoch (the runtime
+    /// folder's `stop-failures.json`): never started again at that epoch.
+    stop_failures: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Whether `watchdog` protects a node whose stop budget is `stop_budget`: `Ok(its description)`,
@@ -126,6 +129,18 @@ fn fits_stop_budget(watchdog: &dyn Watchdog, stop_budget: Duration) -> bool {
 
 /// The lease of the previous daemon of this boot, from the runtime folder, if it still runs with
 /// its stop budget left: its end and the packages that may be active here.
+/// The stop failures a daemon of this boot reported (`stop-failures.json`); none when absent. An
+/// unreadable file is logged and read as none.
+fn load_stop_failures(runtime_dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    match runtime::read::<runtime::StopFailuresFile>(runtime_dir, runtime::STOP_FAILURES_FILE) {
+        Ok(file) => file.map(|file| file.packages).unwrap_or_default(),
+        Err(err) => {
+            tracing::warn!(error = %err, "unreadable record of failed stops");
+            Default::default()
+        }
+    }
+}
+
 fn restored_lease(runtime_dir: &std::path::Path) -> Option<(Duration, BTreeSet<String>)> {
     let file = match runtime::read::<runtime::LeaseFile>(runtime_dir, runtime::LEASE_FILE) {
         Ok(file) => file?,
@@ -187,6 +202,7 @@ impl Engine {
     ) -> Arc<Engine> {
         let me = node.me().name.clone();
         let ledger = keeps::load_ledger(&runtime_dir);
+        let stop_failures = load_stop_failures(&runtime_dir);
         // The lease of the daemon this one replaces (same boot), while it still runs: keep what runs
         // (those packages count as active until probed), start nothing before a grant.
         let (holder, active) = match restored_lease(&runtime_dir) {
@@ -223,7 +239,29 @@ impl Engine {
             lease_record: Mutex::new(runtime::LeaseRecord::default()),
             capacity,
             relay: relay::Relay::default(),
+            stop_failures: Mutex::new(stop_failures),
         })
+    }
+
+    /// The epoch at which a daemon of this boot reported `package`'s stop failed, if any.
+    pub(crate) fn stop_failure_of(&self, package: &str) -> Option<u64> {
+        self.stop_failures.lock().expect("stop failures lock").get(package).copied()
+    }
+
+    /// Records, before the report leaves, that `package`'s stop failed at `epoch` (a restarted
+    /// daemon must not start it again at that epoch either). Entries of packages gone or at
+    /// another epoch in the applied state are dropped.
+    pub(crate) fn record_stop_failure(&self, package: &str, epoch: u64) {
+        let mut failures = self.stop_failures.lock().expect("stop failures lock");
+        let current: std::collections::BTreeMap<String, u64> = self.node.read_local(|state| {
+            failures.keys().filter_map(|name| state.packages.get(name).map(|p| (name.clone(), p.epoch))).collect()
+        });
+        failures.retain(|name, marked| current.get(name) == Some(marked));
+        failures.insert(package.to_owned(), epoch);
+        let file = runtime::StopFailuresFile { packages: failures.clone() };
+        if let Err(err) = runtime::write(&self.runtime_dir, runtime::STOP_FAILURES_FILE, &file) {
+            tracing::warn!(dir = %self.runtime_dir.display(), error = %err, "cannot record a failed stop for a restart");
+        }
     }
 
     /// Starts the engine's tasks.
@@ -444,6 +482,17 @@ impl Engine {
 mod tests {
     use super::*;
     use cluster_host::FakeWatchdog;
+
+    #[test]
+    fn failed_stops_recorded_by_a_daemon_are_read_back_by_the_next_one() {
+        let folder = tempfile::tempdir().unwrap();
+        assert!(load_stop_failures(folder.path()).is_empty(), "none on a fresh boot");
+        let file = runtime::StopFailuresFile { packages: [("db".to_owned(), 7)].into() };
+        runtime::write(folder.path(), runtime::STOP_FAILURES_FILE, &file).unwrap();
+        assert_eq!(load_stop_failures(folder.path()), file.packages);
+        std::fs::write(folder.path().join(runtime::STOP_FAILURES_FILE), b"{").unwrap();
+        assert!(load_stop_failures(folder.path()).is_empty(), "an unreadable file is logged and read as none");
+    }
 
     #[test]
     fn a_watchdog_that_cannot_time_out_within_the_stop_budget_is_not_announced() {

@@ -1,6 +1,7 @@
 //! What a daemon leaves in its runtime folder for the next daemon of the same boot: the refusals it
-//! promised as a voter, and its lease (issue 14, item 2: a crashed clusterd restarted by systemd
-//! adopts its packages instead of having the watchdog reset the node).
+//! promised as a voter, the stop failures it reported (never started again at that epoch), and its
+//! lease (issue 14, item 2: a crashed clusterd restarted by systemd adopts its packages instead of
+//! having the watchdog reset the node).
 //!
 //! The runtime folder is the control socket's folder: `/run/clusterd` (tmpfs) in production, a
 //! folder per node in the lab. tmpfs never stalls, outlives a restart of the daemon, and is empty
@@ -39,6 +40,14 @@ pub(super) struct LeaseFile {
     pub(super) active: Vec<String>,
 }
 
+/// The packages whose failed stop a daemon of this boot reported, with the epoch: never started
+/// again at that epoch (docs/safety.md, rule 8), also by a restarted daemon.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct StopFailuresFile {
+    pub(super) packages: std::collections::BTreeMap<String, u64>,
+}
+
+pub(super) const STOP_FAILURES_FILE: &str = "stop-failures.json";
 pub(super) const REFUSALS_FILE: &str = "keep-refusals.json";
 pub(super) const LEASE_FILE: &str = "lease.json";
 
