@@ -248,8 +248,13 @@ async fn a_node_joins_with_a_token_and_every_bad_token_is_refused_without_a_trac
             loop {
                 match remote_status(address, files.clone()).await {
                     Err(err) => {
-                        // The server refuses the handshake (not a closed port, not a timeout).
-                        assert!(err.contains("received fatal alert"), "{address}, n3 {what}: {err}");
+                        // The server refuses the handshake (not a closed port, not a timeout); a
+                        // handshake that its listener accepted a moment before the revocation reached
+                        // it is refused at the request (CI saw it once).
+                        assert!(
+                            err.contains("received fatal alert") || err.contains("was revoked"),
+                            "{address}, n3 {what}: {err}"
+                        );
                         break;
                     }
                     Ok(_) => assert!(Instant::now() < deadline, "{address} still accepts n3's certificate {what}"),
