@@ -132,6 +132,12 @@ impl LeaseHolder {
         self.lease_end.max(self.keep_end)
     }
 
+    /// How long from `now` until the lease reaches its stop budget (zero without a lease): what
+    /// [`keep_due`] and [`renew_through_relay`] judge.
+    pub fn left_before_stop_budget(&self, now: Duration, settings: &Settings) -> Duration {
+        self.end().map_or(Duration::ZERO, |end| end.saturating_sub(now + settings.stop_budget()))
+    }
+
     /// When the granted lease ends.
     pub fn granted_end(&self) -> Option<Duration> {
         self.lease_end

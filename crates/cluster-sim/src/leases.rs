@@ -66,7 +66,7 @@ impl Sim {
         let node = &self.nodes[n];
         let settings = &node.state.settings;
         let valid = node.holder.status(now, settings) == cluster_model::LeaseStatus::Valid;
-        let left = node.holder.end().map_or(Duration::ZERO, |end| end.saturating_sub(now + settings.stop_budget()));
+        let left = node.holder.left_before_stop_budget(now, settings);
         let due = if self.config.late_keeps {
             left < settings.heartbeat() * 3 / 2
         } else {
@@ -121,7 +121,7 @@ impl Sim {
         }
         let node = &self.nodes[n];
         let settings = &node.state.settings;
-        let left = node.holder.end().map_or(Duration::ZERO, |end| end.saturating_sub(now + settings.stop_budget()));
+        let left = node.holder.left_before_stop_budget(now, settings);
         if !cluster_model::renew_through_relay(left, settings) {
             return None;
         }

@@ -122,7 +122,7 @@ impl Engine {
     pub(super) fn keep_if_no_grant(self: &Arc<Self>, sent: Duration, settings: &Settings) {
         let holder = *self.holder.lock().expect("lease lock");
         let valid = holder.status(sent, settings) == LeaseStatus::Valid;
-        let left = holder.end().map_or(Duration::ZERO, |end| end.saturating_sub(sent + settings.stop_budget()));
+        let left = holder.left_before_stop_budget(sent, settings);
         if !valid || !cluster_model::keep_due(left, settings) || self.lease_given_up() {
             return;
         }

@@ -127,8 +127,6 @@ fn fits_stop_budget(watchdog: &dyn Watchdog, stop_budget: Duration) -> bool {
     stop_budget >= watchdog.shortest_timeout()
 }
 
-/// The lease of the previous daemon of this boot, from the runtime folder, if it still runs with
-/// its stop budget left: its end and the packages that may be active here.
 /// The stop failures a daemon of this boot reported (`stop-failures.json`); none when absent. An
 /// unreadable file is logged and read as none.
 fn load_stop_failures(runtime_dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
@@ -141,6 +139,8 @@ fn load_stop_failures(runtime_dir: &std::path::Path) -> std::collections::BTreeM
     }
 }
 
+/// The lease of the previous daemon of this boot, from the runtime folder, if it still runs with
+/// its stop budget left: its end and the packages that may be active here.
 fn restored_lease(runtime_dir: &std::path::Path) -> Option<(Duration, BTreeSet<String>)> {
     let file = match runtime::read::<runtime::LeaseFile>(runtime_dir, runtime::LEASE_FILE) {
         Ok(file) => file?,

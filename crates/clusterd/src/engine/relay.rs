@@ -81,8 +81,7 @@ impl Engine {
         if self.relay.route.lock().expect("relay route lock").direct_until.is_some_and(|until| Instant::now() < until) {
             return None;
         }
-        let end = self.holder.lock().expect("lease lock").end();
-        let left = end.map_or(Duration::ZERO, |end| end.saturating_sub(sent + settings.stop_budget()));
+        let left = self.holder.lock().expect("lease lock").left_before_stop_budget(sent, settings);
         if !cluster_model::renew_through_relay(left, settings) {
             return None;
         }
@@ -110,27 +109,24 @@ impl Engine {
         settings: &Settings,
     ) -> Result<LeaseGrant, String> {
         let request = LeaseRequest { node: self.me.clone() };
-        if relay.name == self.me {
-            let grant = self.serve_relay(request).await;
-            if let Err(err) = &grant {
-                self.relay_failed(&relay.name, err);
+        let grant = if relay.name == self.me {
+            self.serve_relay(request).await
+        } else {
+            let answer = self
+                .node
+                .call_peer_newest::<_, Result<LeaseGrant, String>>(
+                    &relay.name,
+                    &relay.address,
+                    PeerRpc::LeaseRelay,
+                    &request,
+                    settings.lease(),
+                )
+                .await;
+            match answer {
+                Ok(Some(answer)) => answer,
+                Ok(None) => Err(format!("{} runs clusterd 0.1.0, which relays no lease", relay.name)),
+                Err(err) => Err(err),
             }
-            return grant;
-        }
-        let answer = self
-            .node
-            .call_peer_newest::<_, Result<LeaseGrant, String>>(
-                &relay.name,
-                &relay.address,
-                PeerRpc::LeaseRelay,
-                &request,
-                settings.lease(),
-            )
-            .await;
-        let grant = match answer {
-            Ok(Some(answer)) => answer,
-            Ok(None) => Err(format!("{} runs clusterd 0.1.0, which relays no lease", relay.name)),
-            Err(err) => Err(err),
         };
         if let Err(err) = &grant {
             self.relay_failed(&relay.name, err);
